@@ -1,0 +1,56 @@
+"""The Python API, one function per CLI verb (``imgclass VERB`` calls these)."""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UserError
+from .prediction.predictor import Predictor, expand_inputs
+from .prediction.submit import write_submission
+from .training.run import Run, train  # noqa: F401  (re-exported)
+
+
+def load(path: str | Path, device: str = "auto") -> Predictor:
+    """A run folder or model.safetensors -> a Predictor with ``.predict(images, top_k=)``."""
+    return Predictor.load(path, device)
+
+
+def predict(model: str | Path | Predictor, inputs: Iterable[Any], top_k: int = 3) -> list[dict[str, Any]]:
+    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes)."""
+    predictor = model if isinstance(model, Predictor) else load(model)
+    items = list(inputs)
+    if all(isinstance(i, (str, Path)) for i in items):
+        items = expand_inputs(items)
+    return predictor.predict(items, top_k=top_k)
+
+
+def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
+           id_column: str = "ID", target_column: str = "TARGET", target: str = "index") -> Path:
+    """Write a Kaggle submission CSV for every image in test_dir; returns its path."""
+    predictor = model if isinstance(model, Predictor) else load(model)
+    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target)
+    return path
+
+
+def models(zoo: str | None = None, pattern: str | None = None) -> list[str]:
+    """Model names: imgclass's own (default), or a zoo's ('torchvision' / 'timm'), filtered by a glob."""
+    if zoo is None:
+        from .models import list_models
+        names = [spec.name for spec in list_models()]
+    elif zoo == "torchvision":
+        import torchvision
+        names = [f"torchvision:{n}" for n in torchvision.models.list_models()]
+    elif zoo == "timm":
+        import timm
+        names = [f"timm:{n}" for n in timm.list_models()]
+    else:
+        raise UserError(f"unknown zoo '{zoo}' (use torchvision or timm)")
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n.split(":", 1)[-1], pattern) or fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
+    from .demo import run_demo
+    return run_demo(out=out, data_dir=data_dir)

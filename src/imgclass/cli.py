@@ -1,0 +1,191 @@
+"""The command line: `imgclass VERB ...`. Each verb parses its options and calls one
+library function from imgclass.api; all logic lives in the library.
+
+Bad input raises UserError, printed here as one line with exit code 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import io
+import json
+import re
+import sys
+import types
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
+
+import yaml
+
+from . import __version__
+from .config import FIELD_NAMES, TrainConfig, _HINTS
+from .errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _field_help() -> dict[str, str]:
+    """The trailing comment on each TrainConfig field is its help text (one place for defaults and docs)."""
+    helps = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+):.*?#\s*(.+)$", line)
+        if m:
+            helps[m.group(1)] = m.group(2).strip()
+    return helps
+
+
+def _parse_model_args(text: str) -> dict[str, Any]:
+    """'width=64,depth=3' -> {'width': 64, 'depth': 3} (values parsed as YAML scalars)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected key=value pairs, got '{part}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    helps = _field_help()
+    defaults = TrainConfig()
+    for name in FIELD_NAMES:
+        if name == "data":
+            continue
+        hint, flag = _HINTS[name], "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{helps.get(name, '')} [default: {default}]")
+        base = hint
+        if get_origin(hint) in (Union, types.UnionType):
+            base = next(a for a in get_args(hint) if a is not type(None))
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif get_origin(base) is Literal:
+            p.add_argument(flag, choices=get_args(base), **kw)
+        elif base is dict:
+            p.add_argument(flag, type=_parse_model_args, metavar="K=V,...", **kw)
+        else:
+            p.add_argument(flag, type=base if base in (int, float) else str, **kw)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="imgclass", description="Train, evaluate and use image classifiers from a folder of images.")
+    parser.add_argument("--version", action="version", version=f"imgclass {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+
+    p = sub.add_parser("train", help="train a classifier on DATA")
+    p.add_argument("data", nargs="?", help="image folder (DATA/<class>/*, DATA/train|val|test/<class>/*, or with --labels)")
+    p.add_argument("--config", help="YAML file with any of these options (the command line wins)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    _add_train_options(p)
+
+    p = sub.add_parser("predict", help="top-k predictions for images, folders or glob patterns")
+    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images")
+    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("test_dir", help="folder of test images (ID = file name without extension)")
+    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--id-column", default="ID")
+    p.add_argument("--target-column", default="TARGET")
+    p.add_argument("--target", choices=["index", "label"], default="index",
+                   help="class index (in the model's class order) or class name")
+
+    p = sub.add_parser("models", help="list model names")
+    p.add_argument("--zoo", choices=["torchvision", "timm"], help="list a library's architectures instead")
+    p.add_argument("--filter", help="glob pattern, e.g. 'resnet*'")
+
+    p = sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)")
+    p.add_argument("--out", help="run folder (default: runs/demo-N)")
+    return parser
+
+
+def _print_predictions(results: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(results, indent=2))
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        k = max((len(r.get("top_k", [])) for r in results), default=0)
+        writer.writerow(["image"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"])
+        for r in results:
+            cells = [x for t in r.get("top_k", []) for x in (t["label"], f"{t['probability']:.6f}")]
+            writer.writerow([r["image"]] + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
+        sys.stdout.write(buf.getvalue())
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("image", "prediction", "probability", "top-k")
+    for r in results:
+        if "error" in r:
+            table.add_row(r["image"], "[red]error", "", r["error"])
+        else:
+            best = r["top_k"][0]
+            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            table.add_row(r["image"], best["label"], f"{best['probability']:.4f}", rest)
+    Console(width=max(100, Console().width)).print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import api
+    if args.verb == "train":
+        from .training.run import summary_lines
+        options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+        run_ = api.train(args.data, config=args.config, resume=args.resume, **options)
+        for line in summary_lines(run_):
+            print(line)
+    elif args.verb == "predict":
+        if args.top_k < 1:
+            raise UserError("--top-k must be at least 1")
+        predictor = api.load(args.model, args.device)
+        _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k), args.format)
+    elif args.verb == "submit":
+        from .prediction.submit import write_submission
+        path, n, bad = write_submission(api.load(args.model), args.test_dir, args.out, args.id_column,
+                                        args.target_column, args.target)
+        for p, reason in bad:
+            print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
+        print(f"wrote {n} rows to {path}")
+    elif args.verb == "models":
+        from .models import get_spec
+        names = api.models(args.zoo, args.filter)
+        for name in names:
+            print(name if args.zoo else f"{name:10s} {get_spec(name).description}")
+        if not args.zoo:
+            print("also: torchvision:NAME and timm:NAME (`imgclass models --zoo timm --filter 'resnet*'`)")
+    elif args.verb == "demo":
+        from .training.run import summary_lines
+        run_ = api.demo(out=args.out)
+        for line in summary_lines(run_):
+            print(line)
+        print(f"run folder: {run_.dir}  (try: imgclass predict {run_.dir} demo-data/digits/3 --top-k 2)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.verb is None:
+            parser.print_help()
+            return 2
+        return run(args)
+    except UserError as exc:
+        print(f"imgclass: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclass: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Every training default in one typed place, and the single merge of
+defaults < config file < command line (or Python keyword arguments).
+
+Unknown keys are rejected with a suggestion; the resolved configuration is saved
+as ``RUN/config.yaml`` so a run can be repeated or resumed from its folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints, Union
+import types
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # --- data -----------------------------------------------------------------
+    data: str | None = None          # image folder: DATA/<class>/*, DATA/{train,val,test}/<class>/*, or images for --labels
+    labels: str | None = None        # Kaggle-style CSV (id/file column + label column); ids resolve to files in DATA by stem
+    id_column: str | None = None     # CSV column naming the image (default: auto-detect id/file/filename/image/path)
+    label_column: str | None = None  # CSV column holding the class (default: auto-detect label/class/target/category)
+    val_split: float = 0.1           # share of each class held out for validation when no val folder is given
+    test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
+    seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout
+    # --- images ---------------------------------------------------------------
+    img_size: int | None = None      # square input side in pixels (default: the model's preferred size)
+    resize: Literal["crop", "pad", "stretch"] = "crop"  # crop: short side then centre crop; pad: long side then pad; stretch: ignore aspect
+    augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
+    hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
+    # --- model ----------------------------------------------------------------
+    model: str = "resnet"            # a name from `imgclass models`, or torchvision:NAME / timm:NAME
+    model_args: dict = field(default_factory=dict)  # architecture arguments, e.g. {width: 64, depth: 3} for resnet
+    dropout: float = 0.0             # dropout before the classification layer
+    # --- optimisation ---------------------------------------------------------
+    epochs: int = 20                 # passes over the training split
+    batch_size: int = 128            # images per step
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd uses Nesterov momentum
+    lr: float | None = None          # peak learning rate (default: the model's default for the optimizer)
+    weight_decay: float | None = None  # default: 0.05 for AdamW, 5e-4 for SGD
+    momentum: float = 0.9            # SGD momentum (Nesterov)
+    warmup_epochs: float = 1.0       # linear warm-up length, then cosine decay to zero
+    label_smoothing: float = 0.1     # cross-entropy label smoothing
+    patience: int | None = None      # early stopping: epochs without val-accuracy gain before stopping (None = off)
+    # --- run ------------------------------------------------------------------
+    out: str | None = None           # run folder (default: a new runs/train-N)
+    device: str = "auto"             # auto (CUDA when present, else CPU), cpu, cuda, cuda:1
+    workers: int = 0                 # threads decoding images (0 = one per CPU core)
+    max_image_pixels: int = 89_478_485  # images claiming more pixels are refused from the header (Pillow's bomb limit)
+    tensorboard: bool = True         # write TensorBoard event files to RUN/tensorboard
+    verbose: bool = True             # progress bar and per-epoch lines
+
+
+FIELD_NAMES = [f.name for f in fields(TrainConfig)]
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's type, or raise a clear UserError."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _check_type(name, value, opt)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{name} must be true or false, not {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise UserError(f"{name} must be an integer, not {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{name} must be an integer, not {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise UserError(f"{name} must be a number, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a number, not {value!r}") from None
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{name} must be a string, not {value!r}")
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{name} must be a mapping, not {value!r}")
+        return dict(value)
+    return value
+
+
+_HINTS = get_type_hints(TrainConfig)
+
+
+def unknown_key_message(key: str, source: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown config key '{key}' in {source}{hint}; valid keys: see `imgclass train --help`"
+
+
+def validate(overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check names and types of a partial configuration; return the coerced values."""
+    clean = {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in _HINTS:
+            raise UserError(unknown_key_message(key, source))
+        clean[key] = _check_type(key, value, _HINTS[key])
+    return clean
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UserError(f"config file {path} must hold a mapping of option: value")
+    return content
+
+
+def resolve(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """defaults < config file < overrides (command line or Python keywords)."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(validate(load_yaml(config_file), str(config_file)))
+    values.update(validate({k: v for k, v in overrides.items()}, "the options"))
+    cfg = TrainConfig(**values)
+    check_ranges(cfg)
+    return cfg
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise UserError("epochs must be at least 1")
+    if cfg.batch_size < 1:
+        raise UserError("batch_size must be at least 1")
+    if cfg.img_size is not None and not 1 <= cfg.img_size <= 4096:
+        raise UserError("img_size must be between 1 and 4096 pixels")
+    for name in ("val_split", "test_split"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise UserError(f"{name} must be in [0, 1)")
+    if cfg.val_split + cfg.test_split >= 1.0:
+        raise UserError("val_split + test_split must leave images for training (sum < 1)")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise UserError("lr must be positive")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError("dropout must be in [0, 1)")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise UserError("label_smoothing must be in [0, 1)")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise UserError("patience must be at least 1 (leave it unset to turn early stopping off)")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

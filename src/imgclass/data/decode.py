@@ -1,0 +1,94 @@
+"""Decode any image Pillow opens into an 8-bit RGB picture, the same way everywhere.
+
+EXIF orientation is applied; alpha is composited on white; 16-bit and 32-bit
+grayscale are scaled to 8 bits; CMYK, palette and 1-bit images are converted;
+grayscale is replicated to three channels. Images whose header claims more than
+``max_pixels`` are refused before any pixel is decoded (decompression bombs).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be used as an image; the message is the reason shown to the user."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data is scaled by its nominal range; 32-bit/float by the observed maximum.
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if mode == "F":
+            top = max(float(arr.max(initial=1.0)), 1e-12)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+        return img.convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, check and convert one image to RGB. Raises ImageDecodeError with a reason.
+
+    draft_size lets JPEGs decode at a reduced scale (Pillow's draft mode) when the
+    target side is much smaller than the file, which is several times faster.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        img = Image.open(source)
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot open: {exc}") from None
+    try:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(f"decompression bomb refused: header claims {width}x{height} = "
+                                   f"{width * height:,} pixels, over the limit of {max_pixels:,}")
+        if width == 0 or height == 0:
+            raise ImageDecodeError("image has zero width or height")
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()  # decode now so truncation errors surface here
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            raise ImageDecodeError(f"truncated image: {reason}") from None
+        raise ImageDecodeError(f"cannot decode: {reason}") from None
+
+
+# Never let Pillow silently fill truncated files with grey: a truncated file is reported.
+ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -1,0 +1,204 @@
+"""Find labelled images in a folder, in any of the three layouts a user brings.
+
+1. ``DATA/<class>/*``                                   -> every image is in the pool to split
+2. ``DATA/{train,val|valid|validation,test}/<class>/*``  -> given splits are kept
+3. ``DATA`` + ``--labels labels.csv`` (id,label)         -> ids resolve to image files by stem
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+ID_COLUMNS = ("id", "image_id", "file", "filename", "file_name", "file_path", "filepath", "image", "path", "img")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "target", "category", "y")
+
+
+def natural_key(text: str) -> list:
+    """Sort key that puts "2" before "10" and "img2" before "img10" (case-insensitive, then exact)."""
+    parts = re.split(r"(\d+)", text)
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts] + [text]
+
+
+def natural_sorted(items):
+    return sorted(items, key=natural_key)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All image files under folder (recursive), in natural order of their relative paths."""
+    files = [p for p in folder.rglob("*") if is_image_file(p)]
+    return sorted(files, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+@dataclass
+class Found:
+    """Images found in DATA: relative paths, class names, and any split fixed by the layout."""
+    root: Path
+    classes: list[str]
+    items: list[tuple[str, int, str | None]] = field(default_factory=list)  # (relpath, label index, split or None)
+    layout: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+
+
+def find_images(data: str | Path, labels_csv: str | Path | None = None,
+                id_column: str | None = None, label_column: str | None = None) -> Found:
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"data path does not exist: {root}")
+    if not root.is_dir():
+        raise DataError(f"data path is not a folder: {root}")
+    if labels_csv is not None:
+        found = _from_csv(root, Path(labels_csv).expanduser(), id_column, label_column)
+    else:
+        split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _class_dirs(root) if d.name.lower() in SPLIT_NAMES}
+        if "train" in split_dirs:
+            found = _from_split_folders(root, split_dirs)
+        else:
+            found = _from_class_folders(root)
+    _check_usable(found)
+    return found
+
+
+def _from_class_folders(root: Path, split: str | None = None, folder: Path | None = None,
+                        classes: list[str] | None = None) -> Found:
+    folder = folder or root
+    names = natural_sorted(d.name for d in _class_dirs(folder))
+    classes = classes if classes is not None else names
+    index = {c: i for i, c in enumerate(classes)}
+    items = []
+    for name in names:
+        for path in list_images(folder / name):
+            items.append((path.relative_to(root).as_posix(), index[name], split))
+    return Found(root=root, classes=classes, items=items, layout="class folders")
+
+
+def _from_split_folders(root: Path, split_dirs: dict[str, Path]) -> Found:
+    notes = []
+    labelled = {}
+    for split, folder in split_dirs.items():
+        if _class_dirs(folder):
+            labelled[split] = folder
+        elif list_images(folder):
+            # A Kaggle test folder holds unlabelled images: not usable for evaluation.
+            notes.append(f"'{folder.name}/' holds images without class folders; it is not used "
+                         f"for training or evaluation (use `imgclass submit` on it)")
+    names = set()
+    for folder in labelled.values():
+        names.update(d.name for d in _class_dirs(folder))
+    classes = natural_sorted(names)
+    if "train" in labelled:
+        train_names = {d.name for d in _class_dirs(labelled["train"])}
+        extra = sorted(names - train_names)
+        if extra:
+            raise DataError(f"classes {', '.join(extra)} appear in val/test but not in train/")
+    items = []
+    for split in ("train", "val", "test"):
+        if split in labelled:
+            items += _from_class_folders(root, split, labelled[split], classes).items
+    given = [s for s in ("val", "test") if s in labelled]
+    return Found(root=root, classes=classes, items=items,
+                 layout="split folders (" + ", ".join(["train"] + given) + ")", notes=notes)
+
+
+def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
+                 csv_path: Path, position: int) -> str:
+    if wanted is not None:
+        if wanted not in header:
+            raise DataError(f"{csv_path.name} has no column '{wanted}' (columns: {', '.join(header)})")
+        return wanted
+    lower = {h.lower().strip(): h for h in header}
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    if len(header) == 2:
+        return header[position]
+    raise DataError(f"cannot tell which column of {csv_path.name} is the {what} "
+                    f"(columns: {', '.join(header)}); name it with --{what}-column")
+
+
+def _from_csv(root: Path, csv_path: Path, id_column: str | None, label_column: str | None) -> Found:
+    if not csv_path.is_file():
+        raise DataError(f"labels CSV not found: {csv_path}")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        if not header:
+            raise DataError(f"labels CSV is empty: {csv_path}")
+        id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
+        label_col = _pick_column(header, label_column, LABEL_COLUMNS, "label", csv_path, 1)
+        rows = [(str(r[id_col]).strip(), str(r[label_col]).strip()) for r in reader
+                if r.get(id_col) not in (None, "") and r.get(label_col) not in (None, "")]
+    if not rows:
+        raise DataError(f"labels CSV has no rows with both '{id_col}' and '{label_col}': {csv_path}")
+    # Resolve an id to a file: an exact relative path, else the file stem (any image extension).
+    images = list_images(root)
+    by_rel = {p.relative_to(root).as_posix(): p for p in images}
+    by_stem: dict[str, list[Path]] = {}
+    for p in images:
+        by_stem.setdefault(p.stem, []).append(p)
+    classes = natural_sorted({label for _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    items, missing, seen = [], [], set()
+    for ident, label in rows:
+        path = by_rel.get(ident) or by_rel.get(ident.lstrip("./"))
+        if path is None:
+            candidates = by_stem.get(Path(ident).stem if Path(ident).suffix.lower() in IMAGE_EXTENSIONS else ident, [])
+            if len(candidates) > 1:
+                raise DataError(f"id '{ident}' in {csv_path.name} matches several files: "
+                                + ", ".join(p.relative_to(root).as_posix() for p in candidates[:3]))
+            path = candidates[0] if candidates else None
+        if path is None:
+            missing.append(ident)
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        items.append((rel, index[label], None))
+    if not items:
+        raise DataError(f"none of the {len(rows)} ids in {csv_path.name} (column '{id_col}') match an image "
+                        f"file in {root} (e.g. '{rows[0][0]}'); ids resolve by file name without extension")
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} ids in {csv_path.name} match no image and are skipped "
+                     f"(e.g. {', '.join(missing[:3])})")
+    items.sort(key=lambda it: natural_key(it[0]))
+    used = sorted({lab for _, lab, _ in items})
+    if len(used) < len(classes):
+        kept = [classes[i] for i in used]
+        remap = {old: new for new, old in enumerate(used)}
+        items = [(rel, remap[lab], s) for rel, lab, s in items]
+        notes.append(f"classes with no matched image dropped: {', '.join(sorted(set(classes) - set(kept)))}")
+        classes = kept
+    return Found(root=root, classes=classes, items=items, layout=f"labels CSV {csv_path.name}", notes=notes)
+
+
+def _check_usable(found: Found) -> None:
+    if not found.items:
+        raise DataError(f"no images found in {found.root} (expected DATA/<class>/*.jpg, "
+                        f"DATA/train/<class>/*.jpg, or --labels CSV)")
+    counts = [0] * len(found.classes)
+    for _, label, split in found.items:
+        if split in (None, "train"):
+            counts[label] += 1
+    present = [c for c, n in zip(found.classes, counts) if n]
+    if len(present) < 2:
+        only = f" (only '{present[0]}')" if present else ""
+        raise DataError(f"need at least 2 classes with training images in {found.root}{only}")

@@ -1,0 +1,75 @@
+"""The preprocessing stored in every model file: input size, resize policy, mean/std.
+
+Training, evaluation, prediction, submission (and serving/export) all call
+``Preprocessing.load`` -> ``Preprocessing.to_tensor``, so they can never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .decode import DEFAULT_MAX_PIXELS, open_rgb
+
+RESAMPLE = Image.Resampling.BICUBIC
+
+
+@dataclass
+class Preprocessing:
+    img_size: int                 # square side fed to the model
+    resize: str = "crop"          # crop | pad | stretch
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel, on 0..1 pixels
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(img_size=int(d["img_size"]), resize=d.get("resize", "crop"),
+                   mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
+                   max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)))
+
+    # -- one image -------------------------------------------------------------
+    def fit(self, img: Image.Image) -> Image.Image:
+        """Apply the resize policy: an RGB image of exactly img_size x img_size."""
+        size = (self.img_size, self.img_size)
+        if self.resize == "crop":
+            return ImageOps.fit(img, size, method=RESAMPLE)
+        if self.resize == "pad":
+            return ImageOps.pad(img, size, method=RESAMPLE, color=(0, 0, 0))
+        if self.resize == "stretch":
+            return img.resize(size, RESAMPLE)
+        raise ValueError(f"unknown resize policy {self.resize!r}")
+
+    def load(self, source: str | Path | bytes | BinaryIO | Image.Image) -> np.ndarray:
+        """Decode + resize one image into a uint8 HxWx3 array."""
+        if isinstance(source, Image.Image):
+            from .decode import _to_rgb
+            img = _to_rgb(ImageOps.exif_transpose(source))
+        else:
+            img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels)
+        return np.asarray(self.fit(img), dtype=np.uint8)
+
+    # -- batches ---------------------------------------------------------------
+    def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW -> float NCHW, scaled to 0..1 and standardised."""
+        return self.standardize(batch_uint8.float().div_(255.0))
+
+    def standardize(self, x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in 0..1 -> (x - mean) / std."""
+        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        return (x01 - mean) / std
+
+
+def to_nchw(arrays: np.ndarray) -> torch.Tensor:
+    """NHWC uint8 numpy -> NCHW uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,114 @@
+"""Stratified train/val/test split, saved as RUN/splits.csv (path,label,split).
+
+Written by hand rather than with sklearn's train_test_split because that raises on
+classes with a single image; here such a class is kept in training with a warning.
+The same files and seed give a byte-identical splits.csv.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .find import Found, natural_key
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """The data for one run: class names and (relative path, label) per split."""
+    root: Path
+    classes: list[str]
+    items: dict[str, list[tuple[str, int]]]
+
+    def counts(self) -> dict[str, list[int]]:
+        out = {}
+        for split, rows in self.items.items():
+            c = [0] * len(self.classes)
+            for _, label in rows:
+                c[label] += 1
+            out[split] = c
+        return out
+
+
+def _carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
+           warn: list[str], classes: list[str]) -> dict[str, list[tuple[str, int]]]:
+    """Split a pool per class: each wanted split gets round(n * fraction), at least 1."""
+    rng = np.random.RandomState(seed)
+    out = {s: [] for s in SPLITS}
+    by_class: dict[int, list[str]] = {}
+    for rel, label in rel_labels:
+        by_class.setdefault(label, []).append(rel)
+    for label in sorted(by_class):
+        files = sorted(by_class[label], key=natural_key)
+        order = rng.permutation(len(files))
+        files = [files[i] for i in order]
+        wanted = {s: f for s, f in fractions.items() if f > 0}
+        need = len(wanted) + 1
+        if len(files) < need:
+            warn.append(f"class '{classes[label]}' has {len(files)} image(s), fewer than the {need} the split "
+                        f"needs; all are kept in training")
+            out["train"] += [(r, label) for r in files]
+            continue
+        sizes = {sp: max(1, int(math.floor(len(files) * f + 0.5))) for sp, f in wanted.items()}
+        while sum(sizes.values()) >= len(files):  # always leave at least one image for training
+            biggest = max(sizes, key=lambda sp: sizes[sp])
+            sizes[biggest] -= 1
+        start = 0
+        for sp in ("test", "val"):
+            n = sizes.get(sp, 0)
+            out[sp] += [(r, label) for r in files[start:start + n]]
+            start += n
+        out["train"] += [(r, label) for r in files[start:]]
+    for s in out:
+        out[s].sort(key=lambda it: natural_key(it[0]))
+    return out
+
+
+def make_split(found: Found, val_split: float, test_split: float, seed: int) -> tuple[Split, list[str]]:
+    """Keep the layout's given splits; carve missing val/test from train, stratified."""
+    warn: list[str] = []
+    given = {s: [(rel, lab) for rel, lab, sp in found.items if sp == s] for s in SPLITS}
+    pool = [(rel, lab) for rel, lab, sp in found.items if sp in (None, "train")]
+    fractions = {}
+    if not given["test"]:
+        fractions["test"] = test_split
+    if not given["val"]:
+        fractions["val"] = val_split
+    carved = _carve(pool, fractions, seed, warn, found.classes)
+    items = {s: sorted(given[s] + carved[s], key=lambda it: natural_key(it[0])) if s != "train" else carved["train"]
+             for s in SPLITS}
+    return Split(root=found.root, classes=found.classes, items=items), warn
+
+
+def splits_csv_text(split: Split) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    for s in SPLITS:
+        for rel, label in split.items[s]:
+            writer.writerow([rel, split.classes[label], s])
+    return buf.getvalue()
+
+
+def write_splits(split: Split, path: Path) -> None:
+    path.write_text(splits_csv_text(split), encoding="utf-8")
+
+
+def read_splits(path: Path, root: Path, classes: list[str]) -> Split:
+    """Read a saved splits.csv back (used by --resume and evaluate)."""
+    index = {c: i for i, c in enumerate(classes)}
+    items = {s: [] for s in SPLITS}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["label"] not in index:
+                raise DataError(f"{path} names class '{row['label']}' unknown to the model")
+            items[row["split"]].append((row["path"], index[row["label"]]))
+    return Split(root=root, classes=classes, items=items)

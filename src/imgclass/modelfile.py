@@ -1,0 +1,110 @@
+"""Self-describing model files: ``model.safetensors`` holds the weights plus a JSON
+header with the architecture and its arguments, class names in order, preprocessing,
+library version and final metrics. Loading rebuilds everything from the file alone
+and never unpickles anything (safetensors stores raw tensors and strings only).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data.preprocess import Preprocessing
+from .errors import UserError
+
+FORMAT = "imgclass-model"
+FORMAT_VERSION = 1
+META_KEY = "imgclass"
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied weights): give each its own copy."""
+    seen, out = set(), {}
+    for key, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if ptr is not None and ptr in seen:
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        out[key] = t
+    return out
+
+
+def write_atomic(tensors: dict[str, torch.Tensor], header: dict[str, Any], path: Path) -> None:
+    """Write tensors + a JSON header so a kill at any moment leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_unshared(tensors), str(tmp), metadata={META_KEY: json.dumps(header)})
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not our file"
+        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    if META_KEY not in meta:
+        raise UserError(f"{path} has no imgclass metadata: not an imgclass model file")
+    return json.loads(meta[META_KEY])
+
+
+def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "imgclass_version": __version__,
+        "arch": arch,                       # {"name", "args", "dropout"}
+        "classes": list(classes),
+        "preprocessing": pre.to_dict(),
+        "metrics": metrics or {},
+    }
+
+
+def save_model(path: Path, model: nn.Module, header: dict) -> None:
+    write_atomic(model.state_dict(), header, path)
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder or a model file -> the model file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for candidate in (p / "model.safetensors", p / "checkpoints" / "best.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"no model in {p} (expected model.safetensors: has training finished?)")
+    if not p.is_file():
+        raise UserError(f"model not found: {p}")
+    return p
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from its file alone; returns (model in eval mode, header)."""
+    from .models import create_model
+    file = resolve_model_path(path)
+    header = read_header(file)
+    if header.get("format") not in (FORMAT, "imgclass-checkpoint"):
+        raise UserError(f"{file} is not an imgclass model file")
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{file} was written by a newer imgclass ({header.get('imgclass_version')}); upgrade")
+    arch = header["arch"]
+    model = create_model(arch["name"], num_classes=len(header["classes"]), dropout=arch.get("dropout", 0.0),
+                         **arch.get("args", {}))
+    tensors = load_file(str(file))
+    prefix = "model."
+    if any(k.startswith(prefix) for k in tensors) and header.get("format") == "imgclass-checkpoint":
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model.load_state_dict(tensors, strict=True)
+    model.to(device).eval()
+    return model, header

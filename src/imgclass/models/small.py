@@ -1,0 +1,62 @@
+"""Models imgclass defines itself, for training from scratch on small images."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import Classifier
+from .registry import register
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@register("mlp", "multilayer perceptron on the flattened image (a baseline)", default_img_size=16,
+          default_lr={"adamw": 1e-3, "sgd": 0.05})
+def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, hidden: int = 512, depth: int = 2) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 3 * img_size * img_size
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    return Classifier(nn.Sequential(*layers), width, num_classes, dropout)
+
+
+@register("cnn", "small plain CNN: conv-BN-ReLU blocks with max pooling, global average pool")
+def cnn(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 3) -> nn.Module:
+    layers: list[nn.Module] = []
+    cin = 3
+    for i in range(depth):
+        cout = width * 2 ** i
+        layers += [conv_bn(cin, cout), conv_bn(cout, cout), nn.MaxPool2d(2, ceil_mode=True)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, cout, stride),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+@register("resnet", "residual network for small images (CIFAR-style stem, 3 stages); args: width, depth")
+def resnet(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 2) -> nn.Module:
+    """Three stages of `depth` basic blocks at widths w, 2w, 4w; a 3x3 stem keeps small inputs' detail."""
+    layers: list[nn.Module] = [conv_bn(3, width)]
+    cin = width
+    for stage in range(3):
+        cout = width * 2 ** stage
+        for block in range(depth):
+            layers.append(BasicBlock(cin, cout, stride=2 if stage > 0 and block == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout)

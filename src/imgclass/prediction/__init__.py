@@ -1,0 +1,1 @@
+"""Prediction from a model file: top-k for images, and Kaggle submissions."""

@@ -1,0 +1,95 @@
+"""A Predictor rebuilds model and preprocessing from the model file alone, so every
+caller (predict, submit, evaluate, serving, export) decodes and resizes images the
+same way training did."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.decode import ImageDecodeError
+from ..data.find import is_image_file, list_images, natural_key
+from ..data.preprocess import Preprocessing, to_nchw
+from ..errors import UserError
+from ..modelfile import load_model
+
+Source = str | Path | bytes | Image.Image
+
+
+class Predictor:
+    def __init__(self, model: torch.nn.Module, header: dict[str, Any], device: torch.device):
+        self.model, self.header, self.device = model, header, device
+        self.classes: list[str] = header["classes"]
+        self.pre = Preprocessing.from_dict(header["preprocessing"])
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+        model, header = load_model(path, dev)
+        return cls(model, header, dev)
+
+    @torch.no_grad()
+    def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for a uint8 NCHW batch already at the model's size."""
+        x = self.pre.normalize(batch_uint8.to(self.device))
+        return torch.softmax(self.model(x).float(), dim=1).cpu()
+
+    def predict_proba(self, sources: Iterable[Source], batch_size: int = 64
+                      ) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities (N x classes; NaN rows for unreadable inputs) and one error (or None) per input."""
+        sources = list(sources)
+        probs = np.full((len(sources), len(self.classes)), np.nan, dtype=np.float32)
+        errors: list[str | None] = [None] * len(sources)
+        for start in range(0, len(sources), batch_size):
+            arrays, index = [], []
+            for i in range(start, min(start + batch_size, len(sources))):
+                try:
+                    arrays.append(self.pre.load(sources[i]))
+                    index.append(i)
+                except ImageDecodeError as exc:
+                    errors[i] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - one odd input never stops the batch
+                    errors[i] = f"cannot decode: {type(exc).__name__}: {exc}"
+            if arrays:
+                probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
+        return probs, errors
+
+    def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64) -> list[dict[str, Any]]:
+        """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input."""
+        sources = list(sources)
+        probs, errors = self.predict_proba(sources, batch_size)
+        k = max(1, min(top_k, len(self.classes)))
+        out = []
+        for i, src in enumerate(sources):
+            name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
+            if errors[i] is not None:
+                out.append({"image": name, "error": errors[i]})
+                continue
+            order = np.argsort(-probs[i], kind="stable")[:k]
+            out.append({"image": name, "top_k": [{"label": self.classes[j], "probability": float(probs[i, j])}
+                                                 for j in order]})
+        return out
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files, folders (recursive, images only) and glob patterns -> a list of paths, in natural order."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            paths += list_images(p)
+        elif p.exists():
+            paths.append(p)  # an explicit file is tried even if its extension is odd
+        else:
+            matches = sorted(glob.glob(str(item), recursive=True), key=natural_key)
+            if not matches:
+                raise UserError(f"no such file, folder or pattern: {item}")
+            paths += [Path(m) for m in matches if Path(m).is_file() and (is_image_file(Path(m)) or "*" not in str(item))]
+    if not paths:
+        raise UserError("no images to predict in " + ", ".join(map(str, inputs)))
+    return paths

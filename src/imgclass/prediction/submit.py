@@ -1,0 +1,60 @@
+"""Kaggle submission: one row per test image, ID from the file stem, TARGET the class."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..data.find import list_images, natural_key
+from ..errors import UserError
+from .predictor import Predictor
+
+
+def _id_key(stem: str):
+    # numeric ids in numeric order ("2" before "10"); otherwise natural order
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, natural_key(stem))
+
+
+def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index",
+                    batch_size: int = 64) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction."""
+    folder = Path(test_dir).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"test folder not found: {folder}")
+    files = list_images(folder)
+    if not files:
+        raise UserError(f"no images in {folder}")
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise UserError(f"two test images share the id '{f.stem}': {stems[f.stem]} and {f}")
+        stems[f.stem] = f
+    files = sorted(files, key=lambda f: _id_key(f.stem))
+    probs, errors = predictor.predict_proba(files, batch_size)
+    ok = ~np.isnan(probs).any(axis=1)
+    pred = np.where(ok, np.nan_to_num(probs, nan=-1).argmax(axis=1), -1)
+    fallback = int(np.bincount(pred[ok]).argmax()) if ok.any() else 0
+    rows, bad = [], []
+    for f, p, err in zip(files, pred, errors):
+        if err is not None:
+            bad.append((str(f), err))
+            p = fallback  # Kaggle needs a row for every id
+        rows.append((f.stem, predictor.classes[p] if target == "label" else str(int(p))))
+    return rows, bad
+
+
+def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path, id_column: str = "ID",
+                     target_column: str = "TARGET", target: str = "index") -> tuple[Path, int, list]:
+    if target not in ("index", "label"):
+        raise UserError("--target must be index or label")
+    rows, bad = submission_rows(predictor, test_dir, target)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([id_column, target_column])
+    writer.writerows(rows)
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(buf.getvalue())
+    return out, len(rows), bad

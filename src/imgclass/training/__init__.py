@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, a short loop with named events, callbacks, checkpoints."""

@@ -1,0 +1,152 @@
+"""Callbacks hooked on the loop's events: best-model tracking, early stopping,
+checkpoints, metrics.csv, TensorBoard and the progress display.
+
+Order matters: the best model and the stop decision are settled before the "last"
+checkpoint is written, and logs are written after it, so a kill between any two
+leaves files that --resume reconciles (metrics.csv is rewritten from the history).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .checkpoint import save_checkpoint
+from .loop import Callback, Trainer
+from ..modelfile import save_model
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+class BestModel(Callback):
+    """Keeps checkpoints/best.safetensors (a loadable model file) at the best validation accuracy."""
+    order = 0
+
+    def __init__(self, path: Path, header: Callable[[], dict]):
+        self.path, self.header = path, header
+
+    def after_epoch(self, t: Trainer) -> None:
+        row = t.history[-1]
+        score = row["val_acc"] if not math.isnan(row["val_acc"]) else row["train_acc"]
+        no_val = math.isnan(row["val_acc"])
+        if no_val or score > t.best_val_acc:
+            t.best_val_acc, t.best_epoch = score, row["epoch"]
+            save_model(self.path, t.model, self.header())
+
+
+class EarlyStopping(Callback):
+    order = 1
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def after_epoch(self, t: Trainer) -> None:
+        if t.epoch - t.best_epoch >= self.patience and t.epoch < t.epochs:
+            t.stop = True
+            t.stop_reason = (f"early stopping: no validation-accuracy gain for {self.patience} epochs "
+                             f"(best {t.best_val_acc:.4f} at epoch {t.best_epoch})")
+
+
+class Checkpoint(Callback):
+    """checkpoints/last.safetensors after every epoch: everything --resume needs."""
+    order = 2
+
+    def __init__(self, path: Path, header: Callable[[], dict]):
+        self.path, self.header = path, header
+
+    def after_epoch(self, t: Trainer) -> None:
+        save_checkpoint(self.path, t.model, t.optimizer, t.loop_state(), self.header())
+
+
+class MetricsCSV(Callback):
+    order = 3
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, t: Trainer) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in t.history:
+            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, self.path)
+
+    before_fit = after_epoch = write
+
+
+class TensorBoard(Callback):
+    order = 4
+
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.writer = log_dir, None
+
+    def before_fit(self, t: Trainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def after_epoch(self, t: Trainer) -> None:
+        row = t.history[-1]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
+            if not math.isnan(row[key]):
+                self.writer.add_scalar(key.replace("_", "/", 1) if "_" in key else key, row[key], row["epoch"])
+        self.writer.flush()
+
+    def after_fit(self, t: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ProgressDisplay(Callback):
+    """A progress bar per epoch (loss, accuracy so far, time left) and one line per finished epoch."""
+    order = 5
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task = None
+        self.fit_started = 0.0
+        self.start_epoch = 0
+
+    def before_fit(self, t: Trainer) -> None:
+        self.fit_started, self.start_epoch = time.perf_counter(), t.epoch
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress.start()
+
+    def before_epoch(self, t: Trainer) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("train", total=t.steps_per_epoch,
+                                               epoch=f"{t.epoch + 1}/{t.epochs}", loss=float("nan"))
+
+    def after_step(self, t: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=t.batch_loss)
+
+    def after_epoch(self, t: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.remove_task(self.task)
+        r = t.history[-1]
+        done = t.epoch - self.start_epoch
+        per_epoch = (time.perf_counter() - self.fit_started) / max(done, 1)
+        left = per_epoch * (t.epochs - t.epoch)
+        self.console.print(f"epoch {r['epoch']:>3}/{t.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}"
+                           f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}  lr {r['lr']:.2e}"
+                           f"  {r['seconds']:.1f}s  (about {left / 60:.1f} min left)", highlight=False, soft_wrap=True)
+
+    def after_fit(self, t: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if t.stop_reason:
+            self.console.print(t.stop_reason, highlight=False)

@@ -1,0 +1,140 @@
+"""The training loop: short, top to bottom, with named events for callbacks.
+
+Events (in order): before_fit, before_epoch, after_step, after_epoch, after_fit.
+Callbacks read and write the Trainer's attributes (epoch, step, history, stop...).
+
+Randomness is reseeded from (seed, epoch) at the start of every epoch, so an epoch
+run after --resume draws exactly the shuffles, augmentations and dropout masks it
+would have drawn in an uninterrupted run: the random state is a function of the
+checkpoint's epoch and needs no pickled generator state.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import BatchAugment
+from ..data.images import ImageTensors
+from ..data.preprocess import Preprocessing
+from .optim import lr_at, set_lr
+
+
+class Callback:
+    order = 0
+
+    def __call__(self, event: str, trainer: "Trainer") -> None:
+        handler = getattr(self, event, None)
+        if handler is not None:
+            handler(trainer)
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_data: ImageTensors
+    val_data: ImageTensors | None
+    pre: Preprocessing
+    augment: BatchAugment
+    epochs: int
+    batch_size: int
+    peak_lr: float
+    warmup_epochs: float
+    label_smoothing: float
+    seed: int
+    device: torch.device
+    callbacks: list[Callback] = field(default_factory=list)
+    # progress, read and written by callbacks and saved in checkpoints
+    epoch: int = 0                      # epochs completed
+    step: int = 0                       # optimizer steps completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stop: bool = False
+    stop_reason: str = ""
+    batch_loss: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train_data) // self.batch_size)
+
+    def event(self, name: str) -> None:
+        for cb in sorted(self.callbacks, key=lambda c: c.order):
+            cb(name, self)
+
+    def loop_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_val_acc": self.best_val_acc,
+                "best_epoch": self.best_epoch, "stop": self.stop, "stop_reason": self.stop_reason}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def fit(self) -> None:
+        total = self.epochs * self.steps_per_epoch
+        warmup = int(round(self.warmup_epochs * self.steps_per_epoch))
+        self.event("before_fit")
+        while self.epoch < self.epochs and not self.stop:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
+            self.event("before_epoch")
+            self.model.train()
+            started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+            order = torch.randperm(len(self.train_data), generator=gen)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                if len(idx) < 2 and len(order) > 1:
+                    continue  # batch norm cannot train on a single image
+                x = self.train_data.images[idx].to(self.device, non_blocking=True)
+                y = self.train_data.labels[idx].to(self.device, non_blocking=True)
+                x = self.augment(x.float().div_(255.0), gen)
+                x = self.pre.standardize(x)
+                set_lr(self.optimizer, lr_at(self.step, total, warmup, self.peak_lr))
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                self.batch_loss = float(loss.detach())
+                seen += len(y)
+                loss_sum += self.batch_loss * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                self.event("after_step")
+            row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+            if self.val_data is not None and len(self.val_data):
+                row["val_loss"], row["val_acc"] = evaluate_loss_acc(self.model, self.val_data, self.pre,
+                                                                    self.batch_size, self.device)
+            else:
+                row["val_loss"], row["val_acc"] = float("nan"), float("nan")
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["seconds"] = time.perf_counter() - started
+            self.history.append(row)
+            self.epoch += 1
+            self.event("after_epoch")
+        self.event("after_fit")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
+                   device: torch.device) -> torch.Tensor:
+    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = pre.normalize(images[start:start + batch_size].to(device))
+        out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,
+                      device: torch.device) -> tuple[float, float]:
+    logits = predict_logits(model, data.images, pre, batch_size, device)
+    loss = float(F.cross_entropy(logits, data.labels))
+    acc = float((logits.argmax(1) == data.labels).float().mean())
+    return loss, acc
