@@ -12,18 +12,18 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-@register("mlp", "multilayer perceptron on the flattened image (a baseline)", default_img_size=16,
+@register("mlp", "multilayer perceptron on the flattened image (a baseline); args: width, depth", default_img_size=16,
           default_lr={"adamw": 1e-3, "sgd": 0.05})
-def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, hidden: int = 512, depth: int = 2) -> nn.Module:
+def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, width: int = 512, depth: int = 2) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
-    width = 3 * img_size * img_size
+    features = 3 * img_size * img_size
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        width = hidden
-    return Classifier(nn.Sequential(*layers), width, num_classes, dropout)
+        layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        features = width
+    return Classifier(nn.Sequential(*layers), features, num_classes, dropout)
 
 
-@register("cnn", "small plain CNN: conv-BN-ReLU blocks with max pooling, global average pool")
+@register("cnn", "small plain CNN (conv-BN-ReLU pairs, max pooling, global average pool); args: width, depth")
 def cnn(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 3) -> nn.Module:
     layers: list[nn.Module] = []
     cin = 3

@@ -1,0 +1,23 @@
+"""Shared fixtures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import FAST, make_class_folders
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One small trained run shared by the prediction tests."""
+    import imgclass
+    root = tmp_path_factory.mktemp("shared")
+    data = make_class_folders(root / "data", per_class=16)
+    run = imgclass.train(data, out=str(root / "run"), **dict(FAST, epochs=4))
+    return run.dir

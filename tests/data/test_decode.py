@@ -1,0 +1,90 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclass.data.decode import ImageDecodeError, open_rgb
+from imgclass.data.preprocess import Preprocessing
+
+
+def save(img: Image.Image, path, fmt=None, **kw):
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+def test_rgba_composited_on_white(tmp_path):
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    out = np.asarray(open_rgb(save(img, tmp_path / "a.png")))
+    assert out.shape == (4, 4, 3) and (out == 255).all()
+
+
+def test_la_half_transparent(tmp_path):
+    img = Image.new("LA", (2, 2), (0, 128))
+    out = np.asarray(open_rgb(save(img, tmp_path / "la.png")))
+    assert abs(int(out[0, 0, 0]) - 127) <= 1  # black at alpha 0.5 over white
+
+
+def test_16bit_scaled_down(tmp_path):
+    arr = np.full((3, 3), 65535, dtype=np.uint16)
+    arr[0, 0] = 0
+    arr[1, 1] = 32768
+    img = Image.fromarray(arr)
+    out = np.asarray(open_rgb(save(img, tmp_path / "g16.png")))
+    assert out[0, 0, 0] == 0 and out[2, 2, 0] == 255 and 126 <= out[1, 1, 0] <= 129
+
+
+def test_cmyk_palette_gray_to_rgb(tmp_path):
+    cmyk = Image.new("CMYK", (3, 3), (0, 255, 255, 0))  # red
+    red = np.asarray(open_rgb(save(cmyk, tmp_path / "c.jpg", "JPEG"))).astype(int)[1, 1]
+    assert red[0] > 240 and red[1] < 15 and red[2] < 15
+    pal = Image.new("RGB", (3, 3), (0, 0, 255)).convert("P")
+    assert tuple(np.asarray(open_rgb(save(pal, tmp_path / "p.gif")))[0, 0]) == (0, 0, 255)
+    gray = Image.new("L", (3, 3), 77)
+    assert tuple(np.asarray(open_rgb(save(gray, tmp_path / "g.bmp")))[0, 0]) == (77, 77, 77)
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (6, 2), (10, 10, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "r.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert open_rgb(path).size == (2, 6)
+
+
+@pytest.mark.parametrize("fmt,ext", [("WEBP", "webp"), ("TIFF", "TIF"), ("PNG", "JPG")])
+def test_other_formats_and_misnamed(tmp_path, fmt, ext):
+    img = Image.new("RGB", (5, 4), (1, 2, 3))
+    assert open_rgb(save(img, tmp_path / f"x.{ext}", fmt)).size == (5, 4)
+
+
+def test_errors_have_reasons(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "page.jpg").write_text("<html>404</html>")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:200])
+    for name, reason in [("empty.jpg", "empty"), ("page.jpg", "not an image"), ("cut.jpg", "truncated|cannot")]:
+        with pytest.raises(ImageDecodeError, match=reason):
+            open_rgb(tmp_path / name)
+
+
+def test_bomb_refused_from_header(tmp_path):
+    path = save(Image.new("L", (200, 200)), tmp_path / "big.png")
+    with pytest.raises(ImageDecodeError, match="decompression bomb.*40,000 pixels"):
+        open_rgb(path, max_pixels=10_000)
+
+
+@pytest.mark.parametrize("policy", ["crop", "pad", "stretch"])
+def test_resize_policies(policy):
+    img = Image.new("RGB", (40, 10), (255, 255, 255))
+    img.paste((255, 0, 0), (0, 0, 5, 10))  # a red band at the left edge
+    out = Preprocessing(img_size=8, resize=policy).load(img)
+    assert out.shape == (8, 8, 3)
+    if policy == "crop":    # the centre crop drops the red band
+        assert out[:, 0, 1].min() > 200
+    if policy == "pad":     # long side fits: black bars top and bottom, content kept
+        assert out[0].max() == 0 and out[4, 0, 1] < 60
+    if policy == "stretch":
+        assert out[4, 0, 1] < 60 and out[0, 0, 1] < 60

@@ -1,0 +1,60 @@
+"""Tiny generated datasets: tests make their own images in temporary folders."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLORS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 220, 40)]
+
+
+def tiny_image(label: int, rng: np.random.RandomState, size: int = 12) -> Image.Image:
+    """A noisy square whose colour tells its class: easy to learn in a couple of epochs."""
+    base = np.array(COLORS[label % len(COLORS)], dtype=np.float32)
+    pixels = base + rng.normal(0, 25, (size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_class_folders(root: Path, classes=("cat", "dog", "fish"), per_class: int = 12, seed: int = 0,
+                       ext: str = ".png") -> Path:
+    rng = np.random.RandomState(seed)
+    for i, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            tiny_image(i, rng).save(root / name / f"img{j}{ext}")
+    return root
+
+
+def make_split_folders(root: Path, splits=("train", "val", "test"), classes=("a", "b", "c"),
+                       per_class: dict | None = None) -> Path:
+    per_class = per_class or {"train": 10, "val": 3, "test": 3, "valid": 3, "validation": 3}
+    for k, split in enumerate(splits):
+        make_class_folders(root / split, classes, per_class.get(split, 3), seed=k)
+    return root
+
+
+def make_labels_csv(root: Path, classes=("0", "1", "2"), per_class: int = 10, header=("id", "label")) -> Path:
+    rng = np.random.RandomState(1)
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows, n = [], 0
+    for i, name in enumerate(classes):
+        for _ in range(per_class):
+            n += 1
+            ext = [".png", ".jpg", ".JPG"][n % 3]
+            tiny_image(i, rng).save(images / f"{n}{ext}", format="PNG" if ext == ".png" else "JPEG")
+            rows.append((str(n), name))
+    csv_path = root / "train.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return csv_path
+
+
+FAST = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=8, epochs=2, batch_size=8,
+            tensorboard=False, verbose=False, workers=1)
+
+
