@@ -124,7 +124,10 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
         return
     from rich.console import Console
     from rich.table import Table
-    table = Table("image", "prediction", "probability", "top-k")
+    table = Table()
+    table.add_column("image", overflow="fold")  # full paths, folded rather than cut
+    for name in ("prediction", "probability", "top-k"):
+        table.add_column(name)
     for r in results:
         if "error" in r:
             table.add_row(r["image"], "[red]error", "", r["error"])

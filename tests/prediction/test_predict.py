@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import imgclass
+from imgclass import config
+from imgclass.data.images import load_split
+from imgclass.data.split import read_splits
+from imgclass.modelfile import load_model
+from imgclass.training.loop import predict_logits
+
+from helpers import tiny_image
+
+
+def test_predict_matches_training_path(trained_run):
+    """predict decodes and preprocesses exactly as training did: same probabilities on the test split."""
+    predictor = imgclass.load(trained_run, device="cpu")
+    data_root = Path(config.resolve(trained_run / "config.yaml").data)
+    split = read_splits(trained_run / "splits.csv", data_root, predictor.classes)
+    tensors = load_split(split.root, split.items["test"], predictor.pre, workers=1)
+    model, _ = load_model(trained_run)
+    expected = torch.softmax(predict_logits(model, tensors.images, predictor.pre, 64, torch.device("cpu")), 1)
+    probs, errors = predictor.predict_proba([split.root / p for p in tensors.paths])
+    assert errors == [None] * len(errors)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-6)
+
+
+def test_top_k_and_errors(trained_run, tmp_path):
+    rng = np.random.RandomState(3)
+    good = tmp_path / "red.png"
+    tiny_image(0, rng).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    results = imgclass.predict(trained_run, [good, bad], top_k=2)
+    assert results[0]["image"] == str(good) and len(results[0]["top_k"]) == 2
+    assert results[0]["top_k"][0]["label"] == "cat"
+    probs = [t["probability"] for t in results[0]["top_k"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert results[1] == {"image": str(bad), "error": "not an image (Pillow cannot identify it)"}
+
+
+def test_pil_and_bytes_inputs(trained_run, tmp_path):
+    img = tiny_image(1, np.random.RandomState(4))
+    path = tmp_path / "g.png"
+    img.save(path)
+    predictor = imgclass.load(trained_run)
+    a = predictor.predict([img])[0]["top_k"]
+    b = predictor.predict([path.read_bytes()])[0]["top_k"]
+    c = predictor.predict([path])[0]["top_k"]
+    assert a == b == c and a[0]["label"] == "dog"
+
+
+def test_top_k_larger_than_classes(trained_run, tmp_path):
+    tiny_image(2, np.random.RandomState(5)).save(tmp_path / "b.png")
+    assert len(imgclass.predict(trained_run, [tmp_path / "b.png"], top_k=10)[0]["top_k"]) == 3

@@ -1,0 +1,40 @@
+import csv
+
+import numpy as np
+
+import imgclass
+
+from helpers import tiny_image
+
+
+def make_test_dir(tmp_path):
+    rng = np.random.RandomState(9)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    labels = {}
+    for n, stem in enumerate(["10", "2", "1", "33"]):
+        tiny_image(n % 3, rng).save(folder / f"{stem}.png")
+        labels[stem] = n % 3
+    return folder, labels
+
+
+def test_submission_numeric_order_and_targets(trained_run, tmp_path):
+    folder, labels = make_test_dir(tmp_path)
+    out = imgclass.submit(trained_run, folder, out=tmp_path / "sub.csv")
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["ID", "TARGET"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "10", "33"]
+    assert all(int(r[1]) == labels[r[0]] for r in rows[1:])     # colour classes are learnt
+    out2 = imgclass.submit(trained_run, folder, out=tmp_path / "sub2.csv", id_column="id", target_column="label",
+                           target="label")
+    rows2 = list(csv.reader(out2.open()))
+    classes = imgclass.load(trained_run).classes
+    assert rows2[0] == ["id", "label"]
+    assert [r[1] for r in rows2[1:]] == [classes[int(r[1])] for r in rows[1:]]
+
+
+def test_unreadable_test_image_still_gets_a_row(trained_run, tmp_path):
+    folder, _ = make_test_dir(tmp_path)
+    (folder / "5.jpg").write_text("broken")
+    out = imgclass.submit(trained_run, folder, out=tmp_path / "s.csv")
+    assert [r[0] for r in list(csv.reader(out.open()))[1:]] == ["1", "2", "5", "10", "33"]

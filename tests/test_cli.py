@@ -1,0 +1,86 @@
+"""CLI smoke tests at tiny sizes for every verb, and one-line errors with exit code 2."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imgclass.cli import main
+
+from helpers import make_class_folders, make_labels_csv, make_split_folders
+
+TINY = ["--model", "cnn", "--model-args", "width=8,depth=2", "--img-size", "8", "--epochs", "1",
+        "--batch-size", "8", "--no-tensorboard", "--no-verbose", "--workers", "1"]
+
+
+def test_train_predict_submit_models(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run)] + TINY) == 0
+    out = capsys.readouterr().out
+    assert "train accuracy" in out and "val accuracy" in out and "test accuracy" in out
+
+    assert main(["predict", str(run), str(data / "cat"), "--format", "json", "--top-k", "2"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 8 and all(len(r["top_k"]) == 2 for r in results)
+
+    assert main(["predict", str(run / "model.safetensors"), str(data / "dog" / "img*.png"), "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0][:3] == ["image", "label1", "probability1"] and len(rows) == 9
+
+    assert main(["predict", str(run), str(data / "fish" / "img0.png")]) == 0
+    table = capsys.readouterr().out
+    assert "img0.png" in table and ("fish" in table or "cat" in table or "dog" in table)
+
+    assert main(["submit", str(run), str(data / "cat"), "--out", str(tmp_path / "s.csv"), "--target", "label"]) == 0
+    assert "wrote 8 rows" in capsys.readouterr().out
+
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("mlp", "cnn", "resnet"))
+    assert main(["models", "--zoo", "timm", "--filter", "resnet1*"]) == 0
+    assert "timm:resnet18" in capsys.readouterr().out.split()
+
+
+def test_train_with_labels_csv_and_split_folders(tmp_path, capsys):
+    csv_path = make_labels_csv(tmp_path / "k")
+    assert main(["train", str(tmp_path / "k" / "images"), "--labels", str(csv_path), "--out",
+                 str(tmp_path / "r1")] + TINY) == 0
+    data = make_split_folders(tmp_path / "s", splits=("train", "validation"))
+    assert main(["train", str(data), "--out", str(tmp_path / "r2")] + TINY) == 0
+
+
+@pytest.mark.parametrize("make,args,msg", [
+    (None, ["train", "{tmp}/missing"], "data path does not exist"),
+    ("empty", ["train", "{tmp}/d"], "no images found"),
+    ("one", ["train", "{tmp}/d"], "at least 2 classes"),
+    ("csv", ["train", "{tmp}/d", "--labels", "{tmp}/bad.csv"], "match an image"),
+    ("two", ["train", "{tmp}/d", "--model", "vgg99"], "unknown model 'vgg99'"),
+    ("two", ["train", "{tmp}/d", "--config", "{tmp}/c.yaml"], "unknown config key 'epohcs'"),
+    ("two", ["train", "{tmp}/d", "--epochs", "x"], "invalid int value"),
+    ("two", ["train", "{tmp}/d", "--bogus-flag"], "unrecognized arguments"),
+    (None, ["predict", "{tmp}/nothing", "x.png"], "model not found"),
+    (None, ["train", "--resume", "{tmp}"], "cannot resume"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, make, args, msg):
+    if make == "empty":
+        (tmp_path / "d").mkdir()
+    elif make == "one":
+        make_class_folders(tmp_path / "d", classes=("x",), per_class=2)
+    elif make in ("two", "csv"):
+        make_class_folders(tmp_path / "d", classes=("x", "y"), per_class=2)
+        (tmp_path / "bad.csv").write_text("id,label\nzzz,x\n")
+        (tmp_path / "c.yaml").write_text("epohcs: 3\n")
+    code = main([a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert msg in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "imgclass", "train", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"imgclass: error: data path does not exist: {tmp_path / 'nope'}"
