@@ -58,7 +58,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             continue
         hint, flag = _HINTS[name], "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{helps.get(name, '')} [default: {default}]")
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=helps.get(name, "") + ("" if default is None else f" [default: {default}]"))
         base = hint
         if get_origin(hint) in (Union, types.UnionType):
             base = next(a for a in get_args(hint) if a is not type(None))
