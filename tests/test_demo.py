@@ -1,7 +1,7 @@
 import json
 
 import imgclass
-from imgclass.demo import write_digits
+from imgclass.digits_demo import write_digits
 
 
 def test_demo_reaches_95_percent(tmp_path, monkeypatch):
@@ -19,3 +19,8 @@ def test_digits_written_once(tmp_path):
     stamp = (folder / "0" / "0.png").stat().st_mtime_ns
     write_digits(folder)
     assert (folder / "0" / "0.png").stat().st_mtime_ns == stamp
+
+
+def test_api_names_are_functions_after_submodule_imports():
+    import imgclass.models  # noqa: F401  (a subpackage import must not shadow the API)
+    assert callable(imgclass.demo) and callable(imgclass.list_models) and callable(imgclass.train)

@@ -10,4 +10,4 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
 """
 __version__ = "0.1.0"
 
-from .api import demo, load, models, predict, submit, train  # noqa: E402,F401
+from .api import demo, list_models, load, predict, submit, train  # noqa: E402,F401

@@ -33,11 +33,11 @@ def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path 
     return path
 
 
-def models(zoo: str | None = None, pattern: str | None = None) -> list[str]:
+def list_models(zoo: str | None = None, pattern: str | None = None) -> list[str]:
     """Model names: imgclass's own (default), or a zoo's ('torchvision' / 'timm'), filtered by a glob."""
     if zoo is None:
-        from .models import list_models
-        names = [spec.name for spec in list_models()]
+        from .models import list_models as registered
+        names = [spec.name for spec in registered()]
     elif zoo == "torchvision":
         import torchvision
         names = [f"torchvision:{n}" for n in torchvision.models.list_models()]
@@ -52,5 +52,5 @@ def models(zoo: str | None = None, pattern: str | None = None) -> list[str]:
 
 
 def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
-    from .demo import run_demo
+    from .digits_demo import run_demo
     return run_demo(out=out, data_dir=data_dir)

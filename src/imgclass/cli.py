@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} rows to {path}")
     elif args.verb == "models":
         from .models import get_spec
-        names = api.models(args.zoo, args.filter)
+        names = api.list_models(args.zoo, args.filter)
         for name in names:
             print(name if args.zoo else f"{name:10s} {get_spec(name).description}")
         if not args.zoo:
