@@ -55,6 +55,6 @@ def make_labels_csv(root: Path, classes=("0", "1", "2"), per_class: int = 10, he
 
 
 FAST = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=8, epochs=2, batch_size=8,
-            tensorboard=False, verbose=False, workers=1)
+            tensorboard=False, verbose=False, workers=1, evaluate=False)
 
 

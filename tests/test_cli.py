@@ -11,7 +11,7 @@ from imgclass.cli import main
 from helpers import make_class_folders, make_labels_csv, make_split_folders
 
 TINY = ["--model", "cnn", "--model-args", "width=8,depth=2", "--img-size", "8", "--epochs", "1",
-        "--batch-size", "8", "--no-tensorboard", "--no-verbose", "--workers", "1"]
+        "--batch-size", "8", "--no-tensorboard", "--no-verbose", "--workers", "1", "--no-evaluate"]
 
 
 def test_train_predict_submit_models(tmp_path, capsys):

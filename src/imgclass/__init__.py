@@ -7,7 +7,8 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
     predictor = imgclass.load(run.dir)          # a run folder or a model.safetensors file
     predictor.predict(["cat.jpg"], top_k=3)
     imgclass.submit(run.dir, "test/", out="submission.csv")
+    imgclass.evaluate(run.dir, split="test").metrics["macro_f1"]
 """
 __version__ = "0.1.0"
 
-from .api import demo, list_models, load, predict, submit, train  # noqa: E402,F401
+from .api import compare, demo, evaluate, list_models, load, predict, submit, train  # noqa: E402,F401

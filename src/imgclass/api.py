@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UserError
+from .evaluation.evaluate import Evaluation, evaluate  # noqa: F401  (re-exported)
 from .prediction.predictor import Predictor, expand_inputs
 from .prediction.submit import write_submission
 from .training.run import Run, train  # noqa: F401  (re-exported)
@@ -54,3 +55,12 @@ def list_models(zoo: str | None = None, pattern: str | None = None) -> list[str]
 def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
     from .digits_demo import run_demo
     return run_demo(out=out, data_dir=data_dir)
+
+
+def compare(runs: Iterable[str | Path], html_out: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per run (model, input size, epochs, time, val/test accuracy, test macro F1); optional HTML file."""
+    from .evaluation.compare import compare_html, compare_rows
+    rows = compare_rows(list(runs))
+    if html_out:
+        Path(html_out).write_text(compare_html(rows))
+    return rows

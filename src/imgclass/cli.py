@@ -99,6 +99,17 @@ def build_parser() -> Parser:
     p.add_argument("--target", choices=["index", "label"], default="index",
                    help="class index (in the model's class order) or class name")
 
+    p = sub.add_parser("evaluate", help="metrics, figures and a written report for a split")
+    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("data", nargs="?", help="image folder (default: the run's own data and splits.csv)")
+    p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
+    p.add_argument("--out", help="output folder (default: <run>/eval/<split>/)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("compare", help="runs side by side (text, and HTML with --html)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--html", help="also write the table to this HTML file")
+
     p = sub.add_parser("models", help="list model names")
     p.add_argument("--zoo", choices=["torchvision", "timm"], help="list a library's architectures instead")
     p.add_argument("--filter", help="glob pattern, e.g. 'resnet*'")
@@ -158,6 +169,15 @@ def run(args: argparse.Namespace) -> int:
         for p, reason in bad:
             print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
         print(f"wrote {n} rows to {path}")
+    elif args.verb == "evaluate":
+        ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device)
+        m = ev.metrics
+        print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+              f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
+        print(f"report: {ev.dir / 'report.html'}")
+    elif args.verb == "compare":
+        from .evaluation.compare import compare_text
+        print(compare_text(api.compare(args.runs, html_out=args.html)))
     elif args.verb == "models":
         from .models import get_spec
         names = api.list_models(args.zoo, args.filter)

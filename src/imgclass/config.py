@@ -53,6 +53,7 @@ class TrainConfig:
     workers: int = 0                 # threads decoding images (0 = one per CPU core)
     max_image_pixels: int = 89_478_485  # images claiming more pixels are refused from the header (Pillow's bomb limit)
     tensorboard: bool = True         # write TensorBoard event files to RUN/tensorboard
+    evaluate: bool = True            # after training, write the full evaluation of val and test to RUN/eval/<split>/
     verbose: bool = True             # progress bar and per-epoch lines
 
 

@@ -51,6 +51,7 @@ class Run:
     classes: list[str]
     history: list[dict[str, Any]]
     metrics: dict[str, Any] = field(default_factory=dict)  # {"train": {"accuracy", "loss", "n"}, "val": ..., "test": ...}
+    evaluations: dict[str, Any] = field(default_factory=dict)  # split -> Evaluation (metrics, report, figures)
 
     @property
     def model_path(self) -> Path:
@@ -220,9 +221,17 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     save_model(run_dir / "model.safetensors", best, header({**metrics, **facts}))
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
     run = Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history, metrics=metrics)
+    if cfg.evaluate:
+        from ..evaluation.evaluate import evaluate
+        for name in ("val", "test"):
+            if len(data[name]):
+                run.evaluations[name] = evaluate(run_dir, split=name, console=console)
     return run
 
 
 def summary_lines(run: Run) -> list[str]:
     parts = [f"{name} accuracy {m['accuracy']:.4f} (n={m['n']})" for name, m in run.metrics.items()]
-    return ["; ".join(parts), f"model: {run.model_path}"]
+    lines = ["; ".join(parts), f"model: {run.model_path}"]
+    if "test" in run.evaluations:
+        lines.append(f"report: {run.evaluations['test'].dir / 'report.html'}")
+    return lines

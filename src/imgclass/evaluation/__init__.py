@@ -1,0 +1,1 @@
+"""Evaluation: metrics (scikit-learn), figures (matplotlib), and a written report."""

@@ -1,0 +1,56 @@
+"""`imgclass compare RUN...`: runs side by side, as a text table and an HTML table."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+from ..modelfile import read_header, resolve_model_path
+
+COLUMNS = ["run", "model", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy", "test macro F1"]
+
+
+def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        run = Path(r).expanduser()
+        if not run.is_dir():
+            raise UserError(f"not a run folder: {run}")
+        header = read_header(resolve_model_path(run))
+        results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        acc = {k: v.get("accuracy") for k, v in results.get("metrics", {}).items()}
+        f1 = None
+        test_metrics = run / "eval" / "test" / "metrics.json"
+        if test_metrics.is_file():
+            f1 = json.loads(test_metrics.read_text())["macro_f1"]
+        rows.append({"run": str(run), "model": header["arch"]["name"],
+                     "input size": header["preprocessing"]["img_size"],
+                     "epochs": f"{results.get('epochs_run', '?')}/{cfg.get('epochs', '?')}",
+                     "train time (min)": results.get("train_seconds", 0) / 60,
+                     "val accuracy": acc.get("val"), "test accuracy": acc.get("test"), "test macro F1": f1})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def compare_html(rows: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass compare</title><style>"
+            f"table{{border-collapse:collapse;font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:4px 8px}}"
+            f"</style></head><body><table><tr>{head}</tr>{body}</table></body></html>")
+
+
+def compare_text(rows: list[dict[str, Any]]) -> str:
+    cells = [COLUMNS] + [[_fmt(r[c]) for c in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)

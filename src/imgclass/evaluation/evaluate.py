@@ -1,0 +1,157 @@
+"""`imgclass evaluate MODEL [DATA] --split test`: predictions, metrics.json, predictions.csv,
+figures and a written report (report.html, report.md) in <run>/eval/<split>/ or --out."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..config import resolve as resolve_config
+from ..data.find import find_images
+from ..data.images import load_split
+from ..data.split import SPLITS, read_splits
+from ..errors import DataError, UserError
+from ..modelfile import resolve_model_path
+from ..prediction.predictor import Predictor
+from . import plots
+from .metrics import compute_metrics
+from .report import RunContext, write_report
+
+EVAL_SPLITS = ("test", "val", "train", "all")
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` returns. `figures` are matplotlib Figures: a notebook shows them inline."""
+    split: str
+    dir: Path
+    metrics: dict[str, Any]
+    notes: list[str]
+    unreadable: list[tuple[str, str]]
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def _repr_html_(self) -> str:  # a notebook cell showing an Evaluation shows its report
+        return (self.dir / "report.html").read_text() if (self.dir / "report.html").is_file() else repr(self)
+
+
+def _run_dir_of(model: str | Path) -> Path | None:
+    p = Path(model).expanduser()
+    run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return run if (run / "config.yaml").is_file() else None
+
+
+def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: list[str],
+              notes: list[str]) -> tuple[Path, list[tuple[str, int]]]:
+    """(data root, [(relative path, model class index)]) for the split to evaluate."""
+    run_dir = _run_dir_of(model)
+    run_data = None
+    if run_dir is not None and (run_dir / "splits.csv").is_file():
+        run_data = Path(resolve_config(run_dir / "config.yaml").data or "").expanduser()
+    wanted = SPLITS if split == "all" else (split,)
+    if data is None or (run_data is not None and Path(data).expanduser().resolve() == run_data.resolve()):
+        if run_data is None:
+            raise UserError("give a DATA folder to evaluate on (the model is not inside a run folder with splits.csv)")
+        saved = read_splits(run_dir / "splits.csv", run_data, classes)
+        return run_data, [row for s in wanted for row in saved.items[s]]
+    found = find_images(data)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in found.classes if c not in index]
+    if unknown:
+        raise DataError(f"classes {', '.join(unknown[:5])} in {data} are unknown to the model "
+                        f"(it knows {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})")
+    has_splits = any(s is not None for _, _, s in found.items)
+    if has_splits:
+        rows = [(rel, index[found.classes[lab]]) for rel, lab, s in found.items if s in wanted]
+        if not rows:
+            raise DataError(f"{data} has no '{split}' split folder")
+    else:
+        notes.append(f"{data} has no split folders: every image in it is evaluated")
+        rows = [(rel, index[found.classes[lab]]) for rel, lab, _ in found.items]
+    return found.root, rows
+
+
+def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "label", "prediction", "confidence"] + [f"prob_{c}" for c in classes])
+    pred = probs.argmax(axis=1)
+    for p, t, pr, row in zip(paths, y, pred, probs):
+        # %.9g round-trips float32 exactly: metrics recomputed from this file match metrics.json
+        writer.writerow([p, classes[t], classes[pr], f"{row[pr]:.9g}"] + [f"{v:.9g}" for v in row])
+    path.write_text(buf.getvalue())
+
+
+def _gallery_sets(images: np.ndarray, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = 12):
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1))
+    correct = np.flatnonzero(pred == y)
+    wrong = np.flatnonzero(pred != y)
+    sets = {
+        "gallery_confident_correct": ("Most confident correct", correct[np.argsort(-conf[correct], kind="stable")][:n]),
+        "gallery_least_confident": ("Least confident (closest to the decision boundary)",
+                                    np.argsort(conf, kind="stable")[:n]),
+        "gallery_top_losses": ("Most confident wrong (top losses)", wrong[np.argsort(-loss[wrong], kind="stable")][:n]),
+    }
+    out = {}
+    for name, (title, idx) in sets.items():
+        caps = [f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
+        out[name] = plots.gallery([images[i].transpose(1, 2, 0) for i in idx], caps, title)
+    return out
+
+
+def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
+             batch_size: int = 256, device: str = "auto", console: Console | None = None,
+             predictor: Predictor | None = None) -> Evaluation:
+    if split not in EVAL_SPLITS:
+        raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
+    console = console or Console(stderr=True)
+    resolve_model_path(model)
+    predictor = predictor or Predictor.load(model, device)
+    classes = predictor.classes
+    notes: list[str] = []
+    root, rows = _rows_for(split, model, data, classes, notes)
+    if not rows:
+        raise DataError(f"no images in the {split} split to evaluate")
+    tensors = load_split(root, rows, predictor.pre)
+    if len(tensors) == 0:
+        raise DataError(f"none of the {len(rows)} images of the {split} split could be decoded")
+    probs = torch.cat([predictor.probabilities(tensors.images[i:i + batch_size])
+                       for i in range(0, len(tensors), batch_size)]).numpy()
+    y = tensors.labels.numpy()
+    metrics, metric_notes = compute_metrics(y, probs, classes, split)
+    notes += metric_notes
+    metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
+    run_dir = _run_dir_of(model)
+    out_dir = Path(out).expanduser() if out else (run_dir / "eval" / split if run_dir else Path("eval") / split)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_predictions(out_dir / "predictions.csv", tensors.paths, y, probs, classes)
+
+    context = RunContext.load(run_dir, predictor.header)
+    figures: dict[str, Any] = {}
+    if context.history:
+        figures["training_curves"] = plots.training_curves(context.history)
+    figures["confusion_matrix"] = plots.confusion_matrix(metrics["confusion_matrix"], classes, normalize=False)
+    figures["confusion_matrix_normalized"] = plots.confusion_matrix(metrics["confusion_matrix"], classes, normalize=True)
+    figures["roc_curves"] = plots.roc_curves(y, probs, classes)
+    figures["pr_curves"] = plots.pr_curves(y, probs, classes)
+    figures["f1_per_class"] = plots.f1_bars(metrics["per_class"])
+    figures["reliability"] = plots.reliability_diagram(y, probs, metrics["ece"])
+    figures.update(_gallery_sets(tensors.images.numpy(), y, probs, classes))
+    files = {}
+    for name, fig in figures.items():
+        files[name] = out_dir / "figures" / f"{name}.png"
+        fig.savefig(files[name], dpi=110)
+        plots.plt.close(fig)
+    write_report(out_dir, metrics, notes, files, context)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)

@@ -1,0 +1,234 @@
+"""report.md and report.html: a TL;DR of at most 500 words written from this run's numbers
+(data, model and training, results, diagnosis, next steps), then every figure with one line
+on how to read it. The HTML embeds its figures, so it is one file that opens offline."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TLDR_WORD_LIMIT = 500
+
+FIGURE_GUIDE = {
+    "training_curves": "Loss and accuracy per epoch for training and validation, and the learning rate: a widening "
+                       "gap between the train and validation lines means over-fitting.",
+    "confusion_matrix": "Rows are true classes, columns predictions; the diagonal counts correct answers, any other "
+                        "cell counts one kind of mistake.",
+    "confusion_matrix_normalized": "The same matrix with each row divided by its class size: the diagonal is each "
+                                   "class's recall, so small classes are as visible as large ones.",
+    "roc_curves": "For each class against the rest, true against false positive rate as the threshold moves; the "
+                  "closer to the top-left corner (AUC near 1), the better the ranking.",
+    "pr_curves": "Precision against recall per class as the threshold moves; the area (AP) stays honest when a class "
+                 "is rare.",
+    "f1_per_class": "F1 (the balance of precision and recall) per class, weakest at the bottom: where to look first.",
+    "reliability": "Accuracy against confidence in bins: bars below the diagonal mean the model is over-confident, "
+                   "above it under-confident; ECE is the average gap.",
+    "gallery_confident_correct": "Images the model gets right with the highest confidence: what it has learnt best.",
+    "gallery_least_confident": "Images with the lowest top probability, closest to the decision boundary: often "
+                               "ambiguous or mislabelled.",
+    "gallery_top_losses": "Confident mistakes: check these for wrong labels first, then for what the model confuses.",
+}
+
+
+@dataclass
+class RunContext:
+    """What the report says about the run that made the model (empty for a bare model file)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    split_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> count
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path | None, header: dict[str, Any]) -> "RunContext":
+        ctx = cls(header=header)
+        if run_dir is None:
+            ctx.results = {"metrics": {k: v for k, v in header.get("metrics", {}).items() if isinstance(v, dict)}}
+            return ctx
+        if (run_dir / "config.yaml").is_file():
+            ctx.config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        if (run_dir / "results.json").is_file():
+            ctx.results = json.loads((run_dir / "results.json").read_text())
+        if (run_dir / "metrics.csv").is_file():
+            with (run_dir / "metrics.csv").open(newline="") as fh:
+                ctx.history = list(csv.DictReader(fh))
+        if (run_dir / "splits.csv").is_file():
+            with (run_dir / "splits.csv").open(newline="") as fh:
+                for row in csv.DictReader(fh):
+                    counts = ctx.split_counts.setdefault(row["split"], {})
+                    counts[row["label"]] = counts.get(row["label"], 0) + 1
+        return ctx
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str]:
+    """Paragraphs of the TL;DR, from the numbers of this run only."""
+    classes = metrics["classes"]
+    split = metrics["split"]
+    arch = ctx.header.get("arch", {})
+    pre = ctx.header.get("preprocessing", {})
+    acc = {k: v.get("accuracy") for k, v in ctx.results.get("metrics", {}).items()}
+    acc[split] = metrics["accuracy"]
+    paras = []
+
+    # Data
+    train_counts = ctx.split_counts.get("train", {})
+    sizes = ", ".join(f"{s} {sum(c.values())}" for s, c in ctx.split_counts.items())
+    imbalance = None
+    if train_counts:
+        lo, hi = min(train_counts.values()), max(train_counts.values())
+        imbalance = hi / max(lo, 1)
+    data = f"**Data.** {len(classes)} classes; {metrics['n']} images evaluated in the {split} split"
+    data += f" (splits: {sizes})." if sizes else "."
+    if imbalance is not None:
+        rare = min(train_counts, key=train_counts.get)
+        data += (f" Training images per class range from {min(train_counts.values())} ('{rare}') to "
+                 f"{max(train_counts.values())}: an imbalance ratio of {imbalance:.1f}.")
+    if metrics.get("unreadable"):
+        data += f" {len(metrics['unreadable'])} file(s) could not be read and were left out."
+    paras.append(data)
+
+    # Model and training
+    if arch:
+        model = f"**Model.** {arch.get('name')} {arch.get('args') or ''}".rstrip() + f" at {pre.get('img_size')} px"
+        model += f" (resize policy {pre.get('resize')})"
+        if ctx.config:
+            model += (f", augmentation '{ctx.config.get('augment')}', optimizer {ctx.config.get('optimizer')}, "
+                      f"batch size {ctx.config.get('batch_size')}")
+        res = ctx.results
+        if res.get("epochs_run"):
+            model += (f"; trained {res['epochs_run']} of {ctx.config.get('epochs', res['epochs_run'])} epochs in "
+                      f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at epoch {res.get('best_epoch')}")
+            if res.get("stop_reason"):
+                model += " (stopped early)"
+        paras.append(model + ".")
+
+    # Results
+    per = metrics["per_class"]
+    weakest = sorted(per, key=lambda c: (per[c]["f1"], c))[:3]
+    line = "**Results.** Accuracy " + ", ".join(f"{s} {_pct(acc[s])}" for s in ("train", "val", "test") if s in acc)
+    line += (f". On {split}: macro F1 {metrics['macro_f1']:.3f}, balanced accuracy {_pct(metrics['balanced_accuracy'])}"
+             f", ROC AUC (macro) {metrics['roc_auc_macro']:.3f}" if metrics["roc_auc_macro"] is not None else "")
+    line += f". Weakest classes by F1: " + ", ".join(f"{c} ({per[c]['f1']:.2f})" for c in weakest) + "."
+    confused = metrics.get("most_confused", [])[:3]
+    if confused:
+        line += " Most confused: " + "; ".join(f"{p['true']} taken for {p['predicted']} {p['count']}x"
+                                              for p in confused) + "."
+    line += (f" Calibration: mean confidence {_pct(metrics['mean_confidence'])} against accuracy "
+             f"{_pct(metrics['accuracy'])} (ECE {metrics['ece']:.3f}).")
+    paras.append(line)
+
+    # Diagnosis and next steps
+    diagnosis, steps = [], []
+    tr, va = acc.get("train"), acc.get("val", acc.get("test"))
+    if tr is not None and va is not None and tr - va > 0.08:
+        diagnosis.append(f"over-fitting (train {_pct(tr)} vs validation {_pct(va)})")
+        steps.append("stronger augmentation (`--augment strong`), more dropout or weight decay, or more images")
+    elif tr is not None and tr < 0.9:
+        diagnosis.append(f"under-fitting (train accuracy only {_pct(tr)})")
+        steps.append("train longer (`--epochs`), use a larger model (`--model-args width=...`) or a larger input size")
+    if imbalance is not None and imbalance > 3:
+        diagnosis.append(f"class imbalance ({imbalance:.1f}x)")
+        steps.append(f"collect more images of the rare classes (e.g. '{min(train_counts, key=train_counts.get)}') "
+                     f"and watch balanced accuracy rather than accuracy")
+    if train_counts and min(train_counts.values()) < 50:
+        diagnosis.append("little data for some classes (fewer than 50 training images)")
+        steps.append("add images, or start from a pretrained backbone (`--model timm:NAME`)")
+    if metrics["ece"] > 0.05:
+        side = "over" if metrics["mean_confidence"] > metrics["accuracy"] else "under"
+        diagnosis.append(f"{side}-confident probabilities (ECE {metrics['ece']:.3f})")
+        steps.append("treat probabilities as scores, or calibrate them on the validation split before thresholding")
+    if confused:
+        steps.append(f"inspect the '{confused[0]['true']}' / '{confused[0]['predicted']}' confusions in the top-losses "
+                     f"gallery for mislabelled images")
+    if notes:
+        diagnosis.append("see warnings: " + "; ".join(notes))
+    paras.append("**Diagnosis.** " + ("; ".join(diagnosis) if diagnosis else "no clear over- or under-fitting, "
+                                      "imbalance or calibration problem in these numbers") + ".")
+    if steps:
+        paras.append("**Next steps.** " + "; ".join(s[0].upper() + s[1:] for s in steps) + ".")
+    return _limit_words(paras, TLDR_WORD_LIMIT)
+
+
+def _limit_words(paras: list[str], limit: int) -> list[str]:
+    out, used = [], 0
+    for p in paras:
+        words = p.split()
+        if used + len(words) > limit:
+            out.append(" ".join(words[:max(0, limit - used - 1)]) + " ...")
+            break
+        out.append(p)
+        used += len(words)
+    return out
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    keys = ["accuracy", "balanced_accuracy", "top3_accuracy", "top5_accuracy", "macro_f1", "weighted_f1",
+            "roc_auc_macro", "log_loss", "ece"]
+    return [(k, "n/a" if metrics.get(k) is None else f"{metrics[k]:.4f}") for k in keys if k in metrics]
+
+
+def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figures: dict[str, Path],
+                 ctx: RunContext) -> None:
+    title = f"imgclass evaluation: {metrics['split']} split"
+    paras = tldr(metrics, notes, ctx)
+    per = metrics["per_class"]
+    # Markdown
+    md = [f"# {title}", "", "## TL;DR", ""]
+    for p in paras:
+        md += [p, ""]
+    md += ["## Metrics", "", "| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in _metric_rows(metrics)]
+    md += ["", "## Per class", "", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    md += [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for c, v in per.items()]
+    md += ["", "## Most confused pairs", "", "| true | predicted | count | share of true class |", "| --- | --- | --- | --- |"]
+    md += [f"| {p['true']} | {p['predicted']} | {p['count']} | {_pct(p['share_of_true'])} |"
+           for p in metrics["most_confused"]] or ["| (none) | | | |"]
+    if metrics.get("unreadable"):
+        md += ["", "## Unreadable files", ""] + [f"- `{u['path']}`: {u['reason']}" for u in metrics["unreadable"]]
+    md += ["", "## Figures", ""]
+    for name, path in figures.items():
+        md += [f"### {name.replace('_', ' ')}", "", FIGURE_GUIDE.get(name, ""), "",
+               f"![{name}](figures/{path.name})", ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+
+    # HTML, figures embedded as base64 so the one file works offline
+    def esc(text: str) -> str:
+        text = html.escape(text)
+        while "**" in text:
+            text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+        return text.replace("`", "")
+
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>TL;DR</h2>"] + [f"<p>{esc(p)}</p>" for p in paras]
+    body += ["<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>"]
+    body += [f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in _metric_rows(metrics)] + ["</table>"]
+    body += ["<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    body += [f"<tr><td>{html.escape(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+             f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for c, v in per.items()] + ["</table>"]
+    body += ["<h2>Most confused pairs</h2><table><tr><th>true</th><th>predicted</th><th>count</th><th>share</th></tr>"]
+    body += [f"<tr><td>{html.escape(p['true'])}</td><td>{html.escape(p['predicted'])}</td><td>{p['count']}</td>"
+             f"<td>{_pct(p['share_of_true'])}</td></tr>" for p in metrics["most_confused"]] + ["</table>"]
+    if metrics.get("unreadable"):
+        body += ["<h2>Unreadable files</h2><ul>"] + [f"<li><code>{html.escape(u['path'])}</code>: "
+                                                     f"{html.escape(u['reason'])}</li>" for u in metrics["unreadable"]]
+        body += ["</ul>"]
+    body += ["<h2>Figures</h2>"]
+    for name, path in figures.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        body += [f"<h3>{name.replace('_', ' ')}</h3><p class='guide'>{html.escape(FIGURE_GUIDE.get(name, ''))}</p>",
+                 f"<img alt='{name}' src='data:image/png;base64,{data}'>"]
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "img{max-width:100%}.guide{color:#555;font-style:italic}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    (out_dir / "report.html").write_text(page)
