@@ -1,0 +1,149 @@
+"""Every number in metrics.json equals what scikit-learn computes from predictions.csv."""
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import imgclass
+from imgclass.cli import main
+from imgclass.evaluation.metrics import compute_metrics, expected_calibration_error
+from imgclass.evaluation.report import TLDR_WORD_LIMIT, RunContext, tldr
+
+from helpers import FAST, make_class_folders
+
+FIGURES = ["training_curves", "confusion_matrix", "confusion_matrix_normalized", "roc_curves", "pr_curves",
+           "f1_per_class", "reliability", "gallery_confident_correct", "gallery_least_confident", "gallery_top_losses"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ev")
+    data = make_class_folders(root / "data", classes=("a", "b", "c", "d"), per_class=20)
+    # 1 epoch of a tiny model: imperfect predictions, so every metric has something to measure
+    run = imgclass.train(data, out=str(root / "run"), **dict(FAST, epochs=1, evaluate=True, lr=3e-4))
+    return run
+
+
+def read_predictions(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    y = np.array([classes.index(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    return rows, classes, y, probs
+
+
+def test_train_writes_val_and_test_evaluations(evaluated_run):
+    for split in ("val", "test"):
+        d = evaluated_run.dir / "eval" / split
+        assert (d / "metrics.json").is_file() and (d / "predictions.csv").is_file()
+        assert (d / "report.html").stat().st_size > 10_000 and (d / "report.md").is_file()
+    assert set(evaluated_run.evaluations) == {"val", "test"}
+
+
+def test_metrics_equal_sklearn_from_predictions_csv(evaluated_run):
+    d = evaluated_run.dir / "eval" / "test"
+    m = json.loads((d / "metrics.json").read_text())
+    rows, classes, y, probs = read_predictions(d / "predictions.csv")
+    assert list(rows[0])[:4] == ["path", "label", "prediction", "confidence"]
+    assert m["classes"] == classes == ["a", "b", "c", "d"] and m["split"] == "test" and m["n"] == len(y)
+    pred = probs.argmax(1)
+    assert [classes[p] for p in pred] == [r["prediction"] for r in rows]
+    labels = list(range(len(classes)))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0))
+    assert m["weighted_f1"] == pytest.approx(skm.f1_score(y, pred, average="weighted", labels=labels, zero_division=0))
+    assert m["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=labels))
+    assert "top5_accuracy" not in m   # only 4 classes
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    for i, c in enumerate(classes):
+        assert m["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=labels).tolist()
+    assert m["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"), abs=1e-9)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, probs, labels=labels), rel=1e-6)
+    assert m["ece"] == pytest.approx(expected_calibration_error(y, probs), abs=1e-9)
+
+
+def test_ece_reference_values():
+    # two bins' worth by hand: conf 0.9 right, 0.9 wrong, 0.6 right, 0.6 right -> |0.5-0.9|/2 + |1-0.6|/2
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    y = np.array([0, 1, 1, 1])
+    assert expected_calibration_error(y, probs) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_every_figure_exists_and_is_not_empty(evaluated_run):
+    from PIL import Image
+    d = evaluated_run.dir / "eval" / "test" / "figures"
+    for name in FIGURES:
+        img = np.asarray(Image.open(d / f"{name}.png").convert("L"))
+        assert img.shape[0] > 100 and img.std() > 5, name   # something is drawn, not a blank canvas
+    html = (evaluated_run.dir / "eval" / "test" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert "src='http" not in html and 'src="http' not in html   # no external assets
+
+
+def tldr_words(report_md: str) -> int:
+    section = report_md.split("## TL;DR", 1)[1].split("\n## ", 1)[0]
+    return len(section.split())
+
+
+def test_tldr_within_500_words_and_from_numbers(evaluated_run):
+    md = (evaluated_run.dir / "eval" / "test" / "report.md").read_text()
+    assert 50 < tldr_words(md) <= TLDR_WORD_LIMIT
+    m = evaluated_run.evaluations["test"].metrics
+    assert f"macro F1 {m['macro_f1']:.3f}" in md and "**Diagnosis.**" in md
+
+
+def test_tldr_limit_holds_for_many_classes():
+    rng = np.random.RandomState(0)
+    classes = [f"class_with_a_long_name_{i}" for i in range(200)]
+    y = np.arange(400) % 200
+    probs = rng.dirichlet(np.ones(200), size=400)
+    m, notes = compute_metrics(y, probs, classes, "test")
+    ctx = RunContext(split_counts={"train": {c: 5 + i for i, c in enumerate(classes)}},
+                     results={"metrics": {"train": {"accuracy": 0.99}, "val": {"accuracy": 0.2}}})
+    words = sum(len(p.split()) for p in tldr(m, notes + ["x " * 600], ctx))
+    assert words <= TLDR_WORD_LIMIT
+
+
+def test_class_missing_from_split_stays_defined(tmp_path):
+    data = make_split_folders_missing_class(tmp_path)
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1))
+    ev = imgclass.evaluate(run.dir, split="test")
+    m = ev.metrics
+    assert m["per_class"]["c"]["support"] == 0 and m["roc_auc_per_class"]["c"] is None
+    assert m["roc_auc_macro"] is not None and np.isfinite(m["log_loss"])
+    assert any("no image in the test split" in n for n in ev.notes)
+    assert "no image in the test split" in (ev.dir / "report.md").read_text()
+
+
+def make_split_folders_missing_class(tmp_path):
+    from helpers import make_split_folders
+    data = make_split_folders(tmp_path / "data", splits=("train", "val", "test"))
+    shutil.rmtree(data / "test" / "c")
+    return data
+
+
+def test_evaluate_cli_other_folder_and_compare(evaluated_run, tmp_path, capsys):
+    other = make_class_folders(tmp_path / "other", classes=("a", "b"), per_class=5, seed=3)
+    (other / "a" / "broken.jpg").write_text("nope")
+    assert main(["evaluate", str(evaluated_run.dir / "model.safetensors"), str(other), "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "unreadable 1" in out
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["n"] == 10 and m["unreadable"][0]["path"] == "a/broken.jpg"
+    assert main(["evaluate", str(evaluated_run.dir), str(make_class_folders(tmp_path / "x", classes=("zebra", "a"),
+                                                                            per_class=2))]) == 2
+    assert "unknown to the model" in capsys.readouterr().err
+
+    assert main(["compare", str(evaluated_run.dir), str(evaluated_run.dir), "--html", str(tmp_path / "c.html")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["run", "model"] and len(table) == 3
+    test_acc = evaluated_run.metrics["test"]["accuracy"]
+    assert f"{test_acc:.4f}" in table[1] and "cnn" in table[1]
+    assert (tmp_path / "c.html").read_text().count("<tr>") == 3
