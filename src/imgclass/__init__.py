@@ -11,4 +11,4 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
 """
 __version__ = "0.1.0"
 
-from .api import compare, demo, evaluate, list_models, load, predict, submit, train  # noqa: E402,F401
+from .api import check, compare, demo, evaluate, list_models, load, predict, submit, train  # noqa: E402,F401

@@ -12,6 +12,16 @@ from .prediction.submit import write_submission
 from .training.run import Run, train  # noqa: F401  (re-exported)
 
 
+def check(data: str | Path, **options: Any):
+    """Check a dataset (counts, sizes, unusable files, duplicates, leakage) with a progress bar; returns a CheckReport."""
+    from rich.progress import Progress
+    from .data.check import check_dataset
+    with Progress(transient=True) as progress:
+        task = progress.add_task("checking", total=None)
+        return check_dataset(data, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                             **options)
+
+
 def load(path: str | Path, device: str = "auto") -> Predictor:
     """A run folder or model.safetensors -> a Predictor with ``.predict(images, top_k=)``."""
     return Predictor.load(path, device)

@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import types
+from pathlib import Path
 from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
@@ -99,6 +100,19 @@ def build_parser() -> Parser:
     p.add_argument("--target", choices=["index", "label"], default="index",
                    help="class index (in the model's class order) or class name")
 
+    p = sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage")
+    p.add_argument("data", help="image folder (same layouts as train)")
+    for name in ("labels", "id_column", "label_column"):
+        p.add_argument("--" + name.replace("_", "-"), dest=name)
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--test-split", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=101)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--near-distance", type=int, default=3,
+                   help="perceptual-hash bits (of 64) within which two images are near duplicates")
+    p.add_argument("--json", help="also write the full report as JSON to this file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a problem is found (unusable files, duplicates, leakage)")
+
     p = sub.add_parser("evaluate", help="metrics, figures and a written report for a split")
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("data", nargs="?", help="image folder (default: the run's own data and splits.csv)")
@@ -169,6 +183,16 @@ def run(args: argparse.Namespace) -> int:
         for p, reason in bad:
             print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
         print(f"wrote {n} rows to {path}")
+    elif args.verb == "check":
+        from .data.check_report import print_check
+        report = api.check(args.data, labels=args.labels, id_column=args.id_column, label_column=args.label_column,
+                           val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
+                           near_distance=args.near_distance)
+        print_check(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        if args.strict and report.problems:
+            return 1
     elif args.verb == "evaluate":
         ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device)
         m = ev.metrics

@@ -46,6 +46,8 @@ class TrainConfig:
     momentum: float = 0.9            # SGD momentum (Nesterov)
     warmup_epochs: float = 1.0       # linear warm-up length, then cosine decay to zero
     label_smoothing: float = 0.1     # cross-entropy label smoothing
+    class_weights: Literal["none", "auto"] = "none"  # auto: weight the loss by n / (classes * count) (scikit-learn's "balanced")
+    balanced_sampler: bool = False   # draw training images with probability 1/count of their class (with replacement)
     patience: int | None = None      # early stopping: epochs without val-accuracy gain before stopping (None = off)
     # --- run ------------------------------------------------------------------
     out: str | None = None           # run folder (default: a new runs/train-N)

@@ -66,6 +66,8 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except OSError as exc:
+        if "truncat" in str(exc).lower():
+            raise ImageDecodeError(f"truncated image: {exc}") from None
         raise ImageDecodeError(f"cannot open: {exc}") from None
     try:
         width, height = img.size

@@ -45,6 +45,7 @@ class RunContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> count
     header: dict[str, Any] = field(default_factory=dict)
+    bad_files: list[dict[str, str]] = field(default_factory=list)  # files the run skipped (RUN/bad_files.csv)
 
     @classmethod
     def load(cls, run_dir: Path | None, header: dict[str, Any]) -> "RunContext":
@@ -59,6 +60,9 @@ class RunContext:
         if (run_dir / "metrics.csv").is_file():
             with (run_dir / "metrics.csv").open(newline="") as fh:
                 ctx.history = list(csv.DictReader(fh))
+        if (run_dir / "bad_files.csv").is_file():
+            with (run_dir / "bad_files.csv").open(newline="") as fh:
+                ctx.bad_files = list(csv.DictReader(fh))
         if (run_dir / "splits.csv").is_file():
             with (run_dir / "splits.csv").open(newline="") as fh:
                 for row in csv.DictReader(fh):
@@ -95,7 +99,9 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
         data += (f" Training images per class range from {min(train_counts.values())} ('{rare}') to "
                  f"{max(train_counts.values())}: an imbalance ratio of {imbalance:.1f}.")
     if metrics.get("unreadable"):
-        data += f" {len(metrics['unreadable'])} file(s) could not be read and were left out."
+        data += f" {len(metrics['unreadable'])} file(s) of this split could not be read and were left out."
+    if ctx.bad_files:
+        data += f" The run skipped {len(ctx.bad_files)} unusable file(s) in all (listed below)."
     paras.append(data)
 
     # Model and training
@@ -195,6 +201,9 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
            for p in metrics["most_confused"]] or ["| (none) | | | |"]
     if metrics.get("unreadable"):
         md += ["", "## Unreadable files", ""] + [f"- `{u['path']}`: {u['reason']}" for u in metrics["unreadable"]]
+    if ctx.bad_files:
+        md += ["", "## Files skipped by the run", "", "| path | split | reason |", "| --- | --- | --- |"]
+        md += [f"| `{b['path']}` | {b['split']} | {b['reason']} |" for b in ctx.bad_files]
     md += ["", "## Figures", ""]
     for name, path in figures.items():
         md += [f"### {name.replace('_', ' ')}", "", FIGURE_GUIDE.get(name, ""), "",
@@ -221,6 +230,10 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
         body += ["<h2>Unreadable files</h2><ul>"] + [f"<li><code>{html.escape(u['path'])}</code>: "
                                                      f"{html.escape(u['reason'])}</li>" for u in metrics["unreadable"]]
         body += ["</ul>"]
+    if ctx.bad_files:
+        body += ["<h2>Files skipped by the run</h2><table><tr><th>path</th><th>split</th><th>reason</th></tr>"]
+        body += [f"<tr><td><code>{html.escape(b['path'])}</code></td><td>{html.escape(b['split'])}</td>"
+                 f"<td>{html.escape(b['reason'])}</td></tr>" for b in ctx.bad_files] + ["</table>"]
     body += ["<h2>Figures</h2>"]
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")

@@ -49,6 +49,8 @@ class Trainer:
     seed: int
     device: torch.device
     callbacks: list[Callback] = field(default_factory=list)
+    class_weights: torch.Tensor | None = None   # per-class loss weights (--class-weights auto)
+    balanced_sampler: bool = False
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -75,6 +77,15 @@ class Trainer:
         for key, value in state.items():
             setattr(self, key, value)
 
+    def epoch_order(self, gen: torch.Generator) -> torch.Tensor:
+        """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
+        n = len(self.train_data)
+        if not self.balanced_sampler:
+            return torch.randperm(n, generator=gen)
+        counts = torch.bincount(self.train_data.labels).float()
+        weights = 1.0 / counts[self.train_data.labels]
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+
     def fit(self) -> None:
         total = self.epochs * self.steps_per_epoch
         warmup = int(round(self.warmup_epochs * self.steps_per_epoch))
@@ -85,7 +96,7 @@ class Trainer:
             self.event("before_epoch")
             self.model.train()
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-            order = torch.randperm(len(self.train_data), generator=gen)
+            order = self.epoch_order(gen)
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 if len(idx) < 2 and len(order) > 1:
@@ -96,7 +107,7 @@ class Trainer:
                 x = self.pre.standardize(x)
                 set_lr(self.optimizer, lr_at(self.step, total, warmup, self.peak_lr))
                 logits = self.model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+                loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -192,10 +193,17 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if verbose:
         callbacks.append(ProgressDisplay(console))
+    class_weights = None
+    if cfg.class_weights == "auto":
+        from sklearn.utils.class_weight import compute_class_weight
+        labels = data["train"].labels.numpy()
+        class_weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels),
+                                     dtype=torch.float32, device=device)
     trainer = Trainer(model=model, optimizer=optimizer, train_data=data["train"], val_data=data["val"], pre=pre,
                       augment=BatchAugment(cfg.augment, cfg.hflip), epochs=cfg.epochs, batch_size=cfg.batch_size,
                       peak_lr=lr, warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
-                      seed=cfg.seed, device=device, callbacks=callbacks)
+                      seed=cfg.seed, device=device, callbacks=callbacks, class_weights=class_weights,
+                      balanced_sampler=cfg.balanced_sampler)
     last = ckpt_dir / "last.safetensors"
     if resume is not None and last.is_file():
         trainer.restore(load_checkpoint(last, model, optimizer))

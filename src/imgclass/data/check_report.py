@@ -1,0 +1,60 @@
+"""Printing a CheckReport for people (the JSON form is CheckReport.to_dict)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .check import CheckReport
+
+SHOW = 10  # items listed per section; the JSON has them all
+
+
+def print_check(r: CheckReport, console: Console | None = None) -> None:
+    c = console or Console()
+    c.print(f"[bold]{r.root}[/]  ({r.layout}; {len(r.classes)} classes)", highlight=False)
+    for note in r.notes:
+        c.print(f"[yellow]note:[/] {note}", highlight=False)
+    table = Table(title="usable images per class")
+    splits = [s for s in ("train", "val", "test", "all") if sum(r.counts[s].values())]
+    table.add_column("class", overflow="fold")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for cls in r.classes:
+        table.add_row(cls, *(str(r.counts[s][cls]) for s in splits))
+    table.add_row("[bold]imbalance (max/min)", *(f"{r.imbalance.get(s, 0):.1f}x" for s in splits))
+    c.print(table)
+    if r.sizes["min"]:
+        c.print(f"sizes (w x h): min {r.sizes['min'][0]}x{r.sizes['min'][1]}, median "
+                f"{r.sizes['median'][0]:g}x{r.sizes['median'][1]:g}, max {r.sizes['max'][0]}x{r.sizes['max'][1]}",
+                highlight=False)
+        peak = max(r.sizes["longer_side_histogram"].values())
+        for rng, n in r.sizes["longer_side_histogram"].items():
+            c.print(f"  longer side {rng:>10} px {'#' * max(1, round(30 * n / peak))} {n}", highlight=False)
+    c.print("formats: " + ", ".join(f"{k} {v}" for k, v in r.formats.items()) +
+            "; modes: " + ", ".join(f"{k} {v}" for k, v in r.modes.items()), highlight=False)
+
+    def section(title: str, items: list[str]) -> None:
+        if not items:
+            return
+        c.print(f"[bold]{title}[/] ({len(items)})", highlight=False)
+        for item in items[:SHOW]:
+            c.print(f"  {item}", highlight=False, soft_wrap=True)
+        if len(items) > SHOW:
+            c.print(f"  ... and {len(items) - SHOW} more (see --json)", highlight=False)
+
+    section("unusable files", [f"{u['path']}: {u['reason']}" for u in r.unusable])
+    section("LEAKAGE: duplicates across splits", [f"{l['a_split']}:{l['a']} == {l['b_split']}:{l['b']} ({l['kind']})"
+                                                  for l in r.leakage])
+    section("exact duplicates", [" == ".join(g) for g in r.exact_duplicates])
+    section("near duplicates", [f"{n['a']} ~ {n['b']} ({n['distance']} bits)" for n in r.near_duplicates])
+    section("extension does not match content", r.extension_mismatch)
+    section("EXIF-rotated (rotation is applied)", r.exif_rotated)
+    section("very small images", r.small)
+    if r.ignored:
+        c.print(f"ignored {len(r.ignored)} non-image file(s)", highlight=False)
+    if r.recommendations:
+        c.print("[bold]recommendations[/]")
+        for rec in r.recommendations:
+            c.print(f"  - {rec}", highlight=False, soft_wrap=True)
+    else:
+        c.print("[green]no problems found[/]")

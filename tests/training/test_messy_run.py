@@ -1,0 +1,46 @@
+"""A run on a folder with planted bad files trains to the end; every command copes."""
+import csv
+import json
+
+import imgclass
+from imgclass.cli import main
+
+from helpers import FAST
+from messy import BAD, ODD, make_messy
+
+
+def test_messy_folder_end_to_end(tmp_path, capsys):
+    data = make_messy(tmp_path / "data")
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=2, evaluate=True, img_size=16,
+                                                                   class_weights="auto", balanced_sampler=True))
+    with open(run.dir / "bad_files.csv", newline="") as fh:
+        bad = {r["path"]: r["reason"] for r in csv.DictReader(fh)}
+    assert set(bad) == {f"train/{p}" for p in BAD}
+    with open(run.dir / "splits.csv", newline="") as fh:
+        listed = {r["path"] for r in csv.DictReader(fh)}
+    assert {f"train/{p}" for p in ODD} <= listed
+    assert not any(name in p for p in listed for name in (".DS_Store", "Thumbs.db", "notes.txt"))
+    used = sum(m["n"] for m in run.metrics.values())
+    assert used == len(listed) - len(BAD)
+    report = (run.dir / "eval" / "test" / "report.md").read_text()
+    assert "Files skipped by the run" in report and "train/dog/bomb.png" in report
+
+    # predict, submit and evaluate on the messy folder: no crash, bad files reported
+    assert main(["predict", str(run.dir), str(data / "train" / "cat"), "--format", "json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    errors = {r["image"].split("/")[-1] for r in results if "error" in r}
+    assert errors == {"zero.jpg", "page.jpg"}
+    assert main(["submit", str(run.dir), str(data / "train" / "dog"), "--out", str(tmp_path / "s.csv")]) == 0
+    assert main(["evaluate", str(run.dir), str(data), "--split", "all", "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(m["unreadable"]) == 4
+
+
+def test_class_with_no_usable_image_is_a_clear_error(tmp_path, capsys):
+    from helpers import make_class_folders
+    data = make_class_folders(tmp_path / "d", classes=("ok", "other"), per_class=5)
+    for f in (data / "other").iterdir():
+        f.write_text("not an image")
+    code = main(["train", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-verbose"])
+    err = capsys.readouterr().err
+    assert code == 2 and "other" in err and "no usable training image" in err
