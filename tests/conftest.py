@@ -21,3 +21,11 @@ def trained_run(tmp_path_factory) -> Path:
     data = make_class_folders(root / "data", per_class=16)
     run = imgclass.train(data, out=str(root / "run"), **dict(FAST, epochs=4))
     return run.dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never touch the user's decode cache (subprocesses inherit the variable)."""
+    import os
+    os.environ["IMGCLASS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield

@@ -33,8 +33,10 @@ class TrainConfig:
     resize: Literal["crop", "pad", "stretch"] = "crop"  # crop: short side then centre crop; pad: long side then pad; stretch: ignore aspect
     augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
     hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
+    hflip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flipped every other epoch (airbench)
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
-    model: str = "resnet"            # a name from `imgclass models`, or torchvision:NAME / timm:NAME
+    model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
     model_args: dict = field(default_factory=dict)  # architecture arguments, e.g. {width: 64, depth: 3} for resnet
     dropout: float = 0.0             # dropout before the classification layer
     # --- optimisation ---------------------------------------------------------
@@ -44,11 +46,17 @@ class TrainConfig:
     lr: float | None = None          # peak learning rate (default: the model's default for the optimizer)
     weight_decay: float | None = None  # default: 0.05 for AdamW, 5e-4 for SGD
     momentum: float = 0.9            # SGD momentum (Nesterov)
-    warmup_epochs: float = 1.0       # linear warm-up length, then cosine decay to zero
+    schedule: Literal["cosine", "onecycle"] = "cosine"  # after warm-up: cosine to zero, or onecycle (linear up 25%, linear down)
+    warmup_epochs: float = 1.0       # linear warm-up length (cosine schedule)
     label_smoothing: float = 0.1     # cross-entropy label smoothing
     class_weights: Literal["none", "auto"] = "none"  # auto: weight the loss by n / (classes * count) (scikit-learn's "balanced")
     balanced_sampler: bool = False   # draw training images with probability 1/count of their class (with replacement)
     patience: int | None = None      # early stopping: epochs without val-accuracy gain before stopping (None = off)
+    time_budget: str | None = None   # e.g. 10m, 90s, 1h: epochs chosen from a measured step time; ends (with evaluation) in time
+    # --- speed ----------------------------------------------------------------
+    cache: bool = True               # keep decoded images in a memory-mapped cache (second run and epoch: no decoding)
+    cache_dir: str | None = None     # default: $IMGCLASS_CACHE_DIR or ~/.cache/imgclass
+    compile: bool = False            # torch.compile the model for training (slow to start, faster steps on long runs)
     # --- run ------------------------------------------------------------------
     out: str | None = None           # run folder (default: a new runs/train-N)
     device: str = "auto"             # auto (CUDA when present, else CPU), cpu, cuda, cuda:1
@@ -149,15 +157,35 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def resolve(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """defaults < config file < overrides (command line or Python keywords)."""
+def explicit_values(config_file: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The values a user set: config file, then overrides (command line or Python keywords) on top."""
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(validate(load_yaml(config_file), str(config_file)))
-    values.update(validate({k: v for k, v in overrides.items()}, "the options"))
+    values.update(validate(dict(overrides), "the options"))
+    return values
+
+
+def resolve(config_file: str | Path | None = None, recipe: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """defaults < the model's recipe < config file < overrides (command line or Python keywords)."""
+    values = {**validate(recipe or {}, "the model recipe"), **explicit_values(config_file, **overrides)}
     cfg = TrainConfig(**values)
     check_ranges(cfg)
     return cfg
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '1h30m', '2.5h' or plain seconds -> seconds."""
+    import re
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
+        raise UserError(f"cannot read time budget '{text}' (use e.g. 90s, 10m, 1h30m)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def check_ranges(cfg: TrainConfig) -> None:
@@ -178,6 +206,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("dropout must be in [0, 1)")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError("label_smoothing must be in [0, 1)")
+    if cfg.time_budget is not None and (parse_duration(cfg.time_budget) or 0) <= 0:
+        raise UserError("time_budget must be positive")
     if cfg.patience is not None and cfg.patience < 1:
         raise UserError("patience must be at least 1 (leave it unset to turn early stopping off)")
 

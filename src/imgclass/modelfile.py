@@ -60,7 +60,8 @@ def read_header(path: Path) -> dict[str, Any]:
     return json.loads(meta[META_KEY])
 
 
-def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None) -> dict:
+def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
+                 tta: str = "none") -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -68,6 +69,7 @@ def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: di
         "arch": arch,                       # {"name", "args", "dropout"}
         "classes": list(classes),
         "preprocessing": pre.to_dict(),
+        "inference": {"tta": tta},         # test-time augmentation every command applies
         "metrics": metrics or {},
     }
 

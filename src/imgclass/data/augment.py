@@ -21,20 +21,26 @@ PRESETS = {
 
 
 class BatchAugment:
-    def __init__(self, preset: str = "light", hflip: bool = True):
+    def __init__(self, preset: str = "light", hflip: bool = True, hflip_mode: str = "random"):
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}")
         self.preset = preset
         self.p = dict(PRESETS[preset])
         self.p["flip"] = self.p["flip"] and hflip
+        # "alternate": an image is mirrored in every other epoch (airbench), so over two epochs
+        # the network sees both views exactly once instead of at random.
+        self.hflip_mode = hflip_mode
 
     @property
     def active(self) -> bool:
         p = self.p
         return bool(p["flip"] or p["translate"] or p["zoom"] or p["rotate"] or p["color"])
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x: float N x C x H x W in 0..1 (before normalisation). Returns the same shape and range."""
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
+                 epoch: int = 0) -> torch.Tensor:
+        """x: float N x C x H x W in 0..1 (before normalisation). Returns the same shape and range.
+
+        flip_parity: one fixed random bit per image of the batch, for hflip_mode="alternate"."""
         if not self.active:
             return x
         p = self.p
@@ -44,7 +50,10 @@ class BatchAugment:
             return torch.rand(*shape, generator=generator).to(x.device)
 
         if p["flip"]:
-            flip = rand(n) < 0.5
+            if self.hflip_mode == "alternate" and flip_parity is not None:
+                flip = (flip_parity.to(x.device) + epoch) % 2 == 1
+            else:
+                flip = rand(n) < 0.5
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
         if p["translate"] or p["zoom"] or p["rotate"]:
             angle = (rand(n) * 2 - 1) * math.radians(p["rotate"])

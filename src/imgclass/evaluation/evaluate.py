@@ -109,7 +109,8 @@ def _gallery_sets(images: np.ndarray, y: np.ndarray, probs: np.ndarray, classes:
 
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto", console: Console | None = None,
-             predictor: Predictor | None = None) -> Evaluation:
+             predictor: Predictor | None = None, precomputed: tuple | None = None) -> Evaluation:
+    """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train)."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     console = console or Console(stderr=True)
@@ -117,14 +118,17 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     predictor = predictor or Predictor.load(model, device)
     classes = predictor.classes
     notes: list[str] = []
-    root, rows = _rows_for(split, model, data, classes, notes)
-    if not rows:
-        raise DataError(f"no images in the {split} split to evaluate")
-    tensors = load_split(root, rows, predictor.pre)
-    if len(tensors) == 0:
-        raise DataError(f"none of the {len(rows)} images of the {split} split could be decoded")
-    probs = torch.cat([predictor.probabilities(tensors.images[i:i + batch_size])
-                       for i in range(0, len(tensors), batch_size)]).numpy()
+    if precomputed is not None:
+        tensors, probs = precomputed
+    else:
+        root, rows = _rows_for(split, model, data, classes, notes)
+        if not rows:
+            raise DataError(f"no images in the {split} split to evaluate")
+        tensors = load_split(root, rows, predictor.pre)
+        if len(tensors) == 0:
+            raise DataError(f"none of the {len(rows)} images of the {split} split could be decoded")
+        probs = torch.cat([predictor.probabilities(tensors.images[i:i + batch_size])
+                           for i in range(0, len(tensors), batch_size)]).numpy()
     y = tensors.labels.numpy()
     metrics, metric_notes = compute_metrics(y, probs, classes, split)
     notes += metric_notes

@@ -16,17 +16,19 @@ class ModelSpec:
     description: str
     default_img_size: int = 32            # preferred input side when --img-size is not given
     default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})
+    recipe: dict = field(default_factory=dict)  # training defaults for this model (below the config file and options)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, default_img_size: int = 32, default_lr: dict | None = None):
+def register(name: str, description: str, default_img_size: int = 32, default_lr: dict | None = None,
+             recipe: dict | None = None):
     def wrap(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"a model named '{name}' is already registered")
         _REGISTRY[name] = ModelSpec(name, fn, description, default_img_size,
-                                    default_lr or {"adamw": 2e-3, "sgd": 0.05})
+                                    default_lr or {"adamw": 2e-3, "sgd": 0.05}, recipe or {})
         return fn
     return wrap
 

@@ -25,6 +25,7 @@ class Predictor:
         self.model, self.header, self.device = model, header, device
         self.classes: list[str] = header["classes"]
         self.pre = Preprocessing.from_dict(header["preprocessing"])
+        self.tta = header.get("inference", {}).get("tta", "none")
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Predictor":
@@ -36,8 +37,9 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""
-        x = self.pre.normalize(batch_uint8.to(self.device))
-        return torch.softmax(self.model(x).float(), dim=1).cpu()
+        from ..training.loop import predict_logits
+        logits = predict_logits(self.model, batch_uint8, self.pre, len(batch_uint8) or 1, self.device, self.tta)
+        return torch.softmax(logits, dim=1)
 
     def predict_proba(self, sources: Iterable[Source], batch_size: int = 64
                       ) -> tuple[np.ndarray, list[str | None]]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..data.augment import BatchAugment
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
+from ..models.tta import tta_logits
 from .optim import lr_at, set_lr
 
 
@@ -51,6 +52,10 @@ class Trainer:
     callbacks: list[Callback] = field(default_factory=list)
     class_weights: torch.Tensor | None = None   # per-class loss weights (--class-weights auto)
     balanced_sampler: bool = False
+    schedule: str = "cosine"
+    tta: str = "none"                    # used for validation, as in every later use of the model
+    deadline: float | None = None        # time.perf_counter() by which training must end (--time-budget)
+    train_forward: nn.Module | None = None  # e.g. the torch.compile'd model; defaults to model
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -86,9 +91,23 @@ class Trainer:
         weights = 1.0 / counts[self.train_data.labels]
         return torch.multinomial(weights, n, replacement=True, generator=gen)
 
+    def progress(self, fit_started: float, total_steps: int) -> float:
+        """Share of training done: by steps, or by the clock when that runs out first."""
+        by_steps = self.step / max(1, total_steps)
+        if self.deadline is None:
+            return by_steps
+        return max(by_steps, (time.perf_counter() - fit_started) / max(1e-9, self.deadline - fit_started))
+
     def fit(self) -> None:
         total = self.epochs * self.steps_per_epoch
-        warmup = int(round(self.warmup_epochs * self.steps_per_epoch))
+        warmup = self.warmup_epochs / self.epochs if self.schedule == "cosine" else 0.0
+        forward = self.train_forward or self.model
+        channels_last = self.device.type in ("cpu", "cuda")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+        flip_parity = torch.randint(0, 2, (len(self.train_data),), generator=torch.Generator().manual_seed(self.seed))
+        fit_started = time.perf_counter()
+        if self.deadline is not None:  # resumed clocks restart: the budget covers this process
+            self.deadline = max(self.deadline, fit_started + 1e-3)
         self.event("before_fit")
         while self.epoch < self.epochs and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -103,10 +122,20 @@ class Trainer:
                     continue  # batch norm cannot train on a single image
                 x = self.train_data.images[idx].to(self.device, non_blocking=True)
                 y = self.train_data.labels[idx].to(self.device, non_blocking=True)
-                x = self.augment(x.float().div_(255.0), gen)
+                x = self.augment(x.float().div_(255.0), gen, flip_parity[idx], self.epoch)
                 x = self.pre.standardize(x)
-                set_lr(self.optimizer, lr_at(self.step, total, warmup, self.peak_lr))
-                logits = self.model(x)
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                done = self.progress(fit_started, total)
+                if done >= 1.0 and self.deadline is not None:
+                    self.stop, self.stop_reason = True, "time budget reached"
+                    break
+                set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule))
+                if autocast is not None:
+                    with autocast:
+                        logits = forward(x).float()
+                else:
+                    logits = forward(x)
                 loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -120,7 +149,7 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
             if self.val_data is not None and len(self.val_data):
                 row["val_loss"], row["val_acc"] = evaluate_loss_acc(self.model, self.val_data, self.pre,
-                                                                    self.batch_size, self.device)
+                                                                    self.batch_size, self.device, self.tta)
             else:
                 row["val_loss"], row["val_acc"] = float("nan"), float("nan")
             row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -133,19 +162,25 @@ class Trainer:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
-                   device: torch.device) -> torch.Tensor:
-    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch."""
+                   device: torch.device, tta: str = "none") -> torch.Tensor:
+    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = pre.normalize(images[start:start + batch_size].to(device))
-        out.append(model(x).float().cpu())
+        if x.ndim == 4 and device.type in ("cpu", "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out.append(tta_logits(model, x, tta).float().cpu())
+        else:
+            out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
 def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,
-                      device: torch.device) -> tuple[float, float]:
-    logits = predict_logits(model, data.images, pre, batch_size, device)
+                      device: torch.device, tta: str = "none") -> tuple[float, float]:
+    logits = predict_logits(model, data.images, pre, batch_size, device, tta)
     loss = float(F.cross_entropy(logits, data.labels))
     acc = float((logits.argmax(1) == data.labels).float().mean())
     return loss, acc

@@ -23,11 +23,22 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def lr_at(progress: float, warmup: float, peak: float, schedule: str = "cosine") -> float:
+    """Learning rate at a point of training, progress in [0, 1] (steps done / steps planned, or
+    time used / time budget when training against a clock).
+
+    cosine: linear warm-up over the first `warmup` fraction, then cosine decay to zero.
+    onecycle: linear from 0.2x to 1x over the first 25%, then linear down to 0.07x (airbench's shape).
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "onecycle":
+        if progress < 0.25:
+            return peak * (0.2 + 0.8 * progress / 0.25)
+        return peak * (1.0 - 0.93 * (progress - 0.25) / 0.75)
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    rest = (progress - warmup) / max(1e-12, 1.0 - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -40,7 +40,7 @@ from ..modelfile import load_model, model_header, save_model
 from ..models import create_model, get_spec
 from .callbacks import BestModel, Checkpoint, EarlyStopping, MetricsCSV, ProgressDisplay, TensorBoard
 from .checkpoint import load_checkpoint
-from .loop import Trainer, evaluate_loss_acc
+from .loop import Trainer, predict_logits
 from .optim import make_optimizer
 
 
@@ -89,10 +89,14 @@ def _prepare_out(cfg: TrainConfig) -> Path:
     return out
 
 
-def _decode_all(split: Split, pre: Preprocessing, workers: int, console: Console,
-                verbose: bool) -> dict[str, ImageTensors]:
+TRAIN_SCORE_SAMPLE = 5000  # train accuracy is measured on at most this many images
+
+
+def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Console,
+                verbose: bool) -> tuple[dict[str, ImageTensors], int]:
+    from ..data.cache import load_cached
     total = sum(len(v) for v in split.items.values())
-    tensors = {}
+    tensors, hits = {}, 0
     progress = Progress(TextColumn("decoding {task.fields[split]}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
                         disable=not (verbose and console.is_terminal))
@@ -101,10 +105,14 @@ def _decode_all(split: Split, pre: Preprocessing, workers: int, console: Console
         done = 0
         for name in SPLITS:
             progress.update(task, split=name)
-            tensors[name] = load_split(split.root, split.items[name], pre, workers,
-                                       on_progress=lambda n, d=done: progress.update(task, completed=d + n))
+            report = (lambda n, d=done: progress.update(task, completed=d + n))
+            if cfg.cache and split.items[name]:
+                tensors[name], hit = load_cached(split.root, split.items[name], pre, cfg.cache_dir, cfg.workers, report)
+                hits += hit
+            else:
+                tensors[name] = load_split(split.root, split.items[name], pre, cfg.workers, on_progress=report)
             done += len(split.items[name])
-    return tensors
+    return tensors, hits
 
 
 def _write_bad_files(run_dir: Path, data: dict[str, ImageTensors]) -> list[tuple[str, str, str]]:
@@ -117,9 +125,64 @@ def _write_bad_files(run_dir: Path, data: dict[str, ImageTensors]) -> list[tuple
     return bad
 
 
+AUTO_MODEL = "fast"
+
+
+def choose_img_size(found, spec_name: str, default: int) -> int:
+    """For the fast model: the median shorter side of (a sample of) the images, rounded to a
+    multiple of 8 and kept within 16..64 px (CIFAR-10 -> 32, 8x8 digits -> 16, photos -> 64)."""
+    if spec_name != "fast":
+        return default
+    from PIL import Image
+    sides = []
+    step = max(1, len(found.items) // 200)
+    for rel, _, _ in found.items[::step]:
+        try:
+            with Image.open(found.root / rel) as img:
+                sides.append(min(img.size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported later, not here
+            continue
+    if not sides:
+        return default
+    median = sorted(sides)[len(sides) // 2]
+    return int(min(64, max(16, 8 * round(median / 8))))
+
+
+def _plan_budget(model, optimizer, data: ImageTensors, val_n: int, eval_n: int, pre: Preprocessing, cfg: TrainConfig,
+                 device: torch.device, seconds_left: float) -> tuple[int, float]:
+    """Epochs that fit in the time left, from a measured step time on a copy of the model;
+    returns (epochs, seconds reserved for the final evaluation)."""
+    import copy
+    from .optim import make_optimizer as make_opt
+    probe = copy.deepcopy(model).train()
+    opt = make_opt(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
+    batch = min(cfg.batch_size, len(data))
+    x = pre.normalize(data.images[:batch].to(device)).contiguous(memory_format=torch.channels_last)
+    y = data.labels[:batch].to(device)
+    times = []
+    for i in range(4):
+        started = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(probe(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step pays one-off costs
+            times.append(time.perf_counter() - started)
+    per_image = min(times) / batch
+    passes = {"none": 1, "flip": 2, "flip_translate": 6}[cfg.tta]
+    forward_share = 0.35  # a forward pass costs about a third of a training step (measured on the fast model)
+    epoch_seconds = per_image * (len(data) * 1.1 + val_n * forward_share * passes)
+    reserve = per_image * eval_n * forward_share * passes + 15.0  # final scoring, figures and report
+    epochs = int((seconds_left - reserve) * 0.95 // epoch_seconds)
+    return max(1, epochs), reserve
+
+
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
           console: Console | None = None, **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`)."""
+    started_all = time.perf_counter()
     console = console or Console(stderr=True)
     if resume is not None:
         run_dir = Path(resume).expanduser()
@@ -128,18 +191,26 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if options or config or data:
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run_dir / "config.yaml")
+        found = find_images(cfg.data, cfg.labels, cfg.id_column, cfg.label_column)
     else:
         if data is not None:
             options["data"] = str(data)
-        cfg = config_mod.resolve(config, **options)
-        if cfg.data is None:
+        explicit = config_mod.explicit_values(config, **options)
+        if explicit.get("data") is None:
             raise UserError("no data folder given: imgclass train DATA")
+        found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"),
+                            explicit.get("label_column"))
+        name = explicit.get("model", "auto")
+        name = AUTO_MODEL if name == "auto" else name
+        spec = get_spec(name)  # validates the name before any slow work
+        if "img_size" not in explicit:
+            options["img_size"] = choose_img_size(found, name, spec.default_img_size)
+        options["model"] = name
+        cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
         run_dir = None
-
-    found = find_images(cfg.data, cfg.labels, cfg.id_column, cfg.label_column)
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    spec = get_spec(cfg.model)  # validates the name before any slow work
+    spec = get_spec(cfg.model)
     if resume is None:
         split, split_warnings = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
         for w in split_warnings:
@@ -154,11 +225,11 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     device = pick_device(cfg.device)
     verbose = cfg.verbose
 
-    # Decode every split once at the training resolution.
+    # Decode every split once at the training resolution (or map it from the cache).
     img_size = cfg.img_size or spec.default_img_size
     pre = Preprocessing(img_size=img_size, resize=cfg.resize, max_pixels=cfg.max_image_pixels)
     started = time.perf_counter()
-    data = _decode_all(split, pre, cfg.workers, console, verbose)
+    data, cache_hits = _decode_all(split, pre, cfg, console, verbose)
     bad = _write_bad_files(run_dir, data)
     if bad:
         console.print(f"[yellow]warning:[/] {len(bad)} file(s) could not be decoded and are skipped; "
@@ -175,14 +246,37 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     args = dict(cfg.model_args)
     if "img_size" in inspect.signature(spec.build).parameters:
         args.setdefault("img_size", img_size)
-    model = create_model(cfg.model, num_classes=len(classes), dropout=cfg.dropout, **args).to(device)
+    model = create_model(cfg.model, num_classes=len(classes), dropout=cfg.dropout, **args)
+    if hasattr(model, "init_from_data"):  # e.g. the fast model's whitening layer, from up to 5,000 images
+        sample = data["train"].images[torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(
+            cfg.seed))[:5000]]
+        model.init_from_data(pre.normalize(sample))
+    model = model.to(device).to(memory_format=torch.channels_last)
     lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer]
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     optimizer = make_optimizer(model, cfg.optimizer, lr, wd, cfg.momentum)
     arch = {"name": cfg.model, "args": args, "dropout": cfg.dropout}
 
     def header(metrics: dict | None = None) -> dict:
-        return model_header(arch, classes, pre, metrics)
+        return model_header(arch, classes, pre, metrics, tta=cfg.tta)
+
+    epochs, deadline = cfg.epochs, None
+    budget = config_mod.parse_duration(cfg.time_budget)
+    if budget is not None and resume is None:
+        eval_n = len(data["val"]) + len(data["test"]) + min(len(data["train"]), TRAIN_SCORE_SAMPLE)
+        epochs, reserve = _plan_budget(model, optimizer, data["train"], len(data["val"]), eval_n, pre, cfg, device,
+                                       budget - (time.perf_counter() - started_all))
+        deadline = started_all + budget - reserve
+        cfg.epochs = epochs
+        config_mod.save(cfg, run_dir / "config.yaml")
+        console.print(f"time budget {cfg.time_budget}: {epochs} epoch(s) planned from a measured step time",
+                      highlight=False)
+    class_weights = None
+    if cfg.class_weights == "auto":
+        from sklearn.utils.class_weight import compute_class_weight
+        labels = data["train"].labels.numpy()
+        class_weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels),
+                                     dtype=torch.float32, device=device)
 
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [BestModel(ckpt_dir / "best.safetensors", header), Checkpoint(ckpt_dir / "last.safetensors", header),
@@ -193,39 +287,45 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if verbose:
         callbacks.append(ProgressDisplay(console))
-    class_weights = None
-    if cfg.class_weights == "auto":
-        from sklearn.utils.class_weight import compute_class_weight
-        labels = data["train"].labels.numpy()
-        class_weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(classes)), y=labels),
-                                     dtype=torch.float32, device=device)
     trainer = Trainer(model=model, optimizer=optimizer, train_data=data["train"], val_data=data["val"], pre=pre,
-                      augment=BatchAugment(cfg.augment, cfg.hflip), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      peak_lr=lr, warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
-                      seed=cfg.seed, device=device, callbacks=callbacks, class_weights=class_weights,
-                      balanced_sampler=cfg.balanced_sampler)
+                      augment=BatchAugment(cfg.augment, cfg.hflip, cfg.hflip_mode), epochs=epochs,
+                      batch_size=cfg.batch_size, peak_lr=lr, warmup_epochs=cfg.warmup_epochs,
+                      label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
+                      class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
+                      tta=cfg.tta, deadline=deadline,
+                      train_forward=torch.compile(model) if cfg.compile else None)
     last = ckpt_dir / "last.safetensors"
     if resume is not None and last.is_file():
         trainer.restore(load_checkpoint(last, model, optimizer))
-        console.print(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}", highlight=False, soft_wrap=True)
+        console.print(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}", highlight=False)
     if verbose:
+        cached = f"; {cache_hits} split(s) from the cache" if cache_hits else ""
         console.print(f"training {cfg.model} on {len(data['train'])} images ({len(classes)} classes, "
                       f"{img_size}px, {found.layout}); val {len(data['val'])}, test {len(data['test'])}; "
-                      f"device {device}; run folder {run_dir}", highlight=False, soft_wrap=True)
+                      f"device {device}{cached}; run folder {run_dir}", highlight=False, soft_wrap=True)
     if trainer.epoch < cfg.epochs and not trainer.stop:
         trainer.fit()
     train_seconds = sum(r["seconds"] for r in trainer.history)
 
-    # Score the best weights on every split (without augmentation).
+    # Score the best weights on every split (without augmentation, with the model's TTA).
+    # The train split is scored on a sample: it only shows over- or under-fitting.
     best, _ = load_model(ckpt_dir / "best.safetensors", device)
     metrics: dict[str, Any] = {}
+    probs: dict[str, torch.Tensor] = {}
     for name in SPLITS:
-        if len(data[name]):
-            loss, acc = evaluate_loss_acc(best, data[name], pre, max(cfg.batch_size, 256), device)
-            metrics[name] = {"accuracy": acc, "loss": loss, "n": len(data[name])}
+        part = data[name]
+        if name == "train" and len(part) > TRAIN_SCORE_SAMPLE:
+            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SCORE_SAMPLE]
+            part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
+                                paths=[part.paths[i] for i in keep.tolist()])
+        if len(part):
+            logits = predict_logits(best, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
+            probs[name] = torch.softmax(logits, 1)
+            metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
+                             "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(train_seconds, 2), "decode_seconds": round(decode_seconds, 2),
-             "bad_files": len(bad), "device": str(device)}
+             "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget}
     save_model(run_dir / "model.safetensors", best, header({**metrics, **facts}))
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
     run = Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history, metrics=metrics)
@@ -233,7 +333,10 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         from ..evaluation.evaluate import evaluate
         for name in ("val", "test"):
             if len(data[name]):
-                run.evaluations[name] = evaluate(run_dir, split=name, console=console)
+                run.evaluations[name] = evaluate(run_dir, split=name, console=console,
+                                                 precomputed=(data[name], probs[name].numpy()))
+    facts["total_seconds"] = round(time.perf_counter() - started_all, 2)
+    (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
     return run
 
 

@@ -1,0 +1,88 @@
+"""Decode once: each split's images, decoded, oriented, converted and resized to the
+training resolution, are kept as a uint8 N x 3 x S x S .npy file in a cache folder
+outside the dataset, and memory-mapped on later runs (no decoding at all).
+
+The key covers the file list with each file's size and modification time, the
+input size, the resize policy and the pixel limit, so changing any file (or the
+preprocessing) makes a new entry. A cache larger than memory still works: batches
+are sliced from the memory map and the OS pages them in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .images import ImageTensors, decode_many
+from .preprocess import Preprocessing
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("IMGCLASS_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgclass"
+
+
+def cache_key(root: Path, rows: list[tuple[str, int]], pre: Preprocessing) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "size": pre.img_size, "resize": pre.resize,
+                         "max_pixels": pre.max_pixels, "root": str(root.resolve())}).encode())
+    for rel, _ in rows:
+        try:
+            st = (root / rel).stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()[:32]
+
+
+def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path | None,
+                workers: int = 0, on_progress: Callable[[int], None] | None = None) -> tuple[ImageTensors, bool]:
+    """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = cache_key(root, rows, pre)
+    data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if data_file.is_file() and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        # mode "c" (copy-on-write) gives a writable array, so torch shares it without copying
+        arr = np.load(data_file, mmap_mode="c")
+        good = meta["good"]
+        return ImageTensors(images=torch.from_numpy(arr), labels=torch.tensor([rows[i][1] for i in good],
+                                                                                dtype=torch.int64),
+                            paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]]), True
+    arrays, good, reasons = decode_many([root / rel for rel, _ in rows], pre, workers, on_progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_file.with_name(data_file.name + f".{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(good), 3, pre.img_size, pre.img_size))
+    for start in range(0, len(good), 4096):  # NHWC -> NCHW in chunks: no second full copy in memory
+        out[start:start + 4096] = arrays[start:start + 4096].transpose(0, 3, 1, 2)
+    out.flush()
+    del out
+    os.replace(tmp, data_file)
+    bad = [(rows[i][0], reasons[i]) for i in range(len(rows)) if reasons[i]]
+    meta_tmp = meta_file.with_name(meta_file.name + ".tmp")
+    meta_tmp.write_text(json.dumps({"good": good, "bad": bad, "n": len(rows)}))
+    os.replace(meta_tmp, meta_file)
+    tensors, _ = load_cached(root, rows, pre, cache_dir)
+    return tensors, False
+
+
+def cache_size(cache_dir: Path | None = None) -> int:
+    d = Path(cache_dir) if cache_dir else default_cache_dir()
+    return sum(f.stat().st_size for f in d.glob("*.npy")) if d.is_dir() else 0
+
+
+def clear_cache(cache_dir: Path | None = None) -> None:
+    d = Path(cache_dir) if cache_dir else default_cache_dir()
+    if d.is_dir():
+        shutil.rmtree(d)

@@ -1,0 +1,25 @@
+"""Test-time augmentation: averaging logits over mirrored and shifted copies (airbench's
+"level 2": half weight on the image and its mirror, half on two 1-pixel translations
+and their mirrors). Used by every command through the mode stored in the model file."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    if mode == "none":
+        return model(x)
+    both = model(torch.cat([x, x.flip(3)]))
+    base = 0.5 * (both[: len(x)] + both[len(x):])
+    if mode == "flip":
+        return base
+    h, w = x.shape[2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = torch.cat([padded[:, :, 0:h, 0:w], padded[:, :, 2:h + 2, 2:w + 2]])
+    out = model(torch.cat([shifted, shifted.flip(3)]))
+    n = len(x)
+    return 0.5 * base + 0.125 * (out[:n] + out[n:2 * n] + out[2 * n:3 * n] + out[3 * n:])
