@@ -12,12 +12,16 @@ import torch.nn as nn
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
-    # No weight decay on biases and normalisation parameters (standard practice; timm does the same).
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if hasattr(model, "optimizer_groups"):  # a model with its own recipe (e.g. fast: 64x lr on BN biases)
+        groups = model.optimizer_groups(weight_decay)
+    else:
+        # No weight decay on biases and normalisation parameters (standard practice; timm does the same).
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=lr)
@@ -43,4 +47,4 @@ def lr_at(progress: float, warmup: float, peak: float, schedule: str = "cosine")
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
