@@ -84,12 +84,21 @@ def build_parser() -> Parser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     _add_train_options(p)
 
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one")
+    p.add_argument("data", help="image folder (same layouts as train)")
+    p.add_argument("--config", help="YAML file with train options")
+    p.add_argument("--plot", default="lr_find.png", help="where to write the plot [default: lr_find.png]")
+    p.add_argument("--steps", type=int, default=100)
+    _add_train_options(p)
+
     p = sub.add_parser("predict", help="top-k predictions for images, folders or glob patterns")
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--device", default="auto")
+    p.add_argument("--pretrained", action="store_true",
+                   help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
 
     p = sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images")
     p.add_argument("model", help="run folder or model.safetensors")
@@ -171,10 +180,19 @@ def run(args: argparse.Namespace) -> int:
         run_ = api.train(args.data, config=args.config, resume=args.resume, **options)
         for line in summary_lines(run_):
             print(line)
+    elif args.verb == "lr-find":
+        from .training.lr_find import lr_find
+        options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+        found = lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
+        print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
     elif args.verb == "predict":
         if args.top_k < 1:
             raise UserError("--top-k must be at least 1")
-        predictor = api.load(args.model, args.device)
+        if args.pretrained:
+            from .prediction.predictor import Predictor
+            predictor = Predictor.pretrained(args.model, args.device)
+        else:
+            predictor = api.load(args.model, args.device)
         _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k), args.format)
     elif args.verb == "submit":
         from .prediction.submit import write_submission

@@ -68,8 +68,11 @@ class FastNet(nn.Module):
     def reset_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes, bias=False)
 
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(feats)) * self.head_scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x))) * self.head_scale
+        return self.forward_head(self.features(x))
 
     bias_lr_scale = 64.0  # airbench trains the BN biases 64x faster (with 64x less weight decay)
 

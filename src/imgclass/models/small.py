@@ -14,17 +14,18 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 @register("mlp", "multilayer perceptron on the flattened image (a baseline); args: width, depth", default_img_size=16,
           default_lr={"adamw": 1e-3, "sgd": 0.05})
-def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, width: int = 512, depth: int = 2) -> nn.Module:
+def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, width: int = 512, depth: int = 2,
+        head: tuple[int, ...] = ()) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     features = 3 * img_size * img_size
     for _ in range(depth):
         layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
         features = width
-    return Classifier(nn.Sequential(*layers), features, num_classes, dropout)
+    return Classifier(nn.Sequential(*layers), features, num_classes, dropout, tuple(head))
 
 
 @register("cnn", "small plain CNN (conv-BN-ReLU pairs, max pooling, global average pool); args: width, depth")
-def cnn(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 3) -> nn.Module:
+def cnn(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 3, head: tuple[int, ...] = ()) -> nn.Module:
     layers: list[nn.Module] = []
     cin = 3
     for i in range(depth):
@@ -32,7 +33,7 @@ def cnn(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 3)
         layers += [conv_bn(cin, cout), conv_bn(cout, cout), nn.MaxPool2d(2, ceil_mode=True)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout)
+    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout, tuple(head))
 
 
 class BasicBlock(nn.Module):
@@ -49,7 +50,8 @@ class BasicBlock(nn.Module):
 
 
 @register("resnet", "residual network for small images (CIFAR-style stem, 3 stages); args: width, depth")
-def resnet(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 2) -> nn.Module:
+def resnet(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int = 2,
+           head: tuple[int, ...] = ()) -> nn.Module:
     """Three stages of `depth` basic blocks at widths w, 2w, 4w; a 3x3 stem keeps small inputs' detail."""
     layers: list[nn.Module] = [conv_bn(3, width)]
     cin = width
@@ -59,4 +61,4 @@ def resnet(num_classes: int, dropout: float = 0.0, width: int = 32, depth: int =
             layers.append(BasicBlock(cin, cout, stride=2 if stage > 0 and block == 0 else 1))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout)
+    return Classifier(nn.Sequential(*layers), cin, num_classes, dropout, tuple(head))

@@ -52,9 +52,9 @@ def zoo_spec(name: str) -> ModelSpec:
             raise UserError(f"timm has no model '{arch}'; `imgclass models --zoo timm` lists them")
         img_size = _timm_input_size(arch)
 
-    def build(num_classes: int, dropout: float = 0.0, **args) -> nn.Module:
+    def build(num_classes: int, dropout: float = 0.0, head: list[int] | tuple[int, ...] = (), **args) -> nn.Module:
         backbone, width = backbone_fn(arch, **args)
-        return Classifier(backbone, width, num_classes, dropout)
+        return Classifier(backbone, width, num_classes, dropout, tuple(head))
 
     return ModelSpec(name, build, f"{source} {arch}", default_img_size=img_size,
                      default_lr={"adamw": 1e-3, "sgd": 0.05})

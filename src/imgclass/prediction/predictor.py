@@ -34,6 +34,32 @@ class Predictor:
         model, header = load_model(path, dev)
         return cls(model, header, dev)
 
+    @classmethod
+    def pretrained(cls, name: str, device: str = "auto") -> "Predictor":
+        """A published ImageNet classifier used as it is (timm:NAME), with timm's class names."""
+        import timm
+        from timm.data import ImageNetInfo
+        from ..training.transfer import _offline_error, _online, timm_pretrained_file
+        source, _, arch = name.partition(":")
+        if source != "timm":
+            raise UserError("predict --pretrained takes a timm model name, e.g. timm:xception41")
+        cfg = timm.get_pretrained_cfg(arch)
+        if cfg is None:
+            raise UserError(f"timm publishes no pretrained weights for '{arch}'")
+        cached = timm_pretrained_file(arch)
+        if cached is None and not _online("huggingface.co"):
+            from huggingface_hub.constants import HF_HUB_CACHE
+            raise _offline_error(name, f"hf-hub:{cfg.hf_hub_id}", HF_HUB_CACHE)
+        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": cached} if cached else None)
+        info = ImageNetInfo()
+        classes = [info.index_to_description(i) for i in range(model.num_classes)]
+        header = {"classes": classes, "preprocessing": {"img_size": int(cfg.input_size[-1]), "resize": "crop",
+                                                         "mean": list(cfg.mean), "std": list(cfg.std)},
+                  "arch": {"name": name, "args": {}}, "inference": {"tta": "none"}}
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+        return cls(model.to(dev).eval(), header, dev)
+
     @torch.no_grad()
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""

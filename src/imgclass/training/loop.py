@@ -112,8 +112,8 @@ class Trainer:
         while self.epoch < self.epochs and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
-            self.event("before_epoch")
             self.model.train()
+            self.event("before_epoch")  # after train(): callbacks may put frozen parts back in eval mode
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
             order = self.epoch_order(gen)
             for start in range(0, len(order), self.batch_size):

@@ -1,0 +1,99 @@
+"""`imgclass lr-find DATA`: the learning-rate range test (Leslie Smith; fastai's lr_find).
+The learning rate grows exponentially over a short run while the loss is recorded; the plot
+shows where the loss falls fastest, and the suggestion is the rate at the minimum of the
+smoothed loss divided by 10 (fastai's "minimum/10" rule)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import config as config_mod
+from ..data.augment import BatchAugment
+from ..data.cache import load_cached
+from ..data.find import find_images
+from ..data.images import channel_stats
+from ..data.preprocess import Preprocessing
+from ..data.split import make_split
+from ..errors import DataError
+from ..models import create_model, get_spec
+from .optim import make_optimizer, set_lr
+
+
+@dataclass
+class LRFind:
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float
+    plot: Path
+
+
+def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float = 1e-6, end_lr: float = 10.0,
+            steps: int = 100, config: str | Path | None = None, **options: Any) -> LRFind:
+    from .run import AUTO_MODEL, choose_img_size, pick_device
+    options["data"] = str(data)
+    explicit = config_mod.explicit_values(config, **options)
+    found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"), explicit.get("label_column"))
+    name = explicit.get("model", "auto")
+    name = AUTO_MODEL if name == "auto" else name
+    spec = get_spec(name)
+    options["model"] = name
+    options.setdefault("img_size", explicit.get("img_size") or choose_img_size(found, name, spec.default_img_size))
+    cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
+    split, _ = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
+    pre = Preprocessing(img_size=cfg.img_size, resize=cfg.resize, max_pixels=cfg.max_image_pixels)
+    train, _ = load_cached(split.root, split.items["train"], pre, cfg.cache_dir, cfg.workers)
+    if len(train) < 2:
+        raise DataError("too few training images for lr-find")
+    pre.mean, pre.std = channel_stats(train.images)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(name, num_classes=len(split.classes), dropout=cfg.dropout, **cfg.model_args)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(pre.normalize(train.images[:5000]))
+    model.to(device).train()
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
+    opt = make_optimizer(model, cfg.optimizer, start_lr, wd, cfg.momentum)
+    aug = BatchAugment(cfg.augment, cfg.hflip)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lrs, losses, smooth, best = [], [], 0.0, math.inf
+    order = torch.randperm(len(train), generator=gen)
+    batch = min(cfg.batch_size, len(train))
+    for step in range(steps):
+        lr = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
+        set_lr(opt, lr)
+        s = (step * batch) % max(1, len(order) - batch + 1)
+        idx = order[s:s + batch]
+        x = pre.standardize(aug(train.images[idx].to(device).float().div_(255), gen))
+        loss = F.cross_entropy(model(x), train.labels[idx].to(device), label_smoothing=cfg.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        smooth = 0.9 * smooth + 0.1 * value if step else value
+        debiased = smooth / (1 - 0.9 ** (step + 1))
+        lrs.append(lr)
+        losses.append(debiased)
+        best = min(best, debiased)
+        if not math.isfinite(debiased) or debiased > 4 * best:
+            break  # diverged: the rest of the range says nothing
+    suggestion = lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggestion, color="tab:red", ls="--", label=f"suggested lr {suggestion:.2e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)",
+           title=f"Learning-rate range test: {name}, {cfg.optimizer}")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return LRFind(lrs, losses, suggestion, out)

@@ -1,0 +1,63 @@
+import os
+
+import numpy as np
+import torch
+
+from imgclass.data import cache as cache_mod
+from imgclass.data.cache import load_cached
+from imgclass.data.images import load_split
+from imgclass.data.preprocess import Preprocessing
+
+from helpers import make_class_folders
+
+
+def rows_of(root):
+    return [(f"{c}/img{j}.png", i) for i, c in enumerate(("cat", "dog", "fish")) for j in range(6)]
+
+
+def test_hit_on_second_load_and_same_pixels(tmp_path, monkeypatch):
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    pre = Preprocessing(img_size=8)
+    calls = []
+    real = cache_mod.decode_many
+    monkeypatch.setattr(cache_mod, "decode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first, hit1 = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    second, hit2 = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    assert (hit1, hit2) == (False, True) and len(calls) == 1     # no decoding the second time
+    direct = load_split(root, rows_of(root), pre)
+    assert torch.equal(first.images, direct.images) and torch.equal(second.images, direct.images)
+    assert torch.equal(second.labels, direct.labels) and second.paths == direct.paths
+    assert isinstance(second.images, torch.Tensor) and second.images.shape == (18, 3, 8, 8)
+
+
+def test_invalidated_when_a_file_or_the_preprocessing_changes(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    pre = Preprocessing(img_size=8)
+    load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    assert load_cached(root, rows_of(root), pre, tmp_path / "cache")[1]
+    target = root / "cat" / "img0.png"
+    from PIL import Image
+    Image.new("RGB", (12, 12), (0, 0, 0)).save(target)
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    again, hit = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    assert not hit and int(again.images[0].max()) == 0        # the new, black image is used
+    assert not load_cached(root, rows_of(root), Preprocessing(img_size=8, resize="pad"), tmp_path / "cache")[1]
+
+
+def test_bad_files_remembered(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    (root / "cat" / "img1.png").write_text("broken")
+    pre = Preprocessing(img_size=8)
+    a, _ = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    b, hit = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+    assert hit and a.bad == b.bad and b.bad[0][0] == "cat/img1.png" and len(b) == 17
+
+
+def test_second_training_run_decodes_nothing(tmp_path, monkeypatch):
+    import imgclass
+    from helpers import FAST
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    imgclass.train(data, out=str(tmp_path / "a"), **dict(FAST, epochs=1))
+    monkeypatch.setattr(cache_mod, "decode_many", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    imgclass.train(data, out=str(tmp_path / "b"), **dict(FAST, epochs=1))

@@ -1,0 +1,41 @@
+import json
+import time
+
+import yaml
+
+import imgclass
+from imgclass.config import parse_duration
+from imgclass.modelfile import read_header
+
+from helpers import make_class_folders
+
+
+def test_default_train_uses_fast_path_sized_from_data(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=10)   # 12 px images
+    run = imgclass.train(data, out=str(tmp_path / "run"), epochs=1, verbose=False, tensorboard=False, evaluate=False)
+    cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
+    assert cfg["model"] == "fast" and cfg["img_size"] == 16          # 12 px rounds to 16, the minimum
+    assert cfg["optimizer"] == "sgd" and cfg["label_smoothing"] == 0.2 and cfg["tta"] == "flip_translate"
+    header = read_header(run.dir / "model.safetensors")
+    assert header["inference"] == {"tta": "flip_translate"}
+    # the recipe sits below the user's own options
+    run2 = imgclass.train(data, out=str(tmp_path / "run2"), epochs=1, label_smoothing=0.0, tta="none",
+                          verbose=False, tensorboard=False, evaluate=False)
+    assert run2.config.label_smoothing == 0.0 and run2.config.tta == "none" and run2.config.model == "fast"
+
+
+def test_time_budget_is_honoured(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=40)
+    started = time.perf_counter()
+    run = imgclass.train(data, out=str(tmp_path / "run"), time_budget="20s", model_args={"width": 8},
+                         verbose=False, tensorboard=False)
+    wall = time.perf_counter() - started
+    results = json.loads((run.dir / "results.json").read_text())
+    assert wall <= 20 * 1.25            # ends (with its evaluation and report) within the budget
+    assert results["epochs_run"] >= 2   # epochs were planned from the measured step time, not the default
+    assert results["time_budget"] == "20s"
+    assert (run.dir / "eval" / "test" / "report.html").is_file()
+
+
+def test_parse_duration():
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2") == 2
