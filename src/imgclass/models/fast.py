@@ -103,7 +103,7 @@ class FastNet(nn.Module):
 @register("fast", "airbench-style network for small images (whitening init, GELU, frozen-scale BN); "
           "args: width (default 32: half of airbench), the default model for inputs up to 64 px",
           default_img_size=32, default_lr={"sgd": 1.5, "adamw": 2e-3},
-          recipe=dict(optimizer="sgd", momentum=0.85, weight_decay=5e-5, label_smoothing=0.2, batch_size=512,
+          recipe=dict(optimizer="sgd", momentum=0.85, weight_decay=5e-5, label_smoothing=0.2, batch_size=1024,
                       schedule="onecycle", warmup_epochs=0.0, tta="flip_translate", augment="light",
                       hflip_mode="alternate", epochs=10))
 def fast(num_classes: int, dropout: float = 0.0, width: int = 32) -> nn.Module:

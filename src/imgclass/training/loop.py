@@ -53,7 +53,7 @@ class Trainer:
     class_weights: torch.Tensor | None = None   # per-class loss weights (--class-weights auto)
     balanced_sampler: bool = False
     schedule: str = "cosine"
-    tta: str = "none"                    # used for validation, as in every later use of the model
+    val_tta: str = "none"                # per-epoch validation: without TTA by default (6x cheaper); the final scores use it
     deadline: float | None = None        # time.perf_counter() by which training must end (--time-budget)
     train_forward: nn.Module | None = None  # e.g. the torch.compile'd model; defaults to model
     # progress, read and written by callbacks and saved in checkpoints
@@ -149,7 +149,7 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
             if self.val_data is not None and len(self.val_data):
                 row["val_loss"], row["val_acc"] = evaluate_loss_acc(self.model, self.val_data, self.pre,
-                                                                    self.batch_size, self.device, self.tta)
+                                                                    self.batch_size, self.device, self.val_tta)
             else:
                 row["val_loss"], row["val_acc"] = float("nan"), float("nan")
             row["lr"] = self.optimizer.param_groups[0]["lr"]

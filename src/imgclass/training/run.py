@@ -201,7 +201,7 @@ def _plan_budget(model, optimizer, data: ImageTensors, val_n: int, eval_n: int, 
     per_image = min(times) / batch
     passes = {"none": 1, "flip": 2, "flip_translate": 6}[cfg.tta]
     forward_share = 0.35  # a forward pass costs about a third of a training step (measured on the fast model)
-    epoch_seconds = per_image * (len(data) * 1.1 + val_n * forward_share * passes)
+    epoch_seconds = per_image * (len(data) * 1.1 + val_n * forward_share)  # per-epoch validation runs without TTA
     # final scoring, then figures and report (measured: 2-4 s for 10 classes on 2 cores)
     reserve = per_image * eval_n * forward_share * passes + 5.0 + 0.2 * int(data.labels.max() + 1)
     epochs = int((seconds_left - reserve) * 0.95 // epoch_seconds)
@@ -348,7 +348,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       batch_size=cfg.batch_size, peak_lr=lr, warmup_epochs=cfg.warmup_epochs,
                       label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                       class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
-                      tta=cfg.tta, deadline=deadline,
+                      deadline=deadline,
                       train_forward=torch.compile(model) if cfg.compile else None)
     if resume is not None and last.is_file():
         trainer.restore(load_checkpoint(last, model, optimizer))
