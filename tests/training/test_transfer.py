@@ -142,3 +142,44 @@ def test_head_layers(tmp_path):
     linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in linears] == [(model.num_features, 16), (16, 8), (8, 4)]
     assert any(isinstance(m, torch.nn.Dropout) for m in model.head.modules())
+
+
+def test_lr_find_cli(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    plot = tmp_path / "lr.png"
+    assert main(["lr-find", str(data), "--model", "cnn", "--model-args", "width=8,depth=2", "--img-size", "8",
+                 "--batch-size", "8", "--steps", "30", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    lr = float(out.split("suggested learning rate ")[1].split()[0])
+    assert 1e-7 <= lr <= 1.0 and plot.stat().st_size > 5000
+
+
+def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
+    """--pretrained and predict --pretrained read the hub-cached weights (a local stand-in here)."""
+    import timm
+    torch.manual_seed(7)
+    net = timm.create_model("resnet10t", num_classes=1000).eval()
+    cached = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cached))
+    monkeypatch.setattr(transfer, "timm_pretrained_file", lambda arch: str(cached))
+    img = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
+    assert main(["predict", ARCH, "--pretrained", str(img), "--format", "json", "--top-k", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]["top_k"]
+    from imgclass.data.preprocess import Preprocessing
+    cfg = timm.get_pretrained_cfg("resnet10t")
+    pre = Preprocessing(img_size=cfg.input_size[-1], mean=cfg.mean, std=cfg.std)
+    with torch.no_grad():
+        probs = torch.softmax(net(pre.normalize(torch.from_numpy(pre.load(img)).permute(2, 0, 1)[None])), 1)[0]
+    from timm.data import ImageNetInfo
+    assert result[0]["label"] == ImageNetInfo().index_to_description(int(probs.argmax()))
+    assert abs(result[0]["probability"] - float(probs.max())) < 1e-5
+
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    run = imgclass.train(data, out=str(tmp_path / "run"), pretrained=True, **dict(OPTS, head_epochs=1, unfreeze="none"))
+    model, header = load_model(run.dir)
+    assert header["preprocessing"]["mean"] == list(cfg.mean)       # the backbone's own statistics
+    for k, v in model.backbone.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.equal(v, net.state_dict()[k]), k           # frozen backbone = published weights

@@ -55,6 +55,14 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     model = create_model(name, num_classes=len(split.classes), dropout=cfg.dropout, **cfg.model_args)
     if hasattr(model, "init_from_data"):
         model.init_from_data(pre.normalize(train.images[:5000]))
+    if cfg.pretrained or cfg.weights:
+        from .transfer import apply_weights_file, backbone_preprocessing, load_backbone_state, pretrained_backbone_state
+        if (bp := backbone_preprocessing(name)) is not None:
+            pre.mean, pre.std = bp["mean"], bp["std"]
+        if cfg.pretrained:
+            load_backbone_state(model, pretrained_backbone_state(name), f"{name} published weights")
+        if cfg.weights:
+            apply_weights_file(model, cfg.weights, split.classes)
     model.to(device).train()
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     opt = make_optimizer(model, cfg.optimizer, start_lr, wd, cfg.momentum)
