@@ -133,6 +133,21 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--html", help="also write the table to this HTML file")
 
+    p = sub.add_parser("export", help="export to ONNX or TorchScript, with parity checked against PyTorch")
+    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="output file (default: next to the model file)")
+
+    p = sub.add_parser("serve", help="a web service with an upload page (FastAPI + uvicorn)")
+    p.add_argument("model", help="run folder, model.safetensors, or an exported .onnx (with --runtime onnx)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine only]")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--api-key", help="require this key in the X-API-Key header (or set IMGCLASS_API_KEY)")
+    p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
+
     p = sub.add_parser("models", help="list model names")
     p.add_argument("--zoo", choices=["torchvision", "timm"], help="list a library's architectures instead")
     p.add_argument("--filter", help="glob pattern, e.g. 'resnet*'")
@@ -220,6 +235,17 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "compare":
         from .evaluation.compare import compare_text
         print(compare_text(api.compare(args.runs, html_out=args.html)))
+    elif args.verb == "export":
+        from .export.exporter import export_model
+        path, diff = export_model(args.model, args.format, args.out)
+        print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")
+    elif args.verb == "serve":
+        from .serving.app import serve
+        if args.workers < 1:
+            raise UserError("--workers must be at least 1")
+        print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
+        serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key,
+              args.cors)
     elif args.verb == "models":
         from .models import get_spec
         names = api.list_models(args.zoo, args.filter)

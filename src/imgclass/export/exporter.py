@@ -1,0 +1,111 @@
+"""`imgclass export MODEL --format onnx|torchscript`.
+
+The exported graph takes images already decoded and resized (float N x 3 x S x S, pixel values
+0..255) and returns class probabilities: normalisation, test-time augmentation and softmax are
+inside it, so a consumer only has to decode and resize as the stored preprocessing says. The
+file carries the model file's header (class names, preprocessing) as metadata. Parity with
+PyTorch on a batch of images is checked before the file is kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data.preprocess import Preprocessing
+from ..errors import UserError
+from ..models.tta import tta_logits
+from ..modelfile import resolve_model_path
+from ..prediction.predictor import Predictor
+
+PARITY_TOLERANCE = 1e-4
+META_KEY = "imgclass"
+
+
+class InferenceModule(nn.Module):
+    """Pixels 0..255 -> probabilities, with the stored normalisation and TTA."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str):
+        super().__init__()
+        self.model, self.tta = model.eval(), tta
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - self.mean) / self.std
+        return torch.softmax(tta_logits(self.model, x, self.tta), dim=1)
+
+
+def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.Tensor:
+    """uint8 images for the parity check: the run's own test images when there are some, else noise."""
+    size = predictor.pre.img_size
+    run = model_path.parent if model_path.name == "model.safetensors" else None
+    images = []
+    if run is not None and (run / "eval" / "test" / "predictions.csv").is_file():
+        import csv
+        from ..config import resolve as resolve_config
+        root = Path(resolve_config(run / "config.yaml").data)
+        with (run / "eval" / "test" / "predictions.csv").open(newline="") as fh:
+            for row in list(csv.DictReader(fh))[:n]:
+                try:
+                    images.append(predictor.pre.load(root / row["path"]))
+                except Exception:  # noqa: BLE001 - noise fills in for files gone since training
+                    pass
+    rng = np.random.RandomState(0)
+    while len(images) < n:
+        images.append(rng.randint(0, 256, (size, size, 3), dtype=np.uint8))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> tuple[Path, float]:
+    """Write the exported file; returns (path, maximum absolute probability difference)."""
+    if fmt not in ("onnx", "torchscript"):
+        raise UserError("--format must be onnx or torchscript")
+    model_path = resolve_model_path(model)
+    predictor = Predictor.load(model_path, "cpu")
+    module = InferenceModule(predictor.model, predictor.pre, predictor.tta).eval()
+    batch = parity_batch(predictor, model_path)
+    expected = predictor.probabilities(batch).numpy()
+    pixels = batch.float()
+    out = Path(out) if out else model_path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+    header = json.dumps(predictor.header)
+    tmp = out.with_name(out.name + ".tmp")
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime as ort
+        batch_dim = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(module, (pixels,), str(tmp), input_names=["pixels"], output_names=["probabilities"],
+                          dynamic_shapes={"pixels": {0: batch_dim}}, dynamo=True, external_data=False,
+                          verbose=False)
+        graph = onnx.load(str(tmp))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = META_KEY, header
+        onnx.save(graph, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"pixels": pixels.numpy()})[0]
+    else:
+        with torch.no_grad():
+            traced = torch.jit.trace(module, pixels)
+        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": header})
+        loaded = torch.jit.load(str(tmp))
+        with torch.no_grad():
+            got = loaded(pixels).numpy()
+    diff = float(np.abs(got - expected).max())
+    if not diff <= PARITY_TOLERANCE:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{fmt} export failed parity: max |probability difference| {diff:.2e} > {PARITY_TOLERANCE}")
+    os.replace(tmp, out)
+    return out, diff
+
+
+def read_onnx_header(path: str | Path) -> dict:
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False)
+    for prop in graph.metadata_props:
+        if prop.key == META_KEY:
+            return json.loads(prop.value)
+    raise UserError(f"{path} carries no imgclass metadata")

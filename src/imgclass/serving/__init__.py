@@ -1,0 +1,1 @@
+"""`imgclass serve`: a FastAPI classification service with an upload page."""

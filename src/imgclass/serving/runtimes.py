@@ -1,0 +1,80 @@
+"""What the service runs: the PyTorch model, or its ONNX export in ONNX Runtime. Both decode and
+resize with the Preprocessing stored in the model file, so answers match `imgclass predict`."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.decode import ImageDecodeError
+from ..data.preprocess import Preprocessing
+from ..prediction.predictor import Predictor
+
+
+class Runtime:
+    header: dict[str, Any]
+    pre: Preprocessing
+    name: str
+
+    def probabilities(self, pixels_uint8_nhwc: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def predict(self, blobs: list[bytes], top_k: int) -> list[dict[str, Any]]:
+        """One result per blob: {"top_k": [...]} or {"error": reason, "status": 400|415}."""
+        arrays, index, out = [], [], [None] * len(blobs)
+        for i, blob in enumerate(blobs):
+            if not blob:
+                out[i] = {"error": "empty file", "status": 400}
+                continue
+            try:
+                arrays.append(self.pre.load(blob))
+                index.append(i)
+            except ImageDecodeError as exc:
+                reason = str(exc)
+                status = 415 if reason.startswith(("not an image", "cannot open")) else 400
+                out[i] = {"error": reason, "status": status}
+        if arrays:
+            probs = self.probabilities(np.stack(arrays))
+            classes = self.header["classes"]
+            k = max(1, min(top_k, len(classes)))
+            for row, i in zip(probs, index):
+                order = np.argsort(-row, kind="stable")[:k]
+                out[i] = {"top_k": [{"label": classes[j], "probability": float(row[j])} for j in order]}
+        return out
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+
+    def __init__(self, model: str | Path, device: str = "cpu"):
+        self.predictor = Predictor.load(model, device)
+        self.header, self.pre = self.predictor.header, self.predictor.pre
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+        return self.predictor.probabilities(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()).numpy()
+
+
+class OnnxRuntime(Runtime):
+    name = "onnx"
+
+    def __init__(self, model: str | Path):
+        import onnxruntime as ort
+        from ..export.exporter import export_model, read_onnx_header
+        path = Path(model)
+        if path.suffix != ".onnx":  # a run folder or model file: export it first (parity-checked)
+            self._tmp = tempfile.TemporaryDirectory()
+            path, _ = export_model(model, "onnx", Path(self._tmp.name) / "model.onnx")
+        self.header = read_onnx_header(path)
+        self.pre = Preprocessing.from_dict(self.header["preprocessing"])
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+        return self.session.run(None, {"pixels": x})[0]
+
+
+def load_runtime(model: str | Path, runtime: str = "torch") -> Runtime:
+    return OnnxRuntime(model) if runtime == "onnx" else TorchRuntime(model)

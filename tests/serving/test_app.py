@@ -1,0 +1,119 @@
+"""Every endpoint and every error of the service; its answer equals `imgclass predict`."""
+import base64
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import imgclass
+from imgclass.serving.app import create_app
+
+from helpers import tiny_image
+from messy import png_bomb
+
+
+def png_bytes(label=0, size=12) -> bytes:
+    buf = io.BytesIO()
+    tiny_image(label, np.random.RandomState(label), size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    return TestClient(create_app(trained_run, max_upload_mb=0.05))
+
+
+def test_page_health_info_docs(client, trained_run):
+    page = client.get("/")
+    assert page.status_code == 200 and "<input" in page.text and 'type="file"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text      # no external assets
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["classes"] == ["cat", "dog", "fish"] and info["input_size"] == 8 and info["runtime"] == "torch"
+    assert "test" in info["metrics"]
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/predict", "/predict/batch", "/health", "/info"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_equals_cli_predict(client, trained_run, tmp_path):
+    blob = png_bytes(1)
+    (tmp_path / "x.png").write_bytes(blob)
+    expected = imgclass.predict(trained_run, [tmp_path / "x.png"], top_k=3)[0]["top_k"]
+    r = client.post("/predict", files={"file": ("x.png", blob, "image/png")}, params={"k": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == "cnn"
+    assert [t["label"] for t in body["top_k"]] == [t["label"] for t in expected]
+    assert np.allclose([t["probability"] for t in body["top_k"]], [t["probability"] for t in expected], atol=1e-6)
+    r2 = client.post("/predict", json={"image": base64.b64encode(blob).decode()}, params={"k": 3})
+    assert r2.json()["top_k"] == body["top_k"]
+
+
+def test_batch(client):
+    files = [("files", ("a.png", png_bytes(0), "image/png")), ("files", ("b.txt", b"hello", "text/plain")),
+             ("files", ("c.png", png_bytes(2), "image/png"))]
+    results = client.post("/predict/batch", files=files).json()["results"]
+    assert results[0]["top_k"][0]["label"] == "cat" and "not an image" in results[1]["error"]
+    assert results[2]["top_k"][0]["label"] == "fish"
+
+
+@pytest.mark.parametrize("make,status,detail", [
+    (lambda c: c.post("/predict", files={"other": ("x", b"1", "text/plain")}), 400, "no file"),
+    (lambda c: c.post("/predict", files={"file": ("x.png", b"", "image/png")}), 400, "empty"),
+    (lambda c: c.post("/predict", files={"file": ("x.png", b"<html>", "image/png")}), 415, "not an image"),
+    (lambda c: c.post("/predict", files={"file": ("x.png", png_bytes()[:60], "image/png")}), 400, "truncat|cannot"),
+    (lambda c: c.post("/predict", files={"file": ("b.png", png_bomb(), "image/png")}), 400, "decompression bomb"),
+    (lambda c: c.post("/predict", content=b"raw", headers={"content-type": "text/plain"}), 415, "multipart"),
+    (lambda c: c.post("/predict", json={"image": "%%%"}), 400, "base64"),
+    (lambda c: c.post("/predict", json={"nothing": 1}), 400, "image"),
+    (lambda c: c.post("/predict", files={"file": ("big.png", b"\0" * 60_000, "image/png")}), 413, "larger than"),
+])
+def test_errors_are_json_and_server_stays_up(client, make, status, detail):
+    import re
+    r = make(client)
+    assert r.status_code == status, r.text
+    assert re.search(detail, r.json()["detail"])
+    assert client.get("/health").status_code == 200
+
+
+def test_upload_refused_from_content_length(client):
+    # Content-Length says 10 MB: refused without reading a body that is not even sent whole
+    r = client.post("/predict", content=b"x" * 10, headers={"content-type": "multipart/form-data; boundary=z",
+                                                          "content-length": str(10 * 1024 * 1024)})
+    assert r.status_code == 413
+
+
+def test_metrics_count_requests(client):
+    client.get("/health")
+    text = client.get("/metrics").text
+    assert 'imgclass_requests_total{endpoint="/health",status="200"}' in text
+    assert "imgclass_request_seconds_bucket" in text
+    assert 'status="415"' in text or 'status="400"' in text
+
+
+def test_api_key_and_cors(trained_run, monkeypatch):
+    monkeypatch.delenv("IMGCLASS_API_KEY", raising=False)
+    secured = TestClient(create_app(trained_run, api_key="s3cret"))
+    files = {"file": ("x.png", png_bytes(), "image/png")}
+    assert secured.post("/predict", files=files).status_code == 401
+    assert secured.post("/predict", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert secured.post("/predict", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert secured.get("/health").status_code == 200
+    plain = TestClient(create_app(trained_run))
+    r = plain.options("/predict", headers={"Origin": "http://example.com", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers                       # CORS off by default
+    open_app = TestClient(create_app(trained_run, cors_origins=["http://example.com"]))
+    r = open_app.options("/predict", headers={"Origin": "http://example.com", "Access-Control-Request-Method": "POST"})
+    assert r.headers.get("access-control-allow-origin") == "http://example.com"
+
+
+def test_onnx_runtime_gives_the_same_answer(trained_run):
+    blob = png_bytes(0)
+    a = TestClient(create_app(trained_run)).post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
+    b = TestClient(create_app(trained_run, runtime="onnx")).post("/predict", files={"file": ("x.png", blob,
+                                                                                             "image/png")}).json()
+    assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+    assert np.allclose([t["probability"] for t in a["top_k"]], [t["probability"] for t in b["top_k"]], atol=1e-4)
+    assert TestClient(create_app(trained_run, runtime="onnx")).get("/info").json()["runtime"] == "onnx"
