@@ -28,7 +28,7 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
     diff = float(printed.split("max |probability difference| ")[1].split(")")[0])
     assert diff <= 1e-4 and out.is_file()
     predictor = imgclass.load(fast_run.dir, device="cpu")
-    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)    # not the batch size exported with
     expected = predictor.probabilities(x).numpy()
     if fmt == "onnx":
         import onnxruntime as ort
@@ -42,6 +42,10 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
     assert header["classes"] == predictor.classes and header["preprocessing"] == predictor.header["preprocessing"]
     assert header["inference"]["tta"] == "flip_translate"
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    one = x[:1].float()   # batch 1 too
+    got1 = ort.InferenceSession(str(out)).run(None, {"pixels": one.numpy()})[0] if fmt == "onnx" else \
+        loaded(one).detach().numpy()
+    np.testing.assert_allclose(got1, expected[:1], atol=1e-4)
 
 
 def test_parity_failure_is_an_error(fast_run, tmp_path, monkeypatch, capsys):

@@ -13,13 +13,13 @@ TTA_MODES = ("none", "flip", "flip_translate")
 def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
     if mode == "none":
         return model(x)
-    both = model(torch.cat([x, x.flip(3)]))
-    base = 0.5 * (both[: len(x)] + both[len(x):])
+    # unflatten(0, (k, -1)) rather than slicing by len(x) or chunk(): traced and exported graphs
+    # keep a dynamic batch size, batch 1 included
+    base = model(torch.cat([x, x.flip(3)])).unflatten(0, (2, -1)).mean(0)
     if mode == "flip":
         return base
     h, w = x.shape[2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = torch.cat([padded[:, :, 0:h, 0:w], padded[:, :, 2:h + 2, 2:w + 2]])
-    out = model(torch.cat([shifted, shifted.flip(3)]))
-    n = len(x)
-    return 0.5 * base + 0.125 * (out[:n] + out[n:2 * n] + out[2 * n:3 * n] + out[3 * n:])
+    moved = model(torch.cat([shifted, shifted.flip(3)])).unflatten(0, (4, -1)).mean(0)
+    return 0.5 * base + 0.5 * moved
