@@ -27,20 +27,21 @@ def load(path: str | Path, device: str = "auto") -> Predictor:
     return Predictor.load(path, device)
 
 
-def predict(model: str | Path | Predictor, inputs: Iterable[Any], top_k: int = 3) -> list[dict[str, Any]]:
-    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes)."""
+def predict(model: str | Path | Predictor, inputs: Iterable[Any], top_k: int = 3,
+            level: str = "fine") -> list[dict[str, Any]]:
+    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels."""
     predictor = model if isinstance(model, Predictor) else load(model)
     items = list(inputs)
     if all(isinstance(i, (str, Path)) for i in items):
         items = expand_inputs(items)
-    return predictor.predict(items, top_k=top_k)
+    return predictor.predict(items, top_k=top_k, level=level)
 
 
 def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
-           id_column: str = "ID", target_column: str = "TARGET", target: str = "index") -> Path:
+           id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine") -> Path:
     """Write a Kaggle submission CSV for every image in test_dir; returns its path."""
     predictor = model if isinstance(model, Predictor) else load(model)
-    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target)
+    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level)
     return path
 
 

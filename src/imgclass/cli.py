@@ -97,6 +97,8 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--device", default="auto")
+    p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
+                   help="with two-level labels: which level to predict")
     p.add_argument("--pretrained", action="store_true",
                    help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
 
@@ -108,11 +110,14 @@ def build_parser() -> Parser:
     p.add_argument("--target-column", default="TARGET")
     p.add_argument("--target", choices=["index", "label"], default="index",
                    help="class index (in the model's class order) or class name")
+    p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
+                   help="with two-level labels: which level (both: TARGET_COARSE and TARGET_FINE columns)")
 
     p = sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage")
     p.add_argument("data", help="image folder (same layouts as train)")
-    for name in ("labels", "id_column", "label_column"):
+    for name in ("labels", "id_column", "label_column", "label_columns"):
         p.add_argument("--" + name.replace("_", "-"), dest=name)
+    p.add_argument("--hierarchy", action="store_true", help="two-level labels: DATA/<coarse>/<fine>/*")
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--test-split", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=101)
@@ -208,17 +213,18 @@ def run(args: argparse.Namespace) -> int:
             predictor = Predictor.pretrained(args.model, args.device)
         else:
             predictor = api.load(args.model, args.device)
-        _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k), args.format)
+        _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level), args.format)
     elif args.verb == "submit":
         from .prediction.submit import write_submission
         path, n, bad = write_submission(api.load(args.model), args.test_dir, args.out, args.id_column,
-                                        args.target_column, args.target)
+                                        args.target_column, args.target, args.level)
         for p, reason in bad:
             print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
         print(f"wrote {n} rows to {path}")
     elif args.verb == "check":
         from .data.check_report import print_check
         report = api.check(args.data, labels=args.labels, id_column=args.id_column, label_column=args.label_column,
+                           hierarchy=args.hierarchy, label_columns=args.label_columns,
                            val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
                            near_distance=args.near_distance)
         print_check(report)

@@ -25,6 +25,9 @@ class TrainConfig:
     labels: str | None = None        # Kaggle-style CSV (id/file column + label column); ids resolve to files in DATA by stem
     id_column: str | None = None     # CSV column naming the image (default: auto-detect id/file/filename/image/path)
     label_column: str | None = None  # CSV column holding the class (default: auto-detect label/class/target/category)
+    hierarchy: bool = False          # two-level labels from nested folders DATA/<coarse>/<fine>/*
+    label_columns: str | None = None  # two-level labels from the CSV: "coarse,fine" columns, e.g. phylum,family
+    hierarchy_strategy: Literal["flat", "two-stage", "multi-head"] = "flat"  # how two-level labels are learnt (see README)
     val_split: float = 0.1           # share of each class held out for validation when no val folder is given
     test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
     seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout

@@ -61,8 +61,9 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
-                 tta: str = "none") -> dict:
+                 tta: str = "none", hierarchy: dict | None = None) -> dict:
     return {
+        "hierarchy": hierarchy,            # None, or {"strategy", "coarse_classes", "parents"}
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "imgclass_version": __version__,
@@ -93,7 +94,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from its file alone; returns (model in eval mode, header)."""
-    from .models import create_model
+    from .models.hierarchy import build
     file = resolve_model_path(path)
     header = read_header(file)
     if header.get("format") not in (FORMAT, "imgclass-checkpoint"):
@@ -101,8 +102,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{file} was written by a newer imgclass ({header.get('imgclass_version')}); upgrade")
     arch = header["arch"]
-    model = create_model(arch["name"], num_classes=len(header["classes"]), dropout=arch.get("dropout", 0.0),
-                         **arch.get("args", {}))
+    model = build(arch, header["classes"], header.get("hierarchy"))
     tensors = load_file(str(file))
     prefix = "model."
     if any(k.startswith(prefix) for k in tensors) and header.get("format") == "imgclass-checkpoint":

@@ -143,7 +143,8 @@ def test_evaluate_cli_other_folder_and_compare(evaluated_run, tmp_path, capsys):
 
     assert main(["compare", str(evaluated_run.dir), str(evaluated_run.dir), "--html", str(tmp_path / "c.html")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:2] == ["run", "model"] and len(table) == 3
+    assert table[0].split()[:2] == ["run", "model"] and len(table) == 4
+    assert table[3].startswith("favours ") and "+0.0 points" in table[3]
     test_acc = evaluated_run.metrics["test"]["accuracy"]
     assert f"{test_acc:.4f}" in table[1] and "cnn" in table[1]
     assert (tmp_path / "c.html").read_text().count("<tr>") == 3

@@ -121,6 +121,7 @@ class CheckReport:
     ignored: list[str]                                # non-image files
     notes: list[str] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
+    coarse_counts: dict[str, dict[str, int]] | None = None  # two-level labels: split -> coarse class -> images
 
     @property
     def problems(self) -> int:
@@ -131,10 +132,11 @@ class CheckReport:
 
 
 def check_dataset(data: str | Path, labels: str | Path | None = None, id_column: str | None = None,
-                  label_column: str | None = None, val_split: float = 0.1, test_split: float = 0.1, seed: int = 101,
+                  label_column: str | None = None, hierarchy: bool = False, label_columns: str | None = None,
+                  val_split: float = 0.1, test_split: float = 0.1, seed: int = 101,
                   workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, near_distance: int = NEAR_DISTANCE,
                   on_progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    found = find_images(data, labels, id_column, label_column)
+    found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
     split, split_notes = make_split(found, val_split, test_split, seed)
     rows = [(rel, label, s) for s in SPLITS for rel, label in split.items[s]]
     infos = [FileInfo(path=rel, split=s, label=found.classes[label]) for rel, label, s in rows]
@@ -204,6 +206,11 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
     if tiny:
         report.notes.append(f"{tiny} image(s) under {NEAR_MIN_SIDE} px are left out of the near-duplicate search "
                             f"(a perceptual hash of so few pixels is not reliable); exact duplicates still count")
+    if found.parents is not None:
+        report.coarse_counts = {s: {c: 0 for c in found.coarse_classes} for s in counts}
+        for s, per in counts.items():
+            for fine, n in per.items():
+                report.coarse_counts[s][found.coarse_classes[found.parents[found.classes.index(fine)]]] += n
     report.recommendations = recommendations(report)
     return report
 

@@ -23,6 +23,14 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
         table.add_row(cls, *(str(r.counts[s][cls]) for s in splits))
     table.add_row("[bold]imbalance (max/min)", *(f"{r.imbalance.get(s, 0):.1f}x" for s in splits))
     c.print(table)
+    if r.coarse_counts:
+        coarse = Table(title="usable images per coarse class")
+        coarse.add_column("coarse class", overflow="fold")
+        for s in splits:
+            coarse.add_column(s, justify="right")
+        for cls in r.coarse_counts["all"]:
+            coarse.add_row(cls, *(str(r.coarse_counts[s][cls]) for s in splits))
+        c.print(coarse)
     if r.sizes["min"]:
         c.print(f"sizes (w x h): min {r.sizes['min'][0]}x{r.sizes['min'][1]}, median "
                 f"{r.sizes['median'][0]:g}x{r.sizes['median'][1]:g}, max {r.sizes['max'][0]}x{r.sizes['max'][1]}",

@@ -51,6 +51,8 @@ class Found:
     items: list[tuple[str, int, str | None]] = field(default_factory=list)  # (relpath, label index, split or None)
     layout: str = ""
     notes: list[str] = field(default_factory=list)
+    coarse_classes: list[str] | None = None   # two-level labels: the coarse classes (natural order)
+    parents: list[int] | None = None          # for each fine class (classes), the index of its coarse class
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -58,22 +60,86 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def find_images(data: str | Path, labels_csv: str | Path | None = None,
-                id_column: str | None = None, label_column: str | None = None) -> Found:
+                id_column: str | None = None, label_column: str | None = None,
+                hierarchy: bool = False, label_columns: str | None = None) -> Found:
+    """hierarchy: DATA/<coarse>/<fine>/* (below any split folders); label_columns "coarse,fine": a CSV
+    with one column per level. Either gives two-level labels: fine classes plus their parents."""
     root = Path(data).expanduser()
     if not root.exists():
         raise DataError(f"data path does not exist: {root}")
     if not root.is_dir():
         raise DataError(f"data path is not a folder: {root}")
+    if label_columns and labels_csv is None:
+        raise DataError("--label-columns needs --labels CSV")
     if labels_csv is not None:
-        found = _from_csv(root, Path(labels_csv).expanduser(), id_column, label_column)
+        if label_columns:
+            found = _from_csv_levels(root, Path(labels_csv).expanduser(), id_column, label_columns)
+        else:
+            found = _from_csv(root, Path(labels_csv).expanduser(), id_column, label_column)
     else:
         split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _class_dirs(root) if d.name.lower() in SPLIT_NAMES}
         if "train" in split_dirs:
-            found = _from_split_folders(root, split_dirs)
+            found = _from_split_folders(root, split_dirs, hierarchy)
+        elif hierarchy:
+            found = _from_nested_folders(root, {None: root})
         else:
             found = _from_class_folders(root)
     _check_usable(found)
     return found
+
+
+def _with_parents(found: Found, pairs: dict[str, set[str]], source: str) -> Found:
+    """Attach coarse classes; a fine class under two parents is an error that names it."""
+    twice = sorted(f for f, ps in pairs.items() if len(ps) > 1)
+    if twice:
+        f = twice[0]
+        raise DataError(f"fine class '{f}' appears under several coarse classes ({', '.join(sorted(pairs[f]))}) "
+                        f"in {source}; fine class names must be unique across parents")
+    coarse = natural_sorted({next(iter(ps)) for ps in pairs.values()})
+    cindex = {c: i for i, c in enumerate(coarse)}
+    found.coarse_classes = coarse
+    found.parents = [cindex[next(iter(pairs[f]))] for f in found.classes]
+    return found
+
+
+def _from_nested_folders(root: Path, split_folders: dict[str | None, Path]) -> Found:
+    pairs: dict[str, set[str]] = {}
+    files: list[tuple[str, str, str | None]] = []
+    for split, folder in split_folders.items():
+        for cdir in _class_dirs(folder):
+            for fdir in _class_dirs(cdir):
+                pairs.setdefault(fdir.name, set()).add(cdir.name)
+                files += [(p.relative_to(root).as_posix(), fdir.name, split) for p in list_images(fdir)]
+            if any(is_image_file(p) for p in cdir.iterdir()):
+                raise DataError(f"--hierarchy expects DATA/<coarse>/<fine>/images, but {cdir} holds images directly")
+    classes = natural_sorted(pairs)
+    index = {c: i for i, c in enumerate(classes)}
+    items = sorted(((rel, index[f], s) for rel, f, s in files), key=lambda it: natural_key(it[0]))
+    found = Found(root=root, classes=classes, items=items, layout="nested folders <coarse>/<fine>")
+    return _with_parents(found, pairs, str(root))
+
+
+def _from_csv_levels(root: Path, csv_path: Path, id_column: str | None, label_columns: str) -> Found:
+    cols = [c.strip() for c in label_columns.split(",") if c.strip()]
+    if len(cols) != 2:
+        raise DataError(f"--label-columns takes two columns, coarse then fine (e.g. phylum,family), not '{label_columns}'")
+    if not csv_path.is_file():
+        raise DataError(f"labels CSV not found: {csv_path}")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        for c in cols:
+            if c not in header:
+                raise DataError(f"{csv_path.name} has no column '{c}' (columns: {', '.join(header)})")
+        id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
+        rows = [(str(r[id_col]).strip(), str(r[cols[0]]).strip(), str(r[cols[1]]).strip()) for r in reader
+                if r.get(id_col) and r.get(cols[0]) and r.get(cols[1])]
+    pairs: dict[str, set[str]] = {}
+    for _, coarse, fine in rows:
+        pairs.setdefault(fine, set()).add(coarse)
+    found = _resolve_csv_rows(root, csv_path, id_col, [(i, fine) for i, _, fine in rows])
+    found.layout = f"labels CSV {csv_path.name} ({cols[0]} -> {cols[1]})"
+    return _with_parents(found, {f: pairs[f] for f in found.classes}, csv_path.name)
 
 
 def _from_class_folders(root: Path, split: str | None = None, folder: Path | None = None,
@@ -89,7 +155,7 @@ def _from_class_folders(root: Path, split: str | None = None, folder: Path | Non
     return Found(root=root, classes=classes, items=items, layout="class folders")
 
 
-def _from_split_folders(root: Path, split_dirs: dict[str, Path]) -> Found:
+def _from_split_folders(root: Path, split_dirs: dict[str, Path], hierarchy: bool = False) -> Found:
     notes = []
     labelled = {}
     for split, folder in split_dirs.items():
@@ -108,13 +174,17 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path]) -> Found:
         extra = sorted(names - train_names)
         if extra:
             raise DataError(f"classes {', '.join(extra)} appear in val/test but not in train/")
+    given = [s for s in ("val", "test") if s in labelled]
+    layout = "split folders (" + ", ".join(["train"] + given) + ")"
+    if hierarchy:
+        found = _from_nested_folders(root, labelled)
+        found.layout, found.notes = layout + ", nested <coarse>/<fine>", notes
+        return found
     items = []
     for split in ("train", "val", "test"):
         if split in labelled:
             items += _from_class_folders(root, split, labelled[split], classes).items
-    given = [s for s in ("val", "test") if s in labelled]
-    return Found(root=root, classes=classes, items=items,
-                 layout="split folders (" + ", ".join(["train"] + given) + ")", notes=notes)
+    return Found(root=root, classes=classes, items=items, layout=layout, notes=notes)
 
 
 def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
@@ -147,6 +217,10 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, label_column: s
                 if r.get(id_col) not in (None, "") and r.get(label_col) not in (None, "")]
     if not rows:
         raise DataError(f"labels CSV has no rows with both '{id_col}' and '{label_col}': {csv_path}")
+    return _resolve_csv_rows(root, csv_path, id_col, rows)
+
+
+def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[str, str]]) -> Found:
     # Resolve an id to a file: an exact relative path, else the file stem (any image extension).
     images = list_images(root)
     by_rel = {p.relative_to(root).as_posix(): p for p in images}

@@ -11,7 +11,8 @@ import yaml
 from ..errors import UserError
 from ..modelfile import read_header, resolve_model_path
 
-COLUMNS = ["run", "model", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy", "test macro F1"]
+COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
+           "test macro F1", "test coarse accuracy"]
 
 
 def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -24,11 +25,13 @@ def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
         cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
         acc = {k: v.get("accuracy") for k, v in results.get("metrics", {}).items()}
-        f1 = None
+        f1 = coarse = None
         test_metrics = run / "eval" / "test" / "metrics.json"
         if test_metrics.is_file():
-            f1 = json.loads(test_metrics.read_text())["macro_f1"]
+            m = json.loads(test_metrics.read_text())
+            f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")
         rows.append({"run": str(run), "model": header["arch"]["name"],
+                     "strategy": (header.get("hierarchy") or {}).get("strategy", "-"), "test coarse accuracy": coarse,
                      "input size": header["preprocessing"]["img_size"],
                      "epochs": f"{results.get('epochs_run', '?')}/{cfg.get('epochs', '?')}",
                      "train time (min)": results.get("train_seconds", 0) / 60,
@@ -45,12 +48,27 @@ def _fmt(v: Any) -> str:
 def compare_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    v = verdict(rows)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass compare</title><style>"
             f"table{{border-collapse:collapse;font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:4px 8px}}"
-            f"</style></head><body><table><tr>{head}</tr>{body}</table></body></html>")
+            f"</style></head><body><table><tr>{head}</tr>{body}</table>"
+            f"{'<p>' + html.escape(v) + '</p>' if v else ''}</body></html>")
+
+
+def verdict(rows: list[dict[str, Any]]) -> str | None:
+    """Which run (and hierarchy strategy) the comparison favours, by test accuracy, and by how much."""
+    scored = sorted((r for r in rows if r["test accuracy"] is not None), key=lambda r: -r["test accuracy"])
+    if len(scored) < 2:
+        return None
+    best, second = scored[0], scored[1]
+    label = lambda r: r["run"] + (f" ({r['strategy']})" if r["strategy"] != "-" else "")  # noqa: E731
+    return (f"favours {label(best)}: test accuracy {best['test accuracy']:.4f}, "
+            f"{100 * (best['test accuracy'] - second['test accuracy']):+.1f} points over {label(second)}")
 
 
 def compare_text(rows: list[dict[str, Any]]) -> str:
     cells = [COLUMNS] + [[_fmt(r[c]) for c in COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    v = verdict(rows)
+    return "\n".join(lines + ([v] if v else []))

@@ -77,6 +77,24 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     return found.root, rows
 
 
+def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: dict, split: str, notes: list[str]) -> dict:
+    """Coarse-level metrics (coarse probabilities = summed fine ones), consistency and mistake severity."""
+    from ..models.hierarchy import coarse_probabilities
+    parents = np.asarray(hierarchy["parents"])
+    coarse_classes = hierarchy["coarse_classes"]
+    coarse_probs = coarse_probabilities(probs, parents, len(coarse_classes))
+    y_coarse = parents[y]
+    coarse, coarse_notes = compute_metrics(y_coarse, coarse_probs, coarse_classes, split)
+    notes += [f"coarse level: {n}" for n in coarse_notes]
+    fine_pred, coarse_pred = probs.argmax(1), coarse_probs.argmax(1)
+    wrong = fine_pred != y
+    within = wrong & (parents[fine_pred] == y_coarse)
+    return {"hierarchy_strategy": hierarchy["strategy"], "coarse": coarse,
+            "hierarchical_consistency": float(np.mean(parents[fine_pred] == coarse_pred)),
+            "mistake_severity": {"fine_errors": int(wrong.sum()), "within_coarse": int(within.sum()),
+                                 "across_coarse": int((wrong & ~within).sum())}}
+
+
 def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -132,6 +150,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     y = tensors.labels.numpy()
     metrics, metric_notes = compute_metrics(y, probs, classes, split)
     notes += metric_notes
+    if predictor.hierarchy:
+        metrics.update(hierarchy_metrics(y, probs, predictor.hierarchy, split, notes))
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     run_dir = _run_dir_of(model)
     out_dir = Path(out).expanduser() if out else (run_dir / "eval" / split if run_dir else Path("eval") / split)

@@ -130,6 +130,12 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
     if confused:
         line += " Most confused: " + "; ".join(f"{p['true']} taken for {p['predicted']} {p['count']}x"
                                               for p in confused) + "."
+    if "coarse" in metrics:
+        c, sev = metrics["coarse"], metrics["mistake_severity"]
+        line += (f" Coarse level ({len(c['classes'])} classes, strategy {metrics['hierarchy_strategy']}): accuracy "
+                 f"{_pct(c['accuracy'])}, macro F1 {c['macro_f1']:.3f}; {_pct(metrics['hierarchical_consistency'])} "
+                 f"of fine predictions sit under the predicted coarse class; of {sev['fine_errors']} fine errors "
+                 f"{sev['within_coarse']} stay inside the right coarse class and {sev['across_coarse']} cross it.")
     line += (f" Calibration: mean confidence {_pct(metrics['mean_confidence'])} against accuracy "
              f"{_pct(metrics['accuracy'])} (ECE {metrics['ece']:.3f}).")
     paras.append(line)

@@ -26,6 +26,14 @@ class Predictor:
         self.classes: list[str] = header["classes"]
         self.pre = Preprocessing.from_dict(header["preprocessing"])
         self.tta = header.get("inference", {}).get("tta", "none")
+        self.hierarchy = header.get("hierarchy")   # two-level labels, or None
+
+    def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
+        """Coarse-class probabilities: each parent's summed fine probabilities."""
+        from ..models.hierarchy import coarse_probabilities
+        if not self.hierarchy:
+            raise UserError("this model has one level of labels (train with --hierarchy or --label-columns)")
+        return coarse_probabilities(probs, self.hierarchy["parents"], len(self.hierarchy["coarse_classes"]))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Predictor":
@@ -87,20 +95,34 @@ class Predictor:
                 probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
         return probs, errors
 
-    def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64) -> list[dict[str, Any]]:
-        """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input."""
+    def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64,
+                level: str = "fine") -> list[dict[str, Any]]:
+        """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input.
+
+        level (two-level labels): "fine", "coarse" (top_k over coarse classes), or "both" (top_k fine
+        plus "coarse_top_k")."""
+        if level not in ("fine", "coarse", "both"):
+            raise UserError("--level must be fine, coarse or both")
         sources = list(sources)
         probs, errors = self.predict_proba(sources, batch_size)
-        k = max(1, min(top_k, len(self.classes)))
+        coarse = self.coarse_proba(np.nan_to_num(probs)) if level != "fine" else None
+
+        def top(row: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+            order = np.argsort(-row, kind="stable")[:max(1, min(top_k, len(names)))]
+            return [{"label": names[j], "probability": float(row[j])} for j in order]
+
         out = []
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
-                continue
-            order = np.argsort(-probs[i], kind="stable")[:k]
-            out.append({"image": name, "top_k": [{"label": self.classes[j], "probability": float(probs[i, j])}
-                                                 for j in order]})
+            elif level == "coarse":
+                out.append({"image": name, "top_k": top(coarse[i], self.hierarchy["coarse_classes"])})
+            elif level == "both":
+                out.append({"image": name, "top_k": top(probs[i], self.classes),
+                            "coarse_top_k": top(coarse[i], self.hierarchy["coarse_classes"])})
+            else:
+                out.append({"image": name, "top_k": top(probs[i], self.classes)})
         return out
 
 

@@ -18,7 +18,7 @@ def _id_key(stem: str):
 
 
 def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index",
-                    batch_size: int = 64) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+                    batch_size: int = 64, level: str = "fine") -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
     """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction."""
     folder = Path(test_dir).expanduser()
     if not folder.is_dir():
@@ -34,25 +34,30 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
     files = sorted(files, key=lambda f: _id_key(f.stem))
     probs, errors = predictor.predict_proba(files, batch_size)
     ok = ~np.isnan(probs).any(axis=1)
-    pred = np.where(ok, np.nan_to_num(probs, nan=-1).argmax(axis=1), -1)
-    fallback = int(np.bincount(pred[ok]).argmax()) if ok.any() else 0
-    rows, bad = [], []
-    for f, p, err in zip(files, pred, errors):
-        if err is not None:
-            bad.append((str(f), err))
-            p = fallback  # Kaggle needs a row for every id
-        rows.append((f.stem, predictor.classes[p] if target == "label" else str(int(p))))
+    levels = {"fine": (probs, predictor.classes)}
+    if level in ("coarse", "both"):
+        levels = {"coarse": (predictor.coarse_proba(np.nan_to_num(probs)), predictor.hierarchy["coarse_classes"]),
+                  **({"fine": levels["fine"]} if level == "both" else {})}
+    columns = []
+    for p, names in levels.values():
+        pred = np.where(ok, np.nan_to_num(p, nan=-1).argmax(axis=1), -1)
+        fallback = int(np.bincount(pred[ok]).argmax()) if ok.any() else 0
+        pred = np.where(ok, pred, fallback)  # Kaggle needs a row for every id: unreadable -> most common class
+        columns.append([names[i] if target == "label" else str(int(i)) for i in pred])
+    bad = [(str(f), err) for f, err in zip(files, errors) if err is not None]
+    rows = [(f.stem, *(col[i] for col in columns)) for i, f in enumerate(files)]
     return rows, bad
 
 
 def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path, id_column: str = "ID",
-                     target_column: str = "TARGET", target: str = "index") -> tuple[Path, int, list]:
+                     target_column: str = "TARGET", target: str = "index", level: str = "fine") -> tuple[Path, int, list]:
     if target not in ("index", "label"):
         raise UserError("--target must be index or label")
-    rows, bad = submission_rows(predictor, test_dir, target)
+    rows, bad = submission_rows(predictor, test_dir, target, level=level)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([id_column, target_column])
+    writer.writerow([id_column] + ([f"{target_column}_COARSE", f"{target_column}_FINE"] if level == "both"
+                                   else [target_column]))
     writer.writerows(rows)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

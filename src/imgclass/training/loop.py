@@ -10,6 +10,7 @@ checkpoint's epoch and needs no pickled generator state.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,12 +132,13 @@ class Trainer:
                     self.stop, self.stop_reason = True, "time budget reached"
                     break
                 set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule))
-                if autocast is not None:
-                    with autocast:
+                with autocast if autocast is not None else contextlib.nullcontext():
+                    if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
+                        loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
+                    else:
                         logits = forward(x).float()
-                else:
-                    logits = forward(x)
-                loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+                        loss = F.cross_entropy(logits, y, weight=self.class_weights,
+                                               label_smoothing=self.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

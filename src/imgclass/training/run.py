@@ -37,7 +37,8 @@ from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split, make_split, read_splits, splits_csv_text, write_splits
 from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, save_model
-from ..models import create_model, get_spec
+from ..models import get_spec
+from ..models.hierarchy import build as build_model
 from .callbacks import BestModel, Checkpoint, EarlyStopping, MetricsCSV, ProgressDisplay, TensorBoard
 from .checkpoint import load_checkpoint
 from .loop import Trainer, predict_logits
@@ -220,7 +221,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if options or config or data:
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run_dir / "config.yaml")
-        found = find_images(cfg.data, cfg.labels, cfg.id_column, cfg.label_column)
+        found = find_images(cfg.data, cfg.labels, cfg.id_column, cfg.label_column, cfg.hierarchy, cfg.label_columns)
     else:
         if data is not None:
             options["data"] = str(data)
@@ -228,7 +229,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if explicit.get("data") is None:
             raise UserError("no data folder given: imgclass train DATA")
         found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"),
-                            explicit.get("label_column"))
+                            explicit.get("label_column"), explicit.get("hierarchy", False),
+                            explicit.get("label_columns"))
         name = explicit.get("model", "auto")
         name = AUTO_MODEL if name == "auto" else name
         spec = get_spec(name)  # validates the name before any slow work
@@ -283,11 +285,20 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             raise UserError(f"--head takes layer widths like 256,128, not '{cfg.head}'") from None
     if "img_size" in inspect.signature(spec.build).parameters:
         args.setdefault("img_size", img_size)
-    model = create_model(cfg.model, num_classes=len(classes), dropout=cfg.dropout, **args)
+    hierarchy = None
+    if found.parents is not None:
+        hierarchy = {"strategy": cfg.hierarchy_strategy, "coarse_classes": found.coarse_classes,
+                     "parents": found.parents}
+        console.print(f"two-level labels: {len(found.coarse_classes)} coarse, {len(classes)} fine classes; "
+                      f"strategy {cfg.hierarchy_strategy}", highlight=False)
+    model = build_model({"name": cfg.model, "args": args, "dropout": cfg.dropout}, classes, hierarchy)
     if hasattr(model, "init_from_data"):  # e.g. the fast model's whitening layer, from up to 5,000 images
         sample = data["train"].images[torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(
             cfg.seed))[:5000]]
         model.init_from_data(pre.normalize(sample))
+    if transfer and not hasattr(model, "backbone"):
+        raise UserError(f"--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet), "
+                        f"and one-level labels")
     if cfg.pretrained and resume is None:
         n = load_backbone_state(model, pretrained_backbone_state(cfg.model), f"{cfg.model} published weights")
         console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}", highlight=False)
@@ -300,7 +311,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer] * (0.1 if transfer else 1.0)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     last = run_dir / "checkpoints" / "last.safetensors"
-    groups = backbone_groups(model.backbone) if transfer and hasattr(model, "backbone") else []
+    groups = backbone_groups(model.backbone) if transfer else []
     if groups:
         if cfg.head_epochs > 0 and not (resume is not None and last.is_file()):
             _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir)
@@ -312,7 +323,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     arch = {"name": cfg.model, "args": args, "dropout": cfg.dropout}
 
     def header(metrics: dict | None = None) -> dict:
-        return model_header(arch, classes, pre, metrics, tta=cfg.tta)
+        return model_header(arch, classes, pre, metrics, tta=cfg.tta, hierarchy=hierarchy)
 
     epochs, deadline = cfg.epochs, None
     budget = config_mod.parse_duration(cfg.time_budget)
