@@ -84,6 +84,16 @@ def build_parser() -> Parser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     _add_train_options(p)
 
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna (each trial a train run)")
+    p.add_argument("data", help="image folder (same layouts as train)")
+    p.add_argument("--trials", type=int, default=10, help="trials for this process (several processes may share a study)")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    p.add_argument("--space", help="YAML search space replacing the default (see README)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]")
+    p.add_argument("--study", help="study name [default: imgclass]")
+    p.add_argument("--config", help="YAML file with fixed train options")
+    _add_train_options(p)  # every train option is a fixed setting; --time-budget bounds the whole search
+
     p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one")
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--config", help="YAML file with train options")
@@ -200,6 +210,18 @@ def run(args: argparse.Namespace) -> int:
         run_ = api.train(args.data, config=args.config, resume=args.resume, **options)
         for line in summary_lines(run_):
             print(line)
+    elif args.verb == "tune":
+        from .tuning.tune import summary_table, tune
+        fixed = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", "time_budget", "out")}
+        if args.trials < 1:
+            raise UserError("--trials must be at least 1")
+        result = tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
+                      time_budget=getattr(args, "time_budget", None), storage=args.storage, study=args.study,
+                      out=getattr(args, "out", None) or "runs/tune", config=args.config, **fixed)
+        print(summary_table(result.study_name, result.storage))
+        print(f"best validation accuracy {result.best_value:.4f} with {result.best_params}")
+        print(f"{result.n_trials} trials in study '{result.study_name}' ({result.storage}); "
+              f"train it: imgclass train --config {result.best_config}")
     elif args.verb == "lr-find":
         from .training.lr_find import lr_find
         options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}

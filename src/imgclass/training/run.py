@@ -210,8 +210,10 @@ def _plan_budget(model, optimizer, data: ImageTensors, val_n: int, eval_n: int, 
 
 
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
-          console: Console | None = None, **options: Any) -> Run:
-    """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`)."""
+          console: Console | None = None, callbacks: list | None = None, **options: Any) -> Run:
+    """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
+    callbacks are extra loop callbacks (e.g. Optuna pruning)."""
+    extra_callbacks = list(callbacks or [])
     started_all = time.perf_counter()
     console = console or Console(stderr=True)
     if resume is not None:
@@ -344,7 +346,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                                      dtype=torch.float32, device=device)
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks = [BestModel(ckpt_dir / "best.safetensors", header), Checkpoint(ckpt_dir / "last.safetensors", header),
+    callbacks = extra_callbacks + [BestModel(ckpt_dir / "best.safetensors", header), Checkpoint(ckpt_dir / "last.safetensors", header),
                  MetricsCSV(run_dir / "metrics.csv")]
     if cfg.patience:
         callbacks.append(EarlyStopping(cfg.patience))

@@ -1,0 +1,228 @@
+"""`imgclass tune DATA --trials N`: hyperparameter search with Optuna, each trial a normal
+`imgclass train` run (so every train option can be fixed), pruned per epoch on validation
+accuracy. Studies live in any SQLAlchemy storage (SQLite by default, PostgreSQL for a shared
+study): several processes on several machines can work on one study at once.
+
+Outputs in --out: study.db (default storage), trials.csv, best.yaml (accepted by
+`imgclass train --config`), figures/optimization_history.png and figures/param_importances.png.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import config as config_mod
+from ..errors import UserError
+
+SAMPLERS = ("tpe", "random", "grid")
+GRID_POINTS = 3  # a float or int range becomes this many points for grid search
+
+
+def default_space(img_size: int | None) -> dict[str, dict[str, Any]]:
+    """The default search space: learning rate, weight decay, batch size, augmentation, dropout,
+    head width, input size."""
+    space = {
+        "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+        "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+        "augment": {"type": "categorical", "choices": ["none", "light", "strong"]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "head": {"type": "categorical", "choices": ["none", "128", "256"]},
+    }
+    if img_size:
+        space["img_size"] = {"type": "categorical",
+                             "choices": sorted({max(8, 8 * round(img_size * 0.75 / 8)), img_size})}
+    return space
+
+
+def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
+    raw = config_mod.load_yaml(path)
+    for key, spec in raw.items():
+        if key.replace("-", "_") not in config_mod.FIELD_NAMES:
+            raise UserError(config_mod.unknown_key_message(key, str(path)))
+        if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+            raise UserError(f"{path}: '{key}' needs type float, int (with low/high[, log]) or categorical (with choices)")
+        if spec["type"] == "categorical" and not spec.get("choices"):
+            raise UserError(f"{path}: '{key}' needs a list of choices")
+        if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
+            raise UserError(f"{path}: '{key}' needs low and high")
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def grid_of(space: dict[str, dict[str, Any]]) -> dict[str, list]:
+    import numpy as np
+    grid = {}
+    for key, s in space.items():
+        if s["type"] == "categorical":
+            grid[key] = list(s["choices"])
+        else:
+            lo, hi = float(s["low"]), float(s["high"])
+            pts = np.geomspace(lo, hi, GRID_POINTS) if s.get("log") else np.linspace(lo, hi, GRID_POINTS)
+            grid[key] = sorted({int(round(p)) for p in pts}) if s["type"] == "int" else [float(p) for p in pts]
+    return grid
+
+
+def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params = {}
+    for key, s in space.items():
+        if s["type"] == "categorical":
+            params[key] = trial.suggest_categorical(key, list(s["choices"]))
+        elif s["type"] == "int":
+            params[key] = trial.suggest_int(key, int(s["low"]), int(s["high"]), log=bool(s.get("log")))
+        else:
+            params[key] = trial.suggest_float(key, float(s["low"]), float(s["high"]), log=bool(s.get("log")))
+    if params.get("head") == "none":
+        params["head"] = None
+    return params
+
+
+class PruneOnVal:
+    """Training callback: report validation accuracy each epoch, stop the trial when Optuna prunes it."""
+    order = 10
+
+    def __init__(self, trial):
+        self.trial = trial
+        self.pruned = False
+
+    def __call__(self, event: str, trainer) -> None:
+        if event != "after_epoch":
+            return
+        value = trainer.history[-1]["val_acc"]
+        if not math.isnan(value):
+            self.trial.report(value, trainer.epoch)
+            if self.trial.should_prune():
+                self.pruned = True
+                trainer.stop, trainer.stop_reason = True, "pruned by Optuna"
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    best_value: float
+    best_params: dict[str, Any]
+    best_config: Path
+    n_trials: int
+
+
+def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | Path | None = None,
+         time_budget: str | None = None, storage: str | None = None, study: str | None = None,
+         out: str | Path = "runs/tune", config: str | Path | None = None, **fixed: Any) -> TuneResult:
+    import optuna
+    from ..training.run import train
+    if sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fixed = config_mod.explicit_values(config, data=str(data), **fixed)
+    fixed.pop("out", None)
+    if space:
+        search = load_space(space)
+    else:
+        from ..data.find import find_images
+        from ..models import get_spec
+        from ..training.run import AUTO_MODEL, choose_img_size
+        size = fixed.get("img_size")
+        if size is None:
+            name = fixed.get("model", "auto")
+            name = AUTO_MODEL if name == "auto" else name
+            found = find_images(data, fixed.get("labels"), fixed.get("id_column"), fixed.get("label_column"),
+                                fixed.get("hierarchy", False), fixed.get("label_columns"))
+            size = choose_img_size(found, name, get_spec(name).default_img_size)
+        search = default_space(size)
+    search = {k: v for k, v in search.items() if k not in fixed}  # a fixed option is not searched
+    if not search:
+        raise UserError("nothing to search: every parameter of the space is fixed by an option")
+    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = study or "imgclass"
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=fixed.get("seed", 101)),
+                "random": lambda: optuna.samplers.RandomSampler(seed=fixed.get("seed", 101)),
+                "grid": lambda: optuna.samplers.GridSampler(grid_of(search), seed=fixed.get("seed", 101))}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                 sampler=samplers[sampler](), pruner=optuna.pruners.MedianPruner(n_warmup_steps=1))
+    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database is the user's to fix
+        raise UserError(f"cannot open study '{name}' in {storage}: {str(exc).splitlines()[0]}") from None
+
+    def objective(trial) -> float:
+        params = suggest(trial, search)
+        pruner = PruneOnVal(trial)
+        run = train(out=str(out / f"trial-{trial.number}"), callbacks=[pruner],
+                    **{**fixed, **params, "evaluate": False, "verbose": False, "tensorboard": False})
+        trial.set_user_attr("run", str(run.dir))
+        if pruner.pruned:
+            raise optuna.TrialPruned()
+        best = max((r["val_acc"] for r in run.history if not math.isnan(r["val_acc"])), default=float("nan"))
+        if math.isnan(best):
+            raise UserError("tuning needs a validation split (val_split > 0 or a val/ folder)")
+        return best
+
+    seconds = config_mod.parse_duration(time_budget)
+    st.optimize(objective, n_trials=trials, timeout=seconds, catch=())
+    done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UserError("no trial completed")
+    best = st.best_trial
+    best_cfg = {**fixed, **{k: v for k, v in best.params.items()}}
+    if best_cfg.get("head") == "none":
+        best_cfg["head"] = None
+    best_file = out / "best.yaml"
+    best_file.write_text(yaml.safe_dump({k: v for k, v in best_cfg.items()}, sort_keys=False))
+    _write_trials(st, out / "trials.csv")
+    _figures(st, out / "figures")
+    return TuneResult(name, storage, best.value, best.params, best_file, len(st.trials))
+
+
+def _write_trials(study, path: Path) -> None:
+    """trials.csv (optuna's trials_dataframe would need pandas just for this)."""
+    import csv
+    keys = sorted({k for t in study.trials for k in t.params})
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["number", "state", "value", "seconds", "run"] + keys)
+        for t in study.trials:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value, seconds,
+                        t.user_attrs.get("run", "")] + [t.params.get(k, "") for k in keys])
+
+
+def _figures(study, folder: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as vis
+    folder.mkdir(parents=True, exist_ok=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        ax = vis.plot_optimization_history(study)
+        ax.figure.savefig(folder / "optimization_history.png", dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+            try:
+                ax = vis.plot_param_importances(study)
+                ax.figure.savefig(folder / "param_importances.png", dpi=110, bbox_inches="tight")
+                plt.close(ax.figure)
+            except (RuntimeError, ValueError):
+                pass  # importances need variation in both parameters and results
+
+
+def summary_table(study_name: str, storage: str, top: int = 10) -> str:
+    import optuna
+    st = optuna.load_study(study_name=study_name, storage=storage)
+    rows = sorted(st.trials, key=lambda t: -(t.value if t.value is not None else -1))[:top]
+    keys = sorted({k for t in rows for k in t.params})
+    lines = ["  ".join(["trial", "state", "value"] + keys)]
+    for t in rows:
+        lines.append("  ".join([str(t.number), t.state.name.lower(),
+                                "-" if t.value is None else f"{t.value:.4f}"] +
+                               [f"{t.params[k]:.3g}" if isinstance(t.params.get(k), float) else str(t.params.get(k, "-"))
+                                for k in keys]))
+    return "\n".join(lines)
