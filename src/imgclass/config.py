@@ -70,6 +70,7 @@ class TrainConfig:
     # --- run ------------------------------------------------------------------
     out: str | None = None           # run folder (default: a new runs/train-N)
     device: str = "auto"             # auto (CUDA when present, else CPU), cpu, cuda, cuda:1
+    devices: int = 1                 # processes for data-parallel training on this machine (torchrun; gloo on CPU, NCCL on GPUs)
     workers: int = 0                 # threads decoding images (0 = one per CPU core)
     max_image_pixels: int = 89_478_485  # images claiming more pixels are refused from the header (Pillow's bomb limit)
     tensorboard: bool = True         # write TensorBoard event files to RUN/tensorboard

@@ -15,11 +15,11 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 @register("mlp", "multilayer perceptron on the flattened image (a baseline); args: width, depth", default_img_size=16,
           default_lr={"adamw": 1e-3, "sgd": 0.05})
 def mlp(num_classes: int, dropout: float = 0.0, img_size: int = 16, width: int = 512, depth: int = 2,
-        head: tuple[int, ...] = ()) -> nn.Module:
+        head: tuple[int, ...] = (), norm: bool = True) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     features = 3 * img_size * img_size
     for _ in range(depth):
-        layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(features, width)] + ([nn.BatchNorm1d(width)] if norm else []) + [nn.ReLU(inplace=True)]
         features = width
     return Classifier(nn.Sequential(*layers), features, num_classes, dropout, tuple(head))
 

@@ -29,8 +29,8 @@ class BestModel(Callback):
     """Keeps checkpoints/best.safetensors (a loadable model file) at the best validation accuracy."""
     order = 0
 
-    def __init__(self, path: Path, header: Callable[[], dict]):
-        self.path, self.header = path, header
+    def __init__(self, path: Path, header: Callable[[], dict], write: bool = True):
+        self.path, self.header, self.write = path, header, write  # write=False: track only (DDP ranks > 0)
 
     def after_epoch(self, t: Trainer) -> None:
         row = t.history[-1]
@@ -38,7 +38,8 @@ class BestModel(Callback):
         no_val = math.isnan(row["val_acc"])
         if no_val or score > t.best_val_acc:
             t.best_val_acc, t.best_epoch = score, row["epoch"]
-            save_model(self.path, t.model, self.header())
+            if self.write:
+                save_model(self.path, t.model, self.header())
 
 
 class EarlyStopping(Callback):

@@ -56,7 +56,8 @@ class Trainer:
     schedule: str = "cosine"
     val_tta: str = "none"                # per-epoch validation: without TTA by default (6x cheaper); the final scores use it
     deadline: float | None = None        # time.perf_counter() by which training must end (--time-budget)
-    train_forward: nn.Module | None = None  # e.g. the torch.compile'd model; defaults to model
+    train_forward: nn.Module | None = None  # e.g. the torch.compile'd or DDP-wrapped model; defaults to model
+    dist: Any = None                     # training.distributed.Dist: this process's rank among world
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -99,6 +100,19 @@ class Trainer:
             return by_steps
         return max(by_steps, (time.perf_counter() - fit_started) / max(1e-9, self.deadline - fit_started))
 
+    def validate(self) -> tuple[float, float]:
+        """Validation loss and accuracy; with DDP each rank scores its shard and the sums are reduced."""
+        data = self.val_data
+        if self.dist is None or not self.dist.active:
+            return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta)
+        shard = torch.arange(self.dist.rank, len(data), self.dist.world)
+        logits = predict_logits(self.model, data.images[shard], self.pre, self.batch_size, self.device, self.val_tta)
+        y = data.labels[shard]
+        loss_sum = float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
+        correct = float((logits.argmax(1) == y).sum()) if len(y) else 0.0
+        loss_sum, correct, n = self.dist.sum(loss_sum, correct, len(y))
+        return loss_sum / n, correct / n
+
     def fit(self) -> None:
         total = self.epochs * self.steps_per_epoch
         warmup = self.warmup_epochs / self.epochs if self.schedule == "cosine" else 0.0
@@ -117,10 +131,12 @@ class Trainer:
             self.event("before_epoch")  # after train(): callbacks may put frozen parts back in eval mode
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
             order = self.epoch_order(gen)
+            rank, world = (self.dist.rank, self.dist.world) if self.dist is not None else (0, 1)
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                if len(idx) < 2 and len(order) > 1:
-                    continue  # batch norm cannot train on a single image
+                if len(idx) < max(2, world) and len(order) > 1:
+                    continue  # batch norm cannot train on one image; every DDP rank needs a share
+                idx = idx[rank::world]  # this rank's shard of the global batch
                 x = self.train_data.images[idx].to(self.device, non_blocking=True)
                 y = self.train_data.labels[idx].to(self.device, non_blocking=True)
                 x = self.augment(x.float().div_(255.0), gen, flip_parity[idx], self.epoch)
@@ -148,10 +164,11 @@ class Trainer:
                 loss_sum += self.batch_loss * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 self.event("after_step")
+            if self.dist is not None:
+                loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
             if self.val_data is not None and len(self.val_data):
-                row["val_loss"], row["val_acc"] = evaluate_loss_acc(self.model, self.val_data, self.pre,
-                                                                    self.batch_size, self.device, self.val_tta)
+                row["val_loss"], row["val_acc"] = self.validate()
             else:
                 row["val_loss"], row["val_acc"] = float("nan"), float("nan")
             row["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -40,6 +40,7 @@ from ..modelfile import load_model, model_header, save_model
 from ..models import get_spec
 from ..models.hierarchy import build as build_model
 from .callbacks import BestModel, Checkpoint, EarlyStopping, MetricsCSV, ProgressDisplay, TensorBoard
+from . import distributed
 from .checkpoint import load_checkpoint
 from .loop import Trainer, predict_logits
 from .optim import make_optimizer
@@ -241,29 +242,47 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         options["model"] = name
         cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
         run_dir = None
+    dd = distributed.setup(cfg.device)  # one process, or this rank of a torchrun launch
+    if not dd.main:
+        console = Console(stderr=True, quiet=True)  # only rank 0 talks
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     spec = get_spec(cfg.model)
+    if dd.active and found.parents is not None:
+        raise UserError("two-level labels are not supported with several processes yet")
     if resume is None:
         split, split_warnings = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
-        for w in split_warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-        run_dir = _prepare_out(cfg)
+        if dd.main:  # only rank 0 writes the run folder; the others learn its path from it
+            for w in split_warnings:
+                console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            run_dir = _prepare_out(cfg)
+            cfg.out = str(run_dir)
+            config_mod.save(cfg, run_dir / "config.yaml")
+            write_splits(split, run_dir / "splits.csv")
+        run_dir = Path(dd.broadcast(str(run_dir) if dd.main else None))
         cfg.out = str(run_dir)
-        config_mod.save(cfg, run_dir / "config.yaml")
-        write_splits(split, run_dir / "splits.csv")
+        if cfg.devices > 1 and not dd.active:  # --devices N: torchrun N processes on the prepared folder
+            if distributed.launch(run_dir, cfg.devices) != 0:
+                raise UserError(f"distributed training failed; the run folder is {run_dir} (--resume continues it)")
+            return load_run(run_dir)
     else:
         split = read_splits(run_dir / "splits.csv", found.root, found.classes)
     classes = split.classes
     device = pick_device(cfg.device)
-    verbose = cfg.verbose
+    if dd.active and device.type == "cuda":
+        device = torch.device("cuda", dd.local_rank)
+    verbose = cfg.verbose and dd.main
 
     # Decode every split once at the training resolution (or map it from the cache).
     img_size = cfg.img_size or spec.default_img_size
     pre = Preprocessing(img_size=img_size, resize=cfg.resize, max_pixels=cfg.max_image_pixels)
     started = time.perf_counter()
+    if not dd.main:
+        dd.barrier()  # rank 0 decodes and fills the cache first; the others then map it
     data, cache_hits = _decode_all(split, pre, cfg, console, verbose)
-    bad = _write_bad_files(run_dir, data)
+    if dd.main:
+        dd.barrier()
+    bad = _write_bad_files(run_dir, data) if dd.main else []
     if bad:
         console.print(f"[yellow]warning:[/] {len(bad)} file(s) could not be decoded and are skipped; "
                       f"see {run_dir / 'bad_files.csv'}", highlight=False, soft_wrap=True)
@@ -346,11 +365,12 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                                      dtype=torch.float32, device=device)
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks = extra_callbacks + [BestModel(ckpt_dir / "best.safetensors", header), Checkpoint(ckpt_dir / "last.safetensors", header),
-                 MetricsCSV(run_dir / "metrics.csv")]
+    callbacks = extra_callbacks + [BestModel(ckpt_dir / "best.safetensors", header, write=dd.main)]
+    if dd.main:
+        callbacks += [Checkpoint(ckpt_dir / "last.safetensors", header), MetricsCSV(run_dir / "metrics.csv")]
     if cfg.patience:
         callbacks.append(EarlyStopping(cfg.patience))
-    if cfg.tensorboard:
+    if cfg.tensorboard and dd.main:
         callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if verbose:
         callbacks.append(ProgressDisplay(console))
@@ -361,8 +381,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       batch_size=cfg.batch_size, peak_lr=lr, warmup_epochs=cfg.warmup_epochs,
                       label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                       class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
-                      deadline=deadline,
-                      train_forward=torch.compile(model) if cfg.compile else None)
+                      deadline=deadline, dist=dd, train_forward=_train_forward(model, cfg, dd, device))
     if resume is not None and last.is_file():
         trainer.restore(load_checkpoint(last, model, optimizer))
         console.print(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}", highlight=False)
@@ -374,6 +393,9 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     if trainer.epoch < cfg.epochs and not trainer.stop:
         trainer.fit()
     train_seconds = sum(r["seconds"] for r in trainer.history)
+    if not dd.main:  # rank 0 alone scores, evaluates and writes the model file
+        distributed.teardown()
+        return Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history)
 
     # Score the best weights on every split (without augmentation, with the model's TTA).
     # The train split is scored on a sample: it only shows over- or under-fitting.
@@ -393,7 +415,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                              "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(train_seconds, 2), "decode_seconds": round(decode_seconds, 2),
-             "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget}
+             "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget, "processes": dd.world}
     save_model(run_dir / "model.safetensors", best, header({**metrics, **facts}))
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
     run = Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history, metrics=metrics)
@@ -405,7 +427,26 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                                                  precomputed=(data[name], probs[name].numpy()))
     facts["total_seconds"] = round(time.perf_counter() - started_all, 2)
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
+    distributed.teardown()
     return run
+
+
+def _train_forward(model, cfg: TrainConfig, dd, device: torch.device):
+    """What the loop calls in training: DDP around the model under torchrun, else (optionally) compiled."""
+    if dd.active:
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.compile else None
+
+
+def load_run(run_dir: Path) -> Run:
+    """A finished run folder as a Run (used after a --devices launch)."""
+    cfg = config_mod.resolve(run_dir / "config.yaml")
+    results = json.loads((run_dir / "results.json").read_text())
+    with (run_dir / "metrics.csv").open(newline="") as fh:
+        history = list(csv.DictReader(fh))
+    header = load_model(run_dir / "model.safetensors")[1]
+    return Run(dir=run_dir, config=cfg, classes=header["classes"], history=history, metrics=results["metrics"])
 
 
 def summary_lines(run: Run) -> list[str]:
