@@ -47,18 +47,12 @@ class Predictor:
         """A published ImageNet classifier used as it is (timm:NAME), with timm's class names."""
         import timm
         from timm.data import ImageNetInfo
-        from ..training.transfer import _offline_error, _online, timm_pretrained_file
+        from ..training.transfer import timm_pretrained
         source, _, arch = name.partition(":")
         if source != "timm":
             raise UserError("predict --pretrained takes a timm model name, e.g. timm:xception41")
+        model = timm_pretrained(arch, name)
         cfg = timm.get_pretrained_cfg(arch)
-        if cfg is None:
-            raise UserError(f"timm publishes no pretrained weights for '{arch}'")
-        cached = timm_pretrained_file(arch)
-        if cached is None and not _online("huggingface.co"):
-            from huggingface_hub.constants import HF_HUB_CACHE
-            raise _offline_error(name, f"hf-hub:{cfg.hf_hub_id}", HF_HUB_CACHE)
-        model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": cached} if cached else None)
         info = ImageNetInfo()
         classes = [info.index_to_description(i) for i in range(model.num_classes)]
         header = {"classes": classes, "preprocessing": {"img_size": int(cfg.input_size[-1]), "resize": "crop",

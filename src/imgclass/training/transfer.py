@@ -51,21 +51,26 @@ def timm_pretrained_file(arch: str) -> str | None:
     return None
 
 
+def timm_pretrained(arch: str, name: str, **kwargs) -> nn.Module:
+    """A timm model with its published weights: from the hub cache, or downloaded when there is a
+    network; with neither, a one-line error naming the weights and the ways out."""
+    import timm
+    cfg = timm.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise UserError(f"timm publishes no pretrained weights for '{arch}'")
+    cached = timm_pretrained_file(arch)
+    if cached is None and not _online("huggingface.co"):
+        from huggingface_hub.constants import HF_HUB_CACHE
+        raise _offline_error(name, f"hf-hub:{cfg.hf_hub_id}", HF_HUB_CACHE)
+    return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": cached} if cached else None,
+                             **kwargs)
+
+
 def pretrained_backbone_state(name: str) -> dict[str, torch.Tensor]:
     """The published weights of a zoo model (torchvision:NAME or timm:NAME), as a state dict."""
     source, _, arch = name.partition(":")
     if source == "timm":
-        import timm
-        cfg = timm.get_pretrained_cfg(arch)
-        if cfg is None:
-            raise UserError(f"timm publishes no pretrained weights for '{arch}'")
-        cached = timm_pretrained_file(arch)
-        if cached is None and not _online("huggingface.co"):
-            from huggingface_hub.constants import HF_HUB_CACHE
-            raise _offline_error(name, f"hf-hub:{cfg.hf_hub_id}", HF_HUB_CACHE)
-        overlay = {"file": cached} if cached else None
-        net = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-        return net.state_dict()
+        return timm_pretrained(arch, name, num_classes=0).state_dict()
     if source == "torchvision":
         import torchvision
         weights = torchvision.models.get_model_weights(arch).DEFAULT
