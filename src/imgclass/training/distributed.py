@@ -72,6 +72,7 @@ def setup(device: str) -> Dist:
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

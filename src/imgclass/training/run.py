@@ -393,7 +393,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     if trainer.epoch < cfg.epochs and not trainer.stop:
         trainer.fit()
     train_seconds = sum(r["seconds"] for r in trainer.history)
-    if not dd.main:  # rank 0 alone scores, evaluates and writes the model file
+    if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
+        dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
         distributed.teardown()
         return Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history)
 
@@ -427,6 +428,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                                                  precomputed=(data[name], probs[name].numpy()))
     facts["total_seconds"] = round(time.perf_counter() - started_all, 2)
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
+    dd.barrier()
     distributed.teardown()
     return run
 
