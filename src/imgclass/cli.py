@@ -69,6 +69,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, choices=get_args(base), **kw)
         elif base is dict:
             p.add_argument(flag, type=_parse_model_args, metavar="K=V,...", **kw)
+        elif name == "img_size":  # one size, or sizes for progressive resizing ("150,299")
+            p.add_argument(flag, type=str, **kw)
         else:
             p.add_argument(flag, type=base if base in (int, float) else str, **kw)
 

@@ -32,7 +32,7 @@ class TrainConfig:
     test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
     seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout
     # --- images ---------------------------------------------------------------
-    img_size: int | None = None      # square input side in pixels (default: the model's preferred size)
+    img_size: int | str | None = None  # square input side in pixels (default: from the model/data); "150,299": progressive resizing
     resize: Literal["crop", "pad", "stretch"] = "crop"  # crop: short side then centre crop; pad: long side then pad; stretch: ignore aspect
     augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
     hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
@@ -204,8 +204,11 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("epochs must be at least 1")
     if cfg.batch_size < 1:
         raise UserError("batch_size must be at least 1")
-    if cfg.img_size is not None and not 1 <= cfg.img_size <= 4096:
+    sizes = img_sizes(cfg.img_size)
+    if sizes is not None and not all(1 <= s <= 4096 for s in sizes):
         raise UserError("img_size must be between 1 and 4096 pixels")
+    if sizes is not None and len(sizes) > cfg.epochs:
+        raise UserError(f"progressive resizing over {len(sizes)} sizes needs at least {len(sizes)} epochs")
     for name in ("val_split", "test_split"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise UserError(f"{name} must be in [0, 1)")
@@ -221,6 +224,27 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("time_budget must be positive")
     if cfg.patience is not None and cfg.patience < 1:
         raise UserError("patience must be at least 1 (leave it unset to turn early stopping off)")
+
+
+def img_sizes(value: int | str | None) -> list[int] | None:
+    """img_size as a list: 32 -> [32]; "150,299" -> [150, 299] (progressive resizing); None -> None."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"img_size takes a size or sizes like 150,299, not '{value}'") from None
+    if not sizes:
+        raise UserError("img_size is empty")
+    return sizes
+
+
+def phase_epochs(epochs: int, n: int) -> list[int]:
+    """Epochs per progressive-resizing phase: as equal as possible, later phases get the remainder."""
+    base = [epochs // n] * n
+    for i in range(epochs % n):
+        base[n - 1 - i] += 1
+    return base
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -39,3 +39,20 @@ def test_time_budget_is_honoured(tmp_path):
 
 def test_parse_duration():
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2") == 2
+
+
+def test_progressive_resizing(tmp_path):
+    import csv
+    from imgclass.modelfile import load_model
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "run"), model="cnn", model_args={"width": 8, "depth": 2},
+                         img_size="8,16", epochs=3, verbose=False, tensorboard=False, evaluate=False, workers=1)
+    with open(run.dir / "metrics.csv", newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]   # one schedule across both phases
+    model, header = load_model(run.dir)
+    assert header["preprocessing"]["img_size"] in (8, 16)                     # the best epoch's own size
+    assert json.loads((run.dir / "results.json").read_text())["epochs_run"] == 3
+    final = imgclass.load(run.dir / "checkpoints" / "last.safetensors")
+    assert final.pre.img_size == 16                                           # the last phase trained at 16 px
+    from imgclass.config import phase_epochs
+    assert phase_epochs(3, 2) == [1, 2] and phase_epochs(10, 3) == [3, 3, 4]

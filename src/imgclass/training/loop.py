@@ -58,6 +58,7 @@ class Trainer:
     deadline: float | None = None        # time.perf_counter() by which training must end (--time-budget)
     train_forward: nn.Module | None = None  # e.g. the torch.compile'd or DDP-wrapped model; defaults to model
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
+    stop_at: int | None = None           # end this fit() after this epoch (a progressive-resizing phase)
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -114,7 +115,7 @@ class Trainer:
         return loss_sum / n, correct / n
 
     def fit(self) -> None:
-        total = self.epochs * self.steps_per_epoch
+        total = self.epochs * self.steps_per_epoch  # the whole run, across progressive-resizing phases
         warmup = self.warmup_epochs / self.epochs if self.schedule == "cosine" else 0.0
         forward = self.train_forward or self.model
         channels_last = self.device.type in ("cpu", "cuda")
@@ -124,7 +125,7 @@ class Trainer:
         if self.deadline is not None:  # resumed clocks restart: the budget covers this process
             self.deadline = max(self.deadline, fit_started + 1e-3)
         self.event("before_fit")
-        while self.epoch < self.epochs and not self.stop:
+        while self.epoch < min(self.epochs, self.stop_at or self.epochs) and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
             self.model.train()

@@ -45,7 +45,8 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     options.setdefault("img_size", explicit.get("img_size") or choose_img_size(found, name, spec.default_img_size))
     cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
     split, _ = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
-    pre = Preprocessing(img_size=cfg.img_size, resize=cfg.resize, max_pixels=cfg.max_image_pixels)
+    pre = Preprocessing(img_size=config_mod.img_sizes(cfg.img_size)[0], resize=cfg.resize,
+                        max_pixels=cfg.max_image_pixels)
     train, _ = load_cached(split.root, split.items["train"], pre, cfg.cache_dir, cfg.workers)
     if len(train) < 2:
         raise DataError("too few training images for lr-find")

@@ -274,7 +274,12 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     verbose = cfg.verbose and dd.main
 
     # Decode every split once at the training resolution (or map it from the cache).
-    img_size = cfg.img_size or spec.default_img_size
+    sizes = config_mod.img_sizes(cfg.img_size) or [spec.default_img_size]
+    phases, end = [], 0  # progressive resizing: (size, last epoch of the phase)
+    for size, n in zip(sizes, config_mod.phase_epochs(cfg.epochs, len(sizes))):
+        end += n
+        phases.append((size, end))
+    img_size = sizes[0]
     pre = Preprocessing(img_size=img_size, resize=cfg.resize, max_pixels=cfg.max_image_pixels)
     started = time.perf_counter()
     if not dd.main:
@@ -305,6 +310,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         except ValueError:
             raise UserError(f"--head takes layer widths like 256,128, not '{cfg.head}'") from None
     if "img_size" in inspect.signature(spec.build).parameters:
+        if len(phases) > 1:
+            raise UserError(f"model '{cfg.model}' is built for one input size: no progressive resizing")
         args.setdefault("img_size", img_size)
     hierarchy = None
     if found.parents is not None:
@@ -343,8 +350,10 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         optimizer = make_optimizer(model, cfg.optimizer, lr, wd, cfg.momentum)
     arch = {"name": cfg.model, "args": args, "dropout": cfg.dropout}
 
+    current = {"pre": pre}  # the preprocessing of the phase being trained (progressive resizing changes it)
+
     def header(metrics: dict | None = None) -> dict:
-        return model_header(arch, classes, pre, metrics, tta=cfg.tta, hierarchy=hierarchy)
+        return model_header(arch, classes, current["pre"], metrics, tta=cfg.tta, hierarchy=hierarchy)
 
     epochs, deadline = cfg.epochs, None
     budget = config_mod.parse_duration(cfg.time_budget)
@@ -390,8 +399,23 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         console.print(f"training {cfg.model} on {len(data['train'])} images ({len(classes)} classes, "
                       f"{img_size}px, {found.layout}); val {len(data['val'])}, test {len(data['test'])}; "
                       f"device {device}{cached}; run folder {run_dir}", highlight=False, soft_wrap=True)
-    if trainer.epoch < cfg.epochs and not trainer.stop:
+    for i, (size, last_epoch) in enumerate(phases):
+        if trainer.epoch >= last_epoch or trainer.stop:
+            continue
+        if size != trainer.pre.img_size:  # the next progressive-resizing phase: same files at a new size
+            next_pre = Preprocessing(img_size=size, resize=cfg.resize, max_pixels=cfg.max_image_pixels,
+                                     mean=pre.mean, std=pre.std)
+            console.print(f"progressive resizing: epochs {trainer.epoch + 1}-{last_epoch} at {size}px", highlight=False)
+            if not dd.main:
+                dd.barrier()
+            data, _ = _decode_all(split, next_pre, cfg, console, verbose)
+            if dd.main:
+                dd.barrier()
+            trainer.pre, trainer.train_data, trainer.val_data = next_pre, data["train"], data["val"]
+            pre = current["pre"] = next_pre
+        trainer.stop_at = last_epoch if i < len(phases) - 1 else None
         trainer.fit()
+        trainer.stop_at = None
     train_seconds = sum(r["seconds"] for r in trainer.history)
     if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
         dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store

@@ -126,7 +126,7 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
         from ..data.find import find_images
         from ..models import get_spec
         from ..training.run import AUTO_MODEL, choose_img_size
-        size = fixed.get("img_size")
+        size = (config_mod.img_sizes(fixed.get("img_size")) or [None])[-1]
         if size is None:
             name = fixed.get("model", "auto")
             name = AUTO_MODEL if name == "auto" else name
