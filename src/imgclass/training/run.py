@@ -413,6 +413,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                 dd.barrier()
             trainer.pre, trainer.train_data, trainer.val_data = next_pre, data["train"], data["val"]
             pre = current["pre"] = next_pre
+            trainer.best_val_acc = -1.0  # the model file is chosen among epochs at the final size
         trainer.stop_at = last_epoch if i < len(phases) - 1 else None
         trainer.fit()
         trainer.stop_at = None
