@@ -44,3 +44,28 @@ def test_class_with_no_usable_image_is_a_clear_error(tmp_path, capsys):
     code = main(["train", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-verbose"])
     err = capsys.readouterr().err
     assert code == 2 and "other" in err and "no usable training image" in err
+
+
+def test_balanced_sampler_and_class_weights():
+    import torch
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from imgclass.data.augment import BatchAugment
+    from imgclass.data.images import ImageTensors
+    from imgclass.data.preprocess import Preprocessing
+    from imgclass.models import create_model
+    from imgclass.training.loop import Trainer
+
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    data = ImageTensors(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), labels, [""] * 100)
+    model = create_model("mlp", num_classes=2, img_size=4, width=4, depth=1)
+    t = Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), train_data=data, val_data=None,
+                pre=Preprocessing(img_size=4), augment=BatchAugment("none"), epochs=1, batch_size=10, peak_lr=0.0,
+                warmup_epochs=0, label_smoothing=0.0, seed=0, device=torch.device("cpu"), balanced_sampler=True)
+    drawn = torch.cat([labels[t.epoch_order(torch.Generator().manual_seed(s))] for s in range(20)])
+    share = float((drawn == 1).float().mean())
+    assert 0.45 < share < 0.55          # the 10% class is drawn half the time
+    t.balanced_sampler = False
+    assert sorted(t.epoch_order(torch.Generator().manual_seed(0)).tolist()) == list(range(100))  # a permutation
+    w = compute_class_weight("balanced", classes=[0, 1], y=labels.numpy())
+    assert w[1] / w[0] == 9.0           # what --class-weights auto passes to the loss
