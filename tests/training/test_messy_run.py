@@ -67,5 +67,6 @@ def test_balanced_sampler_and_class_weights():
     assert 0.45 < share < 0.55          # the 10% class is drawn half the time
     t.balanced_sampler = False
     assert sorted(t.epoch_order(torch.Generator().manual_seed(0)).tolist()) == list(range(100))  # a permutation
-    w = compute_class_weight("balanced", classes=[0, 1], y=labels.numpy())
+    import numpy as np
+    w = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels.numpy())
     assert w[1] / w[0] == 9.0           # what --class-weights auto passes to the loss
