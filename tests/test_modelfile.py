@@ -3,7 +3,6 @@ import pickle
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model, read_header

@@ -1,6 +1,5 @@
 import os
 
-import numpy as np
 import torch
 
 from imgclass.data import cache as cache_mod

@@ -8,7 +8,7 @@ from imgclass.cli import main
 from imgclass.data.check import _near_pairs, check_dataset
 from imgclass.data.decode import ImageDecodeError, open_rgb
 
-from messy import BAD, IGNORED, ODD, make_messy, png_bomb
+from messy import BAD, IGNORED, make_messy, png_bomb
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Every number in metrics.json equals what scikit-learn computes from predictions.csv."""
 import csv
 import json
-import re
 import shutil
 
 import numpy as np

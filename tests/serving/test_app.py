@@ -5,7 +5,6 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 import imgclass
 from imgclass.serving.app import create_app

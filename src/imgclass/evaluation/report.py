@@ -125,7 +125,7 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
     line = "**Results.** Accuracy " + ", ".join(f"{s} {_pct(acc[s])}" for s in ("train", "val", "test") if s in acc)
     line += (f". On {split}: macro F1 {metrics['macro_f1']:.3f}, balanced accuracy {_pct(metrics['balanced_accuracy'])}"
              f", ROC AUC (macro) {metrics['roc_auc_macro']:.3f}" if metrics["roc_auc_macro"] is not None else "")
-    line += f". Weakest classes by F1: " + ", ".join(f"{c} ({per[c]['f1']:.2f})" for c in weakest) + "."
+    line += ". Weakest classes by F1: " + ", ".join(f"{c} ({per[c]['f1']:.2f})" for c in weakest) + "."
     confused = metrics.get("most_confused", [])[:3]
     if confused:
         line += " Most confused: " + "; ".join(f"{p['true']} taken for {p['predicted']} {p['count']}x"

@@ -1,7 +1,6 @@
 """Any torchvision or timm architecture by name, with its head replaced for our classes."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from ..errors import UserError

@@ -15,10 +15,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import math
-import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ from ..data.augment import BatchAugment
 from ..data.find import find_images
 from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
-from ..data.split import SPLITS, Split, make_split, read_splits, splits_csv_text, write_splits
+from ..data.split import SPLITS, Split, make_split, read_splits, write_splits
 from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, save_model
 from ..models import get_spec
@@ -325,8 +322,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             cfg.seed))[:5000]]
         model.init_from_data(pre.normalize(sample))
     if transfer and not hasattr(model, "backbone"):
-        raise UserError(f"--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet), "
-                        f"and one-level labels")
+        raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet), "
+                        "and one-level labels")
     if cfg.pretrained and resume is None:
         n = load_backbone_state(model, pretrained_backbone_state(cfg.model), f"{cfg.model} published weights")
         console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}", highlight=False)
