@@ -16,12 +16,17 @@ def test_default_train_uses_fast_path_sized_from_data(tmp_path):
     cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
     assert cfg["model"] == "fast" and cfg["img_size"] == 16          # 12 px rounds to 16, the minimum
     assert cfg["optimizer"] == "sgd" and cfg["label_smoothing"] == 0.2 and cfg["tta"] == "flip_translate"
+    # the recipe's batch of 1024 shrinks for 24 training images, its lr scaled with it
+    assert cfg["batch_size"] == 16 and abs(cfg["lr"] - 1.5 * 16 / 1024) < 1e-12
     header = read_header(run.dir / "model.safetensors")
     assert header["inference"] == {"tta": "flip_translate"}
     # the recipe sits below the user's own options
     run2 = imgclass.train(data, out=str(tmp_path / "run2"), epochs=1, label_smoothing=0.0, tta="none",
                           verbose=False, tensorboard=False, evaluate=False)
     assert run2.config.label_smoothing == 0.0 and run2.config.tta == "none" and run2.config.model == "fast"
+    run3 = imgclass.train(data, out=str(tmp_path / "run3"), epochs=1, batch_size=64, verbose=False, tensorboard=False,
+                          evaluate=False)
+    assert run3.config.batch_size == 64 and run3.config.lr is None   # a batch the user chose is kept
 
 
 def test_time_budget_is_honoured(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +335,19 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         console.print(message, highlight=False, soft_wrap=True)
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer] * (0.1 if transfer else 1.0)
+    if resume is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
+        # A recipe batch (fast: 1024, for CIFAR's 45,000 images) would leave a small folder a few steps an
+        # epoch: keep at least ~8 steps, and scale a recipe lr linearly with the batch (the usual SGD rule).
+        cap = max(16, 2 ** int(math.log2(max(1, len(data["train"]) // 8))))
+        if cfg.batch_size > cap:
+            if cfg.lr is None:
+                lr *= cap / cfg.batch_size
+                cfg.lr = lr
+            console.print(f"batch size {cfg.batch_size} -> {cap} for {len(data['train'])} training images "
+                          f"(lr {lr:.3g})", highlight=False)
+            cfg.batch_size = cap
+            if dd.main:
+                config_mod.save(cfg, run_dir / "config.yaml")
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     last = run_dir / "checkpoints" / "last.safetensors"
     groups = backbone_groups(model.backbone) if transfer else []
