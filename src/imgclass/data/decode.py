@@ -21,7 +21,8 @@ class ImageDecodeError(ValueError):
     """A file that cannot be used as an image; the message is the reason shown to the user."""
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (used for files here, and for PIL images given directly)."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -80,7 +81,7 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
             img.draft("RGB", (draft_size, draft_size))
         img.load()  # decode now so truncation errors surface here
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return to_rgb(img)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:

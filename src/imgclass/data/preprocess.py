@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .decode import DEFAULT_MAX_PIXELS, open_rgb
+from .decode import DEFAULT_MAX_PIXELS, open_rgb, to_rgb
 
 RESAMPLE = Image.Resampling.BICUBIC
 
@@ -52,8 +52,7 @@ class Preprocessing:
     def load(self, source: str | Path | bytes | BinaryIO | Image.Image) -> np.ndarray:
         """Decode + resize one image into a uint8 HxWx3 array."""
         if isinstance(source, Image.Image):
-            from .decode import _to_rgb
-            img = _to_rgb(ImageOps.exif_transpose(source))
+            img = to_rgb(ImageOps.exif_transpose(source))
         else:
             img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels)
         return np.asarray(self.fit(img), dtype=np.uint8)

@@ -132,8 +132,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     console = console or Console(stderr=True)
-    resolve_model_path(model)
-    predictor = predictor or Predictor.load(model, device)
+    predictor = predictor or Predictor.load(resolve_model_path(model), device)
     classes = predictor.classes
     notes: list[str] = []
     if precomputed is not None:

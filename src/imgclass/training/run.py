@@ -34,7 +34,7 @@ from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split, make_split, read_splits, write_splits
 from ..errors import DataError, UserError
-from ..modelfile import load_model, model_header, save_model
+from ..modelfile import load_model, model_header, read_header, save_model
 from ..models import get_spec
 from ..models.hierarchy import build as build_model
 from .callbacks import BestModel, Checkpoint, EarlyStopping, MetricsCSV, ProgressDisplay, TensorBoard
@@ -458,9 +458,12 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     run = Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history, metrics=metrics)
     if cfg.evaluate:
         from ..evaluation.evaluate import evaluate
+        from ..prediction.predictor import Predictor
+        # the model just scored, with the header just written: no second load from the file
+        predictor = Predictor(best, read_header(run_dir / "model.safetensors"), device)
         for name in ("val", "test"):
             if len(data[name]):
-                run.evaluations[name] = evaluate(run_dir, split=name, console=console,
+                run.evaluations[name] = evaluate(run_dir, split=name, console=console, predictor=predictor,
                                                  precomputed=(data[name], probs[name].numpy()))
     facts["total_seconds"] = round(time.perf_counter() - started_all, 2)
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
@@ -483,7 +486,7 @@ def load_run(run_dir: Path) -> Run:
     results = json.loads((run_dir / "results.json").read_text())
     with (run_dir / "metrics.csv").open(newline="") as fh:
         history = list(csv.DictReader(fh))
-    header = load_model(run_dir / "model.safetensors")[1]
+    header = read_header(run_dir / "model.safetensors")
     return Run(dir=run_dir, config=cfg, classes=header["classes"], history=history, metrics=results["metrics"])
 
 
