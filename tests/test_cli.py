@@ -84,3 +84,16 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"imgclass: error: data path does not exist: {tmp_path / 'nope'}"
+
+
+@pytest.mark.parametrize("verb", ["train", "tune", "lr-find", "predict", "submit", "check", "evaluate", "compare",
+                                  "export", "serve", "models", "demo"])
+def test_every_verb_prints_its_help(verb, capsys):
+    # the help texts come from TrainConfig's comments; a "%" in one once broke `imgclass train --help`
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: imgclass {verb}")
+    if verb == "train":
+        assert "onecycle (linear up 25%, linear down)" in " ".join(out.split())

@@ -36,7 +36,7 @@ def _field_help() -> dict[str, str]:
     for line in inspect.getsource(TrainConfig).splitlines():
         m = re.match(r"\s+(\w+):.*?#\s*(.+)$", line)
         if m:
-            helps[m.group(1)] = m.group(2).strip()
+            helps[m.group(1)] = m.group(2).strip().replace("%", "%%")  # argparse formats help with %
     return helps
 
 

@@ -37,6 +37,7 @@ class TrainConfig:
     augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
     hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
     hflip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flipped every other epoch (airbench)
+    translate: float | None = None   # largest random shift as a share of the side (default: the --augment preset's, 0.125)
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
@@ -59,6 +60,7 @@ class TrainConfig:
     schedule: Literal["cosine", "onecycle"] = "cosine"  # after warm-up: cosine to zero, or onecycle (linear up 25%, linear down)
     warmup_epochs: float = 1.0       # linear warm-up length (cosine schedule)
     label_smoothing: float = 0.1     # cross-entropy label smoothing
+    lookahead: bool = False          # every 5 steps reset the weights to their running average, pulled harder near the end (airbench)
     class_weights: Literal["none", "auto"] = "none"  # auto: weight the loss by n / (classes * count) (scikit-learn's "balanced")
     balanced_sampler: bool = False   # draw training images with probability 1/count of their class (with replacement)
     patience: int | None = None      # early stopping: epochs without val-accuracy gain before stopping (None = off)

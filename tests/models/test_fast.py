@@ -34,3 +34,32 @@ def test_tta_modes():
         assert torch.allclose(tta_logits(m, x, "flip"), (m(x) + m(x.flip(3))) / 2, atol=1e-6)
         full = tta_logits(m, x, "flip_translate")
     assert full.shape == (4, 3) and not torch.allclose(full, tta_logits(m, x, "flip"))
+
+
+def test_optimizer_groups_follow_airbench():
+    from imgclass.models.fast import BatchNorm
+    from imgclass.training.optim import make_optimizer, set_lr
+    m = FastNet(10, widths=(8, 16, 16))
+    opt = make_optimizer(m, "sgd", 1.5, 1e-3, 0.85)
+    plain, norm_biases, whiten_bias = opt.param_groups
+    bn = [mod.bias for mod in m.modules() if isinstance(mod, BatchNorm)]
+    assert {id(p) for p in norm_biases["params"]} == {id(p) for p in bn}
+    assert norm_biases["lr_scale"] == 64 and norm_biases["weight_decay"] == 1e-3 / 64
+    assert whiten_bias["params"] == [m.whiten.bias] and whiten_bias["active_until"] == 0.3
+    assert all(p.ndim > 1 for p in plain["params"]) and id(m.whiten.weight) not in {id(p) for p in plain["params"]}
+    set_lr(opt, 1.0, progress=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 64.0, 1.0]
+    set_lr(opt, 0.5, progress=0.3)   # the whitening bias is frozen from 30% of training on
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 32.0, 0.0]
+
+
+def test_pooling_floors_like_airbench_but_never_to_nothing():
+    m = FastNet(3, widths=(8, 16, 16)).eval()
+    sizes = []
+    for group in [m.layers[1], m.layers[2], m.layers[3]]:
+        group.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
+    m(torch.zeros(1, 3, 32, 32))
+    assert sizes == [15, 7, 3]          # 31 after the 2x2 whitening conv, then floor halvings
+    sizes.clear()
+    m(torch.zeros(1, 3, 8, 8))
+    assert sizes == [3, 1, 1]           # floor would reach 0: ceil keeps one pixel

@@ -61,3 +61,22 @@ def test_progressive_resizing(tmp_path):
     assert final.pre.img_size == 16                             # the last phase trained at 16 px
     from imgclass.config import phase_epochs
     assert phase_epochs(3, 2) == [1, 2] and phase_epochs(10, 3) == [3, 3, 4]
+
+
+def test_budget_widens_the_network_only_with_room_for_the_recipe():
+    from imgclass.config import TrainConfig
+    from imgclass.models import get_spec
+    from imgclass.training.run import _wider_model
+    spec, classes = get_spec("fast"), [str(i) for i in range(10)]
+
+    def wider(epochs, **cfg):
+        found = _wider_model(spec, TrainConfig(model="fast", **cfg), {}, classes, None, epochs, 32, 1)
+        return None if found is None else found[0]
+
+    # FLOPs at 32 px: width 64 costs ~3.6x width 32 and width 48 ~2.1x; the recipe wants 10 epochs
+    assert wider(100) == 64
+    assert wider(25) == 48
+    assert wider(15) is None
+    assert wider(100, model_args={"width": 32}) is None     # a width the user chose is kept
+    width, model = _wider_model(spec, TrainConfig(model="fast"), {}, classes, None, 100, 32, 1)
+    assert model.num_features == 4 * 64

@@ -13,7 +13,7 @@ from imgclass.training.checkpoint import load_checkpoint  # noqa: F401 (imported
 from helpers import make_class_folders
 
 # about 1 s an epoch on 2 cores: long enough to be killed mid-epoch
-ARGS = ["--model", "cnn", "--model-args", "width=16,depth=2", "--img-size", "32", "--epochs", "3", "--no-evaluate",
+ARGS = ["--model", "cnn", "--lookahead", "--model-args", "width=16,depth=2", "--img-size", "32", "--epochs", "3", "--no-evaluate",
         "--batch-size", "4", "--no-tensorboard", "--workers", "1", "--augment", "strong", "--dropout", "0.2"]
 
 

@@ -21,12 +21,15 @@ PRESETS = {
 
 
 class BatchAugment:
-    def __init__(self, preset: str = "light", hflip: bool = True, hflip_mode: str = "random"):
+    def __init__(self, preset: str = "light", hflip: bool = True, hflip_mode: str = "random",
+                 translate: float | None = None):
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}")
         self.preset = preset
         self.p = dict(PRESETS[preset])
         self.p["flip"] = self.p["flip"] and hflip
+        if translate is not None and preset != "none":  # the preset's shift, overridden (fast recipe: 1/16 of the side)
+            self.p["translate"] = translate
         # "alternate": an image is mirrored in every other epoch (airbench), so over two epochs
         # the network sees both views exactly once instead of at random.
         self.hflip_mode = hflip_mode

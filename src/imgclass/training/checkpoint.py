@@ -17,8 +17,11 @@ from ..modelfile import read_header, write_atomic
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    loop_state: dict[str, Any], model_header: dict[str, Any]) -> None:
+                    loop_state: dict[str, Any], model_header: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """extra: callbacks' tensors (the loop's extra_state, e.g. lookahead's averaged weights)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, state in opt["state"].items():
@@ -32,8 +35,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     write_atomic(tensors, header, path)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model and optimizer in place; return the loop state saved with them."""
+def load_checkpoint(path: Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model and optimizer in place; return the loop state and the extra tensors saved with them."""
     header = read_header(path)
     if header.get("format") != "imgclass-checkpoint":
         raise UserError(f"{path} is not an imgclass training checkpoint")
@@ -47,4 +51,5 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     for pid, values in header["optimizer"]["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
     optimizer.load_state_dict({"state": state, "param_groups": header["optimizer"]["param_groups"]})
-    return header["loop"]
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return header["loop"], extra

@@ -1,7 +1,8 @@
 """The training loop: short, top to bottom, with named events for callbacks.
 
-Events (in order): before_fit, before_epoch, after_step, after_epoch, after_fit.
-Callbacks read and write the Trainer's attributes (epoch, step, history, stop...).
+Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit.
+Callbacks read and write the Trainer's attributes (epoch, step, done, history, stop...);
+tensors a callback must carry across --resume go in `extra_state` (saved in checkpoints).
 
 Randomness is reseeded from (seed, epoch) at the start of every epoch, so an epoch
 run after --resume draws exactly the shuffles, augmentations and dropout masks it
@@ -68,6 +69,8 @@ class Trainer:
     stop: bool = False
     stop_reason: str = ""
     batch_loss: float = 0.0
+    done: float = 0.0                   # share of training done at the last step (steps, or the clock under a budget)
+    extra_state: dict[str, torch.Tensor] = field(default_factory=dict)  # callbacks' tensors, saved in checkpoints
 
     @property
     def steps_per_epoch(self) -> int:
@@ -80,6 +83,11 @@ class Trainer:
     def loop_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch, "stop": self.stop, "stop_reason": self.stop_reason}
+
+    @property
+    def last_epoch(self) -> bool:
+        """Whether the epoch being trained is the run's last (planned, or cut by the clock)."""
+        return self.stop or self.epoch + 1 >= self.epochs
 
     def restore(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
@@ -148,7 +156,8 @@ class Trainer:
                 if done >= 1.0 and self.deadline is not None:
                     self.stop, self.stop_reason = True, "time budget reached"
                     break
-                set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule))
+                self.done = done
+                set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule), done)
                 with autocast if autocast is not None else contextlib.nullcontext():
                     if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
                         loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
@@ -165,6 +174,7 @@ class Trainer:
                 loss_sum += self.batch_loss * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 self.event("after_step")
+            self.event("before_validate")  # the epoch's weights are final after this (e.g. lookahead's last pull)
             if self.dist is not None:
                 loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}

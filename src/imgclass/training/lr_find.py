@@ -67,7 +67,7 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     model.to(device).train()
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     opt = make_optimizer(model, cfg.optimizer, start_lr, wd, cfg.momentum)
-    aug = BatchAugment(cfg.augment, cfg.hflip)
+    aug = BatchAugment(cfg.augment, cfg.hflip, translate=cfg.translate)
     gen = torch.Generator().manual_seed(cfg.seed)
     lrs, losses, smooth, best = [], [], 0.0, math.inf
     order = torch.randperm(len(train), generator=gen)

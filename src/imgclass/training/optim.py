@@ -45,6 +45,9 @@ def lr_at(progress: float, warmup: float, peak: float, schedule: str = "cosine")
     return peak * 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, progress: float = 0.0) -> None:
+    """Set every group's rate: lr times the group's lr_scale, or zero once training progress has passed
+    the group's active_until (a part that trains only early on, e.g. the fast model's whitening bias)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        active = progress < group.get("active_until", float("inf"))
+        group["lr"] = lr * group.get("lr_scale", 1.0) if active else 0.0

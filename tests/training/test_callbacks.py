@@ -1,0 +1,52 @@
+"""The lookahead callback against its definition (airbench94's LookaheadState)."""
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+
+from imgclass.training.callbacks import Lookahead
+
+
+def test_lookahead_pulls_to_the_average_and_ends_on_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    t = SimpleNamespace(model=model, extra_state={}, step=0, done=0.0, last_epoch=False)
+    la = Lookahead(every=5)
+    la.before_fit(t)
+    assert "lookahead.1.num_batches_tracked" not in t.extra_state      # integers are not averaged
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():                                               # what some optimizer steps did
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.add_(torch.randn_like(v))
+    moved = {k: v.clone() for k, v in model.state_dict().items()}
+    t.step, t.done = 4, 0.5
+    la.after_step(t)                                                    # not a multiple of 5: nothing
+    assert all(torch.equal(model.state_dict()[k], moved[k]) for k in moved)
+    t.step = 5
+    la.after_step(t)
+    decay = 0.95 ** 5 * 0.5 ** 3
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            expected = start[key] + (1 - decay) * (moved[key] - start[key])
+            assert torch.allclose(value, expected, atol=1e-6)
+            assert torch.equal(value, t.extra_state[f"lookahead.{key}"])   # live weights reset to the average
+    average = {k: v.clone() for k, v in t.extra_state.items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    la.before_validate(t)                                               # not the last epoch: nothing
+    assert not torch.equal(model[0].weight, average["lookahead.0.weight"])
+    t.last_epoch = True
+    la.before_validate(t)                                               # the last epoch ends on the average
+    assert torch.equal(model[0].weight, average["lookahead.0.weight"])
+
+
+def test_lookahead_resumes_from_saved_average():
+    model = nn.Linear(2, 2)
+    saved = {"lookahead.weight": torch.full((2, 2), 7.0), "lookahead.bias": torch.zeros(2)}
+    t = SimpleNamespace(model=model, extra_state=dict(saved), step=5, done=1.0, last_epoch=False)
+    Lookahead().before_fit(t)                                           # keeps the checkpoint's average
+    assert torch.equal(t.extra_state["lookahead.weight"], saved["lookahead.weight"])
+    before = model.weight.detach().clone()
+    Lookahead().after_step(t)
+    assert torch.allclose(model.weight, 7.0 + (1 - 0.95 ** 5) * (before - 7.0), atol=1e-6)
