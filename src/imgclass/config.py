@@ -68,6 +68,7 @@ class TrainConfig:
     # --- speed ----------------------------------------------------------------
     cache: bool = True               # keep decoded images in a memory-mapped cache (second run and epoch: no decoding)
     cache_dir: str | None = None     # default: $IMGCLASS_CACHE_DIR or ~/.cache/imgclass
+    stream: bool = False             # decode every epoch in worker processes, no cache (automatic when the cache would not fit on disk)
     compile: bool = False            # torch.compile the model for training (slow to start, faster steps on long runs)
     # --- run ------------------------------------------------------------------
     out: str | None = None           # run folder (default: a new runs/train-N)

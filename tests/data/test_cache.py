@@ -60,3 +60,27 @@ def test_second_training_run_decodes_nothing(tmp_path, monkeypatch):
     imgclass.train(data, out=str(tmp_path / "a"), **dict(FAST, epochs=1))
     monkeypatch.setattr(cache_mod, "decode_many", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     imgclass.train(data, out=str(tmp_path / "b"), **dict(FAST, epochs=1))
+
+
+def test_filled_chunk_by_chunk_with_bad_files_in_between(tmp_path, monkeypatch):
+    # the cache is decoded in chunks straight into its memory map (a split larger than memory still caches)
+    monkeypatch.setattr(cache_mod, "CHUNK", 4)
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    for bad in ("cat/img3.png", "dog/img0.png", "fish/img5.png"):
+        (root / bad).write_text("broken")
+    pre = Preprocessing(img_size=8)
+    direct = load_split(root, rows_of(root), pre)
+    for expect_hit in (False, True):
+        cached, hit = load_cached(root, rows_of(root), pre, tmp_path / "cache")
+        assert hit == expect_hit and len(cached) == 15
+        assert torch.equal(cached.images, direct.images) and torch.equal(cached.labels, direct.labels)
+        assert cached.paths == direct.paths and cached.bad == direct.bad
+
+
+def test_fits_on_disk_reads_the_free_space(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, 0, 2 << 30))
+    assert cache_mod.fits_on_disk(tmp_path / "not" / "yet", 1000, 32)            # 3 MB + 1 GiB margin < 2 GiB
+    assert not cache_mod.fits_on_disk(tmp_path, 400_000, 32)                      # 1.2 GB + 1 GiB > 2 GiB

@@ -1,6 +1,8 @@
+import io
 import json
 import time
 
+import torch
 import yaml
 
 import imgclass
@@ -80,3 +82,26 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     assert wider(100, model_args={"width": 32}) is None     # a width the user chose is kept
     width, model = _wider_model(spec, TrainConfig(model="fast"), {}, classes, None, 100, 32, 1)
     assert model.num_features == 4 * 64
+
+
+def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+    from imgclass.data import cache as cache_mod
+    data = make_class_folders(tmp_path / "data", per_class=12)
+    opts = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=16, epochs=2, batch_size=8, workers=2,
+                verbose=False, tensorboard=False, evaluate=False, cache_dir=str(tmp_path / "cache"))
+    cached = imgclass.train(data, out=str(tmp_path / "cached"), **opts)
+    streamed = imgclass.train(data, out=str(tmp_path / "streamed"), stream=True, **opts)
+    # the cache would not fit on the disk: streaming is chosen, with a note, and nothing is written
+    monkeypatch.setattr(cache_mod, "fits_on_disk", lambda *a: False)
+    console = Console(file=io.StringIO(), width=200)
+    auto = imgclass.train(data, out=str(tmp_path / "auto"), console=console,
+                          **dict(opts, cache_dir=str(tmp_path / "cache2")))
+    assert "would not fit on the disk" in console.file.getvalue()
+    assert not (tmp_path / "cache2").exists()
+    from safetensors.torch import load_file
+    ref = load_file(str(cached.model_path))
+    for run in (streamed, auto):
+        weights = load_file(str(run.model_path))
+        assert all(torch.equal(ref[k], weights[k]) for k in ref)
+    assert streamed.metrics["test"]["accuracy"] == cached.metrics["test"]["accuracy"]

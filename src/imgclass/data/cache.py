@@ -22,7 +22,21 @@ import torch
 from .images import ImageTensors, decode_many
 from .preprocess import Preprocessing
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
+CHUNK = 4096       # files decoded at a time when filling the cache (bounded memory)
+DISK_MARGIN = 1 << 30  # keep this much disk free beyond a new cache file
+
+
+def cache_bytes(n: int, img_size: int) -> int:
+    return n * 3 * img_size * img_size
+
+
+def fits_on_disk(cache_dir: Path | None, n: int, img_size: int) -> bool:
+    """Whether a cache of n images at this size fits in the cache folder's free space (with a margin)."""
+    d = Path(cache_dir) if cache_dir else default_cache_dir()
+    while not d.exists() and d != d.parent:  # the nearest existing folder tells the disk
+        d = d.parent
+    return shutil.disk_usage(d).free >= cache_bytes(n, img_size) + DISK_MARGIN
 
 
 def default_cache_dir() -> Path:
@@ -55,17 +69,24 @@ def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cac
     if data_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         # mode "c" (copy-on-write) gives a writable array, so torch shares it without copying
-        arr = np.load(data_file, mmap_mode="c")
         good = meta["good"]
+        arr = np.load(data_file, mmap_mode="c")[:len(good)]
         return ImageTensors(images=torch.from_numpy(arr), labels=torch.tensor([rows[i][1] for i in good],
                                                                                 dtype=torch.int64),
                             paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]]), True
-    arrays, good, reasons = decode_many([root / rel for rel, _ in rows], pre, workers, on_progress)
+    # Decode in chunks straight into the memory-mapped file, so a split larger than memory can be cached.
+    # The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good).
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_file.with_name(data_file.name + f".{os.getpid()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(good), 3, pre.img_size, pre.img_size))
-    for start in range(0, len(good), 4096):  # NHWC -> NCHW in chunks: no second full copy in memory
-        out[start:start + 4096] = arrays[start:start + 4096].transpose(0, 3, 1, 2)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, pre.img_size, pre.img_size))
+    paths, good, reasons = [root / rel for rel, _ in rows], [], []
+    for start in range(0, len(rows), CHUNK):
+        arrays, kept, chunk_reasons = decode_many(paths[start:start + CHUNK], pre, workers,
+                                                  None if on_progress is None else
+                                                  (lambda n, d=start: on_progress(d + n)))
+        out[len(good):len(good) + len(kept)] = arrays.transpose(0, 3, 1, 2)
+        good += [start + i for i in kept]
+        reasons += chunk_reasons
     out.flush()
     del out
     os.replace(tmp, data_file)

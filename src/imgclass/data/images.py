@@ -66,8 +66,13 @@ def load_split(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, work
     return ImageTensors(images=to_nchw(arrays), labels=labels, paths=[rows[i][0] for i in good], bad=bad)
 
 
+STATS_SAMPLE = 10_000  # streamed images: statistics from this many, evenly spaced (decoding all costs an epoch)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..1 scale) of a uint8 NCHW tensor, for normalisation."""
+    if not isinstance(images, torch.Tensor):  # data.stream.StreamedImages
+        images = images[torch.linspace(0, len(images) - 1, min(len(images), STATS_SAMPLE)).long()]
     x = images.float().div_(255.0)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)

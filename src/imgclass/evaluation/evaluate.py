@@ -106,7 +106,7 @@ def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.nd
     path.write_text(buf.getvalue())
 
 
-def _gallery_sets(images: np.ndarray, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = 12):
+def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = 12):
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1))
@@ -121,7 +121,8 @@ def _gallery_sets(images: np.ndarray, y: np.ndarray, probs: np.ndarray, classes:
     out = {}
     for name, (title, idx) in sets.items():
         caps = [f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
-        out[name] = plots.gallery([images[i].transpose(1, 2, 0) for i in idx], caps, title)
+        picked = images[torch.as_tensor(idx, dtype=torch.long)].numpy() if len(idx) else []
+        out[name] = plots.gallery([img.transpose(1, 2, 0) for img in picked], caps, title)
     return out
 
 
@@ -168,7 +169,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     figures["pr_curves"] = plots.pr_curves(y, probs, classes)
     figures["f1_per_class"] = plots.f1_bars(metrics["per_class"])
     figures["reliability"] = plots.reliability_diagram(y, probs, metrics["ece"])
-    figures.update(_gallery_sets(tensors.images.numpy(), y, probs, classes))
+    figures.update(_gallery_sets(tensors.images, y, probs, classes))  # a tensor, or streamed images
     files = {}
     for name, fig in figures.items():
         files[name] = out_dir / "figures" / f"{name}.png"

@@ -141,12 +141,15 @@ class Trainer:
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
             order = self.epoch_order(gen)
             rank, world = (self.dist.rank, self.dist.world) if self.dist is not None else (0, 1)
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                if len(idx) < max(2, world) and len(order) > 1:
-                    continue  # batch norm cannot train on one image; every DDP rank needs a share
-                idx = idx[rank::world]  # this rank's shard of the global batch
-                x = self.train_data.images[idx].to(self.device, non_blocking=True)
+            chunks = [order[start:start + self.batch_size][rank::world]  # this rank's shard of each global batch
+                      for start in range(0, len(order), self.batch_size)
+                      # batch norm cannot train on one image; every DDP rank needs a share
+                      if min(self.batch_size, len(order) - start) >= max(2, world) or len(order) <= 1]
+            images = self.train_data.images
+            # in-memory (or memory-mapped) images are sliced; streamed ones are decoded ahead in worker processes
+            fetched = images.batches(chunks) if hasattr(images, "batches") else (images[idx] for idx in chunks)
+            for idx, x in zip(chunks, fetched):
+                x = x.to(self.device, non_blocking=True)
                 y = self.train_data.labels[idx].to(self.device, non_blocking=True)
                 x = self.augment(x.float().div_(255.0), gen, flip_parity[idx], self.epoch)
                 x = self.pre.standardize(x)

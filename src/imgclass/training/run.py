@@ -96,9 +96,17 @@ TRAIN_SCORE_SAMPLE = 5000  # train accuracy is measured on at most this many ima
 
 def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Console,
                 verbose: bool) -> tuple[dict[str, ImageTensors], int]:
-    from ..data.cache import load_cached
+    from ..data.cache import cache_bytes, fits_on_disk, load_cached
+    from ..data.stream import stream_split
     total = sum(len(v) for v in split.items.values())
     tensors, hits = {}, 0
+    stream = cfg.stream
+    if cfg.cache and not stream and not fits_on_disk(cfg.cache_dir, total, pre.img_size):
+        stream = True
+        console.print(f"[yellow]note:[/] the decoded cache ({cache_bytes(total, pre.img_size) / 2**30:.1f} GiB at "
+                      f"{pre.img_size}px) would not fit on the disk of the cache folder; decoding every epoch in "
+                      f"worker processes instead (--cache-dir elsewhere, or a smaller --img-size, avoids it)",
+                      highlight=False, soft_wrap=True)
     progress = Progress(TextColumn("decoding {task.fields[split]}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
                         disable=not (verbose and console.is_terminal))
@@ -108,7 +116,9 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
         for name in SPLITS:
             progress.update(task, split=name)
             report = (lambda n, d=done: progress.update(task, completed=d + n))
-            if cfg.cache and split.items[name]:
+            if stream:
+                tensors[name] = stream_split(split.root, split.items[name], pre, cfg.workers, report)
+            elif cfg.cache and split.items[name]:
                 tensors[name], hit = load_cached(split.root, split.items[name], pre, cfg.cache_dir, cfg.workers, report)
                 hits += hit
             else:
