@@ -69,6 +69,7 @@ class TrainConfig:
     cache: bool = True               # keep decoded images in a memory-mapped cache (second run and epoch: no decoding)
     cache_dir: str | None = None     # default: $IMGCLASS_CACHE_DIR or ~/.cache/imgclass
     stream: bool = False             # decode every epoch in worker processes, no cache (automatic when the cache would not fit on disk)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # training arithmetic; auto: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16/AMX)
     compile: bool = False            # torch.compile the model for training (slow to start, faster steps on long runs)
     # --- run ------------------------------------------------------------------
     out: str | None = None           # run folder (default: a new runs/train-N)

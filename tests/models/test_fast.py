@@ -53,7 +53,7 @@ def test_optimizer_groups_follow_airbench():
     assert [g["lr"] for g in opt.param_groups] == [0.5, 32.0, 0.0]
 
 
-def test_pooling_floors_like_airbench_but_never_to_nothing():
+def test_pooling_floors_like_airbench(tmp_path):
     m = FastNet(3, widths=(8, 16, 16)).eval()
     sizes = []
     for group in [m.layers[1], m.layers[2], m.layers[3]]:
@@ -61,5 +61,11 @@ def test_pooling_floors_like_airbench_but_never_to_nothing():
     m(torch.zeros(1, 3, 32, 32))
     assert sizes == [15, 7, 3]          # 31 after the 2x2 whitening conv, then floor halvings
     sizes.clear()
-    m(torch.zeros(1, 3, 8, 8))
-    assert sizes == [3, 1, 1]           # floor would reach 0: ceil keeps one pixel
+    m(torch.zeros(1, 3, 9, 9))
+    assert sizes == [4, 2, 1]           # the smallest input it takes
+    import imgclass
+    from imgclass.errors import UserError
+    from helpers import make_class_folders
+    data = make_class_folders(tmp_path / "d", per_class=4)
+    with pytest.raises(UserError, match="needs inputs of at least 9 px, not 8"):
+        imgclass.train(data, model="fast", img_size=8, out=str(tmp_path / "run"), verbose=False)

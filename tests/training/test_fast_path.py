@@ -105,3 +105,23 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
         weights = load_file(str(run.model_path))
         assert all(torch.equal(ref[k], weights[k]) for k in ref)
     assert streamed.metrics["test"]["accuracy"] == cached.metrics["test"]["accuracy"]
+
+
+def test_precision_choice_and_effect(tmp_path, monkeypatch):
+    from pathlib import Path
+    from imgclass.training import run as run_mod
+    cpu = torch.device("cpu")
+    assert run_mod.use_bf16("bf16", cpu) and not run_mod.use_bf16("fp32", cpu)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512f avx512_bf16 avx512vl")
+    assert run_mod.use_bf16("auto", cpu)              # native bf16: auto uses it
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512f avx512bw avx512vl")
+    assert not run_mod.use_bf16("auto", cpu)          # emulated bf16: auto keeps float32
+    monkeypatch.undo()
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    opts = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=16, epochs=1, batch_size=8, workers=1,
+                verbose=False, tensorboard=False, evaluate=False)
+    from safetensors.torch import load_file
+    w32 = load_file(str(imgclass.train(data, out=str(tmp_path / "a"), precision="fp32", **opts).model_path))
+    w16 = load_file(str(imgclass.train(data, out=str(tmp_path / "b"), precision="bf16", **opts).model_path))
+    assert all(v.dtype == torch.float32 for v in w16.values())      # weights stay float32
+    assert any(not torch.equal(w32[k], w16[k]) for k in w32)        # the arithmetic really changed

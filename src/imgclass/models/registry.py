@@ -17,18 +17,19 @@ class ModelSpec:
     default_img_size: int = 32            # preferred input side when --img-size is not given
     default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})
     recipe: dict = field(default_factory=dict)  # training defaults for this model (below the config file and options)
+    min_img_size: int = 1                 # smallest input side the architecture can take
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, description: str, default_img_size: int = 32, default_lr: dict | None = None,
-             recipe: dict | None = None):
+             recipe: dict | None = None, min_img_size: int = 1):
     def wrap(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"a model named '{name}' is already registered")
         _REGISTRY[name] = ModelSpec(name, fn, description, default_img_size,
-                                    default_lr or {"adamw": 2e-3, "sgd": 0.05}, recipe or {})
+                                    default_lr or {"adamw": 2e-3, "sgd": 0.05}, recipe or {}, min_img_size)
         return fn
     return wrap
 

@@ -60,6 +60,7 @@ class Trainer:
     train_forward: nn.Module | None = None  # e.g. the torch.compile'd or DDP-wrapped model; defaults to model
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
     stop_at: int | None = None           # end this fit() after this epoch (a progressive-resizing phase)
+    bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -127,7 +128,7 @@ class Trainer:
         warmup = self.warmup_epochs / self.epochs if self.schedule == "cosine" else 0.0
         forward = self.train_forward or self.model
         channels_last = self.device.type in ("cpu", "cuda")
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else None
         flip_parity = torch.randint(0, 2, (len(self.train_data),), generator=torch.Generator().manual_seed(self.seed))
         fit_started = time.perf_counter()
         if self.deadline is not None:  # resumed clocks restart: the budget covers this process
