@@ -247,9 +247,9 @@ def _wider_model(spec, cfg: TrainConfig, args: dict, classes, hierarchy, epochs:
 
 
 def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preprocessing, cfg: TrainConfig,
-                 device: torch.device, seconds_left: float) -> tuple[int, float]:
+                 device: torch.device, seconds_left: float) -> tuple[int, float, float]:
     """Epochs that fit in the time left, from a measured step time on a copy of the model;
-    returns (epochs, seconds reserved for the final evaluation)."""
+    returns (epochs, seconds reserved for the final evaluation, estimated seconds an epoch)."""
     import copy
     from .optim import make_optimizer as make_opt
     probe = copy.deepcopy(model).train()
@@ -271,13 +271,27 @@ def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Prepro
         if i:  # the first step pays one-off costs
             times.append(time.perf_counter() - started)
     per_image = min(times) / batch
+    # Scoring passes, timed as they run: float32, eval mode, no autograd (per-epoch validation without TTA,
+    # the final scoring with it). Estimating them as a share of the training step undercounted them under bf16.
+    probe.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(3):
+            started = time.perf_counter()
+            probe(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - started)
+    eval_image = min(times) / batch
     passes = {"none": 1, "flip": 2, "flip_translate": 6}[cfg.tta]
-    forward_share = 0.35  # a forward pass costs about a third of a training step (measured on the fast model)
-    epoch_seconds = per_image * (len(data) * 1.1 + val_n * forward_share)  # per-epoch validation runs without TTA
-    # final scoring, then figures and report (measured: 2-4 s for 10 classes on 2 cores)
-    reserve = per_image * eval_n * forward_share * passes + 5.0 + 0.2 * int(data.labels.max() + 1)
-    epochs = int((seconds_left - reserve) * 0.95 // epoch_seconds)
-    return max(1, epochs), reserve
+    epoch_seconds = per_image * len(data) * 1.1 + eval_image * val_n  # 1.1: augmentation and batch assembly
+    # final scoring with a 25% margin, then figures and report (measured: 2-4 s for 10 classes on 2 cores)
+    reserve = 1.25 * eval_image * eval_n * passes + 5.0 + 0.2 * int(data.labels.max() + 1)
+    # Rounded up: the deadline cuts the last epoch short and the schedule anneals against the clock, so
+    # the run uses the whole budget (rounding down left up to an epoch unused: 1.5 of 15 minutes measured).
+    epochs = math.ceil(max(0.0, seconds_left - reserve) / epoch_seconds)
+    return max(1, epochs), reserve, epoch_seconds
 
 
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
@@ -443,15 +457,15 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     if budget is not None and resume is None:
         eval_n = len(data["val"]) + len(data["test"]) + min(len(data["train"]), TRAIN_SCORE_SAMPLE)
         plan = (data["train"], len(data["val"]), eval_n, pre, cfg, device)
-        epochs, reserve = _plan_budget(model, *plan, budget - (time.perf_counter() - started_all))
+        epochs, reserve, per_epoch = _plan_budget(model, *plan, budget - (time.perf_counter() - started_all))
         wider = _wider_model(spec, cfg, args, classes, hierarchy, epochs, img_size, len(phases))
         if wider is not None:  # room for the recipe's epochs at a wider network: measure it, keep it if it fits
             width, wide = wider
             _init_from_data(wide, data["train"], pre, cfg.seed)
             wide = wide.to(device).to(memory_format=torch.channels_last)
-            wide_epochs, wide_reserve = _plan_budget(wide, *plan, budget - (time.perf_counter() - started_all))
-            if wide_epochs >= spec.recipe["epochs"]:
-                model, epochs, reserve = wide, wide_epochs, wide_reserve
+            wide_plan = _plan_budget(wide, *plan, budget - (time.perf_counter() - started_all))
+            if wide_plan[0] >= spec.recipe["epochs"]:
+                model, (epochs, reserve, per_epoch) = wide, wide_plan
                 args["width"] = width
                 cfg.model_args = {**cfg.model_args, "width": width}
                 optimizer = make_optimizer(model, cfg.optimizer, lr, wd, cfg.momentum)
@@ -460,8 +474,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         deadline = started_all + budget - reserve
         cfg.epochs = epochs
         config_mod.save(cfg, run_dir / "config.yaml")
-        console.print(f"time budget {cfg.time_budget}: {epochs} epoch(s) planned from a measured step time",
-                      highlight=False)
+        console.print(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
+                      f"step time; {reserve:.0f}s kept for the final scoring and report", highlight=False)
     class_weights = None
     if cfg.class_weights == "auto":
         from sklearn.utils.class_weight import compute_class_weight
