@@ -99,6 +99,10 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
                           **dict(opts, cache_dir=str(tmp_path / "cache2")))
     assert "would not fit on the disk" in console.file.getvalue()
     assert not (tmp_path / "cache2").exists()
+    # a full disk does not push a run off a cache that is already there
+    console = Console(file=io.StringIO(), width=200)
+    imgclass.train(data, out=str(tmp_path / "again"), console=console, **opts)
+    assert "would not fit" not in console.file.getvalue()
     from safetensors.torch import load_file
     ref = load_file(str(cached.model_path))
     for run in (streamed, auto):

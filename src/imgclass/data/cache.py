@@ -60,6 +60,12 @@ def cache_key(root: Path, rows: list[tuple[str, int]], pre: Preprocessing) -> st
     return h.hexdigest()[:32]
 
 
+def is_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path | None) -> bool:
+    key = cache_key(root, rows, pre)
+    d = Path(cache_dir) if cache_dir else default_cache_dir()
+    return (d / f"{key}.npy").is_file() and (d / f"{key}.json").is_file()
+
+
 def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path | None,
                 workers: int = 0, on_progress: Callable[[int], None] | None = None) -> tuple[ImageTensors, bool]:
     """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache."""

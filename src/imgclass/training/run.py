@@ -113,14 +113,16 @@ TRAIN_SCORE_SAMPLE = 5000  # train accuracy is measured on at most this many ima
 
 def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Console,
                 verbose: bool) -> tuple[dict[str, ImageTensors], int]:
-    from ..data.cache import cache_bytes, fits_on_disk, load_cached
+    from ..data.cache import cache_bytes, fits_on_disk, is_cached, load_cached
     from ..data.stream import stream_split
     total = sum(len(v) for v in split.items.values())
     tensors, hits = {}, 0
     stream = cfg.stream
-    if cfg.cache and not stream and not fits_on_disk(cfg.cache_dir, total, pre.img_size):
+    missing = 0 if stream or not cfg.cache else sum(
+        len(rows) for rows in split.items.values() if rows and not is_cached(split.root, rows, pre, cfg.cache_dir))
+    if missing and not fits_on_disk(cfg.cache_dir, missing, pre.img_size):
         stream = True
-        console.print(f"[yellow]note:[/] the decoded cache ({cache_bytes(total, pre.img_size) / 2**30:.1f} GiB at "
+        console.print(f"[yellow]note:[/] the decoded cache ({cache_bytes(missing, pre.img_size) / 2**30:.1f} GiB at "
                       f"{pre.img_size}px) would not fit on the disk of the cache folder; decoding every epoch in "
                       f"worker processes instead (--cache-dir elsewhere, or a smaller --img-size, avoids it)",
                       highlight=False, soft_wrap=True)
