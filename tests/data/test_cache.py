@@ -3,6 +3,7 @@ import os
 import torch
 
 from imgclass.data import cache as cache_mod
+from imgclass.data import images as images_mod
 from imgclass.data.cache import load_cached
 from imgclass.data.images import load_split
 from imgclass.data.preprocess import Preprocessing
@@ -18,8 +19,8 @@ def test_hit_on_second_load_and_same_pixels(tmp_path, monkeypatch):
     root = make_class_folders(tmp_path / "d", per_class=6)
     pre = Preprocessing(img_size=8)
     calls = []
-    real = cache_mod.decode_many
-    monkeypatch.setattr(cache_mod, "decode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = images_mod.decode_many
+    monkeypatch.setattr(images_mod, "decode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
     first, hit1 = load_cached(root, rows_of(root), pre, tmp_path / "cache")
     second, hit2 = load_cached(root, rows_of(root), pre, tmp_path / "cache")
     assert (hit1, hit2) == (False, True) and len(calls) == 1     # no decoding the second time
@@ -58,7 +59,8 @@ def test_second_training_run_decodes_nothing(tmp_path, monkeypatch):
     from helpers import FAST
     data = make_class_folders(tmp_path / "data", per_class=8)
     imgclass.train(data, out=str(tmp_path / "a"), **dict(FAST, epochs=1))
-    monkeypatch.setattr(cache_mod, "decode_many", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(images_mod, "decode_many",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     imgclass.train(data, out=str(tmp_path / "b"), **dict(FAST, epochs=1))
 
 

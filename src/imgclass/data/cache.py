@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .images import ImageTensors, decode_many
+from .images import ImageTensors, decode_in_chunks
 from .preprocess import Preprocessing
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
@@ -85,11 +85,9 @@ def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cac
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_file.with_name(data_file.name + f".{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, pre.img_size, pre.img_size))
-    paths, good, reasons = [root / rel for rel, _ in rows], [], []
-    for start in range(0, len(rows), CHUNK):
-        arrays, kept, chunk_reasons = decode_many(paths[start:start + CHUNK], pre, workers,
-                                                  None if on_progress is None else
-                                                  (lambda n, d=start: on_progress(d + n)))
+    good, reasons = [], []
+    for start, arrays, kept, chunk_reasons in decode_in_chunks([root / rel for rel, _ in rows], pre, workers,
+                                                               CHUNK, on_progress):
         out[len(good):len(good) + len(kept)] = arrays.transpose(0, 3, 1, 2)
         good += [start + i for i in kept]
         reasons += chunk_reasons

@@ -57,6 +57,15 @@ def decode_many(paths: list[Path], pre: Preprocessing, workers: int = 0,
     return out[good] if len(good) < len(paths) else out, good, reasons
 
 
+def decode_in_chunks(paths: list[Path], pre: Preprocessing, workers: int = 0, chunk: int = 4096,
+                     on_progress: Callable[[int], None] | None = None):
+    """decode_many over consecutive chunks (memory bounded by one chunk), yielding for each
+    (start, arrays of its good files, their indices within the chunk, its reasons)."""
+    for start in range(0, len(paths), chunk):
+        report = None if on_progress is None else (lambda n, d=start: on_progress(d + n))
+        yield (start, *decode_many(paths[start:start + chunk], pre, workers, report))
+
+
 def load_split(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, workers: int = 0,
                on_progress: Callable[[int], None] | None = None) -> ImageTensors:
     paths = [root / rel for rel, _ in rows]

@@ -3,7 +3,7 @@ images are decoded batch by batch in worker processes every epoch instead of onc
 
 A first pass decodes every file once in a thread pool, without keeping the pixels, to
 list the unusable files exactly as the cached path does (so both paths train on the same
-images in the same order) . After that, `StreamedImages` stands in for the uint8
+images in the same order). After that, `StreamedImages` stands in for the uint8
 N x 3 x S x S tensor the rest of the pipeline slices: indexing it decodes those files,
 and the training loop asks it for a whole epoch of batches, which a torch DataLoader
 decodes ahead of the model in `workers` processes (Pillow decoding holds the GIL for
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .images import ImageTensors, decode_many
+from .images import ImageTensors, decode_in_chunks, decode_many
 from .preprocess import Preprocessing, to_nchw
 
 FIRST_PASS_CHUNK = 4096  # files decoded (and dropped) at a time in the first pass: bounded memory
@@ -40,7 +40,7 @@ class StreamedImages:
 
     def _indices(self, index) -> list[int]:
         if isinstance(index, slice):
-            return list(range(len(self.paths)))[index]
+            return list(range(len(self.paths))[index])
         if isinstance(index, int):
             return [index]
         return torch.as_tensor(index).reshape(-1).tolist()
@@ -82,14 +82,9 @@ def stream_split(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, wo
                  on_progress: Callable[[int], None] | None = None) -> ImageTensors:
     """First pass over a split (every file decoded once, pixels dropped), then a streamed ImageTensors."""
     paths = [root / rel for rel, _ in rows]
-    reasons: list[str] = []
-    for start in range(0, len(paths), FIRST_PASS_CHUNK):
-        done = start
-        _, _, chunk_reasons = decode_many(paths[start:start + FIRST_PASS_CHUNK], pre, workers,
-                                          None if on_progress is None else (lambda n, d=done: on_progress(d + n)))
-        reasons += chunk_reasons
+    reasons = [r for *_, chunk_reasons in decode_in_chunks(paths, pre, workers, FIRST_PASS_CHUNK, on_progress)
+               for r in chunk_reasons]
     good = [i for i, r in enumerate(reasons) if not r]
     return ImageTensors(images=StreamedImages([paths[i] for i in good], pre, workers),  # type: ignore[arg-type]
                         labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
                         paths=[rows[i][0] for i in good], bad=[(rows[i][0], r) for i, r in enumerate(reasons) if r])
-

@@ -241,10 +241,10 @@ def _wider_model(spec, cfg: TrainConfig, args: dict, classes, hierarchy, epochs:
     base = flops(build(width_param.default))
     for factor in WIDER:
         width = int(width_param.default * factor)
+        torch.manual_seed(cfg.seed)  # the same initial weights as a run given this width explicitly
         model = build(width)
         if epochs * base / flops(model) >= target:
-            torch.manual_seed(cfg.seed)  # the same initial weights as a run given this width explicitly
-            return width, build(width)
+            return width, model.train()
     return None
 
 
