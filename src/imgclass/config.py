@@ -42,12 +42,12 @@ class TrainConfig:
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
     model_args: dict = field(default_factory=dict)  # architecture arguments, e.g. {width: 64, depth: 3} for resnet
-    dropout: float = 0.0             # dropout before the classification layer (and each --head layer)
+    dropout: float = 0.0             # dropout, once each: on the features before the classifier, or with --head after each hidden layer
     head: str | None = None          # dense layers before the classifier, e.g. "256,128"
     # --- transfer learning ------------------------------------------------------
     pretrained: bool = False         # start from the published weights (timm / torchvision; hub cache, no download offline)
     weights: str | None = None       # start from a local file: .safetensors/.pth state dict, or an imgclass model file
-    head_epochs: int = 3             # with weights: stage 1, the head alone on cached backbone features (no augmentation)
+    head_epochs: int = 10            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
     unfreeze: Literal["gradual", "all", "none"] = "gradual"  # stage 2: unfreeze from the top one group at a time, all at once, or never
     layer_lr_decay: float = 0.7      # stage 2: each backbone group below the head learns this much slower
     # --- optimisation ---------------------------------------------------------

@@ -61,7 +61,7 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
-                 tta: str = "none", hierarchy: dict | None = None) -> dict:
+                 tta: str = "none", hierarchy: dict | None = None, weights: dict | None = None) -> dict:
     return {
         "hierarchy": hierarchy,            # None, or {"strategy", "coarse_classes", "parents"}
         "format": FORMAT,
@@ -72,6 +72,7 @@ def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: di
         "preprocessing": pre.to_dict(),
         "inference": {"tta": tta},         # test-time augmentation every command applies
         "metrics": metrics or {},
+        "weights": weights,                # None (from scratch), or where the starting weights came from
     }
 
 

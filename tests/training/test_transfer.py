@@ -12,6 +12,7 @@ from imgclass.cli import main
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model
 from imgclass.models import create_model
+from imgclass.models import pretrained
 from imgclass.training import transfer
 from imgclass.training.transfer import GradualUnfreeze, backbone_groups, compute_features
 
@@ -126,8 +127,8 @@ def test_imgclass_model_file_as_weights(source_weights, tmp_path):
 
 def test_offline_pretrained_error_is_exact(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
-    monkeypatch.setattr(transfer, "timm_pretrained_file", lambda arch: None)
-    monkeypatch.setattr(transfer, "_online", lambda host, timeout=3.0: False)
+    monkeypatch.setattr(pretrained, "timm_pretrained_file", lambda arch: None)
+    monkeypatch.setattr(pretrained, "_online", lambda host, timeout=3.0: False)
     data = make_class_folders(tmp_path / "data", per_class=4)
     code = main(["train", str(data), "--model", "timm:resnet18", "--pretrained", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
@@ -161,7 +162,7 @@ def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
     net = timm.create_model("resnet10t", num_classes=1000).eval()
     cached = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cached))
-    monkeypatch.setattr(transfer, "timm_pretrained_file", lambda arch: str(cached))
+    monkeypatch.setattr(pretrained, "timm_pretrained_file", lambda arch: str(cached))
     img = tmp_path / "x.png"
     from PIL import Image
     Image.new("RGB", (40, 30), (200, 30, 30)).save(img)

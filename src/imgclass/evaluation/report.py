@@ -108,6 +108,9 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
     if arch:
         model = f"**Model.** {arch.get('name')} {arch.get('args') or ''}".rstrip() + f" at {pre.get('img_size')} px"
         model += f" (resize policy {pre.get('resize')})"
+        w = ctx.header.get("weights")
+        model += (f", fine-tuned from {w.get('dataset')} weights ({w.get('source')}: {w.get('location')}; licence "
+                  f"{w.get('licence')})" if w else ", trained from scratch")
         if ctx.config:
             model += (f", augmentation '{ctx.config.get('augment')}', optimizer {ctx.config.get('optimizer')}, "
                       f"batch size {ctx.config.get('batch_size')}")

@@ -6,22 +6,24 @@ import torch.nn as nn
 
 
 def make_head(num_features: int, num_classes: int, hidden: tuple[int, ...] = (), dropout: float = 0.0) -> nn.Module:
-    """Dense layers (ReLU, dropout before each) ending in the classification layer; a single
-    Linear when there are no hidden layers (the state-dict keys are then head.weight/bias)."""
+    """Dense layers, each Linear -> ReLU -> Dropout (the Keras course's Dense(100, relu), Dropout(0.2)),
+    ending in the classification layer; a single Linear when there are no hidden layers (the
+    state-dict keys are then head.weight/bias, and Classifier drops the features before it)."""
     if not hidden:
         return nn.Linear(num_features, num_classes)
     layers: list[nn.Module] = []
     width = num_features
     for h in hidden:
-        layers += [nn.Dropout(dropout), nn.Linear(width, h), nn.ReLU(inplace=True)] if dropout > 0 else \
-                  [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)] + ([nn.Dropout(dropout)] if dropout > 0 else [])
         width = h
     layers += [nn.Linear(width, num_classes)]
     return nn.Sequential(*layers)
 
 
 class Classifier(nn.Module):
-    """Backbone + pooled features + (dropout, dense layers) head: the contract every model follows."""
+    """Backbone + pooled features + head: the contract every model follows. Each dropout acts once,
+    just before the layer it feeds: on the features when the head is one Linear, after each hidden
+    layer's activation otherwise (the last one before the classification layer)."""
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0,
                  head_hidden: tuple[int, ...] = ()):
@@ -29,15 +31,15 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.num_features = num_features
         self.head_hidden = tuple(head_hidden)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_p = dropout
+        self.dropout = nn.Dropout(dropout) if dropout > 0 and not self.head_hidden else nn.Identity()
         self.head = make_head(num_features, num_classes, self.head_hidden, dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     def reset_head(self, num_classes: int) -> None:
-        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
-        self.head = make_head(self.num_features, num_classes, self.head_hidden, p)
+        self.head = make_head(self.num_features, num_classes, self.head_hidden, self.dropout_p)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(feats))

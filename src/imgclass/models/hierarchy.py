@@ -56,7 +56,19 @@ class Hierarchical(nn.Module):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
                       weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, fine scores for accuracy): fine cross-entropy, plus coarse cross-entropy when there is a coarse output."""
-        fine, coarse = self._levels(x)
+        return self._loss(*self._levels(x), y, label_smoothing, weight)
+
+    def head_loss(self, feats: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same loss from cached backbone features, for the head stage of fine-tuning: the backbones
+        are frozen there and start from the same weights, so one feature pass serves both levels."""
+        fine = self.fine.forward_head(feats)
+        coarse = {"flat": None, "two-stage": lambda f: self.coarse.forward_head(f),
+                  "multi-head": self.coarse_head}[self.strategy]
+        return self._loss(fine, coarse(feats) if coarse is not None else None, y, label_smoothing, None)
+
+    def _loss(self, fine: torch.Tensor, coarse: torch.Tensor | None, y: torch.Tensor, label_smoothing: float,
+              weight: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         loss = F.cross_entropy(fine, y, weight=weight, label_smoothing=label_smoothing)
         if coarse is None:
             return loss, fine

@@ -35,6 +35,15 @@ def _timm_input_size(arch: str) -> int:
         return 224
 
 
+def _torchvision_input_size(arch: str) -> int:
+    """The crop size of the model's published weights (299 for inception_v3), else ImageNet's 224."""
+    import torchvision
+    try:
+        return int(torchvision.models.get_model_weights(arch).DEFAULT.transforms().crop_size[0])
+    except Exception:  # noqa: BLE001 - models published without weights
+        return 224
+
+
 def zoo_spec(name: str) -> ModelSpec:
     source, _, arch = name.partition(":")
     if source not in ("torchvision", "timm") or not arch:
@@ -44,7 +53,7 @@ def zoo_spec(name: str) -> ModelSpec:
         import torchvision
         if arch not in torchvision.models.list_models():
             raise UserError(f"torchvision has no model '{arch}'; `imgclass models --zoo torchvision` lists them")
-        img_size = 224
+        img_size = _torchvision_input_size(arch)
     else:
         import timm
         if not timm.list_models(arch):

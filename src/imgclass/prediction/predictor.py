@@ -47,7 +47,7 @@ class Predictor:
         """A published ImageNet classifier used as it is (timm:NAME), with timm's class names."""
         import timm
         from timm.data import ImageNetInfo
-        from ..training.transfer import timm_pretrained
+        from ..models.pretrained import timm_pretrained
         source, _, arch = name.partition(":")
         if source != "timm":
             raise UserError("predict --pretrained takes a timm model name, e.g. timm:xception41")

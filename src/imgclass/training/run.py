@@ -38,13 +38,15 @@ from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models import get_spec
 from ..models.hierarchy import build as build_model
+from ..models.pretrained import find_origin, pretrained_state
 from .callbacks import BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, TensorBoard
 from . import distributed
 from .checkpoint import load_checkpoint
 from .loop import Trainer, predict_logits
 from .optim import make_optimizer
-from .transfer import (GradualUnfreeze, apply_weights_file, backbone_groups, backbone_preprocessing, compute_features,
-                       layerwise_optimizer, load_backbone_state, pretrained_backbone_state, set_trainable, train_head)
+from .auto import TRANSFER_RECIPE, choose_img_size, resolve_auto
+from .transfer import (GradualUnfreeze, apply_weights_file, backbone_preprocessing, classifiers, compute_features,
+                       layerwise_optimizer, load_pretrained, model_groups, set_backbones_trainable, train_head)
 
 
 @dataclass
@@ -111,6 +113,12 @@ def _prepare_out(cfg: TrainConfig) -> Path:
 TRAIN_SCORE_SAMPLE = 5000  # train accuracy is measured on at most this many images
 
 
+def train_score_n(n_train: int, n_val: int) -> int:
+    """How many training images the final scoring sees: it only shows over- or under-fitting, so about
+    as many as validation has (at least 1,000, at most TRAIN_SCORE_SAMPLE); all of them when fewer."""
+    return min(n_train, TRAIN_SCORE_SAMPLE, max(1000, n_val))
+
+
 def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Console,
                 verbose: bool) -> tuple[dict[str, ImageTensors], int]:
     from ..data.cache import cache_bytes, fits_on_disk, is_cached, load_cached
@@ -156,17 +164,27 @@ def _write_bad_files(run_dir: Path, data: dict[str, ImageTensors]) -> list[tuple
     return bad
 
 
-AUTO_MODEL = "fast"
+def _model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> str:
+    """--weights RUN (or an imgclass model file) with no --model: the architecture named in that file."""
+    from .transfer import read_weights_file
+    _, header = read_weights_file(explicit["weights"])
+    if header is None or "arch" not in header:
+        raise UserError(f"--weights {explicit['weights']} holds weights only, no architecture: name it with --model")
+    arch = header["arch"]
+    if "model_args" not in explicit:
+        options["model_args"] = {k: v for k, v in arch.get("args", {}).items() if k not in ("head", "img_size")}
+    return arch["name"]
 
 
 def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -> None:
     """Stage 1 of fine-tuning: backbone frozen, its features computed once, the head trained on them."""
     started = time.perf_counter()
-    set_trainable(model.backbone, False)
+    set_backbones_trainable(model, False)
     batch = max(cfg.batch_size, 256)
-    feats = compute_features(model, data["train"].images, pre, batch, device)
+    bf16 = use_bf16(cfg.precision, device)
+    feats = compute_features(model, data["train"].images, pre, batch, device, bf16)
     val = data["val"]
-    val_feats = compute_features(model, val.images, pre, batch, device) if len(val) else None
+    val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
     console.print(f"stage 1: backbone features of {len(feats) + (len(val) if len(val) else 0)} images computed once "
                   f"in {time.perf_counter() - started:.1f}s; training the head for {cfg.head_epochs} epoch(s)",
                   highlight=False)
@@ -182,27 +200,7 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    set_trainable(model.backbone, True)
-
-
-def choose_img_size(found, spec_name: str, default: int) -> int:
-    """For the fast model: the median shorter side of (a sample of) the images, rounded to a
-    multiple of 8 and kept within 16..64 px (CIFAR-10 -> 32, 8x8 digits -> 16, photos -> 64)."""
-    if spec_name != "fast":
-        return default
-    from PIL import Image
-    sides = []
-    step = max(1, len(found.items) // 200)
-    for rel, _, _ in found.items[::step]:
-        try:
-            with Image.open(found.root / rel) as img:
-                sides.append(min(img.size))
-        except Exception:  # noqa: BLE001 - unreadable files are reported later, not here
-            continue
-    if not sides:
-        return default
-    median = sorted(sides)[len(sides) // 2]
-    return int(min(64, max(16, 8 * round(median / 8))))
+    set_backbones_trainable(model, True)
 
 
 def _init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:
@@ -248,15 +246,25 @@ def _wider_model(spec, cfg: TrainConfig, args: dict, classes, hierarchy, epochs:
     return None
 
 
+# Under gradual unfreezing the early epochs train only the top of the backbone: measured on
+# hymenoptera (EfficientNet-Lite2, 6 epochs) the epochs took 0.75x the time planned from a full step.
+GRADUAL_STEP_SHARE = 0.75
+
+
 def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preprocessing, cfg: TrainConfig,
-                 device: torch.device, seconds_left: float) -> tuple[int, float, float]:
-    """Epochs that fit in the time left, from a measured step time on a copy of the model;
-    returns (epochs, seconds reserved for the final evaluation, estimated seconds an epoch)."""
+                 device: torch.device, seconds_left: float, step_share: float = 1.0,
+                 reports: int = 2) -> tuple[int, float, float]:
+    """Epochs that fit in the time left, from a measured step time on a copy of the model (step_share:
+    the share of a full step an average epoch's step costs); returns (epochs, seconds reserved for the
+    final evaluation, estimated seconds an epoch)."""
     import copy
+    from .loop import scoring_batch
     from .optim import make_optimizer as make_opt
     probe = copy.deepcopy(model).train()
     opt = make_opt(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
-    batch = min(cfg.batch_size, len(data))
+    # per-image training time is flat in the batch size for large inputs (EfficientNet-Lite0 at 224 px:
+    # 18-19 images/s from 8 to 64): a small probe batch measures the same in a fraction of the time
+    batch = min(cfg.batch_size, len(data), scoring_batch(cfg.batch_size, pre.img_size, device))
     x = pre.normalize(data.images[:batch].to(device)).contiguous(memory_format=torch.channels_last)
     y = data.labels[:batch].to(device)
     times = []
@@ -272,7 +280,7 @@ def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Prepro
             torch.cuda.synchronize()
         if i:  # the first step pays one-off costs
             times.append(time.perf_counter() - started)
-    per_image = min(times) / batch
+    per_image = step_share * min(times) / batch
     # Scoring passes, timed as they run: float32, eval mode, no autograd (per-epoch validation without TTA,
     # the final scoring with it). Estimating them as a share of the training step undercounted them under bf16.
     probe.eval()
@@ -291,8 +299,9 @@ def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Prepro
     # epochs, which the deadline trims while the schedule follows the clock. (With a 1.1 margin for them
     # the 60-minute CIFAR run planned 111 s an epoch, ran 97 s, and left 6 minutes unused.)
     epoch_seconds = per_image * len(data) + eval_image * val_n
-    # final scoring with a 25% margin, then figures and report (measured: 2-4 s for 10 classes on 2 cores)
-    reserve = 1.25 * eval_image * eval_n * passes + 5.0 + 0.2 * int(data.labels.max() + 1)
+    # final scoring with a 25% margin, then figures and a report per evaluated split (measured: 2.5-4 s
+    # each for 2-10 classes on 2 cores)
+    reserve = 1.25 * eval_image * eval_n * passes + reports * (3.0 + 0.1 * int(data.labels.max() + 1))
     # Rounded up: the deadline cuts the last epoch short and the schedule anneals against the clock, so
     # the run uses the whole budget (rounding down left up to an epoch unused: 1.5 of 15 minutes measured).
     epochs = math.ceil(max(0.0, seconds_left - reserve) / epoch_seconds)
@@ -300,11 +309,13 @@ def _plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Prepro
 
 
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
-          console: Console | None = None, callbacks: list | None = None, **options: Any) -> Run:
+          console: Console | None = None, callbacks: list | None = None, started: float | None = None,
+          **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
-    callbacks are extra loop callbacks (e.g. Optuna pruning)."""
+    callbacks are extra loop callbacks (e.g. Optuna pruning); started: the perf_counter time the time
+    budget counts from (the command line passes its own start, so Python's start-up counts too)."""
     extra_callbacks = list(callbacks or [])
-    started_all = time.perf_counter()
+    started_all = min(started, time.perf_counter()) if started is not None else time.perf_counter()
     console = console or Console(stderr=True)
     if resume is not None:
         run_dir = Path(resume).expanduser()
@@ -324,12 +335,19 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                             explicit.get("label_column"), explicit.get("hierarchy", False),
                             explicit.get("label_columns"))
         name = explicit.get("model", "auto")
-        name = AUTO_MODEL if name == "auto" else name
+        if name == "auto" and explicit.get("weights") is not None:
+            name = _model_from_weights(explicit, options)
+        if name == "auto":
+            choice = resolve_auto(found, explicit, config_mod.parse_duration(explicit.get("time_budget")), started_all)
+            console.print(choice.message, highlight=False, soft_wrap=True)
+            name = choice.model
+            options.update({k: v for k, v in choice.options.items() if k not in explicit or k == "model"})
         spec = get_spec(name)  # validates the name before any slow work
-        if "img_size" not in explicit:
+        if "img_size" not in explicit and "img_size" not in options:
             options["img_size"] = choose_img_size(found, name, spec.default_img_size)
         options["model"] = name
-        cfg = config_mod.resolve(config, recipe=spec.recipe, **options)
+        transfer = {**explicit, **options}.get("pretrained") or explicit.get("weights") is not None
+        cfg = config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
         run_dir = None
     dd = distributed.setup(cfg.device)  # one process, or this rank of a torchrun launch
     if not dd.main:
@@ -413,13 +431,23 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       f"strategy {cfg.hierarchy_strategy}", highlight=False)
     model = build_model({"name": cfg.model, "args": args, "dropout": cfg.dropout}, classes, hierarchy)
     _init_from_data(model, data["train"], pre, cfg.seed)
-    if transfer and not hasattr(model, "backbone"):
-        raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet), "
-                        "and one-level labels")
-    if cfg.pretrained and resume is None:
-        n = load_backbone_state(model, pretrained_backbone_state(cfg.model), f"{cfg.model} published weights")
-        console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}", highlight=False)
+    if transfer and not classifiers(model):
+        raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet)")
+    weights_origin = None  # where the starting weights came from: recorded in the model file and the report
+    if cfg.pretrained:
+        origin = find_origin(cfg.model)
+        if resume is None:
+            state, origin = pretrained_state(cfg.model)
+            n = load_pretrained(model, state, f"{cfg.model} published weights")
+            console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
+                          + (f": {origin.describe()}" if origin is not None else ""), highlight=False, soft_wrap=True)
+        weights_origin = origin.to_dict() if origin is not None else None
+    if cfg.weights is not None:
+        weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
+                          "licence": "that of the file", "dataset": "that of the file"}
     if cfg.weights is not None and resume is None:
+        if hierarchy is not None:
+            raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
         message, file_pre = apply_weights_file(model, cfg.weights, classes)
         if file_pre:
             pre.mean, pre.std = tuple(file_pre["mean"]), tuple(file_pre["std"])
@@ -441,13 +469,13 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                 config_mod.save(cfg, run_dir / "config.yaml")
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     last = run_dir / "checkpoints" / "last.safetensors"
-    groups = backbone_groups(model.backbone) if transfer else []
+    groups = model_groups(model) if transfer else []
     if groups:
         if cfg.head_epochs > 0 and not (resume is not None and last.is_file()):
             _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir)
         optimizer = layerwise_optimizer(model, groups, cfg.optimizer, lr, wd, cfg.momentum, cfg.layer_lr_decay)
         if cfg.unfreeze == "none":
-            set_trainable(model.backbone, False)
+            set_backbones_trainable(model, False)
     else:
         optimizer = make_optimizer(model, cfg.optimizer, lr, wd, cfg.momentum)
     arch = {"name": cfg.model, "args": args, "dropout": cfg.dropout}
@@ -455,14 +483,18 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     current = {"pre": pre}  # the preprocessing of the phase being trained (progressive resizing changes it)
 
     def header(metrics: dict | None = None) -> dict:
-        return model_header(arch, classes, current["pre"], metrics, tta=cfg.tta, hierarchy=hierarchy)
+        return model_header(arch, classes, current["pre"], metrics, tta=cfg.tta, hierarchy=hierarchy,
+                            weights=weights_origin)
 
     epochs, deadline = cfg.epochs, None
     budget = config_mod.parse_duration(cfg.time_budget)
     if budget is not None and resume is None:
-        eval_n = len(data["val"]) + len(data["test"]) + min(len(data["train"]), TRAIN_SCORE_SAMPLE)
+        eval_n = len(data["val"]) + len(data["test"]) + train_score_n(len(data["train"]), len(data["val"]))
         plan = (data["train"], len(data["val"]), eval_n, pre, cfg, device)
-        epochs, reserve, per_epoch = _plan_budget(model, *plan, budget - (time.perf_counter() - started_all))
+        share = GRADUAL_STEP_SHARE if groups and cfg.unfreeze == "gradual" else 1.0
+        reports = sum(1 for s in ("val", "test") if len(data[s])) if cfg.evaluate else 0
+        epochs, reserve, per_epoch = _plan_budget(model, *plan, budget - (time.perf_counter() - started_all),
+                                                  share, reports)
         wider = _wider_model(spec, cfg, args, classes, hierarchy, epochs, img_size, len(phases))
         if wider is not None:  # room for the recipe's epochs at a wider network: measure it, keep it if it fits
             width, wide = wider
@@ -502,8 +534,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         callbacks.append(TensorBoard(run_dir / "tensorboard"))
     if verbose:
         callbacks.append(ProgressDisplay(console))
-    if groups and cfg.unfreeze == "gradual":
-        callbacks.append(GradualUnfreeze(groups))
+    if groups and cfg.unfreeze != "all":  # gradual, or none: a frozen base whose batch norms stay in eval mode
+        callbacks.append(GradualUnfreeze(groups, cfg.unfreeze))
     trainer = Trainer(model=model, optimizer=optimizer, train_data=data["train"], val_data=data["val"], pre=pre,
                       augment=BatchAugment(cfg.augment, cfg.hflip, cfg.hflip_mode, cfg.translate), epochs=epochs,
                       batch_size=cfg.batch_size, peak_lr=lr, warmup_epochs=cfg.warmup_epochs,
@@ -552,8 +584,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     probs: dict[str, torch.Tensor] = {}
     for name in SPLITS:
         part = data[name]
-        if name == "train" and len(part) > TRAIN_SCORE_SAMPLE:
-            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:TRAIN_SCORE_SAMPLE]
+        if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
+            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:sample]
             part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
                                 paths=[part.paths[i] for i in keep.tolist()])
         if len(part):

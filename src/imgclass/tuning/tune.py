@@ -125,14 +125,16 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
     else:
         from ..data.find import find_images
         from ..models import get_spec
-        from ..training.run import AUTO_MODEL, choose_img_size
+        from ..training.auto import resolve_auto, choose_img_size
         size = (config_mod.img_sizes(fixed.get("img_size")) or [None])[-1]
         if size is None:
             name = fixed.get("model", "auto")
-            name = AUTO_MODEL if name == "auto" else name
             found = find_images(data, fixed.get("labels"), fixed.get("id_column"), fixed.get("label_column"),
                                 fixed.get("hierarchy", False), fixed.get("label_columns"))
-            size = choose_img_size(found, name, get_spec(name).default_img_size)
+            if name == "auto":  # the same choice as train's
+                choice = resolve_auto(found, fixed)
+                name, size = choice.model, choice.options.get("img_size")
+            size = size or choose_img_size(found, name, get_spec(name).default_img_size)
         search = default_space(size)
     search = {k: v for k, v in search.items() if k not in fixed}  # a fixed option is not searched
     if not search:
