@@ -83,3 +83,20 @@ def test_devices_shortcut(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy" in proc.stdout
     assert (tmp_path / "r" / "model.safetensors").is_file()
+
+
+def test_ddp_fine_tunes_a_pretrained_backbone(tmp_path):
+    """Two processes with the installed ImageNet EfficientNet-Lite0: head stage, then gradual unfreezing
+    (groups frozen in early epochs get no gradient: DDP must expect that)."""
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--model", "timm:tf_efficientnet_lite0", "--pretrained", "--img-size", "32", "--epochs", "2",
+            "--head-epochs", "1", "--batch-size", "8", "--no-tensorboard", "--no-evaluate", "--workers", "1",
+            "--no-verbose", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "imgclass", "train", str(data), "--out", str(tmp_path / "r"),
+                           "--devices", "2"] + args, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["processes"] == 2 and results["weights"]["source"] == "package"
+    assert results["epochs_run"] == 2

@@ -145,6 +145,29 @@ def test_head_layers(tmp_path):
     assert any(isinstance(m, torch.nn.Dropout) for m in model.head.modules())
 
 
+def test_course_head_layout_drops_each_once():
+    """--head 100 --dropout 0.2: Linear(100) -> ReLU -> Dropout(0.2) -> Linear(classes), as the Keras course
+    builds it; the features are not dropped a second time. Without --head: one dropout before the Linear."""
+    model = create_model("timm:resnet10t", num_classes=5, head=[100], dropout=0.2)
+    layers = list(model.head)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert layers[2].p == 0.2 and layers[0].out_features == 100 and layers[3].out_features == 5
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 1
+    model.reset_head(3)
+    assert [type(m).__name__ for m in model.head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    plain = create_model("timm:resnet10t", num_classes=5, dropout=0.3)
+    assert isinstance(plain.dropout, torch.nn.Dropout) and plain.dropout.p == 0.3
+    assert sum(isinstance(m, torch.nn.Dropout) for m in plain.modules()) == 1
+    # dropout acts in training only, and really on the hidden layer's output
+    model.train()
+    torch.manual_seed(0)
+    feats = torch.ones(64, model.num_features)
+    hidden = model.head[:2](feats)
+    assert not torch.equal(model.head[:3](feats), hidden)
+    model.eval()
+    assert torch.equal(model.head[:3](feats), hidden)
+
+
 def test_lr_find_cli(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=10)
     plot = tmp_path / "lr.png"

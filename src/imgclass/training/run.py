@@ -176,7 +176,7 @@ def _model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> st
     return arch["name"]
 
 
-def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -> None:
+def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -> float:
     """Stage 1 of fine-tuning: backbone frozen, its features computed once, the head trained on them."""
     started = time.perf_counter()
     set_backbones_trainable(model, False)
@@ -201,6 +201,7 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -
         writer.writeheader()
         writer.writerows(rows)
     set_backbones_trainable(model, True)
+    return time.perf_counter() - started
 
 
 def _init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:
@@ -470,9 +471,10 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     last = run_dir / "checkpoints" / "last.safetensors"
     groups = model_groups(model) if transfer else []
+    head_seconds = 0.0
     if groups:
         if cfg.head_epochs > 0 and not (resume is not None and last.is_file()):
-            _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir)
+            head_seconds = _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir)
         optimizer = layerwise_optimizer(model, groups, cfg.optimizer, lr, wd, cfg.momentum, cfg.layer_lr_decay)
         if cfg.unfreeze == "none":
             set_backbones_trainable(model, False)
@@ -541,7 +543,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       batch_size=cfg.batch_size, peak_lr=lr, warmup_epochs=cfg.warmup_epochs,
                       label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                       class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
-                      deadline=deadline, dist=dd, train_forward=_train_forward(model, cfg, dd, device),
+                      deadline=deadline, dist=dd, train_forward=_train_forward(model, cfg, dd, device, bool(groups)),
                       bf16=use_bf16(cfg.precision, device))
     if resume is not None and last.is_file():
         loop_state, trainer.extra_state = load_checkpoint(last, model, optimizer)
@@ -595,6 +597,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                              "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(train_seconds, 2), "decode_seconds": round(decode_seconds, 2),
+             "head_seconds": round(head_seconds, 2), "weights": weights_origin,
              "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget, "processes": dd.world}
     save_model(run_dir / "model.safetensors", best, header({**metrics, **facts}))
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
@@ -615,11 +618,14 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     return run
 
 
-def _train_forward(model, cfg: TrainConfig, dd, device: torch.device):
-    """What the loop calls in training: DDP around the model under torchrun, else (optionally) compiled."""
+def _train_forward(model, cfg: TrainConfig, dd, device: torch.device, partly_frozen: bool = False):
+    """What the loop calls in training: DDP around the model under torchrun, else (optionally) compiled.
+    partly_frozen: staged fine-tuning freezes backbone groups epoch by epoch, so DDP must expect
+    parameters that receive no gradient in a step (find_unused_parameters)."""
     if dd.active:
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=partly_frozen)
     return torch.compile(model) if cfg.compile else None
 
 

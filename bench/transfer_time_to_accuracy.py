@@ -1,0 +1,118 @@
+"""Time to accuracy on photos with plain `imgclass train DATA --time-budget B` (the default: an ImageNet
+EfficientNet-Lite fine-tuned), wall clock including Python's start, decoding (a cold, empty cache) and
+the final report, against a target and against a linear probe of the same backbone measured in the
+same run on the same split (logistic regression on frozen EfficientNet-Lite0 features at 224 px).
+
+    python bench/transfer_time_to_accuracy.py hymenoptera --budget 3m --target 0.96
+    python bench/transfer_time_to_accuracy.py fashion --budget 5m --target 0.97
+
+hymenoptera: train/ and val/ (the PyTorch transfer-learning tutorial's ants and bees); scored on val.
+fashion: fashion_hier's 3,221 product photos, labels.csv's subCategory (a long tail); scored on the
+test split imgclass carves (10%, stratified, seed 101).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from common import ARCHIVE, BENCH_DIR, machine
+
+SETS = {"hymenoptera": ("hymenoptera.tar.gz", "val", []),
+        "fashion": ("fashion_hier.tar.gz", "test", ["--labels", "{root}/labels.csv", "--label-column", "subCategory"])}
+
+
+def extract(archive: str) -> Path:
+    root = BENCH_DIR / archive.split(".")[0]
+    if not root.is_dir():
+        src = ARCHIVE.parent / archive
+        if not src.is_file():
+            raise SystemExit(f"archive not found at {src}")
+        root.mkdir(parents=True)
+        with tarfile.open(src) as tar:
+            tar.extractall(root.parent, filter="data")
+    return root
+
+
+def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
+    """(accuracy, seconds): scikit-learn's logistic regression on frozen lite0 features (224 px, float32,
+    ImageNet preprocessing, no augmentation), trained on the run's train split, scored on score_split."""
+    import numpy as np
+    import timm
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from imgclass.data.preprocess import Preprocessing
+    from imgclass.models.pretrained import pretrained_state
+    started = time.perf_counter()
+    net = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    net.load_state_dict(pretrained_state("timm:tf_efficientnet_lite0")[0])
+    net.eval()
+    pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    config = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in (run / "config.yaml").read_text().splitlines()
+              if ":" in line}
+    root = Path(config["data"])
+    rows = list(csv.DictReader((run / "splits.csv").open()))
+    feats, labels = {}, {}
+    with torch.no_grad():
+        for split in ("train", score_split):
+            part = [r for r in rows if r["split"] == split]
+            out = []
+            for i in range(0, len(part), 16):
+                x = torch.from_numpy(np.stack([pre.load(root / r["path"]) for r in part[i:i + 16]])).permute(0, 3, 1, 2)
+                out.append(net(pre.normalize(x)).numpy())
+            feats[split], labels[split] = np.concatenate(out), [r["label"] for r in part]
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(feats["train"], labels["train"])
+    acc = float(clf.score(feats[score_split], labels[score_split]))
+    return acc, time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dataset", choices=sorted(SETS))
+    ap.add_argument("--budget", default="3m")
+    ap.add_argument("--target", type=float, default=0.96)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `imgclass train` options")
+    args = ap.parse_args()
+    archive, score_split, options = SETS[args.dataset]
+    root = extract(archive)
+    options = [o.format(root=root) for o in options]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "imgclass", "train", str(root), "--time-budget", args.budget, "--out", str(out),
+               "--cache-dir", str(Path(tmp) / "cache"), "--no-verbose"] + options + args.extra
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        results = json.loads((out / "results.json").read_text())
+        cfg = (out / "config.yaml").read_text()
+        probe_acc, probe_s = linear_probe(out, score_split)
+    choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")
+    acc = results["metrics"][score_split]["accuracy"]
+    from imgclass.config import parse_duration
+    budget = parse_duration(args.budget)
+    print(f"date {date.today()}  machine: {machine()}")
+    print(f"command: imgclass train {args.dataset} --time-budget {args.budget} {' '.join(options + args.extra)}")
+    print(choice)
+    print(f"{score_split} accuracy {acc:.4f} (n={results['metrics'][score_split]['n']}; target {args.target:.2f}: "
+          f"{'MET' if acc >= args.target else 'MISSED'}); wall clock {wall / 60:.2f} min incl. start-up, decoding "
+          f"and report (budget {budget / 60:.0f} min: {'MET' if wall <= budget else 'MISSED'}); "
+          f"ratio wall/budget {wall / budget:.2f}")
+    print(f"linear probe of lite0 (reference, same split): {probe_acc:.4f} in {probe_s:.0f}s; "
+          f"imgclass - probe = {100 * (acc - probe_acc):+.1f} points")
+    other = results["total_seconds"] - results["decode_seconds"] - results["head_seconds"] - results["train_seconds"]
+    print(f"stages: decode {results['decode_seconds']:.0f}s, head stage (features + head) {results['head_seconds']:.0f}s, "
+          f"fine-tuning {results['train_seconds']:.0f}s ({results['epochs_run']} epochs), planning + final scoring + "
+          f"report {other:.0f}s, Python start-up {wall - results['total_seconds']:.0f}s")
+    print("config:", " ".join(line for line in cfg.splitlines() if line.split(":")[0] in
+                              ("model", "img_size", "epochs", "batch_size", "lr", "head_epochs", "tta")))
+
+
+if __name__ == "__main__":
+    main()
