@@ -50,6 +50,7 @@ class TrainConfig:
     head_epochs: int = 10            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
     unfreeze: Literal["gradual", "all", "none"] = "gradual"  # stage 2: unfreeze from the top one group at a time, all at once, or never
     layer_lr_decay: float = 0.7      # stage 2: each backbone group below the head learns this much slower
+    bn_stats_frozen: bool = True     # stage 2: backbone batch norms keep their pretrained statistics (scale/shift still learn)
     # --- optimisation ---------------------------------------------------------
     epochs: int = 20                 # passes over the training split
     batch_size: int = 128            # images per step

@@ -86,15 +86,17 @@ def test_default_train_on_photos_fine_tunes_imagenet_weights(tmp_path, capsys):
             assert torch.equal(saved["backbone." + k], v), k     # running_mean/var too: BN stayed in eval mode
 
 
-def test_gradual_fine_tuning_moves_the_backbone_and_bn_statistics(tmp_path):
+@pytest.mark.parametrize("frozen_stats", [True, False])
+def test_fine_tuning_moves_the_backbone_and_bn_statistics_only_when_asked(tmp_path, frozen_stats):
     data = make_photos(tmp_path / "photos", per_class=8)
     run = imgclass.train(data, out=str(tmp_path / "run"), model=LITE0, pretrained=True, unfreeze="all",
-                         evaluate=False, **dict(TINY, epochs=1))
+                         bn_stats_frozen=frozen_stats, evaluate=False, **dict(TINY, epochs=1))
     state, _ = pretrained_state(LITE0)
     model, _ = load_model(run.dir)
     now = model.backbone.state_dict()
     assert not torch.equal(now["conv_stem.weight"], state["conv_stem.weight"])
-    assert not torch.equal(now["bn1.running_mean"], state["bn1.running_mean"])
+    assert not torch.equal(now["bn1.weight"], state["bn1.weight"])            # scale learns either way
+    assert torch.equal(now["bn1.running_mean"], state["bn1.running_mean"]) == frozen_stats
 
 
 @pytest.mark.parametrize("strategy", ["flat", "two-stage", "multi-head"])

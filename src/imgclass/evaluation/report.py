@@ -116,8 +116,10 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
                       f"batch size {ctx.config.get('batch_size')}")
         res = ctx.results
         if res.get("epochs_run"):
+            best = (f"epoch {res.get('best_epoch')}" if res.get("best_epoch") else
+                    "the head stage (fine-tuning did not beat the head on frozen features)")
             model += (f"; trained {res['epochs_run']} of {ctx.config.get('epochs', res['epochs_run'])} epochs in "
-                      f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at epoch {res.get('best_epoch')}")
+                      f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best}")
             if res.get("stop_reason"):
                 model += " (stopped early)"
         paras.append(model + ".")

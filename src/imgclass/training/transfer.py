@@ -237,16 +237,22 @@ class GradualUnfreeze:
     """Stage 2 callback: in epoch e of E, the top ceil(G * (e+1) / E) of G backbone groups learn;
     the rest stay frozen, their batch norms in inference mode (as in the Keras course recipe).
     With mode "none" no group ever learns and every batch norm of the backbone keeps its ImageNet
-    statistics (Keras' trainable=False). Derived from the epoch alone, so --resume restores it exactly."""
+    statistics (Keras' trainable=False); mode "all" unfreezes every group from the first epoch.
+    With bn_stats_frozen every backbone batch norm stays in inference mode, trainable or not: its
+    scale and shift learn, its statistics stay the pretrained ones (Keras' fine-tuning advice).
+    Derived from the epoch alone, so --resume restores it exactly."""
     order = -1
 
-    def __init__(self, groups: list[nn.Module], mode: str = "gradual"):
+    def __init__(self, groups: list[nn.Module], mode: str = "gradual", bn_stats_frozen: bool = True):
         self.groups = groups
         self.mode = mode
+        self.bn_stats_frozen = bn_stats_frozen
 
     def trainable_count(self, epoch: int, epochs: int) -> int:
         if self.mode == "none":
             return 0
+        if self.mode == "all":
+            return len(self.groups)
         return min(len(self.groups), math.ceil(len(self.groups) * (epoch + 1) / max(1, epochs)))
 
     def __call__(self, event: str, trainer) -> None:
@@ -258,7 +264,11 @@ class GradualUnfreeze:
             set_trainable(g, trainable)
             if not trainable:
                 g.eval()
-        if self.mode == "none":  # parameters outside the groups (rare) are frozen too
-            for c in classifiers(trainer.model):
+        for c in classifiers(trainer.model):
+            if self.mode == "none":  # parameters outside the groups (rare) are frozen too
                 set_trainable(c.backbone, False)
                 c.backbone.eval()
+            elif self.bn_stats_frozen:
+                for m in c.backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
