@@ -92,8 +92,8 @@ def test_fine_tuning_moves_the_backbone_and_bn_statistics_only_when_asked(tmp_pa
     run = imgclass.train(data, out=str(tmp_path / "run"), model=LITE0, pretrained=True, unfreeze="all",
                          bn_stats_frozen=frozen_stats, evaluate=False, **dict(TINY, epochs=1))
     state, _ = pretrained_state(LITE0)
-    model, _ = load_model(run.dir)
-    now = model.backbone.state_dict()
+    last = load_file(str(run.dir / "checkpoints" / "last.safetensors"))     # the model file may be the head stage's
+    now = {k[len("model.backbone."):]: v for k, v in last.items() if k.startswith("model.backbone.")}
     assert not torch.equal(now["conv_stem.weight"], state["conv_stem.weight"])
     assert not torch.equal(now["bn1.weight"], state["bn1.weight"])            # scale learns either way
     assert torch.equal(now["bn1.running_mean"], state["bn1.running_mean"]) == frozen_stats
@@ -138,3 +138,17 @@ def test_weights_run_without_model_takes_the_architecture(tmp_path, capsys):
     with pytest.raises(UserError, match="holds weights only, no architecture"):
         imgclass.train(data, out=str(tmp_path / "c"), weights=str(tmp_path / "plain.safetensors"),
                        **{k: v for k, v in FAST.items() if k not in ("model", "model_args")})
+
+
+def test_model_file_is_the_head_stage_when_fine_tuning_does_not_beat_it(tmp_path, monkeypatch):
+    """Epoch 0 (the head on frozen features) competes for the model file: with a fine-tuning stage that
+    cannot learn (lr ~ 0) and a head that already separates the classes, the head stage's weights win."""
+    data = make_photos(tmp_path / "photos", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "run"), model=LITE0, pretrained=True, lr=1e-12, evaluate=False,
+                         **dict(TINY, head_epochs=5))
+    results = __import__("json").loads((run.dir / "results.json").read_text())
+    head_rows = (run.dir / "head_metrics.csv").read_text().splitlines()
+    if results["best_epoch"] == 0:
+        assert float(head_rows[-1].split(",")[4]) >= max(float(r["val_acc"]) for r in run.history)
+    else:
+        assert max(float(r["val_acc"]) for r in run.history) > float(head_rows[-1].split(",")[4])

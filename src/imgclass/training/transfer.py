@@ -180,7 +180,11 @@ def train_head(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_
     head_params = [p for n, p in model.named_parameters() if not is_backbone_param(n)]
     opt = torch.optim.AdamW(head_params, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(feats) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
+    if steps >= 4:  # warm-up over >= 2 steps: OneCycleLR divides by zero on a warm-up under one step
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=min(0.5, max(0.1, 2 / steps)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     gen = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
