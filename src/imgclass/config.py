@@ -47,7 +47,7 @@ class TrainConfig:
     # --- transfer learning ------------------------------------------------------
     pretrained: bool = False         # start from the published weights (timm / torchvision; hub cache, no download offline)
     weights: str | None = None       # start from a local file: .safetensors/.pth state dict, or an imgclass model file
-    head_epochs: int = 10            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
+    head_epochs: int = 30            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
     unfreeze: Literal["gradual", "all", "none"] = "gradual"  # stage 2: unfreeze from the top one group at a time, all at once, or never
     layer_lr_decay: float = 0.7      # stage 2: each backbone group below the head learns this much slower
     bn_stats_frozen: bool = True     # stage 2: backbone batch norms keep their pretrained statistics (scale/shift still learn)

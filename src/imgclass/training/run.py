@@ -176,6 +176,12 @@ def _model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> st
     return arch["name"]
 
 
+# The head stage's learning rate is at least this (the fine-tuning rate, 10x lower, barely moves a fresh head).
+# On frozen lite0 features of fashion_hier (25 classes, 2026-11-23): 30 epochs at 3e-3 gave 95.7% val and 96.3%
+# test, at 1e-3 95.0% val (same test); 10 epochs at 1e-3 (the old default) 94.4% val, 94.7% test.
+HEAD_MIN_LR = 3e-3
+
+
 def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -> tuple[float, float]:
     """Stage 1 of fine-tuning: backbone frozen, its features computed once, the head trained on them."""
     started = time.perf_counter()
@@ -195,7 +201,8 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -
                           f"val acc {row['val_acc']:.4f}  {row['seconds']:.2f}s", highlight=False)
 
     rows = train_head(model, feats, data["train"].labels, val_feats, val.labels if len(val) else None,
-                      cfg.head_epochs, max(lr, 1e-3), wd, cfg.label_smoothing, cfg.batch_size, cfg.seed, device, log)
+                      cfg.head_epochs, max(lr, HEAD_MIN_LR), wd, cfg.label_smoothing, cfg.batch_size, cfg.seed, device,
+                      log)
     with (run_dir / "head_metrics.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
