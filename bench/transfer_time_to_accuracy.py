@@ -55,9 +55,8 @@ def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
     net.load_state_dict(pretrained_state("timm:tf_efficientnet_lite0")[0])
     net.eval()
     pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    config = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in (run / "config.yaml").read_text().splitlines()
-              if ":" in line}
-    root = Path(config["data"])
+    import yaml
+    root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
     rows = list(csv.DictReader((run / "splits.csv").open()))
     feats, labels = {}, {}
     with torch.no_grad():
@@ -107,8 +106,8 @@ def main() -> None:
     print(f"linear probe of lite0 (reference, same split): {probe_acc:.4f} in {probe_s:.0f}s; "
           f"imgclass - probe = {100 * (acc - probe_acc):+.1f} points")
     other = results["total_seconds"] - results["decode_seconds"] - results["head_seconds"] - results["train_seconds"]
-    print(f"stages: decode {results['decode_seconds']:.0f}s, head stage (features + head) {results['head_seconds']:.0f}s, "
-          f"fine-tuning {results['train_seconds']:.0f}s ({results['epochs_run']} epochs), planning + final scoring + "
+    print(f"stages: decode {results['decode_seconds']:.0f}s, head stage (features + head) "
+          f"{results['head_seconds']:.0f}s, fine-tuning {results['train_seconds']:.0f}s ({results['epochs_run']} epochs), planning + final scoring + "
           f"report {other:.0f}s, Python start-up {wall - results['total_seconds']:.0f}s")
     print("config:", " ".join(line for line in cfg.splitlines() if line.split(":")[0] in
                               ("model", "img_size", "epochs", "batch_size", "lr", "head_epochs", "tta")))

@@ -193,7 +193,7 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir) -
     val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
     console.print(f"stage 1: backbone features of {len(feats) + (len(val) if len(val) else 0)} images computed once "
                   f"in {time.perf_counter() - started:.1f}s; training the head for {cfg.head_epochs} epoch(s)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
     def log(row):
         if cfg.verbose:
@@ -524,7 +524,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         cfg.epochs = epochs
         config_mod.save(cfg, run_dir / "config.yaml")
         console.print(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
-                      f"step time; {reserve:.0f}s kept for the final scoring and report", highlight=False)
+                      f"step time; {reserve:.0f}s kept for the final scoring and report", highlight=False,
+                      soft_wrap=True)
     class_weights = None
     if cfg.class_weights == "auto":
         from sklearn.utils.class_weight import compute_class_weight
