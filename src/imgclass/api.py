@@ -27,11 +27,12 @@ def load(path: str | Path, device: str = "auto") -> Predictor:
     return Predictor.load(path, device)
 
 
-def predict(model: str | Path | Predictor, inputs: Iterable[Any], top_k: int = 3,
+def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3,
             level: str = "fine") -> list[dict[str, Any]]:
     """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels."""
     predictor = model if isinstance(model, Predictor) else load(model)
-    items = list(inputs)
+    # one path, one PIL image or one bytes object is one input (a string is not a sequence of inputs)
+    items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
     if all(isinstance(i, (str, Path)) for i in items):
         items = expand_inputs(items)
     return predictor.predict(items, top_k=top_k, level=level)

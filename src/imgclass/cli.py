@@ -162,6 +162,7 @@ def build_parser() -> Parser:
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--max-batch", type=int, default=64, help="images per /predict/batch request [default: 64]")
     p.add_argument("--api-key", help="require this key in the X-API-Key header (or set IMGCLASS_API_KEY)")
     p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
 
@@ -276,9 +277,11 @@ def run(args: argparse.Namespace) -> int:
         from .serving.app import serve
         if args.workers < 1:
             raise UserError("--workers must be at least 1")
+        if args.max_batch < 1:
+            raise UserError("--max-batch must be at least 1")
         print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
         serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key,
-              args.cors)
+              args.cors, args.max_batch)
     elif args.verb == "models" and args.pretrained:
         origins = api.pretrained_models(args.filter)
         for o in origins:

@@ -54,3 +54,17 @@ def test_pil_and_bytes_inputs(trained_run, tmp_path):
 def test_top_k_larger_than_classes(trained_run, tmp_path):
     tiny_image(2, np.random.RandomState(5)).save(tmp_path / "b.png")
     assert len(imgclass.predict(trained_run, [tmp_path / "b.png"], top_k=10)[0]["top_k"]) == 3
+
+
+def test_api_predict_takes_one_path_or_one_image(trained_run, tmp_path):
+    """A single str, Path or PIL image is one input (not a string iterated character by character)."""
+    from PIL import Image
+    import imgclass
+    img = tmp_path / "one.png"
+    Image.new("RGB", (12, 12), (220, 40, 40)).save(img)
+    by_str = imgclass.predict(trained_run, str(img), top_k=2)
+    by_path = imgclass.predict(trained_run, img, top_k=2)
+    by_pil = imgclass.predict(trained_run, Image.open(img), top_k=2)
+    assert len(by_str) == len(by_path) == len(by_pil) == 1
+    assert by_str[0]["top_k"] == by_path[0]["top_k"] == by_pil[0]["top_k"]
+    assert by_str == imgclass.predict(trained_run, [str(img)], top_k=2)

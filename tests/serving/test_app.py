@@ -68,6 +68,13 @@ def test_batch(client):
     (lambda c: c.post("/predict", json={"image": "%%%"}), 400, "base64"),
     (lambda c: c.post("/predict", json={"nothing": 1}), 400, "image"),
     (lambda c: c.post("/predict", files={"file": ("big.png", b"\0" * 60_000, "image/png")}), 413, "larger than"),
+    # hostile or malformed JSON: a JSON 4xx each, never a 500 (issue 14, item 3)
+    (lambda c: c.post("/predict/batch", content=b"[" * 20_000 + b"]" * 20_000,
+                      headers={"content-type": "application/json"}), 400, "invalid JSON"),
+    (lambda c: c.post("/predict/batch", json={"images": 5}), 400, "must be a list"),
+    (lambda c: c.post("/predict/batch", json={"images": ["R0lGODlhAQABAAAAACw="] * 65}), 413, "at most 64"),
+    (lambda c: c.post("/predict/batch", files=[("files", (f"{i}.png", b"x", "image/png")) for i in range(65)]),
+     413, "at most 64"),
 ])
 def test_errors_are_json_and_server_stays_up(client, make, status, detail):
     import re
@@ -82,6 +89,51 @@ def test_upload_refused_from_content_length(client):
     r = client.post("/predict", content=b"x" * 10, headers={"content-type": "multipart/form-data; boundary=z",
                                                           "content-length": str(10 * 1024 * 1024)})
     assert r.status_code == 413
+
+
+def test_chunked_upload_over_the_limit_is_a_json_413(client):
+    """No Content-Length (a streamed body): refused as JSON once the body passes the limit."""
+    def body():
+        for _ in range(20):
+            yield b"\0" * 4096
+    r = client.post("/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=z"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_large_batch_runs_in_chunks_with_the_same_answers(trained_run, monkeypatch):
+    """A batch of 40 is scored 16 at a time (memory bounded by the chunk); answers as one by one."""
+    from imgclass.serving import app as app_module
+    from imgclass.serving.runtimes import load_runtime
+    engine = load_runtime(trained_run, "torch")
+    sizes = []
+    real = engine.predict
+    monkeypatch.setattr(engine, "predict", lambda blobs, k: sizes.append(len(blobs)) or real(blobs, k))
+    client = TestClient(app_module.create_app(engine, max_upload_mb=5))
+    blobs = [png_bytes(i % 3) for i in range(40)]
+    out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode() for b in blobs]}).json()
+    assert sizes == [16, 16, 8]
+    assert [r["top_k"][0]["label"] for r in out["results"]] == [r["top_k"][0]["label"] for r in real(blobs, 3)]
+
+
+def test_an_odd_decoder_error_fails_only_its_item(trained_run, monkeypatch):
+    from imgclass.serving.runtimes import load_runtime
+    engine = load_runtime(trained_run, "torch")
+    real = engine.pre.load
+    odd = png_bytes(1)
+    monkeypatch.setattr(engine.pre, "load", lambda b: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(b))
+    out = engine.predict([png_bytes(0), odd, png_bytes(2)], 1)
+    assert "top_k" in out[0] and "top_k" in out[2]
+    assert out[1]["status"] == 400 and "OSError" in out[1]["error"]
+
+
+def test_metrics_label_routes_not_raw_paths(trained_run):
+    client = TestClient(create_app(trained_run))
+    for i in range(50):
+        assert client.get(f"/no/such/path/{i}").status_code == 404
+    text = client.get("/metrics").text
+    assert "/no/such/path" not in text
+    assert 'imgclass_requests_total{endpoint="unmatched",status="404"} 50.0' in text
 
 
 def test_metrics_count_requests(client):

@@ -26,8 +26,19 @@ from .. import __version__
 from .runtimes import Runtime, load_runtime
 
 
+class _TooLarge(Exception):
+    """The body grew past the limit while streaming in (a chunked upload has no Content-Length)."""
+
+
+def _is_too_large(exc: BaseException) -> bool:
+    """Our limit, also when Starlette's middleware re-raised it inside an exception group."""
+    if isinstance(exc, _TooLarge):
+        return True
+    return any(_is_too_large(e) for e in getattr(exc, "exceptions", ()))
+
+
 class UploadLimit:
-    """ASGI middleware: 413 before the body is read when it is (or becomes) larger than the limit."""
+    """ASGI middleware: a JSON 413 before the body is read when it is (or becomes) larger than the limit."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -38,17 +49,27 @@ class UploadLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _too_large(self.max_bytes, send)
-        seen = 0
+        seen, started = 0, False
 
         async def limited():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise HTTPException(413, f"upload larger than {self.max_bytes // (1024 * 1024)} MB")
+                raise _TooLarge()
             return message
 
-        return await self.app(scope, limited, send)
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            return await self.app(scope, limited, tracked)
+        except BaseException as exc:  # noqa: BLE001 - only our limit is answered here; the rest re-raised
+            if not _is_too_large(exc) or started:
+                raise
+            return await _too_large(self.max_bytes, send)
 
 
 async def _too_large(limit: int, send) -> None:
@@ -56,8 +77,13 @@ async def _too_large(limit: int, send) -> None:
     await response({"type": "http"}, None, send)
 
 
+MAX_BATCH = 64    # images per /predict/batch request: more get a JSON 413
+PREDICT_CHUNK = 16  # images decoded and scored at a time, so a batch's memory is bounded by a chunk
+
+
 def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_mb: float = 10.0,
-               api_key: str | None = None, cors_origins: list[str] | None = None, top_k: int = 5) -> FastAPI:
+               api_key: str | None = None, cors_origins: list[str] | None = None, top_k: int = 5,
+               max_batch: int = MAX_BATCH) -> FastAPI:
     engine = model if isinstance(model, Runtime) else load_runtime(model, runtime)
     header = engine.header
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
@@ -79,14 +105,15 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
             given = request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), api_key.encode()):
                 response = JSONResponse({"detail": "missing or wrong API key (X-API-Key header)"}, status_code=401)
-                requests.labels(request.url.path, "401").inc()
+                path = request.url.path
+                requests.labels(path if path in ("/predict", "/predict/batch") else "unmatched", "401").inc()
                 return response
-        try:
-            response = await call_next(request)
-        except HTTPException as exc:  # raised by the upload limit while the body streams in
-            response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        requests.labels(request.url.path, str(response.status_code)).inc()
-        latency.labels(request.url.path).observe(time.perf_counter() - started)
+        response = await call_next(request)
+        # labelled by route template, not the raw path: random 404 paths must not grow /metrics
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        requests.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
     if cors_origins:
@@ -105,16 +132,22 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
             files = [v for k, v in form.multi_items() if hasattr(v, "read") and k in ("file", "files")]
+            if len(files) > max_batch:
+                raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
             if not files:
                 raise HTTPException(400, "no file in the form (field 'file'" + (" or 'files'" if many else "") + ")")
             return [await f.read() for f in files]
         if ctype.startswith("application/json"):
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python recurses
                 raise HTTPException(400, "invalid JSON") from None
             items = body.get("images") if many and isinstance(body, dict) else None
             items = items if items is not None else [body.get("image") if isinstance(body, dict) else None]
+            if not isinstance(items, list):
+                raise HTTPException(400, '"images" must be a list of base64 strings')
+            if len(items) > max_batch:
+                raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
             out = []
             for item in items:
                 if not isinstance(item, str) or not item:
@@ -142,7 +175,9 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
     async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
         blobs = await blobs_from(request, many=True)
         from starlette.concurrency import run_in_threadpool
-        results = await run_in_threadpool(engine.predict, blobs, k)
+        results = []
+        for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time
+            results += await run_in_threadpool(engine.predict, blobs[start:start + PREDICT_CHUNK], k)
         return {"results": [{"error": r["error"]} if "error" in r else {"top_k": r["top_k"]} for r in results],
                 "model": model_name}
 
@@ -169,17 +204,21 @@ def app_from_env() -> FastAPI:
     cors = os.environ.get("IMGCLASS_SERVE_CORS")
     return create_app(os.environ["IMGCLASS_SERVE_MODEL"], os.environ.get("IMGCLASS_SERVE_RUNTIME", "torch"),
                       float(os.environ.get("IMGCLASS_SERVE_MAX_MB", "10")), None,
-                      cors.split(",") if cors else None)
+                      cors.split(",") if cors else None,
+                      max_batch=int(os.environ.get("IMGCLASS_SERVE_MAX_BATCH", str(MAX_BATCH))))
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, runtime: str = "torch",
-          max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None) -> None:
+          max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
+          max_batch: int = MAX_BATCH) -> None:
     import uvicorn
     if api_key:
         os.environ["IMGCLASS_API_KEY"] = api_key
     if workers > 1:
         os.environ.update(IMGCLASS_SERVE_MODEL=str(model), IMGCLASS_SERVE_RUNTIME=runtime,
-                          IMGCLASS_SERVE_MAX_MB=str(max_upload_mb), IMGCLASS_SERVE_CORS=",".join(cors_origins or []))
+                          IMGCLASS_SERVE_MAX_MB=str(max_upload_mb), IMGCLASS_SERVE_CORS=",".join(cors_origins or []),
+                          IMGCLASS_SERVE_MAX_BATCH=str(max_batch))
         uvicorn.run("imgclass.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers)
     else:
-        uvicorn.run(create_app(model, runtime, max_upload_mb, api_key, cors_origins), host=host, port=port)
+        uvicorn.run(create_app(model, runtime, max_upload_mb, api_key, cors_origins, max_batch=max_batch), host=host,
+                    port=port)

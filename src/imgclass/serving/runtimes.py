@@ -35,6 +35,8 @@ class Runtime:
                 reason = str(exc)
                 status = 415 if reason.startswith(("not an image", "cannot open")) else 400
                 out[i] = {"error": reason, "status": status}
+            except Exception as exc:  # noqa: BLE001 - an odd decoder failure fails this item only, not the batch
+                out[i] = {"error": f"cannot decode this image ({type(exc).__name__})", "status": 400}
         if arrays:
             probs = self.probabilities(np.stack(arrays))
             classes = self.header["classes"]
