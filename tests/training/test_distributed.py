@@ -92,7 +92,7 @@ def test_ddp_fine_tunes_a_pretrained_backbone(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = ["--model", "timm:tf_efficientnet_lite0", "--pretrained", "--img-size", "32", "--epochs", "2",
             "--head-epochs", "1", "--batch-size", "8", "--no-tensorboard", "--no-evaluate", "--workers", "1",
-            "--no-verbose", "--device", "cpu"]
+            "--no-verbose", "--device", "cpu", "--layer-lr-decay", "0.0"]  # decay 0: only the top group may move
     proc = subprocess.run([sys.executable, "-m", "imgclass", "train", str(data), "--out", str(tmp_path / "r"),
                            "--devices", "2"] + args, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -100,3 +100,10 @@ def test_ddp_fine_tunes_a_pretrained_backbone(tmp_path):
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["processes"] == 2 and results["weights"]["source"] == "package"
     assert results["epochs_run"] == 2
+    # the ImageNet weights were really loaded in the workers: with a layer-lr decay of 0 every backbone group but
+    # the top one learns at lr 0, so the stem is still exactly the package's
+    from imgclass.models.pretrained import pretrained_state
+    state, _ = pretrained_state("timm:tf_efficientnet_lite0")
+    last = load_file(str(tmp_path / "r" / "checkpoints" / "last.safetensors"))
+    assert torch.equal(last["model.backbone.conv_stem.weight"], state["conv_stem.weight"])
+    assert (tmp_path / "r" / "head_metrics.csv").is_file()

@@ -10,7 +10,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -109,5 +109,11 @@ def read_splits(path: Path, root: Path, classes: list[str]) -> Split:
         for row in csv.DictReader(fh):
             if row["label"] not in index:
                 raise DataError(f"{path} names class '{row['label']}' unknown to the model")
+            if row["split"] not in items:
+                raise DataError(f"{path} names split '{row['split']}' (expected {', '.join(SPLITS)})")
+            rel = PurePosixPath(row["path"])
+            if rel.is_absolute() or PureWindowsPath(row["path"]).is_absolute() or ".." in rel.parts:
+                # a run folder is data too: its paths must stay inside the data folder they describe
+                raise DataError(f"{path} names '{row['path']}', outside the data folder: refused")
             items[row["split"]].append((row["path"], index[row["label"]]))
     return Split(root=root, classes=classes, items=items)

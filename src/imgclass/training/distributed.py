@@ -80,4 +80,16 @@ def launch(run_dir: Path, devices: int) -> int:
     """`--devices N` on one machine: torchrun N processes that start the prepared run folder."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
            "-m", "imgclass", "train", "--resume", str(run_dir)]
-    return subprocess.run(cmd).returncode
+    # the workers start the prepared folder from its config: a fresh start (weights loaded, head stage run),
+    # not the continuation of a checkpoint
+    return subprocess.run(cmd, env={**os.environ, FRESH_START_ENV: "1"}).returncode
+
+
+FRESH_START_ENV = "IMGCLASS_FRESH_START"
+
+
+def fresh_start(resumed: bool, checkpoint: Path) -> bool:
+    """Whether this process starts training from the beginning: a new run, or the workers `--devices`
+    launches on a prepared folder that has no checkpoint yet. A user's --resume without a checkpoint
+    is neither (and an error)."""
+    return not resumed or (os.environ.get(FRESH_START_ENV) == "1" and not checkpoint.is_file())

@@ -92,11 +92,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def new_run_dir(base: Path = Path("runs"), prefix: str = "train") -> Path:
+    """Claim the next free base/prefix-N: mkdir without exist_ok is atomic, so two runs started
+    together never share a folder."""
     base.mkdir(parents=True, exist_ok=True)
     n = 1
-    while (base / f"{prefix}-{n}").exists():
-        n += 1
-    return base / f"{prefix}-{n}"
+    while True:
+        try:
+            (base / f"{prefix}-{n}").mkdir()
+            return base / f"{prefix}-{n}"
+        except FileExistsError:
+            n += 1
 
 
 def _prepare_out(cfg: TrainConfig) -> Path:
@@ -441,10 +446,16 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     _init_from_data(model, data["train"], pre, cfg.seed)
     if transfer and not classifiers(model):
         raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet)")
+    last = run_dir / "checkpoints" / "last.safetensors"
+    fresh = distributed.fresh_start(resume is not None, last)
+    if not fresh and not last.is_file():  # never a silent restart under the old run's name
+        raise UserError(f"cannot resume {run_dir}: it has no checkpoints/last.safetensors (it stopped before its "
+                        f"first epoch ended); start it again: imgclass train --config {run_dir / 'config.yaml'} "
+                        f"--out NEW_FOLDER")
     weights_origin = None  # where the starting weights came from: recorded in the model file and the report
     if cfg.pretrained:
         origin = find_origin(cfg.model)
-        if resume is None:
+        if fresh:
             state, origin = pretrained_state(cfg.model)
             n = load_pretrained(model, state, f"{cfg.model} published weights")
             console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
@@ -453,7 +464,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     if cfg.weights is not None:
         weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
                           "licence": "that of the file", "dataset": "that of the file"}
-    if cfg.weights is not None and resume is None:
+    if cfg.weights is not None and fresh:
         if hierarchy is not None:
             raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
         message, file_pre = apply_weights_file(model, cfg.weights, classes)
@@ -476,11 +487,10 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             if dd.main:
                 config_mod.save(cfg, run_dir / "config.yaml")
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
-    last = run_dir / "checkpoints" / "last.safetensors"
     groups = model_groups(model) if transfer else []
     head_seconds, head_val_acc = 0.0, float("nan")
     if groups:
-        if cfg.head_epochs > 0 and not (resume is not None and last.is_file()):
+        if cfg.head_epochs > 0 and fresh:
             head_seconds, head_val_acc = _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run_dir)
         optimizer = layerwise_optimizer(model, groups, cfg.optimizer, lr, wd, cfg.momentum, cfg.layer_lr_decay)
         if cfg.unfreeze == "none":
@@ -554,13 +564,13 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
                       deadline=deadline, dist=dd, train_forward=_train_forward(model, cfg, dd, device, bool(groups)),
                       bf16=use_bf16(cfg.precision, device))
-    if not math.isnan(head_val_acc) and resume is None:
+    if not math.isnan(head_val_acc) and fresh:
         # the head stage's model is "epoch 0": fine-tuning must beat it on validation to replace it, so the
         # model file is never worse on val than the head on frozen features (a linear probe, in effect)
         trainer.best_val_acc, trainer.best_epoch = head_val_acc, 0
         if dd.main:
             save_model(ckpt_dir / "best.safetensors", model, header())
-    if resume is not None and last.is_file():
+    if not fresh:
         loop_state, trainer.extra_state = load_checkpoint(last, model, optimizer)
         trainer.restore(loop_state)
         console.print(f"resuming {run_dir} after epoch {trainer.epoch}/{cfg.epochs}", highlight=False)
