@@ -88,3 +88,27 @@ def test_resize_policies(policy):
         assert out[0].max() == 0 and out[4, 0, 1] < 60
     if policy == "stretch":
         assert out[4, 0, 1] < 60 and out[0, 0, 1] < 60
+
+
+def test_16_bit_conversion_needs_no_whole_image_float_copy():
+    """A 16-bit image converts band by band (issue 14, item 2): the numpy temporaries stay far below a
+    float64 copy of the image, and the values are the rounded 0..255 scaling as before."""
+    import tracemalloc
+    import numpy as np
+    from PIL import Image
+    from imgclass.data.decode import to_rgb
+    h, w = 2000, 1500
+    ramp = (np.arange(h * w, dtype=np.uint32) % 65536).astype(np.uint16).reshape(h, w)
+    img = Image.fromarray(ramp)                             # mode I;16
+    assert img.mode.startswith("I;16")
+    tracemalloc.start()
+    rgb = to_rgb(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # the native uint16 array, the uint8 result and its image, and a 1 MB band: under 6 bytes a pixel
+    # (before: two whole-image float64 arrays, over 18 bytes a pixel)
+    assert peak < 6 * h * w, peak
+    expected = np.clip(ramp.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    got = np.asarray(rgb)
+    assert rgb.mode == "RGB" and (got[..., 0] == expected).mean() > 0.9999   # float32 vs float64 ties at .5
+    assert np.abs(got[..., 0].astype(int) - expected).max() <= 1
