@@ -86,3 +86,33 @@ def test_fits_on_disk_reads_the_free_space(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, 0, 2 << 30))
     assert cache_mod.fits_on_disk(tmp_path / "not" / "yet", 1000, 32)            # 3 MB + 1 GiB margin < 2 GiB
     assert not cache_mod.fits_on_disk(tmp_path, 400_000, 32)                      # 1.2 GB + 1 GiB > 2 GiB
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble_meta", "wrong_shape"])
+def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, capsys, damage):
+    """Issue 14, item 9: a truncated cache file used to give a traceback on every later run."""
+    import json
+    import numpy as np
+    root = make_class_folders(tmp_path / "data", per_class=6)
+    rows, pre, cdir = rows_of(root), Preprocessing(img_size=8), tmp_path / "cache"
+    direct = load_split(root, rows, pre)                      # (the cache's own maps see the damage below)
+    _, hit = load_cached(root, rows, pre, cdir)
+    assert not hit
+    data_file = next(cdir.glob("*.npy"))
+    meta_file = data_file.with_suffix(".json")
+    if damage == "truncate":
+        data_file.write_bytes(data_file.read_bytes()[:len(data_file.read_bytes()) // 2])
+    elif damage == "garble_meta":
+        meta_file.write_text('{"good": [0, 1')
+    else:
+        np.save(data_file, np.zeros((2, 3, 8, 8), dtype=np.uint8))
+    again, hit = load_cached(root, rows, pre, cdir)
+    err = capsys.readouterr().err
+    assert not hit and "cache entry" in err and "is rebuilt" in err and len(err.strip().splitlines()) == 1
+    assert torch.equal(again.images, direct.images) and again.paths == direct.paths
+    third, hit = load_cached(root, rows, pre, cdir)            # the rebuilt entry is a normal hit
+    assert hit and torch.equal(third.images, direct.images)
+    assert json.loads(meta_file.read_text())["n"] == len(rows)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -66,20 +67,48 @@ def is_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache
     return (d / f"{key}.npy").is_file() and (d / f"{key}.json").is_file()
 
 
+def _warn(message: str) -> None:
+    print(f"imgclass: warning: {message}", file=sys.stderr)
+
+
+def _open_entry(data_file: Path, meta_file: Path, n: int, img_size: int) -> tuple[np.ndarray, dict] | str:
+    """(memory map, metadata) of a cache entry, or why it cannot be used: its files are checked against
+    each other and the split (size, header, shape, row indices) before any image is read from them."""
+    try:
+        meta = json.loads(meta_file.read_text())
+        # mode "c" (copy-on-write) gives a writable array, so torch shares it without copying
+        arr = np.load(data_file, mmap_mode="c")
+    except (OSError, ValueError) as exc:  # truncated or garbled (json's errors are ValueErrors)
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(meta, dict) or not isinstance(meta.get("good"), list) or not isinstance(meta.get("bad"), list):
+        return "its metadata is incomplete"
+    if arr.dtype != np.uint8 or arr.shape != (n, 3, img_size, img_size) or meta.get("n") != n:
+        return f"shape {arr.shape}, expected {(n, 3, img_size, img_size)}"
+    if not all(isinstance(i, int) and 0 <= i < n for i in meta["good"]):
+        return "its metadata names rows outside the file"
+    return arr, meta
+
+
 def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path | None,
-                workers: int = 0, on_progress: Callable[[int], None] | None = None) -> tuple[ImageTensors, bool]:
-    """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache."""
+                workers: int = 0, on_progress: Callable[[int], None] | None = None,
+                on_warning: Callable[[str], None] | None = None) -> tuple[ImageTensors, bool]:
+    """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache; a
+    damaged entry is discarded with a one-line warning and rebuilt."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(root, rows, pre)
     data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if data_file.is_file() and meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        # mode "c" (copy-on-write) gives a writable array, so torch shares it without copying
-        good = meta["good"]
-        arr = np.load(data_file, mmap_mode="c")[:len(good)]
-        return ImageTensors(images=torch.from_numpy(arr), labels=torch.tensor([rows[i][1] for i in good],
-                                                                                dtype=torch.int64),
-                            paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]]), True
+        entry = _open_entry(data_file, meta_file, len(rows), pre.img_size)
+        if isinstance(entry, str):  # damaged (a truncated file, say): discard it and decode again
+            (on_warning or _warn)(f"the cache entry {data_file.name} is unusable ({entry}); it is rebuilt")
+            for f in (data_file, meta_file):
+                f.unlink(missing_ok=True)
+        else:
+            arr, meta = entry
+            good = meta["good"]
+            return ImageTensors(images=torch.from_numpy(arr[:len(good)]),
+                                labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
+                                paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]]), True
     # Decode in chunks straight into the memory-mapped file, so a split larger than memory can be cached.
     # The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good).
     cache_dir.mkdir(parents=True, exist_ok=True)
