@@ -77,6 +77,40 @@ async def _too_large(limit: int, send) -> None:
     await response({"type": "http"}, None, send)
 
 
+async def read_images(request: Request, many: bool, max_batch: int) -> list[bytes]:
+    """The image bytes of a request: multipart file(s), or JSON base64; every malformed body a 4xx."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        files = [v for k, v in form.multi_items() if hasattr(v, "read") and k in ("file", "files")]
+        if len(files) > max_batch:
+            raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
+        if not files:
+            raise HTTPException(400, "no file in the form (field 'file'" + (" or 'files'" if many else "") + ")")
+        return [await f.read() for f in files]
+    if ctype.startswith("application/json"):
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python recurses
+            raise HTTPException(400, "invalid JSON") from None
+        items = body.get("images") if many and isinstance(body, dict) else None
+        items = items if items is not None else [body.get("image") if isinstance(body, dict) else None]
+        if not isinstance(items, list):
+            raise HTTPException(400, '"images" must be a list of base64 strings')
+        if len(items) > max_batch:
+            raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
+        out = []
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise HTTPException(400, 'JSON needs {"image": "<base64>"}' + (' or {"images": [...]}' if many else ""))
+            try:
+                out.append(base64.b64decode(item.split(",", 1)[-1], validate=True))
+            except (binascii.Error, ValueError):
+                raise HTTPException(400, "image is not valid base64") from None
+        return out
+    raise HTTPException(415, "send multipart/form-data with a file, or application/json with base64")
+
+
 MAX_BATCH = 64    # images per /predict/batch request: more get a JSON 413
 PREDICT_CHUNK = 16  # images decoded and scored at a time, so a batch's memory is bounded by a chunk
 
@@ -127,45 +161,13 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
             raise HTTPException(result["status"], result["error"])
         return {"top_k": result["top_k"], "model": model_name}
 
-    async def blobs_from(request: Request, many: bool) -> list[bytes]:
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
-            form = await request.form()
-            files = [v for k, v in form.multi_items() if hasattr(v, "read") and k in ("file", "files")]
-            if len(files) > max_batch:
-                raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
-            if not files:
-                raise HTTPException(400, "no file in the form (field 'file'" + (" or 'files'" if many else "") + ")")
-            return [await f.read() for f in files]
-        if ctype.startswith("application/json"):
-            try:
-                body = await request.json()
-            except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python recurses
-                raise HTTPException(400, "invalid JSON") from None
-            items = body.get("images") if many and isinstance(body, dict) else None
-            items = items if items is not None else [body.get("image") if isinstance(body, dict) else None]
-            if not isinstance(items, list):
-                raise HTTPException(400, '"images" must be a list of base64 strings')
-            if len(items) > max_batch:
-                raise HTTPException(413, f"at most {max_batch} images a request (--max-batch)")
-            out = []
-            for item in items:
-                if not isinstance(item, str) or not item:
-                    raise HTTPException(400, 'JSON needs {"image": "<base64>"}' + (' or {"images": [...]}' if many else ""))
-                try:
-                    out.append(base64.b64decode(item.split(",", 1)[-1], validate=True))
-                except (binascii.Error, ValueError):
-                    raise HTTPException(400, "image is not valid base64") from None
-            return out
-        raise HTTPException(415, "send multipart/form-data with a file, or application/json with base64")
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def upload_page() -> str:
         return page
 
     @app.post("/predict", summary="Classify one image (multipart 'file', or JSON {'image': base64})")
     async def predict(request: Request, k: int = top_k) -> dict[str, Any]:
-        blobs = await blobs_from(request, many=False)
+        blobs = await read_images(request, False, max_batch)
         if len(blobs) != 1:
             raise HTTPException(400, "send exactly one image to /predict (use /predict/batch for several)")
         from starlette.concurrency import run_in_threadpool
@@ -173,7 +175,7 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
 
     @app.post("/predict/batch", summary="Classify several images (multipart 'files', or JSON {'images': [...]})")
     async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
-        blobs = await blobs_from(request, many=True)
+        blobs = await read_images(request, True, max_batch)
         from starlette.concurrency import run_in_threadpool
         results = []
         for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from .. import config as config_mod
 from ..config import TrainConfig
+from ..errors import UserError
 
 PHOTO_MIN_SIDE = 64  # median shorter side (px) from which images count as photos (CIFAR: 32, digits: 8)
 SCRATCH_MODEL = "fast"
@@ -87,6 +89,40 @@ def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None =
     options = {"model": name, "pretrained": True, "img_size": size}
     return AutoChoice(name, options, f"model auto: photos (median shorter side {side} px) -> fine-tuning {name} at "
                       f"{size} px from {origin.describe()}; {why}. `--model fast` trains from scratch instead")
+
+
+def model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> str:
+    """--weights RUN (or an imgclass model file) with no --model: the architecture named in that file."""
+    from .transfer import read_weights_file
+    _, header = read_weights_file(explicit["weights"])
+    if header is None or "arch" not in header:
+        raise UserError(f"--weights {explicit['weights']} holds weights only, no architecture: name it with --model")
+    arch = header["arch"]
+    if "model_args" not in explicit:
+        options["model_args"] = {k: v for k, v in arch.get("args", {}).items() if k not in ("head", "img_size")}
+    return arch["name"]
+
+
+def resolve_new_run(found, explicit: dict[str, Any], options: dict[str, Any], config=None,
+                    started: float | None = None, say=None) -> TrainConfig:
+    """The configuration of a new run (train, lr-find): the model `auto` or `--weights RUN` stands for, its
+    input size, and defaults < the model's recipe (or the fine-tuning recipe) < config file < options."""
+    from ..models import get_spec
+    name = explicit.get("model", "auto")
+    if name == "auto" and explicit.get("weights") is not None:
+        name = model_from_weights(explicit, options)
+    if name == "auto":
+        choice = resolve_auto(found, explicit, config_mod.parse_duration(explicit.get("time_budget")), started)
+        if say is not None:
+            say(choice.message)
+        name = choice.model
+        options.update({k: v for k, v in choice.options.items() if k not in explicit or k == "model"})
+    spec = get_spec(name)  # validates the name before any slow work
+    if "img_size" not in explicit and "img_size" not in options:
+        options["img_size"] = choose_img_size(found, name, spec.default_img_size)
+    options["model"] = name
+    transfer = {**explicit, **options}.get("pretrained") or explicit.get("weights") is not None
+    return config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
 
 
 # --- choosing the backbone from the budget ------------------------------------------------------

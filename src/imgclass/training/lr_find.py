@@ -20,7 +20,7 @@ from ..data.images import channel_stats
 from ..data.preprocess import Preprocessing
 from ..data.split import make_split
 from ..errors import DataError
-from ..models import create_model, get_spec
+from ..models import create_model
 from .optim import make_optimizer, set_lr
 
 
@@ -34,21 +34,13 @@ class LRFind:
 
 def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float = 1e-6, end_lr: float = 10.0,
             steps: int = 100, config: str | Path | None = None, **options: Any) -> LRFind:
-    from .auto import TRANSFER_RECIPE, choose_img_size, resolve_auto
+    from .auto import resolve_new_run
     from .run import pick_device
     options["data"] = str(data)
     explicit = config_mod.explicit_values(config, **options)
     found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"), explicit.get("label_column"))
-    name = explicit.get("model", "auto")
-    if name == "auto":  # the same choice as train's (without a budget)
-        choice = resolve_auto(found, explicit)
-        name = choice.model
-        options.update({k: v for k, v in choice.options.items() if k not in explicit or k == "model"})
-    spec = get_spec(name)
-    options["model"] = name
-    options.setdefault("img_size", explicit.get("img_size") or choose_img_size(found, name, spec.default_img_size))
-    transfer = options.get("pretrained") or explicit.get("weights") is not None
-    cfg = config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
+    cfg = resolve_new_run(found, explicit, options, config)  # the same choice as train's (without a budget)
+    name = cfg.model
     split, _ = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
     pre = Preprocessing(img_size=config_mod.img_sizes(cfg.img_size)[0], resize=cfg.resize,
                         max_pixels=cfg.max_image_pixels)

@@ -44,7 +44,7 @@ from . import distributed
 from .checkpoint import load_checkpoint
 from .loop import Trainer, predict_logits
 from .optim import make_optimizer
-from .auto import TRANSFER_RECIPE, choose_img_size, resolve_auto
+from .auto import resolve_new_run
 from .transfer import (GradualUnfreeze, apply_weights_file, backbone_preprocessing, classifiers, compute_features,
                        layerwise_optimizer, load_pretrained, model_groups, set_backbones_trainable, train_head)
 
@@ -167,18 +167,6 @@ def _write_bad_files(run_dir: Path, data: dict[str, ImageTensors]) -> list[tuple
             writer.writerow(["path", "split", "reason"])
             writer.writerows(bad)
     return bad
-
-
-def _model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> str:
-    """--weights RUN (or an imgclass model file) with no --model: the architecture named in that file."""
-    from .transfer import read_weights_file
-    _, header = read_weights_file(explicit["weights"])
-    if header is None or "arch" not in header:
-        raise UserError(f"--weights {explicit['weights']} holds weights only, no architecture: name it with --model")
-    arch = header["arch"]
-    if "model_args" not in explicit:
-        options["model_args"] = {k: v for k, v in arch.get("args", {}).items() if k not in ("head", "img_size")}
-    return arch["name"]
 
 
 # The head stage's learning rate is at least this (the fine-tuning rate, 10x lower, barely moves a fresh head).
@@ -347,20 +335,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"),
                             explicit.get("label_column"), explicit.get("hierarchy", False),
                             explicit.get("label_columns"))
-        name = explicit.get("model", "auto")
-        if name == "auto" and explicit.get("weights") is not None:
-            name = _model_from_weights(explicit, options)
-        if name == "auto":
-            choice = resolve_auto(found, explicit, config_mod.parse_duration(explicit.get("time_budget")), started_all)
-            console.print(choice.message, highlight=False, soft_wrap=True)
-            name = choice.model
-            options.update({k: v for k, v in choice.options.items() if k not in explicit or k == "model"})
-        spec = get_spec(name)  # validates the name before any slow work
-        if "img_size" not in explicit and "img_size" not in options:
-            options["img_size"] = choose_img_size(found, name, spec.default_img_size)
-        options["model"] = name
-        transfer = {**explicit, **options}.get("pretrained") or explicit.get("weights") is not None
-        cfg = config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
+        cfg = resolve_new_run(found, explicit, options, config, started_all,
+                              say=lambda m: console.print(m, highlight=False, soft_wrap=True))
         run_dir = None
     dd = distributed.setup(cfg.device)  # one process, or this rank of a torchrun launch
     if not dd.main:
@@ -452,25 +428,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         raise UserError(f"cannot resume {run_dir}: it has no checkpoints/last.safetensors (it stopped before its "
                         f"first epoch ended); start it again: imgclass train --config {run_dir / 'config.yaml'} "
                         f"--out NEW_FOLDER")
-    weights_origin = None  # where the starting weights came from: recorded in the model file and the report
-    if cfg.pretrained:
-        origin = find_origin(cfg.model)
-        if fresh:
-            state, origin = pretrained_state(cfg.model)
-            n = load_pretrained(model, state, f"{cfg.model} published weights")
-            console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
-                          + (f": {origin.describe()}" if origin is not None else ""), highlight=False, soft_wrap=True)
-        weights_origin = origin.to_dict() if origin is not None else None
-    if cfg.weights is not None:
-        weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
-                          "licence": "that of the file", "dataset": "that of the file"}
-    if cfg.weights is not None and fresh:
-        if hierarchy is not None:
-            raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
-        message, file_pre = apply_weights_file(model, cfg.weights, classes)
-        if file_pre:
-            pre.mean, pre.std = tuple(file_pre["mean"]), tuple(file_pre["std"])
-        console.print(message, highlight=False, soft_wrap=True)
+    weights_origin = _load_starting_weights(model, cfg, fresh, hierarchy is not None, classes, pre, console)
     model = model.to(device).to(memory_format=torch.channels_last)
     lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer] * (0.1 if transfer else 1.0)
     if resume is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
@@ -604,22 +562,9 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         distributed.teardown()
         return Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history)
 
-    # Score the best weights on every split (without augmentation, with the model's TTA).
-    # The train split is scored on a sample: it only shows over- or under-fitting.
+    # Score the best weights on every split, write the model file, evaluate val and test.
     best, _ = load_model(ckpt_dir / "best.safetensors", device)
-    metrics: dict[str, Any] = {}
-    probs: dict[str, torch.Tensor] = {}
-    for name in SPLITS:
-        part = data[name]
-        if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
-            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:sample]
-            part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
-                                paths=[part.paths[i] for i in keep.tolist()])
-        if len(part):
-            logits = predict_logits(best, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            probs[name] = torch.softmax(logits, 1)
-            metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
-                             "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
+    metrics, probs = _score_splits(best, data, pre, cfg, device)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(train_seconds, 2), "decode_seconds": round(decode_seconds, 2),
              "head_seconds": round(head_seconds, 2), "weights": weights_origin,
@@ -641,6 +586,52 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     dd.barrier()
     distributed.teardown()
     return run
+
+
+def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
+                  device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(accuracy, loss and n per split; probabilities per split) of the final model, without augmentation
+    and with its TTA. The train split is scored on a sample: it only shows over- or under-fitting."""
+    metrics: dict[str, Any] = {}
+    probs: dict[str, torch.Tensor] = {}
+    for name in SPLITS:
+        part = data[name]
+        if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
+            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:sample]
+            part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
+                                paths=[part.paths[i] for i in keep.tolist()])
+        if len(part):
+            logits = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
+            probs[name] = torch.softmax(logits, 1)
+            metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
+                             "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
+    return metrics, probs
+
+
+def _load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool, classes: list[str],
+                           pre: Preprocessing, console: Console) -> dict | None:
+    """--pretrained / --weights into the model on a fresh start (a resumed run has them in its checkpoint);
+    returns where the starting weights came from, for the model file and the report."""
+    weights_origin = None
+    if cfg.pretrained:
+        origin = find_origin(cfg.model)
+        if fresh:
+            state, origin = pretrained_state(cfg.model)
+            n = load_pretrained(model, state, f"{cfg.model} published weights")
+            console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
+                          + (f": {origin.describe()}" if origin is not None else ""), highlight=False, soft_wrap=True)
+        weights_origin = origin.to_dict() if origin is not None else None
+    if cfg.weights is not None:
+        weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
+                          "licence": "that of the file", "dataset": "that of the file"}
+    if cfg.weights is not None and fresh:
+        if two_level:
+            raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
+        message, file_pre = apply_weights_file(model, cfg.weights, classes)
+        if file_pre:
+            pre.mean, pre.std = tuple(file_pre["mean"]), tuple(file_pre["std"])
+        console.print(message, highlight=False, soft_wrap=True)
+    return weights_origin
 
 
 def _train_forward(model, cfg: TrainConfig, dd, device: torch.device, partly_frozen: bool = False):
