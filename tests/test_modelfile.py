@@ -43,3 +43,59 @@ def test_not_a_model_file(tmp_path):
         load_model(tmp_path / "missing.safetensors")
     with pytest.raises(UserError, match="no model in"):
         load_model(tmp_path)
+
+
+def _with_header(trained_run, tmp_path, change) -> "Path":
+    """A copy of the run's model file whose header was edited by change(header) (a crafted file)."""
+    from safetensors.torch import load_file, save_file
+    src = trained_run / "model.safetensors"
+    header = read_header(src)
+    change(header)
+    out = tmp_path / "crafted.safetensors"
+    save_file(load_file(str(src)), str(out), metadata={"imgclass": json.dumps(header)})
+    return out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: h["arch"]["args"].update(checkpoint_path="/etc/passwd"), "checkpoint_path.*refused"),
+    (lambda h: h["arch"]["args"].update(width={"nested": 1}), "must be a number"),
+    (lambda h: h["arch"]["args"].update(no_such_arg=3), "no argument 'no_such_arg'.*takes"),
+    (lambda h: h.update(arch="cnn"), "'arch' must name"),
+    (lambda h: h.update(classes=[1, 2, 3]), "'classes'"),
+    (lambda h: h["preprocessing"].update(std=[0, 1, 1]), "preprocessing"),
+    (lambda h: h["preprocessing"].update(img_size="huge"), "preprocessing"),
+    (lambda h: h.update(hierarchy={"strategy": "flat", "coarse_classes": ["a"], "parents": [0, 5, 0]}),
+     "hierarchy"),
+])
+def test_a_crafted_header_is_refused_before_anything_is_built(trained_run, tmp_path, change, message, monkeypatch):
+    """issue 14, item 6: header arguments are checked before the model is built (timm's create_model
+    would otherwise read any checkpoint_path a file names)."""
+    from imgclass.models import registry
+    built = []
+    monkeypatch.setattr(registry, "get_spec", lambda name: built.append(name) or pytest.fail("built"))
+    with pytest.raises(UserError, match=message):
+        load_model(_with_header(trained_run, tmp_path, change))
+    assert built == []
+
+
+def test_zoo_models_refuse_loader_arguments():
+    from imgclass.models import create_model
+    with pytest.raises(UserError, match="checkpoint_path.*refused"):
+        create_model("timm:resnet18", 3, checkpoint_path="x.pth")
+    with pytest.raises(UserError, match="weights.*refused"):
+        create_model("torchvision:resnet18", 3, weights="DEFAULT")
+    with pytest.raises(UserError, match="does not accept"):  # the architecture's own check, as a clear error
+        create_model("timm:resnet18", 3, no_such_arg=1)
+
+
+def test_a_model_file_cannot_raise_the_pixel_limit(trained_run, tmp_path):
+    from imgclass.data.decode import DEFAULT_MAX_PIXELS
+    raised = _with_header(trained_run, tmp_path, lambda h: h["preprocessing"].update(max_pixels=10 ** 12))
+    assert Predictor.load(raised, "cpu").pre.max_pixels == DEFAULT_MAX_PIXELS      # the guard stays on
+    assert Predictor.load(raised, "cpu", max_pixels=5000).pre.max_pixels == 5000  # the command's own limit
+    lowered = tmp_path / "low"
+    lowered.mkdir()
+    low = _with_header(trained_run, lowered, lambda h: h["preprocessing"].update(max_pixels=100))
+    assert Predictor.load(low, "cpu").pre.max_pixels == 100                        # a file may lower it
+    result = Predictor.load(low, "cpu").predict([trained_run / "model.safetensors"])  # not even an image
+    assert "error" in result[0]

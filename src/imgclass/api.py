@@ -22,9 +22,10 @@ def check(data: str | Path, **options: Any):
                              **options)
 
 
-def load(path: str | Path, device: str = "auto") -> Predictor:
-    """A run folder or model.safetensors -> a Predictor with ``.predict(images, top_k=)``."""
-    return Predictor.load(path, device)
+def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) -> Predictor:
+    """A run folder or model.safetensors -> a Predictor with ``.predict(images, top_k=)``; max_pixels caps
+    the images' claimed size (default decode.DEFAULT_MAX_PIXELS; the model file can only lower it)."""
+    return Predictor.load(path, device, max_pixels)
 
 
 def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3,

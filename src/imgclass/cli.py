@@ -75,6 +75,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=base if base in (int, float) else str, **kw)
 
 
+class _Refuse(argparse.Action):
+    """An option refused with a reason (kept so that it is not taken as an abbreviation of another)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UserError(f"{option_string}: {self.help}")
+
+
+def _add_pixel_limit(p: argparse.ArgumentParser) -> None:
+    from .data.decode import DEFAULT_MAX_PIXELS
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images whose header claims more pixels; a model file can lower this, never "
+                        f"raise it [default: {DEFAULT_MAX_PIXELS}]")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="imgclass", description="Train, evaluate and use image classifiers from a folder of images.")
     parser.add_argument("--version", action="version", version=f"imgclass {__version__}")
@@ -113,6 +127,7 @@ def build_parser() -> Parser:
                    help="with two-level labels: which level to predict")
     p.add_argument("--pretrained", action="store_true",
                    help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
+    _add_pixel_limit(p)
 
     p = sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images")
     p.add_argument("model", help="run folder or model.safetensors")
@@ -124,6 +139,7 @@ def build_parser() -> Parser:
                    help="class index (in the model's class order) or class name")
     p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
                    help="with two-level labels: which level (both: TARGET_COARSE and TARGET_FINE columns)")
+    _add_pixel_limit(p)
 
     p = sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage")
     p.add_argument("data", help="image folder (same layouts as train)")
@@ -145,6 +161,7 @@ def build_parser() -> Parser:
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>/)")
     p.add_argument("--device", default="auto")
+    _add_pixel_limit(p)
 
     p = sub.add_parser("compare", help="runs side by side (text, and HTML with --html)")
     p.add_argument("runs", nargs="+", help="run folders")
@@ -163,7 +180,15 @@ def build_parser() -> Parser:
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-batch", type=int, default=64, help="images per /predict/batch request [default: 64]")
-    p.add_argument("--api-key", help="require this key in the X-API-Key header (or set IMGCLASS_API_KEY)")
+    p.add_argument("--max-image-pixels", type=int, default=30_000_000,
+                   help="refuse uploads whose header claims more pixels [default: 30000000]")
+    p.add_argument("--max-concurrent", type=int,
+                   help="requests decoding and predicting at once [default: one per core, up to 4]")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require the key on this file's first line in the X-API-Key header for /predict*, /info "
+                        "and /metrics (or set IMGCLASS_API_KEY; never on the command line, where ps shows it)")
+    p.add_argument("--api-key", action=_Refuse, help="a key on the command line shows in `ps`: put it in a file "
+                   "(--api-key-file FILE) or in the IMGCLASS_API_KEY environment variable")
     p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
 
     p = sub.add_parser("models", help="list model names")
@@ -233,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
         found = lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
         print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
+    elif getattr(args, "max_image_pixels", 1) < 1:
+        raise UserError("--max-image-pixels must be at least 1")
     elif args.verb == "predict":
         if args.top_k < 1:
             raise UserError("--top-k must be at least 1")
@@ -240,11 +267,11 @@ def run(args: argparse.Namespace) -> int:
             from .prediction.predictor import Predictor
             predictor = Predictor.pretrained(args.model, args.device)
         else:
-            predictor = api.load(args.model, args.device)
+            predictor = api.load(args.model, args.device, args.max_image_pixels)
         _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level), args.format)
     elif args.verb == "submit":
         from .prediction.submit import write_submission
-        path, n, bad = write_submission(api.load(args.model), args.test_dir, args.out, args.id_column,
+        path, n, bad = write_submission(api.load(args.model, max_pixels=args.max_image_pixels), args.test_dir, args.out, args.id_column,
                                         args.target_column, args.target, args.level)
         for p, reason in bad:
             print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
@@ -261,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         if args.strict and report.problems:
             return 1
     elif args.verb == "evaluate":
-        ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device)
+        ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
+                          max_pixels=args.max_image_pixels)
         m = ev.metrics
         print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
               f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
@@ -277,11 +305,12 @@ def run(args: argparse.Namespace) -> int:
         from .serving.app import serve
         if args.workers < 1:
             raise UserError("--workers must be at least 1")
-        if args.max_batch < 1:
-            raise UserError("--max-batch must be at least 1")
+        for name in ("max_batch", "max_concurrent"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
-        serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key,
-              args.cors, args.max_batch)
+        serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key_file,
+              args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent)
     elif args.verb == "models" and args.pretrained:
         origins = api.pretrained_models(args.filter)
         for o in origins:

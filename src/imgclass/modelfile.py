@@ -57,7 +57,47 @@ def read_header(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
     if META_KEY not in meta:
         raise UserError(f"{path} has no imgclass metadata: not an imgclass model file")
-    return json.loads(meta[META_KEY])
+    try:
+        header = json.loads(meta[META_KEY])
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} has a damaged imgclass header (not a JSON object)")
+    return header
+
+
+def check_header(header: dict[str, Any], file: Path) -> None:
+    """A model file is data from anywhere: its header must describe a model, with plain architecture
+    arguments (registry.check_args refuses loader keys such as timm's checkpoint_path) and sane
+    preprocessing, before anything is built from it."""
+    from .models.registry import check_args
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{file} has a malformed header: {what}")
+    arch, classes = header.get("arch"), header.get("classes")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise bad("'arch' must name the architecture")
+    dropout = arch.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise bad("'arch.dropout' must be a number in [0, 1)")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("'classes' must be a non-empty list of names")
+    try:
+        Preprocessing.from_dict(header.get("preprocessing") or {})
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    hierarchy = header.get("hierarchy")
+    if hierarchy is not None:
+        coarse, parents = hierarchy.get("coarse_classes"), hierarchy.get("parents")
+        from .models.hierarchy import STRATEGIES
+        if (hierarchy.get("strategy") not in STRATEGIES or not isinstance(coarse, list)
+                or not isinstance(parents, list) or len(parents) != len(classes)
+                or not all(isinstance(p, int) and 0 <= p < len(coarse) for p in parents)):
+            raise bad("'hierarchy' does not match the classes")
+    try:
+        check_args(arch["name"], arch.get("args", {}))
+    except UserError as exc:
+        raise bad(str(exc)) from None
 
 
 def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
@@ -100,8 +140,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     header = read_header(file)
     if header.get("format") not in (FORMAT, "imgclass-checkpoint"):
         raise UserError(f"{file} is not an imgclass model file")
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(header.get("format_version", 0), int) or header.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{file} was written by a newer imgclass ({header.get('imgclass_version')}); upgrade")
+    check_header(header, file)
     arch = header["arch"]
     model = build(arch, header["classes"], header.get("hierarchy"))
     tensors = load_file(str(file))

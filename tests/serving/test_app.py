@@ -168,3 +168,128 @@ def test_onnx_runtime_gives_the_same_answer(trained_run):
     assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
     assert np.allclose([t["probability"] for t in a["top_k"]], [t["probability"] for t in b["top_k"]], atol=1e-4)
     assert TestClient(create_app(trained_run, runtime="onnx")).get("/info").json()["runtime"] == "onnx"
+
+
+def test_api_key_guards_info_and_metrics_too(trained_run, monkeypatch):
+    """issue 14, item 5: with a key set, /info and /metrics need it as well; the page and /health do not."""
+    monkeypatch.setenv("IMGCLASS_API_KEY", "from-the-environment")
+    secured = TestClient(create_app(trained_run))
+    for path in ("/info", "/metrics", "/info/"):
+        assert secured.get(path).status_code == 401, path
+        assert "API key" in secured.get(path).json()["detail"]
+    assert secured.get("/info", headers={"X-API-Key": "from-the-environment"}).status_code == 200
+    assert secured.get("/").status_code == 200 and secured.get("/health").status_code == 200
+
+
+def test_api_key_comes_from_a_file_not_the_command_line(tmp_path):
+    from imgclass.cli import build_parser
+    from imgclass.errors import UserError
+    from imgclass.serving.app import read_api_key
+    key = tmp_path / "key.txt"
+    key.write_text("  correct-horse-battery  \nsecond line ignored\n")
+    assert read_api_key(key) == "correct-horse-battery"
+    key.write_text("short\n")
+    with pytest.raises(UserError, match="at least 8"):
+        read_api_key(key)
+    with pytest.raises(UserError, match="at least 8"):
+        read_api_key(tmp_path / "missing")
+    with pytest.raises(UserError, match="--api-key: .*shows in `ps`"):
+        build_parser().parse_args(["serve", "run", "--api-key", "s3cret"])
+
+
+def test_serve_passes_connection_limits_and_never_exports_the_key(trained_run, tmp_path, monkeypatch):
+    import os
+
+    import torch
+    import uvicorn
+    from imgclass.serving import app as app_module
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.delenv("IMGCLASS_API_KEY", raising=False)
+    threads = torch.get_num_threads()
+    key = tmp_path / "key"
+    key.write_text("a-long-secret-key\n")
+    try:
+        app_module.serve(trained_run, api_key_file=key, max_concurrent=2)
+        assert seen["host"] == "127.0.0.1" and seen["limit_concurrency"] == app_module.LIMITS.connections
+        assert seen["timeout_keep_alive"] == app_module.LIMITS.keep_alive_seconds
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by 2 slots
+        assert "a-long-secret-key" not in "".join(os.environ.values())
+        assert TestClient(seen["app"]).get("/info").status_code == 401
+        app_module.serve(trained_run, workers=2, api_key_file=key)
+        assert seen["app"] == "imgclass.serving.app:app_from_env" and seen["workers"] == 2
+        assert "a-long-secret-key" not in "".join(os.environ.values())
+        assert str(key) in os.environ["IMGCLASS_SERVE_SETTINGS"]
+        worker_app = app_module.app_from_env()       # what each worker process builds
+        assert TestClient(worker_app).get("/info", headers={"X-API-Key": "a-long-secret-key"}).status_code == 200
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.pop("IMGCLASS_SERVE_SETTINGS", None)
+
+
+def test_serving_has_its_own_lower_pixel_limit(trained_run):
+    """A model file cannot raise it, and the service's default is below training's."""
+    from imgclass.data.decode import DEFAULT_MAX_PIXELS
+    from imgclass.serving.app import SERVE_MAX_PIXELS
+    assert SERVE_MAX_PIXELS < DEFAULT_MAX_PIXELS
+    client = TestClient(create_app(trained_run, max_pixels=100))
+    r = client.post("/predict", files={"file": ("x.png", png_bytes(0, size=12), "image/png")})  # 144 pixels
+    assert r.status_code == 400 and "decompression bomb" in r.json()["detail"]
+    assert client.post("/predict", files={"file": ("x.png", png_bytes(0, size=9), "image/png")}).status_code == 200
+
+
+def test_concurrent_requests_wait_for_a_slot(trained_run, monkeypatch):
+    """issue 14, item 2: at most max_concurrent requests decode and predict at once."""
+    import threading
+    import time as clock
+    from concurrent.futures import ThreadPoolExecutor
+    from imgclass.serving.runtimes import load_runtime
+    engine = load_runtime(trained_run, "torch")
+    real, active, peak, lock = engine.predict, [0], [0], threading.Lock()
+
+    def slow(blobs, k):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        clock.sleep(0.05)
+        try:
+            return real(blobs, k)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(engine, "predict", slow)
+    for slots in (1, 2):
+        peak[0] = 0
+        client = TestClient(create_app(engine, max_concurrent=slots))
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: client.post("/predict", files={"file": ("x.png", png_bytes(i % 3),
+                                                                                    "image/png")}).status_code,
+                                  range(16)))
+        assert codes == [200] * 16
+        assert peak[0] == slots
+
+
+def test_a_body_that_trickles_in_gets_a_json_408():
+    """A slow client cannot hold a request open: the whole body must arrive within body_seconds."""
+    import asyncio
+    import json as json_module
+    from imgclass.serving.app import UploadLimit
+    reached = []
+
+    async def inner(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        reached.append(True)
+
+    async def slow_receive():
+        await asyncio.sleep(0.2)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "method": "POST", "headers": []}
+    asyncio.run(UploadLimit(inner, max_bytes=10 ** 6, body_seconds=0.5)(scope, slow_receive, send))
+    assert sent[0]["status"] == 408 and not reached
+    assert "too slowly" in json_module.loads(sent[1]["body"])["detail"]

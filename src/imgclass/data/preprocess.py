@@ -32,10 +32,20 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(img_size=int(d["img_size"]), resize=d.get("resize", "crop"),
-                   mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
-                   max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)))
+    def from_dict(cls, d: dict, max_pixels: int | None = None) -> "Preprocessing":
+        """From a model file's header. The file never raises the command's pixel limit (max_pixels,
+        default DEFAULT_MAX_PIXELS): a crafted header could otherwise switch the bomb guard off."""
+        limit = max_pixels or DEFAULT_MAX_PIXELS
+        try:
+            pre = cls(img_size=int(d["img_size"]), resize=str(d.get("resize", "crop")),
+                      mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
+                      max_pixels=min(int(d.get("max_pixels", limit)), limit))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed preprocessing entry ({type(exc).__name__}: {exc})") from None
+        if (not 1 <= pre.img_size <= 4096 or pre.resize not in ("crop", "pad", "stretch") or len(pre.mean) != 3
+                or len(pre.std) != 3 or min(pre.std) <= 0 or pre.max_pixels < 1):
+            raise ValueError(f"malformed preprocessing entry {d}")
+        return pre
 
     # -- one image -------------------------------------------------------------
     def fit(self, img: Image.Image) -> Image.Image:

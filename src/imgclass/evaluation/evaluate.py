@@ -128,12 +128,14 @@ def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], 
 
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto", console: Console | None = None,
-             predictor: Predictor | None = None, precomputed: tuple | None = None) -> Evaluation:
-    """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train)."""
+             predictor: Predictor | None = None, precomputed: tuple | None = None,
+             max_pixels: int | None = None) -> Evaluation:
+    """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train);
+    max_pixels: this command's pixel limit (the model file can only lower it)."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     console = console or Console(stderr=True)
-    predictor = predictor or Predictor.load(resolve_model_path(model), device)
+    predictor = predictor or Predictor.load(resolve_model_path(model), device, max_pixels)
     classes = predictor.classes
     notes: list[str] = []
     if precomputed is not None:

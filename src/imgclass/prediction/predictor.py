@@ -21,10 +21,13 @@ Source = str | Path | bytes | Image.Image
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, header: dict[str, Any], device: torch.device):
+    def __init__(self, model: torch.nn.Module, header: dict[str, Any], device: torch.device,
+                 max_pixels: int | None = None):
+        """max_pixels: this command's limit on an image's pixels (default decode.DEFAULT_MAX_PIXELS);
+        the model file's own value can only lower it."""
         self.model, self.header, self.device = model, header, device
         self.classes: list[str] = header["classes"]
-        self.pre = Preprocessing.from_dict(header["preprocessing"])
+        self.pre = Preprocessing.from_dict(header["preprocessing"], max_pixels)
         self.tta = header.get("inference", {}).get("tta", "none")
         self.hierarchy = header.get("hierarchy")   # two-level labels, or None
 
@@ -36,11 +39,11 @@ class Predictor:
         return coarse_probabilities(probs, self.hierarchy["parents"], len(self.hierarchy["coarse_classes"]))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Predictor":
+    def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         model, header = load_model(path, dev)
-        return cls(model, header, dev)
+        return cls(model, header, dev, max_pixels)
 
     @classmethod
     def pretrained(cls, name: str, device: str = "auto") -> "Predictor":

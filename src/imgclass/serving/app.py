@@ -1,19 +1,31 @@
 """The classification service: an upload page, JSON prediction endpoints, health, info,
 Prometheus metrics and OpenAPI docs.
 
-Safe by default: listens on 127.0.0.1 (set by the CLI), uploads over --max-upload-mb are refused
-from their Content-Length (or as soon as the body passes the limit) before being read whole,
-decompression bombs are refused from the image header, CORS is off unless origins are given,
-and an optional API key is required in X-API-Key. Endpoints are plain functions, so FastAPI runs
-them in its thread pool and one slow client does not block the others.
+Safe by default, every limit below a named default here and a `serve` option:
+- listens on 127.0.0.1 (set by the CLI); uvicorn caps open connections (LIMITS.connections -> 503)
+  and closes idle keep-alive connections;
+- uploads over --max-upload-mb are refused from their Content-Length, or as soon as a chunked body
+  passes the limit (JSON 413); a body that trickles in slower than LIMITS.body_seconds gets a JSON 408;
+- at most --max-batch images a request; a batch is decoded and scored PREDICT_CHUNK images at a time;
+- images whose header claims more than SERVE_MAX_PIXELS are refused before decoding (a model file
+  can lower that limit, never raise it);
+- at most --max-concurrent requests decode and predict at once (a semaphore), and torch's
+  intra-op threads are sized so they share the cores instead of oversubscribing them;
+- CORS is off unless origins are given; an API key (IMGCLASS_API_KEY or --api-key-file, never a
+  command-line value, which `ps` shows) guards /predict*, /info and /metrics.
+Endpoints run the model in FastAPI's thread pool, so one slow request does not block the others.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
+import json
 import os
+import threading
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,40 +35,74 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import __version__
+from ..errors import UserError
 from .runtimes import Runtime, load_runtime
 
 
-class _TooLarge(Exception):
-    """The body grew past the limit while streaming in (a chunked upload has no Content-Length)."""
+SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes;
+#                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
+MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
+PREDICT_CHUNK = 16  # images decoded and scored at a time, so a batch's memory is bounded by a chunk
 
 
-def _is_too_large(exc: BaseException) -> bool:
-    """Our limit, also when Starlette's middleware re-raised it inside an exception group."""
-    if isinstance(exc, _TooLarge):
-        return True
-    return any(_is_too_large(e) for e in getattr(exc, "exceptions", ()))
+@dataclass(frozen=True)
+class Limits:
+    connections: int = 64       # open connections uvicorn accepts; more get 503 (limit_concurrency)
+    keep_alive_seconds: int = 5  # an idle keep-alive connection is closed after this long
+    body_seconds: float = 30.0  # the whole request body must arrive within this (slow clients get 408)
+
+
+LIMITS = Limits()
+
+
+def default_concurrency() -> int:
+    """Requests decoding/predicting at once: one per core up to 4 (measured on 2 cores: two requests
+    with one thread each finish together sooner than one after the other with two threads)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Refused(Exception):
+    """The body broke a limit while streaming in: too large (413) or too slow (408)."""
+
+    def __init__(self, status: int):
+        self.status = status
+
+
+def _refusal(exc: BaseException) -> _Refused | None:
+    """Our refusal, also when Starlette's middleware re-raised it inside an exception group."""
+    if isinstance(exc, _Refused):
+        return exc
+    return next(filter(None, (_refusal(e) for e in getattr(exc, "exceptions", ()))), None)
 
 
 class UploadLimit:
-    """ASGI middleware: a JSON 413 before the body is read when it is (or becomes) larger than the limit."""
+    """ASGI middleware: a JSON 413 before the body is read when it is (or becomes) larger than the limit,
+    and a JSON 408 when the body has not all arrived within body_seconds."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, body_seconds: float = LIMITS.body_seconds):
+        self.app, self.max_bytes, self.body_seconds = app, max_bytes, body_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _too_large(self.max_bytes, send)
-        seen, started = 0, False
+            return await _refuse(413, self.max_bytes, send)
+        seen, started, complete = 0, False, False
+        deadline = asyncio.get_running_loop().time() + self.body_seconds
 
         async def limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body Starlette only listens for a disconnect: no limit on that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                raise _Refused(408) from None
             seen += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_bytes:
-                raise _TooLarge()
+                raise _Refused(413)
             return message
 
         async def tracked(message):
@@ -66,14 +112,17 @@ class UploadLimit:
 
         try:
             return await self.app(scope, limited, tracked)
-        except BaseException as exc:  # noqa: BLE001 - only our limit is answered here; the rest re-raised
-            if not _is_too_large(exc) or started:
+        except BaseException as exc:  # noqa: BLE001 - only our limits are answered here; the rest re-raised
+            refused = _refusal(exc)
+            if refused is None or started:
                 raise
-            return await _too_large(self.max_bytes, send)
+            return await _refuse(refused.status, self.max_bytes, send)
 
 
-async def _too_large(limit: int, send) -> None:
-    response = JSONResponse({"detail": f"upload larger than {limit // (1024 * 1024)} MB"}, status_code=413)
+async def _refuse(status: int, limit: int, send) -> None:
+    detail = (f"upload larger than {limit / (1024 * 1024):g} MB" if status == 413 else
+              "the request body arrived too slowly")
+    response = JSONResponse({"detail": detail}, status_code=status)
     await response({"type": "http"}, None, send)
 
 
@@ -111,17 +160,38 @@ async def read_images(request: Request, many: bool, max_batch: int) -> list[byte
     raise HTTPException(415, "send multipart/form-data with a file, or application/json with base64")
 
 
-MAX_BATCH = 64    # images per /predict/batch request: more get a JSON 413
-PREDICT_CHUNK = 16  # images decoded and scored at a time, so a batch's memory is bounded by a chunk
+GUARDED = ("/predict", "/predict/batch", "/info", "/metrics")  # paths the API key guards when one is set
+
+
+def _observe(app: FastAPI, api_key: str | None, requests: Counter, latency: Histogram) -> None:
+    """Middleware: the API key check, then request counts and latency labelled by route template (not the
+    raw path: random 404 paths must not grow /metrics)."""
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started, path = time.perf_counter(), request.url.path.rstrip("/") or "/"
+        if api_key and path in GUARDED:
+            given = request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                requests.labels(path, "401").inc()
+                return JSONResponse({"detail": "missing or wrong API key (X-API-Key header)"}, status_code=401)
+        response = await call_next(request)
+        endpoint = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        requests.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
 
 
 def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_mb: float = 10.0,
                api_key: str | None = None, cors_origins: list[str] | None = None, top_k: int = 5,
-               max_batch: int = MAX_BATCH) -> FastAPI:
-    engine = model if isinstance(model, Runtime) else load_runtime(model, runtime)
+               max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS, max_concurrent: int | None = None,
+               body_seconds: float = LIMITS.body_seconds) -> FastAPI:
+    """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
+    limit; max_concurrent requests decode and predict at once (default: default_concurrency())."""
+    engine = model if isinstance(model, Runtime) else load_runtime(model, runtime, max_pixels)
+    engine.pre.max_pixels = min(engine.pre.max_pixels, max_pixels)
     header = engine.header
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
-    max_bytes = int(max_upload_mb * 1024 * 1024)
+    slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
     registry = CollectorRegistry()
     requests = Counter("imgclass_requests", "Requests by endpoint and status", ["endpoint", "status"],
                        registry=registry)
@@ -131,30 +201,17 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
     app = FastAPI(title="imgclass", version=__version__,
                   description=f"Image classification with {model_name} ({len(header['classes'])} classes)")
     page = resources.files("imgclass.serving").joinpath("page.html").read_text()
+    _observe(app, api_key, requests, latency)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        if api_key and request.url.path.startswith("/predict"):
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                response = JSONResponse({"detail": "missing or wrong API key (X-API-Key header)"}, status_code=401)
-                path = request.url.path
-                requests.labels(path if path in ("/predict", "/predict/batch") else "unmatched", "401").inc()
-                return response
-        response = await call_next(request)
-        # labelled by route template, not the raw path: random 404 paths must not grow /metrics
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        requests.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    def run_model(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
+        with slots:  # bounded decodes and predictions at once, whatever the number of waiting requests
+            return engine.predict(blobs, k)
 
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    app.add_middleware(UploadLimit, max_bytes=max_bytes)
+    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1024 * 1024), body_seconds=body_seconds)
 
     def answer(result: dict[str, Any]) -> dict[str, Any]:
         if "error" in result:
@@ -171,7 +228,7 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
         if len(blobs) != 1:
             raise HTTPException(400, "send exactly one image to /predict (use /predict/batch for several)")
         from starlette.concurrency import run_in_threadpool
-        return answer((await run_in_threadpool(engine.predict, blobs, k))[0])
+        return answer((await run_in_threadpool(run_model, blobs, k))[0])
 
     @app.post("/predict/batch", summary="Classify several images (multipart 'files', or JSON {'images': [...]})")
     async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
@@ -179,7 +236,7 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
         from starlette.concurrency import run_in_threadpool
         results = []
         for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time
-            results += await run_in_threadpool(engine.predict, blobs[start:start + PREDICT_CHUNK], k)
+            results += await run_in_threadpool(run_model, blobs[start:start + PREDICT_CHUNK], k)
         return {"results": [{"error": r["error"]} if "error" in r else {"top_k": r["top_k"]} for r in results],
                 "model": model_name}
 
@@ -201,26 +258,51 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
     return app
 
 
+def read_api_key(path: str | Path | None) -> str | None:
+    """The key from a file (first line, stripped): kept off the command line, where `ps` shows it."""
+    if path is None:
+        return None
+    try:
+        key = Path(path).expanduser().read_text().strip().splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError):
+        key = ""
+    if len(key) < 8:
+        raise UserError(f"--api-key-file {path}: no key of at least 8 characters on its first line")
+    return key
+
+
+def size_threads(workers: int, slots: int) -> int:
+    """torch intra-op threads for one worker process: its share of the cores split among its request
+    slots, so `slots` concurrent predictions do not oversubscribe the machine."""
+    import torch
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers) // max(1, slots))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` with several worker processes (settings from the environment)."""
-    cors = os.environ.get("IMGCLASS_SERVE_CORS")
-    return create_app(os.environ["IMGCLASS_SERVE_MODEL"], os.environ.get("IMGCLASS_SERVE_RUNTIME", "torch"),
-                      float(os.environ.get("IMGCLASS_SERVE_MAX_MB", "10")), None,
-                      cors.split(",") if cors else None,
-                      max_batch=int(os.environ.get("IMGCLASS_SERVE_MAX_BATCH", str(MAX_BATCH))))
+    """Factory for `uvicorn --factory` with several worker processes: serve()'s settings, as JSON in
+    IMGCLASS_SERVE_SETTINGS (the API key itself is never put there: its file is, or IMGCLASS_API_KEY)."""
+    settings = json.loads(os.environ["IMGCLASS_SERVE_SETTINGS"])
+    key = read_api_key(settings.pop("api_key_file"))
+    size_threads(settings.pop("workers"), settings["max_concurrent"])
+    return create_app(api_key=key, **settings)
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, runtime: str = "torch",
-          max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
-          max_batch: int = MAX_BATCH) -> None:
+          max_upload_mb: float = 10.0, api_key_file: str | Path | None = None, cors_origins: list[str] | None = None,
+          max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS, max_concurrent: int | None = None,
+          limits: Limits = LIMITS) -> None:
     import uvicorn
-    if api_key:
-        os.environ["IMGCLASS_API_KEY"] = api_key
+    slots = max_concurrent or default_concurrency()
+    settings = dict(model=str(model), runtime=runtime, max_upload_mb=max_upload_mb, cors_origins=cors_origins,
+                    max_batch=max_batch, max_pixels=max_pixels, max_concurrent=slots, body_seconds=limits.body_seconds)
+    server = dict(host=host, port=port, limit_concurrency=limits.connections,
+                  timeout_keep_alive=limits.keep_alive_seconds)
     if workers > 1:
-        os.environ.update(IMGCLASS_SERVE_MODEL=str(model), IMGCLASS_SERVE_RUNTIME=runtime,
-                          IMGCLASS_SERVE_MAX_MB=str(max_upload_mb), IMGCLASS_SERVE_CORS=",".join(cors_origins or []),
-                          IMGCLASS_SERVE_MAX_BATCH=str(max_batch))
-        uvicorn.run("imgclass.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+        os.environ["IMGCLASS_SERVE_SETTINGS"] = json.dumps(
+            {**settings, "workers": workers, "api_key_file": str(api_key_file) if api_key_file else None})
+        uvicorn.run("imgclass.serving.app:app_from_env", factory=True, workers=workers, **server)
     else:
-        uvicorn.run(create_app(model, runtime, max_upload_mb, api_key, cors_origins, max_batch=max_batch), host=host,
-                    port=port)
+        size_threads(1, slots)
+        uvicorn.run(create_app(api_key=read_api_key(api_key_file), **settings), **server)

@@ -50,8 +50,8 @@ class Runtime:
 class TorchRuntime(Runtime):
     name = "torch"
 
-    def __init__(self, model: str | Path, device: str = "cpu"):
-        self.predictor = Predictor.load(model, device)
+    def __init__(self, model: str | Path, max_pixels: int | None = None, device: str = "cpu"):
+        self.predictor = Predictor.load(model, device, max_pixels)
         self.header, self.pre = self.predictor.header, self.predictor.pre
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -62,21 +62,26 @@ class TorchRuntime(Runtime):
 class OnnxRuntime(Runtime):
     name = "onnx"
 
-    def __init__(self, model: str | Path):
+    def __init__(self, model: str | Path, max_pixels: int | None = None):
         import onnxruntime as ort
         from ..export.exporter import export_model, read_onnx_header
+        from ..modelfile import check_header
         path = Path(model)
         if path.suffix != ".onnx":  # a run folder or model file: export it first (parity-checked)
             self._tmp = tempfile.TemporaryDirectory()
             path, _ = export_model(model, "onnx", Path(self._tmp.name) / "model.onnx")
         self.header = read_onnx_header(path)
-        self.pre = Preprocessing.from_dict(self.header["preprocessing"])
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        check_header(self.header, path)
+        self.pre = Preprocessing.from_dict(self.header["preprocessing"], max_pixels)
+        options = ort.SessionOptions()
+        import torch  # the thread count serve() sized for this process's concurrent requests
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
         return self.session.run(None, {"pixels": x})[0]
 
 
-def load_runtime(model: str | Path, runtime: str = "torch") -> Runtime:
-    return OnnxRuntime(model) if runtime == "onnx" else TorchRuntime(model)
+def load_runtime(model: str | Path, runtime: str = "torch", max_pixels: int | None = None) -> Runtime:
+    return OnnxRuntime(model, max_pixels) if runtime == "onnx" else TorchRuntime(model, max_pixels)
