@@ -257,4 +257,7 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def save(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Written once, when the run folder is made (atomically: --resume reads it back). Choices made later
+    from the data or the clock (batch size, epochs under a budget...) go to the checkpoint and results.json."""
+    from .files import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -98,7 +98,8 @@ def splits_csv_text(split: Split) -> str:
 
 
 def write_splits(split: Split, path: Path) -> None:
-    path.write_text(splits_csv_text(split), encoding="utf-8")
+    from ..files import write_text_atomic
+    write_text_atomic(path, splits_csv_text(split))  # --resume and evaluate read it back
 
 
 def read_splits(path: Path, root: Path, classes: list[str]) -> Split:

@@ -33,7 +33,8 @@ def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
         rows.append({"run": str(run), "model": header["arch"]["name"],
                      "strategy": (header.get("hierarchy") or {}).get("strategy", "-"), "test coarse accuracy": coarse,
                      "input size": header["preprocessing"]["img_size"],
-                     "epochs": f"{results.get('epochs_run', '?')}/{cfg.get('epochs', '?')}",
+                     "epochs": f"{results.get('epochs_run', '?')}/"
+                               f"{(results.get('plan') or {}).get('epochs', cfg.get('epochs', '?'))}",
                      "train time (min)": results.get("train_seconds", 0) / 60,
                      "val accuracy": acc.get("val"), "test accuracy": acc.get("test"), "test macro F1": f1})
     return rows

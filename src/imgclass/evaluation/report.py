@@ -111,14 +111,15 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
         w = ctx.header.get("weights")
         model += (f", fine-tuned from {w.get('dataset')} weights ({w.get('source')}: {w.get('location')}; licence "
                   f"{w.get('licence')})" if w else ", trained from scratch")
-        if ctx.config:
-            model += (f", augmentation '{ctx.config.get('augment')}', optimizer {ctx.config.get('optimizer')}, "
-                      f"batch size {ctx.config.get('batch_size')}")
         res = ctx.results
+        used = {**ctx.config, **(res.get("plan") or {})}  # config.yaml as asked; the plan as decided in the run
+        if ctx.config:
+            model += (f", augmentation '{used.get('augment')}', optimizer {used.get('optimizer')}, "
+                      f"batch size {used.get('batch_size')}")
         if res.get("epochs_run"):
             best = (f"epoch {res.get('best_epoch')}" if res.get("best_epoch") else
                     "the head stage (fine-tuning did not beat the head on frozen features)")
-            model += (f"; trained {res['epochs_run']} of {ctx.config.get('epochs', res['epochs_run'])} epochs in "
+            model += (f"; trained {res['epochs_run']} of {used.get('epochs', res['epochs_run'])} epochs in "
                       f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best}")
             if res.get("stop_reason"):
                 model += " (stopped early)"

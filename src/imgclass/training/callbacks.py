@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .checkpoint import save_checkpoint
 from .loop import Callback, Trainer
+from ..files import write_text_atomic
 from ..modelfile import save_model
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -117,9 +117,7 @@ class MetricsCSV(Callback):
         writer.writeheader()
         for row in t.history:
             writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, buf.getvalue())
 
     before_fit = after_epoch = write
 

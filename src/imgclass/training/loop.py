@@ -27,6 +27,12 @@ from ..models.tta import tta_logits
 from .optim import lr_at, set_lr
 
 
+# How far (a share of the time budget) the clock may run ahead of the step count before it drives the
+# schedule. At 0 the first step was already "late" (by_clock > 0 = by_steps) and every budget run's
+# learning rates depended on timing; 2% of a 15-minute budget is 18 s.
+CLOCK_SLACK = 0.02
+
+
 class Callback:
     order = 0
 
@@ -56,7 +62,7 @@ class Trainer:
     balanced_sampler: bool = False
     schedule: str = "cosine"
     val_tta: str = "none"                # per-epoch validation: without TTA by default (6x cheaper); the final scores use it
-    deadline: float | None = None        # time.perf_counter() by which training must end (--time-budget)
+    deadline: float | None = None        # time.perf_counter() by which this process's training must end (--time-budget)
     train_forward: nn.Module | None = None  # e.g. the torch.compile'd or DDP-wrapped model; defaults to model
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
     stop_at: int | None = None           # end this fit() after this epoch (a progressive-resizing phase)
@@ -71,6 +77,10 @@ class Trainer:
     stop_reason: str = ""
     batch_loss: float = 0.0
     done: float = 0.0                   # share of training done at the last step (steps, or the clock under a budget)
+    time_allowed: float | None = None   # seconds of training the budget allows (fixed at the first fit)
+    clock: float = 0.0                  # seconds of training used so far, across phases and resumes
+    plan: dict[str, Any] = field(default_factory=dict)  # choices made from the data and the clock, for --resume
+    last_tick: float | None = None      # when this process's previous fit() ended (not saved)
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict)  # callbacks' tensors, saved in checkpoints
 
     @property
@@ -83,7 +93,8 @@ class Trainer:
 
     def loop_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_val_acc": self.best_val_acc,
-                "best_epoch": self.best_epoch, "stop": self.stop, "stop_reason": self.stop_reason}
+                "best_epoch": self.best_epoch, "stop": self.stop, "stop_reason": self.stop_reason,
+                "time_allowed": self.time_allowed, "clock": self.clock, "plan": self.plan}
 
     @property
     def last_epoch(self) -> bool:
@@ -103,12 +114,24 @@ class Trainer:
         weights = 1.0 / counts[self.train_data.labels]
         return torch.multinomial(weights, n, replacement=True, generator=gen)
 
-    def progress(self, fit_started: float, total_steps: int) -> float:
-        """Share of training done: by steps, or by the clock when that runs out first."""
+    def progress(self, total_steps: int) -> float:
+        """Share of training done: by steps, until the clock says the run is late. The clock's share counts
+        only past CLOCK_SLACK of the budget (rescaled to reach 1 at the deadline), so a run that keeps to its
+        plan follows steps alone and is reproducible: resumed, it gives the same weights as uninterrupted.
+        The clock used so far is saved in checkpoints, so a resumed run keeps its budget."""
         by_steps = self.step / max(1, total_steps)
-        if self.deadline is None:
+        if self.time_allowed is None:
             return by_steps
-        return max(by_steps, (time.perf_counter() - fit_started) / max(1e-9, self.deadline - fit_started))
+        if time.perf_counter() >= self.deadline:
+            return 1.0
+        by_clock = (self.clock / self.time_allowed - CLOCK_SLACK) / (1.0 - CLOCK_SLACK)
+        return max(by_steps, by_clock)
+
+    def _tick(self, since: float) -> float:
+        """Add the training time since `since` to the clock; returns now."""
+        now = time.perf_counter()
+        self.clock += now - since
+        return now
 
     def validate(self) -> tuple[float, float]:
         """Validation loss and accuracy; with DDP each rank scores its shard and the sums are reduced."""
@@ -130,9 +153,13 @@ class Trainer:
         channels_last = self.device.type in ("cpu", "cuda")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else None
         flip_parity = torch.randint(0, 2, (len(self.train_data),), generator=torch.Generator().manual_seed(self.seed))
-        fit_started = time.perf_counter()
-        if self.deadline is not None:  # resumed clocks restart: the budget covers this process
-            self.deadline = max(self.deadline, fit_started + 1e-3)
+        ticked = time.perf_counter()
+        if self.time_allowed is None and self.deadline is not None:  # a budget's first fit
+            self.time_allowed = max(1e-3, self.deadline - ticked)
+        if self.time_allowed is not None and self.deadline is None:  # a resumed run gets what its budget has left
+            self.deadline = ticked + max(0.0, self.time_allowed - self.clock)
+        if self.last_tick is not None:  # a later phase: decoding at the next size counted against the budget too
+            ticked = self._tick(self.last_tick)
         self.event("before_fit")
         while self.epoch < min(self.epochs, self.stop_at or self.epochs) and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -156,8 +183,9 @@ class Trainer:
                 x = self.pre.standardize(x)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                done = self.progress(fit_started, total)
-                if done >= 1.0 and self.deadline is not None:
+                ticked = self._tick(ticked)
+                done = self.progress(total)
+                if done >= 1.0 and self.time_allowed is not None:
                     self.stop, self.stop_reason = True, "time budget reached"
                     break
                 self.done = done
@@ -188,9 +216,11 @@ class Trainer:
                 row["val_loss"], row["val_acc"] = float("nan"), float("nan")
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - started
+            ticked = self._tick(ticked)  # validation counts against the budget too
             self.history.append(row)
             self.epoch += 1
             self.event("after_epoch")
+        self.last_tick = ticked
         self.event("after_fit")
 
 

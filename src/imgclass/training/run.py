@@ -326,6 +326,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if options or config or data:
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run_dir / "config.yaml")
+        resumed = _resumed_state(run_dir, cfg)
         found = find_images(cfg.data, cfg.labels, cfg.id_column, cfg.label_column, cfg.hierarchy, cfg.label_columns)
     else:
         if data is not None:
@@ -338,7 +339,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                             explicit.get("label_columns"))
         cfg = resolve_new_run(found, explicit, options, config, started_all,
                               say=lambda m: console.print(m, highlight=False, soft_wrap=True))
-        run_dir = None
+        run_dir, resumed = None, None
     dd = distributed.setup(cfg.device)  # one process, or this rank of a torchrun launch
     if not dd.main:
         console = Console(stderr=True, quiet=True)  # only rank 0 talks
@@ -399,6 +400,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     transfer = cfg.pretrained or cfg.weights is not None
     if transfer and (bp := backbone_preprocessing(cfg.model)) is not None:
         pre.mean, pre.std = bp["mean"], bp["std"]  # the statistics the weights were trained with
+    if resumed is not None:  # what the run normalised with (e.g. a --weights file's mean/std), exactly
+        pre.mean, pre.std = resumed["mean"], resumed["std"]
     decode_seconds = time.perf_counter() - started
 
     # Model and optimizer. Seeded so the same config gives the same initial weights.
@@ -443,8 +446,6 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             console.print(f"batch size {cfg.batch_size} -> {cap} for {len(data['train'])} training images "
                           f"(lr {lr:.3g})", highlight=False)
             cfg.batch_size = cap
-            if dd.main:
-                config_mod.save(cfg, run_dir / "config.yaml")
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
     groups = model_groups(model) if transfer else []
     head_seconds, head_val_acc = 0.0, float("nan")
@@ -491,7 +492,6 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         # 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)
         deadline = started_all + budget - reserve - 0.02 * budget - 2.0
         cfg.epochs = epochs
-        config_mod.save(cfg, run_dir / "config.yaml")
         console.print(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
                       f"step time; {reserve:.0f}s kept for the final scoring and report", highlight=False,
                       soft_wrap=True)
@@ -522,7 +522,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                       label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                       class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
                       deadline=deadline, dist=dd, train_forward=_train_forward(model, cfg, dd, device, bool(groups)),
-                      bf16=use_bf16(cfg.precision, device))
+                      bf16=use_bf16(cfg.precision, device),
+                      plan={"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": lr, "model_args": cfg.model_args})
     if not math.isnan(head_val_acc) and fresh:
         # the head stage's model is "epoch 0": fine-tuning must beat it on validation to replace it, so the
         # model file is never worse on val than the head on frozen features (a linear probe, in effect)
@@ -542,6 +543,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     for i, (size, last_epoch) in enumerate(phases):
         if trainer.epoch >= last_epoch or trainer.stop:
             continue
+        phase_start = phases[i - 1][1] if i else 0
         if size != trainer.pre.img_size:  # the next progressive-resizing phase: same files at a new size
             next_pre = Preprocessing(img_size=size, resize=cfg.resize, max_pixels=cfg.max_image_pixels,
                                      mean=pre.mean, std=pre.std)
@@ -553,7 +555,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                 dd.barrier()
             trainer.pre, trainer.train_data, trainer.val_data = next_pre, data["train"], data["val"]
             pre = current["pre"] = next_pre
-            trainer.best_val_acc = -1.0  # the model file is chosen among epochs at the final size
+            if trainer.epoch == phase_start:  # not when resuming inside the phase: its best so far stands
+                trainer.best_val_acc = -1.0  # the model file is chosen among epochs at the final size
         trainer.stop_at = last_epoch if i < len(phases) - 1 else None
         trainer.fit()
         trainer.stop_at = None
@@ -569,7 +572,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(train_seconds, 2), "decode_seconds": round(decode_seconds, 2),
              "head_seconds": round(head_seconds, 2), "weights": weights_origin,
-             "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget, "processes": dd.world}
+             "bad_files": len(bad), "device": str(device), "time_budget": cfg.time_budget, "processes": dd.world,
+             "plan": trainer.plan}
     save_model(run_dir / "model.safetensors", best, header({**metrics, **facts}))
     (run_dir / "results.json").write_text(json.dumps({"metrics": metrics, **facts}, indent=2) + "\n")
     run = Run(dir=run_dir, config=cfg, classes=classes, history=trainer.history, metrics=metrics)
@@ -607,6 +611,22 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
                              "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
     return metrics, probs
+
+
+def _resumed_state(run_dir: Path, cfg: TrainConfig) -> dict | None:
+    """What a run decided after its config.yaml was written, read back from its last checkpoint: the plan
+    (epochs under a budget, a capped batch size and its lr, a budget's width) goes into cfg, and the
+    normalisation it trained with is returned. None without a checkpoint (a prepared --devices folder)."""
+    last = run_dir / "checkpoints" / "last.safetensors"
+    if not last.is_file():
+        return None
+    header = read_header(last)
+    plan = header.get("loop", {}).get("plan") or {}
+    for key in ("epochs", "batch_size", "lr", "model_args"):
+        if key in plan:
+            setattr(cfg, key, plan[key])
+    pre = header.get("preprocessing") or {}
+    return {"mean": tuple(pre["mean"]), "std": tuple(pre["std"])} if "mean" in pre else None
 
 
 def _load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool, classes: list[str],
