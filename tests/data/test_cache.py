@@ -116,3 +116,75 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, capsys, damage):
     third, hit = load_cached(root, rows, pre, cdir)            # the rebuilt entry is a normal hit
     assert hit and torch.equal(third.images, direct.images)
     assert json.loads(meta_file.read_text())["n"] == len(rows)
+
+
+# issue 14, item 9: one filler per entry, orphans cleaned, `imgclass cache info|clear`
+
+FILLER = """
+import sys, time
+from imgclass.data import cache
+from imgclass.data.preprocess import Preprocessing
+real = cache.decode_in_chunks
+def slow(*a, **k):  # a slow decode, so the two processes overlap for sure
+    print("decoding", flush=True)
+    time.sleep(1.5)
+    yield from real(*a, **k)
+cache.decode_in_chunks = slow
+rows = [(f"{c}/img{j}.png", i) for i, c in enumerate(("cat", "dog", "fish")) for j in range(6)]
+_, hit = cache.load_cached(__import__("pathlib").Path(sys.argv[1]), rows, Preprocessing(img_size=8), sys.argv[2])
+print("hit" if hit else "filled", flush=True)
+"""
+
+
+def test_two_processes_fill_one_entry_once(tmp_path):
+    import subprocess
+    import sys
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    cmd = [sys.executable, "-c", FILLER, str(root), str(tmp_path / "cache")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
+    assert outs == [["decoding", "filled"], ["hit"]]   # one decoded, the other waited and mapped its entry
+    assert [p.returncode for p in procs] == [0, 0]
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_a_killed_fillers_temp_file_is_cleaned_up(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    pre, cache_dir = Preprocessing(img_size=8), tmp_path / "cache"
+    key = cache_mod.cache_key(root, rows_of(root), pre)
+    cache_dir.mkdir()
+    orphan = cache_dir / f"{key}.npy.999999.tmp"       # what a SIGKILLed filler leaves
+    orphan.write_bytes(b"\0" * 1000)
+    other = cache_dir / "0123abcd.npy.999998.tmp"       # another entry's orphan
+    other.write_bytes(b"\0" * 10)
+    info = cache_mod.cache_entries(cache_dir)
+    assert {r["key"] for r in info if r["orphan"]} == {orphan.name, other.name}
+    _, hit = load_cached(root, rows_of(root), pre, cache_dir)
+    assert not hit and not orphan.exists()               # the next filler of that entry removes it
+    assert cache_mod.clear_cache(cache_dir, older_than=10 ** 9)[0] == 1 and not other.exists()  # orphans always go
+    assert [r["images"] for r in cache_mod.cache_entries(cache_dir)] == [18]  # the recent entry stays
+
+
+def test_cache_command_lists_and_clears_by_age(tmp_path, capsys):
+    import time as clock
+    from imgclass.cli import main
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    cache_dir = tmp_path / "cache"
+    for size in (8, 10):
+        load_cached(root, rows_of(root), Preprocessing(img_size=size), cache_dir)
+    old = [r for r in cache_mod.cache_entries(cache_dir) if r["img_size"] == 8][0]
+    month_ago = clock.time() - 40 * 86400
+    os.utime(cache_dir / f"{old['key']}.json", (month_ago, month_ago))
+    assert main(["cache", "info", "--dir", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "18 images at 8 px" in out and "18 images at 10 px" in out and "2 entries" in out
+    expected_mb = sum(f.stat().st_size for f in cache_dir.glob("*.npy")) + sum(
+        f.stat().st_size for f in cache_dir.glob("*.json"))
+    assert f"{expected_mb / 2**20:.1f} MB in all" in out
+    assert main(["cache", "clear", "--older-than", "30d", "--dir", str(cache_dir)]) == 0
+    assert "removed 2 file(s)" in capsys.readouterr().out
+    left = cache_mod.cache_entries(cache_dir)
+    assert [r["img_size"] for r in left] == [10]
+    assert load_cached(root, rows_of(root), Preprocessing(img_size=10), cache_dir)[1]   # still a hit
+    assert main(["cache", "clear", "--dir", str(cache_dir)]) == 0
+    assert cache_mod.cache_entries(cache_dir) == []

@@ -6,6 +6,11 @@ The key covers the file list with each file's size and modification time, the
 input size, the resize policy and the pixel limit, so changing any file (or the
 preprocessing) makes a new entry. A cache larger than memory still works: batches
 are sliced from the memory map and the OS pages them in.
+
+An entry is filled under a file lock (the filelock package: an OS lock, released
+even when its holder is killed), so two processes that need the same entry (two
+`tune` workers) decode it once: one fills it, the other waits and maps it. The
+lock holder also removes temp files that a killed filler left behind.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from .images import ImageTensors, decode_in_chunks
 from .preprocess import Preprocessing
@@ -92,27 +98,50 @@ def _open_entry(data_file: Path, meta_file: Path, n: int, img_size: int) -> tupl
 def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache_dir: Path | None,
                 workers: int = 0, on_progress: Callable[[int], None] | None = None,
                 on_warning: Callable[[str], None] | None = None) -> tuple[ImageTensors, bool]:
-    """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache; a
-    damaged entry is discarded with a one-line warning and rebuilt."""
+    """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache, under
+    the entry's lock; a damaged entry is discarded with a one-line warning and rebuilt."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(root, rows, pre)
-    data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if data_file.is_file() and meta_file.is_file():
-        entry = _open_entry(data_file, meta_file, len(rows), pre.img_size)
-        if isinstance(entry, str):  # damaged (a truncated file, say): discard it and decode again
-            (on_warning or _warn)(f"the cache entry {data_file.name} is unusable ({entry}); it is rebuilt")
-            for f in (data_file, meta_file):
-                f.unlink(missing_ok=True)
-        else:
-            arr, meta = entry
-            good = meta["good"]
-            return ImageTensors(images=torch.from_numpy(arr[:len(good)]),
-                                labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
-                                paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]]), True
-    # Decode in chunks straight into the memory-mapped file, so a split larger than memory can be cached.
-    # The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good).
+    hit = _mapped(cache_dir, key, rows, pre, on_warning)
+    if hit is not None:
+        return hit, True
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_file.with_name(data_file.name + f".{os.getpid()}.tmp")
+    with FileLock(cache_dir / f"{key}.lock"):
+        hit = _mapped(cache_dir, key, rows, pre, on_warning)  # filled by another process while we waited
+        if hit is not None:
+            return hit, True
+        for orphan in cache_dir.glob(f"{key}.*.tmp"):  # only the lock holder writes these: a killed filler's
+            orphan.unlink(missing_ok=True)
+        _fill(cache_dir, key, root, rows, pre, workers, on_progress)
+        return _mapped(cache_dir, key, rows, pre, on_warning), False
+
+
+def _mapped(cache_dir: Path, key: str, rows: list[tuple[str, int]], pre: Preprocessing,
+            on_warning: Callable[[str], None] | None) -> ImageTensors | None:
+    """The entry's images memory-mapped, or None when it is missing or was damaged (and is now removed)."""
+    data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if not (data_file.is_file() and meta_file.is_file()):
+        return None
+    entry = _open_entry(data_file, meta_file, len(rows), pre.img_size)
+    if isinstance(entry, str):  # damaged (a truncated file, say): discard it and decode again
+        (on_warning or _warn)(f"the cache entry {data_file.name} is unusable ({entry}); it is rebuilt")
+        for f in (data_file, meta_file):
+            f.unlink(missing_ok=True)
+        return None
+    arr, meta = entry
+    os.utime(meta_file)  # "last used", for `imgclass cache clear --older-than`
+    good = meta["good"]
+    return ImageTensors(images=torch.from_numpy(arr[:len(good)]),
+                        labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
+                        paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]])
+
+
+def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pre: Preprocessing, workers: int,
+          on_progress: Callable[[int], None] | None) -> None:
+    """Decode in chunks straight into a memory-mapped temp file, so a split larger than memory can be cached.
+    The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good)."""
+    data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    tmp = data_file.with_name(f"{key}.npy.{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, pre.img_size, pre.img_size))
     good, reasons = [], []
     for start, arrays, kept, chunk_reasons in decode_in_chunks([root / rel for rel, _ in rows], pre, workers,
@@ -124,19 +153,66 @@ def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cac
     del out
     os.replace(tmp, data_file)
     bad = [(rows[i][0], reasons[i]) for i in range(len(rows)) if reasons[i]]
-    meta_tmp = meta_file.with_name(meta_file.name + ".tmp")
-    meta_tmp.write_text(json.dumps({"good": good, "bad": bad, "n": len(rows)}))
-    os.replace(meta_tmp, meta_file)
-    tensors, _ = load_cached(root, rows, pre, cache_dir)
-    return tensors, False
+    from ..files import write_text_atomic
+    write_text_atomic(meta_file, json.dumps({"good": good, "bad": bad, "n": len(rows), "img_size": pre.img_size,
+                                             "resize": pre.resize, "root": str(root)}))
 
 
-def cache_size(cache_dir: Path | None = None) -> int:
+def cache_entries(cache_dir: Path | None = None) -> list[dict]:
+    """One row per entry (key, images, img_size, root, bytes, last_used as a timestamp), then one row per
+    orphaned temp file (a filler killed mid-write: "orphan": True), for `imgclass cache info`."""
     d = Path(cache_dir) if cache_dir else default_cache_dir()
-    return sum(f.stat().st_size for f in d.glob("*.npy")) if d.is_dir() else 0
+    if not d.is_dir():
+        return []
+    rows = []
+    for data_file in sorted(d.glob("*.npy")):
+        meta_file = data_file.with_suffix(".json")
+        try:
+            meta = json.loads(meta_file.read_text())
+            used = meta_file.stat().st_mtime
+        except (OSError, ValueError):
+            meta, used = {}, data_file.stat().st_mtime
+        rows.append({"key": data_file.stem, "images": len(meta.get("good", [])) if isinstance(meta, dict) else 0,
+                     "img_size": meta.get("img_size") if isinstance(meta, dict) else None,
+                     "root": meta.get("root") if isinstance(meta, dict) else None,
+                     "bytes": data_file.stat().st_size + (meta_file.stat().st_size if meta_file.is_file() else 0),
+                     "last_used": used, "orphan": False})
+    for tmp in sorted(d.glob("*.tmp")):
+        if _orphaned(d, tmp):
+            rows.append({"key": tmp.name, "images": 0, "img_size": None, "root": None,
+                         "bytes": tmp.stat().st_size, "last_used": tmp.stat().st_mtime, "orphan": True})
+    return rows
 
 
-def clear_cache(cache_dir: Path | None = None) -> None:
+def _orphaned(d: Path, tmp: Path) -> bool:
+    """A temp file whose entry's lock nobody holds: its writer is gone."""
+    try:
+        with FileLock(d / f"{tmp.name.split('.', 1)[0]}.lock", timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
+def clear_cache(cache_dir: Path | None = None, older_than: float | None = None) -> tuple[int, int]:
+    """Remove entries (all, or those unused for older_than seconds) and orphaned temp files; entries being
+    filled right now are left alone. Returns (files removed, bytes freed)."""
+    import time
     d = Path(cache_dir) if cache_dir else default_cache_dir()
-    if d.is_dir():
-        shutil.rmtree(d)
+    removed = freed = 0
+    now = time.time()
+    for row in cache_entries(d):
+        if not row["orphan"] and older_than is not None and now - row["last_used"] < older_than:
+            continue
+        lock = d / f"{row['key'].split('.', 1)[0]}.lock"
+        try:
+            with FileLock(lock, timeout=0):
+                names = [row["key"]] if row["orphan"] else [f"{row['key']}.npy", f"{row['key']}.json"]
+                for name in names:
+                    if (d / name).is_file():
+                        (d / name).unlink()
+                        removed += 1
+                freed += row["bytes"]
+            lock.unlink(missing_ok=True)
+        except Timeout:  # another process is filling this entry: not ours to remove now (a reader that
+            continue        # has it mapped keeps its pages: unlinking a mapped file is safe on POSIX)
+    return removed, freed
