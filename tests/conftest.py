@@ -29,3 +29,17 @@ def _private_cache(tmp_path_factory):
     import os
     os.environ["IMGCLASS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+# Fuzz tests (hypothesis): a fixed, derandomised search in CI so a run is reproducible; set
+# HYPOTHESIS_PROFILE=fuzz for a long random one (e.g. before a release).
+try:
+    from hypothesis import HealthCheck, settings
+    settings.register_profile("ci", derandomize=True, deadline=None, max_examples=200,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.register_profile("fuzz", deadline=None, max_examples=5000,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    import os as _os
+    settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a dev dependency; the fuzz tests skip without it
+    pass

@@ -79,10 +79,9 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
         raise ImageDecodeError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-    except OSError as exc:
-        if "truncat" in str(exc).lower():
-            raise ImageDecodeError(f"truncated image: {exc}") from None
-        raise ImageDecodeError(f"cannot open: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise OSError, ValueError, SyntaxError,
+        # EOFError, struct.error... on malformed headers (found by tests/data/test_fuzz.py): one clear refusal
+        raise ImageDecodeError(_reason("cannot open", exc)) from None
     try:
         width, height = img.size
         if width * height > max_pixels:
@@ -99,11 +98,15 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason.lower():
-            raise ImageDecodeError(f"truncated image: {reason}") from None
-        raise ImageDecodeError(f"cannot decode: {reason}") from None
+    except Exception as exc:  # noqa: BLE001 - the same for pixel data that breaks a decoder
+        raise ImageDecodeError(_reason("cannot decode", exc)) from None
+
+
+def _reason(what: str, exc: Exception) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if "truncat" in text.lower():
+        return f"truncated image: {text}"
+    return f"{what}: {text}" if isinstance(exc, OSError) else f"{what}: {type(exc).__name__}: {text}"
 
 
 # Never let Pillow silently fill truncated files with grey: a truncated file is reported.
