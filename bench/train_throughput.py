@@ -32,7 +32,7 @@ def main() -> None:
     from imgclass.models import create_model
     from imgclass.training.loop import Trainer
     from imgclass.training.optim import make_optimizer
-    from imgclass.training.run import use_bf16
+    from imgclass.training.device import use_bf16
     bf16 = use_bf16(args.precision, torch.device("cpu"))
 
     g = torch.Generator().manual_seed(0)

@@ -9,9 +9,5 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
     imgclass.submit(run.dir, "test/", out="submission.csv")
     imgclass.evaluate(run.dir, split="test").metrics["macro_f1"]
 """
-import time as _time
-
-STARTED = _time.perf_counter()  # when imgclass was imported: `imgclass train --time-budget` counts from here
-__version__ = "0.1.0"
-
+from .version import STARTED, __version__  # noqa: F401  (first: the clock starts at import)
 from .api import check, compare, demo, evaluate, list_models, load, predict, submit, train  # noqa: E402,F401

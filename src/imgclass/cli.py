@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 
-from . import __version__
+from .version import __version__
 from .config import FIELD_NAMES, TrainConfig, _HINTS
 from .errors import UserError
 
@@ -238,7 +238,8 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int | None:
-    from . import STARTED, api
+    from . import api
+    from .version import STARTED
     from .training.run import summary_lines
     options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
     run_ = api.train(args.data, config=args.config, resume=args.resume, started=STARTED, **options)

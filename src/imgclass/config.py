@@ -56,7 +56,7 @@ class TrainConfig:
     batch_size: int = 128            # images per step
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd uses Nesterov momentum
     lr: float | None = None          # peak learning rate (default: the model's default for the optimizer)
-    weight_decay: float | None = None  # default: 0.05 for AdamW, 5e-4 for SGD
+    weight_decay: float | None = None  # default: DEFAULT_WEIGHT_DECAY (0.05 for AdamW, 5e-4 for SGD)
     momentum: float = 0.9            # SGD momentum (Nesterov)
     schedule: Literal["cosine", "onecycle"] = "cosine"  # after warm-up: cosine to zero, or onecycle (linear up 25%, linear down)
     warmup_epochs: float = 1.0       # linear warm-up length (cosine schedule)
@@ -250,6 +250,12 @@ def phase_epochs(epochs: int, n: int) -> list[int]:
     for i in range(epochs % n):
         base[n - 1 - i] += 1
     return base
+
+
+# Defaults that depend on other settings, so they cannot sit on a field above:
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}  # by optimizer, when weight_decay is not set
+TRANSFER_LR_FACTOR = 0.1  # fine-tuning (--pretrained, --weights) starts from the model's default lr times this
+MIN_STEPS_PER_EPOCH = 8   # a recipe's batch (fast: 1024, for CIFAR) shrinks so a small folder gets this many steps
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

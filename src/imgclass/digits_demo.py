@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .training.run import Run, new_run_dir, train
+from .rundir import RunDir
+from .training.run import Run, train
 
 # The demo settings, chosen so the demo finishes in well under 2 minutes on 2 CPU cores
 # with test accuracy >= 95% (measured: see the README).
@@ -32,5 +33,5 @@ def write_digits(folder: str | Path) -> Path:
 
 def run_demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits") -> Run:
     data = write_digits(data_dir)
-    out = Path(out) if out else new_run_dir(prefix="demo")
+    out = Path(out) if out else RunDir.claim(None, prefix="demo").path
     return train(data, out=str(out), **DEMO_OPTIONS)

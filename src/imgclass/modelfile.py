@@ -15,7 +15,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from .version import __version__
 from .data.preprocess import Preprocessing
 from .errors import UserError
 

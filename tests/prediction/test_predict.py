@@ -8,7 +8,7 @@ from imgclass import config
 from imgclass.data.images import load_split
 from imgclass.data.split import read_splits
 from imgclass.modelfile import load_model
-from imgclass.training.loop import predict_logits
+from imgclass.models.inference import predict_logits
 
 from helpers import tiny_image
 

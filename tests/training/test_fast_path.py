@@ -72,11 +72,11 @@ def test_progressive_resizing(tmp_path):
 def test_budget_widens_the_network_only_with_room_for_the_recipe():
     from imgclass.config import TrainConfig
     from imgclass.models import get_spec
-    from imgclass.training.run import _wider_model
+    from imgclass.training.budget import wider_model
     spec, classes = get_spec("fast"), [str(i) for i in range(10)]
 
     def wider(epochs, **cfg):
-        found = _wider_model(spec, TrainConfig(model="fast", **cfg), {}, classes, None, epochs, 32, 1)
+        found = wider_model(spec, TrainConfig(model="fast", **cfg), {}, classes, None, epochs, 32, 1)
         return None if found is None else found[0]
 
     # FLOPs at 32 px: width 64 costs ~3.6x width 32 and width 48 ~2.1x; the recipe wants 10 epochs
@@ -84,7 +84,7 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     assert wider(25) == 48
     assert wider(15) is None
     assert wider(100, model_args={"width": 32}) is None     # a width the user chose is kept
-    width, model = _wider_model(spec, TrainConfig(model="fast"), {}, classes, None, 100, 32, 1)
+    width, model = wider_model(spec, TrainConfig(model="fast"), {}, classes, None, 100, 32, 1)
     assert model.num_features == 4 * 64
 
 
@@ -117,7 +117,7 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
 
 def test_precision_choice_and_effect(tmp_path, monkeypatch):
     from pathlib import Path
-    from imgclass.training import run as run_mod
+    from imgclass.training import device as run_mod
     cpu = torch.device("cpu")
     assert run_mod.use_bf16("bf16", cpu) and not run_mod.use_bf16("fp32", cpu)
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512f avx512_bf16 avx512vl")

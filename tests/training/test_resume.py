@@ -68,8 +68,8 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
 
 # --- issue 14, item 7: resume is exact for progressive resizing, --weights FILE and --time-budget ----------
 
-# _plan_budget measures the machine; fixed here so the uninterrupted and the killed run plan the same epochs
-PLANNED_MAIN = ("import sys, imgclass.training.run as r; r._plan_budget = lambda *a, **k: (3, 1.0, 2.0); "
+# plan_budget measures the machine; fixed here so the uninterrupted and the killed run plan the same epochs
+PLANNED_MAIN = ("import sys, imgclass.training.budget as r; r.plan_budget = lambda *a, **k: (3, 1.0, 2.0); "
                 "from imgclass.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

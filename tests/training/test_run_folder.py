@@ -8,7 +8,7 @@ import pytest
 import imgclass
 from imgclass.data.split import read_splits
 from imgclass.errors import DataError, UserError
-from imgclass.training.run import new_run_dir
+from imgclass.rundir import RunDir
 
 from helpers import FAST, make_class_folders
 
@@ -28,7 +28,7 @@ def test_run_folders_are_claimed_atomically(tmp_path):
 
     def claim():
         barrier.wait()
-        claimed.append(new_run_dir(tmp_path / "runs"))
+        claimed.append(RunDir.claim(None, tmp_path / "runs").path)
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for t in threads:
         t.start()

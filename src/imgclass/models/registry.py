@@ -1,23 +1,13 @@
 """A listable model registry that refuses duplicate names (as torchvision's does)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch.nn as nn
 
 from ..errors import UserError
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    build: Callable[..., nn.Module]       # build(num_classes=, dropout=, **args) -> nn.Module
-    description: str
-    default_img_size: int = 32            # preferred input side when --img-size is not given
-    default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})
-    recipe: dict = field(default_factory=dict)  # training defaults for this model (below the config file and options)
-    min_img_size: int = 1                 # smallest input side the architecture can take
+from .spec import ModelSpec
+from .zoo import zoo_spec
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -43,7 +33,6 @@ def get_spec(name: str) -> ModelSpec:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
-        from .zoo import zoo_spec
         return zoo_spec(name)
     import difflib
     close = difflib.get_close_matches(name, list(_REGISTRY), n=1)

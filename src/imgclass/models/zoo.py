@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import Classifier
-from .registry import ModelSpec
+from .spec import ModelSpec
 
 
 def _torchvision_backbone(arch: str, **args) -> tuple[nn.Module, int]:

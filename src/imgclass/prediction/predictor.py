@@ -68,7 +68,7 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""
-        from ..training.loop import predict_logits
+        from ..models.inference import predict_logits
         logits = predict_logits(self.model, batch_uint8, self.pre, len(batch_uint8) or 1, self.device, self.tta)
         return torch.softmax(logits, dim=1)
 

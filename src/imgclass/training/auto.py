@@ -191,7 +191,8 @@ def plan_backbone(found, explicit: dict[str, Any], installed: list[tuple[str, in
     """(model, input size, why): the largest installed EfficientNet-Lite, then lite0 at smaller sizes,
     whose estimated run leaves at least MIN_FINETUNE_EPOCHS of fine-tuning inside the budget."""
     from ..data.split import make_split
-    from .run import TRAIN_SCORE_SAMPLE, pick_device, use_bf16
+    from .budget import TRAIN_SCORE_SAMPLE
+    from .device import pick_device, use_bf16
     defaults = TrainConfig()
     split, _ = make_split(found, explicit.get("val_split", defaults.val_split),
                           explicit.get("test_split", defaults.test_split), explicit.get("seed", defaults.seed))

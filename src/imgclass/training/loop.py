@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data.augment import BatchAugment
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
-from ..models.tta import tta_logits
+from ..models.inference import predict_logits
 from .optim import lr_at, set_lr
 
 
@@ -222,35 +222,6 @@ class Trainer:
             self.event("after_epoch")
         self.last_tick = ticked
         self.event("after_fit")
-
-
-def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:
-    """Images per scoring pass on a CPU: at most about a million input pixels (256 at <= 64 px, 15 at
-    260 px), so a batch's activations stay in cache. Measured on machine A (EfficientNet-Lite2, 260 px,
-    float32 eval): 26 images/s in batches of 16, 18 in batches of 64, 15 in batches of 256."""
-    if device.type != "cpu":
-        return batch_size
-    return max(1, min(batch_size, max(8, 2**20 // max(1, img_size * img_size))))
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
-                   device: torch.device, tta: str = "none") -> torch.Tensor:
-    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA)."""
-    model.eval()
-    out = []
-    if len(images.shape) == 4:  # uint8 NCHW (a tensor, or streamed images)
-        batch_size = scoring_batch(batch_size, images.shape[-1], device)
-    for start in range(0, len(images), batch_size):
-        x = pre.normalize(images[start:start + batch_size].to(device))
-        if x.ndim == 4 and device.type in ("cpu", "cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out.append(tta_logits(model, x, tta).float().cpu())
-        else:
-            out.append(tta_logits(model, x, tta).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,

@@ -35,7 +35,7 @@ class LRFind:
 def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float = 1e-6, end_lr: float = 10.0,
             steps: int = 100, config: str | Path | None = None, **options: Any) -> LRFind:
     from .auto import resolve_new_run
-    from .run import pick_device
+    from .device import pick_device
     options["data"] = str(data)
     explicit = config_mod.explicit_values(config, **options)
     found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"), explicit.get("label_column"))

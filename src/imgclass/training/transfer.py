@@ -153,7 +153,7 @@ def compute_features(model: nn.Module, images: torch.Tensor, pre, batch_size: in
     net.eval()
     out = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    from .loop import scoring_batch
+    from ..models.inference import scoring_batch
     batch_size = scoring_batch(batch_size, images.shape[-1], device)
     for s in range(0, len(images), batch_size):
         x = pre.normalize(images[s:s + batch_size].to(device))

@@ -1,0 +1,18 @@
+"""What the registry knows of a model: how to build it and its training defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]       # build(num_classes=, dropout=, **args) -> nn.Module
+    description: str
+    default_img_size: int = 32            # preferred input side when --img-size is not given
+    default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})
+    recipe: dict = field(default_factory=dict)  # training defaults for this model (below the config file and options)
+    min_img_size: int = 1                 # smallest input side the architecture can take

@@ -1,0 +1,100 @@
+"""The run folder: every file name in one place, with its readers and writers.
+
+RUN/
+  config.yaml        the resolved configuration, as asked (defaults < --config file < options); written once
+  splits.csv         path,label,split for every image (byte-identical for the same data and seed); written once
+  bad_files.csv      files that could not be decoded, with the reason (only when there are some)
+  head_metrics.csv   the head stage of fine-tuning, one row per epoch (only when there is one)
+  metrics.csv        one row per epoch; tensorboard/ holds the same as event files
+  checkpoints/       last.safetensors (everything --resume needs), best.safetensors (best val accuracy)
+  model.safetensors  the self-describing model file (best weights, classes, preprocessing, metrics)
+  results.json       final accuracy per split, run facts and the plan (choices made from data and clock)
+  eval/<split>/      the evaluation of a split: metrics.json, predictions.csv, figures/, report.md|html
+Rank 0 of a multi-process run writes; the other ranks only read.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .files import write_text_atomic
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    config = property(lambda self: self.path / "config.yaml")
+    splits = property(lambda self: self.path / "splits.csv")
+    bad_files = property(lambda self: self.path / "bad_files.csv")
+    head_metrics = property(lambda self: self.path / "head_metrics.csv")
+    metrics = property(lambda self: self.path / "metrics.csv")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last = property(lambda self: self.path / "checkpoints" / "last.safetensors")
+    best = property(lambda self: self.path / "checkpoints" / "best.safetensors")
+    model = property(lambda self: self.path / "model.safetensors")
+    results = property(lambda self: self.path / "results.json")
+
+    def eval_dir(self, split: str) -> Path:
+        return self.path / "eval" / split
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    @classmethod
+    def claim(cls, out: str | Path | None, base: Path = Path("runs"), prefix: str = "train") -> "RunDir":
+        """The folder a new run writes to: --out (which must be empty), or the next free runs/train-N.
+        mkdir without exist_ok is atomic, so two runs started together never share a folder."""
+        if out:
+            path = Path(out).expanduser()
+            if path.is_file():
+                raise UserError(f"--out {path} is a file, not a folder")
+            if path.exists() and any(path.iterdir()):
+                raise UserError(f"run folder {path} is not empty; continue it with `imgclass train --resume {path}` "
+                                f"or choose another --out")
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        base.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            try:
+                (base / f"{prefix}-{n}").mkdir()
+                return cls(base / f"{prefix}-{n}")
+            except FileExistsError:
+                n += 1
+
+    def read_config_dict(self) -> dict[str, Any]:
+        return (yaml.safe_load(self.config.read_text()) or {}) if self.config.is_file() else {}
+
+    def read_results(self) -> dict[str, Any]:
+        return json.loads(self.results.read_text()) if self.results.is_file() else {}
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_text_atomic(self.results, json.dumps(results, indent=2) + "\n")
+
+    def read_history(self) -> list[dict[str, str]]:
+        if not self.metrics.is_file():
+            return []
+        with self.metrics.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def write_rows(self, path: Path, rows: list[dict[str, Any]] | list[tuple], header: list[str] | None = None) -> None:
+        """A small CSV (bad files, the head stage's epochs), written atomically."""
+        import io
+        buf = io.StringIO()
+        if header is not None:
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+        else:
+            dict_writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            dict_writer.writeheader()
+            dict_writer.writerows(rows)
+        write_text_atomic(path, buf.getvalue())

@@ -1,0 +1,170 @@
+"""The one place a run is decided: `plan_run` turns data, a config file and options (or a run folder to
+resume) into a frozen RunPlan. train, lr-find and tune all start from it, so they cannot drift apart.
+
+Decided here, in order: the files and their split, the model (`auto`, `--weights RUN`) and input size,
+defaults < the model's recipe (or the fine-tuning recipe) < config file < options, progressive-resizing
+phases, the architecture arguments, the batch size for a small folder and its learning rate, weight
+decay. A resumed run gets back what its checkpoint recorded. `--time-budget` needs a measured step, so
+the budget planner (budget.py) later returns a new plan with its epochs; nothing edits a plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import config as config_mod
+from ..config import TrainConfig
+from ..data.find import Found, find_images
+from ..data.split import Split, make_split, read_splits
+from ..errors import UserError
+from ..modelfile import read_header
+from ..models import get_spec
+from ..models.spec import ModelSpec
+from ..rundir import RunDir
+from .auto import resolve_new_run
+from .distributed import launched_by_torchrun
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    cfg: TrainConfig                      # every setting, resolved (cfg.lr/batch_size as decided below)
+    found: Found                    # the files, classes and layout found
+    split: Split                          # train/val/test (saved as splits.csv; read back on resume)
+    spec: ModelSpec                       # the model's registry entry
+    phases: tuple[tuple[int, int], ...]   # (input size, last epoch of the phase): one phase, or progressive resizing
+    arch: dict[str, Any]                  # {"name", "args", "dropout"}: builds the model (and is saved with it)
+    hierarchy: dict[str, Any] | None      # two-level labels: {"strategy", "coarse_classes", "parents"}
+    lr: float                             # peak learning rate
+    weight_decay: float
+    transfer: bool                        # starts from --pretrained or --weights weights
+    resume: RunDir | None = None          # the run folder being continued
+    notes: tuple[str, ...] = ()           # warnings for the user (split, batch size)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the run decided beyond config.yaml, saved in checkpoints and results.json for --resume."""
+        return {"epochs": self.cfg.epochs, "batch_size": self.cfg.batch_size, "lr": self.lr,
+                "model_args": self.cfg.model_args}
+
+    def with_epochs(self, epochs: int, width: int | None = None) -> "RunPlan":
+        """The plan with the budget planner's epochs (and width): a new plan."""
+        if width is None:
+            return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, epochs=epochs))
+        cfg = dataclasses.replace(self.cfg, epochs=epochs, model_args={**self.cfg.model_args, "width": width})
+        return dataclasses.replace(self, cfg=cfg, arch={**self.arch, "args": {**self.arch["args"], "width": width}})
+
+
+def plan_run(data: str | Path | None = None, config: str | Path | None = None, resume: str | Path | None = None,
+             started: float | None = None, say: Callable[[str], None] | None = None, **options: Any) -> RunPlan:
+    """The plan of a new run (data, config file, options) or of the run folder `resume` continues."""
+    if resume is not None:
+        run = RunDir(Path(resume).expanduser())
+        if not run.is_run():
+            raise UserError(f"cannot resume: {run.path} has no config.yaml (is it a run folder?)")
+        if options or config or data:
+            raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
+        cfg = config_mod.resolve(run.config)
+        found = _find(vars(cfg))
+        split, notes, explicit = read_splits(run.splits, found.root, found.classes), [], None
+    else:
+        run = None
+        if data is not None:
+            options["data"] = str(data)
+        explicit = config_mod.explicit_values(config, **options)
+        if explicit.get("data") is None:
+            raise UserError("no data folder given: imgclass train DATA")
+        found = _find(explicit)
+        cfg = resolve_new_run(found, explicit, options, config, started, say)
+        split, notes = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
+    return _decide(cfg, found, split, explicit, run, list(notes))
+
+
+def _find(values: dict[str, Any]) -> Found:
+    return find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
+                       values.get("hierarchy") or False, values.get("label_columns"))
+
+
+def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None, run: RunDir | None,
+            notes: list[str]) -> RunPlan:
+    """Everything that follows from the resolved config and the split."""
+    if found.parents is not None and (cfg.devices > 1 or launched_by_torchrun()):
+        raise UserError("two-level labels are not supported with several processes yet")
+    spec = get_spec(cfg.model)
+    sizes = config_mod.img_sizes(cfg.img_size) or [spec.default_img_size]
+    phases, end = [], 0
+    for size, n in zip(sizes, config_mod.phase_epochs(cfg.epochs, len(sizes))):
+        end += n
+        phases.append((size, end))
+    if min(sizes) < spec.min_img_size:
+        raise UserError(f"model '{cfg.model}' needs inputs of at least {spec.min_img_size} px, not {min(sizes)} "
+                        f"(--img-size)")
+    transfer = cfg.pretrained or cfg.weights is not None
+    lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer] * (
+        config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
+    recorded = _recorded(run) if run is not None else None
+    if recorded is not None:  # a resumed run: what its checkpoint says it decided
+        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args") if k in recorded}
+        cfg, lr = dataclasses.replace(cfg, **fields), recorded.get("lr", lr)
+    elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
+        cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)
+    args = _arch_args(cfg, spec, sizes[0], len(phases))
+    hierarchy = None if found.parents is None else {
+        "strategy": cfg.hierarchy_strategy, "coarse_classes": found.coarse_classes, "parents": found.parents}
+    wd = cfg.weight_decay if cfg.weight_decay is not None else config_mod.DEFAULT_WEIGHT_DECAY[cfg.optimizer]
+    return RunPlan(cfg=cfg, found=found, split=split, spec=spec, phases=tuple(phases),
+                   arch={"name": cfg.model, "args": args, "dropout": cfg.dropout}, hierarchy=hierarchy, lr=lr,
+                   weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes))
+
+
+def _small_folder_batch(cfg: TrainConfig, lr: float, n_train: int, notes: list[str]) -> tuple[TrainConfig, float]:
+    """A recipe batch (fast: 1024, for CIFAR's 45,000 images) would leave a small folder a few steps an
+    epoch: keep at least MIN_STEPS_PER_EPOCH, and scale a recipe lr linearly with the batch (the usual
+    SGD rule). A batch size the user chose is kept."""
+    cap = max(16, 2 ** int(math.log2(max(1, n_train // config_mod.MIN_STEPS_PER_EPOCH))))
+    if cfg.batch_size <= cap:
+        return cfg, lr
+    if cfg.lr is None:
+        lr *= cap / cfg.batch_size
+    notes.append(f"batch size {cfg.batch_size} -> {cap} for {n_train} training images (lr {lr:.3g})")
+    return dataclasses.replace(cfg, batch_size=cap, lr=lr if cfg.lr is None else cfg.lr), lr
+
+
+def _arch_args(cfg: TrainConfig, spec: ModelSpec, img_size: int, n_phases: int) -> dict[str, Any]:
+    args = dict(cfg.model_args)
+    if cfg.head:
+        try:
+            args["head"] = [int(v) for v in str(cfg.head).split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--head takes layer widths like 256,128, not '{cfg.head}'") from None
+    if "img_size" in inspect.signature(spec.build).parameters:
+        if n_phases > 1:
+            raise UserError(f"model '{cfg.model}' is built for one input size: no progressive resizing")
+        args.setdefault("img_size", img_size)
+    return args
+
+
+def _recorded(run: RunDir) -> dict[str, Any] | None:
+    """The plan a run's last checkpoint recorded (with the normalisation it trained with), or None when
+    there is no checkpoint yet (a folder prepared for --devices workers)."""
+    if not run.last.is_file():
+        return None
+    header = read_header(run.last)
+    recorded = dict(header.get("loop", {}).get("plan") or {})
+    pre = header.get("preprocessing") or {}
+    if "mean" in pre:
+        recorded["mean"], recorded["std"] = tuple(pre["mean"]), tuple(pre["std"])
+    return recorded
+
+
+def resumed_normalisation(plan: RunPlan) -> tuple[tuple, tuple] | None:
+    """(mean, std) a resumed run trained with (e.g. a --weights file's), exactly; None for a new run."""
+    recorded = _recorded(plan.resume) if plan.resume is not None else None
+    return (recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None
