@@ -18,9 +18,9 @@ def test_default_train_uses_fast_path_sized_from_data(tmp_path):
     cfg = yaml.safe_load((run.dir / "config.yaml").read_text())
     assert cfg["model"] == "fast" and cfg["img_size"] == 16          # 12 px rounds to 16, the minimum
     assert cfg["optimizer"] == "sgd" and cfg["label_smoothing"] == 0.2 and cfg["tta"] == "flip_translate"
-    # the recipe's batch of 1024 shrinks for 24 training images, its lr scaled with it: a choice made from the
-    # data, kept in the plan (results.json, checkpoints) while config.yaml stays as asked, written once
-    assert cfg["batch_size"] == 1024 and cfg["lr"] is None
+    # the recipe's batch of 1024 shrinks for 24 training images, its lr scaled with it: decided by the plan
+    # before config.yaml is written (once), and recorded in results.json (and checkpoints) too
+    assert cfg["batch_size"] == 16 and abs(cfg["lr"] - 1.5 * 16 / 1024) < 1e-12
     plan = json.loads((run.dir / "results.json").read_text())["plan"]
     assert plan["batch_size"] == 16 and abs(plan["lr"] - 1.5 * 16 / 1024) < 1e-12
     assert run.config.batch_size == 16

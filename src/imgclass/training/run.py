@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..data.augment import BatchAugment
-from ..data.cache import cache_bytes, fits_on_disk, is_cached, load_cached
+from ..data import cache
 from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split, write_splits
@@ -349,10 +349,10 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
     tensors, hits = {}, 0
     stream = cfg.stream
     missing = 0 if stream or not cfg.cache else sum(
-        len(rows) for rows in split.items.values() if rows and not is_cached(split.root, rows, pre, cfg.cache_dir))
-    if missing and not fits_on_disk(cfg.cache_dir, missing, pre.img_size):
+        len(rows) for rows in split.items.values() if rows and not cache.is_cached(split.root, rows, pre, cfg.cache_dir))
+    if missing and not cache.fits_on_disk(cfg.cache_dir, missing, pre.img_size):
         stream = True
-        console.print(f"[yellow]note:[/] the decoded cache ({cache_bytes(missing, pre.img_size) / 2**30:.1f} GiB at "
+        console.print(f"[yellow]note:[/] the decoded cache ({cache.cache_bytes(missing, pre.img_size) / 2**30:.1f} GiB at "
                       f"{pre.img_size}px) would not fit on the disk of the cache folder; decoding every epoch in "
                       f"worker processes instead (--cache-dir elsewhere, or a smaller --img-size, avoids it)",
                       highlight=False, soft_wrap=True)
@@ -368,7 +368,7 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
             if stream:
                 tensors[name] = stream_split(split.root, split.items[name], pre, cfg.workers, report)
             elif cfg.cache and split.items[name]:
-                tensors[name], hit = load_cached(split.root, split.items[name], pre, cfg.cache_dir, cfg.workers, report)
+                tensors[name], hit = cache.load_cached(split.root, split.items[name], pre, cfg.cache_dir, cfg.workers, report)
                 hits += hit
             else:
                 tensors[name] = load_split(split.root, split.items[name], pre, cfg.workers, on_progress=report)
