@@ -58,3 +58,19 @@ FAST = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=8, epochs
             tensorboard=False, verbose=False, workers=1, evaluate=False)
 
 
+# two-level labels: DATA/<coarse>/<fine>/*
+TREE = {"animal": ["cat", "dog"], "plant": ["fern", "moss", "oak"]}
+
+
+def make_tree(root, per_class=12, splits=None):
+    rng = np.random.RandomState(0)
+    k = 0
+    for coarse, fines in TREE.items():
+        for fine in fines:
+            for split in (splits or [None]):
+                folder = root / (split or "") / coarse / fine
+                folder.mkdir(parents=True, exist_ok=True)
+                for j in range(per_class if split in (None, "train") else 4):
+                    tiny_image(k, rng).save(folder / f"{fine}{j}.png")
+            k += 1
+    return root

@@ -15,23 +15,8 @@ from imgclass.errors import DataError
 from imgclass.models import create_model
 from imgclass.models.hierarchy import Hierarchical, coarse_probabilities
 
-from helpers import FAST, tiny_image
+from helpers import FAST, TREE, make_tree, tiny_image
 
-TREE = {"animal": ["cat", "dog"], "plant": ["fern", "moss", "oak"]}
-
-
-def make_tree(root, per_class=12, splits=None):
-    rng = np.random.RandomState(0)
-    k = 0
-    for coarse, fines in TREE.items():
-        for fine in fines:
-            for split in (splits or [None]):
-                folder = root / (split or "") / coarse / fine
-                folder.mkdir(parents=True, exist_ok=True)
-                for j in range(per_class if split in (None, "train") else 4):
-                    tiny_image(k, rng).save(folder / f"{fine}{j}.png")
-            k += 1
-    return root
 
 
 def test_nested_folders_and_split_folders(tmp_path):

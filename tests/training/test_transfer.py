@@ -209,3 +209,22 @@ def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
     for k, v in model.backbone.state_dict().items():
         if v.dtype.is_floating_point and "running" not in k:
             assert torch.equal(v, net.state_dict()[k]), k           # frozen backbone = published weights
+
+
+def test_lr_find_takes_train_data_options(tmp_path, capsys):
+    """issue 15: lr-find plans like train: two-level labels and --head reach its model."""
+    from helpers import make_tree
+    from imgclass.training import lr_find as lr_mod
+    built = []
+    real = lr_mod.build_model
+    lr_mod.build_model = lambda arch, classes, hierarchy: built.append((arch, hierarchy)) or real(arch, classes,
+                                                                                                   hierarchy)
+    try:
+        data = make_tree(tmp_path / "tree")
+        assert main(["lr-find", str(data), "--hierarchy", "--model", "cnn", "--model-args", "width=8,depth=2",
+                     "--img-size", "8", "--head", "16", "--batch-size", "8", "--steps", "10",
+                     "--plot", str(tmp_path / "lr.png")]) == 0
+    finally:
+        lr_mod.build_model = real
+    (arch, hierarchy), = built
+    assert arch["args"]["head"] == [16] and hierarchy["coarse_classes"] == ["animal", "plant"]

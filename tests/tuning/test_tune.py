@@ -74,3 +74,47 @@ def test_pruning_callback_stops_a_poor_trial():
     cb = PruneOnVal(trial)
     cb("after_epoch", t)
     assert trial.reported == [(1, 0.2)] and t.stop and cb.pruned
+
+
+# issue 15: tune starts from train's plan, so `imgclass tune DATA` works with no other option
+
+def _folder(root, side: int, per_class: int = 8):
+    import numpy as np
+    from helpers import tiny_image
+    rng = np.random.RandomState(0)
+    for i, name in enumerate(("a", "b", "c")):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            tiny_image(i, rng, side).save(root / name / f"{j}.png")
+    return root
+
+
+def test_tune_out_of_the_box_on_small_images(tmp_path, monkeypatch, capsys):
+    """CIFAR-like 32 px images: `auto` is the fast network, which has no head widths to search (the default
+    space offered them once, and every trial failed)."""
+    data = _folder(tmp_path / "cifar-like", 32)
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", str(data), "--trials", "2", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "best validation accuracy" in out
+    params = yaml.safe_load((tmp_path / "runs" / "tune" / "best.yaml").read_text())
+    assert "head" not in params and len(list((tmp_path / "runs" / "tune").glob("trial-*"))) == 2
+
+
+def test_tune_out_of_the_box_on_photos(tmp_path, monkeypatch, capsys):
+    """Photos (96 px here): `auto` fine-tunes the installed EfficientNet-Lite0, in every trial."""
+    data = _folder(tmp_path / "photos", 96, per_class=6)
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", str(data), "--trials", "2", "--epochs", "1"]) == 0
+    assert "best validation accuracy" in capsys.readouterr().out
+    trial = yaml.safe_load(next((tmp_path / "runs" / "tune").glob("trial-*/config.yaml")).read_text())
+    assert trial["model"] == "timm:tf_efficientnet_lite0" and trial["pretrained"] is True
+
+
+def test_a_space_the_model_cannot_train_is_refused_before_any_trial(tmp_path, capsys):
+    data = _folder(tmp_path / "small", 32)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"head": {"type": "categorical", "choices": ["none", "128"]}}))
+    assert main(["tune", str(data), "--space", str(space), "--out", str(tmp_path / "t")]) == 2
+    assert "takes no head widths" in capsys.readouterr().err
+    assert not list((tmp_path / "t").glob("trial-*"))

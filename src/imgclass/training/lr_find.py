@@ -12,16 +12,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import config as config_mod
+from rich.console import Console
+
 from ..data.augment import BatchAugment
 from ..data.cache import load_cached
-from ..data.find import find_images
 from ..data.images import channel_stats
 from ..data.preprocess import Preprocessing
-from ..data.split import make_split
 from ..errors import DataError
-from ..models import create_model
+from ..models.hierarchy import build as build_model
+from .build import init_from_data, load_starting_weights
+from .device import pick_device
 from .optim import make_optimizer, set_lr
+from .plan import plan_run
+from .transfer import backbone_preprocessing
 
 
 @dataclass
@@ -34,36 +37,24 @@ class LRFind:
 
 def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float = 1e-6, end_lr: float = 10.0,
             steps: int = 100, config: str | Path | None = None, **options: Any) -> LRFind:
-    from .auto import resolve_new_run
-    from .device import pick_device
-    options["data"] = str(data)
-    explicit = config_mod.explicit_values(config, **options)
-    found = find_images(explicit["data"], explicit.get("labels"), explicit.get("id_column"), explicit.get("label_column"))
-    cfg = resolve_new_run(found, explicit, options, config)  # the same choice as train's (without a budget)
-    name = cfg.model
-    split, _ = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
-    pre = Preprocessing(img_size=config_mod.img_sizes(cfg.img_size)[0], resize=cfg.resize,
-                        max_pixels=cfg.max_image_pixels)
-    train, _ = load_cached(split.root, split.items["train"], pre, cfg.cache_dir, cfg.workers)
+    """The range test on the model, data options and normalisation train would use (the same plan_run and
+    model building), for `steps` steps from start_lr to end_lr."""
+    plan = plan_run(data, config, **options)
+    cfg, name = plan.cfg, plan.cfg.model
+    pre = Preprocessing(img_size=plan.phases[0][0], resize=cfg.resize, max_pixels=cfg.max_image_pixels)
+    train, _ = load_cached(plan.split.root, plan.split.items["train"], pre, cfg.cache_dir, cfg.workers)
     if len(train) < 2:
         raise DataError("too few training images for lr-find")
     pre.mean, pre.std = channel_stats(train.images)
+    if plan.transfer and (bp := backbone_preprocessing(name)) is not None:
+        pre.mean, pre.std = bp["mean"], bp["std"]
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = create_model(name, num_classes=len(split.classes), dropout=cfg.dropout, **cfg.model_args)
-    if hasattr(model, "init_from_data"):
-        model.init_from_data(pre.normalize(train.images[:5000]))
-    if cfg.pretrained or cfg.weights:
-        from .transfer import apply_weights_file, backbone_preprocessing, load_backbone_state, pretrained_backbone_state
-        if (bp := backbone_preprocessing(name)) is not None:
-            pre.mean, pre.std = bp["mean"], bp["std"]
-        if cfg.pretrained:
-            load_backbone_state(model, pretrained_backbone_state(name), f"{name} published weights")
-        if cfg.weights:
-            apply_weights_file(model, cfg.weights, split.classes)
+    model = build_model(plan.arch, plan.classes, plan.hierarchy)
+    init_from_data(model, train, pre, cfg.seed)
+    load_starting_weights(model, cfg, True, plan.hierarchy is not None, plan.classes, pre, Console(quiet=True))
     model.to(device).train()
-    wd = cfg.weight_decay if cfg.weight_decay is not None else (0.05 if cfg.optimizer == "adamw" else 5e-4)
-    opt = make_optimizer(model, cfg.optimizer, start_lr, wd, cfg.momentum)
+    opt = make_optimizer(model, cfg.optimizer, start_lr, plan.weight_decay, cfg.momentum)
     aug = BatchAugment(cfg.augment, cfg.hflip, translate=cfg.translate)
     gen = torch.Generator().manual_seed(cfg.seed)
     lrs, losses, smooth, best = [], [], 0.0, math.inf
@@ -75,7 +66,11 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
         s = (step * batch) % max(1, len(order) - batch + 1)
         idx = order[s:s + batch]
         x = pre.standardize(aug(train.images[idx].to(device).float().div_(255), gen))
-        loss = F.cross_entropy(model(x), train.labels[idx].to(device), label_smoothing=cfg.label_smoothing)
+        y = train.labels[idx].to(device)
+        if hasattr(model, "training_loss"):  # two-level labels: the loss of both levels, as in training
+            loss, _ = model.training_loss(x, y, cfg.label_smoothing)
+        else:
+            loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -31,7 +31,6 @@ from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.hierarchy import build as build_model
 from ..models.inference import predict_logits
-from ..models.pretrained import find_origin, pretrained_state
 from ..rundir import RunDir
 from . import budget, distributed
 from .budget import GRADUAL_STEP_SHARE, train_score_n
@@ -40,9 +39,10 @@ from .checkpoint import load_checkpoint
 from .device import pick_device, use_bf16
 from .loop import Trainer
 from .optim import make_optimizer
+from .build import init_from_data, load_starting_weights
 from .plan import RunPlan, plan_run, resumed_normalisation
-from .transfer import (GradualUnfreeze, apply_weights_file, backbone_preprocessing, classifiers, compute_features,
-                       layerwise_optimizer, load_pretrained, model_groups, set_backbones_trainable, train_head)
+from .transfer import (GradualUnfreeze, backbone_preprocessing, classifiers, compute_features, layerwise_optimizer,
+                       model_groups, set_backbones_trainable, train_head)
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _build_stage(s: Session) -> None:
         s.say(f"two-level labels: {len(plan.hierarchy['coarse_classes'])} coarse, {len(plan.classes)} fine classes; "
               f"strategy {cfg.hierarchy_strategy}")
     model = build_model(plan.arch, plan.classes, plan.hierarchy)
-    _init_from_data(model, s.data["train"], s.pre, cfg.seed)
+    init_from_data(model, s.data["train"], s.pre, cfg.seed)
     if plan.transfer and not classifiers(model):
         raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet)")
     s.fresh = distributed.fresh_start(plan.resume is not None, s.run.last)
@@ -199,7 +199,7 @@ def _build_stage(s: Session) -> None:
         raise UserError(f"cannot resume {s.run.path}: it has no checkpoints/last.safetensors (it stopped before its "
                         f"first epoch ended); start it again: imgclass train --config {s.run.config} "
                         f"--out NEW_FOLDER")
-    s.weights_origin = _load_starting_weights(model, cfg, s.fresh, plan.hierarchy is not None, plan.classes, s.pre,
+    s.weights_origin = load_starting_weights(model, cfg, s.fresh, plan.hierarchy is not None, plan.classes, s.pre,
                                               s.console)
     s.model = model.to(s.device).to(memory_format=torch.channels_last)
     s.groups = model_groups(s.model) if plan.transfer else []
@@ -232,7 +232,7 @@ def _budget_stage(s: Session) -> None:
                                s.pre.img_size, len(plan.phases))
     if wider is not None:  # room for the recipe's epochs at a wider network: measure it, keep it if it fits
         width, wide = wider
-        _init_from_data(wide, data["train"], s.pre, cfg.seed)
+        init_from_data(wide, data["train"], s.pre, cfg.seed)
         wide = wide.to(s.device).to(memory_format=torch.channels_last)
         wide_plan = budget.plan_budget(wide, *probe, seconds - (time.perf_counter() - s.started))
         if wide_plan[0] >= plan.spec.recipe["epochs"]:
@@ -409,13 +409,6 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run: RunDi
     return time.perf_counter() - started, rows[-1]["val_acc"]
 
 
-def _init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:
-    """Data-dependent initialisation, e.g. the fast model's whitening layer, from up to 5,000 images."""
-    if hasattr(model, "init_from_data"):
-        sample = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:5000]]
-        model.init_from_data(pre.normalize(sample))
-
-
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
                   device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(accuracy, loss and n per split; probabilities per split) of the final model, without augmentation
@@ -434,32 +427,6 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
                              "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
     return metrics, probs
-
-
-def _load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool, classes: list[str],
-                           pre: Preprocessing, console: Console) -> dict | None:
-    """--pretrained / --weights into the model on a fresh start (a resumed run has them in its checkpoint);
-    returns where the starting weights came from, for the model file and the report."""
-    weights_origin = None
-    if cfg.pretrained:
-        origin = find_origin(cfg.model)
-        if fresh:
-            state, origin = pretrained_state(cfg.model)
-            n = load_pretrained(model, state, f"{cfg.model} published weights")
-            console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
-                          + (f": {origin.describe()}" if origin is not None else ""), highlight=False, soft_wrap=True)
-        weights_origin = origin.to_dict() if origin is not None else None
-    if cfg.weights is not None:
-        weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
-                          "licence": "that of the file", "dataset": "that of the file"}
-    if cfg.weights is not None and fresh:
-        if two_level:
-            raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
-        message, file_pre = apply_weights_file(model, cfg.weights, classes)
-        if file_pre:
-            pre.mean, pre.std = tuple(file_pre["mean"]), tuple(file_pre["std"])
-        console.print(message, highlight=False, soft_wrap=True)
-    return weights_origin
 
 
 def _train_forward(model, cfg: TrainConfig, dd, device: torch.device, partly_frozen: bool = False):

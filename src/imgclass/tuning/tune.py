@@ -8,6 +8,7 @@ Outputs in --out: study.db (default storage), trials.csv, best.yaml (accepted by
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,26 +18,48 @@ import yaml
 
 from .. import config as config_mod
 from ..errors import UserError
+from ..training.plan import RunPlan, plan_run
+from ..training.run import train
 
 SAMPLERS = ("tpe", "random", "grid")
 GRID_POINTS = 3  # a float or int range becomes this many points for grid search
 
 
-def default_space(img_size: int | None) -> dict[str, dict[str, Any]]:
-    """The default search space: learning rate, weight decay, batch size, augmentation, dropout,
-    head width, input size."""
+def default_space(plan: RunPlan) -> dict[str, dict[str, Any]]:
+    """The default search space, around what train would use for this data (the same plan): learning rate
+    (a decade either side of the plan's), weight decay, batch size, augmentation, dropout, head width
+    (for models that take one) and input size (the plan's, and three quarters of it)."""
+    img_size = plan.phases[-1][0]
     space = {
-        "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "lr": {"type": "float", "low": plan.lr / 10, "high": plan.lr * 10, "log": True},
         "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
         "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
         "augment": {"type": "categorical", "choices": ["none", "light", "strong"]},
         "dropout": {"type": "float", "low": 0.0, "high": 0.5},
         "head": {"type": "categorical", "choices": ["none", "128", "256"]},
+        "img_size": {"type": "categorical", "choices": sorted({max(8, plan.spec.min_img_size,
+                                                                   8 * round(img_size * 0.75 / 8)), img_size})},
     }
-    if img_size:
-        space["img_size"] = {"type": "categorical",
-                             "choices": sorted({max(8, 8 * round(img_size * 0.75 / 8)), img_size})}
+    if not takes_head(plan):
+        del space["head"]
     return space
+
+
+def takes_head(plan: RunPlan) -> bool:
+    return "head" in inspect.signature(plan.spec.build).parameters
+
+
+def check_space(space: dict[str, dict[str, Any]], plan: RunPlan) -> None:
+    """Refuse, before the first trial, a space the plan's model cannot train: a head width for a model
+    without a head, input sizes below the model's minimum."""
+    if "head" in space and not takes_head(plan):
+        raise UserError(f"the search space has 'head', but model '{plan.cfg.model}' takes no head widths; "
+                        f"remove it from --space")
+    sizes = space.get("img_size", {})
+    low = min(sizes.get("choices", [sizes.get("low", plan.spec.min_img_size)]))
+    if low < plan.spec.min_img_size:
+        raise UserError(f"the search space's img_size goes down to {low}, but model '{plan.cfg.model}' needs at "
+                        f"least {plan.spec.min_img_size}")
 
 
 def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -112,30 +135,18 @@ class TuneResult:
 def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | Path | None = None,
          time_budget: str | None = None, storage: str | None = None, study: str | None = None,
          out: str | Path = "runs/tune", config: str | Path | None = None, **fixed: Any) -> TuneResult:
-    import optuna
-    from ..training.run import train
+    import optuna  # deferred on purpose: only the tune verb needs it, and it is slow to import
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fixed = config_mod.explicit_values(config, data=str(data), **fixed)
     fixed.pop("out", None)
-    if space:
-        search = load_space(space)
-    else:
-        from ..data.find import find_images
-        from ..models import get_spec
-        from ..training.auto import resolve_auto, choose_img_size
-        size = (config_mod.img_sizes(fixed.get("img_size")) or [None])[-1]
-        if size is None:
-            name = fixed.get("model", "auto")
-            found = find_images(data, fixed.get("labels"), fixed.get("id_column"), fixed.get("label_column"),
-                                fixed.get("hierarchy", False), fixed.get("label_columns"))
-            if name == "auto":  # the same choice as train's
-                choice = resolve_auto(found, fixed)
-                name, size = choice.model, choice.options.get("img_size")
-            size = size or choose_img_size(found, name, get_spec(name).default_img_size)
-        search = default_space(size)
+    # the plan train would make of these settings: its model, input size and lr centre the default space,
+    # and a given space is checked against that model before the first trial
+    plan = plan_run(**fixed)
+    search = load_space(space) if space else default_space(plan)
+    check_space(search, plan)
     search = {k: v for k, v in search.items() if k not in fixed}  # a fixed option is not searched
     if not search:
         raise UserError("nothing to search: every parameter of the space is fixed by an option")
