@@ -89,18 +89,14 @@ def _add_pixel_limit(p: argparse.ArgumentParser) -> None:
                         f"raise it [default: {DEFAULT_MAX_PIXELS}]")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="imgclass", description="Train, evaluate and use image classifiers from a folder of images.")
-    parser.add_argument("--version", action="version", version=f"imgclass {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
-
-    p = sub.add_parser("train", help="train a classifier on DATA")
+def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", help="image folder (DATA/<class>/*, DATA/train|val|test/<class>/*, or with --labels)")
     p.add_argument("--config", help="YAML file with any of these options (the command line wins)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     _add_train_options(p)
 
-    p = sub.add_parser("tune", help="hyperparameter search with Optuna (each trial a train run)")
+
+def _tune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--trials", type=int, default=10, help="trials for this process (several processes may share a study)")
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
@@ -110,14 +106,16 @@ def build_parser() -> Parser:
     p.add_argument("--config", help="YAML file with fixed train options")
     _add_train_options(p)  # every train option is a fixed setting; --time-budget bounds the whole search
 
-    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one")
+
+def _lr_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--config", help="YAML file with train options")
     p.add_argument("--plot", default="lr_find.png", help="where to write the plot [default: lr_find.png]")
     p.add_argument("--steps", type=int, default=100)
     _add_train_options(p)
 
-    p = sub.add_parser("predict", help="top-k predictions for images, folders or glob patterns")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3)
@@ -129,7 +127,8 @@ def build_parser() -> Parser:
                    help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
     _add_pixel_limit(p)
 
-    p = sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images")
+
+def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("test_dir", help="folder of test images (ID = file name without extension)")
     p.add_argument("--out", default="submission.csv")
@@ -141,7 +140,8 @@ def build_parser() -> Parser:
                    help="with two-level labels: which level (both: TARGET_COARSE and TARGET_FINE columns)")
     _add_pixel_limit(p)
 
-    p = sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage")
+
+def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     for name in ("labels", "id_column", "label_column", "label_columns"):
         p.add_argument("--" + name.replace("_", "-"), dest=name)
@@ -155,7 +155,8 @@ def build_parser() -> Parser:
     p.add_argument("--json", help="also write the full report as JSON to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a problem is found (unusable files, duplicates, leakage)")
 
-    p = sub.add_parser("evaluate", help="metrics, figures and a written report for a split")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("data", nargs="?", help="image folder (default: the run's own data and splits.csv)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
@@ -163,16 +164,19 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="auto")
     _add_pixel_limit(p)
 
-    p = sub.add_parser("compare", help="runs side by side (text, and HTML with --html)")
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--html", help="also write the table to this HTML file")
 
-    p = sub.add_parser("export", help="export to ONNX or TorchScript, with parity checked against PyTorch")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="output file (default: next to the model file)")
 
-    p = sub.add_parser("serve", help="a web service with an upload page (FastAPI + uvicorn)")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder, model.safetensors, or an exported .onnx (with --runtime onnx)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=8000)
@@ -191,19 +195,42 @@ def build_parser() -> Parser:
                    "(--api-key-file FILE) or in the IMGCLASS_API_KEY environment variable")
     p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
 
-    p = sub.add_parser("models", help="list model names")
+
+def _models_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoo", choices=["torchvision", "timm"], help="list a library's architectures instead")
     p.add_argument("--filter", help="glob pattern, e.g. 'resnet*'")
     p.add_argument("--pretrained", action="store_true",
                    help="list the backbones whose pretrained weights are available offline now, and from where")
 
-    p = sub.add_parser("cache", help="the decoded-image cache: its entries and sizes (info), or clear it")
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--older-than", metavar="AGE", help="clear: only entries unused for this long (e.g. 30d, 12h)")
     p.add_argument("--dir", help="the cache folder [default: IMGCLASS_CACHE_DIR or ~/.cache/imgclass]")
 
-    p = sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)")
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default: runs/demo-N)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="imgclass", description="Train, evaluate and use image classifiers from a folder of images.")
+    parser.add_argument("--version", action="version", version=f"imgclass {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+
+    _train_options(sub.add_parser("train", help="train a classifier on DATA"))
+    _tune_options(sub.add_parser("tune", help="hyperparameter search with Optuna (each trial a train run)"))
+    _lr_find_options(sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one"))
+    _predict_options(sub.add_parser("predict", help="top-k predictions for images, folders or glob patterns"))
+    _submit_options(sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images"))
+    _check_options(sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage"))
+    _evaluate_options(sub.add_parser("evaluate", help="metrics, figures and a written report for a split"))
+    _compare_options(sub.add_parser("compare", help="runs side by side (text, and HTML with --html)"))
+    _export_options(sub.add_parser("export", help="export to ONNX or TorchScript, with parity checked against PyTorch"))
+    _serve_options(sub.add_parser("serve", help="a web service with an upload page (FastAPI + uvicorn)"))
+    _models_options(sub.add_parser("models", help="list model names"))
+    _cache_options(sub.add_parser("cache", help="the decoded-image cache: its entries and sizes (info), or clear it"))
+    _demo_options(sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)"))
     return parser
 
 

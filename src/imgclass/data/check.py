@@ -143,7 +143,6 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
     done = 0
 
     def work(i: int) -> None:
-        nonlocal done
         for key, value in inspect_file(found.root / infos[i].path, max_pixels).items():
             setattr(infos[i], key, value)
 
@@ -159,14 +158,46 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         counts[f.split][f.label] += 1
     counts["all"] = {c: sum(counts[s][c] for s in SPLITS) for c in found.classes}
     imbalance = {s: (max(v.values()) / max(min(v.values()), 1)) for s, v in counts.items() if sum(v.values())}
+    sizes = _size_summary(good)
+
+    exact, near, leakage = _duplicates(infos, good, near_distance)
+    ignored = sorted(p.relative_to(found.root).as_posix() for p in found.root.rglob("*")
+                     if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS)
+    report = CheckReport(
+        root=str(found.root), layout=found.layout, classes=found.classes, counts=counts, imbalance=imbalance,
+        sizes=sizes, formats=dict(Counter(f.format for f in good)), modes=dict(Counter(f.mode for f in good)),
+        unusable=[{"path": f.path, "split": f.split, "reason": f.error} for f in infos if f.error],
+        extension_mismatch=[f"{f.path} (content is {f.format})" for f in infos if f.extension_mismatch],
+        exif_rotated=[f.path for f in good if f.exif_rotated],
+        small=[f"{f.path} ({f.width}x{f.height})" for f in good if min(f.width, f.height) < SMALL_SIDE],
+        exact_duplicates=[[f.path for f in g] for g in exact], near_duplicates=near, leakage=leakage,
+        ignored=ignored, notes=found.notes + split_notes)
+    tiny = sum(1 for f in good if min(f.width, f.height) < NEAR_MIN_SIDE)
+    if tiny:
+        report.notes.append(f"{tiny} image(s) under {NEAR_MIN_SIDE} px are left out of the near-duplicate search "
+                            f"(a perceptual hash of so few pixels is not reliable); exact duplicates still count")
+    if found.parents is not None:
+        report.coarse_counts = {s: {c: 0 for c in found.coarse_classes} for s in counts}
+        for s, per in counts.items():
+            for fine, n in per.items():
+                report.coarse_counts[s][found.coarse_classes[found.parents[found.classes.index(fine)]]] += n
+    report.recommendations = recommendations(report)
+    return report
+
+
+def _size_summary(good: list[FileInfo]) -> dict[str, Any]:
     sides = [max(f.width, f.height) for f in good]
     hist = Counter(np.digitize(sides, SIZE_BINS[1:-1]).tolist()) if sides else Counter()
-    sizes = {"min": [min(f.width for f in good), min(f.height for f in good)] if good else None,
-             "median": [statistics.median(f.width for f in good), statistics.median(f.height for f in good)] if good else None,
-             "max": [max(f.width for f in good), max(f.height for f in good)] if good else None,
-             "longer_side_histogram": {f"{SIZE_BINS[b]}-{SIZE_BINS[b + 1] - 1}" if b < len(SIZE_BINS) - 2
-                                       else f">={SIZE_BINS[b]}": hist[b] for b in range(len(SIZE_BINS) - 1) if hist[b]}}
+    return {"min": [min(f.width for f in good), min(f.height for f in good)] if good else None,
+            "median": [statistics.median(f.width for f in good), statistics.median(f.height for f in good)] if good else None,
+            "max": [max(f.width for f in good), max(f.height for f in good)] if good else None,
+            "longer_side_histogram": {f"{SIZE_BINS[b]}-{SIZE_BINS[b + 1] - 1}" if b < len(SIZE_BINS) - 2
+                                      else f">={SIZE_BINS[b]}": hist[b] for b in range(len(SIZE_BINS) - 1) if hist[b]}}
 
+
+def _duplicates(infos: list[FileInfo], good: list[FileInfo], near_distance: int
+                ) -> tuple[list[list[FileInfo]], list[dict], list[dict]]:
+    """(exact duplicate groups, near-duplicate pairs, pairs that leak across splits)."""
     by_hash: dict[str, list[FileInfo]] = defaultdict(list)
     for f in infos:
         if f.sha256 and f.bytes:
@@ -191,28 +222,7 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         if a.split != b.split:
             leakage.append({"a": a.path, "a_split": a.split, "b": b.path, "b_split": b.split, "kind": f"near ({d} bits)"})
 
-    ignored = sorted(p.relative_to(found.root).as_posix() for p in found.root.rglob("*")
-                     if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS)
-    report = CheckReport(
-        root=str(found.root), layout=found.layout, classes=found.classes, counts=counts, imbalance=imbalance,
-        sizes=sizes, formats=dict(Counter(f.format for f in good)), modes=dict(Counter(f.mode for f in good)),
-        unusable=[{"path": f.path, "split": f.split, "reason": f.error} for f in infos if f.error],
-        extension_mismatch=[f"{f.path} (content is {f.format})" for f in infos if f.extension_mismatch],
-        exif_rotated=[f.path for f in good if f.exif_rotated],
-        small=[f"{f.path} ({f.width}x{f.height})" for f in good if min(f.width, f.height) < SMALL_SIDE],
-        exact_duplicates=[[f.path for f in g] for g in exact], near_duplicates=near, leakage=leakage,
-        ignored=ignored, notes=found.notes + split_notes)
-    tiny = sum(1 for f in good if min(f.width, f.height) < NEAR_MIN_SIDE)
-    if tiny:
-        report.notes.append(f"{tiny} image(s) under {NEAR_MIN_SIDE} px are left out of the near-duplicate search "
-                            f"(a perceptual hash of so few pixels is not reliable); exact duplicates still count")
-    if found.parents is not None:
-        report.coarse_counts = {s: {c: 0 for c in found.coarse_classes} for s in counts}
-        for s, per in counts.items():
-            for fine, n in per.items():
-                report.coarse_counts[s][found.coarse_classes[found.parents[found.classes.index(fine)]]] += n
-    report.recommendations = recommendations(report)
-    return report
+    return exact, near, leakage
 
 
 def recommendations(r: CheckReport) -> list[str]:

@@ -76,57 +76,62 @@ def _pct(x: float | None) -> str:
 
 
 def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str]:
-    """Paragraphs of the TL;DR, from the numbers of this run only."""
-    classes = metrics["classes"]
-    split = metrics["split"]
-    arch = ctx.header.get("arch", {})
-    pre = ctx.header.get("preprocessing", {})
+    """Paragraphs of the TL;DR, from the numbers of this run only: data, model, results, diagnosis."""
     acc = {k: v.get("accuracy") for k, v in ctx.results.get("metrics", {}).items()}
-    acc[split] = metrics["accuracy"]
-    paras = []
+    acc[metrics["split"]] = metrics["accuracy"]
+    paras = [_data_paragraph(metrics, ctx)]
+    if ctx.header.get("arch"):
+        paras.append(_model_paragraph(ctx))
+    paras.append(_results_paragraph(metrics, acc))
+    paras += _diagnosis_paragraphs(metrics, notes, ctx, acc)
+    return _limit_words(paras, TLDR_WORD_LIMIT)
 
-    # Data
+
+def _imbalance(ctx: RunContext) -> float | None:
+    counts = ctx.split_counts.get("train", {})
+    return max(counts.values()) / max(min(counts.values()), 1) if counts else None
+
+
+def _data_paragraph(metrics: dict[str, Any], ctx: RunContext) -> str:
     train_counts = ctx.split_counts.get("train", {})
     sizes = ", ".join(f"{s} {sum(c.values())}" for s, c in ctx.split_counts.items())
-    imbalance = None
-    if train_counts:
-        lo, hi = min(train_counts.values()), max(train_counts.values())
-        imbalance = hi / max(lo, 1)
-    data = f"**Data.** {len(classes)} classes; {metrics['n']} images evaluated in the {split} split"
+    data = f"**Data.** {len(metrics['classes'])} classes; {metrics['n']} images evaluated in the {metrics['split']} split"
     data += f" (splits: {sizes})." if sizes else "."
-    if imbalance is not None:
+    if train_counts:
         rare = min(train_counts, key=train_counts.get)
         data += (f" Training images per class range from {min(train_counts.values())} ('{rare}') to "
-                 f"{max(train_counts.values())}: an imbalance ratio of {imbalance:.1f}.")
+                 f"{max(train_counts.values())}: an imbalance ratio of {_imbalance(ctx):.1f}.")
     if metrics.get("unreadable"):
         data += f" {len(metrics['unreadable'])} file(s) of this split could not be read and were left out."
     if ctx.bad_files:
         data += f" The run skipped {len(ctx.bad_files)} unusable file(s) in all (listed below)."
-    paras.append(data)
+    return data
 
-    # Model and training
-    if arch:
-        model = f"**Model.** {arch.get('name')} {arch.get('args') or ''}".rstrip() + f" at {pre.get('img_size')} px"
-        model += f" (resize policy {pre.get('resize')})"
-        w = ctx.header.get("weights")
-        model += (f", fine-tuned from {w.get('dataset')} weights ({w.get('source')}: {w.get('location')}; licence "
-                  f"{w.get('licence')})" if w else ", trained from scratch")
-        res = ctx.results
-        used = {**ctx.config, **(res.get("plan") or {})}  # config.yaml as asked; the plan as decided in the run
-        if ctx.config:
-            model += (f", augmentation '{used.get('augment')}', optimizer {used.get('optimizer')}, "
-                      f"batch size {used.get('batch_size')}")
-        if res.get("epochs_run"):
-            best = (f"epoch {res.get('best_epoch')}" if res.get("best_epoch") else
-                    "the head stage (fine-tuning did not beat the head on frozen features)")
-            model += (f"; trained {res['epochs_run']} of {used.get('epochs', res['epochs_run'])} epochs in "
-                      f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best}")
-            if res.get("stop_reason"):
-                model += " (stopped early)"
-        paras.append(model + ".")
 
-    # Results
-    per = metrics["per_class"]
+def _model_paragraph(ctx: RunContext) -> str:
+    arch, pre = ctx.header.get("arch", {}), ctx.header.get("preprocessing", {})
+    model = f"**Model.** {arch.get('name')} {arch.get('args') or ''}".rstrip() + f" at {pre.get('img_size')} px"
+    model += f" (resize policy {pre.get('resize')})"
+    w = ctx.header.get("weights")
+    model += (f", fine-tuned from {w.get('dataset')} weights ({w.get('source')}: {w.get('location')}; licence "
+              f"{w.get('licence')})" if w else ", trained from scratch")
+    res = ctx.results
+    used = {**ctx.config, **(res.get("plan") or {})}  # config.yaml as asked; the plan as decided in the run
+    if ctx.config:
+        model += (f", augmentation '{used.get('augment')}', optimizer {used.get('optimizer')}, "
+                  f"batch size {used.get('batch_size')}")
+    if res.get("epochs_run"):
+        best = (f"epoch {res.get('best_epoch')}" if res.get("best_epoch") else
+                "the head stage (fine-tuning did not beat the head on frozen features)")
+        model += (f"; trained {res['epochs_run']} of {used.get('epochs', res['epochs_run'])} epochs in "
+                  f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best}")
+        if res.get("stop_reason"):
+            model += " (stopped early)"
+    return model + "."
+
+
+def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float]) -> str:
+    per, split = metrics["per_class"], metrics["split"]
     weakest = sorted(per, key=lambda c: (per[c]["f1"], c))[:3]
     line = "**Results.** Accuracy " + ", ".join(f"{s} {_pct(acc[s])}" for s in ("train", "val", "test") if s in acc)
     line += (f". On {split}: macro F1 {metrics['macro_f1']:.3f}, balanced accuracy {_pct(metrics['balanced_accuracy'])}"
@@ -144,10 +149,14 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
                  f"{sev['within_coarse']} stay inside the right coarse class and {sev['across_coarse']} cross it.")
     line += (f" Calibration: mean confidence {_pct(metrics['mean_confidence'])} against accuracy "
              f"{_pct(metrics['accuracy'])} (ECE {metrics['ece']:.3f}).")
-    paras.append(line)
+    return line
 
-    # Diagnosis and next steps
+
+def _diagnosis_paragraphs(metrics: dict[str, Any], notes: list[str], ctx: RunContext,
+                          acc: dict[str, float]) -> list[str]:
     diagnosis, steps = [], []
+    train_counts, imbalance = ctx.split_counts.get("train", {}), _imbalance(ctx)
+    confused = metrics.get("most_confused", [])[:3]
     tr, va = acc.get("train"), acc.get("val", acc.get("test"))
     if tr is not None and va is not None and tr - va > 0.08:
         diagnosis.append(f"over-fitting (train {_pct(tr)} vs validation {_pct(va)})")
@@ -171,11 +180,11 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
                      f"gallery for mislabelled images")
     if notes:
         diagnosis.append("see warnings: " + "; ".join(notes))
-    paras.append("**Diagnosis.** " + ("; ".join(diagnosis) if diagnosis else "no clear over- or under-fitting, "
-                                      "imbalance or calibration problem in these numbers") + ".")
+    paras = ["**Diagnosis.** " + ("; ".join(diagnosis) if diagnosis else "no clear over- or under-fitting, "
+                                  "imbalance or calibration problem in these numbers") + "."]
     if steps:
         paras.append("**Next steps.** " + "; ".join(s[0].upper() + s[1:] for s in steps) + ".")
-    return _limit_words(paras, TLDR_WORD_LIMIT)
+    return paras
 
 
 def _limit_words(paras: list[str], limit: int) -> list[str]:
