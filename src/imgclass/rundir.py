@@ -45,6 +45,22 @@ class RunDir:
     def eval_dir(self, split: str) -> Path:
         return self.path / "eval" / split
 
+    @classmethod
+    def of_model(cls, model: str | Path) -> "RunDir | None":
+        """The run folder a model belongs to (given as the folder, its model.safetensors or a checkpoint),
+        or None for a model file outside any run."""
+        p = Path(model).expanduser()
+        path = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        run = cls(path)
+        return run if run.is_run() else None
+
+    def read_csv(self, path: Path) -> list[dict[str, str]]:
+        """Rows of one of the run's CSV files (bad files, splits, history, predictions); [] when absent."""
+        if not path.is_file():
+            return []
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
     def is_run(self) -> bool:
         return self.config.is_file()
 
@@ -80,10 +96,7 @@ class RunDir:
         write_text_atomic(self.results, json.dumps(results, indent=2) + "\n")
 
     def read_history(self) -> list[dict[str, str]]:
-        if not self.metrics.is_file():
-            return []
-        with self.metrics.open(newline="") as fh:
-            return list(csv.DictReader(fh))
+        return self.read_csv(self.metrics)
 
     def write_rows(self, path: Path, rows: list[dict[str, Any]] | list[tuple], header: list[str] | None = None) -> None:
         """A small CSV (bad files, the head stage's epochs), written atomically."""

@@ -50,3 +50,21 @@ def test_lookahead_resumes_from_saved_average():
     before = model.weight.detach().clone()
     Lookahead().after_step(t)
     assert torch.allclose(model.weight, 7.0 + (1 - 0.95 ** 5) * (before - 7.0), atol=1e-6)
+
+
+def test_callbacks_declare_their_events():
+    """issue 15: every callback subclasses Callback (events are its methods, named by the Event enum);
+    anything else is refused when the loop is built, not when an event first reaches it."""
+    import pytest
+    from imgclass.training.loop import Callback, Event, Trainer
+    assert [e.value for e in Event] == ["before_fit", "before_epoch", "after_step", "before_validate",
+                                        "after_epoch", "after_fit"]
+    assert all(callable(getattr(Callback, e.value)) for e in Event)
+
+    class Strings:  # the old contract: a callable dispatching on event names
+        def __call__(self, event, trainer):
+            pass
+    with pytest.raises(TypeError, match="must subclass .*Callback: Strings"):
+        Trainer(model=None, optimizer=None, train_data=None, val_data=None, pre=None, augment=None, epochs=1,
+                batch_size=1, peak_lr=0.1, warmup_epochs=0, label_smoothing=0, seed=0, device=None,
+                callbacks=[Strings()])

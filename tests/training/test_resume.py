@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from imgclass.training.checkpoint import load_checkpoint  # noqa: F401 (imported for coverage of the module)
+from imgclass.training.loop import Callback
 
 from helpers import make_class_folders
 
@@ -93,18 +94,17 @@ def _kill_after(cmd, out, epoch: int, env) -> None:
     assert not (out / "model.safetensors").exists()
 
 
-class Probe:
+class Probe(Callback):
     """Records the loop's restored state when the resumed fit starts."""
     order = 100
 
     def __init__(self):
         self.seen = []
 
-    def __call__(self, event, t):
-        if event == "before_fit":
-            self.seen.append({"epoch": t.epoch, "best": t.best_val_acc, "mean": tuple(t.pre.mean),
-                              "time_allowed": t.time_allowed, "deadline": t.deadline, "clock": t.clock,
-                              "epochs": t.epochs, "history": [dict(r) for r in t.history]})
+    def before_fit(self, t):
+        self.seen.append({"epoch": t.epoch, "best": t.best_val_acc, "mean": tuple(t.pre.mean),
+                          "time_allowed": t.time_allowed, "deadline": t.deadline, "clock": t.clock,
+                          "epochs": t.epochs, "history": [dict(r) for r in t.history]})
 
 
 def _resume_in_process(run):

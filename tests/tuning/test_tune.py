@@ -72,7 +72,7 @@ def test_pruning_callback_stops_a_poor_trial():
         stop_reason = ""
     t, trial = T(), Trial()
     cb = PruneOnVal(trial)
-    cb("after_epoch", t)
+    cb.after_epoch(t)
     assert trial.reported == [(1, 0.2)] and t.stop and cb.pruned
 
 

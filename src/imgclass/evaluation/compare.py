@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import UserError
 from ..modelfile import read_header, resolve_model_path
+from ..rundir import RunDir
 
 COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
            "test macro F1", "test coarse accuracy"]
@@ -22,11 +21,10 @@ def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
         if not run.is_dir():
             raise UserError(f"not a run folder: {run}")
         header = read_header(resolve_model_path(run))
-        results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+        results, cfg = RunDir(run).read_results(), RunDir(run).read_config_dict()
         acc = {k: v.get("accuracy") for k, v in results.get("metrics", {}).items()}
         f1 = coarse = None
-        test_metrics = run / "eval" / "test" / "metrics.json"
+        test_metrics = RunDir(run).eval_dir("test") / "metrics.json"
         if test_metrics.is_file():
             m = json.loads(test_metrics.read_text())
             f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")

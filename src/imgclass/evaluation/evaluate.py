@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from ..config import resolve as resolve_config
+from ..rundir import RunDir
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
@@ -42,9 +43,8 @@ class Evaluation:
 
 
 def _run_dir_of(model: str | Path) -> Path | None:
-    p = Path(model).expanduser()
-    run = p if p.is_dir() else p.parent.parent if p.parent.name == "checkpoints" else p.parent
-    return run if (run / "config.yaml").is_file() else None
+    run = RunDir.of_model(model)
+    return run.path if run is not None else None
 
 
 def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: list[str],
@@ -52,13 +52,13 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     """(data root, [(relative path, model class index)]) for the split to evaluate."""
     run_dir = _run_dir_of(model)
     run_data = None
-    if run_dir is not None and (run_dir / "splits.csv").is_file():
-        run_data = Path(resolve_config(run_dir / "config.yaml").data or "").expanduser()
+    if run_dir is not None and RunDir(run_dir).splits.is_file():
+        run_data = Path(resolve_config(RunDir(run_dir).config).data or "").expanduser()
     wanted = SPLITS if split == "all" else (split,)
     if data is None or (run_data is not None and Path(data).expanduser().resolve() == run_data.resolve()):
         if run_data is None:
             raise UserError("give a DATA folder to evaluate on (the model is not inside a run folder with splits.csv)")
-        saved = read_splits(run_dir / "splits.csv", run_data, classes)
+        saved = read_splits(RunDir(run_dir).splits, run_data, classes)
         return run_data, [row for s in wanted for row in saved.items[s]]
     found = find_images(data)
     index = {c: i for i, c in enumerate(classes)}
@@ -156,7 +156,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         metrics.update(hierarchy_metrics(y, probs, predictor.hierarchy, split, notes))
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     run_dir = _run_dir_of(model)
-    out_dir = Path(out).expanduser() if out else (run_dir / "eval" / split if run_dir else Path("eval") / split)
+    out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_predictions(out_dir / "predictions.csv", tensors.paths, y, probs, classes)

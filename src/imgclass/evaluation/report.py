@@ -4,15 +4,14 @@ on how to read it. The HTML embeds its figures, so it is one file that opens off
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+
+from ..rundir import RunDir
 
 TLDR_WORD_LIMIT = 500
 
@@ -53,21 +52,12 @@ class RunContext:
         if run_dir is None:
             ctx.results = {"metrics": {k: v for k, v in header.get("metrics", {}).items() if isinstance(v, dict)}}
             return ctx
-        if (run_dir / "config.yaml").is_file():
-            ctx.config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        if (run_dir / "results.json").is_file():
-            ctx.results = json.loads((run_dir / "results.json").read_text())
-        if (run_dir / "metrics.csv").is_file():
-            with (run_dir / "metrics.csv").open(newline="") as fh:
-                ctx.history = list(csv.DictReader(fh))
-        if (run_dir / "bad_files.csv").is_file():
-            with (run_dir / "bad_files.csv").open(newline="") as fh:
-                ctx.bad_files = list(csv.DictReader(fh))
-        if (run_dir / "splits.csv").is_file():
-            with (run_dir / "splits.csv").open(newline="") as fh:
-                for row in csv.DictReader(fh):
-                    counts = ctx.split_counts.setdefault(row["split"], {})
-                    counts[row["label"]] = counts.get(row["label"], 0) + 1
+        run = RunDir(run_dir)
+        ctx.config, ctx.results = run.read_config_dict(), run.read_results()
+        ctx.history, ctx.bad_files = run.read_history(), run.read_csv(run.bad_files)
+        for row in run.read_csv(run.splits):
+            counts = ctx.split_counts.setdefault(row["split"], {})
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
         return ctx
 
 

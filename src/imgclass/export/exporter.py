@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
+from ..config import resolve as resolve_config
 from ..models.tta import tta_logits
+from ..rundir import RunDir
 from ..modelfile import resolve_model_path
 from ..prediction.predictor import Predictor
 
@@ -43,18 +45,15 @@ class InferenceModule(nn.Module):
 def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.Tensor:
     """uint8 images for the parity check: the run's own test images when there are some, else noise."""
     size = predictor.pre.img_size
-    run = model_path.parent if model_path.name == "model.safetensors" else None
+    run = RunDir.of_model(model_path)
     images = []
-    if run is not None and (run / "eval" / "test" / "predictions.csv").is_file():
-        import csv
-        from ..config import resolve as resolve_config
-        root = Path(resolve_config(run / "config.yaml").data)
-        with (run / "eval" / "test" / "predictions.csv").open(newline="") as fh:
-            for row in list(csv.DictReader(fh))[:n]:
-                try:
-                    images.append(predictor.pre.load(root / row["path"]))
-                except Exception:  # noqa: BLE001 - noise fills in for files gone since training
-                    pass
+    rows = run.read_csv(run.eval_dir("test") / "predictions.csv") if run is not None else []
+    root = Path(resolve_config(run.config).data) if rows else None
+    for row in rows[:n]:
+        try:
+            images.append(predictor.pre.load(root / row["path"]))
+        except Exception:  # noqa: BLE001 - noise fills in for files gone since training
+            pass
     rng = np.random.RandomState(0)
     while len(images) < n:
         images.append(rng.randint(0, 256, (size, size, 3), dtype=np.uint8))

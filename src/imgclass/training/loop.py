@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -33,13 +34,28 @@ from .optim import lr_at, set_lr
 CLOCK_SLACK = 0.02
 
 
+class Event(str, Enum):
+    """The loop's events, in the order they happen."""
+    BEFORE_FIT = "before_fit"
+    BEFORE_EPOCH = "before_epoch"        # after model.train(): a callback may put frozen parts back in eval mode
+    AFTER_STEP = "after_step"
+    BEFORE_VALIDATE = "before_validate"  # the epoch's weights are final after this (e.g. lookahead's last pull)
+    AFTER_EPOCH = "after_epoch"          # history has the epoch's row; checkpoints are written here
+    AFTER_FIT = "after_fit"
+
+
 class Callback:
+    """Every callback subclasses this and overrides the events it needs; callbacks run in `order`.
+    What a callback may change is the Trainer's progress (epoch, step, history, best_val_acc, stop,
+    stop_reason, extra_state) and the model's weights; the settings above them are the run's."""
     order = 0
 
-    def __call__(self, event: str, trainer: "Trainer") -> None:
-        handler = getattr(self, event, None)
-        if handler is not None:
-            handler(trainer)
+    def before_fit(self, t: "Trainer") -> None: ...
+    def before_epoch(self, t: "Trainer") -> None: ...
+    def after_step(self, t: "Trainer") -> None: ...
+    def before_validate(self, t: "Trainer") -> None: ...
+    def after_epoch(self, t: "Trainer") -> None: ...
+    def after_fit(self, t: "Trainer") -> None: ...
 
 
 @dataclass
@@ -87,9 +103,14 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_data) // self.batch_size)
 
-    def event(self, name: str) -> None:
+    def event(self, event: Event) -> None:
         for cb in sorted(self.callbacks, key=lambda c: c.order):
-            cb(name, self)
+            getattr(cb, event.value)(self)
+
+    def __post_init__(self) -> None:
+        odd = [type(cb).__name__ for cb in self.callbacks if not isinstance(cb, Callback)]
+        if odd:
+            raise TypeError(f"callbacks must subclass imgclass.training.loop.Callback: {', '.join(odd)}")
 
     def loop_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_val_acc": self.best_val_acc,
@@ -160,12 +181,12 @@ class Trainer:
             self.deadline = ticked + max(0.0, self.time_allowed - self.clock)
         if self.last_tick is not None:  # a later phase: decoding at the next size counted against the budget too
             ticked = self._tick(self.last_tick)
-        self.event("before_fit")
+        self.event(Event.BEFORE_FIT)
         while self.epoch < min(self.epochs, self.stop_at or self.epochs) and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
             self.model.train()
-            self.event("before_epoch")  # after train(): callbacks may put frozen parts back in eval mode
+            self.event(Event.BEFORE_EPOCH)  # after train(): callbacks may put frozen parts back in eval mode
             started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
             order = self.epoch_order(gen)
             rank, world = (self.dist.rank, self.dist.world) if self.dist is not None else (0, 1)
@@ -205,8 +226,8 @@ class Trainer:
                 seen += len(y)
                 loss_sum += self.batch_loss * len(y)
                 correct += int((logits.argmax(1) == y).sum())
-                self.event("after_step")
-            self.event("before_validate")  # the epoch's weights are final after this (e.g. lookahead's last pull)
+                self.event(Event.AFTER_STEP)
+            self.event(Event.BEFORE_VALIDATE)  # the epoch's weights are final after this (e.g. lookahead's last pull)
             if self.dist is not None:
                 loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
@@ -219,9 +240,9 @@ class Trainer:
             ticked = self._tick(ticked)  # validation counts against the budget too
             self.history.append(row)
             self.epoch += 1
-            self.event("after_epoch")
+            self.event(Event.AFTER_EPOCH)
         self.last_tick = ticked
-        self.event("after_fit")
+        self.event(Event.AFTER_FIT)
 
 
 def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,

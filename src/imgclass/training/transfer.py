@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..models.pretrained import pretrained_state, read_checkpoint
+from .loop import Callback
 
 
 def pretrained_backbone_state(name: str) -> dict[str, torch.Tensor]:
@@ -237,7 +238,7 @@ def layerwise_optimizer(model: nn.Module, groups: list[nn.Module], name: str, lr
     return torch.optim.AdamW(param_groups, lr=lr)
 
 
-class GradualUnfreeze:
+class GradualUnfreeze(Callback):
     """Stage 2 callback: in epoch e of E, the top ceil(G * (e+1) / E) of G backbone groups learn;
     the rest stay frozen, their batch norms in inference mode (as in the Keras course recipe).
     With mode "none" no group ever learns and every batch norm of the backbone keeps its ImageNet
@@ -259,9 +260,7 @@ class GradualUnfreeze:
             return len(self.groups)
         return min(len(self.groups), math.ceil(len(self.groups) * (epoch + 1) / max(1, epochs)))
 
-    def __call__(self, event: str, trainer) -> None:
-        if event != "before_epoch":
-            return
+    def before_epoch(self, trainer) -> None:
         k = self.trainable_count(trainer.epoch, trainer.epochs)
         for i, g in enumerate(self.groups):
             trainable = i >= len(self.groups) - k

@@ -18,6 +18,7 @@ import yaml
 
 from .. import config as config_mod
 from ..errors import UserError
+from ..training.loop import Callback
 from ..training.plan import RunPlan, plan_run
 from ..training.run import train
 
@@ -103,7 +104,7 @@ def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return params
 
 
-class PruneOnVal:
+class PruneOnVal(Callback):
     """Training callback: report validation accuracy each epoch, stop the trial when Optuna prunes it."""
     order = 10
 
@@ -111,9 +112,7 @@ class PruneOnVal:
         self.trial = trial
         self.pruned = False
 
-    def __call__(self, event: str, trainer) -> None:
-        if event != "after_epoch":
-            return
+    def after_epoch(self, trainer) -> None:
         value = trainer.history[-1]["val_acc"]
         if not math.isnan(value):
             self.trial.report(value, trainer.epoch)

@@ -1,0 +1,96 @@
+"""The layout the code promises (issue 15): no import cycles, prediction/serving/export independent of
+training, and functions short enough to read. Checked on the source, imports inside functions included."""
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in (SRC / "imgclass").rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """imgclass modules that `name` imports anywhere in its source (top level or inside functions).
+    `from . import x` of a submodule counts as importing the submodule, not its package."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            subs = [f"{base}.{a.name}" for a in node.names]
+            targets = [t for t in subs if t in modules] + ([base] if any(t not in modules for t in subs) else [])
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_no_import_cycles():
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_the_walk_sees_imports_inside_functions():
+    """The checker itself: a deferred import is an edge too (otherwise the test above could not fail)."""
+    graph = _graph()
+    assert "imgclass.evaluation.evaluate" in graph["imgclass.training.run"]     # imported inside a function
+    assert "imgclass.models.inference" in graph["imgclass.prediction.predictor"]
+
+
+def test_using_a_model_never_imports_training():
+    graph = _graph()
+    users = [m for m in graph if m.split(".")[1:2] in (["prediction"], ["serving"], ["export"])]
+    assert users
+    reached = {}
+    for start in users:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        reached[start] = sorted(m for m in seen if m.startswith("imgclass.training"))
+    assert reached == {m: [] for m in users}
+
+
+def test_functions_are_short():
+    long = []
+    for path in (SRC / "imgclass").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                limit = 60 if node.name == "train" and path.name == "run.py" else 80
+                if length > limit:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []
