@@ -85,7 +85,7 @@ def test_gradual_unfreeze_schedule():
     t.model = model
     for epoch in range(4):
         t.epoch = epoch
-        cb("before_epoch", t)
+        cb.before_epoch(t)
         flags = [all(p.requires_grad for p in g.parameters()) for g in groups]
         k = math.ceil(len(groups) * (epoch + 1) / 4)
         assert flags == [False] * (len(groups) - k) + [True] * k   # the top k groups, and only they
