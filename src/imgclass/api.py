@@ -1,4 +1,6 @@
-"""The Python API, one function per CLI verb (``imgclass VERB`` calls these)."""
+"""The Python API, one function per CLI verb (``imgclass VERB`` calls these). The verbs that are not
+train, load, predict, submit or evaluate import their modules when called, on purpose: checking data,
+listing models or clearing the cache need not pay for the evaluation and plotting stack."""
 from __future__ import annotations
 
 import fnmatch

@@ -2,6 +2,9 @@
 library function from imgclass.api; all logic lives in the library.
 
 Bad input raises UserError, printed here as one line with exit code 2 (no traceback).
+
+Each verb imports the library modules it needs when it runs, on purpose: `imgclass --help` and a
+verb's start-up then pay only for what that verb uses (torch alone takes seconds to import).
 """
 from __future__ import annotations
 

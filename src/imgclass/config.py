@@ -16,6 +16,7 @@ import types
 import yaml
 
 from .errors import UserError
+from .files import write_text_atomic
 
 
 @dataclass
@@ -265,5 +266,4 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def save(cfg: TrainConfig, path: Path) -> None:
     """Written once, when the run folder is made (atomically: --resume reads it back). Choices made later
     from the data or the clock (batch size, epochs under a budget...) go to the checkpoint and results.json."""
-    from .files import write_text_atomic
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -15,9 +15,11 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .version import __version__
 from .data.preprocess import Preprocessing
 from .errors import UserError
+from .models.hierarchy import STRATEGIES, build
+from .models.registry import check_args
+from .version import __version__
 
 FORMAT = "imgclass-model"
 FORMAT_VERSION = 1
@@ -70,7 +72,6 @@ def check_header(header: dict[str, Any], file: Path) -> None:
     """A model file is data from anywhere: its header must describe a model, with plain architecture
     arguments (registry.check_args refuses loader keys such as timm's checkpoint_path) and sane
     preprocessing, before anything is built from it."""
-    from .models.registry import check_args
 
     def bad(what: str) -> UserError:
         return UserError(f"{file} has a malformed header: {what}")
@@ -89,7 +90,6 @@ def check_header(header: dict[str, Any], file: Path) -> None:
     hierarchy = header.get("hierarchy")
     if hierarchy is not None:
         coarse, parents = hierarchy.get("coarse_classes"), hierarchy.get("parents")
-        from .models.hierarchy import STRATEGIES
         if (hierarchy.get("strategy") not in STRATEGIES or not isinstance(coarse, list)
                 or not isinstance(parents, list) or len(parents) != len(classes)
                 or not all(isinstance(p, int) and 0 <= p < len(coarse) for p in parents)):
@@ -135,7 +135,6 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from its file alone; returns (model in eval mode, header)."""
-    from .models.hierarchy import build
     file = resolve_model_path(path)
     header = read_header(file)
     if header.get("format") not in (FORMAT, "imgclass-checkpoint"):

@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from .images import ImageTensors, decode_in_chunks
 from .preprocess import Preprocessing
+from ..files import write_text_atomic
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
 CHUNK = 4096       # files decoded at a time when filling the cache (bounded memory)
@@ -153,7 +154,6 @@ def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pr
     del out
     os.replace(tmp, data_file)
     bad = [(rows[i][0], reasons[i]) for i in range(len(rows)) if reasons[i]]
-    from ..files import write_text_atomic
     write_text_atomic(meta_file, json.dumps({"good": good, "bad": bad, "n": len(rows), "img_size": pre.img_size,
                                              "resize": pre.resize, "root": str(root)}))
 

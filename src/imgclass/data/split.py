@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from ..errors import DataError
+from ..files import write_text_atomic
 from .find import Found, natural_key
 
 SPLITS = ("train", "val", "test")
@@ -98,7 +99,6 @@ def splits_csv_text(split: Split) -> str:
 
 
 def write_splits(split: Split, path: Path) -> None:
-    from ..files import write_text_atomic
     write_text_atomic(path, splits_csv_text(split))  # --resume and evaluate read it back
 
 

@@ -24,6 +24,7 @@ from ..prediction.predictor import Predictor
 from . import plots
 from .metrics import compute_metrics
 from .report import RunContext, write_report
+from ..models.hierarchy import coarse_probabilities
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
@@ -79,7 +80,6 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
 
 def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: dict, split: str, notes: list[str]) -> dict:
     """Coarse-level metrics (coarse probabilities = summed fine ones), consistency and mistake severity."""
-    from ..models.hierarchy import coarse_probabilities
     parents = np.asarray(hierarchy["parents"])
     coarse_classes = hierarchy["coarse_classes"]
     coarse_probs = coarse_probabilities(probs, parents, len(coarse_classes))

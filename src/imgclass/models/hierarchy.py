@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .registry import create_model
 
 STRATEGIES = ("flat", "two-stage", "multi-head")
 
@@ -88,7 +89,6 @@ class Hierarchical(nn.Module):
 
 def build(arch: dict, classes: list[str], hierarchy: dict | None) -> nn.Module:
     """The model described by a model-file header: plain, or wrapped for two-level labels."""
-    from .registry import create_model
     fine = create_model(arch["name"], num_classes=len(classes), dropout=arch.get("dropout", 0.0),
                         **arch.get("args", {}))
     if not hierarchy:

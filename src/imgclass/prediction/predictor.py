@@ -16,6 +16,9 @@ from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
 from ..modelfile import load_model
+from ..models.hierarchy import coarse_probabilities
+from ..models.inference import predict_logits
+from ..models.pretrained import timm_pretrained
 
 Source = str | Path | bytes | Image.Image
 
@@ -33,7 +36,6 @@ class Predictor:
 
     def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
         """Coarse-class probabilities: each parent's summed fine probabilities."""
-        from ..models.hierarchy import coarse_probabilities
         if not self.hierarchy:
             raise UserError("this model has one level of labels (train with --hierarchy or --label-columns)")
         return coarse_probabilities(probs, self.hierarchy["parents"], len(self.hierarchy["coarse_classes"]))
@@ -50,7 +52,6 @@ class Predictor:
         """A published ImageNet classifier used as it is (timm:NAME), with timm's class names."""
         import timm
         from timm.data import ImageNetInfo
-        from ..models.pretrained import timm_pretrained
         source, _, arch = name.partition(":")
         if source != "timm":
             raise UserError("predict --pretrained takes a timm model name, e.g. timm:xception41")
@@ -68,7 +69,6 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""
-        from ..models.inference import predict_logits
         logits = predict_logits(self.model, batch_uint8, self.pre, len(batch_uint8) or 1, self.device, self.tta)
         return torch.softmax(logits, dim=1)
 

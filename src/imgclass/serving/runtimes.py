@@ -10,6 +10,8 @@ import numpy as np
 
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import Preprocessing
+from ..export.exporter import export_model, read_onnx_header
+from ..modelfile import check_header
 from ..prediction.predictor import Predictor
 
 
@@ -64,8 +66,6 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, model: str | Path, max_pixels: int | None = None):
         import onnxruntime as ort
-        from ..export.exporter import export_model, read_onnx_header
-        from ..modelfile import check_header
         path = Path(model)
         if path.suffix != ".onnx":  # a run folder or model file: export it first (parity-checked)
             self._tmp = tempfile.TemporaryDirectory()

@@ -20,7 +20,14 @@ import torch
 
 from .. import config as config_mod
 from ..config import TrainConfig
+from ..data.preprocess import Preprocessing
+from ..data.split import make_split
 from ..errors import UserError
+from ..models import get_spec
+from ..models.pretrained import find_origin
+from .budget import TRAIN_SCORE_SAMPLE
+from .device import pick_device, use_bf16
+from .transfer import read_weights_file
 
 PHOTO_MIN_SIDE = 64  # median shorter side (px) from which images count as photos (CIFAR: 32, digits: 8)
 SCRATCH_MODEL = "fast"
@@ -71,7 +78,6 @@ def choose_img_size(found, spec_name: str, default: int, side: int | None = None
 def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None = None,
                  started: float | None = None) -> AutoChoice:
     """The model `auto` stands for on this data (and budget), with the options that go with it."""
-    from ..models.pretrained import find_origin
     side = median_short_side(found)
     if side is None or side < PHOTO_MIN_SIDE:
         what = f"small images (median shorter side {side} px < {PHOTO_MIN_SIDE})" if side else "no readable image"
@@ -93,7 +99,6 @@ def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None =
 
 def model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> str:
     """--weights RUN (or an imgclass model file) with no --model: the architecture named in that file."""
-    from .transfer import read_weights_file
     _, header = read_weights_file(explicit["weights"])
     if header is None or "arch" not in header:
         raise UserError(f"--weights {explicit['weights']} holds weights only, no architecture: name it with --model")
@@ -107,7 +112,6 @@ def resolve_new_run(found, explicit: dict[str, Any], options: dict[str, Any], co
                     started: float | None = None, say=None) -> TrainConfig:
     """The configuration of a new run (train, lr-find): the model `auto` or `--weights RUN` stands for, its
     input size, and defaults < the model's recipe (or the fine-tuning recipe) < config file < options."""
-    from ..models import get_spec
     name = explicit.get("model", "auto")
     if name == "auto" and explicit.get("weights") is not None:
         name = model_from_weights(explicit, options)
@@ -172,7 +176,6 @@ def measure_lite0(bf16: bool, batch: int = 16) -> dict[str, float]:
 def _decode_seconds(found, size: int, sample: int = 8) -> float:
     """Seconds to decode every file at `size`, from a few timed decodes spread over the cores."""
     import os
-    from ..data.preprocess import Preprocessing
     pre = Preprocessing(img_size=size)
     step = max(1, len(found.items) // sample)
     picked = found.items[::step][:sample]
@@ -190,9 +193,6 @@ def plan_backbone(found, explicit: dict[str, Any], installed: list[tuple[str, in
                   started: float) -> tuple[str, int, str]:
     """(model, input size, why): the largest installed EfficientNet-Lite, then lite0 at smaller sizes,
     whose estimated run leaves at least MIN_FINETUNE_EPOCHS of fine-tuning inside the budget."""
-    from ..data.split import make_split
-    from .budget import TRAIN_SCORE_SAMPLE
-    from .device import pick_device, use_bf16
     defaults = TrainConfig()
     split, _ = make_split(found, explicit.get("val_split", defaults.val_split),
                           explicit.get("test_split", defaults.test_split), explicit.get("seed", defaults.seed))

@@ -31,6 +31,7 @@ from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.hierarchy import build as build_model
 from ..models.inference import predict_logits
+from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import budget, distributed
 from .budget import GRADUAL_STEP_SHARE, train_score_n
@@ -329,7 +330,6 @@ def _finalize_stage(s: Session, trainer: Trainer) -> Run:
     result = Run(dir=run.path, config=cfg, classes=s.plan.classes, history=trainer.history, metrics=metrics)
     if cfg.evaluate:
         from ..evaluation.evaluate import evaluate  # deferred: evaluation imports matplotlib and the report
-        from ..prediction.predictor import Predictor
         # the model just scored, with the header just written: no second load from the file
         predictor = Predictor(best, read_header(run.model), s.device)
         for name in ("val", "test"):

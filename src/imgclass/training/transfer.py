@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..modelfile import META_KEY, resolve_model_path
+from ..models.inference import scoring_batch
 from ..models.pretrained import pretrained_state, read_checkpoint
 from .loop import Callback
 
@@ -46,7 +48,6 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict |
     """(tensors, imgclass header or None) from .safetensors, or .pth/.pt/.bin read with weights_only."""
     p = Path(path).expanduser()
     if p.is_dir():  # a run folder: its model file
-        from ..modelfile import resolve_model_path
         p = resolve_model_path(p)
     if not p.is_file():
         raise UserError(f"weights file not found: {p}")
@@ -54,7 +55,6 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict |
         import json
         from safetensors import safe_open
         from safetensors.torch import load_file
-        from ..modelfile import META_KEY
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
         return load_file(str(p)), (json.loads(meta[META_KEY]) if META_KEY in meta else None)
@@ -154,7 +154,6 @@ def compute_features(model: nn.Module, images: torch.Tensor, pre, batch_size: in
     net.eval()
     out = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    from ..models.inference import scoring_batch
     batch_size = scoring_batch(batch_size, images.shape[-1], device)
     for s in range(0, len(images), batch_size):
         x = pre.normalize(images[s:s + batch_size].to(device))
