@@ -10,4 +10,19 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
     imgclass.evaluate(run.dir, split="test").metrics["macro_f1"]
 """
 from .version import STARTED, __version__  # noqa: F401  (first: the clock starts at import)
-from .api import check, compare, demo, evaluate, list_models, load, predict, submit, train  # noqa: E402,F401
+
+# The API is imported on first use (PEP 562), so `import imgclass` stays light: no torch, scikit-learn,
+# matplotlib or web stack until a function is called (`imgclass.train` then imports what training needs).
+__all__ = ["check", "compare", "demo", "evaluate", "list_models", "load", "predict", "submit", "train",
+           "cache_info", "cache_clear", "pretrained_models", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'imgclass' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

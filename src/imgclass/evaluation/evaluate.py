@@ -176,7 +176,6 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     for name, fig in figures.items():
         files[name] = out_dir / "figures" / f"{name}.png"
         fig.savefig(files[name], dpi=110)
-        plots.plt.close(fig)
     write_report(out_dir, metrics, notes, files, context)
     for note in notes:
         console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)

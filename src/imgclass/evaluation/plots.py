@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
 
-matplotlib.use("Agg")  # no display needed; notebooks still show returned Figures inline
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+from .metrics import reliability_bins
 
-from .metrics import reliability_bins  # noqa: E402
+
+def _subplots(*args, figsize, **kwargs) -> tuple[Figure, Any]:
+    """A Figure of its own, outside pyplot: no global state and no backend switch, so a notebook keeps
+    its backend (and its own figures), and nothing needs closing. Notebooks still show it inline."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 MAX_CLASS_LINES = 15  # beyond this many classes, ROC/PR plots show only the averages
 
@@ -30,7 +33,7 @@ def _ticks(ax, classes: list[str], axis: str) -> None:
 
 
 def training_curves(history: list[dict[str, Any]]) -> Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = _subplots(1, 3, figsize=(13, 3.6))
     epochs = [int(r["epoch"]) for r in history]
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
@@ -52,7 +55,7 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], normalize: bool) -
         arr = np.divide(arr, rows, out=np.zeros_like(arr), where=rows > 0)
     n = len(classes)
     size = min(4 + 0.45 * n, 18)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = _subplots(figsize=(size + 1, size))
     im = ax.imshow(arr, cmap="Blues", vmin=0, vmax=1 if normalize else max(arr.max(), 1))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     _ticks(ax, classes, "x")
@@ -71,7 +74,7 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], normalize: bool) -
 
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Figure:
     onehot = np.eye(len(classes))[y_true]
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     grid = np.linspace(0, 1, 201)
     tprs = []
     for i, c in enumerate(classes):
@@ -94,7 +97,7 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Fig
 
 def pr_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Figure:
     onehot = np.eye(len(classes))[y_true]
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = _subplots(figsize=(6.5, 5.5))
     aps = []
     for i, c in enumerate(classes):
         if onehot[:, i].sum() > 0:
@@ -116,7 +119,7 @@ def f1_bars(per_class: dict[str, dict[str, float]]) -> Figure:
     names = list(per_class)
     f1 = [per_class[c]["f1"] for c in names]
     order = np.argsort(f1)
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(names) + 1)))
+    fig, ax = _subplots(figsize=(7, max(2.5, 0.3 * len(names) + 1)))
     ax.barh([names[i] for i in order], [f1[i] for i in order], color="tab:blue")
     for y, i in enumerate(order):
         ax.text(f1[i] + 0.01, y, f"{f1[i]:.2f} (n={per_class[names[i]]['support']})", va="center", fontsize=7)
@@ -127,7 +130,7 @@ def f1_bars(per_class: dict[str, dict[str, float]]) -> Figure:
 
 def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float) -> Figure:
     centres, acc, conf, count = reliability_bins(y_true, probs)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _subplots(figsize=(5.5, 5))
     width = 1.0 / len(centres)
     ax.bar(centres, np.nan_to_num(acc), width=width, edgecolor="black", alpha=0.7, label="accuracy in bin")
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
@@ -142,7 +145,7 @@ def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float) -> Fi
 def gallery(images: list[np.ndarray], captions: list[str], title: str, cols: int = 6) -> Figure:
     n = max(1, len(images))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, cap in zip(axes.ravel(), images, captions):

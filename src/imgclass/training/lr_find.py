@@ -83,10 +83,9 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
         if not math.isfinite(debiased) or debiased > 4 * best:
             break  # diverged: the rest of the range says nothing
     suggestion = lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure  # deferred: only for the plot; a Figure outside pyplot's state
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(lrs, losses)
     ax.axvline(suggestion, color="tab:red", ls="--", label=f"suggested lr {suggestion:.2e}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)",
@@ -96,5 +95,4 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return LRFind(lrs, losses, suggestion, out)
