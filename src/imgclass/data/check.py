@@ -130,6 +130,15 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _repr_html_(self) -> str:  # a notebook cell showing a check report
+        from ..notebook import paragraphs, table
+        splits = [s for s in self.counts if s != "all"]
+        rows = [[c] + [self.counts[s][c] for s in splits] + [self.counts["all"][c]] for c in self.classes]
+        found = (f"{len(self.unusable)} unusable file(s), {len(self.exact_duplicates)} exact and "
+                 f"{len(self.near_duplicates)} near duplicate group(s), {len(self.leakage)} leak(s) across splits")
+        return (table(["class"] + splits + ["all"], rows, f"{self.root} ({self.layout})")
+                + paragraphs([found] + self.notes + self.recommendations))
+
 
 def check_dataset(data: str | Path, labels: str | Path | None = None, id_column: str | None = None,
                   label_column: str | None = None, hierarchy: bool = False, label_columns: str | None = None,

@@ -14,8 +14,8 @@ COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)
            "test macro F1", "test coarse accuracy"]
 
 
-def compare_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
-    rows = []
+def compare_rows(runs: list[str | Path]) -> "Comparison":
+    rows = Comparison()
     for r in runs:
         run = Path(r).expanduser()
         if not run.is_dir():
@@ -42,6 +42,15 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+class Comparison(list):
+    """What compare returns: one row (a dict) per run, shown in a notebook as the comparison table."""
+
+    def _repr_html_(self) -> str:
+        from ..notebook import paragraphs, table
+        v = verdict(self)
+        return table(COLUMNS, [[r[c] for c in COLUMNS] for r in self]) + (paragraphs([v]) if v else "")
 
 
 def compare_html(rows: list[dict[str, Any]]) -> str:

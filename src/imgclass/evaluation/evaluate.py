@@ -3,6 +3,7 @@ figures and a written report (report.html, report.md) in <run>/eval/<split>/ or 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 from dataclasses import dataclass, field
@@ -14,17 +15,17 @@ import torch
 from rich.console import Console
 
 from ..config import resolve as resolve_config
-from ..rundir import RunDir
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
 from ..errors import DataError, UserError
 from ..modelfile import resolve_model_path
+from ..models.hierarchy import coarse_probabilities
 from ..prediction.predictor import Predictor
+from ..rundir import RunDir
 from . import plots
 from .metrics import compute_metrics
 from .report import RunContext, write_report
-from ..models.hierarchy import coarse_probabilities
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
@@ -40,7 +41,12 @@ class Evaluation:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def _repr_html_(self) -> str:  # a notebook cell showing an Evaluation shows its report
-        return (self.dir / "report.html").read_text() if (self.dir / "report.html").is_file() else repr(self)
+        """The report in an iframe (srcdoc): its stylesheet stays inside and never restyles the notebook."""
+        page = self.dir / "report.html"
+        if not page.is_file():
+            return f"<pre>{html.escape(repr(self))}</pre>"
+        return (f'<iframe srcdoc="{html.escape(page.read_text(), quote=True)}" style="width:100%;height:900px;'
+                f'border:1px solid #ddd"></iframe>')
 
 
 def _run_dir_of(model: str | Path) -> Path | None:

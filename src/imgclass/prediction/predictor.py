@@ -23,6 +23,23 @@ from ..models.pretrained import timm_pretrained
 Source = str | Path | bytes | Image.Image
 
 
+class Predictions(list):
+    """What predict returns: a list of {"image", "top_k"} (or {"image", "error"}) dicts, shown in a notebook
+    as a table."""
+
+    def _repr_html_(self) -> str:
+        from ..notebook import table
+        rows = []
+        for r in self:
+            if "error" in r:
+                rows.append((r["image"], "error", None, r["error"]))
+            else:
+                best = r["top_k"][0]
+                rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+                rows.append((r["image"], best["label"], best["probability"], rest))
+        return table(["image", "prediction", "probability", "next"], rows)
+
+
 class Predictor:
     def __init__(self, model: torch.nn.Module, header: dict[str, Any], device: torch.device,
                  max_pixels: int | None = None):
@@ -108,7 +125,7 @@ class Predictor:
             order = np.argsort(-row, kind="stable")[:max(1, min(top_k, len(names)))]
             return [{"label": names[j], "probability": float(row[j])} for j in order]
 
-        out = []
+        out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
             if errors[i] is not None:

@@ -157,7 +157,7 @@ class ProgressDisplay(Callback):
 
     def before_fit(self, t: Trainer) -> None:
         self.fit_started, self.start_epoch = time.perf_counter(), t.epoch
-        if self.console.is_terminal:
+        if self.console.is_terminal or self.console.is_jupyter:  # rich renders live bars in both
             self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                                      TimeRemainingColumn(), console=self.console, transient=True)

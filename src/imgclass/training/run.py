@@ -60,6 +60,13 @@ class Run:
     def model_path(self) -> Path:
         return self.dir / "model.safetensors"
 
+    def _repr_html_(self) -> str:  # a notebook cell showing a Run
+        from ..notebook import table
+        rows = [(name, m.get("accuracy"), m.get("loss"), m.get("n")) for name, m in self.metrics.items()]
+        return table(["split", "accuracy", "loss", "images"], rows,
+                     f"run {self.dir}: {self.config.model}, {len(self.classes)} classes, "
+                     f"{len(self.history)} epoch(s); model file {self.model_path}")
+
 
 @dataclass
 class Session:
@@ -358,7 +365,7 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
                       highlight=False, soft_wrap=True)
     progress = Progress(TextColumn("decoding {task.fields[split]}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
-                        disable=not (verbose and console.is_terminal))
+                        disable=not (verbose and (console.is_terminal or console.is_jupyter)))
     with progress:
         task = progress.add_task("decode", total=total, split="")
         done = 0
