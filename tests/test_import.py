@@ -19,5 +19,6 @@ def test_figures_do_not_touch_pyplot_or_the_backend():
     out = _run("import matplotlib; matplotlib.use('svg'); import sys, numpy as np; "
                "from imgclass.evaluation import plots; "
                "fig = plots.confusion_matrix(np.array([[3, 1], [0, 4]]), ['a', 'b'], normalize=False); "
+               "assert fig._repr_png_().startswith(bytes([137]) + b'PNG'); "
                "print(type(fig).__name__, matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
-    assert out == "Figure svg False"
+    assert out == "ShownFigure svg False"

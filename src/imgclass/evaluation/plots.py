@@ -12,10 +12,21 @@ from sklearn import metrics as skm
 from .metrics import reliability_bins
 
 
+class ShownFigure(Figure):
+    """A Figure that a notebook shows inline by itself (`_repr_png_`): figures here live outside pyplot, and
+    IPython's inline display hooks only figures made through pyplot."""
+
+    def _repr_png_(self) -> bytes:
+        import io
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+
 def _subplots(*args, figsize, **kwargs) -> tuple[Figure, Any]:
     """A Figure of its own, outside pyplot: no global state and no backend switch, so a notebook keeps
     its backend (and its own figures), and nothing needs closing. Notebooks still show it inline."""
-    fig = Figure(figsize=figsize)
+    fig = ShownFigure(figsize=figsize)
     return fig, fig.subplots(*args, **kwargs)
 
 MAX_CLASS_LINES = 15  # beyond this many classes, ROC/PR plots show only the averages
