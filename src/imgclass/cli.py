@@ -221,19 +221,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"imgclass {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
-    _train_options(sub.add_parser("train", help="train a classifier on DATA"))
-    _tune_options(sub.add_parser("tune", help="hyperparameter search with Optuna (each trial a train run)"))
-    _lr_find_options(sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest one"))
-    _predict_options(sub.add_parser("predict", help="top-k predictions for images, folders or glob patterns"))
-    _submit_options(sub.add_parser("submit", help="write a Kaggle submission CSV for a folder of test images"))
-    _check_options(sub.add_parser("check", help="check a dataset: counts, sizes, unusable files, duplicates and leakage"))
-    _evaluate_options(sub.add_parser("evaluate", help="metrics, figures and a written report for a split"))
-    _compare_options(sub.add_parser("compare", help="runs side by side (text, and HTML with --html)"))
-    _export_options(sub.add_parser("export", help="export to ONNX or TorchScript, with parity checked against PyTorch"))
-    _serve_options(sub.add_parser("serve", help="a web service with an upload page (FastAPI + uvicorn)"))
-    _models_options(sub.add_parser("models", help="list model names"))
-    _cache_options(sub.add_parser("cache", help="the decoded-image cache: its entries and sizes (info), or clear it"))
-    _demo_options(sub.add_parser("demo", help="train on scikit-learn's handwritten digits (under 2 minutes on a CPU)"))
+    for verb, (summary, add_options, _) in COMMANDS.items():
+        add_options(sub.add_parser(verb, help=summary))
     return parser
 
 
@@ -257,13 +246,10 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
     table.add_column("image", overflow="fold")  # full paths, folded rather than cut
     for name in ("prediction", "probability", "top-k"):
         table.add_column(name)
-    for r in results:
-        if "error" in r:
-            table.add_row(r["image"], "[red]error", "", r["error"])
-        else:
-            best = r["top_k"][0]
-            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-            table.add_row(r["image"], best["label"], f"{best['probability']:.4f}", rest)
+    from .prediction.predictor import summary_rows
+    for image, label, probability, rest in summary_rows(results):
+        table.add_row(image, "[red]error" if label is None else label,
+                      "" if probability is None else f"{probability:.4f}", rest)
     Console(width=max(100, Console().width)).print(table)
 
 
@@ -412,16 +398,42 @@ def _cache(args: argparse.Namespace) -> int | None:
           f"in {args.dir or api.cache_dir()}")
 
 
-# each verb's function parses nothing: it calls the library with the parsed options and prints the answer
-VERBS = {"train": _train, "tune": _tune, "lr-find": _lr_find, "predict": _predict, "submit": _submit,
-         "check": _check, "evaluate": _evaluate, "compare": _compare, "export": _export, "serve": _serve,
-         "models": _models, "demo": _demo, "cache": _cache}
+# Every verb: its one-line help, the function adding its options, and the function running it (which parses
+# nothing: it calls the library with the parsed options and prints the answer).
+COMMANDS = {
+    "train": ("train a classifier on DATA",
+              _train_options, _train),
+    "tune": ("hyperparameter search with Optuna (each trial a train run)",
+             _tune_options, _tune),
+    "lr-find": ("learning-rate range test: plot loss against lr and suggest one",
+                _lr_find_options, _lr_find),
+    "predict": ("top-k predictions for images, folders or glob patterns",
+                _predict_options, _predict),
+    "submit": ("write a Kaggle submission CSV for a folder of test images",
+               _submit_options, _submit),
+    "check": ("check a dataset: counts, sizes, unusable files, duplicates and leakage",
+              _check_options, _check),
+    "evaluate": ("metrics, figures and a written report for a split",
+                 _evaluate_options, _evaluate),
+    "compare": ("runs side by side (text, and HTML with --html)",
+                _compare_options, _compare),
+    "export": ("export to ONNX or TorchScript, with parity checked against PyTorch",
+               _export_options, _export),
+    "serve": ("a web service with an upload page (FastAPI + uvicorn)",
+              _serve_options, _serve),
+    "models": ("list model names",
+               _models_options, _models),
+    "cache": ("the decoded-image cache: its entries and sizes (info), or clear it",
+              _cache_options, _cache),
+    "demo": ("train on scikit-learn's handwritten digits (under 2 minutes on a CPU)",
+             _demo_options, _demo),
+}
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "max_image_pixels", 1) < 1:
         raise UserError("--max-image-pixels must be at least 1")
-    return VERBS[args.verb](args) or 0
+    return COMMANDS[args.verb][2](args) or 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,6 @@
 """`imgclass compare RUN...`: runs side by side, as a text table and an HTML table."""
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -50,17 +49,13 @@ class Comparison(list):
     def _repr_html_(self) -> str:
         from ..notebook import paragraphs, table
         v = verdict(self)
-        return table(COLUMNS, [[r[c] for c in COLUMNS] for r in self]) + (paragraphs([v]) if v else "")
+        return table(COLUMNS, [[_fmt(r[c]) for c in COLUMNS] for r in self]) + (paragraphs([v]) if v else "")
 
 
 def compare_html(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    v = verdict(rows)
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass compare</title><style>"
-            f"table{{border-collapse:collapse;font-family:sans-serif}}td,th{{border:1px solid #ccc;padding:4px 8px}}"
-            f"</style></head><body><table><tr>{head}</tr>{body}</table>"
-            f"{'<p>' + html.escape(v) + '</p>' if v else ''}</body></html>")
+    """A page holding the notebook's table (inline styles, so it reads the same in both)."""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass compare</title></head>"
+            f"<body style='font-family:sans-serif'>{Comparison(rows)._repr_html_()}</body></html>")
 
 
 def verdict(rows: list[dict[str, Any]]) -> str | None:

@@ -23,20 +23,27 @@ from ..models.pretrained import timm_pretrained
 Source = str | Path | bytes | Image.Image
 
 
+def summary_rows(results: list[dict[str, Any]]) -> list[tuple[str, str | None, float | None, str]]:
+    """(image, best label or None for an error, its probability, the rest of the top-k or the error): the
+    rows of the CLI's table and of the notebook's."""
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append((r["image"], None, None, r["error"]))
+        else:
+            best = r["top_k"][0]
+            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
+            rows.append((r["image"], best["label"], best["probability"], rest))
+    return rows
+
+
 class Predictions(list):
     """What predict returns: a list of {"image", "top_k"} (or {"image", "error"}) dicts, shown in a notebook
     as a table."""
 
     def _repr_html_(self) -> str:
         from ..notebook import table
-        rows = []
-        for r in self:
-            if "error" in r:
-                rows.append((r["image"], "error", None, r["error"]))
-            else:
-                best = r["top_k"][0]
-                rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-                rows.append((r["image"], best["label"], best["probability"], rest))
+        rows = [(image, "error" if label is None else label, p, rest) for image, label, p, rest in summary_rows(self)]
         return table(["image", "prediction", "probability", "next"], rows)
 
 

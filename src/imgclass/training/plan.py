@@ -42,6 +42,7 @@ class RunPlan:
     weight_decay: float
     transfer: bool                        # starts from --pretrained or --weights weights
     resume: RunDir | None = None          # the run folder being continued
+    normalisation: tuple[tuple, tuple] | None = None  # resumed: the (mean, std) it trained with, exactly
     notes: tuple[str, ...] = ()           # warnings for the user (split, batch size)
 
     @property
@@ -121,7 +122,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     wd = cfg.weight_decay if cfg.weight_decay is not None else config_mod.DEFAULT_WEIGHT_DECAY[cfg.optimizer]
     return RunPlan(cfg=cfg, found=found, split=split, spec=spec, phases=tuple(phases),
                    arch={"name": cfg.model, "args": args, "dropout": cfg.dropout}, hierarchy=hierarchy, lr=lr,
-                   weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes))
+                   weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes),
+                   normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
 
 
 def _small_folder_batch(cfg: TrainConfig, lr: float, n_train: int, notes: list[str]) -> tuple[TrainConfig, float]:
@@ -162,9 +164,3 @@ def _recorded(run: RunDir) -> dict[str, Any] | None:
     if "mean" in pre:
         recorded["mean"], recorded["std"] = tuple(pre["mean"]), tuple(pre["std"])
     return recorded
-
-
-def resumed_normalisation(plan: RunPlan) -> tuple[tuple, tuple] | None:
-    """(mean, std) a resumed run trained with (e.g. a --weights file's), exactly; None for a new run."""
-    recorded = _recorded(plan.resume) if plan.resume is not None else None
-    return (recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None

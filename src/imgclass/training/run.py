@@ -41,7 +41,7 @@ from .device import pick_device, use_bf16
 from .loop import Trainer
 from .optim import make_optimizer
 from .build import init_from_data, load_starting_weights
-from .plan import RunPlan, plan_run, resumed_normalisation
+from .plan import RunPlan, plan_run
 from .transfer import (GradualUnfreeze, backbone_preprocessing, classifiers, compute_features, layerwise_optimizer,
                        model_groups, set_backbones_trainable, train_head)
 
@@ -176,8 +176,8 @@ def _decode_stage(s: Session, img_size: int) -> None:
     s.pre.mean, s.pre.std = channel_stats(s.data["train"].images)
     if s.plan.transfer and (bp := backbone_preprocessing(cfg.model)) is not None:
         s.pre.mean, s.pre.std = bp["mean"], bp["std"]  # the statistics the weights were trained with
-    if (resumed := resumed_normalisation(s.plan)) is not None:
-        s.pre.mean, s.pre.std = resumed
+    if s.plan.normalisation is not None:  # resumed: exactly what the run trained with
+        s.pre.mean, s.pre.std = s.plan.normalisation
     s.facts["decode_seconds"] = time.perf_counter() - started
 
 
