@@ -13,6 +13,22 @@ def class_folders(tmp_path: Path) -> Path:
     return make_class_folders(tmp_path / "data")
 
 
+@pytest.fixture
+def imgclass_log():
+    """The messages the "imgclass" logger emits during a test, as (level name, text) pairs."""
+    import logging
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append((record.levelname, record.getMessage()))
+    records: list[tuple[str, str]] = []
+    handler = Keep(level=logging.DEBUG)
+    logger = logging.getLogger("imgclass")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One small trained run shared by the prediction tests."""

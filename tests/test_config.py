@@ -34,3 +34,13 @@ def test_save_round_trip(tmp_path):
     config.save(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model_args"] == {"width": 16}
     assert config.resolve(tmp_path / "config.yaml") == cfg
+
+
+def test_paths_are_taken_as_strings(tmp_path):
+    """Python callers pass pathlib.Path for files and folders; the resolved config (and its YAML) holds strings."""
+    cfg = config.resolve(weights=tmp_path / "model.safetensors", out=tmp_path / "run", labels=tmp_path / "l.csv")
+    assert cfg.weights == str(tmp_path / "model.safetensors") and cfg.out == str(tmp_path / "run")
+    config.save(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["labels"] == str(tmp_path / "l.csv")
+    with pytest.raises(UserError, match="must be a string"):
+        config.resolve(out=["a", "b"])

@@ -41,15 +41,25 @@ def test_evaluation_report_is_isolated_in_an_iframe(trained_run, tmp_path):
     assert "&lt;style" in page or "&lt;h1" in page
 
 
-def test_progress_bars_render_in_jupyter():
+def test_bars_draw_on_a_terminal_and_in_jupyter_with_ipywidgets(monkeypatch):
+    import sys
+    from imgclass.log import bars_visible
+    assert bars_visible(Console(file=io.StringIO(), force_terminal=True))
+    assert bars_visible(Console(file=io.StringIO(), force_jupyter=True))  # rich draws in an ipywidgets output
+    assert not bars_visible(Console(file=io.StringIO(), force_jupyter=False, force_terminal=False))
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets raises ImportError
+    assert not bars_visible(Console(file=io.StringIO(), force_jupyter=True))
+    # that the bars really draw in a kernel: tests/examples/test_notebooks.py
+
+
+def test_no_bars_and_no_warnings_in_jupyter_without_ipywidgets(monkeypatch, recwarn):
+    import sys
     from imgclass.training.callbacks import ProgressDisplay
 
     class T:
         epoch, epochs, steps_per_epoch = 0, 2, 3
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets raises ImportError
     display = ProgressDisplay(Console(file=io.StringIO(), force_jupyter=True))
     display.before_fit(T())
-    try:
-        assert display.progress is not None        # before: bars only on a terminal, none in a notebook
-    finally:
-        display.progress.stop()
-    assert ProgressDisplay(Console(file=io.StringIO(), force_jupyter=False, force_terminal=False)).progress is None
+    assert display.progress is None     # rich would warn 'install "ipywidgets"' at every refresh instead
+    assert not [w for w in recwarn if "ipywidgets" in str(w.message)]

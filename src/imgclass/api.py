@@ -17,8 +17,9 @@ from .training.run import Run, train  # noqa: F401  (re-exported)
 def check(data: str | Path, **options: Any):
     """Check a dataset (counts, sizes, unusable files, duplicates, leakage) with a progress bar; returns a CheckReport."""
     from rich.progress import Progress
+    from . import log
     from .data.check import check_dataset
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, console=log.console(), disable=not log.bars_visible(log.console())) as progress:
         task = progress.add_task("checking", total=None)
         return check_dataset(data, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                              **options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints, Union
@@ -131,6 +132,8 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, os.PathLike):  # a pathlib.Path for out, labels, weights... (the YAML gets a string)
+            return os.fspath(value)
         raise UserError(f"{name} must be a string, not {value!r}")
     if hint is dict or origin is dict:
         if not isinstance(value, dict):

@@ -1,4 +1,3 @@
-import io
 import json
 import time
 
@@ -88,8 +87,7 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     assert model.num_features == 4 * 64
 
 
-def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
-    from rich.console import Console
+def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, imgclass_log):
     from imgclass.data import cache as cache_mod
     data = make_class_folders(tmp_path / "data", per_class=12)
     opts = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=16, epochs=2, batch_size=8, workers=2,
@@ -98,15 +96,13 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, capsys):
     streamed = imgclass.train(data, out=str(tmp_path / "streamed"), stream=True, **opts)
     # the cache would not fit on the disk: streaming is chosen, with a note, and nothing is written
     monkeypatch.setattr(cache_mod, "fits_on_disk", lambda *a: False)
-    console = Console(file=io.StringIO(), width=200)
-    auto = imgclass.train(data, out=str(tmp_path / "auto"), console=console,
-                          **dict(opts, cache_dir=str(tmp_path / "cache2")))
-    assert "would not fit on the disk" in console.file.getvalue()
+    auto = imgclass.train(data, out=str(tmp_path / "auto"), **dict(opts, cache_dir=str(tmp_path / "cache2")))
+    assert [m for level, m in imgclass_log if "would not fit on the disk" in m and level == "WARNING"]
     assert not (tmp_path / "cache2").exists()
     # a full disk does not push a run off a cache that is already there
-    console = Console(file=io.StringIO(), width=200)
-    imgclass.train(data, out=str(tmp_path / "again"), console=console, **opts)
-    assert "would not fit" not in console.file.getvalue()
+    imgclass_log.clear()
+    imgclass.train(data, out=str(tmp_path / "again"), **opts)
+    assert not [m for _, m in imgclass_log if "would not fit" in m]
     from safetensors.torch import load_file
     ref = load_file(str(cached.model_path))
     for run in (streamed, auto):

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +27,7 @@ from filelock import FileLock, Timeout
 
 from .images import ImageTensors, decode_in_chunks
 from .preprocess import Preprocessing
+from .. import log
 from ..files import write_text_atomic
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
@@ -74,8 +74,6 @@ def is_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cache
     return (d / f"{key}.npy").is_file() and (d / f"{key}.json").is_file()
 
 
-def _warn(message: str) -> None:
-    print(f"imgclass: warning: {message}", file=sys.stderr)
 
 
 def _open_entry(data_file: Path, meta_file: Path, n: int, img_size: int) -> tuple[np.ndarray, dict] | str:
@@ -125,7 +123,7 @@ def _mapped(cache_dir: Path, key: str, rows: list[tuple[str, int]], pre: Preproc
         return None
     entry = _open_entry(data_file, meta_file, len(rows), pre.img_size)
     if isinstance(entry, str):  # damaged (a truncated file, say): discard it and decode again
-        (on_warning or _warn)(f"the cache entry {data_file.name} is unusable ({entry}); it is rebuilt")
+        (on_warning or log.warning)(f"the cache entry {data_file.name} is unusable ({entry}); it is rebuilt")
         for f in (data_file, meta_file):
             f.unlink(missing_ok=True)
         return None

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from ..config import resolve as resolve_config
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
+from .. import log
 from ..errors import DataError, UserError
 from ..modelfile import resolve_model_path
 from ..models.hierarchy import coarse_probabilities
@@ -133,14 +133,14 @@ def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], 
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
-             batch_size: int = 256, device: str = "auto", console: Console | None = None,
+             batch_size: int = 256, device: str = "auto",
              predictor: Predictor | None = None, precomputed: tuple | None = None,
              max_pixels: int | None = None) -> Evaluation:
     """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train);
-    max_pixels: this command's pixel limit (the model file can only lower it)."""
+    max_pixels: this command's pixel limit (the model file can only lower it). Its notes go to the "imgclass"
+    logger as warnings (see imgclass.log) and into the report."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
-    console = console or Console(stderr=True)
     predictor = predictor or Predictor.load(resolve_model_path(model), device, max_pixels)
     classes = predictor.classes
     notes: list[str] = []
@@ -184,5 +184,5 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         fig.savefig(files[name], dpi=110)
     write_report(out_dir, metrics, notes, files, context)
     for note in notes:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+        log.warning(note)
     return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)

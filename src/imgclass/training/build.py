@@ -2,8 +2,9 @@
 (--pretrained, --weights). Shared by train and lr-find, so both start from the same network."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-from rich.console import Console
 
 from ..config import TrainConfig
 from ..data.images import ImageTensors
@@ -21,7 +22,7 @@ def init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) ->
 
 
 def load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool, classes: list[str],
-                           pre: Preprocessing, console: Console) -> dict | None:
+                           pre: Preprocessing, say: Callable[[str], None]) -> dict | None:
     """--pretrained / --weights into the model on a fresh start (a resumed run has them in its checkpoint);
     returns where the starting weights came from, for the model file and the report."""
     weights_origin = None
@@ -30,8 +31,8 @@ def load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool,
         if fresh:
             state, origin = pretrained_state(cfg.model)
             n = load_pretrained(model, state, f"{cfg.model} published weights")
-            console.print(f"loaded {n} pretrained backbone tensors for {cfg.model}"
-                          + (f": {origin.describe()}" if origin is not None else ""), highlight=False, soft_wrap=True)
+            say(f"loaded {n} pretrained backbone tensors for {cfg.model}"
+                + (f": {origin.describe()}" if origin is not None else ""))
         weights_origin = origin.to_dict() if origin is not None else None
     if cfg.weights is not None:
         weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
@@ -42,5 +43,5 @@ def load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool,
         message, file_pre = apply_weights_file(model, cfg.weights, classes)
         if file_pre:
             pre.mean, pre.std = tuple(file_pre["mean"]), tuple(file_pre["std"])
-        console.print(message, highlight=False, soft_wrap=True)
+        say(message)
     return weights_origin

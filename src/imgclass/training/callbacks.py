@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .. import log
 from .checkpoint import save_checkpoint
 from .loop import Callback, Trainer
 from ..files import write_text_atomic
@@ -145,11 +146,13 @@ class TensorBoard(Callback):
 
 
 class ProgressDisplay(Callback):
-    """A progress bar per epoch (loss, accuracy so far, time left) and one line per finished epoch."""
+    """A progress bar per epoch (loss, accuracy so far, time left) on the console, and one message per
+    finished epoch (through say: the "imgclass" logger by default)."""
     order = 5
 
-    def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+    def __init__(self, console: Console | None = None, say: Callable[[str], None] | None = None):
+        self.console = console or log.console()
+        self.say = say or log.info
         self.progress: Progress | None = None
         self.task = None
         self.fit_started = 0.0
@@ -157,7 +160,7 @@ class ProgressDisplay(Callback):
 
     def before_fit(self, t: Trainer) -> None:
         self.fit_started, self.start_epoch = time.perf_counter(), t.epoch
-        if self.console.is_terminal or self.console.is_jupyter:  # rich renders live bars in both
+        if log.bars_visible(self.console):
             self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                                      TimeRemainingColumn(), console=self.console, transient=True)
@@ -179,12 +182,12 @@ class ProgressDisplay(Callback):
         done = t.epoch - self.start_epoch
         per_epoch = (time.perf_counter() - self.fit_started) / max(done, 1)
         left = per_epoch * (t.epochs - t.epoch)
-        self.console.print(f"epoch {r['epoch']:>3}/{t.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}"
-                           f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}  lr {r['lr']:.2e}"
-                           f"  {r['seconds']:.1f}s  (about {left / 60:.1f} min left)", highlight=False, soft_wrap=True)
+        self.say(f"epoch {r['epoch']:>3}/{t.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}"
+                 f"  val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}  lr {r['lr']:.2e}"
+                 f"  {r['seconds']:.1f}s  (about {left / 60:.1f} min left)")
 
     def after_fit(self, t: Trainer) -> None:
         if self.progress is not None:
             self.progress.stop()
         if t.stop_reason:
-            self.console.print(t.stop_reason, highlight=False)
+            self.say(t.stop_reason)

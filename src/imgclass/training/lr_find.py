@@ -12,12 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rich.console import Console
 
 from ..data.augment import BatchAugment
 from ..data.cache import load_cached
 from ..data.images import channel_stats
 from ..data.preprocess import Preprocessing
+from .. import log
 from ..errors import DataError
 from ..models.hierarchy import build as build_model
 from .build import init_from_data, load_starting_weights
@@ -52,7 +52,7 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     torch.manual_seed(cfg.seed)
     model = build_model(plan.arch, plan.classes, plan.hierarchy)
     init_from_data(model, train, pre, cfg.seed)
-    load_starting_weights(model, cfg, True, plan.hierarchy is not None, plan.classes, pre, Console(quiet=True))
+    load_starting_weights(model, cfg, True, plan.hierarchy is not None, plan.classes, pre, log.info)
     model.to(device).train()
     opt = make_optimizer(model, cfg.optimizer, start_lr, plan.weight_decay, cfg.momentum)
     aug = BatchAugment(cfg.augment, cfg.hflip, translate=cfg.translate)

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .. import config as config_mod
+from .. import log
 from ..config import TrainConfig
 from ..data.augment import BatchAugment
 from ..data import cache
@@ -75,7 +76,7 @@ class Session:
     plan: RunPlan
     run: RunDir
     dd: Any                                   # distributed.Dist: this process's rank
-    console: Console
+    console: Console                          # where progress bars draw (messages go to the "imgclass" logger)
     device: torch.device
     started: float                            # when the time budget started counting
     data: dict[str, ImageTensors] = field(default_factory=dict)
@@ -89,8 +90,10 @@ class Session:
     deadline: float | None = None             # --time-budget: when training must end
     facts: dict[str, Any] = field(default_factory=dict)  # seconds per stage, cache hits, bad files
 
-    def say(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+    def say(self, message: str, warning: bool = False) -> None:
+        """A message for the user, from rank 0 only (each rank of a torchrun launch would repeat it)."""
+        if self.dd.main:
+            (log.warning if warning else log.info)(message)
 
     def header(self, metrics: dict | None = None) -> dict:
         cfg = self.plan.cfg
@@ -103,11 +106,11 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
           **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
     callbacks are extra loop callbacks (e.g. Optuna pruning); started: the perf_counter time the time
-    budget counts from (the command line passes its own start, so Python's start-up counts too)."""
+    budget counts from (the command line passes its own start, so Python's start-up counts too).
+    Messages go to the "imgclass" logger (see imgclass.log); console: where progress bars draw."""
     started = min(started, time.perf_counter()) if started is not None else time.perf_counter()
-    console = console or Console(stderr=True)
-    plan = plan_run(data, config, resume, started, lambda m: console.print(m, highlight=False, soft_wrap=True),
-                    **options)
+    console = console or log.console()
+    plan = plan_run(data, config, resume, started, log.info, **options)
     dd = distributed.setup(plan.cfg.device)  # one process, or this rank of a torchrun launch
     s = Session(plan, RunDir(Path(".")), dd, console if dd.main else Console(stderr=True, quiet=True),
                 _device(plan, dd), started)
@@ -121,7 +124,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     _build_stage(s)
     if s.groups and s.fresh and plan.cfg.head_epochs > 0:
         s.facts["head_seconds"], s.head_val_acc = _train_head_stage(
-            s.model, s.data, s.pre, plan.cfg, plan.lr, plan.weight_decay, s.device, s.console, s.run)
+            s.model, s.data, s.pre, plan.cfg, plan.lr, plan.weight_decay, s.device, s.say, s.run)
     _optimizer_stage(s)
     if plan.cfg.time_budget is not None and s.fresh:
         _budget_stage(s)
@@ -143,13 +146,13 @@ def _run_folder(s: Session) -> RunDir:
     """Notes for the user, then the run folder: a resumed one, or a new one that rank 0 claims and writes
     config.yaml and splits.csv into (once); the other ranks learn its path from rank 0."""
     for note in s.plan.found.notes:
-        s.console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        s.say(note, warning=True)
     if s.plan.resume is not None:
         return s.plan.resume
     path = None
     if s.dd.main:
         for warning in s.plan.notes:
-            s.console.print(f"[yellow]note:[/] {warning}", highlight=False, soft_wrap=True)
+            s.say(warning, warning=True)
         run = RunDir.claim(s.plan.cfg.out)
         config_mod.save(dataclasses.replace(s.plan.cfg, out=str(run.path)), run.config)
         write_splits(s.plan.split, run.splits)
@@ -168,7 +171,7 @@ def _decode_stage(s: Session, img_size: int) -> None:
     s.facts["bad_files"] = len(bad)
     if bad and s.dd.main:
         s.run.write_rows(s.run.bad_files, bad, header=["path", "split", "reason"])
-        s.say(f"[yellow]warning:[/] {len(bad)} file(s) could not be decoded and are skipped; see {s.run.bad_files}")
+        s.say(f"{len(bad)} file(s) could not be decoded and are skipped; see {s.run.bad_files}", warning=True)
     counts = [int((s.data["train"].labels == i).sum()) for i in range(len(s.plan.classes))]
     empty = [c for c, n in zip(s.plan.classes, counts) if n == 0]
     if empty:
@@ -184,7 +187,7 @@ def _decode_stage(s: Session, img_size: int) -> None:
 def _decode_with_ranks(s: Session, pre: Preprocessing) -> tuple[dict[str, ImageTensors], int]:
     if not s.dd.main:
         s.dd.barrier()  # rank 0 decodes and fills the cache first; the others then map it
-    data, hits = _decode_all(s.plan.split, pre, s.plan.cfg, s.console, s.plan.cfg.verbose and s.dd.main)
+    data, hits = _decode_all(s.plan.split, pre, s.plan.cfg, s.console, s.plan.cfg.verbose and s.dd.main, s.say)
     if s.dd.main:
         s.dd.barrier()
     return data, hits
@@ -208,7 +211,7 @@ def _build_stage(s: Session) -> None:
                         f"first epoch ended); start it again: imgclass train --config {s.run.config} "
                         f"--out NEW_FOLDER")
     s.weights_origin = load_starting_weights(model, cfg, s.fresh, plan.hierarchy is not None, plan.classes, s.pre,
-                                              s.console)
+                                              s.say)
     s.model = model.to(s.device).to(memory_format=torch.channels_last)
     s.groups = model_groups(s.model) if plan.transfer else []
 
@@ -271,7 +274,7 @@ def _trainer_stage(s: Session, extra_callbacks: list) -> Trainer:
     callbacks += [Lookahead()] if cfg.lookahead else []
     callbacks += [EarlyStopping(cfg.patience)] if cfg.patience else []
     callbacks += [TensorBoard(s.run.tensorboard)] if cfg.tensorboard and main else []
-    callbacks += [ProgressDisplay(s.console)] if cfg.verbose and main else []
+    callbacks += [ProgressDisplay(s.console, s.say)] if cfg.verbose and main else []
     if s.groups:  # which backbone groups learn each epoch, and which batch norms stay in inference mode
         callbacks.append(GradualUnfreeze(s.groups, cfg.unfreeze, cfg.bn_stats_frozen))
     trainer = Trainer(model=s.model, optimizer=s.optimizer, train_data=data["train"], val_data=data["val"], pre=s.pre,
@@ -341,7 +344,7 @@ def _finalize_stage(s: Session, trainer: Trainer) -> Run:
         predictor = Predictor(best, read_header(run.model), s.device)
         for name in ("val", "test"):
             if len(s.data[name]):
-                result.evaluations[name] = evaluate(run.path, split=name, console=s.console, predictor=predictor,
+                result.evaluations[name] = evaluate(run.path, split=name, predictor=predictor,
                                                     precomputed=(s.data[name], probs[name].numpy()))
     facts["total_seconds"] = round(time.perf_counter() - s.started, 2)
     run.write_results({"metrics": metrics, **facts})
@@ -351,7 +354,7 @@ def _finalize_stage(s: Session, trainer: Trainer) -> Run:
 
 
 def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Console,
-                verbose: bool) -> tuple[dict[str, ImageTensors], int]:
+                verbose: bool, say: Callable[..., None]) -> tuple[dict[str, ImageTensors], int]:
     total = sum(len(v) for v in split.items.values())
     tensors, hits = {}, 0
     stream = cfg.stream
@@ -359,13 +362,12 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
         len(rows) for rows in split.items.values() if rows and not cache.is_cached(split.root, rows, pre, cfg.cache_dir))
     if missing and not cache.fits_on_disk(cfg.cache_dir, missing, pre.img_size):
         stream = True
-        console.print(f"[yellow]note:[/] the decoded cache ({cache.cache_bytes(missing, pre.img_size) / 2**30:.1f} GiB at "
-                      f"{pre.img_size}px) would not fit on the disk of the cache folder; decoding every epoch in "
-                      f"worker processes instead (--cache-dir elsewhere, or a smaller --img-size, avoids it)",
-                      highlight=False, soft_wrap=True)
+        say(f"the decoded cache ({cache.cache_bytes(missing, pre.img_size) / 2**30:.1f} GiB at {pre.img_size}px) "
+            f"would not fit on the disk of the cache folder; decoding every epoch in worker processes instead "
+            f"(--cache-dir elsewhere, or a smaller --img-size, avoids it)", warning=True)
     progress = Progress(TextColumn("decoding {task.fields[split]}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True,
-                        disable=not (verbose and (console.is_terminal or console.is_jupyter)))
+                        disable=not (verbose and log.bars_visible(console)))
     with progress:
         task = progress.add_task("decode", total=total, split="")
         done = 0
@@ -390,7 +392,7 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
 HEAD_MIN_LR = 3e-3
 
 
-def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run: RunDir) -> tuple[float, float]:
+def _train_head_stage(model, data, pre, cfg, lr, wd, device, say, run: RunDir) -> tuple[float, float]:
     """Stage 1 of fine-tuning: backbone frozen, its features computed once, the head trained on them."""
     started = time.perf_counter()
     set_backbones_trainable(model, False)
@@ -399,18 +401,17 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, console, run: RunDi
     feats = compute_features(model, data["train"].images, pre, batch, device, bf16)
     val = data["val"]
     val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
-    console.print(f"stage 1: backbone features of {len(feats) + (len(val) if len(val) else 0)} images computed once "
-                  f"in {time.perf_counter() - started:.1f}s; training the head for {cfg.head_epochs} epoch(s)",
-                  highlight=False, soft_wrap=True)
+    say(f"stage 1: backbone features of {len(feats) + (len(val) if len(val) else 0)} images computed once "
+        f"in {time.perf_counter() - started:.1f}s; training the head for {cfg.head_epochs} epoch(s)")
 
-    def log(row):
+    def log_row(row):
         if cfg.verbose:
-            console.print(f"{row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                          f"val acc {row['val_acc']:.4f}  {row['seconds']:.2f}s", highlight=False)
+            say(f"{row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                f"val acc {row['val_acc']:.4f}  {row['seconds']:.2f}s")
 
     rows = train_head(model, feats, data["train"].labels, val_feats, val.labels if len(val) else None,
                       cfg.head_epochs, max(lr, HEAD_MIN_LR), wd, cfg.label_smoothing, cfg.batch_size, cfg.seed, device,
-                      log)
+                      log_row)
     run.write_rows(run.head_metrics, rows)
     set_backbones_trainable(model, True)
     return time.perf_counter() - started, rows[-1]["val_acc"]
