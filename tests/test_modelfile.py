@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_not_a_model_file(tmp_path):
         load_model(tmp_path)
 
 
-def _with_header(trained_run, tmp_path, change) -> "Path":
+def _with_header(trained_run, tmp_path, change) -> Path:
     """A copy of the run's model file whose header was edited by change(header) (a crafted file)."""
     from safetensors.torch import load_file, save_file
     src = trained_run / "model.safetensors"
