@@ -100,10 +100,20 @@ def demo(out: str | Path | None = None, data_dir: str | Path = "demo-data/digits
     return run_demo(out=out, data_dir=data_dir)
 
 
-def compare(runs: Iterable[str | Path], html_out: str | Path | None = None) -> list[dict[str, Any]]:
-    """One row per run (model, input size, epochs, time, val/test accuracy, test macro F1); optional HTML file."""
-    from .evaluation.compare import compare_html, compare_rows
-    rows = compare_rows(list(runs))
+def compare(runs: Iterable[str | Path], html_out: str | Path | None = None, sort: str | None = None,
+            report: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per run (model, the settings that differ, input size, epochs, time, val/test accuracy, test
+    macro F1), the verdict made on validation accuracy; html_out: the table and the overlaid validation
+    curves as one HTML file (the curves also as <name>_val_curves.png beside it); sort: a column;
+    report: a folder for the written summary across the runs (report.md, report.html, val_curves.png)."""
+    from .evaluation.compare import compare_html, compare_rows, png_bytes
+    rows = compare_rows(list(runs), sort)
     if html_out:
-        Path(html_out).write_text(compare_html(rows))
+        html_out = Path(html_out).expanduser()
+        png = png_bytes(rows.curves())
+        html_out.with_name(f"{html_out.stem}_val_curves.png").write_bytes(png)
+        html_out.write_text(compare_html(rows, png))
+    if report:
+        from .evaluation.summary import write_summary
+        write_summary(rows, report)
     return rows

@@ -170,7 +170,11 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 
 def _compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--html", help="also write the table to this HTML file")
+    p.add_argument("--html", help="also write the table and the overlaid validation curves to this HTML file "
+                                  "(the curves also as a PNG beside it)")
+    p.add_argument("--sort", help="order the runs by this column, e.g. val_accuracy (scores best first)")
+    p.add_argument("--report", metavar="DIR", help="write the summary across the runs here: report.md and "
+                                                   "report.html (a TL;DR from the numbers, the table, the curves)")
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
@@ -334,7 +338,9 @@ def _evaluate(args: argparse.Namespace) -> int | None:
 def _compare(args: argparse.Namespace) -> int | None:
     from . import api
     from .evaluation.compare import compare_text
-    print(compare_text(api.compare(args.runs, html_out=args.html)))
+    print(compare_text(api.compare(args.runs, html_out=args.html, sort=args.sort, report=args.report)))
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.html'}")
 
 
 def _export(args: argparse.Namespace) -> int | None:

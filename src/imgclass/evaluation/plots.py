@@ -59,6 +59,23 @@ def training_curves(history: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def validation_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
+    """Validation accuracy and loss per epoch, one line per run (compare's overlay)."""
+    fig, axes = _subplots(1, 2, figsize=(12, 4))
+    for name, history in histories.items():
+        rows = [r for r in history if r.get("val_acc") not in (None, "", "nan")]
+        epochs = [int(r["epoch"]) for r in rows]
+        axes[0].plot(epochs, [float(r["val_acc"]) for r in rows], "o-", ms=3, label=name)
+        axes[1].plot(epochs, [float(r["val_loss"]) for r in rows], "o-", ms=3, label=name)
+    for ax, title in ((axes[0], "Validation accuracy"), (axes[1], "Validation loss")):
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    if histories:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def confusion_matrix(cm: list[list[int]], classes: list[str], normalize: bool) -> Figure:
     arr = np.asarray(cm, dtype=np.float64)
     if normalize:

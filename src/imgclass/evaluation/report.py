@@ -74,7 +74,7 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
         paras.append(_model_paragraph(ctx))
     paras.append(_results_paragraph(metrics, acc))
     paras += _diagnosis_paragraphs(metrics, notes, ctx, acc)
-    return _limit_words(paras, TLDR_WORD_LIMIT)
+    return limit_words(paras, TLDR_WORD_LIMIT)
 
 
 def _imbalance(ctx: RunContext) -> float | None:
@@ -177,7 +177,7 @@ def _diagnosis_paragraphs(metrics: dict[str, Any], notes: list[str], ctx: RunCon
     return paras
 
 
-def _limit_words(paras: list[str], limit: int) -> list[str]:
+def limit_words(paras: list[str], limit: int) -> list[str]:
     out, used = [], 0
     for p in paras:
         words = p.split()
