@@ -103,6 +103,10 @@ def _tune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--trials", type=int, default=10, help="trials for this process (several processes may share a study)")
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "none"],
+                   help="stop trials trailing the median of earlier ones [default: none for grid, else median]")
+    p.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation inside the training split: a "
+                                                      "trial scores the mean of its K folds")
     p.add_argument("--space", help="YAML search space replacing the default (see README)")
     p.add_argument("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]")
     p.add_argument("--study", help="study name [default: imgclass]")
@@ -274,7 +278,8 @@ def _tune(args: argparse.Namespace) -> int | None:
         raise UserError("--trials must be at least 1")
     result = tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
                   time_budget=getattr(args, "time_budget", None), storage=args.storage, study=args.study,
-                  out=getattr(args, "out", None) or "runs/tune", config=args.config, **fixed)
+                  out=getattr(args, "out", None) or "runs/tune", config=args.config, pruner=args.pruner,
+                  cv=args.cv, **fixed)
     print(summary_table(result.study_name, result.storage))
     print(f"best validation accuracy {result.best_value:.4f} with {result.best_params}")
     print(f"{result.n_trials} trials in study '{result.study_name}' ({result.storage}); "

@@ -118,3 +118,69 @@ def test_a_space_the_model_cannot_train_is_refused_before_any_trial(tmp_path, ca
     assert main(["tune", str(data), "--space", str(space), "--out", str(tmp_path / "t")]) == 2
     assert "takes no head widths" in capsys.readouterr().err
     assert not list((tmp_path / "t").glob("trial-*"))
+
+
+def test_grid_runs_every_point_to_the_end_unless_median_is_asked(tmp_path, monkeypatch):
+    import csv
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"lr": {"type": "categorical", "choices": [1e-4, 1e-3, 1e-2, 1e-1]}}))
+    pruners = []
+    real = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: pruners.append(kw["pruner"]) or real(**kw))
+    assert main(["tune", str(data), "--trials", "4", "--sampler", "grid", "--space", str(space),
+                 "--out", str(tmp_path / "g")] + FIXED) == 0
+    assert isinstance(pruners[-1], optuna.pruners.NopPruner)
+    study = optuna.load_study(study_name="imgclass", storage=f"sqlite:///{(tmp_path / 'g' / 'study.db').resolve()}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    for t in study.trials:  # every trial trained all its epochs
+        rows = list(csv.DictReader(open(f"{t.user_attrs['run']}/metrics.csv")))
+        assert len(rows) == 2
+    assert main(["tune", str(data), "--trials", "1", "--sampler", "grid", "--space", str(space), "--pruner", "median",
+                 "--out", str(tmp_path / "m")] + FIXED) == 0
+    assert isinstance(pruners[-1], optuna.pruners.MedianPruner)
+    assert main(["tune", str(data), "--trials", "1", "--space", str(space), "--out", str(tmp_path / "t")] + FIXED) == 0
+    assert isinstance(pruners[-1], optuna.pruners.MedianPruner)  # tpe: median by default
+
+
+def test_folds_partition_the_training_split(tmp_path):
+    import pytest
+    from imgclass.data.find import find_images
+    from imgclass.data.split import folds, make_split
+    from imgclass.errors import DataError
+    split, _ = make_split(find_images(make_class_folders(tmp_path / "data", per_class=11)), 0.1, 0.2, 101)
+    parts = folds(split, 3, seed=5)
+    train = sorted(split.items["train"])
+    assert sorted(r for f in parts for r in f.items["val"]) == train          # the val parts cover it once
+    for f in parts:
+        assert sorted(f.items["train"] + f.items["val"]) == train and not set(f.items["train"]) & set(f.items["val"])
+        assert f.items["test"] == split.items["test"]                        # test untouched
+        per_class = [sum(1 for _, lab in f.items["val"] if lab == c) for c in range(3)]
+        assert max(per_class) - min(per_class) <= 1                          # stratified
+    with pytest.raises(DataError, match="--cv 20 needs at least 20 training images of every class"):
+        folds(split, 20, seed=5)
+
+
+def test_cv_scores_are_the_mean_of_the_folds(tmp_path, capsys):
+    import csv
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"lr": {"type": "categorical", "choices": [1e-2]}}))
+    out = tmp_path / "cv"
+    assert main(["tune", str(data), "--trials", "1", "--cv", "3", "--space", str(space), "--out", str(out)]
+                + FIXED) == 0
+    study = optuna.load_study(study_name="imgclass", storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    trial = study.trials[0]
+    best = []
+    for i in range(3):
+        rows = list(csv.DictReader(open(out / "trial-0" / f"fold-{i}" / "metrics.csv")))
+        best.append(max(float(r["val_acc"]) for r in rows))
+    from pytest import approx
+    assert trial.user_attrs["fold_scores"] == approx(best, abs=1e-5)    # metrics.csv keeps 6 digits
+    assert trial.value == approx(sum(trial.user_attrs["fold_scores"]) / 3, abs=1e-12)
+    row = next(csv.DictReader(open(out / "trials.csv")))
+    assert [float(s) for s in row["fold_scores"].split(";")] == approx(best, abs=1e-5)
+    assert float(row["fold_std"]) >= 0
+    splits = [list(csv.DictReader(open(out / "trial-0" / f"fold-{i}" / "splits.csv"))) for i in range(3)]
+    vals = [r["path"] for s in splits for r in s if r["split"] == "val"]
+    assert len(vals) == len(set(vals))                                       # each image validates once

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, UserError
 from ..files import write_text_atomic
 from .find import Found, natural_key
 
@@ -118,3 +118,25 @@ def read_splits(path: Path, root: Path, classes: list[str]) -> Split:
                 raise DataError(f"{path} names '{row['path']}', outside the data folder: refused")
             items[row["split"]].append((row["path"], index[row["label"]]))
     return Split(root=root, classes=classes, items=items)
+
+
+def folds(split: Split, k: int, seed: int) -> list[Split]:
+    """Stratified K-fold cross-validation inside the training split (scikit-learn's StratifiedKFold): fold i
+    validates on its part and trains on the other K-1; the K validation parts partition the training split.
+    The test split is the same in every fold and never used."""
+    from sklearn.model_selection import StratifiedKFold
+    rows = split.items["train"]
+    counts = split.counts()["train"]
+    if k < 2:
+        raise UserError("--cv needs at least 2 folds")
+    short = [c for c, n in zip(split.classes, counts) if n < k]
+    if short:
+        raise DataError(f"--cv {k} needs at least {k} training images of every class; "
+                        f"{', '.join(short[:5])} {'has' if len(short) == 1 else 'have'} fewer")
+    labels = [label for _, label in rows]
+    out = []
+    for train_idx, val_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, labels):
+        items = {"train": [rows[i] for i in train_idx], "val": [rows[i] for i in sorted(val_idx)],
+                 "test": list(split.items["test"])}
+        out.append(Split(root=split.root, classes=split.classes, items=items))
+    return out

@@ -64,8 +64,11 @@ class RunPlan:
 
 
 def plan_run(data: str | Path | None = None, config: str | Path | None = None, resume: str | Path | None = None,
-             started: float | None = None, say: Callable[[str], None] | None = None, **options: Any) -> RunPlan:
-    """The plan of a new run (data, config file, options) or of the run folder `resume` continues."""
+             started: float | None = None, say: Callable[[str], None] | None = None, split: Split | None = None,
+             **options: Any) -> RunPlan:
+    """The plan of a new run (data, config file, options) or of the run folder `resume` continues.
+    split: these train/val/test files instead of the seeded split (a fold of cross-validation); it must be
+    of the same data (its classes are checked)."""
     if resume is not None:
         run = RunDir(Path(resume).expanduser())
         if not run.is_run():
@@ -84,7 +87,12 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
             raise UserError("no data folder given: imgclass train DATA")
         found = _find(explicit)
         cfg = resolve_new_run(found, explicit, options, config, started, say)
-        split, notes = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
+        if split is None:
+            split, notes = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
+        elif split.classes != found.classes:
+            raise UserError("the given split's classes are not those of the data")
+        else:
+            notes = []
     return _decide(cfg, found, split, explicit, run, list(notes))
 
 

@@ -103,14 +103,14 @@ class Session:
 
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
           console: Console | None = None, callbacks: list | None = None, started: float | None = None,
-          **options: Any) -> Run:
+          split: Split | None = None, **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
     callbacks are extra loop callbacks (e.g. Optuna pruning); started: the perf_counter time the time
-    budget counts from (the command line passes its own start, so Python's start-up counts too).
-    Messages go to the "imgclass" logger (see imgclass.log); console: where progress bars draw."""
+    budget counts from (the command line passes its own start, so Python's start-up counts too); split:
+    the files of each split instead of the seeded one (tune --cv's folds). Messages go to the "imgclass" logger (see imgclass.log); console: where progress bars draw."""
     started = min(started, time.perf_counter()) if started is not None else time.perf_counter()
     console = console or log.console()
-    plan = plan_run(data, config, resume, started, log.info, **options)
+    plan = plan_run(data, config, resume, started, log.info, split, **options)
     dd = distributed.setup(plan.cfg.device)  # one process, or this rank of a torchrun launch
     s = Session(plan, RunDir(Path(".")), dd, console if dd.main else Console(stderr=True, quiet=True),
                 _device(plan, dd), started)

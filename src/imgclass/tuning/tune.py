@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from typing import Any
 import yaml
 
 from .. import config as config_mod
+from ..data.split import folds
 from ..errors import UserError
 from ..training.loop import Callback
 from ..training.plan import RunPlan, plan_run
 from ..training.run import train
 
 SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "none")  # default: none for grid (every grid point runs to the end), median otherwise
 GRID_POINTS = 3  # a float or int range becomes this many points for grid search
 
 
@@ -133,10 +136,17 @@ class TuneResult:
 
 def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | Path | None = None,
          time_budget: str | None = None, storage: str | None = None, study: str | None = None,
-         out: str | Path = "runs/tune", config: str | Path | None = None, **fixed: Any) -> TuneResult:
+         out: str | Path = "runs/tune", config: str | Path | None = None, pruner: str | None = None,
+         cv: int | None = None, **fixed: Any) -> TuneResult:
+    """pruner: median (stop a trial whose validation accuracy trails the median of earlier trials at the same
+    epoch, or fold with cv) or none; cv: K-fold cross-validation inside the training split, a trial's score
+    being the mean of its K folds' best validation accuracies (the spread goes in trials.csv)."""
     import optuna  # deferred on purpose: only the tune verb needs it, and it is slow to import
     if sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+    pruner = pruner or ("none" if sampler == "grid" else "median")
+    if pruner not in PRUNERS:
+        raise UserError(f"--pruner must be one of {', '.join(PRUNERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fixed = config_mod.explicit_values(config, data=str(data), **fixed)
@@ -144,6 +154,7 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
     # the plan train would make of these settings: its model, input size and lr centre the default space,
     # and a given space is checked against that model before the first trial
     plan = plan_run(**fixed)
+    fold_splits = folds(plan.split, cv, plan.cfg.seed) if cv else None
     search = load_space(space) if space else default_space(plan)
     check_space(search, plan)
     search = {k: v for k, v in search.items() if k not in fixed}  # a fixed option is not searched
@@ -157,22 +168,38 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         st = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                 sampler=samplers[sampler](), pruner=optuna.pruners.MedianPruner(n_warmup_steps=1))
+                                 sampler=samplers[sampler](),
+                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=0 if cv else 1)
+                                 if pruner == "median" else optuna.pruners.NopPruner())
     except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database is the user's to fix
         raise UserError(f"cannot open study '{name}' in {storage}: {str(exc).splitlines()[0]}") from None
 
-    def objective(trial) -> float:
-        params = suggest(trial, search)
-        pruner = PruneOnVal(trial)
-        run = train(out=str(out / f"trial-{trial.number}"), callbacks=[pruner],
+    def one_run(params, folder: Path, split=None, callbacks=()) -> float:
+        run = train(out=str(folder), callbacks=list(callbacks), split=split,
                     **{**fixed, **params, "evaluate": False, "verbose": False, "tensorboard": False})
-        trial.set_user_attr("run", str(run.dir))
-        if pruner.pruned:
-            raise optuna.TrialPruned()
         best = max((r["val_acc"] for r in run.history if not math.isnan(r["val_acc"])), default=float("nan"))
         if math.isnan(best):
             raise UserError("tuning needs a validation split (val_split > 0 or a val/ folder)")
         return best
+
+    def objective(trial) -> float:
+        params = suggest(trial, search)
+        folder = out / f"trial-{trial.number}"
+        trial.set_user_attr("run", str(folder))
+        if fold_splits is None:
+            prune = PruneOnVal(trial)
+            best = one_run(params, folder, callbacks=[prune])
+            if prune.pruned:
+                raise optuna.TrialPruned()
+            return best
+        scores = []
+        for i, fold in enumerate(fold_splits):  # pruned between folds, on the mean so far
+            scores.append(one_run(params, folder / f"fold-{i}", split=fold))
+            trial.set_user_attr("fold_scores", scores)
+            trial.report(sum(scores) / len(scores), i)
+            if i < len(fold_splits) - 1 and trial.should_prune():
+                raise optuna.TrialPruned()
+        return sum(scores) / len(scores)
 
     seconds = config_mod.parse_duration(time_budget)
     st.optimize(objective, n_trials=trials, timeout=seconds, catch=())
@@ -196,11 +223,14 @@ def _write_trials(study, path: Path) -> None:
     keys = sorted({k for t in study.trials for k in t.params})
     with path.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["number", "state", "value", "seconds", "run"] + keys)
+        w.writerow(["number", "state", "value", "seconds", "run", "fold_scores", "fold_std"] + keys)
         for t in study.trials:
             seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            scores = t.user_attrs.get("fold_scores") or []
+            spread = statistics.pstdev(scores) if len(scores) > 1 else ""  # over the folds run (--cv)
             w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value, seconds,
-                        t.user_attrs.get("run", "")] + [t.params.get(k, "") for k in keys])
+                        t.user_attrs.get("run", ""), ";".join(f"{s:.6g}" for s in scores), spread]
+                       + [t.params.get(k, "") for k in keys])
 
 
 def _figures(study, folder: Path) -> None:
