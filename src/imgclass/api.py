@@ -117,3 +117,17 @@ def compare(runs: Iterable[str | Path], html_out: str | Path | None = None, sort
         from .evaluation.summary import write_summary
         write_summary(rows, report)
     return rows
+
+
+def sweep(data: str | Path | None, setting: str, values: Iterable[Any], out: str | Path | None = None,
+          config: str | Path | None = None, **options: Any):
+    """`imgclass train DATA --sweep SETTING=V1,V2,...`: one run per value (all else equal), then the comparison
+    and its written summary (returns runs, comparison and the summary folder)."""
+    from .tuning.sweep import sweep as run_sweep
+    return run_sweep(data, setting.replace("-", "_"), list(values), out, config, **options)
+
+
+def tune(data: str | Path, **options: Any):
+    """`imgclass tune`: an Optuna search over train settings (trials, sampler, pruner, cv, space, storage...)."""
+    from .tuning.tune import tune as run_tune
+    return run_tune(data, **options)

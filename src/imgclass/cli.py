@@ -96,6 +96,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", help="image folder (DATA/<class>/*, DATA/train|val|test/<class>/*, or with --labels)")
     p.add_argument("--config", help="YAML file with any of these options (the command line wins)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--sweep", metavar="SETTING=V1,V2,...", help="one run per value of one setting (in --out, "
+                   "default runs/sweep-SETTING), then the compare summary; ';' separates values holding commas")
     _add_train_options(p)
 
 
@@ -266,6 +268,15 @@ def _train(args: argparse.Namespace) -> int | None:
     from .version import STARTED
     from .training.run import summary_lines
     options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    if args.sweep:
+        from .evaluation.compare import compare_text
+        from .tuning.sweep import parse_sweep, sweep
+        if args.resume:
+            raise UserError("--sweep starts new runs; --resume continues one: use one of them")
+        done = sweep(args.data, *parse_sweep(args.sweep), config=args.config, **options)
+        print(compare_text(done.comparison))
+        print(f"report: {done.summary / 'report.html'}")
+        return None
     run_ = api.train(args.data, config=args.config, resume=args.resume, started=STARTED, **options)
     for line in summary_lines(run_):
         print(line)

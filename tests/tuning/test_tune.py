@@ -184,3 +184,30 @@ def test_cv_scores_are_the_mean_of_the_folds(tmp_path, capsys):
     splits = [list(csv.DictReader(open(out / "trial-0" / f"fold-{i}" / "splits.csv"))) for i in range(3)]
     vals = [r["path"] for s in splits for r in s if r["split"] == "val"]
     assert len(vals) == len(set(vals))                                       # each image validates once
+
+
+def test_sweep_one_setting_then_the_summary(tmp_path, capsys):
+    import csv
+    import pytest
+    from imgclass.errors import UserError
+    from imgclass.tuning.sweep import parse_sweep
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    out = tmp_path / "sw"
+    assert main(["train", str(data), "--sweep", "lr=0.1,0.01,0.001", "--out", str(out)] + FIXED) == 0
+    text = capsys.readouterr().out
+    for lr in ("0.1", "0.01", "0.001"):
+        cfg = yaml.safe_load((out / f"lr={lr}" / "config.yaml").read_text())
+        assert cfg["lr"] == float(lr) and cfg["model"] == "cnn"
+    splits = {(out / f"lr={lr}" / "splits.csv").read_text() for lr in ("0.1", "0.01", "0.001")}
+    assert len(splits) == 1                                           # the same split for every value
+    assert (out / "summary" / "report.html").is_file() and "lr=0.01" in (out / "summary" / "report.md").read_text()
+    header = text.splitlines()[0].split()
+    assert header[:3] == ["run", "model", "lr"] and ("favours" in text or "no verdict" in text)
+    assert parse_sweep("img_size=16;24,32") == ("img_size", ["16", "24,32"])
+    with pytest.raises(UserError, match="SETTING=V1,V2"):
+        parse_sweep("lr")
+    # a bad value is refused before any run starts
+    assert main(["train", str(data), "--sweep", "batch_size=8,many", "--out", str(tmp_path / "bad")] + FIXED) == 2
+    assert "batch_size must be an integer" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", str(data), "--sweep", "lr=0.1,0.2", "--lr", "0.3", "--out", str(tmp_path / "b2")]) == 2
+    assert "lr is swept" in capsys.readouterr().err
