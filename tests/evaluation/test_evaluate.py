@@ -143,7 +143,44 @@ def test_evaluate_cli_other_folder_and_compare(evaluated_run, tmp_path, capsys):
     assert main(["compare", str(evaluated_run.dir), str(evaluated_run.dir), "--html", str(tmp_path / "c.html")]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["run", "model"] and len(table) == 4
-    assert table[3].startswith("favours ") and "+0.0 points" in table[3]
+    assert table[3].startswith("no verdict: ") and "tie on validation accuracy" in table[3]  # the same run twice
     test_acc = evaluated_run.metrics["test"]["accuracy"]
     assert f"{test_acc:.4f}" in table[1] and "cnn" in table[1]
     assert (tmp_path / "c.html").read_text().count("<tr>") == 3
+
+
+def _rows_of(fig):
+    """(row label, captions under its images) of a per-class gallery figure."""
+    axes = fig.axes
+    cols = len([a for a in axes if abs(a.get_position().y0 - axes[0].get_position().y0) < 1e-6])
+    grid = [axes[i:i + cols] for i in range(0, len(axes), cols)]
+    return [(row[0].get_ylabel(), [a.get_xlabel() for a in row if a.images]) for row in grid]
+
+
+def test_galleries_ask_the_three_questions_per_class():
+    import numpy as np
+    import torch
+    from imgclass.evaluation.evaluate import GALLERY_MAX_CLASSES, _gallery_sets
+    classes = ["ant", "bee", "cat"]
+    y = np.array([0, 0, 0, 1, 1, 2])
+    probs = np.array([[.9, .05, .05], [.6, .3, .1], [.2, .7, .1],   # ant: right 0.9, right 0.6, wrong (bee 0.7)
+                      [.1, .8, .1], [.5, .4, .1],                     # bee: right 0.8, wrong (ant 0.5)
+                      [.1, .1, .8]])                                  # cat: right 0.8
+    images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    figs = _gallery_sets(images, y, probs, classes)
+    assert _rows_of(figs["gallery_confident_correct"]) == [("ant", ["ant 0.90", "ant 0.60"]), ("bee", ["bee 0.80"]),
+                                                           ("cat", ["cat 0.80"])]
+    assert _rows_of(figs["gallery_top_losses"]) == [("ant", ["bee 0.70"]), ("bee", ["ant 0.50"]), ("cat", [])]
+    assert _rows_of(figs["gallery_least_confident"])[0] == ("ant", ["ant 0.60", "bee 0.70", "ant 0.90"])
+    # many classes: one row each for the classes with the lowest recall, in class order
+    n = GALLERY_MAX_CLASSES + 5
+    y = np.repeat(np.arange(n), 2)
+    probs = np.eye(n)[y] * 0.9 + 0.1 / n
+    wrong = [3, 7]                                        # these classes' second image is predicted as class 0
+    for c in wrong:
+        probs[2 * c + 1] = np.eye(n)[0] * 0.9 + 0.1 / n
+    names = [f"c{i:02d}" for i in range(n)]
+    figs = _gallery_sets(torch.zeros(2 * n, 3, 8, 8, dtype=torch.uint8), y, probs, names)
+    rows = [label for label, _ in _rows_of(figs["gallery_top_losses"])]
+    assert len(rows) == GALLERY_MAX_CLASSES and {"c03", "c07"} <= set(rows) and rows == sorted(rows)
+    assert "20 of 25 classes" in figs["gallery_top_losses"]._suptitle.get_text()

@@ -112,23 +112,36 @@ def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.nd
     path.write_text(buf.getvalue())
 
 
-def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = 12):
-    pred = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1))
-    correct = np.flatnonzero(pred == y)
-    wrong = np.flatnonzero(pred != y)
-    sets = {
-        "gallery_confident_correct": ("Most confident correct", correct[np.argsort(-conf[correct], kind="stable")][:n]),
-        "gallery_least_confident": ("Least confident (closest to the decision boundary)",
-                                    np.argsort(conf, kind="stable")[:n]),
-        "gallery_top_losses": ("Most confident wrong (top losses)", wrong[np.argsort(-loss[wrong], kind="stable")][:n]),
+GALLERY_PER_CLASS = 4     # images in each class's row
+GALLERY_MAX_CLASSES = 20  # rows of a gallery; beyond it, the classes with the lowest recall are shown
+
+
+def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = GALLERY_PER_CLASS):
+    """The three questions, asked of each class (one row per class, its images of that true class): which it
+    gets right most confidently, which it is least sure of, and which it gets wrong most confidently."""
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    shown = list(range(len(classes)))
+    if len(classes) > GALLERY_MAX_CLASSES:
+        recall = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else 1.0 for c in shown]
+        shown = sorted(sorted(shown, key=lambda c: recall[c])[:GALLERY_MAX_CLASSES])
+    questions = {
+        "gallery_confident_correct": ("Most confident correct, per class", lambda i: pred[i] == y[i], -conf),
+        "gallery_least_confident": ("Least confident, per class (closest to the decision boundary)",
+                                    lambda i: np.ones(len(i), bool), conf),
+        "gallery_top_losses": ("Most confidently wrong, per class", lambda i: pred[i] != y[i], -conf),
     }
+    suffix = "" if len(shown) == len(classes) else f" ({len(shown)} of {len(classes)} classes: the lowest recall)"
     out = {}
-    for name, (title, idx) in sets.items():
-        caps = [f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]
-        picked = images[torch.as_tensor(idx, dtype=torch.long)].numpy() if len(idx) else []
-        out[name] = plots.gallery([img.transpose(1, 2, 0) for img in picked], caps, title)
+    for name, (title, keep, order) in questions.items():
+        rows = []
+        for c in shown:
+            members = np.flatnonzero(y == c)
+            members = members[keep(members)]
+            idx = members[np.argsort(order[members], kind="stable")][:n]
+            picked = images[torch.as_tensor(idx, dtype=torch.long)].numpy() if len(idx) else []
+            rows.append((classes[c], [img.transpose(1, 2, 0) for img in picked],
+                         [f"{classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]))
+        out[name] = plots.gallery_rows(rows, title + suffix, n)
     return out
 
 

@@ -170,17 +170,23 @@ def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float) -> Fi
     return fig
 
 
-def gallery(images: list[np.ndarray], captions: list[str], title: str, cols: int = 6) -> Figure:
-    n = max(1, len(images))
-    rows = math.ceil(n / cols)
-    fig, axes = _subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, img, cap in zip(axes.ravel(), images, captions):
-        ax.imshow(img, interpolation="nearest" if img.shape[0] < 64 else "antialiased")
-        ax.set_title(cap, fontsize=7)
-    if not images:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center")
+def gallery_rows(rows: list[tuple[str, list[np.ndarray], list[str]]], title: str, cols: int) -> Figure:
+    """One row per class: its name on the left, up to cols images, each with the predicted class and its
+    probability underneath."""
+    fig, axes = _subplots(max(1, len(rows)), cols, figsize=(1.9 * cols + 1.2, 2.0 * max(1, len(rows)) + 0.5),
+                          squeeze=False)
+    for r, (name, images, captions) in enumerate(rows):
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        axes[r, 0].set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+        for ax, img, cap in zip(axes[r], images, captions):
+            ax.imshow(img, interpolation="nearest" if img.shape[0] < 64 else "antialiased")
+            ax.set_xlabel(cap, fontsize=7)
+        if not images:
+            axes[r, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, transform=axes[r, 0].transAxes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

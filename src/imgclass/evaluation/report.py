@@ -29,10 +29,12 @@ FIGURE_GUIDE = {
     "f1_per_class": "F1 (the balance of precision and recall) per class, weakest at the bottom: where to look first.",
     "reliability": "Accuracy against confidence in bins: bars below the diagonal mean the model is over-confident, "
                    "above it under-confident; ECE is the average gap.",
-    "gallery_confident_correct": "Images the model gets right with the highest confidence: what it has learnt best.",
-    "gallery_least_confident": "Images with the lowest top probability, closest to the decision boundary: often "
-                               "ambiguous or mislabelled.",
-    "gallery_top_losses": "Confident mistakes: check these for wrong labels first, then for what the model confuses.",
+    "gallery_confident_correct": "For each class (one row), its images the model gets right with the highest "
+                                 "confidence: what it has learnt best. Under each: the prediction and its probability.",
+    "gallery_least_confident": "For each class, its images with the lowest top probability, closest to the decision "
+                               "boundary: often ambiguous or mislabelled.",
+    "gallery_top_losses": "For each class, its images the model gets wrong most confidently (under each: what it said): "
+                          "check these for wrong labels first, then for what the model confuses.",
 }
 
 
