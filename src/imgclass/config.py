@@ -44,6 +44,7 @@ class TrainConfig:
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
     model_args: dict = field(default_factory=dict)  # architecture arguments, e.g. {width: 64, depth: 3} for resnet
+    activation: Literal["relu", "leaky_relu", "gelu"] | None = None  # built-in networks' activation (default: theirs: relu; fast: gelu)
     dropout: float = 0.0             # dropout, once each: on the features before the classifier, or with --head after each hidden layer
     head: str | None = None          # dense layers before the classifier, e.g. "256,128"
     # --- transfer learning ------------------------------------------------------
@@ -56,7 +57,7 @@ class TrainConfig:
     # --- optimisation ---------------------------------------------------------
     epochs: int = 20                 # passes over the training split
     batch_size: int = 128            # images per step
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd uses Nesterov momentum
+    optimizer: Literal["adamw", "sgd", "adam", "rmsprop"] = "adamw"  # sgd: Nesterov momentum; adam: L2 in the gradient; rmsprop: Keras's rho 0.9
     lr: float | None = None          # peak learning rate (default: the model's default for the optimizer)
     weight_decay: float | None = None  # default: DEFAULT_WEIGHT_DECAY (0.05 for AdamW, 5e-4 for SGD)
     momentum: float = 0.9            # SGD momentum (Nesterov)
@@ -257,7 +258,8 @@ def phase_epochs(epochs: int, n: int) -> list[int]:
 
 
 # Defaults that depend on other settings, so they cannot sit on a field above:
-DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}  # by optimizer, when weight_decay is not set
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4,  # by optimizer, when weight_decay is not set
+                        "adam": 0.0, "rmsprop": 0.0}  # (Keras's defaults for these two: no L2)
 TRANSFER_LR_FACTOR = 0.1  # fine-tuning (--pretrained, --weights) starts from the model's default lr times this
 MIN_STEPS_PER_EPOCH = 8   # a recipe's batch (fast: 1024, for CIFAR) shrinks so a small folder gets this many steps
 

@@ -37,3 +37,16 @@ def test_registry_refuses_duplicates():
 def test_unknown_names(name, msg):
     with pytest.raises(UserError, match=msg):
         create_model(name, num_classes=2)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "fast"])
+@pytest.mark.parametrize("act,layer", [("relu", torch.nn.ReLU), ("leaky_relu", torch.nn.LeakyReLU),
+                                       ("gelu", torch.nn.GELU)])
+def test_activation_of_the_builtin_networks(name, act, layer):
+    extra = {"fast": {}, "mlp": {"img_size": 16, "head": (8,)}}.get(name, {"head": (8,)})  # a hidden head layer
+    model = create_model(name, num_classes=3, activation=act, **extra)
+    kinds = {type(m) for m in model.modules()} & {torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU}
+    assert kinds == {layer}                       # every activation, the head's hidden layer's too
+    assert model.eval()(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    model.reset_head(4)
+    assert {type(m) for m in model.modules()} & {torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU} == {layer}

@@ -6,6 +6,7 @@ import torch
 import yaml
 
 import imgclass
+from imgclass.cli import main
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model, read_header
 
@@ -117,3 +118,31 @@ def test_sgd_zoo_and_mlp_train(tmp_path):
         run = imgclass.train(data, out=str(tmp_path / f"r{i}"), **dict(FAST, epochs=1, **opts))
         model, header = load_model(run.dir)
         assert header["arch"]["name"] == opts["model"]
+
+
+@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop)])
+def test_adam_and_rmsprop_train(tmp_path, monkeypatch, name, cls):
+    from imgclass.training import optim
+    made = []
+    real = optim.optimizer_for
+    monkeypatch.setattr(optim, "optimizer_for", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    data = make_class_folders(tmp_path / "data", per_class=12)
+    run = imgclass.train(data, out=str(tmp_path / name), **dict(FAST, epochs=4, optimizer=name, lr=3e-3))
+    assert [type(o) for o in made] == [cls]
+    if name == "rmsprop":
+        assert made[0].defaults["alpha"] == 0.9
+    assert made[0].param_groups[0]["weight_decay"] == 0.0          # Keras's default for both: no L2
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    assert run.metrics["train"]["accuracy"] > 0.6                   # three easy classes: chance is 1/3
+
+
+def test_activation_option(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    run = imgclass.train(data, out=str(tmp_path / "gelu"), **dict(FAST, epochs=1, activation="gelu"))
+    model, header = load_model(run.dir)
+    assert header["arch"]["args"]["activation"] == "gelu"
+    assert any(isinstance(m, torch.nn.GELU) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert main(["train", str(data), "--model", "timm:resnet10t", "--activation", "gelu",
+                 "--out", str(tmp_path / "zoo")]) == 2
+    assert "--activation is for imgclass's own networks" in capsys.readouterr().err

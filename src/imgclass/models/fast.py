@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .base import activation
 from .registry import register
 
 
@@ -29,14 +30,14 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, act: str = "gelu"):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = BatchNorm(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding="same", bias=False)
         self.norm2 = BatchNorm(cout)
-        self.act = nn.GELU()
+        self.act = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Floor pooling as in airbench (31 -> 15 -> 7 -> 3 on CIFAR: ~20% less work than ceil's 16/8/4).
@@ -49,12 +50,13 @@ class FastNet(nn.Module):
     head_scale = 1 / 9  # airbench scales logits down; with label smoothing it trains faster
 
     def __init__(self, num_classes: int, dropout: float = 0.0, widths: tuple[int, int, int] = (32, 128, 128),
-                 whiten_width: int = 2 * 3 * 2 * 2):
+                 whiten_width: int = 2 * 3 * 2 * 2, act: str = "gelu"):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data by init_from_data, then frozen
-        self.layers = nn.Sequential(nn.GELU(), ConvGroup(whiten_width, widths[0]), ConvGroup(widths[0], widths[1]),
-                                    ConvGroup(widths[1], widths[2]), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.layers = nn.Sequential(activation(act), ConvGroup(whiten_width, widths[0], act),
+                                    ConvGroup(widths[0], widths[1], act), ConvGroup(widths[1], widths[2], act),
+                                    nn.AdaptiveMaxPool2d(1), nn.Flatten())
         self.num_features = widths[2]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -115,10 +117,10 @@ class FastNet(nn.Module):
 # little and cost accuracy). Shifts of up to 2 px at 32 px (1/16 of the side), alternating flips, label
 # smoothing 0.2, the warm-up/decay shape of lr_at's "onecycle", lookahead, flip+translate TTA.
 @register("fast", "airbench-style network for small images (whitening init, GELU, frozen-scale BN); "
-          "args: width (default 32: half of airbench), the default model for inputs up to 64 px",
+          "args: width (default 32: half of airbench), activation (gelu), the default model for inputs up to 64 px",
           default_img_size=32, default_lr={"sgd": 1.5, "adamw": 2e-3}, min_img_size=MIN_SIZE,
           recipe=dict(optimizer="sgd", momentum=0.85, weight_decay=0.0153 / 11.5, label_smoothing=0.2,
                       batch_size=1024, schedule="onecycle", warmup_epochs=0.0, tta="flip_translate", augment="light",
                       translate=1 / 16, hflip_mode="alternate", lookahead=True, epochs=10))
-def fast(num_classes: int, dropout: float = 0.0, width: int = 32) -> nn.Module:
-    return FastNet(num_classes, dropout, widths=(width, 4 * width, 4 * width))
+def fast(num_classes: int, dropout: float = 0.0, width: int = 32, activation: str = "gelu") -> nn.Module:
+    return FastNet(num_classes, dropout, widths=(width, 4 * width, 4 * width), act=activation)

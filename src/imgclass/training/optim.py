@@ -21,9 +21,17 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    return optimizer_for(name, [g for g in groups if g["params"]], lr, momentum)
+
+
+def optimizer_for(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The --optimizer over parameter groups (each with its own weight_decay, and lr_scale for set_lr)."""
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adam":  # weight decay as L2 added to the gradient (coupled), unlike AdamW
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "rmsprop":  # alpha 0.9: Keras's rho, the setting the course notebooks were tuned with
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9)
     return torch.optim.AdamW(groups, lr=lr)
 
 

@@ -116,7 +116,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
         raise UserError(f"model '{cfg.model}' needs inputs of at least {spec.min_img_size} px, not {min(sizes)} "
                         f"(--img-size)")
     transfer = cfg.pretrained or cfg.weights is not None
-    lr = cfg.lr if cfg.lr is not None else spec.default_lr[cfg.optimizer] * (
+    # adam and rmsprop are adaptive like adamw: a model's adamw rate is their default too
+    lr = cfg.lr if cfg.lr is not None else spec.default_lr.get(cfg.optimizer, spec.default_lr["adamw"]) * (
         config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
     recorded = _recorded(run) if run is not None else None
     if recorded is not None:  # a resumed run: what its checkpoint says it decided
@@ -154,6 +155,10 @@ def _arch_args(cfg: TrainConfig, spec: ModelSpec, img_size: int, n_phases: int) 
             args["head"] = [int(v) for v in str(cfg.head).split(",") if v.strip()]
         except ValueError:
             raise UserError(f"--head takes layer widths like 256,128, not '{cfg.head}'") from None
+    if cfg.activation is not None:
+        if "activation" not in inspect.signature(spec.build).parameters:
+            raise UserError(f"--activation is for imgclass's own networks (mlp, cnn, resnet, fast), not '{cfg.model}'")
+        args["activation"] = cfg.activation
     if "img_size" in inspect.signature(spec.build).parameters:
         if n_phases > 1:
             raise UserError(f"model '{cfg.model}' is built for one input size: no progressive resizing")

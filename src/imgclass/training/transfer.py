@@ -21,6 +21,7 @@ from ..modelfile import META_KEY, resolve_model_path
 from ..models.inference import scoring_batch
 from ..models.pretrained import pretrained_state, read_checkpoint
 from .loop import Callback
+from .optim import optimizer_for
 
 
 def pretrained_backbone_state(name: str) -> dict[str, torch.Tensor]:
@@ -232,9 +233,7 @@ def layerwise_optimizer(model: nn.Module, groups: list[nn.Module], name: str, lr
     rest = [p for c in classifiers(model) for p in c.backbone.parameters() if id(p) not in seen]
     if rest:
         param_groups.append({"params": rest, "weight_decay": weight_decay, "lr_scale": decay ** (len(groups) + 1)})
-    if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, nesterov=True)
-    return torch.optim.AdamW(param_groups, lr=lr)
+    return optimizer_for(name, param_groups, lr, momentum)
 
 
 class GradualUnfreeze(Callback):
