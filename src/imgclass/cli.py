@@ -61,21 +61,22 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         if name == "data":
             continue
         hint, flag = _HINTS[name], "--" + name.replace("_", "-")
+        flags = [flag, "--shift"] if name == "translate" else [flag]  # --shift: the Keras course's name for it
         default = getattr(defaults, name)
         kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=helps.get(name, "") + ("" if default is None else f" [default: {default}]"))
         base = hint
         if get_origin(hint) in (Union, types.UnionType):
             base = next(a for a in get_args(hint) if a is not type(None))
         if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif get_origin(base) is Literal:
-            p.add_argument(flag, choices=get_args(base), **kw)
+            p.add_argument(*flags, choices=get_args(base), **kw)
         elif base is dict:
-            p.add_argument(flag, type=_parse_model_args, metavar="K=V,...", **kw)
+            p.add_argument(*flags, type=_parse_model_args, metavar="K=V,...", **kw)
         elif name == "img_size":  # one size, or sizes for progressive resizing ("150,299")
-            p.add_argument(flag, type=str, **kw)
+            p.add_argument(*flags, type=str, **kw)
         else:
-            p.add_argument(flag, type=base if base in (int, float) else str, **kw)
+            p.add_argument(*flags, type=base if base in (int, float) else str, **kw)
 
 
 class _Refuse(argparse.Action):

@@ -39,7 +39,13 @@ class TrainConfig:
     augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
     hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
     hflip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flipped every other epoch (airbench)
-    translate: float | None = None   # largest random shift as a share of the side (default: the --augment preset's, 0.125)
+    translate: float | None = None   # largest random shift as a share of the side (default: the --augment preset's, 0.125); also --shift
+    rotate: float | None = None      # random rotation up to +/- this many degrees, on top of any preset (strong: 10)
+    zoom: float | None = None        # random zoom up to +/- this fraction (0.2: 0.8x to 1.2x; strong: 0.15)
+    shear: float | None = None       # random shear up to +/- this many degrees
+    brightness: float | None = None  # random brightness factor within 1 +/- this (strong: 0.2)
+    contrast: float | None = None    # random contrast factor within 1 +/- this (strong: 0.2)
+    vflip: bool = False              # also flip upside down at random (aerial or microscope images, not photos)
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
@@ -228,6 +234,11 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("lr must be positive")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError("dropout must be in [0, 1)")
+    for name, top in (("rotate", 180.0), ("shear", 45.0), ("zoom", 1.0), ("brightness", 1.0), ("contrast", 1.0),
+                      ("translate", 0.5)):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value < top:
+            raise UserError(f"{name} must be in [0, {top:g}), not {value:g}")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError("label_smoothing must be in [0, 1)")
     if cfg.time_budget is not None and (parse_duration(cfg.time_budget) or 0) <= 0:

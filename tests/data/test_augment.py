@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from imgclass.data.augment import BatchAugment
@@ -62,3 +63,60 @@ def test_translate_option_bounds_the_shift():
     assert any(max(map(abs, s)) == 2 for s in shifts)
     default = BatchAugment("light", hflip=False)(x.clone(), torch.Generator().manual_seed(3))
     assert any(max(map(abs, s)) > 2 for s in shifts_found(x, default, 4, 4))  # the preset's 1/8: up to 4 px
+
+
+def mid_batch(n=64, side=16):
+    """Pixels away from 0 and 1, so no clamp hides a factor."""
+    torch.manual_seed(1)
+    return 0.3 + 0.3 * torch.rand(n, 3, side, side)
+
+
+@pytest.mark.parametrize("option,value", [("rotate", 30.0), ("zoom", 0.2), ("shear", 15.0), ("brightness", 0.3),
+                                          ("contrast", 0.4)])
+def test_each_option_stays_within_its_range_and_is_off_at_zero(option, value):
+    x = mid_batch()
+    aug = BatchAugment("none", **{option: value})
+    y = aug(x.clone(), torch.Generator().manual_seed(2))
+    drawn = aug.last[option]
+    assert drawn.abs().max() <= value + 1e-6 and drawn.abs().max() > value / 2    # within, and using, the range
+    assert not torch.allclose(y, x)
+    if option == "brightness":   # brightness alone: every pixel scaled by its image's factor
+        assert torch.allclose(y, x * (1 + drawn).view(-1, 1, 1, 1), atol=1e-6)
+    if option == "contrast":     # contrast alone: deviations from the image mean scaled by the factor
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        assert torch.allclose(y - mean, (x - mean) * (1 + drawn).view(-1, 1, 1, 1), atol=1e-6)
+    zero = BatchAugment("none", **{option: 0.0})
+    assert torch.equal(zero(x.clone(), torch.Generator().manual_seed(2)), x)       # 0: not at all
+
+
+def test_vflip_and_composition_with_a_preset():
+    x = mid_batch()
+    aug = BatchAugment("none", vflip=True)
+    y = aug(x.clone(), torch.Generator().manual_seed(4))
+    flipped = aug.last["vflip"]
+    assert 0 < int(flipped.sum()) < len(x)
+    for i in range(len(x)):
+        assert torch.equal(y[i], x[i].flip(1) if flipped[i] else x[i])
+    strong = BatchAugment("strong", rotate=25.0)                  # the option replaces the preset's 10 degrees
+    assert strong.p["rotate"] == 25.0 and strong.p["zoom"] == 0.15
+    strong(x.clone(), torch.Generator().manual_seed(4))
+    assert strong.last["rotate"].abs().max() > 10
+
+
+@pytest.mark.parametrize("preset,total", [("light", 5519.323125034571), ("strong", 5194.571021273732)])
+def test_presets_draw_as_before_the_options(preset, total):
+    """The options draw only when switched on, so a preset does exactly what it did before they existed: the
+    totals are those of the implementation before the options (commit 1d2e672), same batch and seed."""
+    x = mid_batch(16)
+    y = BatchAugment(preset)(x.clone(), torch.Generator().manual_seed(9))
+    assert float(y.double().sum()) == pytest.approx(total, abs=1e-3)
+    assert torch.equal(y, BatchAugment(preset, vflip=False, shear=0.0)(x.clone(), torch.Generator().manual_seed(9)))
+
+
+def test_config_refuses_out_of_range_options():
+    from imgclass import config
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match=r"rotate must be in \[0, 180\)"):
+        config.resolve(rotate=200)
+    with pytest.raises(UserError, match=r"zoom must be in \[0, 1\)"):
+        config.resolve(zoom=-0.1)

@@ -14,36 +14,48 @@ import torch.nn.functional as F
 
 PRESETS = {
     #           flip  translate(frac of side)  zoom (+/-)  rotate (deg)  brightness/contrast (+/-)
-    "none":   dict(flip=False, translate=0.0, zoom=0.0, rotate=0.0, color=0.0),
-    "light":  dict(flip=True, translate=0.125, zoom=0.0, rotate=0.0, color=0.0),
-    "strong": dict(flip=True, translate=0.125, zoom=0.15, rotate=10.0, color=0.2),
+    "none":   dict(flip=False, translate=0.0, zoom=0.0, rotate=0.0, brightness=0.0, contrast=0.0),
+    "light":  dict(flip=True, translate=0.125, zoom=0.0, rotate=0.0, brightness=0.0, contrast=0.0),
+    "strong": dict(flip=True, translate=0.125, zoom=0.15, rotate=10.0, brightness=0.2, contrast=0.2),
 }
+# The ranges an option can set on top of any preset (the Keras course's ImageDataGenerator knobs):
+# rotate and shear in degrees (+/-), zoom, brightness and contrast as fractions (+/-), vflip on or off.
+RANGES = ("rotate", "zoom", "brightness", "contrast", "shear", "vflip")
 
 
 class BatchAugment:
     def __init__(self, preset: str = "light", hflip: bool = True, hflip_mode: str = "random",
-                 translate: float | None = None):
+                 translate: float | None = None, **ranges: float | bool | None):
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}")
+        unknown = set(ranges) - set(RANGES)
+        if unknown:
+            raise ValueError(f"unknown augmentation range(s) {sorted(unknown)}")
         self.preset = preset
-        self.p = dict(PRESETS[preset])
+        self.p = dict(PRESETS[preset], shear=0.0, vflip=False)
         self.p["flip"] = self.p["flip"] and hflip
         if translate is not None and preset != "none":  # the preset's shift, overridden (fast recipe: 1/16 of the side)
             self.p["translate"] = translate
+        self.p.update({k: v for k, v in ranges.items() if v is not None})  # an option's range replaces the preset's
         # "alternate": an image is mirrored in every other epoch (airbench), so over two epochs
         # the network sees both views exactly once instead of at random.
         self.hflip_mode = hflip_mode
+        self.last: dict[str, torch.Tensor] = {}  # the parameters drawn for the last batch (per image)
 
     @property
     def active(self) -> bool:
         p = self.p
-        return bool(p["flip"] or p["translate"] or p["zoom"] or p["rotate"] or p["color"])
+        return bool(p["flip"] or p["translate"] or p["zoom"] or p["rotate"] or p["brightness"] or p["contrast"]
+                    or p["shear"] or p["vflip"])
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
                  epoch: int = 0) -> torch.Tensor:
         """x: float N x C x H x W in 0..1 (before normalisation). Returns the same shape and range.
 
-        flip_parity: one fixed random bit per image of the batch, for hflip_mode="alternate"."""
+        flip_parity: one fixed random bit per image of the batch, for hflip_mode="alternate".
+        The random draws come in a fixed order, and only for what is switched on, so a preset draws (and
+        does) exactly what it did before the options existed."""
+        self.last = {}
         if not self.active:
             return x
         p = self.p
@@ -58,21 +70,41 @@ class BatchAugment:
             else:
                 flip = rand(n) < 0.5
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-        if p["translate"] or p["zoom"] or p["rotate"]:
-            angle = (rand(n) * 2 - 1) * math.radians(p["rotate"])
-            scale = 1.0 + (rand(n) * 2 - 1) * p["zoom"]
-            # whole-pixel shifts, so a pure translation is exact (no bilinear blur)
-            side = torch.tensor([x.shape[3], x.shape[2]], device=x.device, dtype=x.dtype)
-            shift = ((rand(n, 2) * 2 - 1) * p["translate"] * side).round() * 2 / side  # [-1, 1] grid units
-            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-            theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                                 torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-            # reflection padding keeps image statistics at the borders (no black frames)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        if p["color"]:
-            bright = 1.0 + (rand(n, 1, 1, 1) * 2 - 1) * p["color"]
-            contrast = 1.0 + (rand(n, 1, 1, 1) * 2 - 1) * p["color"]
+        if p["translate"] or p["zoom"] or p["rotate"] or p["shear"]:
+            x = self._affine(x, rand)
+        if p["brightness"] or p["contrast"]:
+            bright = 1.0 + (rand(n, 1, 1, 1) * 2 - 1) * p["brightness"]
+            contrast = 1.0 + (rand(n, 1, 1, 1) * 2 - 1) * p["contrast"]
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * contrast + mean) * bright
+            self.last.update(brightness=bright.view(n) - 1, contrast=contrast.view(n) - 1)
+        if p["vflip"]:
+            vflip = rand(n) < 0.5
+            x = torch.where(vflip.view(n, 1, 1, 1), x.flip(2), x)
+            self.last["vflip"] = vflip
         return x.clamp_(0.0, 1.0)
+
+    def _affine(self, x: torch.Tensor, rand) -> torch.Tensor:
+        """Per-image rotation, zoom, whole-pixel shift and shear, in one resampling."""
+        p, n = self.p, x.shape[0]
+        angle = (rand(n) * 2 - 1) * math.radians(p["rotate"])
+        scale = 1.0 + (rand(n) * 2 - 1) * p["zoom"]
+        # whole-pixel shifts, so a pure translation is exact (no bilinear blur)
+        side = torch.tensor([x.shape[3], x.shape[2]], device=x.device, dtype=x.dtype)
+        shift = ((rand(n, 2) * 2 - 1) * p["translate"] * side).round() * 2 / side  # [-1, 1] grid units
+        shear = (rand(n) * 2 - 1) * math.radians(p["shear"]) if p["shear"] else torch.zeros(n, device=x.device)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        t = torch.tan(shear)  # x' = x + tan(shear) * y, then the rotation and zoom
+        theta = torch.stack([torch.stack([cos, cos * t - sin, shift[:, 0]], 1),
+                             torch.stack([sin, sin * t + cos, shift[:, 1]], 1)], 1)
+        self.last.update(rotate=torch.rad2deg(angle), zoom=scale - 1, shift=shift * side / 2,
+                         shear=torch.rad2deg(shear))
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        # reflection padding keeps image statistics at the borders (no black frames)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def from_config(cfg) -> BatchAugment:
+    """The training augmentation a TrainConfig describes: its preset, flips, shift and option ranges."""
+    return BatchAugment(cfg.augment, cfg.hflip, cfg.hflip_mode, cfg.translate,
+                        **{k: getattr(cfg, k) for k in RANGES})

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-from ..data.augment import BatchAugment
+from ..data.augment import from_config as augment_from_config
 from ..data.cache import load_cached
 from ..data.images import channel_stats
 from ..data.preprocess import Preprocessing
@@ -55,7 +55,7 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     load_starting_weights(model, cfg, True, plan.hierarchy is not None, plan.classes, pre, log.info)
     model.to(device).train()
     opt = make_optimizer(model, cfg.optimizer, start_lr, plan.weight_decay, cfg.momentum)
-    aug = BatchAugment(cfg.augment, cfg.hflip, translate=cfg.translate)
+    aug = augment_from_config(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     lrs, losses, smooth, best = [], [], 0.0, math.inf
     order = torch.randperm(len(train), generator=gen)
