@@ -86,8 +86,16 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.strip() == f"imgclass: error: data path does not exist: {tmp_path / 'nope'}"
 
 
-@pytest.mark.parametrize("verb", ["train", "tune", "lr-find", "predict", "submit", "check", "evaluate", "compare",
-                                  "export", "serve", "models", "demo", "cache"])
+def test_help_lists_every_verb(capsys):
+    from imgclass.cli import COMMANDS
+    assert sorted(COMMANDS) == sorted(VERBS)
+
+
+VERBS = ["train", "tune", "lr-find", "augment-preview", "predict", "submit", "check", "evaluate", "compare",
+         "export", "serve", "models", "demo", "cache"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_prints_its_help(verb, capsys):
     # the help texts come from TrainConfig's comments; a "%" in one once broke `imgclass train --help`
     with pytest.raises(SystemExit) as exc:

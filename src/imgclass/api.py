@@ -131,3 +131,10 @@ def tune(data: str | Path, **options: Any):
     """`imgclass tune`: an Optuna search over train settings (trials, sampler, pruner, cv, space, storage...)."""
     from .tuning.tune import tune as run_tune
     return run_tune(data, **options)
+
+
+def augment_preview(data: str | Path, out: str | Path = "augment_preview.png", images: int = 8, draws: int = 4,
+                    config: str | Path | None = None, **options: Any) -> Path:
+    """`imgclass augment-preview`: a few training images and what the augmentation (train's options) makes of them."""
+    from .training.preview import augment_preview as preview
+    return preview(data, out, images, draws, config, **options)

@@ -117,6 +117,24 @@ def _tune_options(p: argparse.ArgumentParser) -> None:
     _add_train_options(p)  # every train option is a fixed setting; --time-budget bounds the whole search
 
 
+def _augment_preview_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="image folder (same layouts as train)")
+    p.add_argument("--config", help="YAML file with train options")
+    p.add_argument("--preview", default="augment_preview.png", help="where to write the grid [default: "
+                                                                    "augment_preview.png]")
+    p.add_argument("--images", type=int, default=8, help="training images shown [default: 8]")
+    p.add_argument("--draws", type=int, default=4, help="augmented versions of each [default: 4]")
+    _add_train_options(p)  # --augment, --rotate, --zoom... as train takes them
+
+
+def _augment_preview(args: argparse.Namespace) -> int | None:
+    from . import api
+    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    path = api.augment_preview(args.data, out=args.preview, images=args.images, draws=args.draws,
+                               config=args.config, **options)
+    print(f"preview: {path}")
+
+
 def _lr_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--config", help="YAML file with train options")
@@ -430,6 +448,8 @@ COMMANDS = {
              _tune_options, _tune),
     "lr-find": ("learning-rate range test: plot loss against lr and suggest one",
                 _lr_find_options, _lr_find),
+    "augment-preview": ("a grid of training images as the augmentation changes them",
+                        _augment_preview_options, _augment_preview),
     "predict": ("top-k predictions for images, folders or glob patterns",
                 _predict_options, _predict),
     "submit": ("write a Kaggle submission CSV for a folder of test images",
