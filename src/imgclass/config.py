@@ -67,7 +67,9 @@ class TrainConfig:
     lr: float | None = None          # peak learning rate (default: the model's default for the optimizer)
     weight_decay: float | None = None  # default: DEFAULT_WEIGHT_DECAY (0.05 for AdamW, 5e-4 for SGD)
     momentum: float = 0.9            # SGD momentum (Nesterov)
-    schedule: Literal["cosine", "onecycle"] = "cosine"  # after warm-up: cosine to zero, or onecycle (linear up 25%, linear down)
+    schedule: Literal["cosine", "onecycle", "plateau"] = "cosine"  # after warm-up: cosine to zero, or onecycle (linear up 25%, linear down), or plateau (constant, cut when validation loss stalls)
+    plateau_patience: int = 2        # plateau: epochs without a lower validation loss before the rate is cut (Keras's meaning)
+    plateau_factor: float = 0.5      # plateau: what each cut multiplies the rate by
     warmup_epochs: float = 1.0       # linear warm-up length (cosine schedule)
     label_smoothing: float = 0.1     # cross-entropy label smoothing
     lookahead: bool = False          # every 5 steps reset the weights to their running average, pulled harder near the end (airbench)
@@ -239,6 +241,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < top:
             raise UserError(f"{name} must be in [0, {top:g}), not {value:g}")
+    if cfg.plateau_patience < 1 or not 0.0 < cfg.plateau_factor < 1.0:
+        raise UserError("plateau_patience must be at least 1 and plateau_factor in (0, 1)")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError("label_smoothing must be in [0, 1)")
     if cfg.time_budget is not None and (parse_duration(cfg.time_budget) or 0) <= 0:

@@ -68,3 +68,30 @@ def test_callbacks_declare_their_events():
         Trainer(model=None, optimizer=None, train_data=None, val_data=None, pre=None, augment=None, epochs=1,
                 batch_size=1, peak_lr=0.1, warmup_epochs=0, label_smoothing=0, seed=0, device=None,
                 callbacks=[Strings()])
+
+
+def test_plateau_replay_cuts_after_patience_epochs_without_improvement():
+    from imgclass.training.callbacks import ReduceOnPlateau
+    cb = ReduceOnPlateau(patience=2, factor=0.5)
+    rows = lambda losses: [{"val_loss": v} for v in losses]  # noqa: E731
+    assert cb.replay(rows([1.0, 0.9, 0.95])) == 1.0                 # one epoch without improvement: not yet
+    assert cb.replay(rows([1.0, 0.9, 0.95, 0.96])) == 0.5           # two: cut
+    assert cb.replay(rows([1.0, 0.9, 0.95, 0.96, 0.97, 0.98])) == 0.25  # the count starts again after a cut
+    assert cb.replay(rows([1.0, 0.9, 0.95, 0.96, 0.97, 0.8, 0.81])) == 0.5
+    assert cb.replay(rows([1.0, float("nan"), 1.0, 1.0])) == 0.5     # epochs without validation are skipped
+
+
+def test_plateau_schedule_lowers_the_rate_in_training(tmp_path, monkeypatch):
+    import imgclass
+    from imgclass.training.loop import Trainer
+    from helpers import FAST, make_class_folders
+    scripted = iter([1.0, 1.1, 1.2, 0.5, 0.6, 0.7, 0.8])
+    monkeypatch.setattr(Trainer, "validate", lambda self: (next(scripted), 0.5))
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    run = imgclass.train(data, out=str(tmp_path / "p"), **dict(FAST, epochs=7, schedule="plateau", warmup_epochs=0,
+                                                                 lr=0.01, plateau_patience=2, plateau_factor=0.5))
+    assert [round(r["lr"], 6) for r in run.history] == [0.01] * 3 + [0.005] * 3 + [0.0025]
+    import pytest
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match="needs a validation split"):
+        imgclass.train(data, out=str(tmp_path / "q"), **dict(FAST, schedule="plateau", val_split=0.0))

@@ -12,7 +12,7 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -42,6 +42,37 @@ class BestModel(Callback):
             t.best_val_acc, t.best_epoch = score, row["epoch"]
             if self.write:
                 save_model(self.path, t.model, self.header())
+
+
+class ReduceOnPlateau(Callback):
+    """--schedule plateau: cut the rate by `factor` once validation loss has not improved (by 1e-4 relative)
+    for `patience` epochs in a row, then count again (Keras's ReduceLROnPlateau). Written here rather than
+    torch's scheduler because the rate is replayed from the saved history: a resumed run gets the same rate
+    with nothing extra in its checkpoint."""
+    order = 3
+
+    def __init__(self, patience: int, factor: float):
+        self.patience, self.factor = patience, factor
+
+    def replay(self, history: list[dict[str, Any]]) -> float:
+        best, wait, lr_factor = math.inf, 0, 1.0
+        for row in history:
+            loss = row.get("val_loss", math.nan)
+            if math.isnan(loss):
+                continue
+            if loss < best * (1 - 1e-4):
+                best, wait = loss, 0
+            else:
+                wait += 1
+                if wait >= self.patience:
+                    lr_factor, wait = lr_factor * self.factor, 0
+        return lr_factor
+
+    def before_fit(self, t: Trainer) -> None:
+        t.lr_factor = self.replay(t.history)
+
+    def after_epoch(self, t: Trainer) -> None:
+        t.lr_factor = self.replay(t.history)
 
 
 class EarlyStopping(Callback):

@@ -92,6 +92,7 @@ class Trainer:
     stop: bool = False
     stop_reason: str = ""
     batch_loss: float = 0.0
+    lr_factor: float = 1.0              # multiplies the schedule's rate (--schedule plateau's cuts)
     done: float = 0.0                   # share of training done at the last step (steps, or the clock under a budget)
     time_allowed: float | None = None   # seconds of training the budget allows (fixed at the first fit)
     clock: float = 0.0                  # seconds of training used so far, across phases and resumes
@@ -169,7 +170,7 @@ class Trainer:
 
     def fit(self) -> None:
         total = self.epochs * self.steps_per_epoch  # the whole run, across progressive-resizing phases
-        warmup = self.warmup_epochs / self.epochs if self.schedule == "cosine" else 0.0
+        warmup = self.warmup_epochs / self.epochs if self.schedule in ("cosine", "plateau") else 0.0
         forward = self.train_forward or self.model
         channels_last = self.device.type in ("cpu", "cuda")
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else None
@@ -210,7 +211,7 @@ class Trainer:
                     self.stop, self.stop_reason = True, "time budget reached"
                     break
                 self.done = done
-                set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule), done)
+                set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule) * self.lr_factor, done)
                 with autocast if autocast is not None else contextlib.nullcontext():
                     if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
                         loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)

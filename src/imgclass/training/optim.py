@@ -41,6 +41,8 @@ def lr_at(progress: float, warmup: float, peak: float, schedule: str = "cosine")
 
     cosine: linear warm-up over the first `warmup` fraction, then cosine decay to zero.
     onecycle: linear from 0.2x to 1x over the first 25%, then linear down to 0.07x (airbench's shape).
+    plateau: linear warm-up, then the peak; the cuts on a stalled validation loss are the Trainer's lr_factor
+    (callbacks.ReduceOnPlateau).
     """
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "onecycle":
@@ -49,6 +51,8 @@ def lr_at(progress: float, warmup: float, peak: float, schedule: str = "cosine")
         return peak * (1.0 - 0.93 * (progress - 0.25) / 0.75)
     if warmup > 0 and progress < warmup:
         return peak * progress / warmup
+    if schedule == "plateau":
+        return peak
     rest = (progress - warmup) / max(1e-12, 1.0 - warmup)
     return peak * 0.5 * (1.0 + math.cos(math.pi * rest))
 

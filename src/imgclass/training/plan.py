@@ -106,6 +106,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     """Everything that follows from the resolved config and the split."""
     if found.parents is not None and (cfg.devices > 1 or launched_by_torchrun()):
         raise UserError("two-level labels are not supported with several processes yet")
+    if cfg.schedule == "plateau" and not split.items["val"]:
+        raise UserError("--schedule plateau cuts the rate when validation loss stalls: it needs a validation split")
     spec = get_spec(cfg.model)
     sizes = config_mod.img_sizes(cfg.img_size) or [spec.default_img_size]
     phases, end = [], 0
