@@ -72,6 +72,7 @@ class TrainConfig:
     plateau_factor: float = 0.5      # plateau: what each cut multiplies the rate by
     warmup_epochs: float = 1.0       # linear warm-up length (cosine schedule)
     label_smoothing: float = 0.1     # cross-entropy label smoothing
+    ema: float | None = None         # keep an exponential moving average of the weights with this decay (e.g. 0.999) and use it for validation and the model file
     lookahead: bool = False          # every 5 steps reset the weights to their running average, pulled harder near the end (airbench)
     class_weights: Literal["none", "auto"] = "none"  # auto: weight the loss by n / (classes * count) (scikit-learn's "balanced")
     balanced_sampler: bool = False   # draw training images with probability 1/count of their class (with replacement)
@@ -241,6 +242,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < top:
             raise UserError(f"{name} must be in [0, {top:g}), not {value:g}")
+    if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:
+        raise UserError("ema must be a decay in (0, 1), e.g. 0.999")
     if cfg.plateau_patience < 1 or not 0.0 < cfg.plateau_factor < 1.0:
         raise UserError("plateau_patience must be at least 1 and plateau_factor in (0, 1)")
     if not 0.0 <= cfg.label_smoothing < 1.0:

@@ -95,3 +95,48 @@ def test_plateau_schedule_lowers_the_rate_in_training(tmp_path, monkeypatch):
     from imgclass.errors import UserError
     with pytest.raises(UserError, match="needs a validation split"):
         imgclass.train(data, out=str(tmp_path / "q"), **dict(FAST, schedule="plateau", val_split=0.0))
+
+
+def test_ema_weights_are_the_average_they_claim(tmp_path):
+    import imgclass
+    from imgclass.training.loop import Callback
+    from safetensors.torch import load_file
+    from helpers import FAST, make_class_folders
+
+    class Record(Callback):
+        order = -5  # sees the live weights before EMA swaps anything
+        def __init__(self):
+            self.start, self.steps = None, []
+        def before_fit(self, t):
+            self.start = {k: v.detach().clone() for k, v in t.model.state_dict().items() if v.is_floating_point()}
+        def after_step(self, t):
+            self.steps.append((t.step, {k: v.detach().clone() for k, v in t.model.state_dict().items()
+                                        if v.is_floating_point()}))
+    rec = Record()
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "e"), callbacks=[rec], **dict(FAST, epochs=3, ema=0.8, lr=0.01))
+    expected = {k: v.clone() for k, v in rec.start.items()}
+    for step, live in rec.steps:
+        decay = min(0.8, (1 + step) / (10 + step))
+        for k in expected:
+            expected[k] = expected[k] * decay + live[k] * (1 - decay)
+    saved = load_file(str(run.dir / "checkpoints" / "last.safetensors"))
+    keys = [k for k in expected if f"model.{k}" in saved]
+    assert len(keys) == len(expected) >= 8                                 # weights, biases, BN statistics
+    for k in keys:
+        assert torch.allclose(saved[f"model.{k}"], expected[k], atol=1e-5), k   # the checkpoint holds the average
+    assert not all(torch.allclose(saved[f"model.{k}"], rec.steps[-1][1][k], atol=1e-5) for k in keys)  # not live
+    assert all(torch.equal(saved[f"extra.ema_live.{k}"], rec.steps[-1][1][k]) for k in keys)  # live kept to resume
+
+
+def test_ema_replaces_a_recipes_lookahead_but_not_the_users(tmp_path):
+    import pytest
+    from imgclass.errors import UserError
+    from imgclass.training.plan import plan_run
+    from helpers import make_class_folders
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    assert plan_run(data, model="fast").cfg.lookahead is True               # the fast recipe's own
+    plan = plan_run(data, model="fast", ema=0.99)
+    assert plan.cfg.lookahead is False and any("replaces" in n for n in plan.notes)
+    with pytest.raises(UserError, match="--ema and --lookahead both average"):
+        plan_run(data, model="fast", ema=0.99, lookahead=True)

@@ -137,6 +137,52 @@ class Lookahead(Callback):
             self.pull(t, 1.0)
 
 
+class EMA(Callback):
+    """--ema DECAY: an exponential moving average of the weights (batch-norm statistics included), updated
+    after every step with decay min(DECAY, (1 + step) / (10 + step)) (TensorFlow's ExponentialMovingAverage
+    with num_updates: early averages do not drag in the random initial weights). Validation, the best model
+    and the checkpoints use the average; training continues on the live weights.
+
+    Written here rather than with torch.optim.swa_utils.AveragedModel for the same reason as Lookahead: the
+    average (and, while it is swapped in, the live weights) live in the loop's extra_state, so --resume
+    continues exactly."""
+    order = -1  # swapped in before BestModel and Checkpoint see the epoch
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def before_fit(self, t: Trainer) -> None:
+        for key, value in t.model.state_dict().items():
+            if value.is_floating_point() and f"ema.{key}" not in t.extra_state:
+                t.extra_state[f"ema.{key}"] = value.detach().clone()
+        self._swap_back(t)  # a checkpoint holds the average; training resumes from the live weights
+
+    @torch.no_grad()
+    def after_step(self, t: Trainer) -> None:
+        decay = min(self.decay, (1 + t.step) / (10 + t.step))
+        for key, value in t.model.state_dict().items():
+            average = t.extra_state.get(f"ema.{key}")
+            if average is not None:
+                average.lerp_(value, 1.0 - decay)
+
+    @torch.no_grad()
+    def before_validate(self, t: Trainer) -> None:
+        for key, value in t.model.state_dict().items():
+            if f"ema.{key}" in t.extra_state:
+                t.extra_state[f"ema_live.{key}"] = value.detach().clone()
+                value.copy_(t.extra_state[f"ema.{key}"])
+
+    def before_epoch(self, t: Trainer) -> None:
+        self._swap_back(t)
+
+    @torch.no_grad()
+    def _swap_back(self, t: Trainer) -> None:
+        for key, value in t.model.state_dict().items():
+            live = t.extra_state.pop(f"ema_live.{key}", None)
+            if live is not None:
+                value.copy_(live)
+
+
 class MetricsCSV(Callback):
     order = 3
 

@@ -106,6 +106,11 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     """Everything that follows from the resolved config and the split."""
     if found.parents is not None and (cfg.devices > 1 or launched_by_torchrun()):
         raise UserError("two-level labels are not supported with several processes yet")
+    if cfg.ema is not None and cfg.lookahead:  # both average the weights; the user's explicit choice wins
+        if explicit is not None and "lookahead" in explicit:
+            raise UserError("--ema and --lookahead both average the weights: use one of them")
+        cfg = dataclasses.replace(cfg, lookahead=False)
+        notes.append(f"--ema replaces the {cfg.model} recipe's lookahead")
     if cfg.schedule == "plateau" and not split.items["val"]:
         raise UserError("--schedule plateau cuts the rate when validation loss stalls: it needs a validation split")
     spec = get_spec(cfg.model)

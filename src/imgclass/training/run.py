@@ -36,7 +36,7 @@ from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import budget, distributed
 from .budget import GRADUAL_STEP_SHARE, train_score_n
-from .callbacks import (BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
+from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
                         TensorBoard)
 from .checkpoint import load_checkpoint
 from .device import pick_device, use_bf16
@@ -273,6 +273,7 @@ def _trainer_stage(s: Session, extra_callbacks: list) -> Trainer:
     callbacks = extra_callbacks + [BestModel(s.run.best, s.header, write=main)]
     callbacks += [Checkpoint(s.run.last, s.header), MetricsCSV(s.run.metrics)] if main else []
     callbacks += [Lookahead()] if cfg.lookahead else []
+    callbacks += [EMA(cfg.ema)] if cfg.ema is not None else []
     callbacks += [EarlyStopping(cfg.patience)] if cfg.patience else []
     callbacks += [ReduceOnPlateau(cfg.plateau_patience, cfg.plateau_factor)] if cfg.schedule == "plateau" else []
     callbacks += [TensorBoard(s.run.tensorboard)] if cfg.tensorboard and main else []
