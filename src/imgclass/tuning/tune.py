@@ -162,17 +162,7 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
         raise UserError("nothing to search: every parameter of the space is fixed by an option")
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study or "imgclass"
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=fixed.get("seed", 101)),
-                "random": lambda: optuna.samplers.RandomSampler(seed=fixed.get("seed", 101)),
-                "grid": lambda: optuna.samplers.GridSampler(grid_of(search), seed=fixed.get("seed", 101))}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        st = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                 sampler=samplers[sampler](),
-                                 pruner=optuna.pruners.MedianPruner(n_warmup_steps=0 if cv else 1)
-                                 if pruner == "median" else optuna.pruners.NopPruner())
-    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database is the user's to fix
-        raise UserError(f"cannot open study '{name}' in {storage}: {str(exc).splitlines()[0]}") from None
+    st = _open_study(name, storage, sampler, pruner, search, fixed.get("seed", 101), bool(cv))
 
     def one_run(params, folder: Path, split=None, callbacks=()) -> float:
         run = train(out=str(folder), callbacks=list(callbacks), split=split,
@@ -215,6 +205,22 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
     _write_trials(st, out / "trials.csv")
     _figures(st, out / "figures")
     return TuneResult(name, storage, best.value, best.params, best_file, len(st.trials))
+
+
+def _open_study(name: str, storage: str, sampler: str, pruner: str, search: dict, seed: int, cv: bool):
+    """The study, created or joined; with cv the pruner compares the running mean after each fold."""
+    import optuna
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+                "grid": lambda: optuna.samplers.GridSampler(grid_of(search), seed=seed)}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                   sampler=samplers[sampler](),
+                                   pruner=optuna.pruners.MedianPruner(n_warmup_steps=0 if cv else 1)
+                                   if pruner == "median" else optuna.pruners.NopPruner())
+    except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database is the user's to fix
+        raise UserError(f"cannot open study '{name}' in {storage}: {str(exc).splitlines()[0]}") from None
 
 
 def _write_trials(study, path: Path) -> None:
