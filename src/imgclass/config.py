@@ -45,6 +45,8 @@ class TrainConfig:
     shear: float | None = None       # random shear up to +/- this many degrees
     brightness: float | None = None  # random brightness factor within 1 +/- this (strong: 0.2)
     contrast: float | None = None    # random contrast factor within 1 +/- this (strong: 0.2)
+    mixup: float | None = None       # mix each training image with another (lambda ~ Beta(A, A)) and their labels alike; e.g. 0.2
+    cutmix: float | None = None      # paste a patch of another image, labels mixed by area (Beta(A, A)); e.g. 1.0; with mixup: one of the two per batch
     vflip: bool = False              # also flip upside down at random (aerial or microscope images, not photos)
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
@@ -242,6 +244,9 @@ def check_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < top:
             raise UserError(f"{name} must be in [0, {top:g}), not {value:g}")
+    for name in ("mixup", "cutmix"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise UserError(f"{name} takes a Beta distribution's alpha > 0, e.g. 0.2 (leave it out to turn it off)")
     if cfg.ema is not None and not 0.0 < cfg.ema < 1.0:
         raise UserError("ema must be a decay in (0, 1), e.g. 0.999")
     if cfg.plateau_patience < 1 or not 0.0 < cfg.plateau_factor < 1.0:

@@ -120,3 +120,41 @@ def test_config_refuses_out_of_range_options():
         config.resolve(rotate=200)
     with pytest.raises(UserError, match=r"zoom must be in \[0, 1\)"):
         config.resolve(zoom=-0.1)
+
+
+def test_mixup_mixes_images_and_labels_alike():
+    from imgclass.data.augment import batch_mix
+    x, y = mid_batch(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(3)
+    mixed, target = batch_mix(0.4, None, 3)(x.clone(), y)
+    assert torch.allclose(target.sum(1), torch.ones(8))
+    lam = target[torch.arange(8), y]                       # the weight of each image's own label
+    partner = x.roll(1, 0)                                 # torchvision mixes each image with its neighbour
+    assert torch.allclose(mixed, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * partner, atol=1e-5)
+    assert ((lam >= 0) & (lam <= 1)).all() and not torch.allclose(mixed, x)
+    assert batch_mix(None, None, 3) is None                # off: nothing mixes
+
+
+def test_cutmix_pastes_a_patch_weighted_by_its_area():
+    from imgclass.data.augment import batch_mix
+    x, y = mid_batch(8), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(5)
+    mixed, target = batch_mix(None, 1.0, 3)(x.clone(), y)
+    partner = x.roll(1, 0)
+    from_partner = (mixed == partner).all(1) & ~(mixed == x).all(1)     # pixels taken from the neighbour
+    share = from_partner.float().mean(dim=(1, 2))
+    own = target[torch.arange(8), y]
+    assert torch.allclose(own, 1 - share, atol=1e-6)       # the label weight is the area kept
+    assert ((mixed == x) | (mixed == partner)).all()       # every pixel is one image's or the other's
+
+
+def test_mixup_and_cutmix_train(tmp_path):
+    import math
+    import imgclass
+    from helpers import FAST, make_class_folders
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "m"), **dict(FAST, epochs=3, mixup=0.2, cutmix=1.0, lr=0.01))
+    assert all(math.isfinite(r["train_loss"]) for r in run.history)
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match="mixup takes a Beta"):
+        imgclass.train(data, out=str(tmp_path / "bad"), **dict(FAST, mixup=0))

@@ -108,3 +108,15 @@ def from_config(cfg) -> BatchAugment:
     """The training augmentation a TrainConfig describes: its preset, flips, shift and option ranges."""
     return BatchAugment(cfg.augment, cfg.hflip, cfg.hflip_mode, cfg.translate,
                         **{k: getattr(cfg, k) for k in RANGES})
+
+
+def batch_mix(mixup: float | None, cutmix: float | None, num_classes: int):
+    """--mixup A / --cutmix A: torchvision's MixUp and CutMix on whole batches (each image mixed with its
+    neighbour in the batch, lambda ~ Beta(A, A)); with both, one of the two per batch, as torchvision's
+    references do. Returns None when neither is on, else f(images, labels) -> (images, soft targets)."""
+    from torchvision.transforms import v2
+    mixes = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix else [])
+    if not mixes:
+        return None
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)

@@ -83,6 +83,7 @@ class Trainer:
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
     stop_at: int | None = None           # end this fit() after this epoch (a progressive-resizing phase)
     bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
+    mix: Any = None                      # data.augment.batch_mix: (images, labels) -> (images, soft targets)
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -202,6 +203,9 @@ class Trainer:
                 x = x.to(self.device, non_blocking=True)
                 y = self.train_data.labels[idx].to(self.device, non_blocking=True)
                 x = self.augment(x.float().div_(255.0), gen, flip_parity[idx], self.epoch)
+                target = y
+                if self.mix is not None:  # mixed images, soft targets; train accuracy still counts the first label
+                    x, target = self.mix(x, y)
                 x = self.pre.standardize(x)
                 if channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -217,7 +221,7 @@ class Trainer:
                         loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
                     else:
                         logits = forward(x).float()
-                        loss = F.cross_entropy(logits, y, weight=self.class_weights,
+                        loss = F.cross_entropy(logits, target, weight=self.class_weights,
                                                label_smoothing=self.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -111,6 +111,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
             raise UserError("--ema and --lookahead both average the weights: use one of them")
         cfg = dataclasses.replace(cfg, lookahead=False)
         notes.append(f"--ema replaces the {cfg.model} recipe's lookahead")
+    if found.parents is not None and (cfg.mixup or cfg.cutmix):
+        raise UserError("--mixup/--cutmix mix labels of one level; with two-level labels they are not supported yet")
     if cfg.schedule == "plateau" and not split.items["val"]:
         raise UserError("--schedule plateau cuts the rate when validation loss stalls: it needs a validation split")
     spec = get_spec(cfg.model)

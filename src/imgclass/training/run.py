@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import config as config_mod
 from .. import log
 from ..config import TrainConfig
-from ..data.augment import from_config as augment_from_config
+from ..data.augment import batch_mix, from_config as augment_from_config
 from ..data import cache
 from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
@@ -281,7 +281,7 @@ def _trainer_stage(s: Session, extra_callbacks: list) -> Trainer:
     if s.groups:  # which backbone groups learn each epoch, and which batch norms stay in inference mode
         callbacks.append(GradualUnfreeze(s.groups, cfg.unfreeze, cfg.bn_stats_frozen))
     trainer = Trainer(model=s.model, optimizer=s.optimizer, train_data=data["train"], val_data=data["val"], pre=s.pre,
-                      augment=augment_from_config(cfg),
+                      augment=augment_from_config(cfg), mix=batch_mix(cfg.mixup, cfg.cutmix, len(plan.classes)),
                       epochs=cfg.epochs, batch_size=cfg.batch_size,
                       peak_lr=plan.lr, warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
                       seed=cfg.seed, device=s.device, callbacks=callbacks, class_weights=class_weights,
