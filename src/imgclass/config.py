@@ -36,7 +36,7 @@ class TrainConfig:
     # --- images ---------------------------------------------------------------
     img_size: int | str | None = None  # square input side in pixels (default: from the model/data); "150,299": progressive resizing
     resize: Literal["crop", "pad", "stretch"] = "crop"  # crop: short side then centre crop; pad: long side then pad; stretch: ignore aspect
-    augment: Literal["none", "light", "strong"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast
+    augment: Literal["none", "light", "strong", "rand"] = "light"  # light: flip + translate; strong: + zoom, rotation, brightness/contrast; rand: light + RandAugment (2 ops, magnitude 9)
     hflip: bool = True               # allow horizontal flips in augmentation (turn off for digits/text)
     hflip_mode: Literal["random", "alternate"] = "random"  # alternate: each image flipped every other epoch (airbench)
     translate: float | None = None   # largest random shift as a share of the side (default: the --augment preset's, 0.125); also --shift

@@ -158,3 +158,19 @@ def test_mixup_and_cutmix_train(tmp_path):
     from imgclass.errors import UserError
     with pytest.raises(UserError, match="mixup takes a Beta"):
         imgclass.train(data, out=str(tmp_path / "bad"), **dict(FAST, mixup=0))
+
+
+def test_rand_augment_per_image_and_repeatable():
+    x = mid_batch(16)
+    aug = BatchAugment("rand", hflip=False, translate=0.0)
+    assert aug.p["rand"] and aug.active
+    a = aug(x.clone(), torch.Generator().manual_seed(7))
+    b = aug(x.clone(), torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.shape == x.shape and a.min() >= 0 and a.max() <= 1     # repeatable
+    quantised = (x * 255).round() / 255
+    changed = [not torch.allclose(a[i], quantised[i], atol=1.5 / 255) for i in range(len(x))]
+    assert sum(changed) >= len(x) // 2                      # most images changed by their two operations
+    deltas = {round(float((a[i] - quantised[i]).abs().mean()), 4) for i in range(len(x))}
+    assert len(deltas) > 4                                  # each image its own operations
+    assert torch.equal(BatchAugment("light")(x.clone(), torch.Generator().manual_seed(9)),
+                       BatchAugment("light", vflip=False)(x.clone(), torch.Generator().manual_seed(9)))

@@ -17,7 +17,10 @@ PRESETS = {
     "none":   dict(flip=False, translate=0.0, zoom=0.0, rotate=0.0, brightness=0.0, contrast=0.0),
     "light":  dict(flip=True, translate=0.125, zoom=0.0, rotate=0.0, brightness=0.0, contrast=0.0),
     "strong": dict(flip=True, translate=0.125, zoom=0.15, rotate=10.0, brightness=0.2, contrast=0.2),
+    # light's flip and shift, then RandAugment (2 random operations at magnitude 9 of 31, per image)
+    "rand":   dict(flip=True, translate=0.125, zoom=0.0, rotate=0.0, brightness=0.0, contrast=0.0, rand=True),
 }
+RAND_OPS, RAND_MAGNITUDE = 2, 9  # RandAugment's N and M as in its paper's ImageNet setting and torchvision's default
 # The ranges an option can set on top of any preset (the Keras course's ImageDataGenerator knobs):
 # rotate and shear in degrees (+/-), zoom, brightness and contrast as fractions (+/-), vflip on or off.
 RANGES = ("rotate", "zoom", "brightness", "contrast", "shear", "vflip")
@@ -32,7 +35,7 @@ class BatchAugment:
         if unknown:
             raise ValueError(f"unknown augmentation range(s) {sorted(unknown)}")
         self.preset = preset
-        self.p = dict(PRESETS[preset], shear=0.0, vflip=False)
+        self.p = {"rand": False, **PRESETS[preset], "shear": 0.0, "vflip": False}
         self.p["flip"] = self.p["flip"] and hflip
         if translate is not None and preset != "none":  # the preset's shift, overridden (fast recipe: 1/16 of the side)
             self.p["translate"] = translate
@@ -46,7 +49,7 @@ class BatchAugment:
     def active(self) -> bool:
         p = self.p
         return bool(p["flip"] or p["translate"] or p["zoom"] or p["rotate"] or p["brightness"] or p["contrast"]
-                    or p["shear"] or p["vflip"])
+                    or p["shear"] or p["vflip"] or p["rand"])
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
                  epoch: int = 0) -> torch.Tensor:
@@ -82,7 +85,23 @@ class BatchAugment:
             vflip = rand(n) < 0.5
             x = torch.where(vflip.view(n, 1, 1, 1), x.flip(2), x)
             self.last["vflip"] = vflip
+        if p["rand"]:
+            x = self._rand_augment(x.clamp(0.0, 1.0), generator)
         return x.clamp_(0.0, 1.0)
+
+    @staticmethod
+    def _rand_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """torchvision's RandAugment, one image at a time (called on a batch it would apply the same two
+        operations to every image), on uint8 as its posterize/equalize need; seeded from the batch's
+        generator, so a run stays repeatable."""
+        from torchvision.transforms import v2
+        ops = v2.RandAugment(num_ops=RAND_OPS, magnitude=RAND_MAGNITUDE)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = (x * 255).round().to(torch.uint8).cpu()
+            out = torch.stack([ops(img) for img in images])
+        return out.to(x.device, torch.float32).div_(255.0)
 
     def _affine(self, x: torch.Tensor, rand) -> torch.Tensor:
         """Per-image rotation, zoom, whole-pixel shift and shear, in one resampling."""
