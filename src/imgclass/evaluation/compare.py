@@ -15,6 +15,7 @@ from ..rundir import RunDir
 
 COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
            "test macro F1", "test coarse accuracy"]
+TWO_LEVEL = ("strategy", "test coarse accuracy")
 # config.yaml keys that never change what a run learns: where it writes, what it shows, how it decodes
 NOT_SETTINGS = {"out", "verbose", "tensorboard", "evaluate", "cache", "cache_dir", "stream", "workers", "device"}
 # columns where more is better: --sort orders them from the best down; any other column from the smallest up
@@ -33,7 +34,10 @@ class Comparison(list):
 
     @property
     def columns(self) -> list[str]:
-        return COLUMNS[:2] + self.settings + COLUMNS[2:]
+        """Model, the differing settings, then the rest; the two-level columns only when a run has two levels."""
+        flat = all(r.get("strategy", "-") == "-" for r in self)
+        rest = [c for c in COLUMNS[2:] if not (flat and c in TWO_LEVEL)]
+        return COLUMNS[:2] + self.settings + rest
 
     def cells(self) -> list[list[str]]:
         return [[_fmt(r.get(c)) for c in self.columns] for r in self]

@@ -20,8 +20,11 @@ STILL_RISING = 3      # validation accuracy best in the last epoch and up over t
 
 
 def _name(row: dict[str, Any], settings: list[str]) -> str:
-    what = ", ".join(f"{k}={_value(row.get(k))}" for k in settings)
-    return f"{Path(row['run']).name}" + (f" ({what})" if what else "")
+    name = Path(row["run"]).name
+    pairs = [f"{k}={_value(row.get(k))}" for k in settings]
+    if all(p in name for p in pairs):  # a sweep's folders are named after their setting already
+        return name
+    return name + (f" ({', '.join(pairs)})" if pairs else "")
 
 
 def _value(v: Any) -> str:
