@@ -51,13 +51,12 @@ def test_level_set_beforehand_silences_info(tmp_path, fresh_logger):
 def test_user_handler_replaces_the_default(tmp_path, fresh_logger):
     logger, shown = fresh_logger
     stream = io.StringIO()
-    logger.addHandler(logging.StreamHandler(stream))
-    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler(stream))   # no level set: imgclass's INFO, not the root's WARNING
     imgclass.train(make_class_folders(tmp_path / "data"), out=str(tmp_path / "run"), **OPTS)
     assert shown.file.getvalue() == ""  # nothing on imgclass's own console
     lines = stream.getvalue().splitlines()
     assert sum(line.startswith("epoch ") for line in lines) == 2
-    assert len(logger.handlers) == 1
+    assert len(logger.handlers) == 1 and logger.level == logging.INFO
 
 
 def test_handed_to_the_root_logger(tmp_path, fresh_logger, caplog):

@@ -48,6 +48,7 @@ class TrainConfig:
     mixup: float | None = None       # mix each training image with another (lambda ~ Beta(A, A)) and their labels alike; e.g. 0.2
     cutmix: float | None = None      # paste a patch of another image, labels mixed by area (Beta(A, A)); e.g. 1.0; with mixup: one of the two per batch
     vflip: bool = False              # also flip upside down at random (aerial or microscope images, not photos)
+    calibrate: bool = True           # fit a softmax temperature on the validation split after training, so probabilities mean what they say
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME

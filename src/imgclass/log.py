@@ -51,9 +51,13 @@ def bars_visible(c: Console) -> bool:
 
 def _default_handler() -> None:
     global _added
-    if _added or logger.handlers:  # the user's set-up, or ours already: left as it is
+    if _added:
         return
     _added = True
+    if logger.level == logging.NOTSET:  # INFO unless the user chose a level (else the root's WARNING would apply)
+        logger.setLevel(logging.INFO)
+    if logger.handlers:  # the user's own handlers: left as they are
+        return
     c = console()
     if c.is_terminal or c.is_jupyter:
         # No time or source path: these are a program's messages to its user, not a server's log lines.
@@ -65,8 +69,6 @@ def _default_handler() -> None:
         handler = _PlainHandler()
     logger.addHandler(handler)
     logger.propagate = False  # else a root handler (logging.basicConfig) prints each line twice
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
 
 
 class _PlainHandler(logging.StreamHandler):

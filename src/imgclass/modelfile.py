@@ -6,6 +6,7 @@ and never unpickles anything (safetensors stores raw tensors and strings only).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def check_header(header: dict[str, Any], file: Path) -> None:
         Preprocessing.from_dict(header.get("preprocessing") or {})
     except ValueError as exc:
         raise bad(str(exc)) from None
+    temperature = (header.get("inference") or {}).get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise bad("'inference.temperature' must be a positive number")
     hierarchy = header.get("hierarchy")
     if hierarchy is not None:
         coarse, parents = hierarchy.get("coarse_classes"), hierarchy.get("parents")
@@ -101,7 +105,9 @@ def check_header(header: dict[str, Any], file: Path) -> None:
 
 
 def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
-                 tta: str = "none", hierarchy: dict | None = None, weights: dict | None = None) -> dict:
+                 tta: str = "none", hierarchy: dict | None = None, weights: dict | None = None,
+                 calibration: dict | None = None) -> dict:
+    """calibration: {"temperature", and the validation ECE/NLL before and after} once fitted, else None."""
     return {
         "hierarchy": hierarchy,            # None, or {"strategy", "coarse_classes", "parents"}
         "format": FORMAT,
@@ -110,7 +116,9 @@ def model_header(arch: dict, classes: list[str], pre: Preprocessing, metrics: di
         "arch": arch,                       # {"name", "args", "dropout"}
         "classes": list(classes),
         "preprocessing": pre.to_dict(),
-        "inference": {"tta": tta},         # test-time augmentation every command applies
+        # test-time augmentation and the softmax temperature (calibration) every command applies
+        "inference": {"tta": tta, "temperature": (calibration or {}).get("temperature", 1.0)},
+        "calibration": calibration,
         "metrics": metrics or {},
         "weights": weights,                # None (from scratch), or where the starting weights came from
     }

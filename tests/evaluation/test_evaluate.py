@@ -15,7 +15,8 @@ from imgclass.evaluation.report import TLDR_WORD_LIMIT, RunContext, tldr
 from helpers import FAST, make_class_folders
 
 FIGURES = ["training_curves", "confusion_matrix", "confusion_matrix_normalized", "roc_curves", "pr_curves",
-           "f1_per_class", "reliability", "gallery_confident_correct", "gallery_least_confident", "gallery_top_losses"]
+           "f1_per_class", "reliability", "reliability_uncalibrated", "gallery_confident_correct",
+           "gallery_least_confident", "gallery_top_losses"]  # reliability_uncalibrated: the run is calibrated
 
 
 @pytest.fixture(scope="module")

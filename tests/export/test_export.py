@@ -41,6 +41,7 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
         got = loaded(x.float()).detach().numpy()
     assert header["classes"] == predictor.classes and header["preprocessing"] == predictor.header["preprocessing"]
     assert header["inference"]["tta"] == "flip_translate"
+    assert header["inference"]["temperature"] == predictor.temperature != 1.0   # calibrated, in the export too
     np.testing.assert_allclose(got, expected, atol=1e-4)
     one = x[:1].float()   # batch 1 too
     got1 = ort.InferenceSession(str(out)).run(None, {"pixels": one.numpy()})[0] if fmt == "onnx" else \

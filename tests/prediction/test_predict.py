@@ -20,7 +20,8 @@ def test_predict_matches_training_path(trained_run):
     split = read_splits(trained_run / "splits.csv", data_root, predictor.classes)
     tensors = load_split(split.root, split.items["test"], predictor.pre, workers=1)
     model, _ = load_model(trained_run)
-    expected = torch.softmax(predict_logits(model, tensors.images, predictor.pre, 64, torch.device("cpu")), 1)
+    logits = predict_logits(model, tensors.images, predictor.pre, 64, torch.device("cpu"))
+    expected = torch.softmax(logits / predictor.temperature, 1)       # at the model file's calibrated temperature
     probs, errors = predictor.predict_proba([split.root / p for p in tensors.paths])
     assert errors == [None] * len(errors)
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-6)

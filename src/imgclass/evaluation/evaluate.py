@@ -24,7 +24,7 @@ from ..models.hierarchy import coarse_probabilities
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import plots
-from .metrics import compute_metrics
+from .metrics import compute_metrics, expected_calibration_error, uncalibrated
 from .report import RunContext, write_report
 
 EVAL_SPLITS = ("test", "val", "train", "all")
@@ -174,6 +174,11 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if predictor.hierarchy:
         metrics.update(hierarchy_metrics(y, probs, predictor.hierarchy, split, notes))
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
+    raw = None
+    if predictor.temperature != 1.0:  # what calibration changed on this split
+        raw = uncalibrated(probs, predictor.temperature)
+        metrics["calibration"] = {"temperature": predictor.temperature,
+                                  "ece_uncalibrated": expected_calibration_error(y, raw)}
     run_dir = _run_dir_of(model)
     out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -190,6 +195,9 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     figures["pr_curves"] = plots.pr_curves(y, probs, classes)
     figures["f1_per_class"] = plots.f1_bars(metrics["per_class"])
     figures["reliability"] = plots.reliability_diagram(y, probs, metrics["ece"])
+    if raw is not None:
+        figures["reliability_uncalibrated"] = plots.reliability_diagram(
+            y, raw, metrics["calibration"]["ece_uncalibrated"], "before calibration")
     figures.update(_gallery_sets(tensors.images, y, probs, classes))  # a tensor, or streamed images
     files = {}
     for name, fig in figures.items():

@@ -96,3 +96,11 @@ def most_confused_pairs(cm: list[list[int]], classes: list[str], top: int = 10) 
     pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
     return [{"true": classes[i], "predicted": classes[j], "count": n, "share_of_true": n / rows[i]}
             for n, i, j in pairs[:top]]
+
+
+def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities before calibration, from calibrated ones: softmax(T log p) = softmax(z)."""
+    z = temperature * np.log(np.clip(probs, 1e-30, 1.0))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

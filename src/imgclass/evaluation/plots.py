@@ -156,7 +156,7 @@ def f1_bars(per_class: dict[str, dict[str, float]]) -> Figure:
     return fig
 
 
-def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float) -> Figure:
+def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float, when: str = "") -> Figure:
     centres, acc, conf, count = reliability_bins(y_true, probs)
     fig, ax = _subplots(figsize=(5.5, 5))
     width = 1.0 / len(centres)
@@ -164,7 +164,7 @@ def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float) -> Fi
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
     ax.plot(conf, acc, "o", color="tab:red", ms=4, label="mean confidence vs accuracy")
     ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"Reliability diagram (ECE {ece:.3f})")
+           title=f"Reliability diagram{' ' + when if when else ''} (ECE {ece:.3f})")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig

@@ -29,6 +29,8 @@ FIGURE_GUIDE = {
     "f1_per_class": "F1 (the balance of precision and recall) per class, weakest at the bottom: where to look first.",
     "reliability": "Accuracy against confidence in bins: bars below the diagonal mean the model is over-confident, "
                    "above it under-confident; ECE is the average gap.",
+    "reliability_uncalibrated": "The same diagram for the probabilities before the softmax temperature fitted on "
+                                "validation: what calibration corrected.",
     "gallery_confident_correct": "For each class (one row), its images the model gets right with the highest "
                                  "confidence: what it has learnt best. Under each: the prediction and its probability.",
     "gallery_least_confident": "For each class, its images with the lowest top probability, closest to the decision "
@@ -141,6 +143,11 @@ def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float]) -> str:
                  f"{sev['within_coarse']} stay inside the right coarse class and {sev['across_coarse']} cross it.")
     line += (f" Calibration: mean confidence {_pct(metrics['mean_confidence'])} against accuracy "
              f"{_pct(metrics['accuracy'])} (ECE {metrics['ece']:.3f}).")
+    cal = metrics.get("calibration")
+    if cal:
+        line += (f" The probabilities are divided by a softmax temperature of {cal['temperature']:.3f} fitted on "
+                 f"the validation split; before it, this split's ECE was {cal['ece_uncalibrated']:.3f} "
+                 f"(see the two reliability diagrams).")
     return line
 
 
@@ -166,7 +173,9 @@ def _diagnosis_paragraphs(metrics: dict[str, Any], notes: list[str], ctx: RunCon
     if metrics["ece"] > 0.05:
         side = "over" if metrics["mean_confidence"] > metrics["accuracy"] else "under"
         diagnosis.append(f"{side}-confident probabilities (ECE {metrics['ece']:.3f})")
-        steps.append("treat probabilities as scores, or calibrate them on the validation split before thresholding")
+        steps.append("treat probabilities as scores before thresholding" if metrics.get("calibration") else
+                     "treat probabilities as scores, or calibrate them (train without --no-calibrate, with a "
+                     "validation split)")
     if confused:
         steps.append(f"inspect the '{confused[0]['true']}' / '{confused[0]['predicted']}' confusions in the top-losses "
                      f"gallery for mislabelled images")

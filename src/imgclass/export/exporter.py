@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..config import resolve as resolve_config
+from ..models.inference import probabilities
 from ..models.tta import tta_logits
 from ..rundir import RunDir
 from ..modelfile import resolve_model_path
@@ -29,17 +30,17 @@ META_KEY = "imgclass"
 
 
 class InferenceModule(nn.Module):
-    """Pixels 0..255 -> probabilities, with the stored normalisation and TTA."""
+    """Pixels 0..255 -> probabilities, with the stored normalisation, TTA and softmax temperature."""
 
-    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str):
+    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str, temperature: float = 1.0):
         super().__init__()
-        self.model, self.tta = model.eval(), tta
+        self.model, self.tta, self.temperature = model.eval(), tta, float(temperature)
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
-        return torch.softmax(tta_logits(self.model, x, self.tta), dim=1)
+        return probabilities(tta_logits(self.model, x, self.tta), self.temperature)
 
 
 def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.Tensor:
@@ -66,7 +67,7 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise UserError("--format must be onnx or torchscript")
     model_path = resolve_model_path(model)
     predictor = Predictor.load(model_path, "cpu")
-    module = InferenceModule(predictor.model, predictor.pre, predictor.tta).eval()
+    module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature).eval()
     batch = parity_batch(predictor, model_path)
     expected = predictor.probabilities(batch).numpy()
     pixels = batch.float()

@@ -18,6 +18,12 @@ def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:
     return max(1, min(batch_size, max(8, 2**20 // max(1, img_size * img_size))))
 
 
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities from logits at the model file's softmax temperature (1: as trained; fitted on
+    validation by training's calibration). The one place every command turns logits into probabilities."""
+    return torch.softmax(logits / temperature, dim=1)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
                    device: torch.device, tta: str = "none") -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
 from ..modelfile import load_model
 from ..models.hierarchy import coarse_probabilities
-from ..models.inference import predict_logits
+from ..models.inference import predict_logits, probabilities
 from ..models.pretrained import timm_pretrained
 
 Source = str | Path | bytes | Image.Image
@@ -56,6 +56,7 @@ class Predictor:
         self.classes: list[str] = header["classes"]
         self.pre = Preprocessing.from_dict(header["preprocessing"], max_pixels)
         self.tta = header.get("inference", {}).get("tta", "none")
+        self.temperature = float(header.get("inference", {}).get("temperature", 1.0))
         self.hierarchy = header.get("hierarchy")   # two-level labels, or None
 
     def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ class Predictor:
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""
         logits = predict_logits(self.model, batch_uint8, self.pre, len(batch_uint8) or 1, self.device, self.tta)
-        return torch.softmax(logits, dim=1)
+        return probabilities(logits, self.temperature)
 
     def predict_proba(self, sources: Iterable[Source], batch_size: int = 64
                       ) -> tuple[np.ndarray, list[str | None]]:

@@ -31,7 +31,7 @@ from ..data.stream import stream_split
 from ..errors import DataError, UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.hierarchy import build as build_model
-from ..models.inference import predict_logits
+from ..models.inference import predict_logits, probabilities
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import budget, distributed
@@ -90,6 +90,7 @@ class Session:
     head_val_acc: float = float("nan")        # the head stage's validation accuracy ("epoch 0")
     deadline: float | None = None             # --time-budget: when training must end
     facts: dict[str, Any] = field(default_factory=dict)  # seconds per stage, cache hits, bad files
+    calibration: dict[str, Any] | None = None  # the softmax temperature fitted on validation, once fitted
 
     def say(self, message: str, warning: bool = False) -> None:
         """A message for the user, from rank 0 only (each rank of a torchrun launch would repeat it)."""
@@ -99,7 +100,7 @@ class Session:
     def header(self, metrics: dict | None = None) -> dict:
         cfg = self.plan.cfg
         return model_header(self.plan.arch, self.plan.classes, self.pre, metrics, tta=cfg.tta,
-                            hierarchy=self.plan.hierarchy, weights=self.weights_origin)
+                            hierarchy=self.plan.hierarchy, weights=self.weights_origin, calibration=self.calibration)
 
 
 def train(data: str | Path | None = None, *, config: str | Path | None = None, resume: str | Path | None = None,
@@ -331,13 +332,14 @@ def _finalize_stage(s: Session, trainer: Trainer) -> Run:
     """Score the best weights on every split, write the model file and results.json, evaluate val and test."""
     cfg, run = s.plan.cfg, s.run
     best, _ = load_model(run.best, s.device)
-    metrics, probs = _score_splits(best, s.data, s.pre, cfg, s.device)
+    metrics, probs, s.calibration = _score_splits(best, s.data, s.pre, cfg, s.device, s.say)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
              "decode_seconds": round(s.facts["decode_seconds"], 2),
              "head_seconds": round(s.facts.get("head_seconds", 0.0), 2), "weights": s.weights_origin,
              "bad_files": s.facts["bad_files"], "device": str(s.device), "time_budget": cfg.time_budget,
              "processes": s.dd.world, "plan": trainer.plan}
+    facts["calibration"] = s.calibration
     save_model(run.model, best, s.header({**metrics, **facts}))
     run.write_results({"metrics": metrics, **facts})
     result = Run(dir=run.path, config=cfg, classes=s.plan.classes, history=trainer.history, metrics=metrics)
@@ -421,11 +423,12 @@ def _train_head_stage(model, data, pre, cfg, lr, wd, device, say, run: RunDir) -
 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
-                  device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(accuracy, loss and n per split; probabilities per split) of the final model, without augmentation
-    and with its TTA. The train split is scored on a sample: it only shows over- or under-fitting."""
-    metrics: dict[str, Any] = {}
-    probs: dict[str, torch.Tensor] = {}
+                  device: torch.device, say: Callable[..., None]
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(accuracy, loss and n per split; probabilities per split; the calibration) of the final model, without
+    augmentation and with its TTA, at the softmax temperature fitted on validation (--calibrate). The train
+    split is scored on a sample: it only shows over- or under-fitting."""
+    scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in SPLITS:
         part = data[name]
         if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
@@ -433,11 +436,29 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
                                 paths=[part.paths[i] for i in keep.tolist()])
         if len(part):
-            logits = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            probs[name] = torch.softmax(logits, 1)
-            metrics[name] = {"accuracy": float((logits.argmax(1) == part.labels).float().mean()),
-                             "loss": float(torch.nn.functional.cross_entropy(logits, part.labels)), "n": len(part)}
-    return metrics, probs
+            scored[name] = (predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta),
+                            part.labels)
+    calibration = _calibrate(cfg, scored.get("val"), say)
+    t = calibration["temperature"] if calibration else 1.0
+    metrics = {name: {"accuracy": float((logits.argmax(1) == labels).float().mean()),
+                      "loss": float(torch.nn.functional.cross_entropy(logits / t, labels)), "n": len(labels)}
+               for name, (logits, labels) in scored.items()}
+    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration
+
+
+def _calibrate(cfg: TrainConfig, val: tuple[torch.Tensor, torch.Tensor] | None, say) -> dict[str, Any] | None:
+    """Temperature scaling on the validation split (training/calibrate.py), or why not."""
+    if not cfg.calibrate:
+        return None
+    if val is None:
+        say("no validation split: the probabilities are left uncalibrated (--val-split > 0 calibrates them)",
+            warning=True)
+        return None
+    from .calibrate import calibration_facts, fit_temperature  # deferred: it imports the metrics (scikit-learn)
+    facts = calibration_facts(*val, fit_temperature(*val))
+    say(f"calibration: softmax temperature {facts['temperature']:.3f} fitted on {facts['n']} validation images; "
+        f"their ECE {facts['val_ece_before']:.3f} -> {facts['val_ece_after']:.3f}")
+    return facts
 
 
 def _train_forward(model, cfg: TrainConfig, dd, device: torch.device, partly_frozen: bool = False):
