@@ -91,7 +91,7 @@ def test_help_lists_every_verb(capsys):
     assert sorted(COMMANDS) == sorted(VERBS)
 
 
-VERBS = ["train", "tune", "lr-find", "augment-preview", "predict", "submit", "check", "evaluate", "compare",
+VERBS = ["train", "tune", "lr-find", "augment-preview", "explain", "predict", "submit", "check", "evaluate", "compare",
          "export", "serve", "models", "demo", "cache"]
 
 

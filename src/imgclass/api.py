@@ -138,3 +138,10 @@ def augment_preview(data: str | Path, out: str | Path = "augment_preview.png", i
     """`imgclass augment-preview`: a few training images and what the augmentation (train's options) makes of them."""
     from .training.preview import augment_preview as preview
     return preview(data, out, images, draws, config, **options)
+
+
+def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None, out: str | Path = "explain",
+            method: str = "gradcam", device: str = "auto") -> list[dict[str, Any]]:
+    """`imgclass explain`: a class-activation heatmap over each image (of the predicted class, or `label`)."""
+    from .prediction.explain import explain as run_explain
+    return run_explain(model, inputs, label, out, method, device)

@@ -117,6 +117,26 @@ def _tune_options(p: argparse.ArgumentParser) -> None:
     _add_train_options(p)  # every train option is a fixed setting; --time-budget bounds the whole search
 
 
+def _explain_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--class", dest="label", help="explain this class instead of the predicted one")
+    p.add_argument("--method", choices=["gradcam", "eigencam"], default="gradcam",
+                   help="gradcam (gradient of the class score) or eigencam (gradient-free) [default: gradcam]")
+    p.add_argument("--out", default="explain", help="folder for the overlays [default: explain]")
+    p.add_argument("--device", default="auto")
+
+
+def _explain(args: argparse.Namespace) -> int | None:
+    from . import api
+    results = api.explain(args.model, args.inputs, label=args.label, out=args.out, method=args.method,
+                          device=args.device)
+    for r in results:
+        print(f"{r['image']}: error: {r['error']}" if "error" in r else
+              f"{r['image']}: {r['prediction']} {r['probability']:.4f}; heatmap of {r['explained']}: {r['heatmap']}")
+    return 1 if results and all("error" in r for r in results) else None
+
+
 def _augment_preview_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder (same layouts as train)")
     p.add_argument("--config", help="YAML file with train options")
@@ -448,6 +468,8 @@ COMMANDS = {
              _tune_options, _tune),
     "lr-find": ("learning-rate range test: plot loss against lr and suggest one",
                 _lr_find_options, _lr_find),
+    "explain": ("heatmaps of what the model looked at (Grad-CAM or EigenCAM) over images",
+                _explain_options, _explain),
     "augment-preview": ("a grid of training images as the augmentation changes them",
                         _augment_preview_options, _augment_preview),
     "predict": ("top-k predictions for images, folders or glob patterns",

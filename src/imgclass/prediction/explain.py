@@ -1,0 +1,106 @@
+"""Why did it say that: class-activation heatmaps through the `grad-cam` library (pytorch_grad_cam).
+
+Grad-CAM weighs the last spatial feature map by the gradient of the chosen class's score; EigenCAM
+(gradient-free) takes the map's first principal component. The target layer is found from the model's
+structure, not configured: the last module, in execution order, whose output is still a spatial map
+(N x C x H x W with H, W > 1): the last convolution stage before global pooling, for fast, cnn, resnet and
+every timm and torchvision backbone alike. Images go through the model file's own decode and
+preprocessing (the Predictor), so a heatmap explains the very prediction `predict` makes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from ..data.decode import ImageDecodeError
+from ..data.preprocess import to_nchw
+from .predictor import Predictor
+
+METHODS = ("gradcam", "eigencam")
+
+
+def target_layer(model: nn.Module, img_size: int) -> nn.Module:
+    """The last module whose output is a spatial map larger than 1 x 1, found by one forward pass."""
+    seen: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, out: seen.append(mod)
+                                     if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[-2:]) > 1
+                                     else None)
+             for m in model.modules() if not list(m.children())]  # leaves: convolutions, norms, activations
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise UserError("this model has no spatial feature map to explain (e.g. the mlp): no heatmap")
+    return seen[-1]
+
+
+def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], method: str = "gradcam") -> np.ndarray:
+    """N x H x W maps in [0, 1] at the model's input size, for uint8 NCHW images and one class index each."""
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}")
+    from pytorch_grad_cam import EigenCAM, GradCAM  # deferred: grad-cam imports opencv
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    model = predictor.model.eval()
+    layer = target_layer(model, predictor.pre.img_size)
+    x = predictor.pre.normalize(images.to(predictor.device)).requires_grad_(True)
+    cam_class = GradCAM if method == "gradcam" else EigenCAM
+    with cam_class(model=model, target_layers=[layer]) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+
+
+def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None, out: str | Path = "explain",
+            method: str = "gradcam", device: str = "auto") -> list[dict[str, Any]]:
+    """For each image: the heatmap of the predicted class (or of `label`) over the image, written to
+    out/<image name>.png with the prediction and the chosen class's probability; returns one dict per image."""
+    from .predictor import expand_inputs
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device)
+    if label is not None and label not in predictor.classes:
+        raise UserError(f"--class {label!r} is not one of the model's classes: {', '.join(predictor.classes[:10])}"
+                        + (" ..." if len(predictor.classes) > 10 else ""))
+    paths = expand_inputs(inputs)
+    out_dir = Path(out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in paths:
+        try:  # the model file's decode and resize, as predict does
+            images = to_nchw(predictor.pre.load(path)[None])
+        except ImageDecodeError as exc:
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        probs = predictor.probabilities(images)[0]
+        top = int(probs.argmax())
+        chosen = predictor.classes.index(label) if label is not None else top
+        cam = heatmaps(predictor, images, [chosen], method)[0]
+        target = out_dir / f"{Path(str(path)).stem}.png"
+        _overlay(images[0], cam, target,
+                 f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
+                 f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})")
+        results.append({"image": str(path), "prediction": predictor.classes[top], "probability": float(probs[top]),
+                        "explained": predictor.classes[chosen], "heatmap": str(target)})
+    return results
+
+
+def overlay_image(image_uint8_chw: torch.Tensor, cam: np.ndarray) -> np.ndarray:
+    """The image with the heatmap blended over it (grad-cam's own colouring), H x W x 3 uint8."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    rgb = image_uint8_chw.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
+    return show_cam_on_image(rgb, cam, use_rgb=True)
+
+
+def _overlay(image_uint8_chw: torch.Tensor, cam: np.ndarray, path: Path, title: str) -> None:
+    from ..evaluation.plots import _subplots
+    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
+    axes[0].imshow(image_uint8_chw.permute(1, 2, 0).numpy())
+    axes[1].imshow(overlay_image(image_uint8_chw, cam))
+    for ax, name in zip(axes, ("image", "heatmap")):
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
