@@ -24,7 +24,8 @@ def test_default_train_uses_fast_path_sized_from_data(tmp_path):
     assert plan["batch_size"] == 16 and abs(plan["lr"] - 1.5 * 16 / 1024) < 1e-12
     assert run.config.batch_size == 16
     header = read_header(run.dir / "model.safetensors")
-    assert header["inference"] == {"tta": "flip_translate"}
+    assert header["inference"]["tta"] == "flip_translate"                      # the recipe's TTA, stored
+    assert header["inference"]["temperature"] == header["calibration"]["temperature"] > 0
     # the recipe sits below the user's own options
     run2 = imgclass.train(data, out=str(tmp_path / "run2"), epochs=1, label_smoothing=0.0, tta="none",
                           verbose=False, tensorboard=False, evaluate=False)
