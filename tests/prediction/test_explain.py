@@ -90,3 +90,22 @@ def test_explain_cli_writes_overlays(trained_run, tmp_path, capsys):
     assert "'zebra' is not one of the model's classes" in capsys.readouterr().err
     r = imgclass.explain(trained_run, [img], out=tmp_path / "e2", method="eigencam")[0]
     assert r["explained"] == r["prediction"] and r["heatmap"].endswith("one.png")
+
+
+def test_gallery_of_confident_mistakes_gains_heatmap_rows(trained_run):
+    from imgclass.evaluation.evaluate import _gallery_sets, _heatmap_overlays
+    predictor = imgclass.load(trained_run, device="cpu")
+    size = predictor.pre.img_size
+    images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
+    y = np.array([0, 0, 1, 2])
+    probs = np.array([[.1, .8, .1], [.9, .05, .05], [.2, .7, .1], [.1, .2, .7]])   # image 0 wrong (said class 1)
+    figs = _gallery_sets(images, y, probs, predictor.classes, explain=_heatmap_overlays(predictor))
+    labels = [ax.get_ylabel() for ax in figs["gallery_top_losses"].axes if ax.get_ylabel()]
+    assert labels == [predictor.classes[0], f"{predictor.classes[0]}: heatmap", predictor.classes[1],
+                      predictor.classes[2]]                       # a heatmap row only where there are mistakes
+    heat_axes = [ax for ax in figs["gallery_top_losses"].axes if ax.get_xlabel().startswith("why ")]
+    assert [ax.get_xlabel() for ax in heat_axes] == [f"why {predictor.classes[1]}"] and heat_axes[0].images
+    mlp = imgclass.load(trained_run, device="cpu")
+    from imgclass.models import create_model
+    mlp.model = create_model("mlp", num_classes=3, img_size=size, width=8)
+    assert _heatmap_overlays(mlp) is None                          # no spatial map: no heatmap row

@@ -116,9 +116,12 @@ GALLERY_PER_CLASS = 4     # images in each class's row
 GALLERY_MAX_CLASSES = 20  # rows of a gallery; beyond it, the classes with the lowest recall are shown
 
 
-def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = GALLERY_PER_CLASS):
+def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], n: int = GALLERY_PER_CLASS,
+                  explain=None):
     """The three questions, asked of each class (one row per class, its images of that true class): which it
-    gets right most confidently, which it is least sure of, and which it gets wrong most confidently."""
+    gets right most confidently, which it is least sure of, and which it gets wrong most confidently.
+    explain(images, class indices) -> overlays: under each class's confident mistakes, a row of heatmaps of
+    the wrongly predicted class (what the network looked at to say it)."""
     pred, conf = probs.argmax(axis=1), probs.max(axis=1)
     shown = list(range(len(classes)))
     if len(classes) > GALLERY_MAX_CLASSES:
@@ -141,8 +144,23 @@ def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], 
             picked = images[torch.as_tensor(idx, dtype=torch.long)].numpy() if len(idx) else []
             rows.append((classes[c], [img.transpose(1, 2, 0) for img in picked],
                          [f"{classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i in idx]))
+            if name == "gallery_top_losses" and explain is not None and len(idx):
+                rows.append((f"{classes[c]}: heatmap", explain(torch.from_numpy(np.asarray(picked)),
+                                                               [int(pred[i]) for i in idx]),
+                             [f"why {classes[pred[i]]}" for i in idx]))
         out[name] = plots.gallery_rows(rows, title + suffix, n)
     return out
+
+
+def _heatmap_overlays(predictor: Predictor):
+    """f(uint8 images, class indices) -> Grad-CAM overlays, or None for a model without a spatial map (mlp)."""
+    from ..prediction.explain import heatmaps, overlay_image, target_layer
+    try:
+        target_layer(predictor.model, predictor.pre.img_size)
+    except UserError:
+        return None
+    return lambda images, labels: [overlay_image(img, cam)
+                                   for img, cam in zip(images, heatmaps(predictor, images, labels))]
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
@@ -198,7 +216,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if raw is not None:
         figures["reliability_uncalibrated"] = plots.reliability_diagram(
             y, raw, metrics["calibration"]["ece_uncalibrated"], "before calibration")
-    figures.update(_gallery_sets(tensors.images, y, probs, classes))  # a tensor, or streamed images
+    figures.update(_gallery_sets(tensors.images, y, probs, classes,  # a tensor, or streamed images
+                                 explain=_heatmap_overlays(predictor)))
     files = {}
     for name, fig in figures.items():
         files[name] = out_dir / "figures" / f"{name}.png"
