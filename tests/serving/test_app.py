@@ -293,3 +293,24 @@ def test_a_body_that_trickles_in_gets_a_json_408():
     asyncio.run(UploadLimit(inner, max_bytes=10 ** 6, body_seconds=0.5)(scope, slow_receive, send))
     assert sent[0]["status"] == 408 and not reached
     assert "too slowly" in json_module.loads(sent[1]["body"])["detail"]
+
+
+def test_explain_returns_the_heatmap_of_the_top_class(client, trained_run):
+    from PIL import Image
+    from urllib.parse import unquote
+    r = client.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    predicted = imgclass.predict(trained_run, [io.BytesIO(png_bytes(0))], top_k=1)[0]["top_k"][0]
+    assert unquote(r.headers["x-label"]) == predicted["label"]
+    assert float(r.headers["x-probability"]) == pytest.approx(predicted["probability"], abs=1e-5)
+    size = imgclass.load(trained_run).pre.img_size
+    assert Image.open(io.BytesIO(r.content)).size == (size, size)
+    j = client.post("/explain?format=json", json={"image": base64.b64encode(png_bytes(1)).decode()}).json()
+    assert j["label"] and Image.open(io.BytesIO(base64.b64decode(j["image"]))).format == "PNG"
+    assert client.post("/explain", files={"file": ("x.png", b"not an image", "image/png")}).status_code == 415
+
+
+def test_explain_needs_the_torch_runtime(trained_run):
+    onnx = TestClient(create_app(trained_run, runtime="onnx"))
+    r = onnx.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
+    assert r.status_code == 501 and "torch runtime" in r.json()["detail"]

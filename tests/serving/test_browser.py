@@ -52,9 +52,13 @@ def test_upload_page_in_chromium(trained_run, tmp_path):
             page.goto(f"http://127.0.0.1:{port}/")
             page.set_input_files("#file", str(image))
             label = page.wait_for_selector("#top-label", timeout=20_000).inner_text()
+            page.click("#explain")                   # the heatmap of the top class, from POST /explain
+            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=20_000)
+            heat_width = page.evaluate("document.getElementById('heatmap').naturalWidth")
             page.screenshot(path=str(tmp_path / "page.png"))
             browser.close()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
     assert label == expected
+    assert heat_width == imgclass.load(trained_run).pre.img_size   # the overlay at the model's input size

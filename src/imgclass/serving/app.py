@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -160,7 +161,7 @@ async def read_images(request: Request, many: bool, max_batch: int) -> list[byte
     raise HTTPException(415, "send multipart/form-data with a file, or application/json with base64")
 
 
-GUARDED = ("/predict", "/predict/batch", "/info", "/metrics")  # paths the API key guards when one is set
+GUARDED = ("/predict", "/predict/batch", "/explain", "/info", "/metrics")  # paths the API key guards when one is set
 
 
 def _observe(app: FastAPI, api_key: str | None, requests: Counter, latency: Histogram) -> None:
@@ -179,6 +180,28 @@ def _observe(app: FastAPI, api_key: str | None, requests: Counter, latency: Hist
         requests.labels(endpoint, str(response.status_code)).inc()
         latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
+
+
+def _explain_route(app: FastAPI, engine: Runtime, slots: threading.BoundedSemaphore, model_name: str) -> None:
+    """POST /explain: the top class's heatmap over one image (torch runtime only: it needs gradients)."""
+
+    @app.post("/explain", summary="Heatmap of the top class over one image (multipart 'file' or JSON base64): "
+                                   "a PNG, or with ?format=json {label, probability, image: base64 PNG}")
+    async def explain(request: Request, format: str = "png") -> Response:
+        blobs = await read_images(request, False, 1)
+        from starlette.concurrency import run_in_threadpool
+
+        def run() -> dict[str, Any]:
+            with slots:  # a heatmap is a forward and a backward pass: bounded like predictions
+                return engine.explain(blobs[0])
+        result = await run_in_threadpool(run)
+        if "error" in result:
+            raise HTTPException(result["status"], result["error"])
+        if format == "json":
+            return JSONResponse({"label": result["label"], "probability": result["probability"], "model": model_name,
+                                 "image": base64.b64encode(result["png"]).decode("ascii")})
+        return Response(result["png"], media_type="image/png",
+                        headers={"X-Label": quote(result["label"]), "X-Probability": f"{result['probability']:.6f}"})
 
 
 def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_mb: float = 10.0,
@@ -239,6 +262,8 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
             results += await run_in_threadpool(run_model, blobs[start:start + PREDICT_CHUNK], k)
         return {"results": [{"error": r["error"]} if "error" in r else {"top_k": r["top_k"]} for r in results],
                 "model": model_name}
+
+    _explain_route(app, engine, slots, model_name)
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -23,22 +23,31 @@ class Runtime:
     def probabilities(self, pixels_uint8_nhwc: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def decode(self, blob: bytes) -> np.ndarray | dict[str, Any]:
+        """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}."""
+        if not blob:
+            return {"error": "empty file", "status": 400}
+        try:
+            return self.pre.load(blob)
+        except ImageDecodeError as exc:
+            reason = str(exc)
+            return {"error": reason, "status": 415 if reason.startswith(("not an image", "cannot open")) else 400}
+        except Exception as exc:  # noqa: BLE001 - an odd decoder failure fails this item only, not the batch
+            return {"error": f"cannot decode this image ({type(exc).__name__})", "status": 400}
+
+    def explain(self, blob: bytes) -> dict[str, Any]:
+        return {"error": f"heatmaps need the torch runtime (this service runs {self.name})", "status": 501}
+
     def predict(self, blobs: list[bytes], top_k: int) -> list[dict[str, Any]]:
         """One result per blob: {"top_k": [...]} or {"error": reason, "status": 400|415}."""
         arrays, index, out = [], [], [None] * len(blobs)
         for i, blob in enumerate(blobs):
-            if not blob:
-                out[i] = {"error": "empty file", "status": 400}
-                continue
-            try:
-                arrays.append(self.pre.load(blob))
+            decoded = self.decode(blob)
+            if isinstance(decoded, dict):
+                out[i] = decoded
+            else:
+                arrays.append(decoded)
                 index.append(i)
-            except ImageDecodeError as exc:
-                reason = str(exc)
-                status = 415 if reason.startswith(("not an image", "cannot open")) else 400
-                out[i] = {"error": reason, "status": status}
-            except Exception as exc:  # noqa: BLE001 - an odd decoder failure fails this item only, not the batch
-                out[i] = {"error": f"cannot decode this image ({type(exc).__name__})", "status": 400}
         if arrays:
             probs = self.probabilities(np.stack(arrays))
             classes = self.header["classes"]
@@ -59,6 +68,23 @@ class TorchRuntime(Runtime):
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         import torch
         return self.predictor.probabilities(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()).numpy()
+
+    def explain(self, blob: bytes) -> dict[str, Any]:
+        """The Grad-CAM heatmap of the top class over the image: {"label", "probability", "png"} or an error."""
+        decoded = self.decode(blob)
+        if isinstance(decoded, dict):
+            return decoded
+        import io
+        import torch
+        from PIL import Image
+        from ..prediction.explain import heatmaps, overlay_image
+        images = torch.from_numpy(np.ascontiguousarray(decoded[None])).permute(0, 3, 1, 2).contiguous()
+        probs = self.predictor.probabilities(images)[0]
+        top = int(probs.argmax())
+        overlay = overlay_image(images[0], heatmaps(self.predictor, images, [top])[0])
+        buf = io.BytesIO()
+        Image.fromarray(overlay).save(buf, format="PNG")
+        return {"label": self.header["classes"][top], "probability": float(probs[top]), "png": buf.getvalue()}
 
 
 class OnnxRuntime(Runtime):
