@@ -224,8 +224,9 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--out", help="output file (default: next to the model file)")
+    p.add_argument("--format", choices=["onnx", "torchscript", "hub"], default="onnx",
+                   help="hub: a folder with the weights, config.json, the ONNX file and a model card [default: onnx]")
+    p.add_argument("--out", help="output file (default: next to the model file); for hub, a new folder")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -399,6 +400,12 @@ def _compare(args: argparse.Namespace) -> int | None:
 
 
 def _export(args: argparse.Namespace) -> int | None:
+    if args.format == "hub":
+        from .export.hub import export_hub
+        if not args.out:
+            raise UserError("--format hub needs --out NEW_FOLDER")
+        print(f"wrote {export_hub(args.model, args.out)} (model card: README.md)")
+        return None
     from .export.exporter import export_model
     path, diff = export_model(args.model, args.format, args.out)
     print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")

@@ -129,10 +129,11 @@ def save_model(path: Path, model: nn.Module, header: dict) -> None:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A run folder or a model file -> the model file."""
+    """A run folder, a hub folder (export --format hub) or a model file -> the model file."""
     p = Path(path).expanduser()
     if p.is_dir():
-        for candidate in (p / "model.safetensors", p / "checkpoints" / "best.safetensors"):
+        # a hub folder's model.safetensors may be timm's layout: its imgclass file comes first
+        for candidate in (p / "imgclass.safetensors", p / "model.safetensors", p / "checkpoints" / "best.safetensors"):
             if candidate.is_file():
                 return candidate
         raise UserError(f"no model in {p} (expected model.safetensors: has training finished?)")

@@ -1,0 +1,175 @@
+"""`imgclass export MODEL --format hub --out DIR`: a folder to hand a model on, laid out as model hubs take
+it (`huggingface_hub.upload_folder(folder_path=DIR, ...)`; nothing is uploaded from here):
+
+  imgclass.safetensors  the imgclass model file (weights, architecture, classes, preprocessing, temperature):
+                        `imgclass predict DIR` loads it
+  model.safetensors     for a timm backbone with a plain head: the weights in timm's own layout, and
+  config.json           timm's config for them (timm.create_model("local-dir:DIR", pretrained=True) loads it), with an
+                        "imgclass" section; for other models config.json describes the imgclass file
+  model.onnx            the ONNX export (probabilities from 0..255 pixels, parity-checked)
+  README.md             the model card, written from the run: use, data, training, results, failure modes, limits
+  figures/              the card's figures (confusion matrix, reliability diagrams), when the run has them
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from ..errors import UserError
+from ..modelfile import resolve_model_path
+from ..prediction.predictor import Predictor
+from ..rundir import RunDir
+from .exporter import export_model
+
+CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated")
+
+
+def export_hub(model: str | Path, out: str | Path) -> Path:
+    model_path = resolve_model_path(model)
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: give --out a new folder (nothing is overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor.load(model_path, "cpu")
+    shutil.copyfile(model_path, out / "imgclass.safetensors")
+    export_model(model_path, "onnx", out / "model.onnx")
+    timm_loadable = _write_timm(predictor, out)
+    if not timm_loadable:
+        (out / "config.json").write_text(json.dumps(_imgclass_config(predictor), indent=2) + "\n")
+    run = RunDir.of_model(model_path)
+    facts = _run_facts(run)
+    figures = _copy_figures(run, out)
+    (out / "README.md").write_text(model_card(predictor, facts, figures, timm_loadable))
+    return out
+
+
+def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
+    h = predictor.header
+    return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h["arch"], "classes": h["classes"],
+            "preprocessing": h["preprocessing"], "inference": h.get("inference", {}), "hierarchy": h.get("hierarchy"),
+            "imgclass_version": h.get("imgclass_version")}
+
+
+def _write_timm(predictor: Predictor, out: Path) -> bool:
+    """model.safetensors and config.json in timm's layout (timm's own save_for_hf), for a timm backbone with a
+    single linear head; False (nothing written) for any other model."""
+    name, model = predictor.header["arch"]["name"], predictor.model
+    if not name.startswith("timm:") or predictor.hierarchy or not isinstance(getattr(model, "head", None), nn.Linear):
+        return False
+    import timm
+    from timm.models import save_for_hf
+    arch = name.split(":", 1)[1]
+    args = dict(predictor.header["arch"].get("args") or {})
+    net = timm.create_model(arch, pretrained=False, num_classes=len(predictor.classes), **args)
+    classifier = net.pretrained_cfg.get("classifier", "head")
+    state = {k[len("backbone."):]: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    state.update({f"{classifier}.weight": model.head.weight, f"{classifier}.bias": model.head.bias})
+    net.load_state_dict(state)  # strict: every tensor has its place, or this export is wrong
+    pre = predictor.pre
+    save_for_hf(net, out, model_config={"label_names": predictor.classes}, model_args=args or None,
+                safe_serialization=True,  # safetensors only: no pickle in a folder handed on
+                data_config={"input_size": (3, pre.img_size, pre.img_size), "mean": tuple(pre.mean),
+                             "std": tuple(pre.std), "crop_pct": 1.0, "interpolation": "bilinear"})
+    config = json.loads((out / "config.json").read_text())
+    config["imgclass"] = _imgclass_config(predictor)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return True
+
+
+def _run_facts(run: RunDir | None) -> dict[str, Any]:
+    """What the card quotes from the run folder (empty when the model file travelled alone)."""
+    if run is None or not run.is_run():
+        return {}
+    facts: dict[str, Any] = {"config": run.read_config_dict(), "results": run.read_results()}
+    counts: dict[str, dict[str, int]] = {}
+    if run.splits.is_file():
+        for row in run.read_csv(run.splits):
+            counts.setdefault(row["split"], {}).setdefault(row["label"], 0)
+            counts[row["split"]][row["label"]] += 1
+    facts["counts"] = counts
+    for split in ("test", "val"):
+        f = run.eval_dir(split) / "metrics.json"
+        if f.is_file():
+            facts["metrics"], facts["metrics_split"] = json.loads(f.read_text()), split
+            break
+    return facts
+
+
+def _copy_figures(run: RunDir | None, out: Path) -> list[str]:
+    if run is None:
+        return []
+    found = []
+    for split in ("test", "val"):
+        folder = run.eval_dir(split) / "figures"
+        for name in CARD_FIGURES:
+            if (folder / f"{name}.png").is_file() and name not in found:
+                (out / "figures").mkdir(exist_ok=True)
+                shutil.copyfile(folder / f"{name}.png", out / "figures" / f"{name}.png")
+                found.append(name)
+        if found:
+            break
+    return found
+
+
+def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], timm_loadable: bool) -> str:
+    """The README.md of the folder: every number comes from the model file or the run folder."""
+    h, classes = predictor.header, predictor.classes
+    cfg, res, m = facts.get("config", {}), facts.get("results", {}), facts.get("metrics")
+    weights = h.get("weights") or {}
+    lines = [f"# {h['arch']['name']} image classifier ({len(classes)} classes)", "",
+             "Trained with [imgclass](https://pypi.org/project/imgclass/). Files: `imgclass.safetensors` (imgclass), "
+             "`model.onnx` (ONNX Runtime: float pixels 0..255, N x 3 x H x W, -> probabilities)"
+             + (", `model.safetensors` + `config.json` (timm: `timm.create_model('local-dir:THIS_FOLDER', "
+                "pretrained=True)`; divide its logits by the temperature below before the softmax)"
+                if timm_loadable else ", `config.json`")
+             + ".", "", "## Intended use", "",
+             f"Classify an image into one of: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}. "
+             "It knows nothing else: an image of anything else still gets one of these labels.", "", "## Data", ""]
+    counts = facts.get("counts") or {}
+    if counts:
+        lines += [f"From `{cfg.get('data', '?')}`, split with seed {cfg.get('seed', '?')} "
+                  f"(val {cfg.get('val_split', '?')}, test {cfg.get('test_split', '?')}):", "",
+                  "| class | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
+        lines += [f"| {c} | " + " | ".join(str(counts[s].get(c, 0)) for s in counts) + " |" for c in classes]
+    else:
+        lines += ["The run folder was not available: no data description."]
+    pre = h["preprocessing"]
+    lines += ["", "## Training", "",
+              f"- Architecture: `{h['arch']['name']}` with arguments `{json.dumps(h['arch'].get('args') or {})}`.",
+              f"- Input: {pre['img_size']} px ({pre.get('resize', 'crop')}), mean {pre['mean']}, std {pre['std']}.",
+              f"- Starting weights: {weights.get('source', 'none (from scratch)')}"
+              + (f", {weights.get('dataset')}, licence {weights.get('licence')}" if weights else "") + ".",
+              f"- Recipe: {cfg.get('optimizer', '?')}, lr {res.get('plan', {}).get('lr', cfg.get('lr', '?'))}, "
+              f"{res.get('epochs_run', '?')} epochs (best: {res.get('best_epoch', '?')}), batch "
+              f"{res.get('plan', {}).get('batch_size', cfg.get('batch_size', '?'))}, augment {cfg.get('augment', '?')}, "
+              f"test-time augmentation {h.get('inference', {}).get('tta', 'none')}.",
+              f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
+              f"- Softmax temperature (calibration on the validation split): "
+              f"{h.get('inference', {}).get('temperature', 1.0):.4f}.", ""]
+    lines += _results_section(m, facts.get("metrics_split"), figures)
+    lines += ["## Limits", "",
+              f"- Inputs are resized to {pre['img_size']} px; detail finer than that is lost.",
+              "- Probabilities are calibrated on the validation split only; on data unlike the training data they are "
+              "not to be trusted.", "- The scores above are from one split of one dataset; expect lower on other "
+              "sources (cameras, lighting, backgrounds).", ""]
+    return "\n".join(lines)
+
+
+def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[str]) -> list[str]:
+    if not m:
+        return ["## Results", "", "No evaluation in the run folder.", ""]
+    lines = ["## Results", "", f"On the {split} split ({m['n']} images):", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")
+              if isinstance(m.get(k), (int, float))]
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+              for c, v in m["per_class"].items()]
+    lines += [""] + [f"![{f}](figures/{f}.png)" for f in figures] + ["", "## Known failure modes", ""]
+    confused = m.get("most_confused") or []
+    lines += [f"- {p['true']} taken for {p['predicted']}: {p['count']} time(s), {100 * p['share_of_true']:.1f}% of "
+              f"{p['true']}" for p in confused[:5]] or ["- No confusions on this split."]
+    return lines + [""]
