@@ -157,13 +157,6 @@ def compare_text(rows: Comparison) -> str:
     return "\n".join(lines + ([v] if v else []))
 
 
-def png_bytes(figure) -> bytes:
-    import io
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def compare_html(rows: Comparison, curves_png: bytes | None = None) -> str:
     """A page holding the notebook's table (inline styles, so it reads the same in both) and the overlaid
     validation curves, embedded so the one file works offline."""

@@ -154,13 +154,12 @@ def _gallery_sets(images, y: np.ndarray, probs: np.ndarray, classes: list[str], 
 
 def _heatmap_overlays(predictor: Predictor):
     """f(uint8 images, class indices) -> Grad-CAM overlays, or None for a model without a spatial map (mlp)."""
-    from ..prediction.explain import heatmaps, overlay_image, target_layer
+    from ..prediction.explain import overlays, target_layer
     try:
         target_layer(predictor.model, predictor.pre.img_size)
     except UserError:
         return None
-    return lambda images, labels: [overlay_image(img, cam)
-                                   for img, cam in zip(images, heatmaps(predictor, images, labels))]
+    return lambda images, labels: overlays(predictor, images, labels)
 
 
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,

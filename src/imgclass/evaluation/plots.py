@@ -17,10 +17,15 @@ class ShownFigure(Figure):
     IPython's inline display hooks only figures made through pyplot."""
 
     def _repr_png_(self) -> bytes:
-        import io
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        return buf.getvalue()
+        return png_bytes(self, dpi=100)
+
+
+def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
+    """A figure as PNG bytes (notebook display, and the figures embedded in HTML pages)."""
+    import io
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _subplots(*args, figsize, **kwargs) -> tuple[Figure, Any]:
@@ -166,6 +171,18 @@ def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float, when:
     ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
            title=f"Reliability diagram{' ' + when if when else ''} (ECE {ece:.3f})")
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(image: np.ndarray, overlay: np.ndarray, title: str) -> Figure:
+    """explain's picture: the image (H x W x 3) beside its heatmap overlay."""
+    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
+    axes[0].imshow(image)
+    axes[1].imshow(overlay)
+    for ax, name in zip(axes, ("image", "heatmap")):
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -206,6 +206,14 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, "n/a" if metrics.get(k) is None else f"{metrics[k]:.4f}") for k in keys if k in metrics]
 
 
+def inline_html(text: str) -> str:
+    """A TL;DR paragraph's markdown (**bold**, `code`) as HTML: escaped, bold kept, backticks dropped."""
+    text = html.escape(text)
+    while "**" in text:
+        text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+    return text.replace("`", "")
+
+
 def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figures: dict[str, Path],
                  ctx: RunContext) -> None:
     title = f"imgclass evaluation: {metrics['split']} split"
@@ -233,13 +241,7 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
     (out_dir / "report.md").write_text("\n".join(md))
 
     # HTML, figures embedded as base64 so the one file works offline
-    def esc(text: str) -> str:
-        text = html.escape(text)
-        while "**" in text:
-            text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
-        return text.replace("`", "")
-
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>TL;DR</h2>"] + [f"<p>{esc(p)}</p>" for p in paras]
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>TL;DR</h2>"] + [f"<p>{inline_html(p)}</p>" for p in paras]
     body += ["<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>"]
     body += [f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in _metric_rows(metrics)] + ["</table>"]
     body += ["<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]

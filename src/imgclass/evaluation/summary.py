@@ -5,14 +5,14 @@ curves, as report.md and a self-contained report.html."""
 from __future__ import annotations
 
 import base64
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 from ..rundir import RunDir
-from .compare import Comparison, png_bytes
-from .report import TLDR_WORD_LIMIT, limit_words
+from .compare import Comparison
+from .plots import png_bytes
+from .report import TLDR_WORD_LIMIT, inline_html, limit_words
 
 WEAK_CLASSES = 3      # how many of the chosen run's weakest classes the summary names
 OVERFIT_GAP = 0.10    # train accuracy this far above validation accuracy reads as overfitting
@@ -121,14 +121,8 @@ def write_summary(rows: Comparison, out_dir: str | Path) -> Path:
     md += ["", "## Validation curves", "", "![validation curves](val_curves.png)", ""]
     (out / "report.md").write_text("\n".join(md))
 
-    def esc(text: str) -> str:
-        text = html.escape(text)
-        while "**" in text:
-            text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
-        return text
-
     image = base64.b64encode(png).decode("ascii")
-    body = (["<h1>imgclass: runs compared</h1><h2>TL;DR</h2>"] + [f"<p>{esc(p)}</p>" for p in paras]
+    body = (["<h1>imgclass: runs compared</h1><h2>TL;DR</h2>"] + [f"<p>{inline_html(p)}</p>" for p in paras]
             + ["<h2>The runs</h2>", rows._repr_html_(), "<h2>Validation curves</h2>",
                f"<img style='max-width:100%' alt='validation curves' src='data:image/png;base64,{image}'>"])
     (out / "report.html").write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass: runs "

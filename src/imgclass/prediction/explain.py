@@ -77,11 +77,11 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
         probs = predictor.probabilities(images)[0]
         top = int(probs.argmax())
         chosen = predictor.classes.index(label) if label is not None else top
-        cam = heatmaps(predictor, images, [chosen], method)[0]
         target = out_dir / f"{Path(str(path)).stem}.png"
-        _overlay(images[0], cam, target,
-                 f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
-                 f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})")
+        from ..evaluation.plots import heatmap_figure
+        heatmap_figure(images[0].permute(1, 2, 0).numpy(), overlays(predictor, images, [chosen], method)[0],
+                       f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
+                       f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})").savefig(target, dpi=110)
         results.append({"image": str(path), "prediction": predictor.classes[top], "probability": float(probs[top]),
                         "explained": predictor.classes[chosen], "heatmap": str(target)})
     return results
@@ -94,13 +94,7 @@ def overlay_image(image_uint8_chw: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(rgb, cam, use_rgb=True)
 
 
-def _overlay(image_uint8_chw: torch.Tensor, cam: np.ndarray, path: Path, title: str) -> None:
-    from ..evaluation.plots import _subplots
-    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
-    axes[0].imshow(image_uint8_chw.permute(1, 2, 0).numpy())
-    axes[1].imshow(overlay_image(image_uint8_chw, cam))
-    for ax, name in zip(axes, ("image", "heatmap")):
-        ax.set(title=name, xticks=[], yticks=[])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def overlays(predictor: Predictor, images: torch.Tensor, classes: list[int], method: str = "gradcam") -> list:
+    """The heatmap of each image's class blended over it (H x W x 3 uint8 each): what explain, the evaluation's
+    gallery and the service's /explain show."""
+    return [overlay_image(img, cam) for img, cam in zip(images, heatmaps(predictor, images, classes, method))]

@@ -77,11 +77,11 @@ class TorchRuntime(Runtime):
         import io
         import torch
         from PIL import Image
-        from ..prediction.explain import heatmaps, overlay_image
+        from ..prediction.explain import overlays
         images = torch.from_numpy(np.ascontiguousarray(decoded[None])).permute(0, 3, 1, 2).contiguous()
         probs = self.predictor.probabilities(images)[0]
         top = int(probs.argmax())
-        overlay = overlay_image(images[0], heatmaps(self.predictor, images, [top])[0])
+        overlay = overlays(self.predictor, images, [top])[0]
         buf = io.BytesIO()
         Image.fromarray(overlay).save(buf, format="PNG")
         return {"label": self.header["classes"][top], "probability": float(probs[top]), "png": buf.getvalue()}
