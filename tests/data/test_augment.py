@@ -148,13 +148,23 @@ def test_cutmix_pastes_a_patch_weighted_by_its_area():
     assert ((mixed == x) | (mixed == partner)).all()       # every pixel is one image's or the other's
 
 
-def test_mixup_and_cutmix_train(tmp_path):
+def test_mixup_and_cutmix_train(tmp_path, monkeypatch):
     import math
     import imgclass
     from helpers import FAST, make_class_folders
     data = make_class_folders(tmp_path / "data", per_class=10)
+    from imgclass.training import run as run_mod
+    seen = []
+
+    def spy(*args):  # the loop's mix: every training batch goes through it, its soft targets into the loss
+        mix = real_mix(*args)
+        return lambda x, y: seen.append(mix(x, y)) or seen[-1]
+    real_mix = run_mod.batch_mix
+    monkeypatch.setattr(run_mod, "batch_mix", spy)
     run = imgclass.train(data, out=str(tmp_path / "m"), **dict(FAST, epochs=3, mixup=0.2, cutmix=1.0, lr=0.01))
     assert all(math.isfinite(r["train_loss"]) for r in run.history)
+    assert len(seen) >= 3 and all(t.shape[1] == 3 and torch.allclose(t.sum(1), torch.ones(len(t))) for _, t in seen)
+    assert any((t.max(1).values < 1).any() for _, t in seen)      # targets really were mixed
     from imgclass.errors import UserError
     with pytest.raises(UserError, match="mixup takes a Beta"):
         imgclass.train(data, out=str(tmp_path / "bad"), **dict(FAST, mixup=0))
