@@ -1,5 +1,5 @@
 """Heatmaps: for images whose class is decided by a patch in one corner, the explanation peaks in that corner
-(the fast network and a timm backbone), through the CLI and the Python API."""
+(the fast network and a timm backbone); the target layer; explain through the CLI and the evaluation's gallery."""
 import numpy as np
 import pytest
 import torch
@@ -9,59 +9,66 @@ import imgclass
 from imgclass.cli import main
 from imgclass.prediction.explain import heatmaps, target_layer
 
-# Two diagonal corners. (With two classes a network may decide one from the absence of the other's patch, and
-# its heatmap would then rightly point at the other corner; the fast network, measured, does not. With four
-# corners at 32 px its 3 x 3 map puts the centre cell in every quadrant and the test reads 67%.)
-CORNERS = {"top_left": (0, 0), "bottom_right": (1, 1)}
+QUADRANTS = {"top_left": (0, 0), "top_right": (0, 1), "bottom_left": (1, 0), "bottom_right": (1, 1)}
+# The class is the patch's colour and the patch sits in any of the four corners, so the heatmap of the class
+# has to find it. Three colours, not two: with two, a network may call "blue" by the absence of red, and the
+# heatmap of blue then rightly points nowhere in particular (measured: resnet10t, 2 colours, 18 of 24 hits on
+# one seed of 4). An earlier design, the corner itself as the class, left the fast network at 75-83% on 2
+# seeds of 4: position is read from padding as much as from the patch.
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (20, 40, 230)}
 
 
-def corner_image(corner, side, rng):
-    """Grey noise with a red square in one corner (its quadrant decides the class)."""
+def corner_image(corner, side, rng, colour):
+    """Grey noise with a coloured square somewhere in one quadrant."""
     pixels = rng.randint(90, 140, (side, side, 3)).astype(np.uint8)
     patch = side // 4
-    qy, qx = CORNERS[corner]
+    qy, qx = QUADRANTS[corner]
     y0 = qy * side // 2 + rng.randint(0, side // 2 - patch + 1)
     x0 = qx * side // 2 + rng.randint(0, side // 2 - patch + 1)
-    pixels[y0:y0 + patch, x0:x0 + patch] = (230, 20, 20)
+    pixels[y0:y0 + patch, x0:x0 + patch] = colour
     return Image.fromarray(pixels)
 
 
-def make_corners(root, side, per_class, seed=0):
+def make_patches(root, side, per_class, seed=0):
     rng = np.random.RandomState(seed)
-    for corner in CORNERS:
-        (root / corner).mkdir(parents=True, exist_ok=True)
+    for colour, rgb in COLOURS.items():
+        (root / colour).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            corner_image(corner, side, rng).save(root / corner / f"{i}.png")
+            corner_image(list(QUADRANTS)[i % 4], side, rng, rgb).save(root / colour / f"{i}.png")
     return root
 
 
-def quadrant_mass(cam):
+def peaks_in(cam, corner):
+    """Whether the heatmap's mass is largest in `corner`'s quadrant."""
     h, w = cam.shape
-    return {corner: float(cam[qy * h // 2:(qy + 1) * h // 2, qx * w // 2:(qx + 1) * w // 2].sum())
-            for corner, (qy, qx) in CORNERS.items()}
+    mass = {name: float(cam[qy * h // 2:(qy + 1) * h // 2, qx * w // 2:(qx + 1) * w // 2].sum())
+            for name, (qy, qx) in QUADRANTS.items()}
+    return max(mass, key=mass.get) == corner
 
 
-# Only the fast network here: a timm backbone is not yet shown to localise at test sizes (issue 18's note:
-# resnet10t from scratch at 64 px classifies these perfectly, yet its Grad-CAM peaks in the right quadrant
-# for 4% of images; EigenCAM for about 75%).
-@pytest.mark.parametrize("model,side,opts", [("fast", 32, dict(model_args={"width": 16}, epochs=10, tta="none"))])
-def test_heatmap_peaks_in_the_deciding_corner(tmp_path, model, side, opts):
-    data = make_corners(tmp_path / "data", side, per_class=40)
-    run = imgclass.train(data, out=str(tmp_path / "run"), model=model, img_size=side, verbose=False,
-                         tensorboard=False, evaluate=False, hflip=False, augment="none", **opts)
+# Sizes where the last feature map is 4 x 4 (fast: 64 px; resnet10t, stride 32: 128 px), one quadrant per
+# 2 x 2 cells. Measured, seeds 0, 1, 2 and 101: fast 36 of 36 hits each; resnet10t (seeds 0-3) 36 of 36 each.
+# At 64 px resnet10t's 2 x 2 map, whose receptive fields span the whole image, found the corner in 46%.
+@pytest.mark.parametrize("model,side,opts", [("fast", 64, dict(model_args={"width": 16})),
+                                             ("timm:resnet10t", 128, {})])
+def test_heatmap_peaks_in_the_corner_that_holds_the_deciding_patch(tmp_path, model, side, opts):
+    run = imgclass.train(make_patches(tmp_path / "data", side, per_class=40), out=str(tmp_path / "run"),
+                         model=model, img_size=side, epochs=10, seed=0, verbose=False, tensorboard=False,
+                         evaluate=False, hflip=False, augment="none", tta="none", **opts)
     predictor = imgclass.load(run.dir, device="cpu")
     rng = np.random.RandomState(99)
-    hits = []
-    for corner in CORNERS:
-        images = torch.stack([torch.from_numpy(np.array(corner_image(corner, side, rng))).permute(2, 0, 1)
-                              for _ in range(6)])
-        label = predictor.classes.index(corner)
-        assert float((predictor.probabilities(images).argmax(1) == label).float().mean()) >= 0.5  # it learnt them
-        for cam in heatmaps(predictor, images, [label] * len(images), "gradcam"):
-            assert cam.shape == (side, side) and 0 <= cam.min() and cam.max() <= 1 + 1e-6
-            mass = quadrant_mass(cam)
-            hits.append(max(mass, key=mass.get) == corner)
-    assert np.mean(hits) >= 0.8, hits
+    hits, right = [], []
+    for colour, rgb in COLOURS.items():
+        label = predictor.classes.index(colour)
+        for corner in QUADRANTS:
+            images = torch.stack([torch.from_numpy(np.array(corner_image(corner, side, rng, rgb))).permute(2, 0, 1)
+                                  for _ in range(2)])
+            right += (predictor.probabilities(images).argmax(1) == label).tolist()
+            for cam in heatmaps(predictor, images, [label] * len(images), "gradcam"):
+                assert cam.shape == (side, side) and 0 <= cam.min() and cam.max() <= 1 + 1e-6
+                hits.append(peaks_in(cam, corner))
+    assert np.mean(right) >= 0.8, right                          # it learnt the colours
+    assert np.mean(hits) >= 0.9, hits
 
 
 def test_target_layer_is_the_last_spatial_map():
