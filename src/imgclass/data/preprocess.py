@@ -80,5 +80,6 @@ class Preprocessing:
 
 
 def to_nchw(arrays: np.ndarray) -> torch.Tensor:
-    """NHWC uint8 numpy -> NCHW uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2).contiguous()
+    """NHWC uint8 numpy -> NCHW uint8 tensor. (A read-only array, such as np.asarray of a PIL image, is copied:
+    torch warns on wrapping one.)"""
+    return torch.from_numpy(np.require(arrays, requirements=["C", "W"])).permute(0, 3, 1, 2).contiguous()

@@ -65,6 +65,13 @@ class RunContext:
         return ctx
 
 
+def best_epoch_phrase(results: dict) -> str:
+    """Where the kept weights come from, in words: best_epoch 0 means the head stage of a two-stage fine-tune."""
+    if results.get("best_epoch"):
+        return f"epoch {results['best_epoch']}"
+    return "the head stage (fine-tuning did not beat the head on frozen features)"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -115,10 +122,8 @@ def _model_paragraph(ctx: RunContext) -> str:
         model += (f", augmentation '{used.get('augment')}', optimizer {used.get('optimizer')}, "
                   f"batch size {used.get('batch_size')}")
     if res.get("epochs_run"):
-        best = (f"epoch {res.get('best_epoch')}" if res.get("best_epoch") else
-                "the head stage (fine-tuning did not beat the head on frozen features)")
         model += (f"; trained {res['epochs_run']} of {used.get('epochs', res['epochs_run'])} epochs in "
-                  f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best}")
+                  f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best_epoch_phrase(res)}")
         if res.get("stop_reason"):
             model += " (stopped early)"
     return model + "."

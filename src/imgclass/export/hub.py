@@ -20,6 +20,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import UserError
+from ..evaluation.report import best_epoch_phrase
 from ..modelfile import resolve_model_path
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -141,12 +142,13 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
     lines += ["", "## Training", "",
               f"- Architecture: `{h['arch']['name']}` with arguments `{json.dumps(h['arch'].get('args') or {})}`.",
               f"- Input: {pre['img_size']} px ({pre.get('resize', 'crop')}), mean {pre['mean']}, std {pre['std']}.",
-              f"- Starting weights: {weights.get('source', 'none (from scratch)')}"
+              f"- Starting weights: {weights.get('location') or weights.get('source', 'none (from scratch)')}"
               + (f", {weights.get('dataset')}, licence {weights.get('licence')}" if weights else "") + ".",
               f"- Recipe: {cfg.get('optimizer', '?')}, lr {res.get('plan', {}).get('lr', cfg.get('lr', '?'))}, "
-              f"{res.get('epochs_run', '?')} epochs (best: {res.get('best_epoch', '?')}), batch "
+              f"{res.get('epochs_run', '?')} epochs, batch "
               f"{res.get('plan', {}).get('batch_size', cfg.get('batch_size', '?'))}, augment {cfg.get('augment', '?')}, "
-              f"test-time augmentation {h.get('inference', {}).get('tta', 'none')}.",
+              f"test-time augmentation {h.get('inference', {}).get('tta', 'none')}; the weights kept are from "
+              f"{best_epoch_phrase(res)}.",
               f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
               f"- Softmax temperature (calibration on the validation split): "
               f"{h.get('inference', {}).get('temperature', 1.0):.4f}.", ""]
