@@ -65,7 +65,7 @@ def test_the_walk_sees_imports_inside_functions():
     """The checker itself: a deferred import is an edge too (otherwise the test above could not fail)."""
     graph = _graph()
     assert "imgclass.evaluation.evaluate" in graph["imgclass.training.run"]     # imported inside a function
-    assert "imgclass.models.inference" in graph["imgclass.prediction.predictor"]
+    assert "imgclass.models.inference" in graph["imgclass.prediction.engines"]
 
 
 def test_using_a_model_never_imports_training():

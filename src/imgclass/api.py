@@ -31,21 +31,36 @@ def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) 
     return Predictor.load(path, device, max_pixels)
 
 
-def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3,
-            level: str = "fine") -> list[dict[str, Any]]:
-    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels."""
-    predictor = model if isinstance(model, Predictor) else load(model)
+def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: str = "fine",
+            runtime: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
+    runtime auto|torch|onnx (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
+    model path, and a given Predictor's own."""
     # one path, one PIL image or one bytes object is one input (a string is not a sequence of inputs)
     items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
     if all(isinstance(i, (str, Path)) for i in items):
         items = expand_inputs(items)
+    predictor = with_runtime(model, runtime, precision, len(items))
     return predictor.predict(items, top_k=top_k, level=level)
 
 
-def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
-           id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine") -> Path:
-    """Write a Kaggle submission CSV for every image in test_dir; returns its path."""
+def with_runtime(model: str | Path | Predictor, runtime: str | None, precision: str, images: int) -> Predictor:
+    """The Predictor (loaded from a path) with the runtime for a job of `images` images chosen and stated."""
+    from .prediction.runtime import choose_runtime
     predictor = model if isinstance(model, Predictor) else load(model)
+    if runtime is not None or not isinstance(model, Predictor):
+        choose_runtime(predictor, runtime or "auto", precision, images)
+    return predictor
+
+
+def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
+           id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
+           runtime: str | None = None, precision: str = "auto") -> Path:
+    """Write a Kaggle submission CSV for every image in test_dir; returns its path. runtime: as predict's."""
+    from .data.find import list_images
+    folder = Path(test_dir).expanduser()
+    images = len(list_images(folder)) if folder.is_dir() else 0
+    predictor = with_runtime(model, runtime, precision, images)
     path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level)
     return path
 

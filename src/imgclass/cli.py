@@ -163,8 +163,17 @@ def _lr_find_options(p: argparse.ArgumentParser) -> None:
     _add_train_options(p)
 
 
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: the fastest measured (ONNX Runtime, exported once next to the model, for services "
+                        "and large jobs), else PyTorch [default: auto]")
+    p.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto",
+                   help="PyTorch's arithmetic; auto: bf16 where the CPU has it natively and answers stay within "
+                        "tolerance of float32 [default: auto]")
+
+
 def _predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder or model.safetensors")
+    p.add_argument("model", help="run folder, model.safetensors or an exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -173,6 +182,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
                    help="with two-level labels: which level to predict")
     p.add_argument("--pretrained", action="store_true",
                    help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
+    _add_runtime(p)
     _add_pixel_limit(p)
 
 
@@ -186,6 +196,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="class index (in the model's class order) or class name")
     p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
                    help="with two-level labels: which level (both: TARGET_COARSE and TARGET_FINE columns)")
+    _add_runtime(p)
     _add_pixel_limit(p)
 
 
@@ -210,6 +221,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>/)")
     p.add_argument("--device", default="auto")
+    _add_runtime(p)
     _add_pixel_limit(p)
 
 
@@ -234,13 +246,21 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    from .serving.batcher import BATCHING
+    _add_runtime(p)
+    p.add_argument("--max-batch-size", type=int, default=BATCHING.max_batch_size,
+                   help=f"dynamic batching: images scored in one model call at most [default: {BATCHING.max_batch_size}]")
+    p.add_argument("--max-batch-delay-ms", type=float, default=BATCHING.max_delay_ms,
+                   help="dynamic batching: how long an image may wait for others to join its batch "
+                        f"[default: {BATCHING.max_delay_ms:g}]")
+    p.add_argument("--max-queue", type=int, default=BATCHING.max_queue,
+                   help=f"decoded images waiting at most; more get 503 [default: {BATCHING.max_queue}]")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-batch", type=int, default=64, help="images per /predict/batch request [default: 64]")
     p.add_argument("--max-image-pixels", type=int, default=30_000_000,
                    help="refuse uploads whose header claims more pixels [default: 30000000]")
     p.add_argument("--max-concurrent", type=int,
-                   help="requests decoding and predicting at once [default: one per core, up to 4]")
+                   help="requests decoding at once [default: one per core, up to 4]")
     p.add_argument("--api-key-file", metavar="FILE",
                    help="require the key on this file's first line in the X-API-Key header for /predict*, /info "
                         "and /metrics (or set IMGCLASS_API_KEY; never on the command line, where ps shows it)")
@@ -350,16 +370,20 @@ def _predict(args: argparse.Namespace) -> int | None:
         raise UserError("--top-k must be at least 1")
     if args.pretrained:
         from .prediction.predictor import Predictor
-        predictor = Predictor.pretrained(args.model, args.device)
+        predictor, runtime = Predictor.pretrained(args.model, args.device), None
     else:
-        predictor = api.load(args.model, args.device, args.max_image_pixels)
-    _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level), args.format)
+        predictor, runtime = api.load(args.model, args.device, args.max_image_pixels), args.runtime
+    _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level, runtime=runtime,
+                                   precision=args.precision), args.format)
 
 
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
     from .prediction.submit import write_submission
-    predictor = api.load(args.model, max_pixels=args.max_image_pixels)
+    from .data.find import list_images
+    folder = Path(args.test_dir).expanduser()
+    predictor = api.with_runtime(api.load(args.model, max_pixels=args.max_image_pixels), args.runtime,
+                                 args.precision, len(list_images(folder)) if folder.is_dir() else 0)
     path, n, bad = write_submission(predictor, args.test_dir, args.out, args.id_column, args.target_column,
                                     args.target, args.level)
     for p, reason in bad:
@@ -384,7 +408,7 @@ def _check(args: argparse.Namespace) -> int | None:
 def _evaluate(args: argparse.Namespace) -> int | None:
     from . import api
     ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
-                      max_pixels=args.max_image_pixels)
+                      max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision)
     m = ev.metrics
     print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
           f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
@@ -413,14 +437,18 @@ def _export(args: argparse.Namespace) -> int | None:
 
 def _serve(args: argparse.Namespace) -> int | None:
     from .serving.app import serve
+    from .serving.batcher import Batching
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
-    for name in ("max_batch", "max_concurrent"):
+    for name in ("max_batch", "max_concurrent", "max_batch_size", "max_queue"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_batch_delay_ms < 0:
+        raise UserError("--max-batch-delay-ms must be 0 or more")
+    batching = Batching(args.max_batch_size, args.max_batch_delay_ms, args.max_queue)
     print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
-    serve(args.model, args.host, args.port, args.workers, args.runtime, args.max_upload_mb, args.api_key_file,
-          args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent)
+    serve(args.model, args.host, args.port, args.workers, args.runtime, args.precision, args.max_upload_mb,
+          args.api_key_file, args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent, batching=batching)
 
 
 def _models(args: argparse.Namespace) -> int | None:

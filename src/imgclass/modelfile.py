@@ -25,6 +25,7 @@ from .version import __version__
 FORMAT = "imgclass-model"
 FORMAT_VERSION = 1
 META_KEY = "imgclass"
+SOURCE_KEY = "imgclass_source_sha256"  # an export's metadata: the SHA-256 of the model file it came from
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -50,6 +51,38 @@ def write_atomic(tensors: dict[str, torch.Tensor], header: dict[str, Any], path:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def read_onnx_header(path: str | Path) -> dict[str, Any]:
+    """The model file's header that `export --format onnx` stores in the graph's metadata; checked like a
+    model file's before anything runs it."""
+    import onnx
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not our file"
+        raise UserError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
+    for prop in graph.metadata_props:
+        if prop.key == META_KEY:
+            header = json.loads(prop.value)
+            check_header(header, Path(path))
+            return header
+    raise UserError(f"{path} carries no imgclass metadata")
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_metadata(path: str | Path, key: str) -> str | None:
+    """One metadata value of an ONNX file (None if absent)."""
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False)
+    return next((prop.value for prop in graph.metadata_props if prop.key == key), None)
 
 
 def read_header(path: Path) -> dict[str, Any]:

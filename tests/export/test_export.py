@@ -6,7 +6,7 @@ import torch
 
 import imgclass
 from imgclass.cli import main
-from imgclass.export.exporter import read_onnx_header
+from imgclass.modelfile import read_onnx_header
 
 from helpers import FAST, make_class_folders
 

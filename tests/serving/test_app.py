@@ -21,7 +21,7 @@ def png_bytes(label=0, size=12) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    return TestClient(create_app(trained_run, max_upload_mb=0.05))
+    return TestClient(create_app(trained_run, runtime="torch", precision="float32", max_upload_mb=0.05))
 
 
 def test_page_health_info_docs(client, trained_run):
@@ -39,7 +39,8 @@ def test_page_health_info_docs(client, trained_run):
 def test_predict_equals_cli_predict(client, trained_run, tmp_path):
     blob = png_bytes(1)
     (tmp_path / "x.png").write_bytes(blob)
-    expected = imgclass.predict(trained_run, [tmp_path / "x.png"], top_k=3)[0]["top_k"]
+    expected = imgclass.predict(trained_run, [tmp_path / "x.png"], top_k=3, runtime="torch",
+                                precision="float32")[0]["top_k"]
     r = client.post("/predict", files={"file": ("x.png", blob, "image/png")}, params={"k": 3})
     assert r.status_code == 200
     body = r.json()
@@ -101,30 +102,37 @@ def test_chunked_upload_over_the_limit_is_a_json_413(client):
     assert client.get("/health").status_code == 200
 
 
-def test_large_batch_runs_in_chunks_with_the_same_answers(trained_run, monkeypatch):
-    """A batch of 40 is scored 16 at a time (memory bounded by the chunk); answers as one by one."""
-    from imgclass.serving import app as app_module
-    from imgclass.serving.runtimes import load_runtime
-    engine = load_runtime(trained_run, "torch")
-    sizes = []
-    real = engine.predict
-    monkeypatch.setattr(engine, "predict", lambda blobs, k: sizes.append(len(blobs)) or real(blobs, k))
-    client = TestClient(app_module.create_app(engine, max_upload_mb=5))
+def torch_predictor(run):
+    from imgclass.prediction.predictor import Predictor
+    return Predictor.load(run, "cpu")
+
+
+def test_large_batch_is_decoded_in_chunks_with_the_same_answers(trained_run, monkeypatch):
+    """A batch of 40 is decoded 16 at a time (memory bounded by the chunk); answers as one by one."""
+    predictor = torch_predictor(trained_run)
+    decoded = []
+    real = predictor.pre.load
+    monkeypatch.setattr(predictor.pre, "load", lambda blob: decoded.append(len(decoded)) or real(blob))
+    client = TestClient(create_app(predictor, max_upload_mb=5))
     blobs = [png_bytes(i % 3) for i in range(40)]
     out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode() for b in blobs]}).json()
-    assert sizes == [16, 16, 8]
-    assert [r["top_k"][0]["label"] for r in out["results"]] == [r["top_k"][0]["label"] for r in real(blobs, 3)]
+    assert len(decoded) == 40 and client.app.state.batcher.calls >= 3   # three chunks, three batches at least
+    assert [r["top_k"] for r in out["results"]] == [{k: v for k, v in r.items() if k != "image"}["top_k"]
+                                                    for r in predictor.predict(blobs, top_k=3)]
 
 
 def test_an_odd_decoder_error_fails_only_its_item(trained_run, monkeypatch):
-    from imgclass.serving.runtimes import load_runtime
-    engine = load_runtime(trained_run, "torch")
-    real = engine.pre.load
+    predictor = torch_predictor(trained_run)
+    real = predictor.pre.load
     odd = png_bytes(1)
-    monkeypatch.setattr(engine.pre, "load", lambda b: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(b))
-    out = engine.predict([png_bytes(0), odd, png_bytes(2)], 1)
-    assert "top_k" in out[0] and "top_k" in out[2]
-    assert out[1]["status"] == 400 and "OSError" in out[1]["error"]
+    monkeypatch.setattr(predictor.pre, "load", lambda b: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(b))
+    client = TestClient(create_app(predictor))
+    out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode()
+                                                         for b in (png_bytes(0), odd, png_bytes(2))]}).json()
+    assert "top_k" in out["results"][0] and "top_k" in out["results"][2]
+    assert "OSError" in out["results"][1]["error"]
+    r = client.post("/predict", files={"file": ("x.png", odd, "image/png")})
+    assert r.status_code == 400 and "OSError" in r.json()["detail"]
 
 
 def test_metrics_label_routes_not_raw_paths(trained_run):
@@ -162,12 +170,14 @@ def test_api_key_and_cors(trained_run, monkeypatch):
 
 def test_onnx_runtime_gives_the_same_answer(trained_run):
     blob = png_bytes(0)
-    a = TestClient(create_app(trained_run)).post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
-    b = TestClient(create_app(trained_run, runtime="onnx")).post("/predict", files={"file": ("x.png", blob,
-                                                                                             "image/png")}).json()
+    torch_app = TestClient(create_app(trained_run, runtime="torch", precision="float32"))
+    onnx_app = TestClient(create_app(trained_run, runtime="onnx"))
+    a = torch_app.post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
+    b = onnx_app.post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
     assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
     assert np.allclose([t["probability"] for t in a["top_k"]], [t["probability"] for t in b["top_k"]], atol=1e-4)
-    assert TestClient(create_app(trained_run, runtime="onnx")).get("/info").json()["runtime"] == "onnx"
+    assert onnx_app.get("/info").json()["runtime"] == "onnx"
+    assert torch_app.get("/info").json()["runtime"] == "torch"
 
 
 def test_api_key_guards_info_and_metrics_too(trained_run, monkeypatch):
@@ -213,7 +223,7 @@ def test_serve_passes_connection_limits_and_never_exports_the_key(trained_run, t
         app_module.serve(trained_run, api_key_file=key, max_concurrent=2)
         assert seen["host"] == "127.0.0.1" and seen["limit_concurrency"] == app_module.LIMITS.connections
         assert seen["timeout_keep_alive"] == app_module.LIMITS.keep_alive_seconds
-        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 2)  # the cores shared by 2 slots
+        assert torch.get_num_threads() == (os.cpu_count() or 1)  # one process: the model (one thread) has the cores
         assert "a-long-secret-key" not in "".join(os.environ.values())
         assert TestClient(seen["app"]).get("/info").status_code == 401
         app_module.serve(trained_run, workers=2, api_key_file=key)
@@ -239,28 +249,27 @@ def test_serving_has_its_own_lower_pixel_limit(trained_run):
 
 
 def test_concurrent_requests_wait_for_a_slot(trained_run, monkeypatch):
-    """issue 14, item 2: at most max_concurrent requests decode and predict at once."""
+    """issue 14, item 2: at most max_concurrent requests decode at once."""
     import threading
     import time as clock
     from concurrent.futures import ThreadPoolExecutor
-    from imgclass.serving.runtimes import load_runtime
-    engine = load_runtime(trained_run, "torch")
-    real, active, peak, lock = engine.predict, [0], [0], threading.Lock()
+    predictor = torch_predictor(trained_run)
+    real, active, peak, lock = predictor.pre.load, [0], [0], threading.Lock()
 
-    def slow(blobs, k):
+    def slow(blob):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         clock.sleep(0.05)
         try:
-            return real(blobs, k)
+            return real(blob)
         finally:
             with lock:
                 active[0] -= 1
-    monkeypatch.setattr(engine, "predict", slow)
+    monkeypatch.setattr(predictor.pre, "load", slow)
     for slots in (1, 2):
         peak[0] = 0
-        client = TestClient(create_app(engine, max_concurrent=slots))
+        client = TestClient(create_app(predictor, max_concurrent=slots))
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda i: client.post("/predict", files={"file": ("x.png", png_bytes(i % 3),
                                                                                     "image/png")}).status_code,
@@ -310,7 +319,14 @@ def test_explain_returns_the_heatmap_of_the_top_class(client, trained_run):
     assert client.post("/explain", files={"file": ("x.png", b"not an image", "image/png")}).status_code == 415
 
 
-def test_explain_needs_the_torch_runtime(trained_run):
-    onnx = TestClient(create_app(trained_run, runtime="onnx"))
-    r = onnx.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
-    assert r.status_code == 501 and "torch runtime" in r.json()["detail"]
+def test_explain_needs_the_pytorch_model(trained_run, tmp_path):
+    """Under --runtime onnx the service still has the model file, so /explain works; an .onnx file alone has
+    no gradients: 501."""
+    with_model = TestClient(create_app(trained_run, runtime="onnx"))
+    assert with_model.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")}).status_code == 200
+    from imgclass.export.exporter import export_model
+    onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
+    bare = TestClient(create_app(onnx_file))
+    r = bare.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
+    assert r.status_code == 501 and "ONNX export" in r.json()["detail"]
+    assert bare.get("/info").json()["runtime"] == "onnx"

@@ -57,7 +57,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_the_default_limit_refuses_10000_images_before_decoding(tmp_path):
-    client = TestClient(create_app(_model_file(tmp_path)))
+    client = TestClient(create_app(_model_file(tmp_path), runtime="torch"))
     r = client.post("/predict/batch", json={"images": _tiny_gifs()})
     assert r.status_code == 413 and "at most 64 images" in r.json()["detail"]
 

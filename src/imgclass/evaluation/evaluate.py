@@ -165,12 +165,14 @@ def _heatmap_overlays(predictor: Predictor):
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto",
              predictor: Predictor | None = None, precomputed: tuple | None = None,
-             max_pixels: int | None = None) -> Evaluation:
+             max_pixels: int | None = None, runtime: str = "auto", precision: str = "auto") -> Evaluation:
     """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train);
-    max_pixels: this command's pixel limit (the model file can only lower it). Its notes go to the "imgclass"
-    logger as warnings (see imgclass.log) and into the report."""
+    max_pixels: this command's pixel limit (the model file can only lower it); runtime and precision as
+    prediction.runtime says (a given predictor keeps its own). Its notes go to the "imgclass" logger as
+    warnings (see imgclass.log) and into the report."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
+    given = predictor is not None
     predictor = predictor or Predictor.load(resolve_model_path(model), device, max_pixels)
     classes = predictor.classes
     notes: list[str] = []
@@ -180,6 +182,9 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         root, rows = _rows_for(split, model, data, classes, notes)
         if not rows:
             raise DataError(f"no images in the {split} split to evaluate")
+        if not given:
+            from ..prediction.runtime import choose_runtime
+            choose_runtime(predictor, runtime, precision, len(rows))
         tensors = load_split(root, rows, predictor.pre)
         if len(tensors) == 0:
             raise DataError(f"none of the {len(rows)} images of the {split} split could be decoded")

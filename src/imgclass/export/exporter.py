@@ -22,11 +22,10 @@ from ..config import resolve as resolve_config
 from ..models.inference import probabilities
 from ..models.tta import tta_logits
 from ..rundir import RunDir
-from ..modelfile import resolve_model_path
+from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
 from ..prediction.predictor import Predictor
 
 PARITY_TOLERANCE = 1e-4
-META_KEY = "imgclass"
 
 
 class InferenceModule(nn.Module):
@@ -73,7 +72,7 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
     pixels = batch.float()
     out = Path(out) if out else model_path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     header = json.dumps(predictor.header)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # per process: serve's workers may export at once
     if fmt == "onnx":
         import onnx
         import onnxruntime as ort
@@ -84,6 +83,8 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
         graph = onnx.load(str(tmp))
         entry = graph.metadata_props.add()
         entry.key, entry.value = META_KEY, header
+        source = graph.metadata_props.add()  # which model file this is the export of (the runtime cache checks it)
+        source.key, source.value = SOURCE_KEY, file_sha256(model_path)
         onnx.save(graph, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {"pixels": pixels.numpy()})[0]
@@ -100,12 +101,3 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise UserError(f"{fmt} export failed parity: max |probability difference| {diff:.2e} > {PARITY_TOLERANCE}")
     os.replace(tmp, out)
     return out, diff
-
-
-def read_onnx_header(path: str | Path) -> dict:
-    import onnx
-    graph = onnx.load(str(path), load_external_data=False)
-    for prop in graph.metadata_props:
-        if prop.key == META_KEY:
-            return json.loads(prop.value)
-    raise UserError(f"{path} carries no imgclass metadata")

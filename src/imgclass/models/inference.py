@@ -2,11 +2,23 @@
 Training (validation, final scoring), prediction, serving and evaluation all score through here."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
 from .tta import tta_logits
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); others emulate it, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:
@@ -26,8 +38,10 @@ def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
-                   device: torch.device, tta: str = "none") -> torch.Tensor:
-    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA)."""
+                   device: torch.device, tta: str = "none", bf16: bool | None = None) -> torch.Tensor:
+    """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA). bf16: under
+    bf16 autocast (None: on CUDA only; a CPU is asked for it by prediction.runtime's choice)."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
     model.eval()
     out = []
     if len(images.shape) == 4:  # uint8 NCHW (a tensor, or streamed images)
@@ -36,9 +50,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, b
         x = pre.normalize(images[start:start + batch_size].to(device))
         if x.ndim == 4 and device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out.append(tta_logits(model, x, tta).float().cpu())
-        else:
+        with torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16,
+                            enabled=bf16 and device.type in ("cpu", "cuda")):
             out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out) if out else torch.empty(0)

@@ -45,6 +45,8 @@ def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], met
     """N x H x W maps in [0, 1] at the model's input size, for uint8 NCHW images and one class index each."""
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}")
+    if predictor.model is None:
+        raise UserError("heatmaps need the PyTorch model file (this is an ONNX export: no gradients)")
     from pytorch_grad_cam import EigenCAM, GradCAM  # deferred: grad-cam imports opencv
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     model = predictor.model.eval()
@@ -85,6 +87,18 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
         results.append({"image": str(path), "prediction": predictor.classes[top], "probability": float(probs[top]),
                         "explained": predictor.classes[chosen], "heatmap": str(target)})
     return results
+
+
+def heatmap_png(predictor: Predictor, image_hwc: np.ndarray) -> tuple[str, float, bytes]:
+    """The service's /explain: (top class, its probability, PNG of the top class's heatmap over the image)."""
+    import io
+    from PIL import Image
+    images = to_nchw(image_hwc[None])
+    probs = predictor.probabilities(images)[0]
+    top = int(probs.argmax())
+    buf = io.BytesIO()
+    Image.fromarray(overlays(predictor, images, [top])[0]).save(buf, format="PNG")
+    return predictor.classes[top], float(probs[top]), buf.getvalue()
 
 
 def overlay_image(image_uint8_chw: torch.Tensor, cam: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ same way training did."""
 from __future__ import annotations
 
 import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,10 +17,10 @@ from ..data.decode import ImageDecodeError
 from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
-from ..modelfile import load_model
+from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.hierarchy import coarse_probabilities
-from ..models.inference import predict_logits, probabilities
 from ..models.pretrained import timm_pretrained
+from .engines import Engine, OnnxEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
 
@@ -47,17 +49,25 @@ class Predictions(list):
         return table(["image", "prediction", "probability", "next"], rows)
 
 
+DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding the next batch while the model scores
+#   this one (Pillow releases the GIL while it decodes): predict and submit run near the model's own speed
+
+
 class Predictor:
-    def __init__(self, model: torch.nn.Module, header: dict[str, Any], device: torch.device,
-                 max_pixels: int | None = None):
+    def __init__(self, model: torch.nn.Module | None, header: dict[str, Any], device: torch.device,
+                 max_pixels: int | None = None, engine: Engine | None = None):
         """max_pixels: this command's limit on an image's pixels (default decode.DEFAULT_MAX_PIXELS);
-        the model file's own value can only lower it."""
+        the model file's own value can only lower it. engine: what scores images (default: the model in
+        eager PyTorch; prediction.runtime.choose_runtime picks another); model is None for an .onnx file."""
         self.model, self.header, self.device = model, header, device
         self.classes: list[str] = header["classes"]
         self.pre = Preprocessing.from_dict(header["preprocessing"], max_pixels)
         self.tta = header.get("inference", {}).get("tta", "none")
         self.temperature = float(header.get("inference", {}).get("temperature", 1.0))
         self.hierarchy = header.get("hierarchy")   # two-level labels, or None
+        self.engine: Engine = engine or TorchEngine(model, self.pre, self.tta, self.temperature, device)
+        self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
+        self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports it)
 
     def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
         """Coarse-class probabilities: each parent's summed fine probabilities."""
@@ -69,8 +79,15 @@ class Predictor:
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
-        model, header = load_model(path, dev)
-        return cls(model, header, dev, max_pixels)
+        if Path(path).suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
+            header = read_onnx_header(path)
+            predictor = cls(None, header, torch.device("cpu"), max_pixels,
+                            OnnxEngine(path, int(header["preprocessing"]["img_size"])))
+        else:
+            model, header = load_model(path, dev)
+            predictor = cls(model, header, dev, max_pixels)
+        predictor.path = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
+        return predictor
 
     @classmethod
     def pretrained(cls, name: str, device: str = "auto") -> "Predictor":
@@ -91,30 +108,44 @@ class Predictor:
                            ("cpu" if device == "auto" else device))
         return cls(model.to(dev).eval(), header, dev)
 
-    @torch.no_grad()
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a uint8 NCHW batch already at the model's size."""
-        logits = predict_logits(self.model, batch_uint8, self.pre, len(batch_uint8) or 1, self.device, self.tta)
-        return probabilities(logits, self.temperature)
+        with torch.no_grad():
+            return self.engine(batch_uint8)
+
+    def decode(self, source: Source) -> np.ndarray | str:
+        """One input at the model's size (H x W x 3 uint8), or why it cannot be read."""
+        try:
+            return self.pre.load(source)
+        except ImageDecodeError as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - one odd input never stops the batch
+            return f"cannot decode: {type(exc).__name__}: {exc}"
 
     def predict_proba(self, sources: Iterable[Source], batch_size: int = 64
                       ) -> tuple[np.ndarray, list[str | None]]:
-        """Probabilities (N x classes; NaN rows for unreadable inputs) and one error (or None) per input."""
+        """Probabilities (N x classes; NaN rows for unreadable inputs) and one error (or None) per input.
+        The next batch is decoded by DECODE_WORKERS threads while the model scores this one."""
         sources = list(sources)
         probs = np.full((len(sources), len(self.classes)), np.nan, dtype=np.float32)
         errors: list[str | None] = [None] * len(sources)
-        for start in range(0, len(sources), batch_size):
-            arrays, index = [], []
-            for i in range(start, min(start + batch_size, len(sources))):
-                try:
-                    arrays.append(self.pre.load(sources[i]))
-                    index.append(i)
-                except ImageDecodeError as exc:
-                    errors[i] = str(exc)
-                except Exception as exc:  # noqa: BLE001 - one odd input never stops the batch
-                    errors[i] = f"cannot decode: {type(exc).__name__}: {exc}"
-            if arrays:
-                probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
+        starts = list(range(0, len(sources), batch_size))
+        with ThreadPoolExecutor(DECODE_WORKERS) as pool:
+            def submit(start: int) -> list:
+                return [pool.submit(self.decode, sources[i]) for i in range(start, min(start + batch_size, len(sources)))]
+            pending = submit(starts[0]) if starts else []
+            for n, start in enumerate(starts):
+                current, pending = pending, (submit(starts[n + 1]) if n + 1 < len(starts) else [])
+                arrays, index = [], []
+                for i, future in enumerate(current, start):
+                    decoded = future.result()
+                    if isinstance(decoded, str):
+                        errors[i] = decoded
+                    else:
+                        arrays.append(decoded)
+                        index.append(i)
+                if arrays:
+                    probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
         return probs, errors
 
     def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64,

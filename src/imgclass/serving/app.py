@@ -9,11 +9,13 @@ Safe by default, every limit below a named default here and a `serve` option:
 - at most --max-batch images a request; a batch is decoded and scored PREDICT_CHUNK images at a time;
 - images whose header claims more than SERVE_MAX_PIXELS are refused before decoding (a model file
   can lower that limit, never raise it);
-- at most --max-concurrent requests decode and predict at once (a semaphore), and torch's
-  intra-op threads are sized so they share the cores instead of oversubscribing them;
+- at most --max-concurrent requests decode at once (a semaphore); decoded images wait in a bounded queue
+  (--max-queue; full -> JSON 503 with Retry-After) and are scored together in dynamic batches (batcher.py:
+  --max-batch-size images, or whatever came within --max-batch-delay-ms); one thread runs the model, with
+  torch's intra-op threads sized to this process's share of the cores;
 - CORS is off unless origins are given; an API key (IMGCLASS_API_KEY or --api-key-file, never a
   command-line value, which `ps` shows) guards /predict*, /info and /metrics.
-Endpoints run the model in FastAPI's thread pool, so one slow request does not block the others.
+The runtime (ONNX Runtime, PyTorch float32 or bf16) is chosen as prediction.runtime says and shown by /info.
 """
 from __future__ import annotations
 
@@ -25,25 +27,30 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from ..version import __version__
+from ..data.decode import ImageDecodeError
+from ..data.preprocess import to_nchw
 from ..errors import UserError
-from .runtimes import Runtime, load_runtime
+from ..prediction.predictor import Predictor
+from ..version import __version__
+from .batcher import BATCHING, Batcher, Batching, QueueFull
 
 
 SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes;
 #                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
-PREDICT_CHUNK = 16  # images decoded and scored at a time, so a batch's memory is bounded by a chunk
+PREDICT_CHUNK = 16  # images of one request decoded at a time, so a request's memory is bounded by a chunk
 
 
 @dataclass(frozen=True)
@@ -182,37 +189,99 @@ def _observe(app: FastAPI, api_key: str | None, requests: Counter, latency: Hist
         return response
 
 
-def _explain_route(app: FastAPI, engine: Runtime, slots: threading.BoundedSemaphore, model_name: str) -> None:
-    """POST /explain: the top class's heatmap over one image (torch runtime only: it needs gradients)."""
+def decode_upload(predictor: Predictor, blob: bytes) -> Any:
+    """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}."""
+    if not blob:
+        return {"error": "empty file", "status": 400}
+    try:
+        return predictor.pre.load(blob)
+    except ImageDecodeError as exc:
+        reason = str(exc)
+        return {"error": reason, "status": 415 if reason.startswith(("not an image", "cannot open")) else 400}
+    except Exception as exc:  # noqa: BLE001 - an odd decoder failure fails this item only, not the batch
+        return {"error": f"cannot decode this image ({type(exc).__name__})", "status": 400}
+
+
+def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedSemaphore, model_name: str) -> None:
+    """POST /explain: the top class's heatmap over one image (needs the PyTorch model: gradients)."""
 
     @app.post("/explain", summary="Heatmap of the top class over one image (multipart 'file' or JSON base64): "
                                    "a PNG, or with ?format=json {label, probability, image: base64 PNG}")
     async def explain(request: Request, format: str = "png") -> Response:
         blobs = await read_images(request, False, 1)
+        if predictor.model is None:
+            raise HTTPException(501, "heatmaps need the PyTorch model file; this service runs an ONNX export")
         from starlette.concurrency import run_in_threadpool
+        from ..prediction.explain import heatmap_png
 
-        def run() -> dict[str, Any]:
-            with slots:  # a heatmap is a forward and a backward pass: bounded like predictions
-                return engine.explain(blobs[0])
+        def run() -> Any:
+            with slots:  # a heatmap is a forward and a backward pass: bounded like decoding
+                decoded = decode_upload(predictor, blobs[0])
+                return decoded if isinstance(decoded, dict) else heatmap_png(predictor, decoded)
         result = await run_in_threadpool(run)
-        if "error" in result:
+        if isinstance(result, dict):
             raise HTTPException(result["status"], result["error"])
+        label, probability, png = result
         if format == "json":
-            return JSONResponse({"label": result["label"], "probability": result["probability"], "model": model_name,
-                                 "image": base64.b64encode(result["png"]).decode("ascii")})
-        return Response(result["png"], media_type="image/png",
-                        headers={"X-Label": quote(result["label"]), "X-Probability": f"{result['probability']:.6f}"})
+            return JSONResponse({"label": label, "probability": probability, "model": model_name,
+                                 "image": base64.b64encode(png).decode("ascii")})
+        return Response(png, media_type="image/png",
+                        headers={"X-Label": quote(label), "X-Probability": f"{probability:.6f}"})
 
 
-def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_mb: float = 10.0,
-               api_key: str | None = None, cors_origins: list[str] | None = None, top_k: int = 5,
-               max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS, max_concurrent: int | None = None,
-               body_seconds: float = LIMITS.body_seconds) -> FastAPI:
+def load_predictor(model: str | Path | Predictor, runtime: str, precision: str, max_pixels: int) -> Predictor:
+    """The service's model with its runtime chosen for a long-running service (printed, and shown by /info).
+    A Predictor given as it is keeps its engine."""
+    if isinstance(model, Predictor):
+        return model
+    from ..prediction.runtime import choose_runtime
+    predictor = Predictor.load(Path(model).expanduser(), "cpu", max_pixels)
+    choose_runtime(predictor, runtime, precision, images=None)
+    return predictor
+
+
+def _scorer(predictor: Predictor, batcher: Batcher, slots: threading.BoundedSemaphore):
+    """async (blobs, k) -> one {"top_k"} or {"error", "status"} per blob: decoded in the thread pool (at most
+    `slots` requests at once), scored in the batcher's shared batches."""
+    from starlette.concurrency import run_in_threadpool
+    classes = predictor.classes
+
+    def decode_all(blobs: list[bytes]) -> list[Any]:
+        with slots:
+            return [decode_upload(predictor, blob) for blob in blobs]
+
+    async def score(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
+        decoded = await run_in_threadpool(decode_all, blobs)
+        try:
+            futures = iter(batcher.submit([d for d in decoded if not isinstance(d, dict)]))
+        except QueueFull as exc:
+            raise HTTPException(503, f"the service is busy: {exc}; try again", headers={"Retry-After": "1"}) from None
+        out = []
+        for item in decoded:
+            if isinstance(item, dict):
+                out.append(item)
+                continue
+            try:
+                row = await asyncio.wrap_future(next(futures))
+            except Exception as exc:  # noqa: BLE001 - the model failed on this batch: a JSON 500 for its requests
+                out.append({"error": f"the model failed on this image's batch ({type(exc).__name__})", "status": 500})
+                continue
+            order = np.argsort(-row, kind="stable")[:max(1, min(k, len(classes)))]
+            out.append({"top_k": [{"label": classes[j], "probability": float(row[j])} for j in order]})
+        return out
+    return score
+
+
+def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: str = "auto",
+               max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
+               top_k: int = 5, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
+               max_concurrent: int | None = None, body_seconds: float = LIMITS.body_seconds,
+               batching: Batching = BATCHING) -> FastAPI:
     """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
-    limit; max_concurrent requests decode and predict at once (default: default_concurrency())."""
-    engine = model if isinstance(model, Runtime) else load_runtime(model, runtime, max_pixels)
-    engine.pre.max_pixels = min(engine.pre.max_pixels, max_pixels)
-    header = engine.header
+    limit; max_concurrent requests decode at once (default: default_concurrency())."""
+    predictor = load_predictor(model, runtime, precision, max_pixels)
+    predictor.pre.max_pixels = min(predictor.pre.max_pixels, max_pixels)
+    header = predictor.header
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
     slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
     registry = CollectorRegistry()
@@ -220,26 +289,23 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
                        registry=registry)
     latency = Histogram("imgclass_request_seconds", "Request latency", ["endpoint"], registry=registry,
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    batch_sizes = Histogram("imgclass_batch_size", "Images per model call (dynamic batching)", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64))
+    batcher = Batcher(lambda pixels: predictor.probabilities(to_nchw(pixels)).numpy(), batching.max_batch_size,
+                      batching.max_delay_ms / 1000, batching.max_queue)
+    batcher.on_batch = batch_sizes.observe
+    score = _scorer(predictor, batcher, slots)
     model_name = header.get("arch", {}).get("name", "model")
     app = FastAPI(title="imgclass", version=__version__,
                   description=f"Image classification with {model_name} ({len(header['classes'])} classes)")
+    app.state.predictor, app.state.batcher = predictor, batcher
     page = resources.files("imgclass.serving").joinpath("page.html").read_text()
     _observe(app, api_key, requests, latency)
-
-    def run_model(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
-        with slots:  # bounded decodes and predictions at once, whatever the number of waiting requests
-            return engine.predict(blobs, k)
-
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1024 * 1024), body_seconds=body_seconds)
-
-    def answer(result: dict[str, Any]) -> dict[str, Any]:
-        if "error" in result:
-            raise HTTPException(result["status"], result["error"])
-        return {"top_k": result["top_k"], "model": model_name}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def upload_page() -> str:
@@ -250,20 +316,27 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
         blobs = await read_images(request, False, max_batch)
         if len(blobs) != 1:
             raise HTTPException(400, "send exactly one image to /predict (use /predict/batch for several)")
-        from starlette.concurrency import run_in_threadpool
-        return answer((await run_in_threadpool(run_model, blobs, k))[0])
+        result = (await score(blobs, k))[0]
+        if "error" in result:
+            raise HTTPException(result["status"], result["error"])
+        return {"top_k": result["top_k"], "model": model_name}
 
     @app.post("/predict/batch", summary="Classify several images (multipart 'files', or JSON {'images': [...]})")
     async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
         blobs = await read_images(request, True, max_batch)
-        from starlette.concurrency import run_in_threadpool
         results = []
         for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time
-            results += await run_in_threadpool(run_model, blobs[start:start + PREDICT_CHUNK], k)
+            results += await score(blobs[start:start + PREDICT_CHUNK], k)
         return {"results": [{"error": r["error"]} if "error" in r else {"top_k": r["top_k"]} for r in results],
                 "model": model_name}
 
-    _explain_route(app, engine, slots, model_name)
+    _explain_route(app, predictor, slots, model_name)
+    _info_routes(app, predictor, registry, model_name)
+    return app
+
+
+def _info_routes(app: FastAPI, predictor: Predictor, registry: CollectorRegistry, model_name: str) -> None:
+    header = predictor.header
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -273,14 +346,14 @@ def create_app(model: str | Path | Runtime, runtime: str = "torch", max_upload_m
     def info() -> dict[str, Any]:
         return {"model": model_name, "classes": header["classes"], "input_size": header["preprocessing"]["img_size"],
                 "preprocessing": header["preprocessing"], "tta": header.get("inference", {}).get("tta", "none"),
-                "version": __version__, "model_version": header.get("imgclass_version"), "runtime": engine.name,
+                "version": __version__, "model_version": header.get("imgclass_version"),
+                "runtime": predictor.engine.runtime, "precision": predictor.engine.precision,
+                "runtime_choice": predictor.runtime_note,
                 "metrics": {k: v for k, v in header.get("metrics", {}).items() if isinstance(v, (dict, int, float))}}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def read_api_key(path: str | Path | None) -> str | None:
@@ -296,11 +369,11 @@ def read_api_key(path: str | Path | None) -> str | None:
     return key
 
 
-def size_threads(workers: int, slots: int) -> int:
-    """torch intra-op threads for one worker process: its share of the cores split among its request
-    slots, so `slots` concurrent predictions do not oversubscribe the machine."""
+def size_threads(workers: int) -> int:
+    """torch intra-op threads for one worker process: its share of the cores. (The model runs in one thread,
+    the batcher's; decoding runs beside it in the request threads.)"""
     import torch
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers) // max(1, slots))
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     torch.set_num_threads(threads)
     return threads
 
@@ -310,24 +383,29 @@ def app_from_env() -> FastAPI:
     IMGCLASS_SERVE_SETTINGS (the API key itself is never put there: its file is, or IMGCLASS_API_KEY)."""
     settings = json.loads(os.environ["IMGCLASS_SERVE_SETTINGS"])
     key = read_api_key(settings.pop("api_key_file"))
-    size_threads(settings.pop("workers"), settings["max_concurrent"])
+    size_threads(settings.pop("workers"))
+    settings["batching"] = Batching(**settings["batching"])
     return create_app(api_key=key, **settings)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, runtime: str = "torch",
-          max_upload_mb: float = 10.0, api_key_file: str | Path | None = None, cors_origins: list[str] | None = None,
-          max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS, max_concurrent: int | None = None,
-          limits: Limits = LIMITS) -> None:
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, runtime: str = "auto",
+          precision: str = "auto", max_upload_mb: float = 10.0, api_key_file: str | Path | None = None,
+          cors_origins: list[str] | None = None, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
+          max_concurrent: int | None = None, limits: Limits = LIMITS, batching: Batching = BATCHING) -> None:
     import uvicorn
     slots = max_concurrent or default_concurrency()
-    settings = dict(model=str(model), runtime=runtime, max_upload_mb=max_upload_mb, cors_origins=cors_origins,
-                    max_batch=max_batch, max_pixels=max_pixels, max_concurrent=slots, body_seconds=limits.body_seconds)
+    settings = dict(model=str(model), runtime=runtime, precision=precision, max_upload_mb=max_upload_mb,
+                    cors_origins=cors_origins, max_batch=max_batch, max_pixels=max_pixels, max_concurrent=slots,
+                    body_seconds=limits.body_seconds)
     server = dict(host=host, port=port, limit_concurrency=limits.connections,
                   timeout_keep_alive=limits.keep_alive_seconds)
+    size_threads(workers)
     if workers > 1:
+        # choose (export, time) once here at a worker's thread count; the workers then find it cached
+        load_predictor(model, runtime, precision, max_pixels)
         os.environ["IMGCLASS_SERVE_SETTINGS"] = json.dumps(
-            {**settings, "workers": workers, "api_key_file": str(api_key_file) if api_key_file else None})
+            {**settings, "workers": workers, "api_key_file": str(api_key_file) if api_key_file else None,
+             "batching": asdict(batching)})
         uvicorn.run("imgclass.serving.app:app_from_env", factory=True, workers=workers, **server)
     else:
-        size_threads(1, slots)
-        uvicorn.run(create_app(api_key=read_api_key(api_key_file), **settings), **server)
+        uvicorn.run(create_app(api_key=read_api_key(api_key_file), batching=batching, **settings), **server)

@@ -1,12 +1,10 @@
 """Where training runs and in which precision."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 
 from ..errors import UserError
+from ..models.inference import cpu_has_native_bf16
 
 
 def pick_device(name: str) -> torch.device:
@@ -29,8 +27,4 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return precision == "bf16"
     if device.type == "cuda":
         return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text() if device.type == "cpu" else ""
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+    return device.type == "cpu" and cpu_has_native_bf16()

@@ -1,0 +1,53 @@
+"""What turns decoded images into probabilities for a Predictor: eager PyTorch (float32, or under bf16
+autocast) or ONNX Runtime running the exported graph. Each takes uint8 N x 3 x S x S images at the model's
+size and returns class probabilities with the model file's normalisation, test-time augmentation and
+softmax temperature, so they are interchangeable (prediction.runtime chooses one and checks parity)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.preprocess import Preprocessing
+from ..models.inference import predict_logits, probabilities, scoring_batch
+
+
+class TorchEngine:
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str, temperature: float, device: torch.device,
+                 bf16: bool | None = None):
+        self.model, self.pre, self.tta, self.temperature, self.device = model, pre, tta, temperature, device
+        self.bf16 = device.type == "cuda" if bf16 is None else bf16
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "float32"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        logits = predict_logits(self.model, images, self.pre, len(images) or 1, self.device, self.tta, self.bf16)
+        return probabilities(logits, self.temperature)
+
+
+class OnnxEngine:
+    """The exported graph (pixels 0..255 -> probabilities) in ONNX Runtime on the CPU."""
+    runtime, precision = "onnx", "float32"
+
+    def __init__(self, path: str | Path, img_size: int, threads: int | None = None):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        # serve() sizes torch's threads for its concurrent work; ONNX Runtime gets the same count
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path, self.img_size = Path(path), img_size
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        step = scoring_batch(max(1, len(images)), self.img_size, torch.device("cpu"))
+        out = [torch.from_numpy(self.session.run(None, {"pixels": images[i:i + step].float().numpy()})[0])
+               for i in range(0, len(images), step)]
+        return torch.cat(out) if out else torch.empty(0)
+
+
+Engine = TorchEngine | OnnxEngine

@@ -1,0 +1,194 @@
+"""Which engine scores images for predict, evaluate, submit and serve: eager PyTorch in float32, PyTorch under
+bf16 autocast, or ONNX Runtime on the exported graph. The choice is stated in one line and can be forced
+(`--runtime torch|onnx`, `--precision float32|bf16`).
+
+`auto`, on a CPU:
+- ONNX Runtime is tried when the work pays for one export: a service, or a job of AUTO_ONNX_IMAGES images or
+  more. The export is written once next to the model (MODEL.onnx, parity-checked as `export` does, tagged
+  with the model file's SHA-256 so a retrained model is exported afresh); then each candidate is timed on
+  the run's own test images and the fastest wins. The timings are kept beside it (MODEL.runtime.json, per
+  machine), so later commands reuse the choice without timing again.
+- bf16 autocast is a candidate only where the CPU computes bf16 natively (training.device's rule: AVX512-BF16
+  or AMX) and its probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of
+  those images.
+Evidence (machine A, 2 cores, EfficientNet-Lite0 at 224 px, batch 8, 2026-11-23): float32 71 images/s,
+bf16 122, ONNX Runtime 150; bf16 probabilities within 0.024 of float32, ONNX within 6e-7. The one-off ONNX
+export of that model takes 12 s, which is why small jobs stay in PyTorch unless they find the export made.
+On a GPU: PyTorch with bf16 autocast (float32 with --precision float32).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
+from ..models.inference import cpu_has_native_bf16
+from .engines import OnnxEngine, TorchEngine
+from .predictor import Predictor
+
+RUNTIMES = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "float32", "bf16")
+BF16_TOLERANCE = 0.05    # max |probability difference| bf16 autocast may show against float32 (and no top class
+#                          may change) on the run's test images; measured 0.018-0.024 on Lite0 at 224 px
+AUTO_ONNX_IMAGES = 1000  # with --runtime auto a job this large is worth the one-off export (Lite0: 12 s, paid back
+#                          after ~1,100 images at the measured 71 -> 150 images/s)
+TIMING_SECONDS = 0.5     # each candidate is timed for at least this long (and 3 passes) on the parity images
+
+
+def machine_key() -> str:
+    """The machine a timing belongs to: processor and the threads torch uses."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def _images_per_second(engine, images: torch.Tensor) -> float:
+    engine(images[:2])  # warm-up (first-call allocations, ONNX Runtime's graph preparation)
+    passes, started = 0, time.perf_counter()
+    while passes < 3 or time.perf_counter() - started < TIMING_SECONDS:
+        engine(images)
+        passes += 1
+    return passes * len(images) / (time.perf_counter() - started)
+
+
+def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float]:
+    """Whether bf16 autocast answers like float32 on these images: (within tolerance, max |difference|)."""
+    reference = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature, predictor.device,
+                            bf16=False)(images)
+    got = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature, predictor.device,
+                      bf16=True)(images)
+    diff = float((got - reference).abs().max()) if len(images) else 0.0
+    same_top = bool((got.argmax(1) == reference.argmax(1)).all())
+    return diff <= BF16_TOLERANCE and same_top, diff
+
+
+def cached_onnx(model_path: Path, make: bool) -> Path | None:
+    """MODEL.onnx beside the model when it is the export of this very file; exported there when `make`
+    (or into a temporary folder if the model's folder is read-only). None when absent and not made."""
+    from ..export.exporter import export_model
+    target = model_path.with_suffix(".onnx")
+    digest = file_sha256(model_path)
+    if target.is_file() and onnx_metadata(target, SOURCE_KEY) == digest:
+        return target
+    if not make:
+        return None
+    if not os.access(target.parent, os.W_OK):
+        import tempfile
+        target = Path(tempfile.mkdtemp(prefix="imgclass-onnx-")) / target.name
+    path, _ = export_model(model_path, "onnx", target)
+    return path
+
+
+def _timings_file(model_path: Path) -> Path:
+    return model_path.with_suffix(".runtime.json")
+
+
+def _measure(predictor: Predictor, model_path: Path, onnx_path: Path) -> tuple[dict[str, float], dict]:
+    """images/s of each candidate on the run's test images, and the bf16 parity check."""
+    from ..export.exporter import parity_batch
+    images = parity_batch(predictor, model_path)
+    engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
+               "torch float32": TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                                            predictor.device, bf16=False)}
+    parity: dict = {"native_bf16": cpu_has_native_bf16()}
+    if parity["native_bf16"]:
+        parity["bf16_ok"], parity["bf16_max_diff"] = bf16_parity(predictor, images)
+        if parity["bf16_ok"]:
+            engines["torch bf16"] = TorchEngine(predictor.model, predictor.pre, predictor.tta,
+                                                predictor.temperature, predictor.device, bf16=True)
+    return {name: round(_images_per_second(engine, images), 1) for name, engine in engines.items()}, parity
+
+
+def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str:
+    """--runtime auto on a CPU: sets predictor.engine; returns why."""
+    timings_file, key = _timings_file(model_path), machine_key()
+    make = images is None or images >= AUTO_ONNX_IMAGES
+    onnx_path = cached_onnx(model_path, make)
+    if onnx_path is None:
+        note = _torch_auto_precision(predictor, model_path)
+        return f"{note}; ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images (--runtime onnx forces it)"
+    digest = onnx_metadata(onnx_path, SOURCE_KEY)
+    try:
+        saved = json.loads(timings_file.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if not isinstance(saved, dict) or saved.get("source_sha256") != digest:
+        saved = {"source_sha256": digest}  # timings of another model file: start afresh
+    entry = saved.get(key)
+    if entry is None:
+        rates, parity = _measure(predictor, model_path, onnx_path)
+        entry = saved[key] = {"images_per_second": rates, **parity}
+        try:
+            timings_file.write_text(json.dumps(saved, indent=2) + "\n")
+        except OSError:
+            pass  # a read-only folder: measured again next time
+    rates = entry["images_per_second"]
+    best = max(rates, key=rates.get)
+    if best.startswith("onnx"):
+        predictor.engine = OnnxEngine(onnx_path, predictor.pre.img_size)
+    else:
+        predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                                       predictor.device, bf16=best.endswith("bf16"))
+    measured = ", ".join(f"{name} {rate:g}" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]))
+    return f"{best} (fastest measured on this machine, images/s: {measured})"
+
+
+def _torch_auto_precision(predictor: Predictor, model_path: Path) -> str:
+    """PyTorch on a CPU without timing: bf16 where the CPU has it natively and parity holds."""
+    bf16 = False
+    reason = "this CPU has no native bf16"
+    if cpu_has_native_bf16():
+        from ..export.exporter import parity_batch
+        ok, diff = bf16_parity(predictor, parity_batch(predictor, model_path))
+        bf16 = ok
+        reason = (f"native bf16, within {diff:.3f} of float32 (tolerance {BF16_TOLERANCE})" if ok else
+                  f"bf16 differs from float32 by {diff:.3f} or changes a top class: float32 kept")
+    predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                                   predictor.device, bf16=bf16)
+    return f"torch {'bf16' if bf16 else 'float32'} ({reason})"
+
+
+def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str = "auto",
+                   images: int | None = None) -> str:
+    """Set predictor.engine for a job of `images` images (None: a service, which runs for long); log and return
+    the line that states the choice (also kept as predictor.runtime_note)."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if predictor.path is None:
+        raise UserError("choose_runtime needs a Predictor loaded from a model file (Predictor.load)")
+    model_path = predictor.path
+    if predictor.model is None or runtime == "onnx":
+        if precision == "bf16":
+            raise UserError("--precision bf16 runs in PyTorch; ONNX Runtime runs the export in float32")
+        if predictor.model is None and runtime == "torch":
+            raise UserError(f"{model_path} is an ONNX export: it runs in ONNX Runtime (give the model file for torch)")
+        if predictor.model is not None:
+            predictor.engine = OnnxEngine(cached_onnx(model_path, make=True), predictor.pre.img_size)
+        note = f"onnx float32 ({'the exported file' if predictor.model is None else 'asked'}: {predictor.engine.path})"
+    elif predictor.device.type != "cpu" or precision != "auto":  # a GPU, or a precision asked for: PyTorch
+        bf16 = precision == "bf16" or (precision == "auto" and predictor.device.type == "cuda")
+        if precision == "bf16" and predictor.device.type == "cpu" and not cpu_has_native_bf16():
+            raise UserError("--precision bf16: this CPU has no native bf16 (it would run slower than float32)")
+        predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                                       predictor.device, bf16=bf16)
+        note = f"torch {predictor.engine.precision} ({'asked' if precision != 'auto' else predictor.device.type})"
+    elif runtime == "torch":
+        note = _torch_auto_precision(predictor, model_path)
+    else:
+        note = _auto_cpu(predictor, model_path, images)
+    predictor.runtime_note = f"runtime: {note}"
+    from .. import log
+    log.info(predictor.runtime_note)
+    return predictor.runtime_note

@@ -1,0 +1,126 @@
+"""Dynamic batching (issue 19): concurrent requests share model calls and each still gets its own answer
+(equal to single-image prediction) and its own errors; a full queue answers 503 JSON with Retry-After."""
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from imgclass.prediction.predictor import Predictor
+from imgclass.serving.app import create_app
+from imgclass.serving.batcher import Batcher, Batching, QueueFull
+
+from helpers import tiny_image
+
+
+def png_bytes(label=0, size=12) -> bytes:
+    buf = io.BytesIO()
+    tiny_image(label, np.random.RandomState(label), size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_batcher_groups_waiting_images_and_answers_each():
+    calls = []
+    gate = threading.Event()
+
+    def score(pixels):
+        gate.wait(5)                      # the first call blocks until the others have queued
+        calls.append(len(pixels))
+        return pixels.reshape(len(pixels), -1)[:, :2].astype(np.float32)
+    batcher = Batcher(score, max_batch_size=8, max_delay_s=0.5, max_queue=64)
+    images = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+    first = batcher.submit(images[:1])
+    time.sleep(0.1)                       # within the first image's 0.5 s delay, 9 more arrive: the first
+    rest = batcher.submit(images[1:])     # call takes 8 at once, the next the other 2
+    gate.set()
+    answers = [f.result(5) for f in first + rest]
+    assert [int(a[0]) for a in answers] == list(range(10))       # each image its own row, in order
+    assert sum(calls) == 10 and len(calls) <= 3 and max(calls) == 8   # 10 images in at most 3 calls of <= 8
+
+
+def test_a_full_queue_refuses_all_or_nothing():
+    gate = threading.Event()
+    batcher = Batcher(lambda p: (gate.wait(5), np.zeros((len(p), 2)))[1], max_batch_size=2, max_delay_s=0,
+                      max_queue=4)
+    held = batcher.submit([np.zeros((2, 2, 3), np.uint8)] * 2)     # taken by the (blocked) model call
+    time.sleep(0.1)
+    queued = batcher.submit([np.zeros((2, 2, 3), np.uint8)] * 4)   # fills the queue
+    with pytest.raises(QueueFull, match="--max-queue 4"):
+        batcher.submit([np.zeros((2, 2, 3), np.uint8)])
+    gate.set()
+    assert all(f.result(5).shape == (2,) for f in held + queued)
+
+
+def test_a_failing_model_call_fails_only_its_batch():
+    fail = {"now": True}
+
+    def score(pixels):
+        if fail.pop("now", False):
+            raise RuntimeError("boom")
+        return np.ones((len(pixels), 3))
+    batcher = Batcher(score, max_batch_size=4, max_delay_s=0, max_queue=8)
+    bad = batcher.submit([np.zeros((2, 2, 3), np.uint8)])[0]
+    with pytest.raises(RuntimeError, match="boom"):
+        bad.result(5)
+    assert batcher.submit([np.zeros((2, 2, 3), np.uint8)])[0].result(5).tolist() == [1, 1, 1]  # it goes on
+
+
+@pytest.fixture()
+def counted(trained_run):
+    """A service on the torch runtime whose model calls are counted and slowed, so requests pile up."""
+    predictor = Predictor.load(trained_run, "cpu")
+    engine, calls = predictor.engine, []
+
+    def slow(images):
+        calls.append(len(images))
+        time.sleep(0.05)
+        return engine(images)
+    predictor.engine = slow
+    app = create_app(predictor, batching=Batching(max_batch_size=16, max_delay_ms=20, max_queue=256))
+    return TestClient(app), predictor, calls, engine
+
+
+def test_concurrent_requests_share_batches_with_single_image_answers(counted):
+    client, predictor, calls, engine = counted
+    blobs = [png_bytes(i % 3) for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda b: client.post("/predict", files={"file": ("x.png", b, "image/png")},
+                                                      params={"k": 3}).json(), blobs))
+    assert sum(calls) == 24 and len(calls) < 24 and max(calls) > 1       # fewer model calls than requests
+    predictor.engine = engine
+    for blob, answer in zip(blobs, answers):
+        alone = predictor.predict([blob], top_k=3)[0]["top_k"]            # the same image on its own
+        assert [t["label"] for t in answer["top_k"]] == [t["label"] for t in alone]
+        assert np.allclose([t["probability"] for t in answer["top_k"]], [t["probability"] for t in alone],
+                           atol=1e-5)
+    assert "imgclass_batch_size_count" in client.get("/metrics").text
+
+
+def test_one_bad_image_fails_only_its_own_request(counted):
+    client, _, calls, _ = counted
+    blobs = [png_bytes(0), b"not an image", png_bytes(1), png_bytes(2), b"GIF89a broken"]
+    with ThreadPoolExecutor(5) as pool:
+        codes = list(pool.map(lambda b: client.post("/predict", files={"file": ("x.png", b, "image/png")}).status_code,
+                              blobs))
+    assert [codes[0], codes[2], codes[3]] == [200] * 3 and codes[1] in (400, 415) and codes[4] in (400, 415)
+    assert sum(calls) == 3
+
+
+def test_a_full_queue_answers_503_json_with_retry_after(trained_run):
+    predictor = Predictor.load(trained_run, "cpu")
+    gate, engine = threading.Event(), predictor.engine
+    predictor.engine = lambda images: (gate.wait(10), engine(images))[1]
+    client = TestClient(create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=2)))
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(client.post, "/predict", files={"file": ("x.png", png_bytes(0), "image/png")})
+                   for _ in range(6)]
+        time.sleep(1.0)                   # one in the model, two queued, the rest refused at once
+        refused = [f.result() for f in futures if f.done()]
+        gate.set()
+        answered = [f.result() for f in futures]
+    assert refused and all(r.status_code == 503 for r in refused)
+    assert refused[0].headers["retry-after"] == "1" and "busy" in refused[0].json()["detail"]
+    assert sum(r.status_code == 200 for r in answered) == 3
