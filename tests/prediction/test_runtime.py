@@ -1,0 +1,143 @@
+"""The runtime choice (issue 19): stated, overridable, cached beside the model; ONNX and bf16 answers within
+tolerance of float32 eager PyTorch."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from imgclass.cli import main
+from imgclass.errors import UserError
+from imgclass.modelfile import SOURCE_KEY, file_sha256, onnx_metadata
+from imgclass.prediction import runtime as rt
+from imgclass.prediction.engines import OnnxEngine, TorchEngine
+from imgclass.prediction.predictor import Predictor
+
+
+@pytest.fixture()
+def model_file(trained_run, tmp_path):
+    """The shared run's model, copied: the runtime cache is written beside it."""
+    target = tmp_path / "model.safetensors"
+    shutil.copy(trained_run / "model.safetensors", target)
+    return target
+
+
+def images(predictor, n=12, seed=0):
+    size = predictor.pre.img_size
+    return torch.from_numpy(np.random.RandomState(seed).randint(0, 256, (n, 3, size, size), dtype=np.uint8))
+
+
+def reference(model_file, x):
+    return Predictor.load(model_file, "cpu").probabilities(x)   # eager PyTorch, float32
+
+
+def test_forced_torch_float32_is_the_reference(model_file, imgclass_log):
+    p = Predictor.load(model_file, "cpu")
+    note = rt.choose_runtime(p, "torch", "float32", images=5)
+    assert isinstance(p.engine, TorchEngine) and not p.engine.bf16
+    assert note == "runtime: torch float32 (asked)" and ("INFO", note) in imgclass_log
+
+
+def test_onnx_is_exported_once_beside_the_model_and_agrees(model_file):
+    p = Predictor.load(model_file, "cpu")
+    rt.choose_runtime(p, "onnx", images=5)
+    cached = model_file.with_suffix(".onnx")
+    assert isinstance(p.engine, OnnxEngine) and p.engine.path == cached
+    assert onnx_metadata(cached, SOURCE_KEY) == file_sha256(model_file)
+    x = images(p)
+    assert torch.allclose(p.probabilities(x), reference(model_file, x), atol=1e-4)
+    stamp = cached.stat().st_mtime_ns
+    rt.choose_runtime(Predictor.load(model_file, "cpu"), "onnx", images=5)
+    assert cached.stat().st_mtime_ns == stamp                        # reused, not exported again
+
+
+def test_a_changed_model_file_is_exported_afresh(model_file, trained_run):
+    rt.choose_runtime(Predictor.load(model_file, "cpu"), "onnx", images=5)
+    old = onnx_metadata(model_file.with_suffix(".onnx"), SOURCE_KEY)
+    from imgclass.modelfile import load_model, model_header, save_model
+    model, header = load_model(model_file)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)                          # "retrained"
+    save_model(model_file, model, header)
+    p = Predictor.load(model_file, "cpu")
+    rt.choose_runtime(p, "onnx", images=5)
+    assert onnx_metadata(model_file.with_suffix(".onnx"), SOURCE_KEY) not in (None, old)
+    x = images(p)
+    assert torch.allclose(p.probabilities(x), reference(model_file, x), atol=1e-4)
+    assert model_header is not None
+
+
+def test_bf16_stays_within_tolerance(model_file, monkeypatch):
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)     # emulated where the CPU lacks it: slow, exact
+    p = Predictor.load(model_file, "cpu")
+    rt.choose_runtime(p, "torch", "bf16", images=5)
+    assert p.engine.bf16 and p.engine.precision == "bf16"
+    x = images(p)
+    got, want = p.probabilities(x), reference(model_file, x)
+    assert float((got - want).abs().max()) <= rt.BF16_TOLERANCE and got.dtype == torch.float32
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(UserError, match="no native bf16"):
+        rt.choose_runtime(Predictor.load(model_file, "cpu"), "torch", "bf16")
+
+
+def test_auto_without_native_bf16_on_a_small_job_stays_in_pytorch(model_file, monkeypatch):
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: False)
+    p = Predictor.load(model_file, "cpu")
+    note = rt.choose_runtime(p, "auto", images=10)
+    assert isinstance(p.engine, TorchEngine) and not p.engine.bf16
+    assert "no native bf16" in note and f"{rt.AUTO_ONNX_IMAGES}+ images" in note
+    assert not model_file.with_suffix(".onnx").exists()              # a small job pays for no export
+
+
+def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file, monkeypatch):
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
+    rates = {"onnx": 50.0, "torch float32": 80.0, "torch bf16": 120.0}
+    timed = []
+
+    def fake_rate(engine, _images):
+        name = engine.runtime if engine.runtime == "onnx" else f"torch {engine.precision}"
+        timed.append(name)
+        return rates[name]
+    monkeypatch.setattr(rt, "_images_per_second", fake_rate)
+    p = Predictor.load(model_file, "cpu")
+    note = rt.choose_runtime(p, "auto", images=None)
+    assert isinstance(p.engine, TorchEngine) and p.engine.bf16
+    assert note.startswith("runtime: torch bf16 (fastest measured") and "onnx float32 50" in note
+    saved = json.loads(model_file.with_suffix(".runtime.json").read_text())
+    assert saved["source_sha256"] == file_sha256(model_file)
+    assert saved[rt.machine_key()]["images_per_second"] == {"onnx float32": 50.0, "torch float32": 80.0,
+                                                            "torch bf16": 120.0}
+    timed.clear()
+    rates["onnx"] = 500.0                                            # not timed again: the saved choice holds
+    q = Predictor.load(model_file, "cpu")
+    rt.choose_runtime(q, "auto", images=5000)
+    assert timed == [] and q.engine.bf16
+
+
+def test_auto_picks_onnx_when_it_is_fastest(model_file, monkeypatch):
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(rt, "_images_per_second", lambda e, _i: 300.0 if e.runtime == "onnx" else 100.0)
+    p = Predictor.load(model_file, "cpu")
+    rt.choose_runtime(p, "auto", images=rt.AUTO_ONNX_IMAGES)
+    assert isinstance(p.engine, OnnxEngine)
+
+
+def test_cli_states_the_choice_and_each_override_works(model_file, tmp_path, capsys, imgclass_log):
+    from PIL import Image
+    Image.fromarray(np.full((20, 20, 3), 120, np.uint8)).save(tmp_path / "a.png")
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        assert main(["predict", str(model_file), str(tmp_path / "a.png"), "--runtime", runtime, "--precision",
+                     "float32" if runtime == "torch" else "auto", "--format", "json"]) in (0, None)
+        outputs[runtime] = json.loads(capsys.readouterr().out)[0]["top_k"]
+        assert any(level == "INFO" and text.startswith(f"runtime: {runtime}") for level, text in imgclass_log)
+    assert [t["label"] for t in outputs["torch"]] == [t["label"] for t in outputs["onnx"]]
+    assert np.allclose([t["probability"] for t in outputs["torch"]], [t["probability"] for t in outputs["onnx"]],
+                       atol=1e-4)
+    assert main(["predict", str(model_file), str(tmp_path / "a.png"), "--runtime", "onnx", "--precision",
+                 "bf16"]) == 2
+    assert "ONNX Runtime runs the export in float32" in capsys.readouterr().err
+    onnx_file = model_file.with_suffix(".onnx")
+    assert main(["predict", str(onnx_file), str(tmp_path / "a.png"), "--format", "json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out)[0]["top_k"] == outputs["onnx"]    # an .onnx file predicts alone
