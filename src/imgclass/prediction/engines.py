@@ -40,6 +40,10 @@ class OnnxEngine:
         options = ort.SessionOptions()
         # serve() sizes torch's threads for its concurrent work; ONNX Runtime gets the same count
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # No busy-waiting between operators: ONNX Runtime's threads otherwise spin on the cores that the decode
+        # threads need. Measured (machine A, Lite0 224 px, 400 JPEGs through predict): 76 images/s spinning,
+        # 129 not; the model alone 161 -> 150.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path, self.img_size = Path(path), img_size
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
