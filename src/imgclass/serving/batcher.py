@@ -23,10 +23,12 @@ if TYPE_CHECKING:  # numpy is imported when the first batch runs: `imgclass --he
 
 @dataclass(frozen=True)
 class Batching:
-    # Measured (bench/serve_load.py, EfficientNet-Lite0 224 px, 2 cores, 8 clients): see bench/RESULTS.md;
-    # on a CPU a batch gains little past 8 (ONNX Runtime, Lite0: 150 images/s at 8 and 153 at 32)
+    # Measured (bench/serve_load.py --sweep, Lite0 224 px in ONNX Runtime, machine A, 2026-11-23; req/s at
+    # 1 / 8 / 16 clients): batch 16, delay 0: 90 / 115 / 129; batch 16, delay 5 ms: 55 / 110 / 103; batch 8,
+    # 2 ms: 70 / 118 / 126; batch 32, 10 ms: 40 / 126 / 124; batch 1 (no batching): 86 / 104 / 102. Images
+    # that arrive while a batch runs queue up and form the next batch anyway, so waiting only adds latency.
     max_batch_size: int = 16      # images scored in one model call at most
-    max_delay_ms: float = 5.0     # how long the oldest waiting image may wait for others to join its batch
+    max_delay_ms: float = 0.0     # how long the oldest waiting image may wait for others to join its batch
     max_queue: int = 256          # decoded images waiting at most (224 px: 150 kB each); more -> 503
 
 
