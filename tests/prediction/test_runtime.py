@@ -2,6 +2,7 @@
 tolerance of float32 eager PyTorch."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,22 @@ def test_cli_states_the_choice_and_each_override_works(model_file, tmp_path, cap
     onnx_file = model_file.with_suffix(".onnx")
     assert main(["predict", str(onnx_file), str(tmp_path / "a.png"), "--format", "json"]) in (0, None)
     assert json.loads(capsys.readouterr().out)[0]["top_k"] == outputs["onnx"]    # an .onnx file predicts alone
+
+
+def test_evaluate_and_submit_take_the_runtime_too(trained_run, tmp_path, imgclass_log):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "*.onnx", "*.runtime.json"))
+    from imgclass.evaluation.evaluate import evaluate
+    from imgclass.rundir import RunDir
+    from imgclass.config import resolve
+    test_dir = next(p for p in sorted(Path(resolve(RunDir(run).config).data).iterdir()) if p.is_dir())  # one class
+    scores = {}
+    for runtime, precision in (("torch", "float32"), ("onnx", "auto")):
+        ev = evaluate(run, out=tmp_path / f"eval-{runtime}", runtime=runtime, precision=precision)
+        scores[runtime] = ev.metrics
+        assert any(text.startswith(f"runtime: {runtime}") for _, text in imgclass_log)
+        assert main(["submit", str(run), str(test_dir), "--out", str(tmp_path / f"{runtime}.csv"), "--runtime", runtime,
+                     "--precision", precision]) in (0, None)
+    assert scores["onnx"]["accuracy"] == scores["torch"]["accuracy"]
+    assert abs(scores["onnx"]["log_loss"] - scores["torch"]["log_loss"]) < 1e-4
+    assert (tmp_path / "onnx.csv").read_bytes() == (tmp_path / "torch.csv").read_bytes()
