@@ -48,6 +48,17 @@ def test_time_budget_is_honoured(tmp_path):
     assert (run.dir / "eval" / "test" / "report.html").is_file()
 
 
+def test_a_budget_spent_before_training_stops_with_the_reason(tmp_path):
+    """Not one epoch fits (here: 4 s, less than the reserve for the two reports): a clear error, not a model
+    trained for no time (a GPU run with its budget spent decoding wrote a chance-level model)."""
+    import pytest
+    from imgclass.errors import UserError
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    with pytest.raises(UserError, match=r"--time-budget 4s: .* nothing would be trained\. Give a longer budget"):
+        imgclass.train(data, out=str(tmp_path / "run"), time_budget="4s", verbose=False, tensorboard=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_parse_duration():
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("2") == 2
 

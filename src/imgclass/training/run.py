@@ -258,8 +258,22 @@ def _budget_stage(s: Session) -> None:
     # imported, and the report's variance (a 15-minute CIFAR run ended 6 s over its budget without the
     # 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)
     s.deadline = s.started + seconds - reserve - 0.02 * seconds - 2.0
+    _check_room(s, cfg.time_budget, per_epoch, reserve)
     s.say(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
           f"step time; {reserve:.0f}s kept for the final scoring and report")
+
+
+def _check_room(s: Session, budget_text: str, per_epoch: float, reserve: float) -> None:
+    """Stop with the reason when not one epoch fits in what the budget has left: training would stop at once
+    and leave a model at chance (seen on a GPU: CIFAR-10 with --time-budget 60s, its JPEGs decoded cold in
+    33 s of it, wrote a 10% model)."""
+    now = time.perf_counter()
+    if s.deadline - now >= max(per_epoch, 0.1):
+        return
+    raise UserError(f"--time-budget {budget_text}: {now - s.started:.0f} s of it went before training could start "
+                    f"(decoding took {s.facts.get('decode_seconds', 0):.0f} s), and one epoch needs ~{per_epoch:.1f} s "
+                    f"with {reserve:.0f} s kept for the final scoring: nothing would be trained. Give a longer budget; "
+                    "the decoded images are cached now, so the next run starts training sooner.")
 
 
 def _trainer_stage(s: Session, extra_callbacks: list) -> Trainer:
