@@ -36,7 +36,6 @@ def main() -> None:
     import imgclass
     from imgclass.data.preprocess import to_nchw
     from imgclass.prediction import predictor as predictor_module
-    from imgclass.prediction.engines import TorchEngine
     from imgclass.prediction.predictor import Predictor
     from imgclass.prediction.runtime import choose_runtime
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,8 +60,7 @@ def main() -> None:
                 engine(pixels[i:i + 64])
         score_all(predictor.engine)  # warm-up
         raw = rate(lambda: score_all(predictor.engine), len(pixels))
-        eager = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                            predictor.device, bf16=False)
+        eager = predictor.torch_engine(bf16=False)
         eager_rate = rate(lambda: score_all(eager), len(pixels))
         results = []
         cold = rate(lambda: results.extend(imgclass.predict(predictor, [folder], top_k=3)), args.images)

@@ -73,9 +73,13 @@ class Predictor:
         self.tta = header.get("inference", {}).get("tta", "none")
         self.temperature = float(header.get("inference", {}).get("temperature", 1.0))
         self.hierarchy = header.get("hierarchy")   # two-level labels, or None
-        self.engine: Engine = engine or TorchEngine(model, self.pre, self.tta, self.temperature, device)
+        self.engine: Engine = engine or self.torch_engine()
         self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
         self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports it)
+
+    def torch_engine(self, bf16: bool | None = None) -> TorchEngine:
+        """This model in eager PyTorch (bf16 autocast if asked; None: on CUDA only)."""
+        return TorchEngine(self.model, self.pre, self.tta, self.temperature, self.device, bf16)
 
     def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
         """Coarse-class probabilities: each parent's summed fine probabilities."""

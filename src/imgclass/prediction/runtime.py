@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
 from ..models.inference import cpu_has_native_bf16
-from .engines import OnnxEngine, TorchEngine
+from .engines import OnnxEngine
 from .predictor import Predictor
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -68,10 +68,8 @@ def _images_per_second(engine, images: torch.Tensor) -> float:
 
 def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float]:
     """Whether bf16 autocast answers like float32 on these images: (within tolerance, max |difference|)."""
-    reference = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature, predictor.device,
-                            bf16=False)(images)
-    got = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature, predictor.device,
-                      bf16=True)(images)
+    reference = predictor.torch_engine(bf16=False)(images)
+    got = predictor.torch_engine(bf16=True)(images)
     diff = float((got - reference).abs().max()) if len(images) else 0.0
     same_top = bool((got.argmax(1) == reference.argmax(1)).all())
     return diff <= BF16_TOLERANCE and same_top, diff
@@ -103,14 +101,12 @@ def _measure(predictor: Predictor, model_path: Path, onnx_path: Path) -> tuple[d
     from ..export.exporter import parity_batch
     images = parity_batch(predictor, model_path)
     engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
-               "torch float32": TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                                            predictor.device, bf16=False)}
+               "torch float32": predictor.torch_engine(bf16=False)}
     parity: dict = {"native_bf16": cpu_has_native_bf16()}
     if parity["native_bf16"]:
         parity["bf16_ok"], parity["bf16_max_diff"] = bf16_parity(predictor, images)
         if parity["bf16_ok"]:
-            engines["torch bf16"] = TorchEngine(predictor.model, predictor.pre, predictor.tta,
-                                                predictor.temperature, predictor.device, bf16=True)
+            engines["torch bf16"] = predictor.torch_engine(bf16=True)
     rates = dict.fromkeys(engines, 0.0)
     for _ in range(TIMING_ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one candidate
         for name, engine in engines.items():
@@ -146,8 +142,7 @@ def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str
     if best.startswith("onnx"):
         predictor.engine = OnnxEngine(onnx_path, predictor.pre.img_size)
     else:
-        predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                                       predictor.device, bf16=best.endswith("bf16"))
+        predictor.engine = predictor.torch_engine(bf16=best.endswith("bf16"))
     measured = ", ".join(f"{name} {rate:g}" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]))
     return f"{best} (fastest measured on this machine, images/s: {measured})"
 
@@ -162,8 +157,7 @@ def _torch_auto_precision(predictor: Predictor, model_path: Path) -> str:
         bf16 = ok
         reason = (f"native bf16, within {diff:.3f} of float32 (tolerance {BF16_TOLERANCE})" if ok else
                   f"bf16 differs from float32 by {diff:.3f} or changes a top class: float32 kept")
-    predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                                   predictor.device, bf16=bf16)
+    predictor.engine = predictor.torch_engine(bf16=bf16)
     return f"torch {'bf16' if bf16 else 'float32'} ({reason})"
 
 
@@ -190,8 +184,7 @@ def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str =
         bf16 = precision == "bf16" or (precision == "auto" and predictor.device.type == "cuda")
         if precision == "bf16" and predictor.device.type == "cpu" and not cpu_has_native_bf16():
             raise UserError("--precision bf16: this CPU has no native bf16 (it would run slower than float32)")
-        predictor.engine = TorchEngine(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                                       predictor.device, bf16=bf16)
+        predictor.engine = predictor.torch_engine(bf16=bf16)
         note = f"torch {predictor.engine.precision} ({'asked' if precision != 'auto' else predictor.device.type})"
     elif runtime == "torch":
         note = _torch_auto_precision(predictor, model_path)
