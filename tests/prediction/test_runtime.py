@@ -91,6 +91,20 @@ def test_auto_without_native_bf16_on_a_small_job_stays_in_pytorch(model_file, mo
     assert not model_file.with_suffix(".onnx").exists()              # a small job pays for no export
 
 
+def test_a_small_job_remembers_the_bf16_check(model_file, monkeypatch):
+    monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
+    checks = []
+    real = rt.bf16_parity
+    monkeypatch.setattr(rt, "bf16_parity", lambda p, x: checks.append(len(x)) or real(p, x))
+    for _ in range(2):
+        p = Predictor.load(model_file, "cpu")
+        note = rt.choose_runtime(p, "auto", images=3)
+        assert p.engine.bf16 and "native bf16, within" in note
+    assert len(checks) == 1                                          # checked once, then read back
+    saved = json.loads(model_file.with_suffix(".runtime.json").read_text())
+    assert saved[rt.machine_key()]["bf16_ok"] is True and saved["source_sha256"] == file_sha256(model_file)
+
+
 def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file, monkeypatch):
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     rates = {"onnx": 50.0, "torch float32": 80.0, "torch bf16": 120.0}

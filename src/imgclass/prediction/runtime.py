@@ -7,7 +7,7 @@ bf16 autocast, or ONNX Runtime on the exported graph. The choice is stated in on
   more. The export is written once next to the model (MODEL.onnx, parity-checked as `export` does, tagged
   with the model file's SHA-256 so a retrained model is exported afresh); then each candidate is timed on
   the run's own test images and the fastest wins. The timings are kept beside it (MODEL.runtime.json, per
-  machine), so later commands reuse the choice without timing again.
+  machine, with the bf16 check), so later commands reuse the choice without timing or checking again.
 - bf16 autocast is a candidate only where the CPU computes bf16 natively (training.device's rule: AVX512-BF16
   or AMX) and its probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of
   those images.
@@ -92,8 +92,22 @@ def cached_onnx(model_path: Path, make: bool) -> Path | None:
     return path
 
 
-def _timings_file(model_path: Path) -> Path:
-    return model_path.with_suffix(".runtime.json")
+def _read_saved(model_path: Path, digest: str | None) -> dict:
+    """MODEL.runtime.json: what was measured for this very model file ({"source_sha256", machine: {...}})."""
+    try:
+        saved = json.loads(model_path.with_suffix(".runtime.json").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if not isinstance(saved, dict) or saved.get("source_sha256") != digest:
+        saved = {"source_sha256": digest}  # measured for another model file: start afresh
+    return saved
+
+
+def _write_saved(model_path: Path, saved: dict) -> None:
+    try:
+        model_path.with_suffix(".runtime.json").write_text(json.dumps(saved, indent=2) + "\n")
+    except OSError:
+        pass  # a read-only folder: measured again next time
 
 
 def _measure(predictor: Predictor, model_path: Path, onnx_path: Path) -> tuple[dict[str, float], dict]:
@@ -116,27 +130,18 @@ def _measure(predictor: Predictor, model_path: Path, onnx_path: Path) -> tuple[d
 
 def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str:
     """--runtime auto on a CPU: sets predictor.engine; returns why."""
-    timings_file, key = _timings_file(model_path), machine_key()
+    key = machine_key()
     make = images is None or images >= AUTO_ONNX_IMAGES
     onnx_path = cached_onnx(model_path, make)
     if onnx_path is None:
         note = _torch_auto_precision(predictor, model_path)
         return f"{note}; ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images (--runtime onnx forces it)"
-    digest = onnx_metadata(onnx_path, SOURCE_KEY)
-    try:
-        saved = json.loads(timings_file.read_text())
-    except (OSError, ValueError):
-        saved = {}
-    if not isinstance(saved, dict) or saved.get("source_sha256") != digest:
-        saved = {"source_sha256": digest}  # timings of another model file: start afresh
-    entry = saved.get(key)
-    if entry is None:
+    saved = _read_saved(model_path, onnx_metadata(onnx_path, SOURCE_KEY))
+    entry = saved.get(key) or {}
+    if "images_per_second" not in entry:
         rates, parity = _measure(predictor, model_path, onnx_path)
-        entry = saved[key] = {"images_per_second": rates, **parity}
-        try:
-            timings_file.write_text(json.dumps(saved, indent=2) + "\n")
-        except OSError:
-            pass  # a read-only folder: measured again next time
+        entry = saved[key] = {**entry, "images_per_second": rates, **parity}
+        _write_saved(model_path, saved)
     rates = entry["images_per_second"]
     best = max(rates, key=rates.get)
     if best.startswith("onnx"):
@@ -151,9 +156,14 @@ def _torch_auto_precision(predictor: Predictor, model_path: Path) -> str:
     """PyTorch on a CPU without timing: bf16 where the CPU has it natively and parity holds."""
     bf16 = False
     reason = "this CPU has no native bf16"
-    if cpu_has_native_bf16():
-        from ..export.exporter import parity_batch
-        ok, diff = bf16_parity(predictor, parity_batch(predictor, model_path))
+    if cpu_has_native_bf16():  # the parity check is remembered: a one-image predict need not redo it
+        saved = _read_saved(model_path, file_sha256(model_path))
+        entry = saved.setdefault(machine_key(), {})
+        if "bf16_ok" not in entry:
+            from ..export.exporter import parity_batch
+            entry["bf16_ok"], entry["bf16_max_diff"] = bf16_parity(predictor, parity_batch(predictor, model_path))
+            _write_saved(model_path, saved)
+        ok, diff = entry["bf16_ok"], entry["bf16_max_diff"]
         bf16 = ok
         reason = (f"native bf16, within {diff:.3f} of float32 (tolerance {BF16_TOLERANCE})" if ok else
                   f"bf16 differs from float32 by {diff:.3f} or changes a top class: float32 kept")
