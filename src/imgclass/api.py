@@ -40,11 +40,11 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
     items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
     if all(isinstance(i, (str, Path)) for i in items):
         items = expand_inputs(items)
-    predictor = with_runtime(model, runtime, precision, len(items))
+    predictor = _with_runtime(model, runtime, precision, len(items))
     return predictor.predict(items, top_k=top_k, level=level)
 
 
-def with_runtime(model: str | Path | Predictor, runtime: str | None, precision: str, images: int) -> Predictor:
+def _with_runtime(model: str | Path | Predictor, runtime: str | None, precision: str, images: int) -> Predictor:
     """The Predictor (loaded from a path) with the runtime for a job of `images` images chosen and stated."""
     from .prediction.runtime import choose_runtime
     predictor = model if isinstance(model, Predictor) else load(model)
@@ -57,11 +57,10 @@ def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path 
            id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
            runtime: str | None = None, precision: str = "auto") -> Path:
     """Write a Kaggle submission CSV for every image in test_dir; returns its path. runtime: as predict's."""
-    from .data.find import list_images
-    folder = Path(test_dir).expanduser()
-    images = len(list_images(folder)) if folder.is_dir() else 0
-    predictor = with_runtime(model, runtime, precision, images)
-    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level)
+    predictor = model if isinstance(model, Predictor) else load(model)
+    runtime = runtime or (None if isinstance(model, Predictor) else "auto")
+    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
+                                  precision)
     return path
 
 

@@ -380,12 +380,9 @@ def _predict(args: argparse.Namespace) -> int | None:
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
     from .prediction.submit import write_submission
-    from .data.find import list_images
-    folder = Path(args.test_dir).expanduser()
-    predictor = api.with_runtime(api.load(args.model, max_pixels=args.max_image_pixels), args.runtime,
-                                 args.precision, len(list_images(folder)) if folder.is_dir() else 0)
+    predictor = api.load(args.model, max_pixels=args.max_image_pixels)
     path, n, bad = write_submission(predictor, args.test_dir, args.out, args.id_column, args.target_column,
-                                    args.target, args.level)
+                                    args.target, args.level, args.runtime, args.precision)
     for p, reason in bad:
         print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
     print(f"wrote {n} rows to {path}")

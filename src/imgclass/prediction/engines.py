@@ -25,7 +25,6 @@ class TorchEngine:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "float32"
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         logits = predict_logits(self.model, images, self.pre, len(images) or 1, self.device, self.tta, self.bf16)
         return probabilities(logits, self.temperature)
@@ -38,7 +37,7 @@ class OnnxEngine:
     def __init__(self, path: str | Path, img_size: int, threads: int | None = None):
         import onnxruntime as ort
         options = ort.SessionOptions()
-        # serve() sizes torch's threads for its concurrent work; ONNX Runtime gets the same count
+        # serve() sizes torch's threads to each worker process's share of the cores; ONNX Runtime gets the same
         options.intra_op_num_threads = threads or torch.get_num_threads()
         # No busy-waiting between operators: ONNX Runtime's threads otherwise spin on the cores that the decode
         # threads need. Measured (machine A, Lite0 224 px, 400 JPEGs through predict): 76 images/s spinning,

@@ -49,6 +49,13 @@ class Predictions(list):
         return table(["image", "prediction", "probability", "next"], rows)
 
 
+def top_labels(row: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
+    """The k most probable labels of one probability row, best first (ties in class order): what predict
+    and the service answer."""
+    order = np.argsort(-row, kind="stable")[:max(1, min(k, len(names)))]
+    return [{"label": names[j], "probability": float(row[j])} for j in order]
+
+
 DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding a batch (Pillow releases the GIL)
 
 
@@ -91,14 +98,15 @@ class Predictor:
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
-        if Path(path).suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
-            header = read_onnx_header(path)
+        file = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
+        if file.suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
+            header = read_onnx_header(file)
             predictor = cls(None, header, torch.device("cpu"), max_pixels,
-                            OnnxEngine(path, int(header["preprocessing"]["img_size"])))
+                            OnnxEngine(file, int(header["preprocessing"]["img_size"])))
         else:
-            model, header = load_model(path, dev)
+            model, header = load_model(file, dev)
             predictor = cls(model, header, dev, max_pixels)
-        predictor.path = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
+        predictor.path = file
         return predictor
 
     @classmethod
@@ -121,9 +129,9 @@ class Predictor:
         return cls(model.to(dev).eval(), header, dev)
 
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for a uint8 NCHW batch already at the model's size."""
-        with torch.no_grad():
-            return self.engine(batch_uint8)
+        """Class probabilities for a uint8 NCHW batch already at the model's size (no autograd: predict_logits
+        runs under no_grad, ONNX Runtime has none)."""
+        return self.engine(batch_uint8)
 
     def decode(self, source: Source) -> np.ndarray | str:
         """One input at the model's size (H x W x 3 uint8), or why it cannot be read."""
@@ -175,22 +183,18 @@ class Predictor:
         probs, errors = self.predict_proba(sources, batch_size)
         coarse = self.coarse_proba(np.nan_to_num(probs)) if level != "fine" else None
 
-        def top(row: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
-            order = np.argsort(-row, kind="stable")[:max(1, min(top_k, len(names)))]
-            return [{"label": names[j], "probability": float(row[j])} for j in order]
-
         out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
             elif level == "coarse":
-                out.append({"image": name, "top_k": top(coarse[i], self.hierarchy["coarse_classes"])})
+                out.append({"image": name, "top_k": top_labels(coarse[i], self.hierarchy["coarse_classes"], top_k)})
             elif level == "both":
-                out.append({"image": name, "top_k": top(probs[i], self.classes),
-                            "coarse_top_k": top(coarse[i], self.hierarchy["coarse_classes"])})
+                out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k),
+                            "coarse_top_k": top_labels(coarse[i], self.hierarchy["coarse_classes"], top_k)})
             else:
-                out.append({"image": name, "top_k": top(probs[i], self.classes)})
+                out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k)})
         return out
 
 

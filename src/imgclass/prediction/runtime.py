@@ -75,12 +75,11 @@ def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float
     return diff <= BF16_TOLERANCE and same_top, diff
 
 
-def cached_onnx(model_path: Path, make: bool) -> Path | None:
-    """MODEL.onnx beside the model when it is the export of this very file; exported there when `make`
-    (or into a temporary folder if the model's folder is read-only). None when absent and not made."""
+def cached_onnx(model_path: Path, digest: str, make: bool) -> Path | None:
+    """MODEL.onnx beside the model when it is the export of this very file (SHA-256 `digest`); exported there
+    when `make` (or into a temporary folder if the model's folder is read-only). None when absent and not made."""
     from ..export.exporter import export_model
     target = model_path.with_suffix(".onnx")
-    digest = file_sha256(model_path)
     if target.is_file() and onnx_metadata(target, SOURCE_KEY) == digest:
         return target
     if not make:
@@ -110,37 +109,46 @@ def _write_saved(model_path: Path, saved: dict) -> None:
         pass  # a read-only folder: measured again next time
 
 
-def _measure(predictor: Predictor, model_path: Path, onnx_path: Path) -> tuple[dict[str, float], dict]:
-    """images/s of each candidate on the run's test images, and the bf16 parity check."""
+def _bf16_candidate(predictor: Predictor, model_path: Path, saved: dict, images: torch.Tensor | None = None) -> bool:
+    """Whether bf16 autocast may run: the CPU has it natively and its answers are within tolerance, checked
+    once and kept in MODEL.runtime.json (`saved`), so a one-image predict need not redo it."""
+    if not cpu_has_native_bf16():
+        return False
+    entry = saved.setdefault(machine_key(), {})
+    if "bf16_ok" not in entry:
+        from ..export.exporter import parity_batch
+        images = parity_batch(predictor, model_path) if images is None else images
+        entry["bf16_ok"], entry["bf16_max_diff"] = bf16_parity(predictor, images)
+        _write_saved(model_path, saved)
+    return entry["bf16_ok"]
+
+
+def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, saved: dict) -> dict[str, float]:
+    """images/s of each candidate on the run's test images."""
     from ..export.exporter import parity_batch
     images = parity_batch(predictor, model_path)
     engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
                "torch float32": predictor.torch_engine(bf16=False)}
-    parity: dict = {"native_bf16": cpu_has_native_bf16()}
-    if parity["native_bf16"]:
-        parity["bf16_ok"], parity["bf16_max_diff"] = bf16_parity(predictor, images)
-        if parity["bf16_ok"]:
-            engines["torch bf16"] = predictor.torch_engine(bf16=True)
+    if _bf16_candidate(predictor, model_path, saved, images):
+        engines["torch bf16"] = predictor.torch_engine(bf16=True)
     rates = dict.fromkeys(engines, 0.0)
     for _ in range(TIMING_ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one candidate
         for name, engine in engines.items():
             rates[name] = max(rates[name], round(_images_per_second(engine, images), 1))
-    return rates, parity
+    return rates
 
 
 def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str:
     """--runtime auto on a CPU: sets predictor.engine; returns why."""
-    key = machine_key()
-    make = images is None or images >= AUTO_ONNX_IMAGES
-    onnx_path = cached_onnx(model_path, make)
+    digest = file_sha256(model_path)
+    saved = _read_saved(model_path, digest)
+    onnx_path = cached_onnx(model_path, digest, make=images is None or images >= AUTO_ONNX_IMAGES)
     if onnx_path is None:
-        note = _torch_auto_precision(predictor, model_path)
+        note = _torch_auto_precision(predictor, model_path, saved)
         return f"{note}; ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images (--runtime onnx forces it)"
-    saved = _read_saved(model_path, onnx_metadata(onnx_path, SOURCE_KEY))
-    entry = saved.get(key) or {}
+    entry = saved.setdefault(machine_key(), {})
     if "images_per_second" not in entry:
-        rates, parity = _measure(predictor, model_path, onnx_path)
-        entry = saved[key] = {**entry, "images_per_second": rates, **parity}
+        entry["images_per_second"] = _measure(predictor, model_path, onnx_path, saved)
         _write_saved(model_path, saved)
     rates = entry["images_per_second"]
     best = max(rates, key=rates.get)
@@ -152,21 +160,16 @@ def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str
     return f"{best} (fastest measured on this machine, images/s: {measured})"
 
 
-def _torch_auto_precision(predictor: Predictor, model_path: Path) -> str:
+def _torch_auto_precision(predictor: Predictor, model_path: Path, saved: dict) -> str:
     """PyTorch on a CPU without timing: bf16 where the CPU has it natively and parity holds."""
-    bf16 = False
-    reason = "this CPU has no native bf16"
-    if cpu_has_native_bf16():  # the parity check is remembered: a one-image predict need not redo it
-        saved = _read_saved(model_path, file_sha256(model_path))
-        entry = saved.setdefault(machine_key(), {})
-        if "bf16_ok" not in entry:
-            from ..export.exporter import parity_batch
-            entry["bf16_ok"], entry["bf16_max_diff"] = bf16_parity(predictor, parity_batch(predictor, model_path))
-            _write_saved(model_path, saved)
-        ok, diff = entry["bf16_ok"], entry["bf16_max_diff"]
-        bf16 = ok
-        reason = (f"native bf16, within {diff:.3f} of float32 (tolerance {BF16_TOLERANCE})" if ok else
-                  f"bf16 differs from float32 by {diff:.3f} or changes a top class: float32 kept")
+    bf16 = _bf16_candidate(predictor, model_path, saved)
+    entry = saved.get(machine_key(), {})
+    if not cpu_has_native_bf16():
+        reason = "this CPU has no native bf16"
+    elif bf16:
+        reason = f"native bf16, within {entry['bf16_max_diff']:.3f} of float32 (tolerance {BF16_TOLERANCE})"
+    else:
+        reason = f"bf16 differs from float32 by {entry['bf16_max_diff']:.3f} or changes a top class: float32 kept"
     predictor.engine = predictor.torch_engine(bf16=bf16)
     return f"torch {'bf16' if bf16 else 'float32'} ({reason})"
 
@@ -188,7 +191,8 @@ def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str =
         if predictor.model is None and runtime == "torch":
             raise UserError(f"{model_path} is an ONNX export: it runs in ONNX Runtime (give the model file for torch)")
         if predictor.model is not None:
-            predictor.engine = OnnxEngine(cached_onnx(model_path, make=True), predictor.pre.img_size)
+            predictor.engine = OnnxEngine(cached_onnx(model_path, file_sha256(model_path), make=True),
+                                          predictor.pre.img_size)
         note = f"onnx float32 ({'the exported file' if predictor.model is None else 'asked'}: {predictor.engine.path})"
     elif predictor.device.type != "cpu" or precision != "auto":  # a GPU, or a precision asked for: PyTorch
         bf16 = precision == "bf16" or (precision == "auto" and predictor.device.type == "cuda")
@@ -197,7 +201,7 @@ def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str =
         predictor.engine = predictor.torch_engine(bf16=bf16)
         note = f"torch {predictor.engine.precision} ({'asked' if precision != 'auto' else predictor.device.type})"
     elif runtime == "torch":
-        note = _torch_auto_precision(predictor, model_path)
+        note = _torch_auto_precision(predictor, model_path, _read_saved(model_path, file_sha256(model_path)))
     else:
         note = _auto_cpu(predictor, model_path, images)
     predictor.runtime_note = f"runtime: {note}"

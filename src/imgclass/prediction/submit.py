@@ -17,9 +17,12 @@ def _id_key(stem: str):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, natural_key(stem))
 
 
-def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index",
-                    batch_size: int = 64, level: str = "fine") -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
-    """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction."""
+def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index", batch_size: int = 64,
+                    level: str = "fine", runtime: str | None = None,
+                    precision: str = "auto") -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+    """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction.
+    runtime (and precision): chosen for this many images as prediction.runtime says; None keeps the
+    predictor's own."""
     folder = Path(test_dir).expanduser()
     if not folder.is_dir():
         raise UserError(f"test folder not found: {folder}")
@@ -32,6 +35,9 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
             raise UserError(f"two test images share the id '{f.stem}': {stems[f.stem]} and {f}")
         stems[f.stem] = f
     files = sorted(files, key=lambda f: _id_key(f.stem))
+    if runtime is not None:
+        from .runtime import choose_runtime
+        choose_runtime(predictor, runtime, precision, len(files))
     probs, errors = predictor.predict_proba(files, batch_size)
     ok = ~np.isnan(probs).any(axis=1)
     levels = {"fine": (probs, predictor.classes)}
@@ -50,10 +56,11 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
 
 
 def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path, id_column: str = "ID",
-                     target_column: str = "TARGET", target: str = "index", level: str = "fine") -> tuple[Path, int, list]:
+                     target_column: str = "TARGET", target: str = "index", level: str = "fine",
+                     runtime: str | None = None, precision: str = "auto") -> tuple[Path, int, list]:
     if target not in ("index", "label"):
         raise UserError("--target must be index or label")
-    rows, bad = submission_rows(predictor, test_dir, target, level=level)
+    rows, bad = submission_rows(predictor, test_dir, target, level=level, runtime=runtime, precision=precision)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([id_column] + ([f"{target_column}_COARSE", f"{target_column}_FINE"] if level == "both"

@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -42,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
 from ..errors import UserError
-from ..prediction.predictor import Predictor
+from ..prediction.predictor import Predictor, top_labels
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 
@@ -266,8 +264,7 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: threading.BoundedSema
             except Exception as exc:  # noqa: BLE001 - the model failed on this batch: a JSON 500 for its requests
                 out.append({"error": f"the model failed on this image's batch ({type(exc).__name__})", "status": 500})
                 continue
-            order = np.argsort(-row, kind="stable")[:max(1, min(k, len(classes)))]
-            out.append({"top_k": [{"label": classes[j], "probability": float(row[j])} for j in order]})
+            out.append({"top_k": top_labels(row, classes, k)})
         return out
     return score
 
