@@ -1,11 +1,12 @@
 """The preprocessing stored in every model file: input size, resize policy, mean/std.
 
-Training, evaluation, prediction, submission (and serving/export) all call
-``Preprocessing.load`` -> ``Preprocessing.to_tensor``, so they can never disagree.
+Training, evaluation, prediction, submission, serving and export all decode with ``Preprocessing.load``
+(one image to uint8 at the model's size) and standardise with ``Preprocessing.normalize``, so they can
+never disagree. Frozen: a changed copy comes from ``dataclasses.replace``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +19,7 @@ from .decode import DEFAULT_MAX_PIXELS, open_rgb, to_rgb
 RESAMPLE = Image.Resampling.BICUBIC
 
 
-@dataclass
+@dataclass(frozen=True)
 class Preprocessing:
     img_size: int                 # square side fed to the model
     resize: str = "crop"          # crop | pad | stretch
@@ -32,20 +33,28 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, max_pixels: int | None = None) -> "Preprocessing":
-        """From a model file's header. The file never raises the command's pixel limit (max_pixels,
-        default DEFAULT_MAX_PIXELS): a crafted header could otherwise switch the bomb guard off."""
-        limit = max_pixels or DEFAULT_MAX_PIXELS
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        """As a model file's header says (checked). Its max_pixels is the file's own: a command applies
+        its limit on top with `within`."""
         try:
             pre = cls(img_size=int(d["img_size"]), resize=str(d.get("resize", "crop")),
                       mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]),
-                      max_pixels=min(int(d.get("max_pixels", limit)), limit))
+                      max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed preprocessing entry ({type(exc).__name__}: {exc})") from None
         if (not 1 <= pre.img_size <= 4096 or pre.resize not in ("crop", "pad", "stretch") or len(pre.mean) != 3
                 or len(pre.std) != 3 or min(pre.std) <= 0 or pre.max_pixels < 1):
             raise ValueError(f"malformed preprocessing entry {d}")
         return pre
+
+    def within(self, max_pixels: int | None = None) -> "Preprocessing":
+        """This preprocessing under a command's pixel limit (default DEFAULT_MAX_PIXELS). The file never
+        raises the command's limit: a crafted header could otherwise switch the bomb guard off."""
+        return replace(self, max_pixels=min(self.max_pixels, max_pixels or DEFAULT_MAX_PIXELS))
+
+    def with_stats(self, mean, std) -> "Preprocessing":
+        """The same preprocessing standardising with these per-channel statistics."""
+        return replace(self, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
     # -- one image -------------------------------------------------------------
     def fit(self, img: Image.Image) -> Image.Image:

@@ -71,9 +71,9 @@ def compare_rows(runs: list[str | Path], sort: str | None = None) -> Comparison:
         if test_metrics.is_file():
             m = json.loads(test_metrics.read_text())
             f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")
-        rows.append({"run": str(run), "model": header["arch"]["name"],
-                     "strategy": (header.get("hierarchy") or {}).get("strategy", "-"), "test coarse accuracy": coarse,
-                     "input size": header["preprocessing"]["img_size"],
+        rows.append({"run": str(run), "model": header.arch.name,
+                     "strategy": header.hierarchy.strategy if header.hierarchy else "-", "test coarse accuracy": coarse,
+                     "input size": header.img_size,
                      "epochs": f"{results.get('epochs_run', '?')}/"
                                f"{(results.get('plan') or {}).get('epochs', cfg.get('epochs', '?'))}",
                      "train time (min)": results.get("train_seconds", 0) / 60,

@@ -20,6 +20,7 @@ from ..data.split import SPLITS, read_splits
 from .. import log
 from ..errors import DataError, UserError
 from ..modelfile import resolve_model_path
+from ..models.header import TwoLevel
 from ..models.hierarchy import coarse_probabilities
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -84,10 +85,10 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     return found.root, rows
 
 
-def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: dict, split: str, notes: list[str]) -> dict:
+def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: TwoLevel, split: str, notes: list[str]) -> dict:
     """Coarse-level metrics (coarse probabilities = summed fine ones), consistency and mistake severity."""
-    parents = np.asarray(hierarchy["parents"])
-    coarse_classes = hierarchy["coarse_classes"]
+    parents = np.asarray(hierarchy.parents)
+    coarse_classes = list(hierarchy.coarse_classes)
     coarse_probs = coarse_probabilities(probs, parents, len(coarse_classes))
     y_coarse = parents[y]
     coarse, coarse_notes = compute_metrics(y_coarse, coarse_probs, coarse_classes, split)
@@ -95,7 +96,7 @@ def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: dict, split: 
     fine_pred, coarse_pred = probs.argmax(1), coarse_probs.argmax(1)
     wrong = fine_pred != y
     within = wrong & (parents[fine_pred] == y_coarse)
-    return {"hierarchy_strategy": hierarchy["strategy"], "coarse": coarse,
+    return {"hierarchy_strategy": hierarchy.strategy, "coarse": coarse,
             "hierarchical_consistency": float(np.mean(parents[fine_pred] == coarse_pred)),
             "mistake_severity": {"fine_errors": int(wrong.sum()), "within_coarse": int(within.sum()),
                                  "across_coarse": int((wrong & ~within).sum())}}

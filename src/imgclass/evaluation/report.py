@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ..models.header import ModelHeader
 from ..rundir import RunDir
 
 TLDR_WORD_LIMIT = 500
@@ -47,14 +48,14 @@ class RunContext:
     results: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> count
-    header: dict[str, Any] = field(default_factory=dict)
+    header: ModelHeader | None = None  # the model file's (None: none known)
     bad_files: list[dict[str, str]] = field(default_factory=list)  # files the run skipped (RUN/bad_files.csv)
 
     @classmethod
-    def load(cls, run_dir: Path | None, header: dict[str, Any]) -> "RunContext":
+    def load(cls, run_dir: Path | None, header: ModelHeader) -> "RunContext":
         ctx = cls(header=header)
         if run_dir is None:
-            ctx.results = {"metrics": {k: v for k, v in header.get("metrics", {}).items() if isinstance(v, dict)}}
+            ctx.results = {"metrics": {k: v for k, v in header.metrics.items() if isinstance(v, dict)}}
             return ctx
         run = RunDir(run_dir)
         ctx.config, ctx.results = run.read_config_dict(), run.read_results()
@@ -81,7 +82,7 @@ def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str
     acc = {k: v.get("accuracy") for k, v in ctx.results.get("metrics", {}).items()}
     acc[metrics["split"]] = metrics["accuracy"]
     paras = [_data_paragraph(metrics, ctx)]
-    if ctx.header.get("arch"):
+    if ctx.header is not None:
         paras.append(_model_paragraph(ctx))
     paras.append(_results_paragraph(metrics, acc))
     paras += _diagnosis_paragraphs(metrics, notes, ctx, acc)
@@ -110,10 +111,10 @@ def _data_paragraph(metrics: dict[str, Any], ctx: RunContext) -> str:
 
 
 def _model_paragraph(ctx: RunContext) -> str:
-    arch, pre = ctx.header.get("arch", {}), ctx.header.get("preprocessing", {})
-    model = f"**Model.** {arch.get('name')} {arch.get('args') or ''}".rstrip() + f" at {pre.get('img_size')} px"
-    model += f" (resize policy {pre.get('resize')})"
-    w = ctx.header.get("weights")
+    arch, pre = ctx.header.arch, ctx.header.preprocessing
+    model = f"**Model.** {arch.name} {arch.args or ''}".rstrip() + f" at {pre.img_size} px"
+    model += f" (resize policy {pre.resize})"
+    w = ctx.header.weights
     model += (f", fine-tuned from {w.get('dataset')} weights ({w.get('source')}: {w.get('location')}; licence "
               f"{w.get('licence')})" if w else ", trained from scratch")
     res = ctx.results

@@ -8,7 +8,6 @@ PyTorch on a batch of images is checked before the file is kept.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
     expected = predictor.probabilities(batch).numpy()
     pixels = batch.float()
     out = Path(out) if out else model_path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
-    header = json.dumps(predictor.header)
+    header = predictor.header.to_json()
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # per process: serve's workers may export at once
     if fmt == "onnx":
         import onnx

@@ -49,22 +49,22 @@ def export_hub(model: str | Path, out: str | Path) -> Path:
 
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
-    h = predictor.header
+    h = predictor.header.to_dict()  # the model file's own layout, key for key
     return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h["arch"], "classes": h["classes"],
-            "preprocessing": h["preprocessing"], "inference": h.get("inference", {}), "hierarchy": h.get("hierarchy"),
-            "imgclass_version": h.get("imgclass_version")}
+            "preprocessing": h["preprocessing"], "inference": h["inference"], "hierarchy": h["hierarchy"],
+            "imgclass_version": h["imgclass_version"]}
 
 
 def _write_timm(predictor: Predictor, out: Path) -> bool:
     """model.safetensors and config.json in timm's layout (timm's own save_for_hf), for a timm backbone with a
     single linear head; False (nothing written) for any other model."""
-    name, model = predictor.header["arch"]["name"], predictor.model
+    name, model = predictor.header.arch.name, predictor.model
     if not name.startswith("timm:") or predictor.hierarchy or not isinstance(getattr(model, "head", None), nn.Linear):
         return False
     import timm
     from timm.models import save_for_hf
     arch = name.split(":", 1)[1]
-    args = dict(predictor.header["arch"].get("args") or {})
+    args = dict(predictor.header.arch.args)
     net = timm.create_model(arch, pretrained=False, num_classes=len(predictor.classes), **args)
     classifier = net.pretrained_cfg.get("classifier", "head")
     state = {k[len("backbone."):]: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
@@ -120,8 +120,8 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
     """The README.md of the folder: every number comes from the model file or the run folder."""
     h, classes = predictor.header, predictor.classes
     cfg, res, m = facts.get("config", {}), facts.get("results", {}), facts.get("metrics")
-    weights = h.get("weights") or {}
-    lines = [f"# {h['arch']['name']} image classifier ({len(classes)} classes)", "",
+    weights = h.weights or {}
+    lines = [f"# {h.arch.name} image classifier ({len(classes)} classes)", "",
              "Trained with [imgclass](https://pypi.org/project/imgclass/). Files: `imgclass.safetensors` (imgclass), "
              "`model.onnx` (ONNX Runtime: float pixels 0..255, N x 3 x H x W, -> probabilities)"
              + (", `model.safetensors` + `config.json` (timm: `timm.create_model('local-dir:THIS_FOLDER', "
@@ -138,20 +138,20 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
         lines += [f"| {c} | " + " | ".join(str(counts[s].get(c, 0)) for s in counts) + " |" for c in classes]
     else:
         lines += ["The run folder was not available: no data description."]
-    pre = h["preprocessing"]
+    pre = h.preprocessing
     lines += ["", "## Training", "",
-              f"- Architecture: `{h['arch']['name']}` with arguments `{json.dumps(h['arch'].get('args') or {})}`.",
-              f"- Input: {pre['img_size']} px ({pre.get('resize', 'crop')}), mean {pre['mean']}, std {pre['std']}.",
+              f"- Architecture: `{h.arch.name}` with arguments `{json.dumps(h.arch.args)}`.",
+              f"- Input: {pre.img_size} px ({pre.resize}), mean {list(pre.mean)}, std {list(pre.std)}.",
               f"- Starting weights: {weights.get('location') or weights.get('source', 'none (from scratch)')}"
               + (f", {weights.get('dataset')}, licence {weights.get('licence')}" if weights else "") + ".",
               f"- Recipe: {cfg.get('optimizer', '?')}, lr {res.get('plan', {}).get('lr', cfg.get('lr', '?'))}, "
               f"{res.get('epochs_run', '?')} epochs, batch "
               f"{res.get('plan', {}).get('batch_size', cfg.get('batch_size', '?'))}, augment {cfg.get('augment', '?')}, "
-              f"test-time augmentation {h.get('inference', {}).get('tta', 'none')}; the weights kept are from "
+              f"test-time augmentation {h.tta}; the weights kept are from "
               f"{best_epoch_phrase(res)}.",
               f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
               f"- Softmax temperature (calibration on the validation split): "
-              f"{h.get('inference', {}).get('temperature', 1.0):.4f}.", ""]
+              f"{h.temperature:.4f}.", ""]
     lines += _results_section(m, facts.get("metrics_split"), figures)
     lines += ["## Limits", "",
               f"- Inputs are resized to {pre['img_size']} px; detail finer than that is lost.",

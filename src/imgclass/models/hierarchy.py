@@ -11,10 +11,15 @@ probability.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .registry import create_model
+
+if TYPE_CHECKING:
+    from .header import Architecture, TwoLevel
 
 STRATEGIES = ("flat", "two-stage", "multi-head")
 
@@ -87,18 +92,17 @@ class Hierarchical(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build(arch: dict, classes: list[str], hierarchy: dict | None) -> nn.Module:
-    """The model described by a model-file header: plain, or wrapped for two-level labels."""
-    fine = create_model(arch["name"], num_classes=len(classes), dropout=arch.get("dropout", 0.0),
-                        **arch.get("args", {}))
+def build(arch: "Architecture", classes, hierarchy: "TwoLevel | None") -> nn.Module:
+    """The model an architecture and a label structure describe (models/header.py): plain, or wrapped for
+    two-level labels."""
+    fine = create_model(arch.name, num_classes=len(classes), dropout=arch.dropout, **arch.args)
     if not hierarchy:
         return fine
-    n_coarse = len(hierarchy["coarse_classes"])
+    n_coarse = len(hierarchy.coarse_classes)
     coarse = None
-    if hierarchy["strategy"] == "two-stage":
-        coarse = create_model(arch["name"], num_classes=n_coarse, dropout=arch.get("dropout", 0.0),
-                              **arch.get("args", {}))
-    return Hierarchical(hierarchy["strategy"], fine, hierarchy["parents"], n_coarse, coarse)
+    if hierarchy.strategy == "two-stage":
+        coarse = create_model(arch.name, num_classes=n_coarse, dropout=arch.dropout, **arch.args)
+    return Hierarchical(hierarchy.strategy, fine, list(hierarchy.parents), n_coarse, coarse)
 
 
 def coarse_probabilities(fine_probs, parents: list[int], num_coarse: int):

@@ -18,6 +18,7 @@ from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
 from ..modelfile import load_model, read_onnx_header, resolve_model_path
+from ..models.header import Architecture, ModelHeader
 from ..models.hierarchy import coarse_probabilities
 from ..models.pretrained import timm_pretrained
 from .engines import Engine, OnnxEngine, TorchEngine
@@ -69,20 +70,24 @@ def overlap_decoding(device: torch.device) -> bool:
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module | None, header: dict[str, Any], device: torch.device,
+    def __init__(self, model: torch.nn.Module | None, header: ModelHeader, device: torch.device,
                  max_pixels: int | None = None, engine: Engine | None = None):
         """max_pixels: this command's limit on an image's pixels (default decode.DEFAULT_MAX_PIXELS);
         the model file's own value can only lower it. engine: what scores images (default: the model in
         eager PyTorch; prediction.runtime.choose_runtime picks another); model is None for an .onnx file."""
         self.model, self.header, self.device = model, header, device
-        self.classes: list[str] = header["classes"]
-        self.pre = Preprocessing.from_dict(header["preprocessing"], max_pixels)
-        self.tta = header.get("inference", {}).get("tta", "none")
-        self.temperature = float(header.get("inference", {}).get("temperature", 1.0))
-        self.hierarchy = header.get("hierarchy")   # two-level labels, or None
+        self.classes: list[str] = list(header.classes)
+        self.pre = header.preprocessing.within(max_pixels)
+        self.tta = header.tta
+        self.temperature = float(header.temperature)
+        self.hierarchy = header.hierarchy   # two-level labels, or None
         self.engine: Engine = engine or self.torch_engine()
         self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
         self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports it)
+
+    def limit_pixels(self, max_pixels: int) -> None:
+        """Lower the pixel limit of the images this predictor decodes (a service's own limit)."""
+        self.pre = self.pre.within(max_pixels)
 
     def torch_engine(self, bf16: bool | None = None) -> TorchEngine:
         """This model in eager PyTorch (bf16 autocast if asked; None: on CUDA only)."""
@@ -92,7 +97,7 @@ class Predictor:
         """Coarse-class probabilities: each parent's summed fine probabilities."""
         if not self.hierarchy:
             raise UserError("this model has one level of labels (train with --hierarchy or --label-columns)")
-        return coarse_probabilities(probs, self.hierarchy["parents"], len(self.hierarchy["coarse_classes"]))
+        return coarse_probabilities(probs, self.hierarchy.parents, len(self.hierarchy.coarse_classes))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
@@ -102,7 +107,7 @@ class Predictor:
         if file.suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
             header = read_onnx_header(file)
             predictor = cls(None, header, torch.device("cpu"), max_pixels,
-                            OnnxEngine(file, int(header["preprocessing"]["img_size"])))
+                            OnnxEngine(file, header.img_size))
         else:
             model, header = load_model(file, dev)
             predictor = cls(model, header, dev, max_pixels)
@@ -121,9 +126,9 @@ class Predictor:
         cfg = timm.get_pretrained_cfg(arch)
         info = ImageNetInfo()
         classes = [info.index_to_description(i) for i in range(model.num_classes)]
-        header = {"classes": classes, "preprocessing": {"img_size": int(cfg.input_size[-1]), "resize": "crop",
-                                                         "mean": list(cfg.mean), "std": list(cfg.std)},
-                  "arch": {"name": name, "args": {}}, "inference": {"tta": "none"}}
+        header = ModelHeader(arch=Architecture(name), classes=tuple(classes),
+                             preprocessing=Preprocessing(img_size=int(cfg.input_size[-1]), resize="crop",
+                                                         mean=tuple(cfg.mean), std=tuple(cfg.std)))
         dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                            ("cpu" if device == "auto" else device))
         return cls(model.to(dev).eval(), header, dev)
@@ -189,10 +194,10 @@ class Predictor:
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
             elif level == "coarse":
-                out.append({"image": name, "top_k": top_labels(coarse[i], self.hierarchy["coarse_classes"], top_k)})
+                out.append({"image": name, "top_k": top_labels(coarse[i], self.hierarchy.coarse_classes, top_k)})
             elif level == "both":
                 out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k),
-                            "coarse_top_k": top_labels(coarse[i], self.hierarchy["coarse_classes"], top_k)})
+                            "coarse_top_k": top_labels(coarse[i], self.hierarchy.coarse_classes, top_k)})
             else:
                 out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k)})
         return out

@@ -42,7 +42,7 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
     ok = ~np.isnan(probs).any(axis=1)
     levels = {"fine": (probs, predictor.classes)}
     if level in ("coarse", "both"):
-        levels = {"coarse": (predictor.coarse_proba(np.nan_to_num(probs)), predictor.hierarchy["coarse_classes"]),
+        levels = {"coarse": (predictor.coarse_proba(np.nan_to_num(probs)), list(predictor.hierarchy.coarse_classes)),
                   **({"fine": levels["fine"]} if level == "both" else {})}
     columns = []
     for p, names in levels.values():

@@ -277,7 +277,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
     limit; max_concurrent requests decode at once (default: default_concurrency())."""
     predictor = load_predictor(model, runtime, precision, max_pixels)
-    predictor.pre.max_pixels = min(predictor.pre.max_pixels, max_pixels)
+    predictor.limit_pixels(max_pixels)
     header = predictor.header
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
     slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
@@ -292,9 +292,9 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                       batching.max_delay_ms / 1000, batching.max_queue)
     batcher.on_batch = batch_sizes.observe
     score = _scorer(predictor, batcher, slots)
-    model_name = header.get("arch", {}).get("name", "model")
+    model_name = header.arch.name
     app = FastAPI(title="imgclass", version=__version__,
-                  description=f"Image classification with {model_name} ({len(header['classes'])} classes)")
+                  description=f"Image classification with {model_name} ({len(header.classes)} classes)")
     app.state.predictor, app.state.batcher = predictor, batcher
     page = resources.files("imgclass.serving").joinpath("page.html").read_text()
     _observe(app, api_key, requests, latency)
@@ -341,12 +341,12 @@ def _info_routes(app: FastAPI, predictor: Predictor, registry: CollectorRegistry
 
     @app.get("/info")
     def info() -> dict[str, Any]:
-        return {"model": model_name, "classes": header["classes"], "input_size": header["preprocessing"]["img_size"],
-                "preprocessing": header["preprocessing"], "tta": header.get("inference", {}).get("tta", "none"),
-                "version": __version__, "model_version": header.get("imgclass_version"),
+        return {"model": model_name, "classes": list(header.classes), "input_size": header.img_size,
+                "preprocessing": header.preprocessing.to_dict(), "tta": header.tta,
+                "version": __version__, "model_version": header.imgclass_version,
                 "runtime": predictor.engine.runtime, "precision": predictor.engine.precision,
                 "runtime_choice": predictor.runtime_note,
-                "metrics": {k: v for k, v in header.get("metrics", {}).items() if isinstance(v, (dict, int, float))}}
+                "metrics": {k: v for k, v in header.metrics.items() if isinstance(v, (dict, int, float))}}
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -27,7 +27,7 @@ from ..models import get_spec
 from ..models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
 from .device import pick_device, use_bf16
-from .transfer import read_weights_file
+from .transfer import weights_file_header
 
 PHOTO_MIN_SIDE = 64  # median shorter side (px) from which images count as photos (CIFAR: 32, digits: 8)
 SCRATCH_MODEL = "fast"
@@ -99,13 +99,12 @@ def resolve_auto(found, explicit: dict[str, Any], budget_seconds: float | None =
 
 def model_from_weights(explicit: dict[str, Any], options: dict[str, Any]) -> str:
     """--weights RUN (or an imgclass model file) with no --model: the architecture named in that file."""
-    _, header = read_weights_file(explicit["weights"])
-    if header is None or "arch" not in header:
+    header = weights_file_header(explicit["weights"])
+    if header is None:
         raise UserError(f"--weights {explicit['weights']} holds weights only, no architecture: name it with --model")
-    arch = header["arch"]
     if "model_args" not in explicit:
-        options["model_args"] = {k: v for k, v in arch.get("args", {}).items() if k not in ("head", "img_size")}
-    return arch["name"]
+        options["model_args"] = {k: v for k, v in header.arch.args.items() if k not in ("head", "img_size")}
+    return header.arch.name
 
 
 def resolve_new_run(found, explicit: dict[str, Any], options: dict[str, Any], config=None,

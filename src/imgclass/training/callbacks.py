@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint
 from .loop import Callback, Trainer
 from ..files import write_text_atomic
 from ..modelfile import save_model
+from ..models.header import ModelHeader
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -31,7 +32,7 @@ class BestModel(Callback):
     """Keeps checkpoints/best.safetensors (a loadable model file) at the best validation accuracy."""
     order = 0
 
-    def __init__(self, path: Path, header: Callable[[], dict], write: bool = True):
+    def __init__(self, path: Path, header: Callable[[Trainer], ModelHeader], write: bool = True):
         self.path, self.header, self.write = path, header, write  # write=False: track only (DDP ranks > 0)
 
     def after_epoch(self, t: Trainer) -> None:
@@ -41,7 +42,7 @@ class BestModel(Callback):
         if no_val or score > t.best_val_acc:
             t.best_val_acc, t.best_epoch = score, row["epoch"]
             if self.write:
-                save_model(self.path, t.model, self.header())
+                save_model(self.path, t.model, self.header(t))
 
 
 class ReduceOnPlateau(Callback):
@@ -92,11 +93,11 @@ class Checkpoint(Callback):
     """checkpoints/last.safetensors after every epoch: everything --resume needs."""
     order = 2
 
-    def __init__(self, path: Path, header: Callable[[], dict]):
-        self.path, self.header = path, header
+    def __init__(self, path: Path, header: Callable[[Trainer], ModelHeader]):
+        self.path, self.header = path, header  # header(t): the model file's header at the trainer's preprocessing
 
     def after_epoch(self, t: Trainer) -> None:
-        save_checkpoint(self.path, t.model, t.optimizer, t.loop_state(), self.header(), t.extra_state)
+        save_checkpoint(self.path, t.model, t.optimizer, t.loop_state(), self.header(t), t.extra_state)
 
 
 class Lookahead(Callback):

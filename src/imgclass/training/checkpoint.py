@@ -5,6 +5,7 @@ Written atomically (temp file + rename), so a SIGKILL at any moment leaves a val
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from safetensors.torch import load_file
 
 from ..errors import UserError
 from ..modelfile import read_header, write_atomic
+from ..models.header import CHECKPOINT_FORMAT, ModelHeader
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    loop_state: dict[str, Any], model_header: dict[str, Any],
+                    loop_state: dict[str, Any], model_header: ModelHeader,
                     extra: dict[str, torch.Tensor] | None = None) -> None:
     """extra: callbacks' tensors (the loop's extra_state, e.g. lookahead's averaged weights)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -30,8 +32,8 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 tensors[f"optim.{pid}.{key}"] = value
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    header = dict(model_header, format="imgclass-checkpoint",
-                  loop=loop_state, optimizer={"param_groups": opt["param_groups"], "scalars": scalars})
+    header = dataclasses.replace(model_header, format=CHECKPOINT_FORMAT, loop=loop_state,
+                                 optimizer={"param_groups": opt["param_groups"], "scalars": scalars})
     write_atomic(tensors, header, path)
 
 
@@ -39,7 +41,7 @@ def load_checkpoint(path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model and optimizer in place; return the loop state and the extra tensors saved with them."""
     header = read_header(path)
-    if header.get("format") != "imgclass-checkpoint":
+    if header.format != CHECKPOINT_FORMAT or header.loop is None or header.optimizer is None:
         raise UserError(f"{path} is not an imgclass training checkpoint")
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
@@ -48,8 +50,8 @@ def load_checkpoint(path: Path, model: nn.Module,
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
-    for pid, values in header["optimizer"]["scalars"].items():
+    for pid, values in header.optimizer["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": header["optimizer"]["param_groups"]})
+    optimizer.load_state_dict({"state": state, "param_groups": header.optimizer["param_groups"]})
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return header["loop"], extra
+    return header.loop, extra

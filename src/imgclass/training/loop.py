@@ -1,8 +1,12 @@
 """The training loop: short, top to bottom, with named events for callbacks.
 
 Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit.
-Callbacks read and write the Trainer's attributes (epoch, step, done, history, stop...);
-tensors a callback must carry across --resume go in `extra_state` (saved in checkpoints).
+Callbacks read and write the Trainer's progress (epoch, step, done, history, stop...); tensors a callback
+must carry across --resume go in `extra_state` (saved in checkpoints). Code outside the loop changes a
+Trainer through its methods (resume, start_from_head, switch_phase), never by writing its fields.
+
+One optimisation step is `train_step` (augment, mix, standardise, forward, loss, backward, step): train's
+loop and lr-find both take their steps through it, so every training option acts the same in both.
 
 Randomness is reseeded from (seed, epoch) at the start of every epoch, so an epoch
 run after --resume draws exactly the shuffles, augmentations and dropout masks it
@@ -81,7 +85,6 @@ class Trainer:
     deadline: float | None = None        # time.perf_counter() by which this process's training must end (--time-budget)
     train_forward: nn.Module | None = None  # e.g. the torch.compile'd or DDP-wrapped model; defaults to model
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
-    stop_at: int | None = None           # end this fit() after this epoch (a progressive-resizing phase)
     bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
     mix: Any = None                      # data.augment.batch_mix: (images, labels) -> (images, soft targets)
     # progress, read and written by callbacks and saved in checkpoints
@@ -124,9 +127,23 @@ class Trainer:
         """Whether the epoch being trained is the run's last (planned, or cut by the clock)."""
         return self.stop or self.epoch + 1 >= self.epochs
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def resume(self, state: dict[str, Any], extra_state: dict[str, torch.Tensor]) -> None:
+        """Continue from a checkpoint's loop state (loop_state) and the callbacks' tensors saved with it."""
         for key, value in state.items():
             setattr(self, key, value)
+        self.extra_state = extra_state
+
+    def start_from_head(self, val_acc: float) -> None:
+        """The head stage's model is "epoch 0": fine-tuning must beat its validation accuracy to replace it."""
+        self.best_val_acc, self.best_epoch = val_acc, 0
+
+    def switch_phase(self, pre: Preprocessing, train_data: ImageTensors, val_data: ImageTensors | None,
+                     reset_best: bool) -> None:
+        """A progressive-resizing phase: the same files decoded at another size. reset_best: the model file is
+        chosen among this phase's epochs (not when resuming inside the phase: its best so far stands)."""
+        self.pre, self.train_data, self.val_data = pre, train_data, val_data
+        if reset_best:
+            self.best_val_acc = -1.0
 
     def epoch_order(self, gen: torch.Generator) -> torch.Tensor:
         """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
@@ -169,12 +186,38 @@ class Trainer:
         loss_sum, correct, n = self.dist.sum(loss_sum, correct, len(y))
         return loss_sum / n, correct / n
 
-    def fit(self) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, flips: torch.Tensor
+                   ) -> tuple[float, torch.Tensor]:
+        """One optimisation step on a uint8 NCHW batch and its labels: augmentation (drawn from gen; flips: the
+        images' flip parities), mixup/cutmix, standardisation, the forward pass (bf16 autocast if set), the loss
+        (label smoothing, class weights; a model's own training_loss for two-level labels), backward and the
+        optimizer's step. Returns (the batch's loss, its logits)."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        x = self.augment(x.float().div_(255.0), gen, flips, self.epoch)
+        target = y
+        if self.mix is not None:  # mixed images, soft targets; train accuracy still counts the first label
+            x, target = self.mix(x, y)
+        x = self.pre.standardize(x)
+        if self.device.type in ("cpu", "cuda") and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with autocast:
+            if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
+                loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
+            else:
+                logits = (self.train_forward or self.model)(x).float()
+                loss = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), logits
+
+    def fit(self, stop_at: int | None = None) -> None:
+        """Train until the planned epochs are done, the run is stopped, or (a progressive-resizing phase)
+        after epoch stop_at."""
         total = self.epochs * self.steps_per_epoch  # the whole run, across progressive-resizing phases
         warmup = self.warmup_epochs / self.epochs if self.schedule in ("cosine", "plateau") else 0.0
-        forward = self.train_forward or self.model
-        channels_last = self.device.type in ("cpu", "cuda")
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else None
         flip_parity = torch.randint(0, 2, (len(self.train_data),), generator=torch.Generator().manual_seed(self.seed))
         ticked = time.perf_counter()
         if self.time_allowed is None and self.deadline is not None:  # a budget's first fit
@@ -184,7 +227,7 @@ class Trainer:
         if self.last_tick is not None:  # a later phase: decoding at the next size counted against the budget too
             ticked = self._tick(self.last_tick)
         self.event(Event.BEFORE_FIT)
-        while self.epoch < min(self.epochs, self.stop_at or self.epochs) and not self.stop:
+        while self.epoch < min(self.epochs, stop_at or self.epochs) and not self.stop:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
             self.model.train()
@@ -200,15 +243,6 @@ class Trainer:
             # in-memory (or memory-mapped) images are sliced; streamed ones are decoded ahead in worker processes
             fetched = images.batches(chunks) if hasattr(images, "batches") else (images[idx] for idx in chunks)
             for idx, x in zip(chunks, fetched):
-                x = x.to(self.device, non_blocking=True)
-                y = self.train_data.labels[idx].to(self.device, non_blocking=True)
-                x = self.augment(x.float().div_(255.0), gen, flip_parity[idx], self.epoch)
-                target = y
-                if self.mix is not None:  # mixed images, soft targets; train accuracy still counts the first label
-                    x, target = self.mix(x, y)
-                x = self.pre.standardize(x)
-                if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 ticked = self._tick(ticked)
                 done = self.progress(total)
                 if done >= 1.0 and self.time_allowed is not None:
@@ -216,21 +250,12 @@ class Trainer:
                     break
                 self.done = done
                 set_lr(self.optimizer, lr_at(done, warmup, self.peak_lr, self.schedule) * self.lr_factor, done)
-                with autocast if autocast is not None else contextlib.nullcontext():
-                    if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
-                        loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
-                    else:
-                        logits = forward(x).float()
-                        loss = F.cross_entropy(logits, target, weight=self.class_weights,
-                                               label_smoothing=self.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                y = self.train_data.labels[idx]
+                self.batch_loss, logits = self.train_step(x, y, gen, flip_parity[idx])
                 self.step += 1
-                self.batch_loss = float(loss.detach())
                 seen += len(y)
                 loss_sum += self.batch_loss * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                correct += int((logits.argmax(1) == y.to(logits.device)).sum())
                 self.event(Event.AFTER_STEP)
             self.event(Event.BEFORE_VALIDATE)  # the epoch's weights are final after this (e.g. lookahead's last pull)
             if self.dist is not None:

@@ -23,6 +23,7 @@ from ..data.split import Split, make_split, read_splits
 from ..errors import UserError
 from ..modelfile import read_header
 from ..models import get_spec
+from ..models.header import Architecture, TwoLevel
 from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from .auto import resolve_new_run
@@ -36,8 +37,8 @@ class RunPlan:
     split: Split                          # train/val/test (saved as splits.csv; read back on resume)
     spec: ModelSpec                       # the model's registry entry
     phases: tuple[tuple[int, int], ...]   # (input size, last epoch of the phase): one phase, or progressive resizing
-    arch: dict[str, Any]                  # {"name", "args", "dropout"}: builds the model (and is saved with it)
-    hierarchy: dict[str, Any] | None      # two-level labels: {"strategy", "coarse_classes", "parents"}
+    arch: Architecture                    # name, args, dropout: builds the model (and is saved with it)
+    hierarchy: TwoLevel | None            # two-level labels: the strategy, coarse classes and each fine's parent
     lr: float                             # peak learning rate
     weight_decay: float
     transfer: bool                        # starts from --pretrained or --weights weights
@@ -60,7 +61,7 @@ class RunPlan:
         if width is None:
             return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, epochs=epochs))
         cfg = dataclasses.replace(self.cfg, epochs=epochs, model_args={**self.cfg.model_args, "width": width})
-        return dataclasses.replace(self, cfg=cfg, arch={**self.arch, "args": {**self.arch["args"], "width": width}})
+        return dataclasses.replace(self, cfg=cfg, arch=self.arch.with_args(width=width))
 
 
 def plan_run(data: str | Path | None = None, config: str | Path | None = None, resume: str | Path | None = None,
@@ -135,11 +136,11 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
         cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)
     args = _arch_args(cfg, spec, sizes[0], len(phases))
-    hierarchy = None if found.parents is None else {
-        "strategy": cfg.hierarchy_strategy, "coarse_classes": found.coarse_classes, "parents": found.parents}
+    hierarchy = None if found.parents is None else TwoLevel(cfg.hierarchy_strategy, tuple(found.coarse_classes),
+                                                            tuple(found.parents))
     wd = cfg.weight_decay if cfg.weight_decay is not None else config_mod.DEFAULT_WEIGHT_DECAY[cfg.optimizer]
     return RunPlan(cfg=cfg, found=found, split=split, spec=spec, phases=tuple(phases),
-                   arch={"name": cfg.model, "args": args, "dropout": cfg.dropout}, hierarchy=hierarchy, lr=lr,
+                   arch=Architecture(cfg.model, args, cfg.dropout), hierarchy=hierarchy, lr=lr,
                    weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes),
                    normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
 
@@ -181,8 +182,6 @@ def _recorded(run: RunDir) -> dict[str, Any] | None:
     if not run.last.is_file():
         return None
     header = read_header(run.last)
-    recorded = dict(header.get("loop", {}).get("plan") or {})
-    pre = header.get("preprocessing") or {}
-    if "mean" in pre:
-        recorded["mean"], recorded["std"] = tuple(pre["mean"]), tuple(pre["std"])
+    recorded = dict((header.loop or {}).get("plan") or {})
+    recorded["mean"], recorded["std"] = header.preprocessing.mean, header.preprocessing.std
     return recorded

@@ -17,7 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..data.preprocess import Preprocessing
 from ..modelfile import META_KEY, resolve_model_path
+from ..models.header import ModelHeader
 from ..models.inference import scoring_batch
 from ..models.pretrained import pretrained_state, read_checkpoint
 from .loop import Callback
@@ -45,20 +47,32 @@ def backbone_preprocessing(name: str) -> dict[str, Any] | None:
     return None
 
 
-def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(tensors, imgclass header or None) from .safetensors, or .pth/.pt/.bin read with weights_only."""
+def _weights_path(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if p.is_dir():  # a run folder: its model file
         p = resolve_model_path(p)
     if not p.is_file():
         raise UserError(f"weights file not found: {p}")
+    return p
+
+
+def weights_file_header(path: str | Path) -> ModelHeader | None:
+    """The imgclass header of a --weights file (checked), or None for weights without one."""
+    p = _weights_path(path)
+    if p.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+    with safe_open(str(p), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return ModelHeader.from_json(meta[META_KEY], p) if META_KEY in meta else None
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelHeader | None]:
+    """(tensors, imgclass header or None) from .safetensors, or .pth/.pt/.bin read with weights_only."""
+    p = _weights_path(path)
     if p.suffix == ".safetensors":
-        import json
-        from safetensors import safe_open
         from safetensors.torch import load_file
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        return load_file(str(p)), (json.loads(meta[META_KEY]) if META_KEY in meta else None)
+        return load_file(str(p)), weights_file_header(p)
     return read_checkpoint(p), None
 
 
@@ -77,7 +91,7 @@ def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], source
     return len(target)
 
 
-def apply_weights_file(model: nn.Module, path: str | Path, classes: list[str]) -> tuple[str, dict | None]:
+def apply_weights_file(model: nn.Module, path: str | Path, classes: list[str]) -> tuple[str, Preprocessing | None]:
     """Load --weights FILE into model; returns (a message, the file's preprocessing if it is an imgclass model)."""
     tensors, header = read_weights_file(path)
     if header is None:
@@ -85,13 +99,13 @@ def apply_weights_file(model: nn.Module, path: str | Path, classes: list[str]) -
         return f"loaded {n} backbone tensors from {path}", None
     n = load_backbone_state(model, {k: v for k, v in tensors.items() if k.startswith("backbone.")}, str(path))
     head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    same = header.get("classes") == list(classes) and all(
+    same = list(header.classes) == list(classes) and all(
         k in model.head.state_dict() and model.head.state_dict()[k].shape == v.shape for k, v in head.items())
     if same and head:
         model.head.load_state_dict(head)
-        return f"loaded {n} backbone tensors and the head from imgclass model {path}", header.get("preprocessing")
-    return (f"loaded {n} backbone tensors from imgclass model {path}; its head ({len(header.get('classes', []))} "
-            f"classes) was dropped for a new one"), header.get("preprocessing")
+        return f"loaded {n} backbone tensors and the head from imgclass model {path}", header.preprocessing
+    return (f"loaded {n} backbone tensors from imgclass model {path}; its head ({len(header.classes)} "
+            f"classes) was dropped for a new one"), header.preprocessing
 
 
 # --- staged fine-tuning -----------------------------------------------------------------

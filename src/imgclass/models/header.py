@@ -1,0 +1,164 @@
+"""The model file's header, typed: what a model is (architecture), what it answers (classes and their label
+structure), how its inputs are prepared (preprocessing) and scored (test-time augmentation, temperature),
+and where it came from. `ModelHeader.from_dict` is the one reader of the JSON a model file, a checkpoint,
+an ONNX or TorchScript export carries: a header is data from anywhere, so it is checked before anything is
+built from it (plain architecture arguments, sane preprocessing, labels that match the classes).
+
+The JSON layout is format version 1, unchanged since the first model files; `to_dict` writes it key for key,
+so a model file is byte for byte what it was before this class existed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.preprocess import Preprocessing
+from ..errors import UserError
+from ..version import __version__
+from .hierarchy import STRATEGIES
+from .registry import check_args
+
+FORMAT = "imgclass-model"
+CHECKPOINT_FORMAT = "imgclass-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What to build: a registry name, its plain arguments and the classifier's dropout."""
+    name: str                                            # "fast", "cnn", "timm:resnet18", ...
+    args: dict[str, Any] = field(default_factory=dict)   # plain values only (registry.check_args)
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(self.args), "dropout": self.dropout}
+
+    def with_args(self, **args: Any) -> "Architecture":
+        return dataclasses.replace(self, args={**self.args, **args})
+
+
+@dataclass(frozen=True)
+class TwoLevel:
+    """Two-level labels (coarse -> fine): each fine class's parent, and the strategy that answers them."""
+    strategy: str                    # flat | two-stage | multi-head
+    coarse_classes: tuple[str, ...]  # coarse class names, in order
+    parents: tuple[int, ...]         # per fine class, the index of its coarse class
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "coarse_classes": list(self.coarse_classes), "parents": list(self.parents)}
+
+
+@dataclass(frozen=True)
+class ModelHeader:
+    arch: Architecture
+    classes: tuple[str, ...]                    # class names, in the order of the model's outputs
+    preprocessing: Preprocessing                # as the file says: a command's pixel limit applies on top
+    #                                             (Preprocessing.within), so a file can lower it, never raise it
+    hierarchy: TwoLevel | None = None           # the label structure: None is one class per image
+    tta: str = "none"                           # test-time augmentation every command applies
+    temperature: float = 1.0                    # softmax temperature (calibration); every command divides by it
+    calibration: dict[str, Any] | None = None   # the temperature and the validation ECE/NLL before and after
+    metrics: dict[str, Any] = field(default_factory=dict)  # final scores and facts of the run
+    weights: dict[str, Any] | None = None       # where the starting weights came from (None: from scratch)
+    format: str = FORMAT                        # imgclass-model, or imgclass-checkpoint for training checkpoints
+    format_version: int = FORMAT_VERSION
+    imgclass_version: str = __version__         # the version that wrote the file
+    loop: dict[str, Any] | None = None          # checkpoints only: the loop's progress (training.loop)
+    optimizer: dict[str, Any] | None = None     # checkpoints only: the optimizer's scalar state
+
+    @property
+    def task(self) -> str:
+        """The label structure's name: "single-label" or "two-level"."""
+        return "single-label" if self.hierarchy is None else "two-level"
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.img_size
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "hierarchy": self.hierarchy.to_dict() if self.hierarchy else None,
+            "format": self.format,
+            "format_version": self.format_version,
+            "imgclass_version": self.imgclass_version,
+            "arch": self.arch.to_dict(),
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "inference": {"tta": self.tta, "temperature": self.temperature},
+            "calibration": self.calibration,
+            "metrics": self.metrics,
+            "weights": self.weights,
+        }
+        if self.loop is not None or self.optimizer is not None:
+            out.update(loop=self.loop, optimizer=self.optimizer)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str, file: str | Path) -> "ModelHeader":
+        try:
+            header = json.loads(text)
+        except (ValueError, RecursionError):
+            header = None
+        if not isinstance(header, dict):
+            raise UserError(f"{file} has a damaged imgclass header (not a JSON object)")
+        return cls.from_dict(header, file)
+
+    @classmethod
+    def from_dict(cls, header: dict[str, Any], file: str | Path) -> "ModelHeader":
+        """Checked: refuses what is not an imgclass model (or checkpoint), a newer format, loader arguments in
+        the architecture, malformed preprocessing, a non-positive temperature, labels that do not match."""
+        def bad(what: str) -> UserError:
+            return UserError(f"{file} has a malformed header: {what}")
+        fmt, version = header.get("format", FORMAT), header.get("format_version", 0)
+        if fmt not in (FORMAT, CHECKPOINT_FORMAT):
+            raise UserError(f"{file} is not an imgclass model file")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UserError(f"{file} was written by a newer imgclass ({header.get('imgclass_version')}); upgrade")
+        arch, classes = header.get("arch"), header.get("classes")
+        if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+            raise bad("'arch' must name the architecture")
+        dropout = arch.get("dropout", 0.0)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise bad("'arch.dropout' must be a number in [0, 1)")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise bad("'classes' must be a non-empty list of names")
+        try:
+            pre = Preprocessing.from_dict(header.get("preprocessing") or {})
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        inference = header.get("inference") or {}
+        temperature = inference.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise bad("'inference.temperature' must be a positive number")
+        try:
+            check_args(arch["name"], arch.get("args", {}))
+        except UserError as exc:
+            raise bad(str(exc)) from None
+        metrics = header.get("metrics") or {}
+        return cls(arch=Architecture(arch["name"], dict(arch.get("args") or {}), dropout),
+                   classes=tuple(classes), preprocessing=pre, hierarchy=_two_level(header.get("hierarchy"), classes, bad),
+                   tta=str(inference.get("tta", "none")), temperature=temperature,
+                   calibration=header.get("calibration"), metrics=metrics if isinstance(metrics, dict) else {},
+                   weights=header.get("weights"), format=fmt, format_version=version,
+                   imgclass_version=str(header.get("imgclass_version", "")),
+                   loop=header.get("loop"), optimizer=header.get("optimizer"))
+
+
+def _two_level(hierarchy: Any, classes: list[str], bad) -> TwoLevel | None:
+    if hierarchy is None:
+        return None
+    coarse = hierarchy.get("coarse_classes") if isinstance(hierarchy, dict) else None
+    parents = hierarchy.get("parents") if isinstance(hierarchy, dict) else None
+    if (not isinstance(hierarchy, dict) or hierarchy.get("strategy") not in STRATEGIES or not isinstance(coarse, list)
+            or not all(isinstance(c, str) for c in coarse) or not isinstance(parents, list)
+            or len(parents) != len(classes)
+            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(coarse) for p in parents)):
+        raise bad("'hierarchy' does not match the classes")
+    return TwoLevel(hierarchy["strategy"], tuple(coarse), tuple(parents))
