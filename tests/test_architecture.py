@@ -1,5 +1,5 @@
-"""The layout the code promises (issue 15): no import cycles, prediction/serving/export independent of
-training, and functions short enough to read. Checked on the source, imports inside functions included."""
+"""The layout the code promises (issues 15 and 25): no import cycles, packages in layers (README: code
+layout), and functions short enough to read. Checked on the source, imports inside functions included."""
 import ast
 from pathlib import Path
 
@@ -68,20 +68,41 @@ def test_the_walk_sees_imports_inside_functions():
     assert "imgclass.models.inference" in graph["imgclass.prediction.engines"]
 
 
-def test_using_a_model_never_imports_training():
-    graph = _graph()
-    users = [m for m in graph if m.split(".")[1:2] in (["prediction"], ["serving"], ["export"])]
-    assert users
-    reached = {}
-    for start in users:
-        seen, todo = set(), [start]
-        while todo:
-            for nxt in graph[todo.pop()]:
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        reached[start] = sorted(m for m in seen if m.startswith("imgclass.training"))
-    assert reached == {m: [] for m in users}
+# The packages in layers, lowest first: a module may import its own layer and the layers below, never one
+# above. The first layer is what every layer shares (errors, files, logging, the config, the run folder).
+LAYERS = [
+    {"errors", "version", "files", "log", "config", "rundir", "notebook", "figures"},
+    {"data"},
+    {"models", "modelfile"},
+    {"prediction"},
+    {"export", "serving"},
+    {"evaluation"},
+    {"training"},
+    {"tuning"},
+    {"api", "digits_demo"},
+    {"cli", "__main__", ""},  # "": the package itself (imgclass/__init__.py, the lazy API)
+]
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    found = [i for i, names in enumerate(LAYERS) if part in names]
+    assert found, f"{module} belongs to no layer: add it to LAYERS"
+    return found[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_packages_import_only_their_layer_and_below():
+    assert upward_imports(_graph()) == []
+
+
+def test_the_layer_check_fails_on_an_upward_import():
+    """The checker itself: an import from a lower layer into a higher one is reported."""
+    graph = {"imgclass.data.find": {"imgclass.training.run"}, "imgclass.training.run": {"imgclass.data.find"}}
+    assert upward_imports(graph) == ["imgclass.data.find -> imgclass.training.run"]
 
 
 def test_functions_are_short():

@@ -121,7 +121,7 @@ def compare(runs: Iterable[str | Path], html_out: str | Path | None = None, sort
     curves as one HTML file (the curves also as <name>_val_curves.png beside it); sort: a column;
     report: a folder for the written summary across the runs (report.md, report.html, val_curves.png)."""
     from .evaluation.compare import compare_html, compare_rows
-    from .evaluation.plots import png_bytes
+    from .figures import png_bytes
     rows = compare_rows(list(runs), sort)
     if html_out:
         html_out = Path(html_out).expanduser()

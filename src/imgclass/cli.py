@@ -427,7 +427,7 @@ def _export(args: argparse.Namespace) -> int | None:
             raise UserError("--format hub needs --out NEW_FOLDER")
         print(f"wrote {export_hub(args.model, args.out)} (model card: README.md)")
         return None
-    from .export.exporter import export_model
+    from .prediction.graph import export_model
     path, diff = export_model(args.model, args.format, args.out)
     print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")
 

@@ -111,3 +111,10 @@ class RunDir:
             dict_writer.writeheader()
             dict_writer.writerows(rows)
         write_text_atomic(path, buf.getvalue())
+
+
+def best_epoch_phrase(results: dict) -> str:
+    """Where the kept weights come from, in words: best_epoch 0 means the head stage of a two-stage fine-tune."""
+    if results.get("best_epoch"):
+        return f"epoch {results['best_epoch']}"
+    return "the head stage (fine-tuning did not beat the head on frozen features)"

@@ -153,7 +153,7 @@ def test_mixup_and_cutmix_train(tmp_path, monkeypatch):
     import imgclass
     from helpers import FAST, make_class_folders
     data = make_class_folders(tmp_path / "data", per_class=10)
-    from imgclass.training import run as run_mod
+    from imgclass.training import build as run_mod
     seen = []
 
     def spy(*args):  # the loop's mix: every training batch goes through it, its soft targets into the loss

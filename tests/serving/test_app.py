@@ -324,7 +324,7 @@ def test_explain_needs_the_pytorch_model(trained_run, tmp_path):
     no gradients: 501."""
     with_model = TestClient(create_app(trained_run, runtime="onnx"))
     assert with_model.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")}).status_code == 200
-    from imgclass.export.exporter import export_model
+    from imgclass.prediction.graph import export_model
     onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
     bare = TestClient(create_app(onnx_file))
     r = bare.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})

@@ -9,30 +9,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
+from ..figures import new_figure
 from .metrics import reliability_bins
 
-
-class ShownFigure(Figure):
-    """A Figure that a notebook shows inline by itself (`_repr_png_`): figures here live outside pyplot, and
-    IPython's inline display hooks only figures made through pyplot."""
-
-    def _repr_png_(self) -> bytes:
-        return png_bytes(self, dpi=100)
-
-
-def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
-    """A figure as PNG bytes (notebook display, and the figures embedded in HTML pages)."""
-    import io
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _subplots(*args, figsize, **kwargs) -> tuple[Figure, Any]:
-    """A Figure of its own, outside pyplot: no global state and no backend switch, so a notebook keeps
-    its backend (and its own figures), and nothing needs closing. Notebooks still show it inline."""
-    fig = ShownFigure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
 
 MAX_CLASS_LINES = 15  # beyond this many classes, ROC/PR plots show only the averages
 
@@ -49,7 +28,7 @@ def _ticks(ax, classes: list[str], axis: str) -> None:
 
 
 def training_curves(history: list[dict[str, Any]]) -> Figure:
-    fig, axes = _subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = new_figure(1, 3, figsize=(13, 3.6))
     epochs = [int(r["epoch"]) for r in history]
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
@@ -66,7 +45,7 @@ def training_curves(history: list[dict[str, Any]]) -> Figure:
 
 def validation_curves(histories: dict[str, list[dict[str, Any]]]) -> Figure:
     """Validation accuracy and loss per epoch, one line per run (compare's overlay)."""
-    fig, axes = _subplots(1, 2, figsize=(12, 4))
+    fig, axes = new_figure(1, 2, figsize=(12, 4))
     for name, history in histories.items():
         rows = [r for r in history if r.get("val_acc") not in (None, "", "nan")]
         epochs = [int(r["epoch"]) for r in rows]
@@ -88,7 +67,7 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], normalize: bool) -
         arr = np.divide(arr, rows, out=np.zeros_like(arr), where=rows > 0)
     n = len(classes)
     size = min(4 + 0.45 * n, 18)
-    fig, ax = _subplots(figsize=(size + 1, size))
+    fig, ax = new_figure(figsize=(size + 1, size))
     im = ax.imshow(arr, cmap="Blues", vmin=0, vmax=1 if normalize else max(arr.max(), 1))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     _ticks(ax, classes, "x")
@@ -107,7 +86,7 @@ def confusion_matrix(cm: list[list[int]], classes: list[str], normalize: bool) -
 
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Figure:
     onehot = np.eye(len(classes))[y_true]
-    fig, ax = _subplots(figsize=(6.5, 5.5))
+    fig, ax = new_figure(figsize=(6.5, 5.5))
     grid = np.linspace(0, 1, 201)
     tprs = []
     for i, c in enumerate(classes):
@@ -130,7 +109,7 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Fig
 
 def pr_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> Figure:
     onehot = np.eye(len(classes))[y_true]
-    fig, ax = _subplots(figsize=(6.5, 5.5))
+    fig, ax = new_figure(figsize=(6.5, 5.5))
     aps = []
     for i, c in enumerate(classes):
         if onehot[:, i].sum() > 0:
@@ -152,7 +131,7 @@ def f1_bars(per_class: dict[str, dict[str, float]]) -> Figure:
     names = list(per_class)
     f1 = [per_class[c]["f1"] for c in names]
     order = np.argsort(f1)
-    fig, ax = _subplots(figsize=(7, max(2.5, 0.3 * len(names) + 1)))
+    fig, ax = new_figure(figsize=(7, max(2.5, 0.3 * len(names) + 1)))
     ax.barh([names[i] for i in order], [f1[i] for i in order], color="tab:blue")
     for y, i in enumerate(order):
         ax.text(f1[i] + 0.01, y, f"{f1[i]:.2f} (n={per_class[names[i]]['support']})", va="center", fontsize=7)
@@ -163,7 +142,7 @@ def f1_bars(per_class: dict[str, dict[str, float]]) -> Figure:
 
 def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float, when: str = "") -> Figure:
     centres, acc, conf, count = reliability_bins(y_true, probs)
-    fig, ax = _subplots(figsize=(5.5, 5))
+    fig, ax = new_figure(figsize=(5.5, 5))
     width = 1.0 / len(centres)
     ax.bar(centres, np.nan_to_num(acc), width=width, edgecolor="black", alpha=0.7, label="accuracy in bin")
     ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
@@ -175,22 +154,10 @@ def reliability_diagram(y_true: np.ndarray, probs: np.ndarray, ece: float, when:
     return fig
 
 
-def heatmap_figure(image: np.ndarray, overlay: np.ndarray, title: str) -> Figure:
-    """explain's picture: the image (H x W x 3) beside its heatmap overlay."""
-    fig, axes = _subplots(1, 2, figsize=(7, 3.8))
-    axes[0].imshow(image)
-    axes[1].imshow(overlay)
-    for ax, name in zip(axes, ("image", "heatmap")):
-        ax.set(title=name, xticks=[], yticks=[])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def gallery_rows(rows: list[tuple[str, list[np.ndarray], list[str]]], title: str, cols: int) -> Figure:
     """One row per class: its name on the left, up to cols images, each with the predicted class and its
     probability underneath."""
-    fig, axes = _subplots(max(1, len(rows)), cols, figsize=(1.9 * cols + 1.2, 2.0 * max(1, len(rows)) + 0.5),
+    fig, axes = new_figure(max(1, len(rows)), cols, figsize=(1.9 * cols + 1.2, 2.0 * max(1, len(rows)) + 0.5),
                           squeeze=False)
     for r, (name, images, captions) in enumerate(rows):
         for ax in axes[r]:

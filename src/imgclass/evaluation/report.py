@@ -12,7 +12,7 @@ from typing import Any
 
 
 from ..models.header import ModelHeader
-from ..rundir import RunDir
+from ..rundir import RunDir, best_epoch_phrase
 
 TLDR_WORD_LIMIT = 500
 
@@ -64,13 +64,6 @@ class RunContext:
             counts = ctx.split_counts.setdefault(row["split"], {})
             counts[row["label"]] = counts.get(row["label"], 0) + 1
         return ctx
-
-
-def best_epoch_phrase(results: dict) -> str:
-    """Where the kept weights come from, in words: best_epoch 0 means the head stage of a two-stage fine-tune."""
-    if results.get("best_epoch"):
-        return f"epoch {results['best_epoch']}"
-    return "the head stage (fine-tuning did not beat the head on frozen features)"
 
 
 def _pct(x: float | None) -> str:

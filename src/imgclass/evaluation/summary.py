@@ -11,7 +11,7 @@ from typing import Any
 
 from ..rundir import RunDir
 from .compare import Comparison
-from .plots import png_bytes
+from ..figures import png_bytes
 from .report import TLDR_WORD_LIMIT, inline_html, limit_words
 
 WEAK_CLASSES = 3      # how many of the chosen run's weakest classes the summary names

@@ -20,11 +20,10 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import UserError
-from ..evaluation.report import best_epoch_phrase
 from ..modelfile import resolve_model_path
 from ..prediction.predictor import Predictor
-from ..rundir import RunDir
-from .exporter import export_model
+from ..rundir import RunDir, best_epoch_phrase
+from ..prediction.graph import export_model
 
 CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated")
 

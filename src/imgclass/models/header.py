@@ -19,12 +19,12 @@ from typing import Any
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..version import __version__
-from .hierarchy import STRATEGIES
 from .registry import check_args
 
 FORMAT = "imgclass-model"
 CHECKPOINT_FORMAT = "imgclass-checkpoint"
 FORMAT_VERSION = 1
+STRATEGIES = ("flat", "two-stage", "multi-head")  # how a model answers two-level labels (models/hierarchy.py)
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,11 @@ probability.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .header import STRATEGIES, Architecture, TwoLevel
 from .registry import create_model
-
-if TYPE_CHECKING:
-    from .header import Architecture, TwoLevel
-
-STRATEGIES = ("flat", "two-stage", "multi-head")
 
 
 class Hierarchical(nn.Module):
@@ -92,7 +86,7 @@ class Hierarchical(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build(arch: "Architecture", classes, hierarchy: "TwoLevel | None") -> nn.Module:
+def build(arch: Architecture, classes, hierarchy: TwoLevel | None) -> nn.Module:
     """The model an architecture and a label structure describe (models/header.py): plain, or wrapped for
     two-level labels."""
     fine = create_model(arch.name, num_classes=len(classes), dropout=arch.dropout, **arch.args)

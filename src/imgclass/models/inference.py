@@ -1,24 +1,52 @@
 """Running a model on decoded images: batch by batch, in eval mode, with its test-time augmentation.
-Training (validation, final scoring), prediction, serving and evaluation all score through here."""
+Training (validation, final scoring), prediction, serving and evaluation all score through here; so do the
+facts about the machine they run on (the device, the CPU and whether it computes bf16 natively)."""
 from __future__ import annotations
 
-import re
+import functools
+import platform
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
+from ..errors import UserError
 from .tta import tta_logits
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when present, else the CPU; or the device named (cpu, cuda, cuda:N), refused when absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available here")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(the CPU's model name, its feature flags) from /proc/cpuinfo; the platform's name and no flags elsewhere."""
+    name, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return name, flags
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == (platform.processor() or platform.machine()):
+            name = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = frozenset(value.split())
+    return name, flags
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); others emulate it, slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
 
 
 def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:

@@ -80,7 +80,6 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
         top = int(probs.argmax())
         chosen = predictor.classes.index(label) if label is not None else top
         target = out_dir / f"{Path(str(path)).stem}.png"
-        from ..evaluation.plots import heatmap_figure
         heatmap_figure(images[0].permute(1, 2, 0).numpy(), overlays(predictor, images, [chosen], method)[0],
                        f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
                        f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})").savefig(target, dpi=110)
@@ -112,3 +111,16 @@ def overlays(predictor: Predictor, images: torch.Tensor, classes: list[int], met
     """The heatmap of each image's class blended over it (H x W x 3 uint8 each): what explain, the evaluation's
     gallery and the service's /explain show."""
     return [overlay_image(img, cam) for img, cam in zip(images, heatmaps(predictor, images, classes, method))]
+
+
+def heatmap_figure(image: np.ndarray, overlay: np.ndarray, title: str):
+    """explain's picture: the image (H x W x 3) beside its heatmap overlay."""
+    from ..figures import new_figure  # deferred: matplotlib only when a picture is drawn
+    fig, axes = new_figure(1, 2, figsize=(7, 3.8))
+    axes[0].imshow(image)
+    axes[1].imshow(overlay)
+    for ax, name in zip(axes, ("image", "heatmap")):
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

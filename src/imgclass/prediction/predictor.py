@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.header import Architecture, ModelHeader
 from ..models.hierarchy import coarse_probabilities
+from ..models.inference import pick_device
 from ..models.pretrained import timm_pretrained
 from .engines import Engine, OnnxEngine, TorchEngine
 
@@ -101,8 +102,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = pick_device(device)
         file = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
         if file.suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
             header = read_onnx_header(file)
@@ -129,8 +129,7 @@ class Predictor:
         header = ModelHeader(arch=Architecture(name), classes=tuple(classes),
                              preprocessing=Preprocessing(img_size=int(cfg.input_size[-1]), resize="crop",
                                                          mean=tuple(cfg.mean), std=tuple(cfg.std)))
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = pick_device(device)
         return cls(model.to(dev).eval(), header, dev)
 
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:

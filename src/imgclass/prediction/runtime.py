@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
-from ..models.inference import cpu_has_native_bf16
+from ..models.inference import cpu_has_native_bf16, cpu_info
 from .engines import OnnxEngine
 from .predictor import Predictor
 
@@ -45,13 +44,7 @@ TIMING_ROUNDS = 3        # ... in this many interleaved rounds; its best pass co
 
 def machine_key() -> str:
     """The machine a timing belongs to: processor and the threads torch uses."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_info()[0]}, {torch.get_num_threads()} threads"
 
 
 def _images_per_second(engine, images: torch.Tensor) -> float:
@@ -78,7 +71,7 @@ def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float
 def cached_onnx(model_path: Path, digest: str, make: bool) -> Path | None:
     """MODEL.onnx beside the model when it is the export of this very file (SHA-256 `digest`); exported there
     when `make` (or into a temporary folder if the model's folder is read-only). None when absent and not made."""
-    from ..export.exporter import export_model
+    from .graph import export_model
     target = model_path.with_suffix(".onnx")
     if target.is_file() and onnx_metadata(target, SOURCE_KEY) == digest:
         return target
@@ -116,7 +109,7 @@ def _bf16_candidate(predictor: Predictor, model_path: Path, saved: dict, images:
         return False
     entry = saved.setdefault(machine_key(), {})
     if "bf16_ok" not in entry:
-        from ..export.exporter import parity_batch
+        from .graph import parity_batch
         images = parity_batch(predictor, model_path) if images is None else images
         entry["bf16_ok"], entry["bf16_max_diff"] = bf16_parity(predictor, images)
         _write_saved(model_path, saved)
@@ -125,7 +118,7 @@ def _bf16_candidate(predictor: Predictor, model_path: Path, saved: dict, images:
 
 def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, saved: dict) -> dict[str, float]:
     """images/s of each candidate on the run's test images."""
-    from ..export.exporter import parity_batch
+    from .graph import parity_batch
     images = parity_batch(predictor, model_path)
     engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
                "torch float32": predictor.torch_engine(bf16=False)}

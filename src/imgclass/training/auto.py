@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..models import get_spec
 from ..models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
-from .device import pick_device, use_bf16
+from ..models.inference import pick_device
+from .device import use_bf16
 from .transfer import weights_file_header
 
 PHOTO_MIN_SIDE = 64  # median shorter side (px) from which images count as photos (CIFAR: 32, digits: 8)

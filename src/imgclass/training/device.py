@@ -1,21 +1,9 @@
-"""Where training runs and in which precision."""
+"""In which precision training runs (where: models.inference.pick_device, shared with prediction)."""
 from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 from ..models.inference import cpu_has_native_bf16
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available here")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -14,7 +14,7 @@ import torch
 from .. import log
 from ..errors import DataError
 from .build import make_trainer, prepare
-from .device import pick_device
+from ..models.inference import pick_device
 from .optim import set_lr
 from .plan import plan_run
 

@@ -34,7 +34,8 @@ from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, 
 from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
                         TensorBoard)
 from .checkpoint import load_checkpoint
-from .device import pick_device, use_bf16
+from ..models.inference import pick_device
+from .device import use_bf16
 from .loop import Trainer
 from .plan import RunPlan, plan_run
 from .transfer import GradualUnfreeze, compute_features, set_backbones_trainable, train_head

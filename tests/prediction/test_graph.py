@@ -50,8 +50,8 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
 
 
 def test_parity_failure_is_an_error(fast_run, tmp_path, monkeypatch, capsys):
-    from imgclass.export import exporter
-    monkeypatch.setattr(exporter, "PARITY_TOLERANCE", -1.0)
+    from imgclass.prediction import graph
+    monkeypatch.setattr(graph, "PARITY_TOLERANCE", -1.0)
     assert main(["export", str(fast_run.dir), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     assert "failed parity" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()

@@ -1,4 +1,5 @@
-"""`imgclass export MODEL --format onnx|torchscript`.
+"""Exported graphs (`imgclass export MODEL --format onnx|torchscript`, and the ONNX Runtime engine the runtime
+choice exports for): the ONNX/TorchScript writer and its parity check, in one place below both users.
 
 The exported graph takes images already decoded and resized (float N x 3 x S x S, pixel values
 0..255) and returns class probabilities: normalisation, test-time augmentation and softmax are
@@ -22,7 +23,7 @@ from ..models.inference import probabilities
 from ..models.tta import tta_logits
 from ..rundir import RunDir
 from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
-from ..prediction.predictor import Predictor
+from .predictor import Predictor
 
 PARITY_TOLERANCE = 1e-4
 
