@@ -49,7 +49,9 @@ def main() -> None:
         model_file = photo_model(tmp / "model.safetensors")
         predictor = Predictor.load(model_file, "cpu")
         started = time.perf_counter()
-        note = choose_runtime(predictor, "auto", images=args.images)
+        choice = choose_runtime(predictor, "auto", images=args.images)
+        predictor.use(choice)
+        note = choice.note
         choose_s = time.perf_counter() - started
         paths = sorted(folder.iterdir())
         decode_rate = rate(lambda: [predictor.pre.load(p) for p in paths[:200]], 200)

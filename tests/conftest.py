@@ -41,9 +41,12 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Tests never touch the user's decode cache (subprocesses inherit the variable)."""
+    """Tests never touch the user's decode cache or runtime cache (subprocesses inherit the variables)."""
     import os
     os.environ["IMGCLASS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)  # the runtime cache is used only when it is this user's alone
+    os.environ["IMGCLASS_RUNTIME_CACHE"] = str(runtime)
     yield
 
 

@@ -49,7 +49,7 @@ def _with_runtime(model: str | Path | Predictor, runtime: str | None, precision:
     from .prediction.runtime import choose_runtime
     predictor = model if isinstance(model, Predictor) else load(model)
     if runtime is not None or not isinstance(model, Predictor):
-        choose_runtime(predictor, runtime or "auto", precision, images)
+        predictor.use(choose_runtime(predictor, runtime or "auto", precision, images))
     return predictor
 
 

@@ -185,7 +185,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
             raise DataError(f"no images in the {split} split to evaluate")
         if not given:
             from ..prediction.runtime import choose_runtime
-            choose_runtime(predictor, runtime, precision, len(rows))
+            predictor.use(choose_runtime(predictor, runtime, precision, len(rows)))
         tensors = load_split(root, rows, predictor.pre)
         if len(tensors) == 0:
             raise DataError(f"none of the {len(rows)} images of the {split} split could be decoded")

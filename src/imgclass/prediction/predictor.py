@@ -75,7 +75,8 @@ class Predictor:
                  max_pixels: int | None = None, engine: Engine | None = None):
         """max_pixels: this command's limit on an image's pixels (default decode.DEFAULT_MAX_PIXELS);
         the model file's own value can only lower it. engine: what scores images (default: the model in
-        eager PyTorch; prediction.runtime.choose_runtime picks another); model is None for an .onnx file."""
+        eager PyTorch; `use` puts another to work, e.g. prediction.runtime.choose_runtime's); model is None for
+        an .onnx file."""
         self.model, self.header, self.device = model, header, device
         self.classes: list[str] = list(header.classes)
         self.pre = header.preprocessing.within(max_pixels)
@@ -84,7 +85,11 @@ class Predictor:
         self.hierarchy = header.hierarchy   # two-level labels, or None
         self.engine: Engine = engine or self.torch_engine()
         self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
-        self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports it)
+        self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports that)
+
+    def use(self, choice) -> None:
+        """Score with the engine of a runtime choice (prediction.runtime.RuntimeChoice), stating why."""
+        self.engine, self.runtime_note = choice.engine, choice.note
 
     def limit_pixels(self, max_pixels: int) -> None:
         """Lower the pixel limit of the images this predictor decodes (a service's own limit)."""

@@ -1,16 +1,19 @@
 """Which engine scores images for predict, evaluate, submit and serve: eager PyTorch in float32, PyTorch under
-bf16 autocast, or ONNX Runtime on the exported graph. The choice is stated in one line and can be forced
-(`--runtime torch|onnx`, `--precision float32|bf16`).
+bf16 autocast, or ONNX Runtime on the exported graph. `choose_runtime` decides and returns the engine with the
+line that states the choice (the caller hands it to its Predictor); it can be forced (`--runtime torch|onnx`,
+`--precision float32|bf16`).
 
 `auto`, on a CPU:
 - ONNX Runtime is tried when the work pays for one export: a service, or a job of AUTO_ONNX_IMAGES images or
-  more. The export is written once next to the model (MODEL.onnx, parity-checked as `export` does, tagged
-  with the model file's SHA-256 so a retrained model is exported afresh); then each candidate is timed on
-  the run's own test images and the fastest wins. The timings are kept beside it (MODEL.runtime.json, per
-  machine, with the bf16 check), so later commands reuse the choice without timing or checking again.
-- bf16 autocast is a candidate only where the CPU computes bf16 natively (training.device's rule: AVX512-BF16
-  or AMX) and its probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of
-  those images.
+  more. The export is parity-checked as `export` does and kept in this user's runtime cache
+  (RUNTIME_CACHE/<model file's SHA-256>/model.onnx); then each candidate is timed on the run's own test images
+  and the fastest wins. The timings and the bf16 check are kept there too (runtime.json, per machine), so later
+  commands reuse the choice without timing or checking again.
+- bf16 autocast is a candidate only where the CPU computes bf16 natively (AVX512-BF16 or AMX) and its
+  probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of those images.
+Nothing is written beside the model (its folder may be read-only, or another user's), and no ONNX graph found
+on disk is run unless imgclass wrote it into this cache (a folder of this user's alone, mode 0700) or the user
+named the .onnx file: whoever can write a model's folder does not choose the graph every command runs.
 Evidence (machine A, 2 cores, EfficientNet-Lite0 at 224 px, batch 8, 2026-11-23): float32 71 images/s,
 bf16 122, ONNX Runtime 150; bf16 probabilities within 0.024 of float32, ONNX within 6e-7. The one-off ONNX
 export of that model takes 12 s, which is why small jobs stay in PyTorch unless they find the export made.
@@ -20,15 +23,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .. import log
 from ..errors import UserError
+from ..files import write_text_atomic
 from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
 from ..models.inference import cpu_has_native_bf16, cpu_info
-from .engines import OnnxEngine
+from .engines import Engine, OnnxEngine
 from .predictor import Predictor
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -40,6 +48,37 @@ AUTO_ONNX_IMAGES = 1000  # with --runtime auto a job this large is worth the one
 TIMING_SECONDS = 0.3     # each candidate is timed for at least this long per round on the parity images ...
 TIMING_ROUNDS = 3        # ... in this many interleaved rounds; its best pass counts (2 cores shared with other
 #                          work measured Lite0 float32 at anywhere from 22 to 63 images/s in single 0.5 s runs)
+RUNTIME_CACHE_ENV = "IMGCLASS_RUNTIME_CACHE"  # overrides the cache's folder (default below)
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What scores images, and the line that says why (logged, and shown by the service's /info)."""
+    engine: Engine
+    note: str
+
+
+def runtime_cache_root() -> Path:
+    """$IMGCLASS_RUNTIME_CACHE, else $XDG_CACHE_HOME/imgclass/runtime, else ~/.cache/imgclass/runtime."""
+    if os.environ.get(RUNTIME_CACHE_ENV):
+        return Path(os.environ[RUNTIME_CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgclass" / "runtime"
+
+
+def private_dir(digest: str) -> Path | None:
+    """This model file's folder in the runtime cache (made mode 0700), or None when it cannot be made or is not
+    this user's alone (a link, another owner, group or world access): then nothing is read from it or kept."""
+    path = runtime_cache_root() / digest
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.mkdir(exist_ok=True, mode=0o700)
+        for folder in (path.parent, path):
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                return None
+    except OSError:
+        return None
+    return path
 
 
 def machine_key() -> str:
@@ -68,43 +107,57 @@ def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float
     return diff <= BF16_TOLERANCE and same_top, diff
 
 
-def cached_onnx(model_path: Path, digest: str, make: bool) -> Path | None:
-    """MODEL.onnx beside the model when it is the export of this very file (SHA-256 `digest`); exported there
-    when `make` (or into a temporary folder if the model's folder is read-only). None when absent and not made."""
+def cached_onnx(model_path: Path, digest: str, folder: Path | None, make: bool) -> Path | None:
+    """The export of this very model file (SHA-256 `digest`) in its runtime-cache folder, exported there when
+    `make`. None when absent and not made, or when there is no private folder (see onnx_engine)."""
+    if folder is None:
+        return None
     from .graph import export_model
-    target = model_path.with_suffix(".onnx")
+    target = folder / "model.onnx"
     if target.is_file() and onnx_metadata(target, SOURCE_KEY) == digest:
         return target
     if not make:
         return None
-    if not os.access(target.parent, os.W_OK):
-        import tempfile
-        target = Path(tempfile.mkdtemp(prefix="imgclass-onnx-")) / target.name
     path, _ = export_model(model_path, "onnx", target)
     return path
 
 
-def _read_saved(model_path: Path, digest: str | None) -> dict:
-    """MODEL.runtime.json: what was measured for this very model file ({"source_sha256", machine: {...}})."""
+def onnx_engine(predictor: Predictor, model_path: Path, digest: str, folder: Path | None) -> OnnxEngine:
+    """ONNX Runtime on this model's export: from the runtime cache, or (no private cache folder) exported into a
+    temporary folder that is removed as soon as ONNX Runtime has read it."""
+    onnx_path = cached_onnx(model_path, digest, folder, make=True)
+    if onnx_path is not None:
+        return OnnxEngine(onnx_path, predictor.pre.img_size)
+    from .graph import export_model
+    with tempfile.TemporaryDirectory(prefix="imgclass-onnx-") as tmp:
+        path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx")
+        return OnnxEngine(path, predictor.pre.img_size)
+
+
+def _read_saved(folder: Path | None) -> dict:
+    """runtime.json: what was measured for this model file, per machine ({} when nothing was, or no folder)."""
+    if folder is None:
+        return {}
     try:
-        saved = json.loads(model_path.with_suffix(".runtime.json").read_text())
+        saved = json.loads((folder / "runtime.json").read_text())
     except (OSError, ValueError):
-        saved = {}
-    if not isinstance(saved, dict) or saved.get("source_sha256") != digest:
-        saved = {"source_sha256": digest}  # measured for another model file: start afresh
-    return saved
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
-def _write_saved(model_path: Path, saved: dict) -> None:
+def _write_saved(folder: Path | None, saved: dict) -> None:
+    if folder is None:
+        return
     try:
-        model_path.with_suffix(".runtime.json").write_text(json.dumps(saved, indent=2) + "\n")
+        write_text_atomic(folder / "runtime.json", json.dumps(saved, indent=2) + "\n")
     except OSError:
-        pass  # a read-only folder: measured again next time
+        pass  # a full disk: measured again next time
 
 
-def _bf16_candidate(predictor: Predictor, model_path: Path, saved: dict, images: torch.Tensor | None = None) -> bool:
+def _bf16_candidate(predictor: Predictor, model_path: Path, folder: Path | None, saved: dict,
+                    images: torch.Tensor | None = None) -> bool:
     """Whether bf16 autocast may run: the CPU has it natively and its answers are within tolerance, checked
-    once and kept in MODEL.runtime.json (`saved`), so a one-image predict need not redo it."""
+    once and kept in the cache's runtime.json (`saved`), so a one-image predict need not redo it."""
     if not cpu_has_native_bf16():
         return False
     entry = saved.setdefault(machine_key(), {})
@@ -112,17 +165,18 @@ def _bf16_candidate(predictor: Predictor, model_path: Path, saved: dict, images:
         from .graph import parity_batch
         images = parity_batch(predictor, model_path) if images is None else images
         entry["bf16_ok"], entry["bf16_max_diff"] = bf16_parity(predictor, images)
-        _write_saved(model_path, saved)
+        _write_saved(folder, saved)
     return entry["bf16_ok"]
 
 
-def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, saved: dict) -> dict[str, float]:
+def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, folder: Path | None, saved: dict
+             ) -> dict[str, float]:
     """images/s of each candidate on the run's test images."""
     from .graph import parity_batch
     images = parity_batch(predictor, model_path)
     engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
                "torch float32": predictor.torch_engine(bf16=False)}
-    if _bf16_candidate(predictor, model_path, saved, images):
+    if _bf16_candidate(predictor, model_path, folder, saved, images):
         engines["torch bf16"] = predictor.torch_engine(bf16=True)
     rates = dict.fromkeys(engines, 0.0)
     for _ in range(TIMING_ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one candidate
@@ -131,31 +185,33 @@ def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, saved: dic
     return rates
 
 
-def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> str:
-    """--runtime auto on a CPU: sets predictor.engine; returns why."""
+def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> tuple[Engine, str]:
+    """--runtime auto on a CPU: (the engine, why)."""
     digest = file_sha256(model_path)
-    saved = _read_saved(model_path, digest)
-    onnx_path = cached_onnx(model_path, digest, make=images is None or images >= AUTO_ONNX_IMAGES)
+    folder = private_dir(digest)
+    saved = _read_saved(folder)
+    onnx_path = cached_onnx(model_path, digest, folder, make=images is None or images >= AUTO_ONNX_IMAGES)
     if onnx_path is None:
-        note = _torch_auto_precision(predictor, model_path, saved)
-        return f"{note}; ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images (--runtime onnx forces it)"
+        engine, note = _torch_auto_precision(predictor, model_path, folder, saved)
+        why = (f"ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images" if folder is not None
+               else f"ONNX Runtime is not tried: no private runtime cache at {runtime_cache_root()}")
+        return engine, f"{note}; {why} (--runtime onnx forces it)"
     entry = saved.setdefault(machine_key(), {})
     if "images_per_second" not in entry:
-        entry["images_per_second"] = _measure(predictor, model_path, onnx_path, saved)
-        _write_saved(model_path, saved)
+        entry["images_per_second"] = _measure(predictor, model_path, onnx_path, folder, saved)
+        _write_saved(folder, saved)
     rates = entry["images_per_second"]
     best = max(rates, key=rates.get)
-    if best.startswith("onnx"):
-        predictor.engine = OnnxEngine(onnx_path, predictor.pre.img_size)
-    else:
-        predictor.engine = predictor.torch_engine(bf16=best.endswith("bf16"))
+    engine = (OnnxEngine(onnx_path, predictor.pre.img_size) if best.startswith("onnx")
+              else predictor.torch_engine(bf16=best.endswith("bf16")))
     measured = ", ".join(f"{name} {rate:g}" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]))
-    return f"{best} (fastest measured on this machine, images/s: {measured})"
+    return engine, f"{best} (fastest measured on this machine, images/s: {measured})"
 
 
-def _torch_auto_precision(predictor: Predictor, model_path: Path, saved: dict) -> str:
+def _torch_auto_precision(predictor: Predictor, model_path: Path, folder: Path | None, saved: dict
+                          ) -> tuple[Engine, str]:
     """PyTorch on a CPU without timing: bf16 where the CPU has it natively and parity holds."""
-    bf16 = _bf16_candidate(predictor, model_path, saved)
+    bf16 = _bf16_candidate(predictor, model_path, folder, saved)
     entry = saved.get(machine_key(), {})
     if not cpu_has_native_bf16():
         reason = "this CPU has no native bf16"
@@ -163,14 +219,13 @@ def _torch_auto_precision(predictor: Predictor, model_path: Path, saved: dict) -
         reason = f"native bf16, within {entry['bf16_max_diff']:.3f} of float32 (tolerance {BF16_TOLERANCE})"
     else:
         reason = f"bf16 differs from float32 by {entry['bf16_max_diff']:.3f} or changes a top class: float32 kept"
-    predictor.engine = predictor.torch_engine(bf16=bf16)
-    return f"torch {'bf16' if bf16 else 'float32'} ({reason})"
+    return predictor.torch_engine(bf16=bf16), f"torch {'bf16' if bf16 else 'float32'} ({reason})"
 
 
 def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str = "auto",
-                   images: int | None = None) -> str:
-    """Set predictor.engine for a job of `images` images (None: a service, which runs for long); log and return
-    the line that states the choice (also kept as predictor.runtime_note)."""
+                   images: int | None = None) -> RuntimeChoice:
+    """The engine for a job of `images` images (None: a service, which runs for long) and the line that states
+    the choice (logged). The predictor is not changed: `predictor.use(choice)` puts the engine to work."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
@@ -183,21 +238,22 @@ def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str =
             raise UserError("--precision bf16 runs in PyTorch; ONNX Runtime runs the export in float32")
         if predictor.model is None and runtime == "torch":
             raise UserError(f"{model_path} is an ONNX export: it runs in ONNX Runtime (give the model file for torch)")
+        engine = predictor.engine
         if predictor.model is not None:
-            predictor.engine = OnnxEngine(cached_onnx(model_path, file_sha256(model_path), make=True),
-                                          predictor.pre.img_size)
-        note = f"onnx float32 ({'the exported file' if predictor.model is None else 'asked'}: {predictor.engine.path})"
+            digest = file_sha256(model_path)
+            engine = onnx_engine(predictor, model_path, digest, private_dir(digest))
+        note = f"onnx float32 ({'the exported file' if predictor.model is None else 'asked'}: {engine.path})"
     elif predictor.device.type != "cpu" or precision != "auto":  # a GPU, or a precision asked for: PyTorch
         bf16 = precision == "bf16" or (precision == "auto" and predictor.device.type == "cuda")
         if precision == "bf16" and predictor.device.type == "cpu" and not cpu_has_native_bf16():
             raise UserError("--precision bf16: this CPU has no native bf16 (it would run slower than float32)")
-        predictor.engine = predictor.torch_engine(bf16=bf16)
-        note = f"torch {predictor.engine.precision} ({'asked' if precision != 'auto' else predictor.device.type})"
+        engine = predictor.torch_engine(bf16=bf16)
+        note = f"torch {engine.precision} ({'asked' if precision != 'auto' else predictor.device.type})"
     elif runtime == "torch":
-        note = _torch_auto_precision(predictor, model_path, _read_saved(model_path, file_sha256(model_path)))
+        folder = private_dir(file_sha256(model_path))
+        engine, note = _torch_auto_precision(predictor, model_path, folder, _read_saved(folder))
     else:
-        note = _auto_cpu(predictor, model_path, images)
-    predictor.runtime_note = f"runtime: {note}"
-    from .. import log
-    log.info(predictor.runtime_note)
-    return predictor.runtime_note
+        engine, note = _auto_cpu(predictor, model_path, images)
+    choice = RuntimeChoice(engine, f"runtime: {note}")
+    log.info(choice.note)
+    return choice

@@ -37,7 +37,7 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
     files = sorted(files, key=lambda f: _id_key(f.stem))
     if runtime is not None:
         from .runtime import choose_runtime
-        choose_runtime(predictor, runtime, precision, len(files))
+        predictor.use(choose_runtime(predictor, runtime, precision, len(files)))
     probs, errors = predictor.predict_proba(files, batch_size)
     ok = ~np.isnan(probs).any(axis=1)
     levels = {"fine": (probs, predictor.classes)}

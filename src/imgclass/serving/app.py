@@ -234,7 +234,7 @@ def load_predictor(model: str | Path | Predictor, runtime: str, precision: str, 
         return model
     from ..prediction.runtime import choose_runtime
     predictor = Predictor.load(Path(model).expanduser(), "cpu", max_pixels)
-    choose_runtime(predictor, runtime, precision, images=None)
+    predictor.use(choose_runtime(predictor, runtime, precision, images=None))
     return predictor
 
 
