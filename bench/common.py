@@ -47,6 +47,7 @@ def photo_model(path: Path, classes: int = 10) -> Path:
     from imgclass.data.preprocess import Preprocessing
     from imgclass.modelfile import model_header, save_model
     from imgclass.models import create_model
+    from imgclass.models.header import Architecture
     from imgclass.models.pretrained import pretrained_state
     torch.manual_seed(0)
     model = create_model(PHOTO_MODEL, num_classes=classes).eval()
@@ -54,7 +55,7 @@ def photo_model(path: Path, classes: int = 10) -> Path:
     model.backbone.load_state_dict(state)
     pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     names = [f"class{i}" for i in range(classes)]
-    save_model(path, model, model_header({"name": PHOTO_MODEL, "args": {}, "dropout": 0.0}, names, pre, tta="none"))
+    save_model(path, model, model_header(Architecture(PHOTO_MODEL), names, pre, tta="none"))
     return path
 
 

@@ -51,10 +51,9 @@ def head_epoch_times(model_file: Path, data: Path, epochs: int = 3) -> tuple[flo
     from imgclass.data.find import find_images
     from imgclass.data.split import make_split
     from imgclass.modelfile import load_model
-    from imgclass.data.preprocess import Preprocessing
     from imgclass.training.transfer import compute_features, set_trainable, train_head
     model, header = load_model(model_file)
-    pre = Preprocessing.from_dict(header["preprocessing"])
+    pre = header.preprocessing
     split, _ = make_split(find_images(data), 0.1, 0.0, 101)
     train, _ = load_cached(split.root, split.items["train"], pre, None)
     model.reset_head(len(split.classes))

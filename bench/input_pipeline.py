@@ -24,13 +24,12 @@ def imgclass_epochs(root: Path, rows, epochs: int, batch: int, cache_dir: Path) 
     from imgclass.data.augment import BatchAugment
     from imgclass.data.cache import load_cached
     from imgclass.data.preprocess import Preprocessing
-    pre = Preprocessing(img_size=32, resize="crop")
+    pre = Preprocessing(img_size=32, resize="crop", mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
     aug = BatchAugment("light")
     rates = []
     for epoch in range(epochs):
         started = time.perf_counter()
         data, _ = load_cached(root, rows, pre, cache_dir)   # epoch 1 decodes; later epochs map the cache
-        pre.mean, pre.std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
         gen = torch.Generator().manual_seed(epoch)
         order = torch.randperm(len(data), generator=gen)
         n = 0

@@ -39,7 +39,7 @@ NAIVE = textwrap.dedent('''
     import torchvision.transforms.functional as TF
     from imgclass.modelfile import load_model
     model, header = load_model(sys.argv[1])
-    classes = header["classes"]
+    classes = list(header.classes)
     app = Flask(__name__)
     @app.post("/predict")
     def predict():

@@ -105,3 +105,39 @@ def test_every_verb_prints_its_help(verb, capsys):
     assert out.startswith(f"usage: imgclass {verb}")
     if verb == "train":
         assert "onecycle (linear up 25%, linear down)" in " ".join(out.split())
+
+
+# What a verb may import besides imgclass.api: helpers that only print or parse (no work of the library).
+PRESENTATION = {"version.STARTED", "version.__version__", "config.parse_duration", "training.run.summary_lines",
+                "evaluation.compare.compare_text", "tuning.tune.summary_table", "data.check_report.print_check",
+                "prediction.predictor.summary_rows", "tuning.sweep.parse_sweep", "models.get_spec",
+                "serving.app.ServeSettings", "serving.batcher.Batching"}
+
+
+def test_every_verb_calls_the_api_and_nothing_else_of_the_library():
+    """issue 25, item 7: the CLI is thin. Each verb's function (COMMANDS) calls imgclass.api, and imports from
+    the library only the presentation helpers above."""
+    import ast
+    import inspect
+
+    from imgclass import cli
+    for verb, (_, _, run) in cli.COMMANDS.items():
+        tree = ast.parse(inspect.getsource(run))
+        calls = {node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", None) == "api"}
+        imported = {f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.level and node.module for alias in node.names}
+        assert calls, f"{verb} calls no imgclass.api function"
+        assert imported <= PRESENTATION, f"{verb} imports {sorted(imported - PRESENTATION)}"
+
+
+def test_serve_options_are_one_settings_object(monkeypatch):
+    from imgclass import api
+    from imgclass.serving.app import ServeSettings
+    seen = []
+    monkeypatch.setattr(api, "serve", lambda model, settings: seen.append((model, settings)))
+    assert main(["serve", "run", "--port", "9001", "--cors", "http://a.example", "--max-batch-size", "4"]) == 0
+    (model, settings), = seen
+    assert model == "run" and isinstance(settings, ServeSettings) and settings.host == "127.0.0.1"
+    assert settings.port == 9001 and settings.cors == ("http://a.example",) and settings.batching.max_batch_size == 4
+    assert main(["serve", "run", "--workers", "0"]) == 2 and len(seen) == 1

@@ -18,9 +18,9 @@ def test_round_trip_from_file_alone(trained_run, tmp_path):
     best, _ = load_model(trained_run / "checkpoints" / "best.safetensors")
     for (k, a), b in zip(model.state_dict().items(), best.state_dict().values()):
         assert torch.equal(a, b), k
-    assert header["classes"] == ["cat", "dog", "fish"]
-    assert set(header["preprocessing"]) == {"img_size", "resize", "mean", "std", "max_pixels"}
-    assert header["imgclass_version"] and "test" in header["metrics"]
+    assert header.classes == ("cat", "dog", "fish")
+    assert set(header.preprocessing.to_dict()) == {"img_size", "resize", "mean", "std", "max_pixels"}
+    assert header.imgclass_version and "test" in header.metrics
     # the run folder and the file give the same predictions
     p1, p2 = Predictor.load(trained_run, "cpu"), Predictor.load(copy, "cpu")
     x = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
@@ -50,7 +50,7 @@ def _with_header(trained_run, tmp_path, change) -> Path:
     """A copy of the run's model file whose header was edited by change(header) (a crafted file)."""
     from safetensors.torch import load_file, save_file
     src = trained_run / "model.safetensors"
-    header = read_header(src)
+    header = read_header(src).to_dict()
     change(header)
     out = tmp_path / "crafted.safetensors"
     save_file(load_file(str(src)), str(out), metadata={"imgclass": json.dumps(header)})

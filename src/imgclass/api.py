@@ -1,9 +1,13 @@
-"""The Python API, one function per CLI verb (``imgclass VERB`` calls these). The verbs that are not
-train, load, predict, submit or evaluate import their modules when called, on purpose: checking data,
-listing models or clearing the cache need not pay for the evaluation and plotting stack."""
+"""The Python API, one function per CLI verb (``imgclass VERB`` calls these): check, train (and sweep, tune,
+lr_find, augment_preview), load, predict, submit, explain, evaluate, compare, export, serve, list_models,
+pretrained_models, cache_dir, cache_info, cache_clear, demo. The verbs that are not train, load, predict,
+submit or evaluate import their modules when called, on purpose: checking data, listing models or clearing
+the cache need not pay for the evaluation and plotting stack."""
 from __future__ import annotations
 
 import fnmatch
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,36 +36,50 @@ def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) 
 
 
 def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: str = "fine",
-            runtime: str | None = None, precision: str = "auto") -> list[dict[str, Any]]:
+            runtime: str | None = None, precision: str = "auto", device: str = "auto", max_pixels: int | None = None,
+            pretrained: bool = False) -> list[dict[str, Any]]:
     """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
     runtime auto|torch|onnx (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
-    model path, and a given Predictor's own."""
+    model path, and a given Predictor's own. pretrained: model names a published ImageNet classifier
+    (timm:NAME), used as it is."""
+    if pretrained:
+        model, runtime = Predictor.pretrained(str(model), device), None
+    elif not isinstance(model, Predictor):
+        model, runtime = load(model, device, max_pixels), runtime or "auto"
     # one path, one PIL image or one bytes object is one input (a string is not a sequence of inputs)
     items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
     if all(isinstance(i, (str, Path)) for i in items):
         items = expand_inputs(items)
-    predictor = _with_runtime(model, runtime, precision, len(items))
-    return predictor.predict(items, top_k=top_k, level=level)
+    if runtime is not None:  # the runtime for a job of this many images, chosen and stated
+        from .prediction.runtime import choose_runtime
+        model.use(choose_runtime(model, runtime, precision, len(items)))
+    return model.predict(items, top_k=top_k, level=level)
 
 
-def _with_runtime(model: str | Path | Predictor, runtime: str | None, precision: str, images: int) -> Predictor:
-    """The Predictor (loaded from a path) with the runtime for a job of `images` images chosen and stated."""
-    from .prediction.runtime import choose_runtime
-    predictor = model if isinstance(model, Predictor) else load(model)
-    if runtime is not None or not isinstance(model, Predictor):
-        predictor.use(choose_runtime(predictor, runtime or "auto", precision, images))
-    return predictor
+@dataclass(frozen=True)
+class Submission(os.PathLike):
+    """What submit wrote: the CSV (usable as its path), its row count, and the images that could not be read
+    (path, reason), each given the most common class."""
+    path: Path
+    rows: int
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
            id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
-           runtime: str | None = None, precision: str = "auto") -> Path:
-    """Write a Kaggle submission CSV for every image in test_dir; returns its path. runtime: as predict's."""
-    predictor = model if isinstance(model, Predictor) else load(model)
+           runtime: str | None = None, precision: str = "auto", max_pixels: int | None = None) -> Submission:
+    """Write a Kaggle submission CSV for every image in test_dir. runtime: as predict's."""
+    predictor = model if isinstance(model, Predictor) else load(model, max_pixels=max_pixels)
     runtime = runtime or (None if isinstance(model, Predictor) else "auto")
-    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
-                                  precision)
-    return path
+    path, rows, bad = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
+                                       precision)
+    return Submission(Path(path), rows, tuple((str(p), reason) for p, reason in bad))
 
 
 def list_models(zoo: str | None = None, pattern: str | None = None) -> list[str]:
@@ -140,6 +158,33 @@ def sweep(data: str | Path | None, setting: str, values: Iterable[Any], out: str
     and its written summary (returns runs, comparison and the summary folder)."""
     from .tuning.sweep import sweep as run_sweep
     return run_sweep(data, setting.replace("-", "_"), list(values), out, config, **options)
+
+
+def lr_find(data: str | Path, out: str | Path = "lr_find.png", steps: int = 100, config: str | Path | None = None,
+            **options: Any):
+    """`imgclass lr-find`: the learning-rate range test on what train would train (train's options); returns
+    lrs, losses, the suggested rate and the plot's path."""
+    from .training.lr_find import lr_find as range_test
+    return range_test(data, out=out, steps=steps, config=config, **options)
+
+
+def export(model: str | Path, format: str = "onnx", out: str | Path | None = None) -> tuple[Path, float | None]:
+    """`imgclass export`: an ONNX or TorchScript file (parity-checked: returns its path and the largest probability
+    difference from PyTorch), or a hub folder (format "hub": out is the new folder; no difference to report)."""
+    if format == "hub":
+        from .export.hub import export_hub
+        if not out:
+            raise UserError("--format hub needs --out NEW_FOLDER")
+        return export_hub(model, out), None
+    from .prediction.graph import export_model
+    return export_model(model, format, out)
+
+
+def serve(model: str | Path, settings=None, **options: Any) -> None:
+    """`imgclass serve`: the web service for a model until stopped; settings: a serving.app.ServeSettings, or its
+    fields as options (host, port, workers, runtime, max_upload_mb, api_key_file, cors, ...)."""
+    from .serving.app import ServeSettings, serve as run_service
+    run_service(model, settings if settings is not None else ServeSettings(**options))
 
 
 def tune(data: str | Path, **options: Any):

@@ -1,5 +1,5 @@
-"""The command line: `imgclass VERB ...`. Each verb parses its options and calls one
-library function from imgclass.api; all logic lives in the library.
+"""The command line: `imgclass VERB ...`. Each verb parses its options, calls one function of
+imgclass.api and prints its answer; all logic lives in the library.
 
 Bad input raises UserError, printed here as one line with exit code 2 (no traceback).
 
@@ -330,10 +330,11 @@ def _train(args: argparse.Namespace) -> int | None:
     options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
     if args.sweep:
         from .evaluation.compare import compare_text
-        from .tuning.sweep import parse_sweep, sweep
+        from .tuning.sweep import parse_sweep
         if args.resume:
             raise UserError("--sweep starts new runs; --resume continues one: use one of them")
-        done = sweep(args.data, *parse_sweep(args.sweep), config=args.config, **options)
+        setting, values = parse_sweep(args.sweep)
+        done = api.sweep(args.data, setting, values, out=options.pop("out", None), config=args.config, **options)
         print(compare_text(done.comparison))
         print(f"report: {done.summary / 'report.html'}")
         return None
@@ -343,11 +344,12 @@ def _train(args: argparse.Namespace) -> int | None:
 
 
 def _tune(args: argparse.Namespace) -> int | None:
-    from .tuning.tune import summary_table, tune
+    from . import api
+    from .tuning.tune import summary_table
     fixed = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", "time_budget", "out")}
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
-    result = tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
+    result = api.tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
                   time_budget=getattr(args, "time_budget", None), storage=args.storage, study=args.study,
                   out=getattr(args, "out", None) or "runs/tune", config=args.config, pruner=args.pruner,
                   cv=args.cv, **fixed)
@@ -358,9 +360,9 @@ def _tune(args: argparse.Namespace) -> int | None:
 
 
 def _lr_find(args: argparse.Namespace) -> int | None:
-    from .training.lr_find import lr_find
+    from . import api
     options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
-    found = lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
+    found = api.lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
     print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
 
 
@@ -368,24 +370,19 @@ def _predict(args: argparse.Namespace) -> int | None:
     from . import api
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
-    if args.pretrained:
-        from .prediction.predictor import Predictor
-        predictor, runtime = Predictor.pretrained(args.model, args.device), None
-    else:
-        predictor, runtime = api.load(args.model, args.device, args.max_image_pixels), args.runtime
-    _print_predictions(api.predict(predictor, args.inputs, top_k=args.top_k, level=args.level, runtime=runtime,
-                                   precision=args.precision), args.format)
+    _print_predictions(api.predict(args.model, args.inputs, top_k=args.top_k, level=args.level,
+                                   runtime=None if args.pretrained else args.runtime, precision=args.precision,
+                                   device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained),
+                       args.format)
 
 
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
-    from .prediction.submit import write_submission
-    predictor = api.load(args.model, max_pixels=args.max_image_pixels)
-    path, n, bad = write_submission(predictor, args.test_dir, args.out, args.id_column, args.target_column,
-                                    args.target, args.level, args.runtime, args.precision)
-    for p, reason in bad:
+    done = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
+                      args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels)
+    for p, reason in done.unreadable:
         print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
-    print(f"wrote {n} rows to {path}")
+    print(f"wrote {done.rows} rows to {done.path}")
 
 
 def _check(args: argparse.Namespace) -> int | None:
@@ -421,31 +418,23 @@ def _compare(args: argparse.Namespace) -> int | None:
 
 
 def _export(args: argparse.Namespace) -> int | None:
-    if args.format == "hub":
-        from .export.hub import export_hub
-        if not args.out:
-            raise UserError("--format hub needs --out NEW_FOLDER")
-        print(f"wrote {export_hub(args.model, args.out)} (model card: README.md)")
-        return None
-    from .prediction.graph import export_model
-    path, diff = export_model(args.model, args.format, args.out)
-    print(f"wrote {path} (parity with PyTorch: max |probability difference| {diff:.2e})")
+    from . import api
+    path, diff = api.export(args.model, args.format, args.out)
+    print(f"wrote {path} " + ("(model card: README.md)" if diff is None else
+                              f"(parity with PyTorch: max |probability difference| {diff:.2e})"))
 
 
 def _serve(args: argparse.Namespace) -> int | None:
-    from .serving.app import serve
+    from . import api
+    from .serving.app import ServeSettings
     from .serving.batcher import Batching
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
-    for name in ("max_batch", "max_concurrent", "max_batch_size", "max_queue"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_batch_delay_ms < 0:
-        raise UserError("--max-batch-delay-ms must be 0 or more")
-    batching = Batching(args.max_batch_size, args.max_batch_delay_ms, args.max_queue)
-    print(f"serving on http://{args.host}:{args.port}/ (docs at /docs)", file=sys.stderr)
-    serve(args.model, args.host, args.port, args.workers, args.runtime, args.precision, args.max_upload_mb,
-          args.api_key_file, args.cors, args.max_batch, args.max_image_pixels, args.max_concurrent, batching=batching)
+    settings = ServeSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime,
+                             precision=args.precision, max_upload_mb=args.max_upload_mb,
+                             api_key_file=args.api_key_file, cors=tuple(args.cors or ()), max_batch=args.max_batch,
+                             max_pixels=args.max_image_pixels, max_concurrent=args.max_concurrent,
+                             batching=Batching(args.max_batch_size, args.max_batch_delay_ms, args.max_queue)).checked()
+    print(f"serving on http://{settings.host}:{settings.port}/ (docs at /docs)", file=sys.stderr)
+    api.serve(args.model, settings)
 
 
 def _models(args: argparse.Namespace) -> int | None:

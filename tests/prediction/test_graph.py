@@ -39,9 +39,9 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
         loaded = torch.jit.load(str(out), _extra_files=extra)
         header = json.loads(extra["imgclass.json"])
         got = loaded(x.float()).detach().numpy()
-    assert header["classes"] == predictor.classes and header["preprocessing"] == predictor.header["preprocessing"]
-    assert header["inference"]["tta"] == "flip_translate"
-    assert header["inference"]["temperature"] == predictor.temperature != 1.0   # calibrated, in the export too
+    assert header == predictor.header                                    # the model file's header, whole
+    assert header.tta == "flip_translate"
+    assert header.temperature == predictor.temperature != 1.0           # calibrated, in the export too
     np.testing.assert_allclose(got, expected, atol=1e-4)
     one = x[:1].float()   # batch 1 too
     got1 = ort.InferenceSession(str(out)).run(None, {"pixels": one.numpy()})[0] if fmt == "onnx" else \

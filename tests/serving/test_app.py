@@ -220,13 +220,13 @@ def test_serve_passes_connection_limits_and_never_exports_the_key(trained_run, t
     key = tmp_path / "key"
     key.write_text("a-long-secret-key\n")
     try:
-        app_module.serve(trained_run, api_key_file=key, max_concurrent=2)
+        app_module.serve(trained_run, app_module.ServeSettings(api_key_file=str(key), max_concurrent=2))
         assert seen["host"] == "127.0.0.1" and seen["limit_concurrency"] == app_module.LIMITS.connections
         assert seen["timeout_keep_alive"] == app_module.LIMITS.keep_alive_seconds
         assert torch.get_num_threads() == (os.cpu_count() or 1)  # one process: the model (one thread) has the cores
         assert "a-long-secret-key" not in "".join(os.environ.values())
         assert TestClient(seen["app"]).get("/info").status_code == 401
-        app_module.serve(trained_run, workers=2, api_key_file=key)
+        app_module.serve(trained_run, app_module.ServeSettings(workers=2, api_key_file=str(key)))
         assert seen["app"] == "imgclass.serving.app:app_from_env" and seen["workers"] == 2
         assert "a-long-secret-key" not in "".join(os.environ.values())
         assert str(key) in os.environ["IMGCLASS_SERVE_SETTINGS"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from imgclass.data.preprocess import Preprocessing
 from imgclass.modelfile import model_header, save_model
+from imgclass.models.header import Architecture
 from imgclass.models import create_model
 from imgclass.serving.app import create_app
 
@@ -24,10 +25,10 @@ SIZE = 128  # decoded all at once, 10,000 images at 128 px are 490 MB of uint8 a
 
 def _model_file(tmp_path: Path) -> Path:
     """An untrained model file at SIZE px: its weights do not matter for memory."""
-    arch = {"name": "cnn", "args": {"width": 4, "depth": 1}, "dropout": 0.0}
+    arch = Architecture("cnn", {"width": 4, "depth": 1})
     path = tmp_path / "model.safetensors"
-    save_model(path, create_model("cnn", 3, **arch["args"]), model_header(arch, ["a", "b", "c"],
-                                                                          Preprocessing(img_size=SIZE)))
+    save_model(path, create_model("cnn", 3, **arch.args), model_header(arch, ["a", "b", "c"],
+                                                                       Preprocessing(img_size=SIZE)))
     return path
 
 

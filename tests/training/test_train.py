@@ -36,10 +36,10 @@ def test_class_folders_run_writes_everything(tmp_path):
     # colour classes are easy: the model must really have learnt
     assert run.metrics["test"]["accuracy"] >= 0.8
     header = read_header(d / "model.safetensors")
-    assert header["classes"] == ["1", "2", "10"]
-    assert header["preprocessing"]["img_size"] == 8 and header["preprocessing"]["resize"] == "crop"
-    assert header["metrics"]["test"]["accuracy"] == run.metrics["test"]["accuracy"]
-    assert header["arch"] == {"name": "cnn", "args": {"width": 8, "depth": 2}, "dropout": 0.0}
+    assert header.classes == ("1", "2", "10")
+    assert header.preprocessing.img_size == 8 and header.preprocessing.resize == "crop"
+    assert header.metrics["test"]["accuracy"] == run.metrics["test"]["accuracy"]
+    assert header.arch.to_dict() == {"name": "cnn", "args": {"width": 8, "depth": 2}, "dropout": 0.0}
 
 
 def test_same_seed_same_split_and_weights(tmp_path):
@@ -117,7 +117,7 @@ def test_sgd_zoo_and_mlp_train(tmp_path):
                               dict(model="resnet", model_args={"width": 4, "depth": 1}, augment="strong")]):
         run = imgclass.train(data, out=str(tmp_path / f"r{i}"), **dict(FAST, epochs=1, **opts))
         model, header = load_model(run.dir)
-        assert header["arch"]["name"] == opts["model"]
+        assert header.arch.name == opts["model"]
 
 
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop)])
@@ -140,7 +140,7 @@ def test_activation_option(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=6)
     run = imgclass.train(data, out=str(tmp_path / "gelu"), **dict(FAST, epochs=1, activation="gelu"))
     model, header = load_model(run.dir)
-    assert header["arch"]["args"]["activation"] == "gelu"
+    assert header.arch.args["activation"] == "gelu"
     assert any(isinstance(m, torch.nn.GELU) for m in model.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
     assert main(["train", str(data), "--model", "timm:resnet10t", "--activation", "gelu",

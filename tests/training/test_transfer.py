@@ -121,7 +121,7 @@ def test_imgclass_model_file_as_weights(source_weights, tmp_path):
                             unfreeze="none", **dict(OPTS, head_epochs=1))
     m1, _ = load_model(first.dir)
     m2, h2 = load_model(second.dir)
-    assert h2["classes"] == ["x", "y"]
+    assert h2.classes == ("x", "y")
     for k, v in m1.backbone.state_dict().items():
         if v.dtype.is_floating_point and "running" not in k:
             assert torch.equal(v, m2.backbone.state_dict()[k]), k
@@ -205,7 +205,7 @@ def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
     data = make_class_folders(tmp_path / "data", per_class=6)
     run = imgclass.train(data, out=str(tmp_path / "run"), pretrained=True, **dict(OPTS, head_epochs=1, unfreeze="none"))
     model, header = load_model(run.dir)
-    assert header["preprocessing"]["mean"] == list(cfg.mean)       # the backbone's own statistics
+    assert header.preprocessing.mean == tuple(cfg.mean)           # the backbone's own statistics
     for k, v in model.backbone.state_dict().items():
         if v.dtype.is_floating_point and "running" not in k:
             assert torch.equal(v, net.state_dict()[k]), k           # frozen backbone = published weights
@@ -216,15 +216,17 @@ def test_lr_find_takes_train_data_options(tmp_path, capsys):
     from helpers import make_tree
     from imgclass.training import lr_find as lr_mod
     built = []
-    real = lr_mod.build_model
-    lr_mod.build_model = lambda arch, classes, hierarchy: built.append((arch, hierarchy)) or real(arch, classes,
-                                                                                                   hierarchy)
+    from imgclass.training import build as build_mod
+    real = build_mod.build_model
+    build_mod.build_model = lambda arch, classes, hierarchy: built.append((arch, hierarchy)) or real(arch, classes,
+                                                                                                     hierarchy)
     try:
         data = make_tree(tmp_path / "tree")
         assert main(["lr-find", str(data), "--hierarchy", "--model", "cnn", "--model-args", "width=8,depth=2",
                      "--img-size", "8", "--head", "16", "--batch-size", "8", "--steps", "10",
                      "--plot", str(tmp_path / "lr.png")]) == 0
     finally:
-        lr_mod.build_model = real
+        build_mod.build_model = real
     (arch, hierarchy), = built
-    assert arch["args"]["head"] == [16] and hierarchy["coarse_classes"] == ["animal", "plant"]
+    assert arch.args["head"] == [16] and hierarchy.coarse_classes == ("animal", "plant")
+    assert lr_mod.prepare is build_mod.prepare                      # lr-find prepares as train does

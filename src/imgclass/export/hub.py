@@ -48,10 +48,11 @@ def export_hub(model: str | Path, out: str | Path) -> Path:
 
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
-    h = predictor.header.to_dict()  # the model file's own layout, key for key
-    return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h["arch"], "classes": h["classes"],
-            "preprocessing": h["preprocessing"], "inference": h["inference"], "hierarchy": h["hierarchy"],
-            "imgclass_version": h["imgclass_version"]}
+    h = predictor.header
+    return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h.arch.to_dict(),
+            "classes": list(h.classes), "preprocessing": h.preprocessing.to_dict(),
+            "inference": {"tta": h.tta, "temperature": h.temperature},
+            "hierarchy": h.hierarchy.to_dict() if h.hierarchy else None, "imgclass_version": h.imgclass_version}
 
 
 def _write_timm(predictor: Predictor, out: Path) -> bool:
@@ -153,7 +154,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"{h.temperature:.4f}.", ""]
     lines += _results_section(m, facts.get("metrics_split"), figures)
     lines += ["## Limits", "",
-              f"- Inputs are resized to {pre['img_size']} px; detail finer than that is lost.",
+              f"- Inputs are resized to {pre.img_size} px; detail finer than that is lost.",
               "- Probabilities are calibrated on the validation split only; on data unlike the training data they are "
               "not to be trusted.", "- The scores above are from one split of one dataset; expect lower on other "
               "sources (cameras, lighting, backgrounds).", ""]

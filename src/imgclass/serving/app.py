@@ -385,24 +385,53 @@ def app_from_env() -> FastAPI:
     return create_app(api_key=key, **settings)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, runtime: str = "auto",
-          precision: str = "auto", max_upload_mb: float = 10.0, api_key_file: str | Path | None = None,
-          cors_origins: list[str] | None = None, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
-          max_concurrent: int | None = None, limits: Limits = LIMITS, batching: Batching = BATCHING) -> None:
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README)."""
+    host: str = "127.0.0.1"              # listening address: this machine only unless told otherwise
+    port: int = 8000
+    workers: int = 1                     # processes, each batching on its own with its share of the cores
+    runtime: str = "auto"                # auto | torch | onnx (prediction.runtime)
+    precision: str = "auto"              # auto | float32 | bf16
+    max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
+    api_key_file: str | None = None      # the key on its first line guards /predict*, /explain, /info, /metrics
+    cors: tuple[str, ...] = ()           # origins allowed by CORS (none: CORS off)
+    max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
+    max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
+    max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
+    batching: Batching = BATCHING        # dynamic batching: batch size, delay, queue
+    limits: Limits = LIMITS              # connections, keep-alive, the body's time
+
+    def checked(self) -> "ServeSettings":
+        """These settings, or a UserError naming the first one out of range."""
+        for name in ("workers", "max_batch", "max_concurrent", "max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batching.max_batch_size < 1 or self.batching.max_queue < 1:
+            raise UserError("--max-batch-size and --max-queue must be at least 1")
+        if self.batching.max_delay_ms < 0:
+            raise UserError("--max-batch-delay-ms must be 0 or more")
+        if not self.max_upload_mb > 0:
+            raise UserError("--max-upload-mb must be more than 0")
+        return self
+
+
+def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:
+    """Run the service for a model until stopped (uvicorn; several worker processes with settings.workers)."""
     import uvicorn
-    slots = max_concurrent or default_concurrency()
-    settings = dict(model=str(model), runtime=runtime, precision=precision, max_upload_mb=max_upload_mb,
-                    cors_origins=cors_origins, max_batch=max_batch, max_pixels=max_pixels, max_concurrent=slots,
-                    body_seconds=limits.body_seconds)
-    server = dict(host=host, port=port, limit_concurrency=limits.connections,
-                  timeout_keep_alive=limits.keep_alive_seconds)
-    size_threads(workers)
-    if workers > 1:
+    s = settings.checked()
+    app_settings = dict(model=str(model), runtime=s.runtime, precision=s.precision, max_upload_mb=s.max_upload_mb,
+                        cors_origins=list(s.cors) or None, max_batch=s.max_batch, max_pixels=s.max_pixels,
+                        max_concurrent=s.max_concurrent or default_concurrency(), body_seconds=s.limits.body_seconds)
+    server = dict(host=s.host, port=s.port, limit_concurrency=s.limits.connections,
+                  timeout_keep_alive=s.limits.keep_alive_seconds)
+    size_threads(s.workers)
+    if s.workers > 1:
         # choose (export, time) once here at a worker's thread count; the workers then find it cached
-        load_predictor(model, runtime, precision, max_pixels)
+        load_predictor(model, s.runtime, s.precision, s.max_pixels)
         os.environ["IMGCLASS_SERVE_SETTINGS"] = json.dumps(
-            {**settings, "workers": workers, "api_key_file": str(api_key_file) if api_key_file else None,
-             "batching": asdict(batching)})
-        uvicorn.run("imgclass.serving.app:app_from_env", factory=True, workers=workers, **server)
+            {**app_settings, "workers": s.workers, "api_key_file": str(s.api_key_file) if s.api_key_file else None,
+             "batching": asdict(s.batching)})
+        uvicorn.run("imgclass.serving.app:app_from_env", factory=True, workers=s.workers, **server)
     else:
-        uvicorn.run(create_app(api_key=read_api_key(api_key_file), batching=batching, **settings), **server)
+        uvicorn.run(create_app(api_key=read_api_key(s.api_key_file), batching=s.batching, **app_settings), **server)
