@@ -7,6 +7,7 @@ import torch
 import imgclass
 from imgclass.cli import main
 from imgclass.modelfile import read_onnx_header
+from imgclass.models.header import ModelHeader
 
 from helpers import FAST, make_class_folders
 
@@ -37,7 +38,7 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
     else:
         extra = {"imgclass.json": ""}
         loaded = torch.jit.load(str(out), _extra_files=extra)
-        header = json.loads(extra["imgclass.json"])
+        header = ModelHeader.from_json(extra["imgclass.json"], out)
         got = loaded(x.float()).detach().numpy()
     assert header == predictor.header                                    # the model file's header, whole
     assert header.tta == "flip_translate"

@@ -83,11 +83,12 @@ def test_progressive_resizing(tmp_path):
 def test_budget_widens_the_network_only_with_room_for_the_recipe():
     from imgclass.config import TrainConfig
     from imgclass.models import get_spec
+    from imgclass.models.header import Architecture
     from imgclass.training.budget import wider_model
     spec, classes = get_spec("fast"), [str(i) for i in range(10)]
 
     def wider(epochs, **cfg):
-        found = wider_model(spec, TrainConfig(model="fast", **cfg), {}, classes, None, epochs, 32, 1)
+        found = wider_model(spec, TrainConfig(model="fast", **cfg), Architecture("fast"), classes, None, epochs, 32, 1)
         return None if found is None else found[0]
 
     # FLOPs at 32 px: width 64 costs ~3.6x width 32 and width 48 ~2.1x; the recipe wants 10 epochs
@@ -95,7 +96,7 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     assert wider(25) == 48
     assert wider(15) is None
     assert wider(100, model_args={"width": 32}) is None     # a width the user chose is kept
-    width, model = wider_model(spec, TrainConfig(model="fast"), {}, classes, None, 100, 32, 1)
+    width, model = wider_model(spec, TrainConfig(model="fast"), Architecture("fast"), classes, None, 100, 32, 1)
     assert model.num_features == 4 * 64
 
 
@@ -125,14 +126,18 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, imgclass
 
 def test_precision_choice_and_effect(tmp_path, monkeypatch):
     from pathlib import Path
+    from imgclass.models import inference
     from imgclass.training import device as run_mod
     cpu = torch.device("cpu")
     assert run_mod.use_bf16("bf16", cpu) and not run_mod.use_bf16("fp32", cpu)
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512f avx512_bf16 avx512vl")
-    assert run_mod.use_bf16("auto", cpu)              # native bf16: auto uses it
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512f avx512bw avx512vl")
-    assert not run_mod.use_bf16("auto", cpu)          # emulated bf16: auto keeps float32
+    for flags, native in (("fpu avx2 avx512f avx512_bf16 avx512vl", True), ("fpu avx2 avx512f avx512bw avx512vl", False),
+                          ("fpu avx2 amx_bf16 amx_tile", True)):
+        inference.cpu_info.cache_clear()
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, f=flags, **k: f"model name\t: X\nflags\t\t: {f}\n")
+        assert run_mod.use_bf16("auto", cpu) == native  # native bf16 (AVX512-BF16 or AMX): auto uses it
+        assert inference.cpu_info() == ("X", frozenset(flags.split()))
     monkeypatch.undo()
+    inference.cpu_info.cache_clear()
     data = make_class_folders(tmp_path / "data", per_class=8)
     opts = dict(model="cnn", model_args={"width": 8, "depth": 2}, img_size=16, epochs=1, batch_size=8, workers=1,
                 verbose=False, tensorboard=False, evaluate=False)
