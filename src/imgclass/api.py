@@ -6,8 +6,6 @@ the cache need not pay for the evaluation and plotting stack."""
 from __future__ import annotations
 
 import fnmatch
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -56,30 +54,16 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
     return model.predict(items, top_k=top_k, level=level)
 
 
-@dataclass(frozen=True)
-class Submission(os.PathLike):
-    """What submit wrote: the CSV (usable as its path), its row count, and the images that could not be read
-    (path, reason), each given the most common class."""
-    path: Path
-    rows: int
-    unreadable: tuple[tuple[str, str], ...] = ()
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
 def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
            id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
-           runtime: str | None = None, precision: str = "auto", max_pixels: int | None = None) -> Submission:
-    """Write a Kaggle submission CSV for every image in test_dir. runtime: as predict's."""
+           runtime: str | None = None, precision: str = "auto", max_pixels: int | None = None) -> Path:
+    """Write a Kaggle submission CSV for every image in test_dir (one row each: an unreadable image gets the
+    most common class, with a warning); returns its path. runtime: as predict's."""
     predictor = model if isinstance(model, Predictor) else load(model, max_pixels=max_pixels)
     runtime = runtime or (None if isinstance(model, Predictor) else "auto")
-    path, rows, bad = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
-                                       precision)
-    return Submission(Path(path), rows, tuple((str(p), reason) for p, reason in bad))
+    path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
+                                  precision)
+    return path
 
 
 def list_models(zoo: str | None = None, pattern: str | None = None) -> list[str]:

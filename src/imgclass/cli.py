@@ -378,11 +378,11 @@ def _predict(args: argparse.Namespace) -> int | None:
 
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
-    done = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
+    path = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
                       args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels)
-    for p, reason in done.unreadable:
-        print(f"warning: {p}: {reason} (given the most common class)", file=sys.stderr)
-    print(f"wrote {done.rows} rows to {done.path}")
+    with open(path, newline="") as fh:
+        rows = sum(1 for _ in csv.reader(fh)) - 1  # the header line
+    print(f"wrote {rows} rows to {path}")
 
 
 def _check(args: argparse.Namespace) -> int | None:

@@ -33,8 +33,10 @@ def test_submission_numeric_order_and_targets(trained_run, tmp_path):
     assert [r[1] for r in rows2[1:]] == [classes[int(r[1])] for r in rows[1:]]
 
 
-def test_unreadable_test_image_still_gets_a_row(trained_run, tmp_path):
+def test_unreadable_test_image_still_gets_a_row(trained_run, tmp_path, imgclass_log):
     folder, _ = make_test_dir(tmp_path)
     (folder / "5.jpg").write_text("broken")
     out = imgclass.submit(trained_run, folder, out=tmp_path / "s.csv")
     assert [r[0] for r in list(csv.reader(out.open()))[1:]] == ["1", "2", "5", "10", "33"]
+    assert any(level == "WARNING" and "5.jpg" in text and "most common class" in text for level, text in imgclass_log)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("s.csv")] == ["s.csv"]   # no temp file left

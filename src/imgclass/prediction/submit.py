@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.find import list_images, natural_key
+from .. import log
 from ..errors import UserError
+from ..files import write_text_atomic
 from .predictor import Predictor
 
 
@@ -68,5 +70,7 @@ def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path
     writer.writerows(rows)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(buf.getvalue())
+    write_text_atomic(out, buf.getvalue())  # a kill leaves the old file or the whole new one
+    for path, reason in bad:
+        log.warning(f"{path}: {reason} (given the most common class)")
     return out, len(rows), bad
