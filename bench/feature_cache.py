@@ -51,6 +51,7 @@ def head_epoch_times(model_file: Path, data: Path, epochs: int = 3) -> tuple[flo
     from imgclass.data.find import find_images
     from imgclass.data.split import make_split
     from imgclass.modelfile import load_model
+    from imgclass.models.task import SINGLE_LABEL
     from imgclass.training.transfer import compute_features, set_trainable, train_head
     model, header = load_model(model_file)
     pre = header.preprocessing
@@ -62,13 +63,13 @@ def head_epoch_times(model_file: Path, data: Path, epochs: int = 3) -> tuple[flo
     started = time.perf_counter()
     feats = compute_features(model, train.images, pre, 256, device)
     once = time.perf_counter() - started
-    rows = train_head(model, feats, train.labels, None, None, epochs, 1e-3, 0.0, 0.1, 128, 0, device)
+    rows = train_head(SINGLE_LABEL, model, feats, train.labels, None, None, epochs, 1e-3, 0.0, 0.1, 128, 0, device)
     cached = sum(r["seconds"] for r in rows) / epochs
     recompute = []
     for _ in range(epochs):  # the uncached way: the frozen backbone runs again every epoch
         started = time.perf_counter()
         feats = compute_features(model, train.images, pre, 256, device)
-        train_head(model, feats, train.labels, None, None, 1, 1e-3, 0.0, 0.1, 128, 0, device)
+        train_head(SINGLE_LABEL, model, feats, train.labels, None, None, 1, 1e-3, 0.0, 0.1, 128, 0, device)
         recompute.append(time.perf_counter() - started)
     return cached, sum(recompute) / epochs, once
 

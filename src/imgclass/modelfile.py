@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from .data.preprocess import Preprocessing
 from .errors import UserError
-from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader, TwoLevel
-from .models.hierarchy import build
+from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
+from .models.task import SINGLE_LABEL, Task
 
 META_KEY = "imgclass"
 SOURCE_KEY = "imgclass_source_sha256"  # an export's metadata: the SHA-256 of the model file it came from
@@ -90,11 +90,11 @@ def read_header(path: Path) -> ModelHeader:
 
 
 def model_header(arch: Architecture, classes: list[str], pre: Preprocessing, metrics: dict | None = None,
-                 tta: str = "none", hierarchy: TwoLevel | None = None, weights: dict | None = None,
+                 tta: str = "none", task: Task = SINGLE_LABEL, weights: dict | None = None,
                  calibration: dict | None = None) -> ModelHeader:
     """The header of a model file this version writes. calibration: {"temperature", and the validation ECE/NLL
     before and after} once fitted, else None."""
-    return ModelHeader(arch=arch, classes=tuple(classes), preprocessing=pre, hierarchy=hierarchy, tta=tta,
+    return ModelHeader(arch=arch, classes=tuple(classes), preprocessing=pre, task=task, tta=tta,
                        temperature=(calibration or {}).get("temperature", 1.0), calibration=calibration,
                        metrics=metrics or {}, weights=weights)
 
@@ -121,7 +121,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model from its file alone; returns (model in eval mode, header)."""
     file = resolve_model_path(path)
     header = read_header(file)
-    model = build(header.arch, header.classes, header.hierarchy)
+    model = header.task.build(header.arch, header.classes)
     tensors = load_file(str(file))
     prefix = "model."
     if header.format == CHECKPOINT_FORMAT and any(k.startswith(prefix) for k in tensors):

@@ -107,7 +107,7 @@ def test_two_level_labels_with_a_pretrained_backbone(tmp_path, strategy):
     run = imgclass.train(root, out=str(tmp_path / "run"), hierarchy=True, hierarchy_strategy=strategy, model=LITE0,
                          pretrained=True, unfreeze="none", evaluate=False, **TINY)
     model, header = load_model(run.dir)
-    assert header.hierarchy.strategy == strategy and header.weights["source"] == "package"
+    assert header.task.strategy == strategy and header.weights["source"] == "package"
     state, _ = pretrained_state(LITE0)
     backbones = [model.fine] + ([model.coarse] if strategy == "two-stage" else [])
     for part in backbones:

@@ -216,17 +216,17 @@ def test_lr_find_takes_train_data_options(tmp_path, capsys):
     from helpers import make_tree
     from imgclass.training import lr_find as lr_mod
     built = []
+    from imgclass.models.task import TwoLevel
     from imgclass.training import build as build_mod
-    real = build_mod.build_model
-    build_mod.build_model = lambda arch, classes, hierarchy: built.append((arch, hierarchy)) or real(arch, classes,
-                                                                                                     hierarchy)
+    real = TwoLevel.build
+    TwoLevel.build = lambda task, arch, classes: built.append((arch, task)) or real(task, arch, classes)
     try:
         data = make_tree(tmp_path / "tree")
         assert main(["lr-find", str(data), "--hierarchy", "--model", "cnn", "--model-args", "width=8,depth=2",
                      "--img-size", "8", "--head", "16", "--batch-size", "8", "--steps", "10",
                      "--plot", str(tmp_path / "lr.png")]) == 0
     finally:
-        build_mod.build_model = real
+        TwoLevel.build = real
     (arch, hierarchy), = built
     assert arch.args["head"] == [16] and hierarchy.coarse_classes == ("animal", "plant")
     assert lr_mod.prepare is build_mod.prepare                      # lr-find prepares as train does

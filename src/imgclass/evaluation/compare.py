@@ -72,7 +72,7 @@ def compare_rows(runs: list[str | Path], sort: str | None = None) -> Comparison:
             m = json.loads(test_metrics.read_text())
             f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")
         rows.append({"run": str(run), "model": header.arch.name,
-                     "strategy": header.hierarchy.strategy if header.hierarchy else "-", "test coarse accuracy": coarse,
+                     "strategy": header.task.variant or "-", "test coarse accuracy": coarse,
                      "input size": header.img_size,
                      "epochs": f"{results.get('epochs_run', '?')}/"
                                f"{(results.get('plan') or {}).get('epochs', cfg.get('epochs', '?'))}",

@@ -20,8 +20,7 @@ from ..data.split import SPLITS, read_splits
 from .. import log
 from ..errors import DataError, UserError
 from ..modelfile import resolve_model_path
-from ..models.header import TwoLevel
-from ..models.hierarchy import coarse_probabilities
+from ..models.task import TwoLevel
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import plots
@@ -89,7 +88,7 @@ def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: TwoLevel, spl
     """Coarse-level metrics (coarse probabilities = summed fine ones), consistency and mistake severity."""
     parents = np.asarray(hierarchy.parents)
     coarse_classes = list(hierarchy.coarse_classes)
-    coarse_probs = coarse_probabilities(probs, parents, len(coarse_classes))
+    coarse_probs = hierarchy.coarse_probabilities(probs)
     y_coarse = parents[y]
     coarse, coarse_notes = compute_metrics(y_coarse, coarse_probs, coarse_classes, split)
     notes += [f"coarse level: {n}" for n in coarse_notes]
@@ -100,6 +99,11 @@ def hierarchy_metrics(y: np.ndarray, probs: np.ndarray, hierarchy: TwoLevel, spl
             "hierarchical_consistency": float(np.mean(parents[fine_pred] == coarse_pred)),
             "mistake_severity": {"fine_errors": int(wrong.sum()), "within_coarse": int(within.sum()),
                                  "across_coarse": int((wrong & ~within).sum())}}
+
+
+# The metrics a label structure adds to the classification metrics above (models/task.py): a new task
+# registers its own here.
+TASK_METRICS = {"two-level": hierarchy_metrics}
 
 
 def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
@@ -194,8 +198,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     y = tensors.labels.numpy()
     metrics, metric_notes = compute_metrics(y, probs, classes, split)
     notes += metric_notes
-    if predictor.hierarchy:
-        metrics.update(hierarchy_metrics(y, probs, predictor.hierarchy, split, notes))
+    if (task_metrics := TASK_METRICS.get(predictor.task.name)) is not None:
+        metrics.update(task_metrics(y, probs, predictor.task, split, notes))
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     raw = None
     if predictor.temperature != 1.0:  # what calibration changed on this split

@@ -52,14 +52,15 @@ def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
     return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h.arch.to_dict(),
             "classes": list(h.classes), "preprocessing": h.preprocessing.to_dict(),
             "inference": {"tta": h.tta, "temperature": h.temperature},
-            "hierarchy": h.hierarchy.to_dict() if h.hierarchy else None, "imgclass_version": h.imgclass_version}
+            "hierarchy": h.task.header_entry(), "imgclass_version": h.imgclass_version}
 
 
 def _write_timm(predictor: Predictor, out: Path) -> bool:
     """model.safetensors and config.json in timm's layout (timm's own save_for_hf), for a timm backbone with a
     single linear head; False (nothing written) for any other model."""
     name, model = predictor.header.arch.name, predictor.model
-    if not name.startswith("timm:") or predictor.hierarchy or not isinstance(getattr(model, "head", None), nn.Linear):
+    if (not name.startswith("timm:") or predictor.task.name != "single-label"
+            or not isinstance(getattr(model, "head", None), nn.Linear)):
         return False
     import timm
     from timm.models import save_for_hf

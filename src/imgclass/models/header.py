@@ -20,11 +20,11 @@ from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..version import __version__
 from .registry import check_args
+from .task import SINGLE_LABEL, Task, task_from_header
 
 FORMAT = "imgclass-model"
 CHECKPOINT_FORMAT = "imgclass-checkpoint"
 FORMAT_VERSION = 1
-STRATEGIES = ("flat", "two-stage", "multi-head")  # how a model answers two-level labels (models/hierarchy.py)
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,12 @@ class Architecture:
 
 
 @dataclass(frozen=True)
-class TwoLevel:
-    """Two-level labels (coarse -> fine): each fine class's parent, and the strategy that answers them."""
-    strategy: str                    # flat | two-stage | multi-head
-    coarse_classes: tuple[str, ...]  # coarse class names, in order
-    parents: tuple[int, ...]         # per fine class, the index of its coarse class
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "coarse_classes": list(self.coarse_classes), "parents": list(self.parents)}
-
-
-@dataclass(frozen=True)
 class ModelHeader:
     arch: Architecture
     classes: tuple[str, ...]                    # class names, in the order of the model's outputs
     preprocessing: Preprocessing                # as the file says: a command's pixel limit applies on top
     #                                             (Preprocessing.within), so a file can lower it, never raise it
-    hierarchy: TwoLevel | None = None           # the label structure: None is one class per image
+    task: Task = SINGLE_LABEL                   # the label structure (models/task.py): one class per image, ...
     tta: str = "none"                           # test-time augmentation every command applies
     temperature: float = 1.0                    # softmax temperature (calibration); every command divides by it
     calibration: dict[str, Any] | None = None   # the temperature and the validation ECE/NLL before and after
@@ -71,17 +60,12 @@ class ModelHeader:
     optimizer: dict[str, Any] | None = None     # checkpoints only: the optimizer's scalar state
 
     @property
-    def task(self) -> str:
-        """The label structure's name: "single-label" or "two-level"."""
-        return "single-label" if self.hierarchy is None else "two-level"
-
-    @property
     def img_size(self) -> int:
         return self.preprocessing.img_size
 
     def to_dict(self) -> dict[str, Any]:
         out = {
-            "hierarchy": self.hierarchy.to_dict() if self.hierarchy else None,
+            "hierarchy": self.task.header_entry(),  # format version 1 names the label structure "hierarchy"
             "format": self.format,
             "format_version": self.format_version,
             "imgclass_version": self.imgclass_version,
@@ -143,22 +127,10 @@ class ModelHeader:
             raise bad(str(exc)) from None
         metrics = header.get("metrics") or {}
         return cls(arch=Architecture(arch["name"], dict(arch.get("args") or {}), dropout),
-                   classes=tuple(classes), preprocessing=pre, hierarchy=_two_level(header.get("hierarchy"), classes, bad),
+                   classes=tuple(classes), preprocessing=pre,
+                   task=task_from_header(header.get("hierarchy"), classes, bad),
                    tta=str(inference.get("tta", "none")), temperature=temperature,
                    calibration=header.get("calibration"), metrics=metrics if isinstance(metrics, dict) else {},
                    weights=header.get("weights"), format=fmt, format_version=version,
                    imgclass_version=str(header.get("imgclass_version", "")),
                    loop=header.get("loop"), optimizer=header.get("optimizer"))
-
-
-def _two_level(hierarchy: Any, classes: list[str], bad) -> TwoLevel | None:
-    if hierarchy is None:
-        return None
-    coarse = hierarchy.get("coarse_classes") if isinstance(hierarchy, dict) else None
-    parents = hierarchy.get("parents") if isinstance(hierarchy, dict) else None
-    if (not isinstance(hierarchy, dict) or hierarchy.get("strategy") not in STRATEGIES or not isinstance(coarse, list)
-            or not all(isinstance(c, str) for c in coarse) or not isinstance(parents, list)
-            or len(parents) != len(classes)
-            or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(coarse) for p in parents)):
-        raise bad("'hierarchy' does not match the classes")
-    return TwoLevel(hierarchy["strategy"], tuple(coarse), tuple(parents))

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .header import STRATEGIES, Architecture, TwoLevel
-from .registry import create_model
+STRATEGIES = ("flat", "two-stage", "multi-head")
 
 
 class Hierarchical(nn.Module):
@@ -84,19 +83,6 @@ class Hierarchical(nn.Module):
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim <= 1]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build(arch: Architecture, classes, hierarchy: TwoLevel | None) -> nn.Module:
-    """The model an architecture and a label structure describe (models/header.py): plain, or wrapped for
-    two-level labels."""
-    fine = create_model(arch.name, num_classes=len(classes), dropout=arch.dropout, **arch.args)
-    if not hierarchy:
-        return fine
-    n_coarse = len(hierarchy.coarse_classes)
-    coarse = None
-    if hierarchy.strategy == "two-stage":
-        coarse = create_model(arch.name, num_classes=n_coarse, dropout=arch.dropout, **arch.args)
-    return Hierarchical(hierarchy.strategy, fine, list(hierarchy.parents), n_coarse, coarse)
 
 
 def coarse_probabilities(fine_probs, parents: list[int], num_coarse: int):

@@ -19,7 +19,6 @@ from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
 from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.header import Architecture, ModelHeader
-from ..models.hierarchy import coarse_probabilities
 from ..models.inference import pick_device
 from ..models.pretrained import timm_pretrained
 from .engines import Engine, OnnxEngine, TorchEngine
@@ -82,7 +81,7 @@ class Predictor:
         self.pre = header.preprocessing.within(max_pixels)
         self.tta = header.tta
         self.temperature = float(header.temperature)
-        self.hierarchy = header.hierarchy   # two-level labels, or None
+        self.task = header.task             # the label structure: its answers (views)
         self.engine: Engine = engine or self.torch_engine()
         self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
         self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports that)
@@ -98,12 +97,6 @@ class Predictor:
     def torch_engine(self, bf16: bool | None = None) -> TorchEngine:
         """This model in eager PyTorch (bf16 autocast if asked; None: on CUDA only)."""
         return TorchEngine(self.model, self.pre, self.tta, self.temperature, self.device, bf16)
-
-    def coarse_proba(self, probs: np.ndarray) -> np.ndarray:
-        """Coarse-class probabilities: each parent's summed fine probabilities."""
-        if not self.hierarchy:
-            raise UserError("this model has one level of labels (train with --hierarchy or --label-columns)")
-        return coarse_probabilities(probs, self.hierarchy.parents, len(self.hierarchy.coarse_classes))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
@@ -184,26 +177,23 @@ class Predictor:
                 level: str = "fine") -> list[dict[str, Any]]:
         """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input.
 
-        level (two-level labels): "fine", "coarse" (top_k over coarse classes), or "both" (top_k fine
-        plus "coarse_top_k")."""
-        if level not in ("fine", "coarse", "both"):
-            raise UserError("--level must be fine, coarse or both")
+        level: the task's answer (models/task.py views): "fine" (the model's classes); with two-level labels also
+        "coarse" (top_k over coarse classes), or "both" (top_k fine plus "coarse_top_k")."""
+        self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
         sources = list(sources)
         probs, errors = self.predict_proba(sources, batch_size)
-        coarse = self.coarse_proba(np.nan_to_num(probs)) if level != "fine" else None
-
+        views = self.task.views(probs, self.classes, level)
+        # one view answers as "top_k"; with several, the model's own classes do, the others as "<level>_top_k"
+        keyed = [("top_k" if len(views) == 1 or name == "fine" else f"{name}_top_k", p, names)
+                 for name, p, names in views]
+        keyed.sort(key=lambda view: view[0] != "top_k")
         out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
-            elif level == "coarse":
-                out.append({"image": name, "top_k": top_labels(coarse[i], self.hierarchy.coarse_classes, top_k)})
-            elif level == "both":
-                out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k),
-                            "coarse_top_k": top_labels(coarse[i], self.hierarchy.coarse_classes, top_k)})
             else:
-                out.append({"image": name, "top_k": top_labels(probs[i], self.classes, top_k)})
+                out.append({"image": name, **{key: top_labels(p[i], names, top_k) for key, p, names in keyed}})
         return out
 
 

@@ -42,12 +42,8 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
         predictor.use(choose_runtime(predictor, runtime, precision, len(files)))
     probs, errors = predictor.predict_proba(files, batch_size)
     ok = ~np.isnan(probs).any(axis=1)
-    levels = {"fine": (probs, predictor.classes)}
-    if level in ("coarse", "both"):
-        levels = {"coarse": (predictor.coarse_proba(np.nan_to_num(probs)), list(predictor.hierarchy.coarse_classes)),
-                  **({"fine": levels["fine"]} if level == "both" else {})}
     columns = []
-    for p, names in levels.values():
+    for _, p, names in predictor.task.views(probs, predictor.classes, level):  # "both": coarse, then fine
         pred = np.where(ok, np.nan_to_num(p, nan=-1).argmax(axis=1), -1)
         fallback = int(np.bincount(pred[ok]).argmax()) if ok.any() else 0
         pred = np.where(ok, pred, fallback)  # Kaggle needs a row for every id: unreadable -> most common class

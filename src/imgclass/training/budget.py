@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..models.header import Architecture
-from ..models.hierarchy import build as build_model
+from ..models.task import Task
 from ..models.inference import scoring_batch
 from .device import use_bf16
 from .optim import make_optimizer
@@ -30,7 +30,7 @@ def train_score_n(n_train: int, n_val: int) -> int:
 WIDER = (2.0, 1.5)  # widths tried under --time-budget, as multiples of the model's default width (fast: 64, 48)
 
 
-def wider_model(spec, cfg: TrainConfig, arch: Architecture, classes, hierarchy, epochs: int, img_size: int,
+def wider_model(spec, cfg: TrainConfig, arch: Architecture, classes, task: Task, epochs: int, img_size: int,
                 phases: int):
     """(width, model) for the widest network that the FLOP count says still fits the recipe's epochs in the
     budget, or None. Only for a model with a recipe and a `width` argument the user left alone.
@@ -46,7 +46,7 @@ def wider_model(spec, cfg: TrainConfig, arch: Architecture, classes, hierarchy, 
     from torch.utils.flop_counter import FlopCounterMode
 
     def build(width: int):
-        return build_model(arch.with_args(width=width), classes, hierarchy)
+        return task.build(arch.with_args(width=width), classes)
 
     def flops(model) -> int:
         with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -24,7 +24,6 @@ from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split
 from ..data.stream import stream_split
 from ..errors import DataError, UserError
-from ..models.hierarchy import build as build_model
 from ..models.pretrained import find_origin, pretrained_state
 from .device import use_bf16
 from .loop import Callback, Trainer
@@ -62,11 +61,13 @@ def prepare(plan: RunPlan, device: torch.device, say: Callable[..., None], conso
     pre = pre.with_stats(*normalisation(plan, data["train"], fresh))
     decode_seconds = time.perf_counter() - started
     torch.manual_seed(cfg.seed)  # the same config gives the same initial weights
-    model = build_model(plan.arch, plan.classes, plan.hierarchy)
+    model = plan.task.build(plan.arch, plan.classes)
+    if (line := plan.task.describe(plan.classes)) is not None:
+        say(line)
     init_from_data(model, data["train"], pre, cfg.seed)
     if plan.transfer and not classifiers(model):
         raise UserError("--pretrained/--weights need a model with a backbone (a zoo model, or mlp/cnn/resnet)")
-    origin = load_starting_weights(model, cfg, fresh, plan.hierarchy is not None, plan.classes, say)
+    origin = load_starting_weights(model, cfg, fresh, plan.classes, say)
     model = model.to(device).to(memory_format=torch.channels_last)
     groups = model_groups(model) if plan.transfer else []
     bad = [(path, split, reason) for split, t in data.items() for path, reason in t.bad]
@@ -115,7 +116,7 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                    class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
                    deadline=deadline, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
-                   plan=plan.record)
+                   plan=plan.record, task=plan.task)
 
 
 def init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:
@@ -125,7 +126,7 @@ def init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) ->
         model.init_from_data(pre.normalize(sample))
 
 
-def load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool, classes: list[str],
+def load_starting_weights(model, cfg: TrainConfig, fresh: bool, classes: list[str],
                           say: Callable[[str], None]) -> dict | None:
     """--pretrained / --weights into the model on a fresh start (a resumed run has them in its checkpoint);
     returns where the starting weights came from, for the model file and the report. (An imgclass model file's
@@ -142,9 +143,7 @@ def load_starting_weights(model, cfg: TrainConfig, fresh: bool, two_level: bool,
     if cfg.weights is not None:
         weights_origin = {"model": cfg.model, "source": "file", "location": str(cfg.weights),
                           "licence": "that of the file", "dataset": "that of the file"}
-    if cfg.weights is not None and fresh:
-        if two_level:
-            raise UserError("--weights FILE with two-level labels is not supported yet; use --pretrained")
+    if cfg.weights is not None and fresh:  # (a task that cannot take them refused them in the plan)
         message, _ = apply_weights_file(model, cfg.weights, classes)
         say(message)
     return weights_origin

@@ -29,6 +29,7 @@ from ..data.augment import BatchAugment
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..models.inference import predict_logits
+from ..models.task import SINGLE_LABEL, Task
 from .optim import lr_at, set_lr
 
 
@@ -87,6 +88,7 @@ class Trainer:
     dist: Any = None                     # training.distributed.Dist: this process's rank among world
     bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
     mix: Any = None                      # data.augment.batch_mix: (images, labels) -> (images, soft targets)
+    task: Task = SINGLE_LABEL            # the label structure: its loss (models/task.py)
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -189,9 +191,9 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, flips: torch.Tensor
                    ) -> tuple[float, torch.Tensor]:
         """One optimisation step on a uint8 NCHW batch and its labels: augmentation (drawn from gen; flips: the
-        images' flip parities), mixup/cutmix, standardisation, the forward pass (bf16 autocast if set), the loss
-        (label smoothing, class weights; a model's own training_loss for two-level labels), backward and the
-        optimizer's step. Returns (the batch's loss, its logits)."""
+        images' flip parities), mixup/cutmix, standardisation, the forward pass (bf16 autocast if set), the task's
+        loss (label smoothing, class weights), backward and the optimizer's step. Returns (the batch's loss, its
+        scores)."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         x = self.augment(x.float().div_(255.0), gen, flips, self.epoch)
@@ -203,11 +205,8 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with autocast:
-            if hasattr(self.model, "training_loss"):  # e.g. two-level labels: a loss per level
-                loss, logits = self.model.training_loss(x, y, self.label_smoothing, self.class_weights)
-            else:
-                logits = (self.train_forward or self.model)(x).float()
-                loss = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
+            loss, logits = self.task.loss(self.model, self.train_forward or self.model, x, y, target,
+                                          self.label_smoothing, self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

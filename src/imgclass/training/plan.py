@@ -23,7 +23,8 @@ from ..data.split import Split, make_split, read_splits
 from ..errors import UserError
 from ..modelfile import read_header
 from ..models import get_spec
-from ..models.header import Architecture, TwoLevel
+from ..models.header import Architecture
+from ..models.task import SINGLE_LABEL, Task, TwoLevel
 from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from .auto import resolve_new_run
@@ -38,7 +39,7 @@ class RunPlan:
     spec: ModelSpec                       # the model's registry entry
     phases: tuple[tuple[int, int], ...]   # (input size, last epoch of the phase): one phase, or progressive resizing
     arch: Architecture                    # name, args, dropout: builds the model (and is saved with it)
-    hierarchy: TwoLevel | None            # two-level labels: the strategy, coarse classes and each fine's parent
+    task: Task                            # the label structure (models/task.py): one class per image, two-level...
     lr: float                             # peak learning rate
     weight_decay: float
     transfer: bool                        # starts from --pretrained or --weights weights
@@ -105,15 +106,13 @@ def _find(values: dict[str, Any]) -> Found:
 def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None, run: RunDir | None,
             notes: list[str]) -> RunPlan:
     """Everything that follows from the resolved config and the split."""
-    if found.parents is not None and (cfg.devices > 1 or launched_by_torchrun()):
-        raise UserError("two-level labels are not supported with several processes yet")
+    task = task_for(found, cfg)
+    task.refuse(cfg, processes=cfg.devices > 1 or launched_by_torchrun())
     if cfg.ema is not None and cfg.lookahead:  # both average the weights; the user's explicit choice wins
         if explicit is not None and "lookahead" in explicit:
             raise UserError("--ema and --lookahead both average the weights: use one of them")
         cfg = dataclasses.replace(cfg, lookahead=False)
         notes.append(f"--ema replaces the {cfg.model} recipe's lookahead")
-    if found.parents is not None and (cfg.mixup or cfg.cutmix):
-        raise UserError("--mixup/--cutmix mix labels of one level; with two-level labels they are not supported yet")
     if cfg.schedule == "plateau" and not split.items["val"]:
         raise UserError("--schedule plateau cuts the rate when validation loss stalls: it needs a validation split")
     spec = get_spec(cfg.model)
@@ -136,13 +135,19 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
         cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)
     args = _arch_args(cfg, spec, sizes[0], len(phases))
-    hierarchy = None if found.parents is None else TwoLevel(cfg.hierarchy_strategy, tuple(found.coarse_classes),
-                                                            tuple(found.parents))
     wd = cfg.weight_decay if cfg.weight_decay is not None else config_mod.DEFAULT_WEIGHT_DECAY[cfg.optimizer]
     return RunPlan(cfg=cfg, found=found, split=split, spec=spec, phases=tuple(phases),
-                   arch=Architecture(cfg.model, args, cfg.dropout), hierarchy=hierarchy, lr=lr,
+                   arch=Architecture(cfg.model, args, cfg.dropout), task=task, lr=lr,
                    weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes),
                    normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
+
+
+def task_for(found: Found, cfg: TrainConfig) -> Task:
+    """The label structure of the data found: two-level when its folders or CSV give each fine class a coarse
+    one (data/find.py reads them), else one class per image."""
+    if found.parents is None:
+        return SINGLE_LABEL
+    return TwoLevel(cfg.hierarchy_strategy, tuple(found.coarse_classes), tuple(found.parents))
 
 
 def _small_folder_batch(cfg: TrainConfig, lr: float, n_train: int, notes: list[str]) -> tuple[TrainConfig, float]:

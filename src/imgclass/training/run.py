@@ -105,7 +105,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
 def header_for(plan: RunPlan, pre: Preprocessing, weights_origin: dict | None, metrics: dict | None = None,
                calibration: dict | None = None) -> ModelHeader:
     """The model file's header for this plan at this preprocessing."""
-    return model_header(plan.arch, plan.classes, pre, metrics, tta=plan.cfg.tta, hierarchy=plan.hierarchy,
+    return model_header(plan.arch, plan.classes, pre, metrics, tta=plan.cfg.tta, task=plan.task,
                         weights=weights_origin, calibration=calibration)
 
 
@@ -169,7 +169,7 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     epochs, reserve, per_epoch = budget.plan_budget(prep.model, *probe, seconds - (time.perf_counter() - started),
                                                     share, reports)
     plan = plan.with_epochs(epochs)
-    wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.hierarchy, epochs, pre.img_size,
+    wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
                                len(plan.phases))
     if wider is not None:  # room for the recipe's epochs at a wider network: measure it, keep it if it fits
         width, wide = wider
@@ -318,7 +318,7 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
             say(f"{row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
                 f"val acc {row['val_acc']:.4f}  {row['seconds']:.2f}s")
 
-    rows = train_head(model, feats, data["train"].labels, val_feats, val.labels if len(val) else None,
+    rows = train_head(plan.task, model, feats, data["train"].labels, val_feats, val.labels if len(val) else None,
                       cfg.head_epochs, max(lr, HEAD_MIN_LR), wd, cfg.label_smoothing, cfg.batch_size, cfg.seed, device,
                       log_row)
     run.write_rows(run.head_metrics, rows)

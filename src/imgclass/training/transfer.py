@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..data.preprocess import Preprocessing
 from ..modelfile import META_KEY, resolve_model_path
 from ..models.header import ModelHeader
+from ..models.task import Task
 from ..models.inference import scoring_batch
 from ..models.pretrained import pretrained_state, read_checkpoint
 from .loop import Callback
@@ -177,16 +178,7 @@ def compute_features(model: nn.Module, images: torch.Tensor, pre, batch_size: in
     return torch.cat(out)
 
 
-def _head_loss(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, label_smoothing: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, scores) of the head(s) on cached features: one level, or both levels of two-level labels."""
-    if hasattr(model, "head_loss"):
-        return model.head_loss(feats, y, label_smoothing)
-    logits = model.forward_head(feats)
-    return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-
-
-def train_head(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.Tensor | None,
+def train_head(task: Task, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.Tensor | None,
                val_labels: torch.Tensor | None, epochs: int, lr: float, weight_decay: float, label_smoothing: float,
                batch_size: int, seed: int, device: torch.device, log=None) -> list[dict]:
     """Stage 1: only the head learns, from cached features (no augmentation: each image's
@@ -210,7 +202,7 @@ def train_head(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             y = labels[idx].to(device)
-            loss, scores = _head_loss(model, feats[idx].to(device), y, label_smoothing)
+            loss, scores = task.head_loss(model, feats[idx].to(device), y, label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -223,7 +215,7 @@ def train_head(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_
         if val_feats is not None and len(val_feats):
             model.eval()
             with torch.no_grad():
-                _, vl = _head_loss(model, val_feats.to(device), val_labels.to(device), 0.0)
+                _, vl = task.head_loss(model, val_feats.to(device), val_labels.to(device), 0.0)
             vl = vl.cpu()
             row["val_loss"] = float(F.nll_loss(F.log_softmax(vl, 1), val_labels))
             row["val_acc"] = float((vl.argmax(1) == val_labels).float().mean())
