@@ -1,7 +1,11 @@
 import json
 
+import pytest
+
 import imgclass
 from imgclass.digits_demo import write_digits
+
+pytestmark = pytest.mark.slow  # trains the digits demo to 95%
 
 
 def test_demo_reaches_95_percent(tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ from .version import STARTED, __version__  # noqa: F401  (first: the clock start
 # The API is imported on first use (PEP 562), so `import imgclass` stays light: no torch, scikit-learn,
 # matplotlib or web stack until a function is called (`imgclass.train` then imports what training needs).
 __all__ = ["check", "compare", "demo", "evaluate", "list_models", "load", "predict", "submit", "train",
-           "cache_info", "cache_clear", "pretrained_models", "sweep", "tune", "augment_preview", "explain",
-           "__version__"]
+           "cache_info", "cache_clear", "cache_dir", "pretrained_models", "sweep", "tune", "augment_preview",
+           "explain", "lr_find", "export", "serve", "__version__"]
 
 
 def __getattr__(name: str):

@@ -7,6 +7,8 @@ import pytest
 nbclient = pytest.importorskip("nbclient")
 import nbformat  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs every notebook top to bottom (about 50 s)
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = {"kaggle_cifar10.ipynb": {"PER_CLASS": 12, "EPOCHS": 1},
         "clothing_classifier.ipynb": {"PER_CLASS": 8, "SMALL": 64, "LARGE": 96, "EPOCHS_SMALL": 1,

@@ -63,6 +63,7 @@ def test_the_default_limit_refuses_10000_images_before_decoding(tmp_path):
     assert r.status_code == 413 and "at most 64 images" in r.json()["detail"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
 def test_10000_images_are_answered_in_bounded_memory(tmp_path):
     """An operator who raises --max-batch to 10,000: every image answered, and the server's peak memory

@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from helpers import make_class_folders
+
+pytestmark = pytest.mark.slow  # launches torchrun process groups
 
 # a model without batch norm, no augmentation or dropout: the two runs must take the same steps
 ARGS = ["--model", "mlp", "--model-args", "width=16,depth=1,norm=false", "--img-size", "8", "--epochs", "2",

@@ -1,6 +1,7 @@
 import json
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -35,6 +36,7 @@ def test_default_train_uses_fast_path_sized_from_data(tmp_path):
     assert run3.config.batch_size == 64 and run3.config.lr is None   # a batch the user chose is kept
 
 
+@pytest.mark.slow
 def test_time_budget_is_honoured(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=40)
     started = time.perf_counter()
@@ -84,11 +86,12 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     from imgclass.config import TrainConfig
     from imgclass.models import get_spec
     from imgclass.models.header import Architecture
+    from imgclass.models.task import SINGLE_LABEL
     from imgclass.training.budget import wider_model
     spec, classes = get_spec("fast"), [str(i) for i in range(10)]
 
     def wider(epochs, **cfg):
-        found = wider_model(spec, TrainConfig(model="fast", **cfg), Architecture("fast"), classes, None, epochs, 32, 1)
+        found = wider_model(spec, TrainConfig(model="fast", **cfg), Architecture("fast"), classes, SINGLE_LABEL, epochs, 32, 1)
         return None if found is None else found[0]
 
     # FLOPs at 32 px: width 64 costs ~3.6x width 32 and width 48 ~2.1x; the recipe wants 10 epochs
@@ -96,7 +99,7 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     assert wider(25) == 48
     assert wider(15) is None
     assert wider(100, model_args={"width": 32}) is None     # a width the user chose is kept
-    width, model = wider_model(spec, TrainConfig(model="fast"), Architecture("fast"), classes, None, 100, 32, 1)
+    width, model = wider_model(spec, TrainConfig(model="fast"), Architecture("fast"), classes, SINGLE_LABEL, 100, 32, 1)
     assert model.num_features == 4 * 64
 
 

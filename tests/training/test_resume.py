@@ -14,6 +14,8 @@ from imgclass.training.loop import Callback
 
 from helpers import make_class_folders
 
+pytestmark = pytest.mark.slow  # kills and resumes training subprocesses
+
 # about 1 s an epoch on 2 cores: long enough to be killed mid-epoch
 ARGS = ["--model", "cnn", "--lookahead", "--model-args", "width=16,depth=2", "--img-size", "32", "--epochs", "3", "--no-evaluate",
         "--batch-size", "4", "--no-tensorboard", "--workers", "1", "--augment", "strong", "--dropout", "0.2"]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 import yaml
 
 from imgclass.cli import main
@@ -14,6 +15,7 @@ FIXED = ["--model", "cnn", "--model-args", "width=8,depth=2", "--img-size", "8",
          "--no-evaluate"]
 
 
+@pytest.mark.slow
 def test_tune_shared_storage_and_best_config(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=10)
     space = tmp_path / "space.yaml"
