@@ -115,3 +115,14 @@ def test_functions_are_short():
                 if length > limit:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({length} lines)")
     assert long == []
+
+
+def test_the_model_header_is_read_by_attribute_outside_model_header():
+    """issue 25: the model file's header is a typed ModelHeader; only models/header.py reads its JSON by key."""
+    import re
+    by_key = re.compile(r"""\b(header|hdr|h)\w*(\[\s*["']|\.get\(\s*["'])""")
+    assert by_key.search('n = predictor.header["classes"]') and by_key.search("h.get('inference', {})")
+    found = [f"{path.relative_to(SRC)}:{n}" for path in (SRC / "imgclass").rglob("*.py")
+             if path.name != "header.py" for n, line in enumerate(path.read_text().splitlines(), 1)
+             if by_key.search(line) and "headers" not in line]
+    assert found == []

@@ -149,7 +149,7 @@ def _augment_preview_options(p: argparse.ArgumentParser) -> None:
 
 def _augment_preview(args: argparse.Namespace) -> int | None:
     from . import api
-    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    options = _train_values(args)
     path = api.augment_preview(args.data, out=args.preview, images=args.images, draws=args.draws,
                                config=args.config, **options)
     print(f"preview: {path}")
@@ -323,11 +323,16 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
+def _train_values(args: argparse.Namespace, *leave_out: str) -> dict[str, Any]:
+    """The train options given on the command line (TrainConfig fields), but data and those left out."""
+    return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", *leave_out)}
+
+
 def _train(args: argparse.Namespace) -> int | None:
     from . import api
     from .version import STARTED
     from .training.run import summary_lines
-    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    options = _train_values(args)
     if args.sweep:
         from .evaluation.compare import compare_text
         from .tuning.sweep import parse_sweep
@@ -346,7 +351,7 @@ def _train(args: argparse.Namespace) -> int | None:
 def _tune(args: argparse.Namespace) -> int | None:
     from . import api
     from .tuning.tune import summary_table
-    fixed = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k not in ("data", "time_budget", "out")}
+    fixed = _train_values(args, "time_budget", "out")
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
     result = api.tune(args.data, trials=args.trials, sampler=args.sampler, space=args.space,
@@ -361,7 +366,7 @@ def _tune(args: argparse.Namespace) -> int | None:
 
 def _lr_find(args: argparse.Namespace) -> int | None:
     from . import api
-    options = {k: v for k, v in vars(args).items() if k in FIELD_NAMES and k != "data"}
+    options = _train_values(args)
     found = api.lr_find(args.data, out=args.plot, steps=args.steps, config=args.config, **options)
     print(f"suggested learning rate {found.suggestion:.3g} (plot: {found.plot})")
 

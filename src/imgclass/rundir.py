@@ -45,6 +45,21 @@ class RunDir:
     def eval_dir(self, split: str) -> Path:
         return self.path / "eval" / split
 
+    @staticmethod
+    def eval_files(folder: Path) -> dict[str, Path]:
+        """The files of one evaluation folder (eval/<split>/, or evaluate --out)."""
+        return {"metrics": folder / "metrics.json", "predictions": folder / "predictions.csv",
+                "figures": folder / "figures", "report.md": folder / "report.md", "report.html": folder / "report.html"}
+
+    def read_eval_metrics(self, split: str) -> dict[str, Any] | None:
+        """eval/<split>/metrics.json, or None when that split was not evaluated."""
+        path = self.eval_files(self.eval_dir(split))["metrics"]
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def eval_predictions(self, split: str) -> list[dict[str, str]]:
+        """eval/<split>/predictions.csv's rows ([] when that split was not evaluated)."""
+        return self.read_csv(self.eval_files(self.eval_dir(split))["predictions"])
+
     @classmethod
     def of_model(cls, model: str | Path) -> "RunDir | None":
         """The run folder a model belongs to (given as the folder, its model.safetensors or a checkpoint),

@@ -67,9 +67,8 @@ def compare_rows(runs: list[str | Path], sort: str | None = None) -> Comparison:
         results, cfg = rd.read_results(), rd.read_config_dict()
         acc = {k: v.get("accuracy") for k, v in results.get("metrics", {}).items()}
         f1 = coarse = None
-        test_metrics = rd.eval_dir("test") / "metrics.json"
-        if test_metrics.is_file():
-            m = json.loads(test_metrics.read_text())
+        m = rd.read_eval_metrics("test")
+        if m is not None:
             f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")
         rows.append({"run": str(run), "model": header.arch.name,
                      "strategy": header.task.variant or "-", "test coarse accuracy": coarse,

@@ -19,6 +19,7 @@ from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
 from .. import log
 from ..errors import DataError, UserError
+from ..files import write_text_atomic
 from ..modelfile import resolve_model_path
 from ..models.task import TwoLevel
 from ..prediction.predictor import Predictor
@@ -114,7 +115,7 @@ def _write_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.nd
     for p, t, pr, row in zip(paths, y, pred, probs):
         # %.9g round-trips float32 exactly: metrics recomputed from this file match metrics.json
         writer.writerow([p, classes[t], classes[pr], f"{row[pr]:.9g}"] + [f"{v:.9g}" for v in row])
-    path.write_text(buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 GALLERY_PER_CLASS = 4     # images in each class's row
@@ -208,9 +209,10 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
                                   "ece_uncalibrated": expected_calibration_error(y, raw)}
     run_dir = _run_dir_of(model)
     out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_predictions(out_dir / "predictions.csv", tensors.paths, y, probs, classes)
+    written = RunDir.eval_files(out_dir)
+    written["figures"].mkdir(parents=True, exist_ok=True)
+    write_text_atomic(written["metrics"], json.dumps(metrics, indent=2) + "\n")  # compare and the card read it
+    _write_predictions(written["predictions"], tensors.paths, y, probs, classes)
 
     context = RunContext.load(run_dir, predictor.header)
     figures: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 
 from ..models.header import ModelHeader
+from ..files import write_text_atomic
 from ..rundir import RunDir, best_epoch_phrase
 
 TLDR_WORD_LIMIT = 500
@@ -237,7 +238,7 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
     for name, path in figures.items():
         md += [f"### {name.replace('_', ' ')}", "", FIGURE_GUIDE.get(name, ""), "",
                f"![{name}](figures/{path.name})", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
+    write_text_atomic(out_dir / "report.md", "\n".join(md))
 
     # HTML, figures embedded as base64 so the one file works offline
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>TL;DR</h2>"] + [f"<p>{inline_html(p)}</p>" for p in paras]
@@ -267,4 +268,4 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
              "img{max-width:100%}.guide{color:#555;font-style:italic}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    (out_dir / "report.html").write_text(page)
+    write_text_atomic(out_dir / "report.html", page)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomic
 from ..rundir import RunDir
 from .compare import Comparison
 from ..figures import png_bytes
@@ -34,9 +35,9 @@ def _value(v: Any) -> str:
 def _weakest(row: dict[str, Any]) -> tuple[str, list[tuple[str, float, int]]]:
     """The chosen run's weakest classes by F1, on its validation evaluation if it has one, else test."""
     for split in ("val", "test"):
-        f = RunDir(Path(row["run"])).eval_dir(split) / "metrics.json"
-        if f.is_file():
-            per = json.loads(f.read_text())["per_class"]
+        m = RunDir(Path(row["run"])).read_eval_metrics(split)
+        if m is not None:
+            per = m["per_class"]
             ranked = sorted((kv for kv in per.items() if kv[1]["f1"] < 1), key=lambda kv: kv[1]["f1"])[:WEAK_CLASSES]
             return split, [(c, m["f1"], m["support"]) for c, m in ranked]
     return "", []
@@ -119,13 +120,13 @@ def write_summary(rows: Comparison, out_dir: str | Path) -> Path:
     md += ["## The runs", "", "| " + " | ".join(rows.columns) + " |", "|" + " --- |" * len(rows.columns)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows.cells()]
     md += ["", "## Validation curves", "", "![validation curves](val_curves.png)", ""]
-    (out / "report.md").write_text("\n".join(md))
+    write_text_atomic(out / "report.md", "\n".join(md))
 
     image = base64.b64encode(png).decode("ascii")
     body = (["<h1>imgclass: runs compared</h1><h2>TL;DR</h2>"] + [f"<p>{inline_html(p)}</p>" for p in paras]
             + ["<h2>The runs</h2>", rows._repr_html_(), "<h2>Validation curves</h2>",
                f"<img style='max-width:100%' alt='validation curves' src='data:image/png;base64,{image}'>"])
-    (out / "report.html").write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass: runs "
-                                     "compared</title></head><body style='font-family:system-ui,sans-serif;"
-                                     f"max-width:1100px;margin:2em auto'>{''.join(body)}</body></html>")
+    write_text_atomic(out / "report.html", "<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass: runs "
+                      "compared</title></head><body style='font-family:system-ui,sans-serif;"
+                      f"max-width:1100px;margin:2em auto'>{''.join(body)}</body></html>")
     return out

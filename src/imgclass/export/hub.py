@@ -94,9 +94,8 @@ def _run_facts(run: RunDir | None) -> dict[str, Any]:
             counts[row["split"]][row["label"]] += 1
     facts["counts"] = counts
     for split in ("test", "val"):
-        f = run.eval_dir(split) / "metrics.json"
-        if f.is_file():
-            facts["metrics"], facts["metrics_split"] = json.loads(f.read_text()), split
+        if (m := run.read_eval_metrics(split)) is not None:
+            facts["metrics"], facts["metrics_split"] = m, split
             break
     return facts
 
@@ -106,7 +105,7 @@ def _copy_figures(run: RunDir | None, out: Path) -> list[str]:
         return []
     found = []
     for split in ("test", "val"):
-        folder = run.eval_dir(split) / "figures"
+        folder = RunDir.eval_files(run.eval_dir(split))["figures"]
         for name in CARD_FIGURES:
             if (folder / f"{name}.png").is_file() and name not in found:
                 (out / "figures").mkdir(exist_ok=True)

@@ -1,6 +1,8 @@
 """A listable model registry that refuses duplicate names (as torchvision's does)."""
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 import torch.nn as nn
@@ -18,8 +20,8 @@ def register(name: str, description: str, default_img_size: int = 32, default_lr
     def wrap(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"a model named '{name}' is already registered")
-        _REGISTRY[name] = ModelSpec(name, fn, description, default_img_size,
-                                    default_lr or {"adamw": 2e-3, "sgd": 0.05}, recipe or {}, min_img_size)
+        spec = ModelSpec(name, fn, description, default_img_size, recipe=recipe or {}, min_img_size=min_img_size)
+        _REGISTRY[name] = dataclasses.replace(spec, default_lr=default_lr) if default_lr else spec
         return fn
     return wrap
 

@@ -13,6 +13,11 @@ class ModelSpec:
     build: Callable[..., nn.Module]       # build(num_classes=, dropout=, **args) -> nn.Module
     description: str
     default_img_size: int = 32            # preferred input side when --img-size is not given
-    default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})
+    default_lr: dict = field(default_factory=lambda: {"adamw": 2e-3, "sgd": 0.05})  # peak lr by optimizer
     recipe: dict = field(default_factory=dict)  # training defaults for this model (below the config file and options)
     min_img_size: int = 1                 # smallest input side the architecture can take
+
+    def lr_for(self, optimizer: str) -> float:
+        """The default peak learning rate with this optimizer: adam and rmsprop are adaptive like adamw, so a
+        model's adamw rate is theirs too."""
+        return self.default_lr.get(optimizer, self.default_lr["adamw"])

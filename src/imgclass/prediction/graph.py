@@ -47,7 +47,7 @@ def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.T
     size = predictor.pre.img_size
     run = RunDir.of_model(model_path)
     images = []
-    rows = run.read_csv(run.eval_dir("test") / "predictions.csv") if run is not None else []
+    rows = run.eval_predictions("test") if run is not None else []
     root = Path(resolve_config(run.config).data) if rows else None
     for row in rows[:n]:
         try:

@@ -1,7 +1,9 @@
-"""Optimizer and learning-rate schedule (linear warm-up, then cosine decay to zero).
+"""Optimizers (--optimizer adamw, sgd, adam, rmsprop; parameter groups without weight decay on biases and
+norms) and the learning-rate schedules (--schedule cosine: linear warm-up then cosine decay to zero;
+onecycle: airbench's shape; plateau: warm-up then the peak, cut by ReduceOnPlateau).
 
-The schedule is a pure function of the global step, so resuming needs only the step
-number, not a pickled scheduler object.
+The schedule is a pure function of training progress, so resuming needs only the step (and the history,
+for plateau's cuts), not a pickled scheduler object.
 """
 from __future__ import annotations
 

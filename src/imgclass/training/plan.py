@@ -125,8 +125,7 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
         raise UserError(f"model '{cfg.model}' needs inputs of at least {spec.min_img_size} px, not {min(sizes)} "
                         f"(--img-size)")
     transfer = cfg.pretrained or cfg.weights is not None
-    # adam and rmsprop are adaptive like adamw: a model's adamw rate is their default too
-    lr = cfg.lr if cfg.lr is not None else spec.default_lr.get(cfg.optimizer, spec.default_lr["adamw"]) * (
+    lr = cfg.lr if cfg.lr is not None else spec.lr_for(cfg.optimizer) * (
         config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
     recorded = _recorded(run) if run is not None else None
     if recorded is not None:  # a resumed run: what its checkpoint says it decided

@@ -22,14 +22,9 @@ from ..modelfile import META_KEY, resolve_model_path
 from ..models.header import ModelHeader
 from ..models.task import Task
 from ..models.inference import scoring_batch
-from ..models.pretrained import pretrained_state, read_checkpoint
+from ..models.pretrained import read_checkpoint
 from .loop import Callback
 from .optim import optimizer_for
-
-
-def pretrained_backbone_state(name: str) -> dict[str, torch.Tensor]:
-    """The published weights of a zoo model's backbone (no classifier), as a state dict."""
-    return pretrained_state(name)[0]
 
 
 def backbone_preprocessing(name: str) -> dict[str, Any] | None:
