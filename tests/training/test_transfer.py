@@ -170,16 +170,6 @@ def test_course_head_layout_drops_each_once():
     assert torch.equal(model.head[:3](feats), hidden)
 
 
-def test_lr_find_cli(tmp_path, capsys):
-    data = make_class_folders(tmp_path / "data", per_class=10)
-    plot = tmp_path / "lr.png"
-    assert main(["lr-find", str(data), "--model", "cnn", "--model-args", "width=8,depth=2", "--img-size", "8",
-                 "--batch-size", "8", "--steps", "30", "--plot", str(plot)]) == 0
-    out = capsys.readouterr().out
-    lr = float(out.split("suggested learning rate ")[1].split()[0])
-    assert 1e-7 <= lr <= 1.0 and plot.stat().st_size > 5000
-
-
 def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
     """--pretrained and predict --pretrained read the hub-cached weights (a local stand-in here)."""
     import timm
@@ -209,24 +199,3 @@ def test_pretrained_from_hub_cache_file(tmp_path, monkeypatch, capsys):
     for k, v in model.backbone.state_dict().items():
         if v.dtype.is_floating_point and "running" not in k:
             assert torch.equal(v, net.state_dict()[k]), k           # frozen backbone = published weights
-
-
-def test_lr_find_takes_train_data_options(tmp_path, capsys):
-    """issue 15: lr-find plans like train: two-level labels and --head reach its model."""
-    from helpers import make_tree
-    from imgclass.training import lr_find as lr_mod
-    built = []
-    from imgclass.models.task import TwoLevel
-    from imgclass.training import build as build_mod
-    real = TwoLevel.build
-    TwoLevel.build = lambda task, arch, classes: built.append((arch, task)) or real(task, arch, classes)
-    try:
-        data = make_tree(tmp_path / "tree")
-        assert main(["lr-find", str(data), "--hierarchy", "--model", "cnn", "--model-args", "width=8,depth=2",
-                     "--img-size", "8", "--head", "16", "--batch-size", "8", "--steps", "10",
-                     "--plot", str(tmp_path / "lr.png")]) == 0
-    finally:
-        TwoLevel.build = real
-    (arch, hierarchy), = built
-    assert arch.args["head"] == [16] and hierarchy.coarse_classes == ("animal", "plant")
-    assert lr_mod.prepare is build_mod.prepare                      # lr-find prepares as train does
