@@ -10,7 +10,12 @@ the lr-find suggestion and predict's JSON.
     python bench/behaviour_unchanged.py --compare before.json after.json
 
 Same machine, same thread count: across CPUs the float kernels differ in the last bits, so fingerprints
-are compared only between runs made where they were made. About 4 minutes on 2 cores.
+are compared only between runs made where they were made. About a minute on 2 cores. The data: the digits
+(scikit-learn's) and ../shared/datasets/hymenoptera.tar.gz (IMGCLASS_DATASETS names another folder).
+
+Known, intended difference against commits before issue 25: lr-find's suggestion. lr-find now takes its steps
+through train's Trainer.train_step (bf16 autocast where the CPU has it, channels-last, the flip parities),
+where it had a step of its own without them (0.0204 -> 0.0117 for the command here, machine A).
 """
 from __future__ import annotations
 
