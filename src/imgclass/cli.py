@@ -205,6 +205,10 @@ def _check_options(p: argparse.ArgumentParser) -> None:
     for name in ("labels", "id_column", "label_column", "label_columns"):
         p.add_argument("--" + name.replace("_", "-"), dest=name)
     p.add_argument("--hierarchy", action="store_true", help="two-level labels: DATA/<coarse>/<fine>/*")
+    p.add_argument("--multi-label", action="store_true",
+                   help="several tags per image: a CSV column of tag lists (--label-column names it), 0/1 columns "
+                        "(--tag-columns), or copies of an image in several class folders")
+    p.add_argument("--tag-columns", help="one 0/1 column per tag: A,B,C or a range A:D (implies --multi-label)")
     p.add_argument("--val-split", type=float, default=0.1)
     p.add_argument("--test-split", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=101)
@@ -394,7 +398,8 @@ def _check(args: argparse.Namespace) -> int | None:
     from . import api
     from .data.check_report import print_check
     report = api.check(args.data, labels=args.labels, id_column=args.id_column, label_column=args.label_column,
-                       hierarchy=args.hierarchy, label_columns=args.label_columns,
+                       hierarchy=args.hierarchy, label_columns=args.label_columns, multi_label=args.multi_label,
+                       tag_columns=args.tag_columns,
                        val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
                        near_distance=args.near_distance)
     print_check(report)

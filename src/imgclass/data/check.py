@@ -20,9 +20,11 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb
 from .find import IMAGE_EXTENSIONS, find_images
 from .split import SPLITS, make_split
+from .tags import multilabel_split, read_tags, tag_statistics
 
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "MPO": {".jpg", ".jpeg"}}
@@ -37,6 +39,7 @@ class FileInfo:
     path: str
     split: str
     label: str
+    tags: tuple[str, ...] = ()   # multi-label: the image's tags (label unused)
     bytes: int = 0
     format: str | None = None
     mode: str | None = None
@@ -122,6 +125,7 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
     coarse_counts: dict[str, dict[str, int]] | None = None  # two-level labels: split -> coarse class -> images
+    tag_stats: dict[str, Any] | None = None           # multi-label: tags per image, untagged, co-occurrence, rare
 
     @property
     def problems(self) -> int:
@@ -144,11 +148,22 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
                   label_column: str | None = None, hierarchy: bool = False, label_columns: str | None = None,
                   val_split: float = 0.1, test_split: float = 0.1, seed: int = 101,
                   workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, near_distance: int = NEAR_DISTANCE,
-                  on_progress: Callable[[int, int], None] | None = None) -> CheckReport:
-    found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
-    split, split_notes = make_split(found, val_split, test_split, seed)
-    rows = [(rel, label, s) for s in SPLITS for rel, label in split.items[s]]
-    infos = [FileInfo(path=rel, split=s, label=found.classes[label]) for rel, label, s in rows]
+                  on_progress: Callable[[int, int], None] | None = None, multi_label: bool = False,
+                  tag_columns: str | None = None) -> CheckReport:
+    """multi_label (or tag_columns): several tags per image (data/tags.py: label_column names the tag-list
+    column); counts are then images per tag, and the report adds the tags' statistics."""
+    multi_label = multi_label or bool(tag_columns)
+    if multi_label and (hierarchy or label_columns):
+        raise DataError("--multi-label and two-level labels (--hierarchy, --label-columns) exclude each other")
+    if multi_label:
+        found = read_tags(data, labels, id_column, label_column, tag_columns)
+        by_split, split_notes = multilabel_split(found, val_split, test_split, seed)
+        infos = [FileInfo(path=rel, split=s, label="", tags=tuple(found.classes[t] for t in tags))
+                 for s in SPLITS for rel, tags in by_split[s]]
+    else:
+        found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
+        split, split_notes = make_split(found, val_split, test_split, seed)
+        infos = [FileInfo(path=rel, split=s, label=found.classes[label]) for s in SPLITS for rel, label in split.items[s]]
     done = 0
 
     def work(i: int) -> None:
@@ -164,7 +179,8 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
     good = [f for f in infos if f.error is None]
     counts = {s: {c: 0 for c in found.classes} for s in SPLITS}
     for f in good:
-        counts[f.split][f.label] += 1
+        for name in (f.tags if multi_label else (f.label,)):
+            counts[f.split][name] += 1
     counts["all"] = {c: sum(counts[s][c] for s in SPLITS) for c in found.classes}
     imbalance = {s: (max(v.values()) / max(min(v.values()), 1)) for s, v in counts.items() if sum(v.values())}
     sizes = _size_summary(good)
@@ -190,6 +206,10 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         for s, per in counts.items():
             for fine, n in per.items():
                 report.coarse_counts[s][found.coarse_classes[found.parents[found.classes.index(fine)]]] += n
+    if multi_label:
+        usable = {f.path for f in good}
+        report.tag_stats = tag_statistics({s: [(rel, t) for rel, t in by_split[s] if rel in usable] for s in SPLITS},
+                                          found.classes)
     report.recommendations = recommendations(report)
     return report
 

@@ -11,18 +11,22 @@ SHOW = 10  # items listed per section; the JSON has them all
 
 def print_check(r: CheckReport, console: Console | None = None) -> None:
     c = console or Console()
-    c.print(f"[bold]{r.root}[/]  ({r.layout}; {len(r.classes)} classes)", highlight=False)
+    kind = "tag" if r.tag_stats is not None else "class"
+    c.print(f"[bold]{r.root}[/]  ({r.layout}; {len(r.classes)} {kind}{'es' if kind == 'class' else 's'})",
+            highlight=False)
     for note in r.notes:
         c.print(f"[yellow]note:[/] {note}", highlight=False)
-    table = Table(title="usable images per class")
+    table = Table(title=f"usable images per {kind}")
     splits = [s for s in ("train", "val", "test", "all") if sum(r.counts[s].values())]
-    table.add_column("class", overflow="fold")
+    table.add_column(kind, overflow="fold")
     for s in splits:
         table.add_column(s, justify="right")
     for cls in r.classes:
         table.add_row(cls, *(str(r.counts[s][cls]) for s in splits))
     table.add_row("[bold]imbalance (max/min)", *(f"{r.imbalance.get(s, 0):.1f}x" for s in splits))
     c.print(table)
+    if r.tag_stats is not None:
+        _print_tags(c, r.tag_stats)
     if r.coarse_counts:
         coarse = Table(title="usable images per coarse class")
         coarse.add_column("coarse class", overflow="fold")
@@ -66,3 +70,20 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
             c.print(f"  - {rec}", highlight=False, soft_wrap=True)
     else:
         c.print("[green]no problems found[/]")
+
+
+def _print_tags(c: Console, stats: dict) -> None:
+    """Multi-label: tags per image, untagged images, the most frequent pairs, tags too rare to learn."""
+    per_image = ", ".join(f"{k} tag{'s' if k != 1 else ''}: {n}" for k, n in stats["tags_per_image"].items())
+    c.print(f"tags per image: {per_image}; untagged images: {stats['untagged']} (they teach 'none of these')",
+            highlight=False)
+    if stats["co_occurrence"]:
+        pairs = Table(title="tags that occur together most often")
+        for name in ("tag", "with", "images"):
+            pairs.add_column(name, justify="right" if name == "images" else "left", overflow="fold")
+        for p in stats["co_occurrence"]:
+            pairs.add_row(p["a"], p["b"], str(p["images"]))
+        c.print(pairs)
+    if stats["rare"]:
+        c.print(f"[yellow]tags with fewer than 10 training images:[/] {', '.join(stats['rare'][:20])}"
+                + (" ..." if len(stats["rare"]) > 20 else ""), highlight=False)

@@ -53,6 +53,7 @@ class Found:
     notes: list[str] = field(default_factory=list)
     coarse_classes: list[str] | None = None   # two-level labels: the coarse classes (natural order)
     parents: list[int] | None = None          # for each fine class (classes), the index of its coarse class
+    multi_label: bool = False                 # several tags per image (data/tags.py): items hold tag tuples
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -220,17 +221,16 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, label_column: s
     return _resolve_csv_rows(root, csv_path, id_col, rows)
 
 
-def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[str, str]]) -> Found:
-    # Resolve an id to a file: an exact relative path, else the file stem (any image extension).
+def resolve_ids(root: Path, csv_path: Path, ids: list[str]) -> tuple[dict[str, str], list[str]]:
+    """({id: relative path}, the ids matching no image). An id is an exact relative path, else a file stem
+    (any image extension); an id matching several files is an error that names them."""
     images = list_images(root)
     by_rel = {p.relative_to(root).as_posix(): p for p in images}
     by_stem: dict[str, list[Path]] = {}
     for p in images:
         by_stem.setdefault(p.stem, []).append(p)
-    classes = natural_sorted({label for _, label in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    items, missing, seen = [], [], set()
-    for ident, label in rows:
+    found, missing = {}, []
+    for ident in ids:
         path = by_rel.get(ident) or by_rel.get(ident.lstrip("./"))
         if path is None:
             candidates = by_stem.get(Path(ident).stem if Path(ident).suffix.lower() in IMAGE_EXTENSIONS else ident, [])
@@ -240,9 +240,19 @@ def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[
             path = candidates[0] if candidates else None
         if path is None:
             missing.append(ident)
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel in seen:
+        else:
+            found[ident] = path.relative_to(root).as_posix()
+    return found, missing
+
+
+def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[str, str]]) -> Found:
+    paths, missing = resolve_ids(root, csv_path, [ident for ident, _ in rows])
+    classes = natural_sorted({label for _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    items, seen = [], set()
+    for ident, label in rows:
+        rel = paths.get(ident)
+        if rel is None or rel in seen:
             continue
         seen.add(rel)
         items.append((rel, index[label], None))
