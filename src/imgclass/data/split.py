@@ -8,34 +8,46 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError, UserError
 from ..files import write_text_atomic
 from .find import Found, natural_key
+from .tags import multilabel_split, tags_csv_cell
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class Split:
-    """The data for one run: class names and (relative path, label) per split."""
+    """The data for one run: class names and (relative path, label) per split. The label is a class index, or
+    with several tags per image (multi_label) a 0/1 tuple over the classes (the tags)."""
     root: Path
     classes: list[str]
-    items: dict[str, list[tuple[str, int]]]
+    items: dict[str, list[tuple[str, Any]]]
+    multi_label: bool = False
 
     def counts(self) -> dict[str, list[int]]:
+        """Images per class (per tag) in each split."""
         out = {}
         for split, rows in self.items.items():
             c = [0] * len(self.classes)
             for _, label in rows:
-                c[label] += 1
+                for i in (label_tags(label) if self.multi_label else (label,)):
+                    c[i] += 1
             out[split] = c
         return out
+
+
+def label_tags(multi_hot: tuple[int, ...]) -> list[int]:
+    """The tag indices of a 0/1 label tuple."""
+    return [i for i, on in enumerate(multi_hot) if on]
 
 
 def _carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
@@ -73,7 +85,13 @@ def _carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed:
 
 
 def make_split(found: Found, val_split: float, test_split: float, seed: int) -> tuple[Split, list[str]]:
-    """Keep the layout's given splits; carve missing val/test from train, stratified."""
+    """Keep the layout's given splits; carve missing val/test from train, stratified (per tag, for several
+    tags per image: data/tags.py)."""
+    if found.multi_label:
+        by_split, notes = multilabel_split(found, val_split, test_split, seed)
+        k = len(found.classes)
+        items = {s: [(rel, tuple(int(i in tags) for i in range(k))) for rel, tags in by_split[s]] for s in SPLITS}
+        return Split(root=found.root, classes=found.classes, items=items, multi_label=True), notes
     warn: list[str] = []
     given = {s: [(rel, lab) for rel, lab, sp in found.items if sp == s] for s in SPLITS}
     pool = [(rel, lab) for rel, lab, sp in found.items if sp in (None, "train")]
@@ -94,7 +112,8 @@ def splits_csv_text(split: Split) -> str:
     writer.writerow(["path", "label", "split"])
     for s in SPLITS:
         for rel, label in split.items[s]:
-            writer.writerow([rel, split.classes[label], s])
+            cell = tags_csv_cell(tuple(label_tags(label)), split.classes) if split.multi_label else split.classes[label]
+            writer.writerow([rel, cell, s])
     return buf.getvalue()
 
 
@@ -102,28 +121,42 @@ def write_splits(split: Split, path: Path) -> None:
     write_text_atomic(path, splits_csv_text(split))  # --resume and evaluate read it back
 
 
-def read_splits(path: Path, root: Path, classes: list[str]) -> Split:
+def read_splits(path: Path, root: Path, classes: list[str], multi_label: bool = False) -> Split:
     """Read a saved splits.csv back (used by --resume and evaluate)."""
     index = {c: i for i, c in enumerate(classes)}
     items = {s: [] for s in SPLITS}
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            if row["label"] not in index:
-                raise DataError(f"{path} names class '{row['label']}' unknown to the model")
+            names = _tag_names(row["label"], path) if multi_label else [row["label"]]
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise DataError(f"{path} names class '{unknown[0]}' unknown to the model")
             if row["split"] not in items:
                 raise DataError(f"{path} names split '{row['split']}' (expected {', '.join(SPLITS)})")
             rel = PurePosixPath(row["path"])
             if rel.is_absolute() or PureWindowsPath(row["path"]).is_absolute() or ".." in rel.parts:
                 # a run folder is data too: its paths must stay inside the data folder they describe
                 raise DataError(f"{path} names '{row['path']}', outside the data folder: refused")
-            items[row["split"]].append((row["path"], index[row["label"]]))
-    return Split(root=root, classes=classes, items=items)
+            label = tuple(int(c in names) for c in classes) if multi_label else index[row["label"]]
+            items[row["split"]].append((row["path"], label))
+    return Split(root=root, classes=classes, items=items, multi_label=multi_label)
+
+
+def _tag_names(cell: str, path: Path) -> list[str]:
+    try:
+        names = json.loads(cell)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: '{cell[:60]}' is not a list of tags")
+    return names
 
 
 def folds(split: Split, k: int, seed: int) -> list[Split]:
     """Stratified K-fold cross-validation inside the training split (scikit-learn's StratifiedKFold): fold i
     validates on its part and trains on the other K-1; the K validation parts partition the training split.
-    The test split is the same in every fold and never used."""
+    The test split is the same in every fold and never used. Several tags per image: iterstrat's
+    MultilabelStratifiedKFold, stratified per tag."""
     from sklearn.model_selection import StratifiedKFold
     rows = split.items["train"]
     counts = split.counts()["train"]
@@ -134,9 +167,14 @@ def folds(split: Split, k: int, seed: int) -> list[Split]:
         raise DataError(f"--cv {k} needs at least {k} training images of every class; "
                         f"{', '.join(short[:5])} {'has' if len(short) == 1 else 'have'} fewer")
     labels = [label for _, label in rows]
+    if split.multi_label:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+        folder, labels = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed), np.array(labels)
+    else:
+        folder = StratifiedKFold(k, shuffle=True, random_state=seed)
     out = []
-    for train_idx, val_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, labels):
+    for train_idx, val_idx in folder.split(np.zeros((len(rows), 1)), labels):
         items = {"train": [rows[i] for i in train_idx], "val": [rows[i] for i in sorted(val_idx)],
                  "test": list(split.items["test"])}
-        out.append(Split(root=split.root, classes=split.classes, items=items))
+        out.append(Split(root=split.root, classes=split.classes, items=items, multi_label=split.multi_label))
     return out

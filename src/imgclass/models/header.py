@@ -5,7 +5,9 @@ an ONNX or TorchScript export carries: a header is data from anywhere, so it is 
 built from it (plain architecture arguments, sane preprocessing, labels that match the classes).
 
 The JSON layout is format version 1, unchanged since the first model files; `to_dict` writes it key for key,
-so a model file is byte for byte what it was before this class existed.
+so a model file is byte for byte what it was before this class existed. Format version 2 adds one key, "task"
+(several tags per image: the tags' thresholds); only such files are written as version 2, so an older
+imgclass refuses them with "upgrade" instead of misreading them.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .task import SINGLE_LABEL, Task, task_from_header
 
 FORMAT = "imgclass-model"
 CHECKPOINT_FORMAT = "imgclass-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this imgclass reads; a file is written at the lowest its entries need (below)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class ModelHeader:
     metrics: dict[str, Any] = field(default_factory=dict)  # final scores and facts of the run
     weights: dict[str, Any] | None = None       # where the starting weights came from (None: from scratch)
     format: str = FORMAT                        # imgclass-model, or imgclass-checkpoint for training checkpoints
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1                     # 1; 2 for a file with a "task" entry (several tags per image)
     imgclass_version: str = __version__         # the version that wrote the file
     loop: dict[str, Any] | None = None          # checkpoints only: the loop's progress (training.loop)
     optimizer: dict[str, Any] | None = None     # checkpoints only: the optimizer's scalar state
@@ -67,7 +69,7 @@ class ModelHeader:
         out = {
             "hierarchy": self.task.header_entry(),  # format version 1 names the label structure "hierarchy"
             "format": self.format,
-            "format_version": self.format_version,
+            "format_version": max(self.format_version, self.task.format_version),
             "imgclass_version": self.imgclass_version,
             "arch": self.arch.to_dict(),
             "classes": list(self.classes),
@@ -77,6 +79,8 @@ class ModelHeader:
             "metrics": self.metrics,
             "weights": self.weights,
         }
+        if self.task.task_entry() is not None:
+            out["task"] = self.task.task_entry()
         if self.loop is not None or self.optimizer is not None:
             out.update(loop=self.loop, optimizer=self.optimizer)
         return out
@@ -128,7 +132,7 @@ class ModelHeader:
         metrics = header.get("metrics") or {}
         return cls(arch=Architecture(arch["name"], dict(arch.get("args") or {}), dropout),
                    classes=tuple(classes), preprocessing=pre,
-                   task=task_from_header(header.get("hierarchy"), classes, bad),
+                   task=task_from_header(header.get("hierarchy"), classes, bad, header.get("task")),
                    tta=str(inference.get("tta", "none")), temperature=temperature,
                    calibration=header.get("calibration"), metrics=metrics if isinstance(metrics, dict) else {},
                    weights=header.get("weights"), format=fmt, format_version=version,

@@ -2,20 +2,21 @@
 (one class per image, or coarse -> fine), so the training loop, the Predictor, the service and the exports
 need not know which it is:
 
-- what the model file records about the labels (`header_entry`, read back by `task_from_header`),
-- the model's outputs for them (`build`) and the training loss (`loss`, and `head_loss` on cached features),
+- what the model file records about the labels (`header_entry`, `task_entry`; read back by `task_from_header`),
+- the model's outputs for them (`build`), how they become probabilities (`probabilities`: softmax, or a sigmoid
+  per tag), the training loss (`loss`, and `head_loss` on cached features), the per-class loss weights
+  (`class_weights`), what training counts as right (`correct`) and validates on (`score`),
 - the options it cannot take (`refuse`),
-- the answers it gives at each level (`views`: predict's top-k, the service's, the submission's columns).
+- the answers it gives (`answers`: predict's and the service's; `views` per level: the submission's columns).
 
-Every task's model outputs scores whose softmax is the probability of each class in `classes` order (two-level
-models output log p(fine)), so scoring, calibration, ONNX/TorchScript export and the service are shared.
-Evaluation's extra metrics per task are registered in evaluation/evaluate.py (TASK_METRICS).
+Evaluation's metrics per task are registered in evaluation/evaluate.py (TASK_METRICS).
 
 A new label structure subclasses Task, and is added to TASKS and to plan.task_for (how the data layer's
 labels become it).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,16 +28,66 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..errors import UserError
 from .hierarchy import STRATEGIES, Hierarchical, coarse_probabilities
+from .inference import probabilities as softmax_probabilities
 from .registry import create_model
+
+
+def top_labels(row: np.ndarray, names, k: int) -> list[dict[str, Any]]:
+    """The k most probable labels of one probability row, best first (ties in class order)."""
+    order = np.argsort(-row, kind="stable")[:max(1, min(k, len(names)))]
+    return [{"label": names[j], "probability": float(row[j])} for j in order]
 
 
 class Task:
     name: ClassVar[str]
     levels: ClassVar[tuple[str, ...]] = ("fine",)  # the answers `views` gives (predict/submit --level)
+    format_version: ClassVar[int] = 1             # the model-file format its entries need
+    score_name: ClassVar[str] = "accuracy"        # what `score` measures (metrics.csv's val_acc holds it)
+    exclusive: ClassVar[bool] = True              # one class per image: softmax, temperature calibration
 
     def header_entry(self) -> dict[str, Any] | None:
         """What the model file's "hierarchy" key holds for this task (format version 1)."""
         return None
+
+    def task_entry(self) -> dict[str, Any] | None:
+        """What the model file's "task" key holds (format version 2; None: no such key)."""
+        return None
+
+    def probabilities(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Each class's probability: a softmax over the classes at the model file's temperature."""
+        return softmax_probabilities(logits, temperature)
+
+    def label_counts(self, labels: torch.Tensor, n: int) -> list[int]:
+        """Images per class in a split's labels."""
+        return torch.bincount(labels, minlength=n).tolist()
+
+    def class_weights(self, labels: torch.Tensor, n: int) -> torch.Tensor:
+        """--class-weights auto: scikit-learn's "balanced" weights, n_samples / (n_classes * count)."""
+        from sklearn.utils.class_weight import compute_class_weight  # deferred: only for this option
+        return torch.tensor(compute_class_weight("balanced", classes=np.arange(n), y=labels.numpy()),
+                            dtype=torch.float32)
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> int:
+        """Training images answered right (train accuracy)."""
+        return int((logits.argmax(1) == y.to(logits.device)).sum())
+
+    def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(validation loss, validation score: accuracy) of a split's scores."""
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+    def fitted(self, probs: np.ndarray | None, labels: np.ndarray | None, say) -> "Task":
+        """This task with what it decides from the validation split's probabilities once training ends (its
+        decision thresholds); as it is for tasks that decide nothing."""
+        return self
+
+    def answers(self, probs: np.ndarray, classes, level: str, top_k: int) -> list[dict[str, Any]]:
+        """One answer per row of probabilities: {"top_k": [...]} (with several views, "<level>_top_k" too)."""
+        views = self.views(probs, classes, level)
+        # one view answers as "top_k"; with several, the model's own classes do, the others as "<level>_top_k"
+        keyed = [("top_k" if len(views) == 1 or name == "fine" else f"{name}_top_k", p, names)
+                 for name, p, names in views]
+        keyed.sort(key=lambda view: view[0] != "top_k")
+        return [{key: top_labels(p[i], names, top_k) for key, p, names in keyed} for i in range(len(probs))]
 
     def build(self, arch, classes) -> nn.Module:
         """The model of an architecture (models/header.Architecture) for these classes."""
@@ -135,13 +186,128 @@ class TwoLevel(Task):
         return [coarse] if level == "coarse" else [coarse, fine]
 
 
+@dataclass(frozen=True)
+class MultiLabel(Task):
+    """Several tags per image (any number, none included): a sigmoid per tag, binary cross-entropy, and a
+    decision threshold per tag (chosen on validation when training ends; 0.5 until then)."""
+    thresholds: tuple[float, ...] | None = None      # per tag: the probability from which the tag is given
+    threshold_f1: tuple[float, ...] | None = None    # per tag: validation F1 at its threshold (None: not chosen)
+    name: ClassVar[str] = "multi-label"
+    format_version: ClassVar[int] = 2
+    score_name: ClassVar[str] = "mAP"
+    exclusive: ClassVar[bool] = False
+
+    def task_entry(self) -> dict[str, Any]:
+        return {"name": self.name, "thresholds": None if self.thresholds is None else list(self.thresholds),
+                "threshold_f1": None if self.threshold_f1 is None else list(self.threshold_f1)}
+
+    def probabilities(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return torch.sigmoid(logits / temperature)
+
+    def loss(self, model, forward, x, y, target, label_smoothing, class_weights):
+        logits = forward(x).float()
+        return _bce(logits, y, label_smoothing, class_weights), logits
+
+    def head_loss(self, model, feats, y, label_smoothing):
+        logits = model.forward_head(feats)
+        return _bce(logits, y, label_smoothing, None), logits
+
+    def label_counts(self, labels, n):
+        return labels.sum(0).tolist() if len(labels) else [0] * n
+
+    def class_weights(self, labels, n):
+        """Per-tag positive weights (BCE's pos_weight): negatives / positives, so a rare tag's positives count as
+        much as its negatives; a tag without positives keeps 1."""
+        pos = labels.float().sum(0)
+        return torch.where(pos > 0, (len(labels) - pos) / pos.clamp(min=1), torch.ones_like(pos))
+
+    def correct(self, logits, y):
+        """Images whose every tag is right at 0.5 (exact match)."""
+        return int(((logits > 0) == y.to(logits.device).bool()).all(1).sum())
+
+    def score(self, logits, y):
+        """(BCE, mAP: the mean over tags with a positive of scikit-learn's average precision)."""
+        from sklearn.metrics import average_precision_score  # deferred: scikit-learn only when validating
+        truth, probs = y.numpy(), torch.sigmoid(logits).numpy()
+        present = truth.sum(0) > 0
+        m_ap = float(average_precision_score(truth[:, present], probs[:, present], average="macro")) \
+            if present.any() else float("nan")
+        return float(F.binary_cross_entropy_with_logits(logits, y.float())), m_ap
+
+    def refuse(self, cfg: TrainConfig, processes: bool) -> None:
+        if processes:
+            raise UserError("several tags per image are not supported with several processes yet")
+        if cfg.mixup or cfg.cutmix:
+            raise UserError("--mixup/--cutmix with several tags per image are not supported yet")
+        if cfg.balanced_sampler:
+            raise UserError("--balanced-sampler draws by class; with several tags per image use --class-weights auto")
+
+    def describe(self, classes) -> str:
+        return f"several tags per image: {len(classes)} tags, a sigmoid each, thresholds chosen on validation"
+
+    def fitted(self, probs, labels, say) -> "MultiLabel":
+        """Per tag, the threshold that maximises its F1 on the validation split (scikit-learn's
+        precision_recall_curve); 0.5, with a warning, for a tag without a positive there (or no split)."""
+        if probs is None or labels is None:
+            say("no validation split: every tag keeps the threshold 0.5", warning=True)
+            return self
+        from sklearn.metrics import precision_recall_curve  # deferred: scikit-learn only when training ends
+        thresholds, f1s, missing = [], [], []
+        for j in range(labels.shape[1]):
+            if labels[:, j].sum() == 0:
+                missing.append(j)
+                thresholds.append(0.5)
+                f1s.append(0.0)
+                continue
+            precision, recall, cuts = precision_recall_curve(labels[:, j], probs[:, j])
+            f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+            best = int(np.argmax(f1))
+            thresholds.append(float(cuts[best]))
+            f1s.append(float(f1[best]))
+        if missing:
+            say(f"{len(missing)} tag(s) have no positive in the validation split and keep the threshold 0.5",
+                warning=True)
+        return dataclasses.replace(self, thresholds=tuple(thresholds), threshold_f1=tuple(f1s))
+
+    def decisions(self, probs: np.ndarray) -> np.ndarray:
+        """N x tags booleans: each tag given where its probability reaches its threshold (0.5 until chosen)."""
+        thresholds = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * probs.shape[1])
+        return probs >= thresholds[None, :]
+
+    def views(self, probs, classes, level="fine"):
+        if level != "fine":
+            raise UserError("several tags per image have one level (--level fine)")
+        return [("fine", probs, list(classes))]
+
+    def answers(self, probs, classes, level, top_k):
+        """{"labels": the tags given, most probable first; "top_k": the k most probable tags}."""
+        self.views(probs, classes, level)
+        given = self.decisions(np.nan_to_num(probs))
+        out = []
+        for row, chosen in zip(probs, given):
+            order = np.argsort(-row, kind="stable")
+            ranked = [{"label": classes[j], "probability": float(row[j])} for j in order]
+            out.append({"labels": [ranked[r] for r, j in enumerate(order) if chosen[j]],
+                        "top_k": ranked[:max(1, top_k)]})
+        return out
+
+
+def _bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, pos_weight: torch.Tensor | None
+         ) -> torch.Tensor:
+    """Binary cross-entropy per tag; label smoothing moves each 0/1 target towards 0.5 by half the amount."""
+    target = y.float() * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+
 SINGLE_LABEL = SingleLabel()
-TASKS: dict[str, type[Task]] = {"single-label": SingleLabel, "two-level": TwoLevel}
+TASKS: dict[str, type[Task]] = {"single-label": SingleLabel, "two-level": TwoLevel, "multi-label": MultiLabel}
 
 
-def task_from_header(entry: Any, classes, bad) -> Task:
-    """The task a model file's "hierarchy" entry describes (None: one class per image); bad(what) makes the
-    error for a malformed entry."""
+def task_from_header(entry: Any, classes, bad, task: Any = None) -> Task:
+    """The task a model file's "hierarchy" entry (format 1) or "task" entry (format 2) describes (neither: one
+    class per image); bad(what) makes the error for a malformed entry."""
+    if task is not None:
+        return _multi_label_from(task, classes, bad)
     if entry is None:
         return SINGLE_LABEL
     coarse = entry.get("coarse_classes") if isinstance(entry, dict) else None
@@ -152,3 +318,17 @@ def task_from_header(entry: Any, classes, bad) -> Task:
             or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(coarse) for p in parents)):
         raise bad("'hierarchy' does not match the classes")
     return TwoLevel(entry["strategy"], tuple(coarse), tuple(parents))
+
+
+def _multi_label_from(entry: Any, classes, bad) -> MultiLabel:
+    def numbers(key: str, low: float, high: float) -> tuple[float, ...] | None:
+        values = entry.get(key)
+        if values is None:
+            return None
+        if (not isinstance(values, list) or len(values) != len(classes) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in values)):
+            raise bad(f"'task.{key}' must be one number in [{low}, {high}] per tag")
+        return tuple(float(v) for v in values)
+    if not isinstance(entry, dict) or entry.get("name") != MultiLabel.name:
+        raise bad("'task' names no label structure this imgclass knows")
+    return MultiLabel(numbers("thresholds", 0.0, 1.0), numbers("threshold_f1", 0.0, 1.0))

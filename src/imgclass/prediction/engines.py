@@ -10,15 +10,17 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..models.inference import predict_logits, probabilities, scoring_batch
+from ..models.inference import predict_logits, scoring_batch
+from ..models.task import SINGLE_LABEL, Task
 
 
 class TorchEngine:
     runtime = "torch"
 
     def __init__(self, model: nn.Module, pre: Preprocessing, tta: str, temperature: float, device: torch.device,
-                 bf16: bool | None = None):
+                 bf16: bool | None = None, task: Task = SINGLE_LABEL):
         self.model, self.pre, self.tta, self.temperature, self.device = model, pre, tta, temperature, device
+        self.task = task  # its probabilities: a softmax over the classes, or a sigmoid per tag
         self.bf16 = device.type == "cuda" if bf16 is None else bf16
 
     @property
@@ -27,7 +29,7 @@ class TorchEngine:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         logits = predict_logits(self.model, images, self.pre, len(images) or 1, self.device, self.tta, self.bf16)
-        return probabilities(logits, self.temperature)
+        return self.task.probabilities(logits, self.temperature)
 
 
 class OnnxEngine:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..config import resolve as resolve_config
-from ..models.inference import probabilities
+from ..models.task import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
 from ..rundir import RunDir
 from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
@@ -29,17 +29,19 @@ PARITY_TOLERANCE = 1e-4
 
 
 class InferenceModule(nn.Module):
-    """Pixels 0..255 -> probabilities, with the stored normalisation, TTA and softmax temperature."""
+    """Pixels 0..255 -> probabilities, with the stored normalisation, TTA, temperature and the task's
+    probabilities (a softmax over the classes, or a sigmoid per tag)."""
 
-    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, pre: Preprocessing, tta: str, temperature: float = 1.0,
+                 task: Task = SINGLE_LABEL):
         super().__init__()
-        self.model, self.tta, self.temperature = model.eval(), tta, float(temperature)
+        self.model, self.tta, self.temperature, self.task = model.eval(), tta, float(temperature), task
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std
-        return probabilities(tta_logits(self.model, x, self.tta), self.temperature)
+        return self.task.probabilities(tta_logits(self.model, x, self.tta), self.temperature)
 
 
 def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.Tensor:
@@ -66,7 +68,8 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise UserError("--format must be onnx or torchscript")
     model_path = resolve_model_path(model)
     predictor = Predictor.load(model_path, "cpu")
-    module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature).eval()
+    module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                             predictor.task).eval()
     batch = parity_batch(predictor, model_path)
     expected = predictor.probabilities(batch).numpy()
     pixels = batch.float()

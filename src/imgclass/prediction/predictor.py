@@ -50,13 +50,6 @@ class Predictions(list):
         return table(["image", "prediction", "probability", "next"], rows)
 
 
-def top_labels(row: np.ndarray, names: list[str], k: int) -> list[dict[str, Any]]:
-    """The k most probable labels of one probability row, best first (ties in class order): what predict
-    and the service answer."""
-    order = np.argsort(-row, kind="stable")[:max(1, min(k, len(names)))]
-    return [{"label": names[j], "probability": float(row[j])} for j in order]
-
-
 DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding a batch (Pillow releases the GIL)
 
 
@@ -96,7 +89,7 @@ class Predictor:
 
     def torch_engine(self, bf16: bool | None = None) -> TorchEngine:
         """This model in eager PyTorch (bf16 autocast if asked; None: on CUDA only)."""
-        return TorchEngine(self.model, self.pre, self.tta, self.temperature, self.device, bf16)
+        return TorchEngine(self.model, self.pre, self.tta, self.temperature, self.device, bf16, self.task)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
@@ -177,23 +170,17 @@ class Predictor:
                 level: str = "fine") -> list[dict[str, Any]]:
         """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input.
 
-        level: the task's answer (models/task.py views): "fine" (the model's classes); with two-level labels also
-        "coarse" (top_k over coarse classes), or "both" (top_k fine plus "coarse_top_k")."""
+        level: the task's answer (models/task.py answers): "fine" (the model's classes); with two-level labels
+        also "coarse" (top_k over coarse classes), or "both" (top_k fine plus "coarse_top_k"). With several
+        tags per image each answer also has "labels": the tags given at their thresholds."""
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
         sources = list(sources)
         probs, errors = self.predict_proba(sources, batch_size)
-        views = self.task.views(probs, self.classes, level)
-        # one view answers as "top_k"; with several, the model's own classes do, the others as "<level>_top_k"
-        keyed = [("top_k" if len(views) == 1 or name == "fine" else f"{name}_top_k", p, names)
-                 for name, p, names in views]
-        keyed.sort(key=lambda view: view[0] != "top_k")
+        answers = self.task.answers(probs, self.classes, level, top_k)
         out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
-            if errors[i] is not None:
-                out.append({"image": name, "error": errors[i]})
-            else:
-                out.append({"image": name, **{key: top_labels(p[i], names, top_k) for key, p, names in keyed}})
+            out.append({"image": name, "error": errors[i]} if errors[i] is not None else {"image": name, **answers[i]})
         return out
 
 

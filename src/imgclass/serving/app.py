@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
 from ..errors import UserError
-from ..prediction.predictor import Predictor, top_labels
+from ..prediction.predictor import Predictor
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 
@@ -264,7 +264,7 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: threading.BoundedSema
             except Exception as exc:  # noqa: BLE001 - the model failed on this batch: a JSON 500 for its requests
                 out.append({"error": f"the model failed on this image's batch ({type(exc).__name__})", "status": 500})
                 continue
-            out.append({"top_k": top_labels(row, classes, k)})
+            out.append(predictor.task.answers(row[None], classes, "fine", k)[0])  # top_k (and tags given)
         return out
     return score
 
@@ -316,7 +316,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
         result = (await score(blobs, k))[0]
         if "error" in result:
             raise HTTPException(result["status"], result["error"])
-        return {"top_k": result["top_k"], "model": model_name}
+        return {**result, "model": model_name}  # top_k (several tags per image: also the tags given, "labels")
 
     @app.post("/predict/batch", summary="Classify several images (multipart 'files', or JSON {'images': [...]})")
     async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
         results = []
         for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time
             results += await score(blobs[start:start + PREDICT_CHUNK], k)
-        return {"results": [{"error": r["error"]} if "error" in r else {"top_k": r["top_k"]} for r in results],
+        return {"results": [{"error": r["error"]} if "error" in r else r for r in results],
                 "model": model_name}
 
     _explain_route(app, predictor, slots, model_name)

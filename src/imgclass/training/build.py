@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 from rich.console import Console
@@ -54,7 +53,7 @@ def prepare(plan: RunPlan, device: torch.device, say: Callable[..., None], conso
     cfg, started = plan.cfg, time.perf_counter()
     pre = Preprocessing(img_size=plan.phases[0][0], resize=cfg.resize, max_pixels=cfg.max_image_pixels)
     data, hits = decode_splits(plan.split, pre, cfg, say, console, dist)
-    counts = [int((data["train"].labels == i).sum()) for i in range(len(plan.classes))]
+    counts = plan.task.label_counts(data["train"].labels, len(plan.classes))
     empty = [c for c, n in zip(plan.classes, counts) if n == 0]
     if empty:
         raise DataError(f"class(es) {', '.join(empty)} have no usable training image")
@@ -105,10 +104,7 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
     cfg = plan.cfg
     class_weights = None
     if cfg.class_weights == "auto":
-        from sklearn.utils.class_weight import compute_class_weight  # deferred: only for this option
-        labels = prep.data["train"].labels.numpy()
-        class_weights = torch.tensor(compute_class_weight("balanced", classes=np.arange(len(plan.classes)), y=labels),
-                                     dtype=torch.float32, device=device)
+        class_weights = plan.task.class_weights(prep.data["train"].labels, len(plan.classes)).to(device)
     return Trainer(model=prep.model, optimizer=prep.optimizer, train_data=prep.data["train"],
                    val_data=prep.data["val"], pre=prep.pre, augment=augment_from_config(cfg),
                    mix=batch_mix(cfg.mixup, cfg.cutmix, len(plan.classes)), epochs=cfg.epochs,

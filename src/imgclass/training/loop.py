@@ -176,10 +176,11 @@ class Trainer:
         return now
 
     def validate(self) -> tuple[float, float]:
-        """Validation loss and accuracy; with DDP each rank scores its shard and the sums are reduced."""
+        """Validation loss and score (the task's: accuracy, or mAP with several tags per image); with DDP each
+        rank scores its shard and the sums are reduced (one-label tasks only: the task refuses the others)."""
         data = self.val_data
         if self.dist is None or not self.dist.active:
-            return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta)
+            return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta, self.task)
         shard = torch.arange(self.dist.rank, len(data), self.dist.world)
         logits = predict_logits(self.model, data.images[shard], self.pre, self.batch_size, self.device, self.val_tta)
         y = data.labels[shard]
@@ -254,7 +255,7 @@ class Trainer:
                 self.step += 1
                 seen += len(y)
                 loss_sum += self.batch_loss * len(y)
-                correct += int((logits.argmax(1) == y.to(logits.device)).sum())
+                correct += self.task.correct(logits, y)
                 self.event(Event.AFTER_STEP)
             self.event(Event.BEFORE_VALIDATE)  # the epoch's weights are final after this (e.g. lookahead's last pull)
             if self.dist is not None:
@@ -275,8 +276,6 @@ class Trainer:
 
 
 def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,
-                      device: torch.device, tta: str = "none") -> tuple[float, float]:
-    logits = predict_logits(model, data.images, pre, batch_size, device, tta)
-    loss = float(F.cross_entropy(logits, data.labels))
-    acc = float((logits.argmax(1) == data.labels).float().mean())
-    return loss, acc
+                      device: torch.device, tta: str = "none", task: Task = SINGLE_LABEL) -> tuple[float, float]:
+    """(loss, the task's score) of a split."""
+    return task.score(predict_logits(model, data.images, pre, batch_size, device, tta), data.labels)

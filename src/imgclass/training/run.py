@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
 from ..models.inference import predict_logits, probabilities
+from ..models.task import Task
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import budget, distributed
@@ -267,7 +268,8 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
     file and results.json, evaluate val and test."""
     cfg = plan.cfg
     best, _ = load_model(run.best, device)
-    metrics, probs, calibration = _score_splits(best, final.data, final.pre, cfg, device, say)
+    metrics, probs, calibration, task = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
+    plan = dataclasses.replace(plan, task=task)  # with what it decided on validation (several tags: thresholds)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
              "decode_seconds": round(final.decode_seconds, 2), "head_seconds": round(head_seconds, 2),
@@ -327,11 +329,14 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
-                  device: torch.device, say: Callable[..., None]
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(accuracy, loss and n per split; probabilities per split; the calibration) of the final model, without
-    augmentation and with its TTA, at the softmax temperature fitted on validation (--calibrate). The train
-    split is scored on a sample: it only shows over- or under-fitting."""
+                  device: torch.device, say: Callable[..., None], task: Task
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, Task]:
+    """(accuracy, loss and n per split; probabilities per split; the calibration; the task with what it
+    decides on validation) of the final model, without augmentation and with its TTA, at the softmax
+    temperature fitted on validation (--calibrate). The train split is scored on a sample: it only shows over-
+    or under-fitting."""
+    if not task.exclusive:
+        return _score_tagged(model, data, pre, cfg, device, say, task)
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in SPLITS:
         part = data[name]
@@ -347,7 +352,28 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     metrics = {name: {"accuracy": float((logits.argmax(1) == labels).float().mean()),
                       "loss": float(torch.nn.functional.cross_entropy(logits / t, labels)), "n": len(labels)}
                for name, (logits, labels) in scored.items()}
-    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration
+    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration, task
+
+
+def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
+                  device: torch.device, say: Callable[..., None], task: Task):
+    """_score_splits for several tags per image: each split's BCE, mAP and exact-match accuracy at the
+    thresholds the task chooses on validation."""
+    if cfg.calibrate:
+        say("calibration: not fitted for several tags per image yet (the thresholds are chosen on validation)")
+    probs, labels = {}, {}
+    for name in SPLITS:
+        if len(data[name]):
+            logits = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
+            probs[name], labels[name] = task.probabilities(logits), data[name].labels
+    task = task.fitted(probs["val"].numpy() if "val" in probs else None,
+                       labels["val"].numpy() if "val" in labels else None, say)
+    metrics = {}
+    for name, p in probs.items():
+        loss, m_ap = task.score(torch.logit(p.clamp(1e-7, 1 - 1e-7)), labels[name])
+        exact = float((task.decisions(p.numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
+        metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(p)}
+    return metrics, probs, None, task
 
 
 def _calibrate(cfg: TrainConfig, val: tuple[torch.Tensor, torch.Tensor] | None, say) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import UserError
 from ..data.preprocess import Preprocessing
@@ -203,7 +202,7 @@ def train_head(task: Task, model: nn.Module, feats: torch.Tensor, labels: torch.
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-            correct += int((scores.argmax(1) == y).sum())
+            correct += task.correct(scores, y)
             seen += len(idx)
         row = {"epoch": f"head {epoch + 1}", "train_loss": total / seen, "train_acc": correct / seen,
                "val_loss": float("nan"), "val_acc": float("nan"), "lr": opt.param_groups[0]["lr"]}
@@ -211,9 +210,7 @@ def train_head(task: Task, model: nn.Module, feats: torch.Tensor, labels: torch.
             model.eval()
             with torch.no_grad():
                 _, vl = task.head_loss(model, val_feats.to(device), val_labels.to(device), 0.0)
-            vl = vl.cpu()
-            row["val_loss"] = float(F.nll_loss(F.log_softmax(vl, 1), val_labels))
-            row["val_acc"] = float((vl.argmax(1) == val_labels).float().mean())
+            row["val_loss"], row["val_acc"] = task.score(vl.cpu(), val_labels)
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         if log:
