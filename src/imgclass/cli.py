@@ -196,6 +196,9 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
                    help="class index (in the model's class order) or class name")
     p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
                    help="with two-level labels: which level (both: TARGET_COARSE and TARGET_FINE columns)")
+    p.add_argument("--format", choices=["auto", "tags", "onehot"], default="auto", dest="form",
+                   help="with several tags per image: tags (the tags given, separated by spaces; the default) or "
+                        "onehot (a 0/1 column per tag)")
     _add_runtime(p)
     _add_pixel_limit(p)
 
@@ -308,10 +311,13 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         k = max((len(r.get("top_k", [])) for r in results), default=0)
-        writer.writerow(["image"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"])
+        tags = any("labels" in r for r in results)  # several tags per image: the tags given, first
+        writer.writerow(["image"] + (["tags"] if tags else []) + [f"{c}{i}" for i in range(1, k + 1)
+                                                                  for c in ("label", "probability")] + ["error"])
         for r in results:
             cells = [x for t in r.get("top_k", []) for x in (t["label"], f"{t['probability']:.6f}")]
-            writer.writerow([r["image"]] + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
+            given = [" ".join(t["label"] for t in r.get("labels", []))] if tags else []
+            writer.writerow([r["image"]] + given + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
         sys.stdout.write(buf.getvalue())
         return
     from rich.console import Console
@@ -388,7 +394,7 @@ def _predict(args: argparse.Namespace) -> int | None:
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
     path = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
-                      args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels)
+                      args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels, form=args.form)
     with open(path, newline="") as fh:
         rows = sum(1 for _ in csv.reader(fh)) - 1  # the header line
     print(f"wrote {rows} rows to {path}")
@@ -414,8 +420,10 @@ def _evaluate(args: argparse.Namespace) -> int | None:
     ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
                       max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision)
     m = ev.metrics
-    print(f"{args.split}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
-          f"macro F1 {m['macro_f1']:.4f}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
+    scores = (f"mAP {m['map']:.4f}, macro F1 {m['macro_f1']:.4f} and exact match {m['accuracy']:.4f} at the tags' "
+              f"thresholds" if "map" in m else  # several tags per image
+              f"accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
+    print(f"{args.split}: {scores}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
     print(f"report: {ev.dir / 'report.html'}")
 
 

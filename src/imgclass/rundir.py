@@ -51,6 +51,16 @@ class RunDir:
         return {"metrics": folder / "metrics.json", "predictions": folder / "predictions.csv",
                 "figures": folder / "figures", "report.md": folder / "report.md", "report.html": folder / "report.html"}
 
+    def split_counts(self) -> dict[str, dict[str, int]]:
+        """Images per class (per tag, when splits.csv holds several tags per image as JSON lists) in each split."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.read_csv(self.splits):
+            names = _labels_of(row["label"])
+            per = counts.setdefault(row["split"], {})
+            for name in names:
+                per[name] = per.get(name, 0) + 1
+        return counts
+
     def read_eval_metrics(self, split: str) -> dict[str, Any] | None:
         """eval/<split>/metrics.json, or None when that split was not evaluated."""
         path = self.eval_files(self.eval_dir(split))["metrics"]
@@ -133,3 +143,15 @@ def best_epoch_phrase(results: dict) -> str:
     if results.get("best_epoch"):
         return f"epoch {results['best_epoch']}"
     return "the head stage (fine-tuning did not beat the head on frozen features)"
+
+
+def _labels_of(cell: str) -> list[str]:
+    """A splits.csv label cell: a class name, or several tags as a JSON list."""
+    if cell.startswith("[") and cell.endswith("]"):
+        try:
+            names = json.loads(cell)
+        except ValueError:
+            names = None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+    return [cell]

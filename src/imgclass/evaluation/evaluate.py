@@ -56,8 +56,9 @@ def _run_dir_of(model: str | Path) -> Path | None:
 
 
 def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: list[str],
-              notes: list[str]) -> tuple[Path, list[tuple[str, int]]]:
-    """(data root, [(relative path, model class index)]) for the split to evaluate."""
+              notes: list[str], multi_label: bool = False) -> tuple[Path, list[tuple[str, Any]]]:
+    """(data root, [(relative path, model class index, or with several tags per image their 0/1 tuple)]) for the
+    split to evaluate."""
     run_dir = _run_dir_of(model)
     run_data = None
     if run_dir is not None and RunDir(run_dir).splits.is_file():
@@ -66,8 +67,11 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     if data is None or (run_data is not None and Path(data).expanduser().resolve() == run_data.resolve()):
         if run_data is None:
             raise UserError("give a DATA folder to evaluate on (the model is not inside a run folder with splits.csv)")
-        saved = read_splits(RunDir(run_dir).splits, run_data, classes)
+        saved = read_splits(RunDir(run_dir).splits, run_data, classes, multi_label)
         return run_data, [row for s in wanted for row in saved.items[s]]
+    if multi_label:
+        raise UserError("evaluating another folder needs its tags; with several tags per image evaluate the run's own "
+                        "split for now (imgclass evaluate RUN --split test)")
     found = find_images(data)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in found.classes if c not in index]
@@ -185,7 +189,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if precomputed is not None:
         tensors, probs = precomputed
     else:
-        root, rows = _rows_for(split, model, data, classes, notes)
+        root, rows = _rows_for(split, model, data, classes, notes, not predictor.task.exclusive)
         if not rows:
             raise DataError(f"no images in the {split} split to evaluate")
         if not given:
@@ -197,6 +201,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         probs = torch.cat([predictor.probabilities(tensors.images[i:i + batch_size])
                            for i in range(0, len(tensors), batch_size)]).numpy()
     y = tensors.labels.numpy()
+    if not predictor.task.exclusive:  # several tags per image: their own metrics, figures and report
+        return _evaluate_tags(model, split, out, predictor, tensors, probs, notes)
     metrics, metric_notes = compute_metrics(y, probs, classes, split)
     notes += metric_notes
     if (task_metrics := TASK_METRICS.get(predictor.task.name)) is not None:
@@ -208,10 +214,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         metrics["calibration"] = {"temperature": predictor.temperature,
                                   "ece_uncalibrated": expected_calibration_error(y, raw)}
     run_dir = _run_dir_of(model)
-    out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
-    written = RunDir.eval_files(out_dir)
-    written["figures"].mkdir(parents=True, exist_ok=True)
-    write_text_atomic(written["metrics"], json.dumps(metrics, indent=2) + "\n")  # compare and the card read it
+    out_dir, written = _written(run_dir, split, out, metrics)
     _write_predictions(written["predictions"], tensors.paths, y, probs, classes)
 
     context = RunContext.load(run_dir, predictor.header)
@@ -229,11 +232,48 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
             y, raw, metrics["calibration"]["ece_uncalibrated"], "before calibration")
     figures.update(_gallery_sets(tensors.images, y, probs, classes,  # a tensor, or streamed images
                                  explain=_heatmap_overlays(predictor)))
+    write_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
+    for note in notes:
+        log.warning(note)
+    return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)
+
+
+def _written(run_dir: Path | None, split: str, out: str | Path | None, metrics: dict[str, Any]
+             ) -> tuple[Path, dict[str, Path]]:
+    """The evaluation folder (--out, else <run>/eval/<split>/) with its metrics.json written; its files."""
+    out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
+    written = RunDir.eval_files(out_dir)
+    written["figures"].mkdir(parents=True, exist_ok=True)
+    write_text_atomic(written["metrics"], json.dumps(metrics, indent=2) + "\n")  # compare and the card read it
+    return out_dir, written
+
+
+def _saved(figures: dict[str, Any], folder: Path) -> dict[str, Path]:
     files = {}
     for name, fig in figures.items():
-        files[name] = out_dir / "figures" / f"{name}.png"
+        files[name] = folder / f"{name}.png"
         fig.savefig(files[name], dpi=110)
-    write_report(out_dir, metrics, notes, files, context)
+    return files
+
+
+def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs: np.ndarray,
+                   notes: list[str]) -> Evaluation:
+    """evaluate for several tags per image (evaluation/tags.py)."""
+    from .tags import tag_figures, tag_metrics, write_tag_predictions, write_tag_report
+    y, classes, task = tensors.labels.numpy(), predictor.classes, predictor.task
+    thresholds = np.asarray(task.thresholds if task.thresholds is not None else [0.5] * len(classes))
+    metrics, more = tag_metrics(y, probs, classes, thresholds, split)
+    notes += more
+    metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
+    run_dir = _run_dir_of(model)
+    out_dir, written = _written(run_dir, split, out, metrics)
+    write_tag_predictions(written["predictions"], tensors.paths, y, probs, task.decisions(probs), classes)
+    context = RunContext.load(run_dir, predictor.header)
+    figures: dict[str, Any] = {}
+    if context.history:
+        figures["training_curves"] = plots.training_curves(context.history, task.score_name, task.train_score_name)
+    figures.update(tag_figures(y, probs, metrics, classes))
+    write_tag_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
     for note in notes:
         log.warning(note)
     return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)

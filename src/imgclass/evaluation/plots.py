@@ -27,10 +27,15 @@ def _ticks(ax, classes: list[str], axis: str) -> None:
         ax.set_yticks(pos, [classes[i] for i in pos])
 
 
-def training_curves(history: list[dict[str, Any]]) -> Figure:
+def training_curves(history: list[dict[str, Any]], score_name: str = "accuracy",
+                    train_score_name: str = "accuracy") -> Figure:
+    """Loss and the scores (metrics.csv's *_acc columns: accuracy; with several tags per image validation mAP
+    and training exact match) per epoch, and the learning rate."""
     fig, axes = new_figure(1, 3, figsize=(13, 3.6))
     epochs = [int(r["epoch"]) for r in history]
-    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
+    score_title = "Accuracy" if score_name == train_score_name == "accuracy" else \
+        f"validation {score_name}, train {train_score_name}"
+    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", score_title)):
         ax.plot(epochs, [float(r[f"train_{key}"]) for r in history], "o-", label="train")
         ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "o-", label="validation")
         ax.set(title=title, xlabel="epoch")

@@ -33,6 +33,11 @@ FIGURE_GUIDE = {
                    "above it under-confident; ECE is the average gap.",
     "reliability_uncalibrated": "The same diagram for the probabilities before the softmax temperature fitted on "
                                 "validation: what calibration corrected.",
+    "pr_curves_tags": "Precision against recall as each tag's threshold moves, for the tags with the lowest average "
+                      "precision, and (dashed) all tags pooled: the higher and further right, the better.",
+    "ap_vs_frequency": "Each tag's average precision against how many images carry it: rare tags are usually the "
+                       "weak ones; a frequent tag low here is hard for the model, not short of examples.",
+    "f1_per_tag": "F1 per tag at the threshold chosen for it on validation, weakest at the bottom.",
     "gallery_confident_correct": "For each class (one row), its images the model gets right with the highest "
                                  "confidence: what it has learnt best. Under each: the prediction and its probability.",
     "gallery_least_confident": "For each class, its images with the lowest top probability, closest to the decision "
@@ -61,9 +66,7 @@ class RunContext:
         run = RunDir(run_dir)
         ctx.config, ctx.results = run.read_config_dict(), run.read_results()
         ctx.history, ctx.bad_files = run.read_history(), run.read_csv(run.bad_files)
-        for row in run.read_csv(run.splits):
-            counts = ctx.split_counts.setdefault(row["split"], {})
-            counts[row["label"]] = counts.get(row["label"], 0) + 1
+        ctx.split_counts = run.split_counts() if run.splits.is_file() else {}
         return ctx
 
 
@@ -234,10 +237,7 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
     if ctx.bad_files:
         md += ["", "## Files skipped by the run", "", "| path | split | reason |", "| --- | --- | --- |"]
         md += [f"| `{b['path']}` | {b['split']} | {b['reason']} |" for b in ctx.bad_files]
-    md += ["", "## Figures", ""]
-    for name, path in figures.items():
-        md += [f"### {name.replace('_', ' ')}", "", FIGURE_GUIDE.get(name, ""), "",
-               f"![{name}](figures/{path.name})", ""]
+    md += figure_sections_md(figures)
     write_text_atomic(out_dir / "report.md", "\n".join(md))
 
     # HTML, figures embedded as base64 so the one file works offline
@@ -258,14 +258,32 @@ def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figur
         body += ["<h2>Files skipped by the run</h2><table><tr><th>path</th><th>split</th><th>reason</th></tr>"]
         body += [f"<tr><td><code>{html.escape(b['path'])}</code></td><td>{html.escape(b['split'])}</td>"
                  f"<td>{html.escape(b['reason'])}</td></tr>" for b in ctx.bad_files] + ["</table>"]
-    body += ["<h2>Figures</h2>"]
+    body += figure_sections_html(figures)
+    write_text_atomic(out_dir / "report.html", html_page(title, body))
+
+
+def figure_sections_md(figures: dict[str, Path]) -> list[str]:
+    """The report's Figures section in Markdown: each figure with the line on how to read it."""
+    md = ["", "## Figures", ""]
+    for name, path in figures.items():
+        md += [f"### {name.replace('_', ' ')}", "", FIGURE_GUIDE.get(name, ""), "", f"![{name}](figures/{path.name})", ""]
+    return md
+
+
+def figure_sections_html(figures: dict[str, Path]) -> list[str]:
+    """The same in HTML, each PNG embedded (base64) so the one file works offline."""
+    body = ["<h2>Figures</h2>"]
     for name, path in figures.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         body += [f"<h3>{name.replace('_', ' ')}</h3><p class='guide'>{html.escape(FIGURE_GUIDE.get(name, ''))}</p>",
                  f"<img alt='{name}' src='data:image/png;base64,{data}'>"]
+    return body
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained report page."""
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
              "img{max-width:100%}.guide{color:#555;font-style:italic}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    write_text_atomic(out_dir / "report.html", page)

@@ -25,7 +25,7 @@ from ..prediction.predictor import Predictor
 from ..rundir import RunDir, best_epoch_phrase
 from ..prediction.graph import export_model
 
-CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated")
+CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "pr_curves_tags", "ap_vs_frequency")
 
 
 def export_hub(model: str | Path, out: str | Path) -> Path:
@@ -87,12 +87,7 @@ def _run_facts(run: RunDir | None) -> dict[str, Any]:
     if run is None or not run.is_run():
         return {}
     facts: dict[str, Any] = {"config": run.read_config_dict(), "results": run.read_results()}
-    counts: dict[str, dict[str, int]] = {}
-    if run.splits.is_file():
-        for row in run.read_csv(run.splits):
-            counts.setdefault(row["split"], {}).setdefault(row["label"], 0)
-            counts[row["split"]][row["label"]] += 1
-    facts["counts"] = counts
+    facts["counts"] = run.split_counts() if run.splits.is_file() else {}
     for split in ("test", "val"):
         if (m := run.read_eval_metrics(split)) is not None:
             facts["metrics"], facts["metrics_split"] = m, split
@@ -165,6 +160,8 @@ def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[
     if not m:
         return ["## Results", "", "No evaluation in the run folder.", ""]
     lines = ["## Results", "", f"On the {split} split ({m['n']} images):", "", "| metric | value |", "|---|---|"]
+    if "per_tag" in m:  # several tags per image (evaluation/tags.py)
+        return lines + _tag_results(m, figures)
     lines += [f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")
               if isinstance(m.get(k), (int, float))]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -175,3 +172,28 @@ def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[
     lines += [f"- {p['true']} taken for {p['predicted']}: {p['count']} time(s), {100 * p['share_of_true']:.1f}% of "
               f"{p['true']}" for p in confused[:5]] or ["- No confusions on this split."]
     return lines + [""]
+
+
+def _tag_results(m: dict[str, Any], figures: list[str]) -> list[str]:
+    """The card's results for several tags per image: mAP and the decision metrics, then each tag's AP at its
+    threshold, weakest first (the known failure modes)."""
+    lines = [f"| {name} | {m[k]:.4f} |" for name, k in (("mAP", "map"), ("micro AP", "micro_ap"),
+                                                       ("exact match at the thresholds", "accuracy"),
+                                                       ("macro F1 at the thresholds", "macro_f1"))
+             if isinstance(m.get(k), (int, float))]
+    per = m["per_tag"]
+    order = sorted(per, key=lambda t: (per[t]["ap"] is None, per[t]["ap"] or 0.0))
+    lines += ["", "| tag | AP | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {_escape(t)} | {'n/a' if per[t]['ap'] is None else format(per[t]['ap'], '.4f')} | "
+              f"{per[t]['threshold']:.3f} | {per[t]['precision']:.4f} | {per[t]['recall']:.4f} | {per[t]['f1']:.4f} | "
+              f"{per[t]['support']} |" for t in order]
+    lines += [""] + [f"![{f}](figures/{f}.png)" for f in figures] + ["", "## Known failure modes", ""]
+    weak = [t for t in order if per[t]["ap"] is not None][:5]
+    lines += [f"- {_escape(t)}: AP {per[t]['ap']:.3f} on {per[t]['support']} image(s)" for t in weak] or \
+        ["- No tag could be scored on this split."]
+    return lines + [""]
+
+
+def _escape(text: str) -> str:
+    """A name in a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")

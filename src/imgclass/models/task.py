@@ -44,6 +44,7 @@ class Task:
     format_version: ClassVar[int] = 1             # the model-file format its entries need
     score_name: ClassVar[str] = "accuracy"        # what `score` measures (metrics.csv's val_acc holds it)
     exclusive: ClassVar[bool] = True              # one class per image: softmax, temperature calibration
+    train_score_name: ClassVar[str] = "accuracy"  # what `correct` counts (metrics.csv's train_acc)
 
     def header_entry(self) -> dict[str, Any] | None:
         """What the model file's "hierarchy" key holds for this task (format version 1)."""
@@ -196,6 +197,7 @@ class MultiLabel(Task):
     format_version: ClassVar[int] = 2
     score_name: ClassVar[str] = "mAP"
     exclusive: ClassVar[bool] = False
+    train_score_name: ClassVar[str] = "exact match"
 
     def task_entry(self) -> dict[str, Any]:
         return {"name": self.name, "thresholds": None if self.thresholds is None else list(self.thresholds),

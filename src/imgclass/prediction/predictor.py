@@ -33,6 +33,10 @@ def summary_rows(results: list[dict[str, Any]]) -> list[tuple[str, str | None, f
     for r in results:
         if "error" in r:
             rows.append((r["image"], None, None, r["error"]))
+        elif "labels" in r:  # several tags per image: the tags given, the most probable one's probability
+            given = ", ".join(t["label"] for t in r["labels"]) or "(no tag)"
+            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
+            rows.append((r["image"], given, r["labels"][0]["probability"] if r["labels"] else None, rest))
         else:
             best = r["top_k"][0]
             rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])

@@ -19,12 +19,13 @@ from typing import Any, Callable
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..data.find import Found, find_images
+from ..data.tags import read_tags
 from ..data.split import Split, make_split, read_splits
 from ..errors import UserError
 from ..modelfile import read_header
 from ..models import get_spec
 from ..models.header import Architecture
-from ..models.task import SINGLE_LABEL, Task, TwoLevel
+from ..models.task import SINGLE_LABEL, MultiLabel, Task, TwoLevel
 from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from .auto import resolve_new_run
@@ -79,7 +80,7 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run.config)
         found = _find(vars(cfg))
-        split, notes, explicit = read_splits(run.splits, found.root, found.classes), [], None
+        split, notes, explicit = read_splits(run.splits, found.root, found.classes, found.multi_label), [], None
     else:
         run = None
         if data is not None:
@@ -99,6 +100,13 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
 
 
 def _find(values: dict[str, Any]) -> Found:
+    """The images and their labels: several tags each (data/tags.py) with --multi-label or --tag-columns, else
+    one class (or two levels) each (data/find.py)."""
+    if values.get("multi_label") or values.get("tag_columns"):
+        if values.get("hierarchy") or values.get("label_columns"):
+            raise UserError("--multi-label and two-level labels (--hierarchy, --label-columns) exclude each other")
+        return read_tags(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
+                         values.get("tag_columns"))
     return find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
                        values.get("hierarchy") or False, values.get("label_columns"))
 
@@ -144,6 +152,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
 def task_for(found: Found, cfg: TrainConfig) -> Task:
     """The label structure of the data found: two-level when its folders or CSV give each fine class a coarse
     one (data/find.py reads them), else one class per image."""
+    if found.multi_label:
+        return MultiLabel()
     if found.parents is None:
         return SINGLE_LABEL
     return TwoLevel(cfg.hierarchy_strategy, tuple(found.coarse_classes), tuple(found.parents))
