@@ -1,0 +1,151 @@
+"""Several tags per image, end to end (issue 26, in part): thresholds that must beat 0.5, metrics equal to
+scikit-learn's recomputed from predictions.csv, and every command on a trained model."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from sklearn import metrics as skm
+
+import imgclass
+from imgclass.cli import main
+from imgclass.errors import UserError
+from imgclass.modelfile import read_header, read_onnx_header
+from imgclass.models.task import MultiLabel
+
+TAGS = ("dot", "red", "stripe")
+
+
+def tagged_folder(root, n=90, seed=0):
+    """16 px images whose tags are visible: a red image, a green vertical stripe, a blue centre dot."""
+    rng = np.random.RandomState(seed)
+    (root / "data").mkdir(parents=True)
+    rows = ["id,tags"]
+    for i in range(n):
+        img = (40 + rng.randint(0, 30, (16, 16, 3))).astype(np.uint8)
+        tags = []
+        if rng.rand() < 0.5:
+            img[..., 0], tags = 220, tags + ["red"]
+        if rng.rand() < 0.4:
+            img[:, 6:9, 1], tags = 250, tags + ["stripe"]
+        if rng.rand() < 0.3:
+            img[6:10, 6:10, 2], tags = 255, tags + ["dot"]
+        Image.fromarray(img).save(root / "data" / f"im{i}.png")
+        rows.append(f"im{i},\"{';'.join(tags)}\"")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return root / "data", root / "tags.csv"
+
+
+@pytest.fixture(scope="module")
+def tagged_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tags")
+    data, labels = tagged_folder(root)
+    run = imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
+                         img_size=16, epochs=12, batch_size=16, hflip=False, out=str(root / "run"), verbose=False,
+                         tensorboard=False, workers=1)
+    return run, data
+
+
+def test_thresholds_chosen_on_validation_beat_one_half_where_they_must():
+    """Positives of each tag score 0.30-0.45 and negatives 0-0.25: at 0.5 nothing is tagged (F1 0); the chosen
+    thresholds separate them (F1 1)."""
+    rng = np.random.RandomState(0)
+    labels = (rng.rand(200, 3) < [0.2, 0.5, 0.1]).astype(int)
+    probs = np.where(labels == 1, rng.uniform(0.30, 0.45, labels.shape), rng.uniform(0.0, 0.25, labels.shape))
+    said = []
+    task = MultiLabel().fitted(probs, labels, lambda m, warning=False: said.append(m))
+    assert all(0.30 <= t < 0.45 for t in task.thresholds) and said == []    # the lowest positive score
+    assert task.threshold_f1 == (1.0, 1.0, 1.0)
+    f1 = lambda decided: skm.f1_score(labels, decided, average="macro", zero_division=0)  # noqa: E731
+    assert f1(task.decisions(probs)) == 1.0 and f1(probs >= 0.5) == 0.0
+    labels[:, 2] = 0                                                 # a tag without positives keeps 0.5
+    task = MultiLabel().fitted(probs, labels, lambda m, warning=False: said.append(m))
+    assert task.thresholds[2] == 0.5 and said and "keep the threshold 0.5" in said[0]
+
+
+def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagged_run):
+    run, _ = tagged_run
+    header = read_header(run.dir / "model.safetensors")
+    assert header.task.name == "multi-label" and header.format_version == 2
+    raw = json.loads(__import__("safetensors").safe_open(str(run.dir / "model.safetensors"), "pt").metadata()["imgclass"])
+    assert raw["format_version"] == 2 and raw["hierarchy"] is None and len(raw["task"]["thresholds"]) == 3
+    # the thresholds are the F1-best cut of each tag on validation, recomputed from its predictions.csv
+    val = list(csv.DictReader(open(run.dir / "eval" / "val" / "predictions.csv")))
+    y_val = np.array([[t in json.loads(r["labels"]) for t in TAGS] for r in val], dtype=int)
+    p_val = np.array([[float(r[f"prob_{t}"]) for t in TAGS] for r in val])
+    expected = MultiLabel().fitted(p_val, y_val, lambda *a, **k: None).thresholds
+    assert np.allclose(header.task.thresholds, expected, atol=1e-6)
+    # every number of metrics.json equals scikit-learn's on predictions.csv
+    m = json.loads((run.dir / "eval" / "test" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(run.dir / "eval" / "test" / "predictions.csv")))
+    y = np.array([[t in json.loads(r["labels"]) for t in TAGS] for r in rows], dtype=int)
+    p = np.array([[float(r[f"prob_{t}"]) for t in TAGS] for r in rows])
+    given = np.array([[t in json.loads(r["predicted"]) for t in TAGS] for r in rows])
+    assert np.array_equal(given, p >= np.array(header.task.thresholds))
+    present = y.sum(0) > 0
+    assert m["map"] == pytest.approx(skm.average_precision_score(y[:, present], p[:, present], average="macro"))
+    assert m["micro_ap"] == pytest.approx(skm.average_precision_score(y, p, average="micro"))
+    assert m["label_ranking_average_precision"] == pytest.approx(skm.label_ranking_average_precision_score(y, p))
+    assert m["coverage_error"] == pytest.approx(skm.coverage_error(y, p))
+    for key, decided in (("at_thresholds", given), ("at_0.5", p >= 0.5)):
+        assert m[key]["macro_f1"] == pytest.approx(skm.f1_score(y, decided, average="macro", zero_division=0))
+        assert m[key]["samples_f1"] == pytest.approx(skm.f1_score(y, decided, average="samples", zero_division=0))
+        assert m[key]["subset_accuracy"] == pytest.approx(skm.accuracy_score(y, decided))
+        assert m[key]["hamming_loss"] == pytest.approx(skm.hamming_loss(y, decided))
+    for j, t in enumerate(TAGS):
+        if present[j]:
+            assert m["per_tag"][t]["ap"] == pytest.approx(skm.average_precision_score(y[:, j], p[:, j]))
+    assert m["map"] > 0.8                                           # the tags are visible: it has learnt them
+    assert (run.dir / "eval" / "test" / "report.html").stat().st_size > 10_000
+    assert "mAP" in (run.dir / "eval" / "test" / "report.md").read_text()
+
+
+def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
+    run, data = tagged_run
+    image = str(data / "im0.png")
+    assert main(["predict", str(run.dir), image, "--format", "json", "--runtime", "torch", "--precision",
+                 "float32"]) == 0
+    answer = json.loads(capsys.readouterr().out)[0]
+    probs = {t["label"]: t["probability"] for t in answer["top_k"]}
+    thresholds = dict(zip(TAGS, read_header(run.dir / "model.safetensors").task.thresholds))
+    assert [t["label"] for t in answer["labels"]] == [t for t in sorted(probs, key=lambda t: -probs[t])
+                                                      if probs[t] >= thresholds[t]]
+    assert main(["submit", str(run.dir), str(data), "--out", str(tmp_path / "tags.csv"), "--target", "label"]) == 0
+    assert main(["submit", str(run.dir), str(data), "--out", str(tmp_path / "onehot.csv"), "--format", "onehot"]) == 0
+    tags = list(csv.reader(open(tmp_path / "tags.csv")))
+    onehot = list(csv.reader(open(tmp_path / "onehot.csv")))
+    assert tags[0] == ["ID", "TARGET"] and onehot[0] == ["ID", *TAGS] and len(tags) == len(onehot) == 91
+    for a, b in zip(tags[1:], onehot[1:]):
+        assert set(a[1].split()) == {t for t, v in zip(TAGS, b[1:]) if v == "1"}
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(run.dir), "--out", str(onnx_file)]) == 0
+    assert read_onnx_header(onnx_file).task == read_header(run.dir / "model.safetensors").task
+    import onnxruntime as ort
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    got = ort.InferenceSession(str(onnx_file)).run(None, {"pixels": x.float().numpy()})[0]
+    want = imgclass.load(run.dir, device="cpu").probabilities(x).numpy()
+    assert np.allclose(got, want, atol=1e-4) and not np.allclose(got.sum(1), 1.0)   # a sigmoid per tag, inside
+    from imgclass.serving.app import create_app
+    client = TestClient(create_app(run.dir, runtime="torch", precision="float32"))
+    served = client.post("/predict", files={"file": ("x.png", open(image, "rb").read(), "image/png")}).json()
+    assert served["labels"] == answer["labels"] and served["top_k"] == answer["top_k"]
+    assert main(["evaluate", str(run.dir), "--split", "val", "--out", str(tmp_path / "ev")]) == 0
+    assert "mAP" in capsys.readouterr().out
+    assert main(["compare", str(run.dir)]) == 0
+    assert main(["export", str(run.dir), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "| mAP |" in card and "| tag | AP | threshold |" in card
+    assert main(["explain", str(run.dir), image, "--class", "red", "--out", str(tmp_path / "ex")]) == 0
+    assert (tmp_path / "ex" / "im0.png").is_file()
+
+
+def test_options_a_tagged_run_refuses(tmp_path):
+    data, labels = tagged_folder(tmp_path)
+    for option, message in (({"mixup": 0.2}, "mixup"), ({"balanced_sampler": True}, "class-weights auto"),
+                            ({"hierarchy": True}, "exclude each other")):
+        with pytest.raises(UserError, match=message):
+            imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", epochs=1, out=str(tmp_path / "x"),
+                           **option)
