@@ -41,32 +41,40 @@ def extract(archive: str) -> Path:
     return root
 
 
-def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
-    """(accuracy, seconds): scikit-learn's logistic regression on frozen lite0 features (224 px, float32,
-    ImageNet preprocessing, no augmentation), trained on the run's train split, scored on score_split."""
+def lite0_features(run: Path, splits: tuple[str, ...]) -> tuple[dict, dict]:
+    """({split: N x 1280 frozen lite0 features}, {split: splits.csv rows}) of a run's images (224 px, float32,
+    ImageNet preprocessing, no augmentation): what a linear probe of the backbone trains and scores on."""
     import numpy as np
     import timm
     import torch
-    from sklearn.linear_model import LogisticRegression
+    import yaml
     from imgclass.data.preprocess import Preprocessing
     from imgclass.models.pretrained import pretrained_state
-    started = time.perf_counter()
     net = timm.create_model("tf_efficientnet_lite0", num_classes=0)
     net.load_state_dict(pretrained_state("timm:tf_efficientnet_lite0")[0])
     net.eval()
     pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    import yaml
     root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
     rows = list(csv.DictReader((run / "splits.csv").open()))
-    feats, labels = {}, {}
+    feats, parts = {}, {}
     with torch.no_grad():
-        for split in ("train", score_split):
+        for split in splits:
             part = [r for r in rows if r["split"] == split]
             out = []
             for i in range(0, len(part), 16):
                 x = torch.from_numpy(np.stack([pre.load(root / r["path"]) for r in part[i:i + 16]])).permute(0, 3, 1, 2)
                 out.append(net(pre.normalize(x)).numpy())
-            feats[split], labels[split] = np.concatenate(out), [r["label"] for r in part]
+            feats[split], parts[split] = np.concatenate(out), part
+    return feats, parts
+
+
+def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
+    """(accuracy, seconds): scikit-learn's logistic regression on frozen lite0 features, trained on the run's
+    train split, scored on score_split."""
+    from sklearn.linear_model import LogisticRegression
+    started = time.perf_counter()
+    feats, parts = lite0_features(run, ("train", score_split))
+    labels = {s: [r["label"] for r in rows] for s, rows in parts.items()}
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(feats["train"], labels["train"])
     acc = float(clf.score(feats[score_split], labels[score_split]))
     return acc, time.perf_counter() - started
