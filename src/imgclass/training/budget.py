@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..models.header import Architecture
-from ..models.task import Task
+from ..models.task import SINGLE_LABEL, Task
 from ..models.inference import scoring_batch
 from .device import use_bf16
 from .optim import make_optimizer
@@ -70,10 +70,11 @@ GRADUAL_STEP_SHARE = 0.75
 
 def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preprocessing, cfg: TrainConfig,
                  device: torch.device, seconds_left: float, step_share: float = 1.0,
-                 reports: int = 2) -> tuple[int, float, float]:
-    """Epochs that fit in the time left, from a measured step time on a copy of the model (step_share:
-    the share of a full step an average epoch's step costs); returns (epochs, seconds reserved for the
-    final evaluation, estimated seconds an epoch)."""
+                 reports: int = 2, task: Task = SINGLE_LABEL, n_classes: int | None = None) -> tuple[int, float, float]:
+    """Epochs that fit in the time left, from a measured step time (the task's loss) on a copy of the model
+    (step_share: the share of a full step an average epoch's step costs; n_classes: the classes or tags, which
+    the report's time grows with); returns (epochs, seconds reserved for the final evaluation, estimated seconds
+    an epoch)."""
     import copy
     probe = copy.deepcopy(model).train()
     opt = make_optimizer(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
@@ -87,7 +88,7 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     for i in range(4):
         started = time.perf_counter()
         with autocast:
-            loss = torch.nn.functional.cross_entropy(probe(x).float(), y)
+            loss, _ = task.loss(probe, probe, x, y, y, 0.0, None)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -116,7 +117,8 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     epoch_seconds = per_image * len(data) + eval_image * val_n
     # final scoring with a 25% margin, then figures and a report per evaluated split (measured: 2.5-4 s
     # each for 2-10 classes on 2 cores)
-    reserve = 1.25 * eval_image * eval_n * passes + reports * (3.0 + 0.1 * int(data.labels.max() + 1))
+    n_classes = n_classes if n_classes is not None else int(data.labels.max() + 1)
+    reserve = 1.25 * eval_image * eval_n * passes + reports * (3.0 + 0.1 * n_classes)
     # Rounded up: the deadline cuts the last epoch short and the schedule anneals against the clock, so
     # the run uses the whole budget (rounding down left up to an epoch unused: 1.5 of 15 minutes measured).
     epochs = math.ceil(max(0.0, seconds_left - reserve) / epoch_seconds)

@@ -167,8 +167,9 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     probe = (data["train"], len(data["val"]), eval_n, pre, cfg, device)
     share = GRADUAL_STEP_SHARE if prep.groups and cfg.unfreeze == "gradual" else 1.0
     reports = sum(1 for name in ("val", "test") if len(data[name])) if cfg.evaluate else 0
+    sized = dict(task=plan.task, n_classes=len(plan.classes))
     epochs, reserve, per_epoch = budget.plan_budget(prep.model, *probe, seconds - (time.perf_counter() - started),
-                                                    share, reports)
+                                                    share, reports, **sized)
     plan = plan.with_epochs(epochs)
     wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
                                len(plan.phases))
@@ -176,7 +177,7 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
         width, wide = wider
         init_from_data(wide, data["train"], pre, cfg.seed)
         wide = wide.to(device).to(memory_format=torch.channels_last)
-        wide_plan = budget.plan_budget(wide, *probe, seconds - (time.perf_counter() - started))
+        wide_plan = budget.plan_budget(wide, *probe, seconds - (time.perf_counter() - started), **sized)
         if wide_plan[0] >= plan.spec.recipe["epochs"]:
             epochs, reserve, per_epoch = wide_plan
             plan = plan.with_epochs(epochs, width)
