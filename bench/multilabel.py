@@ -54,6 +54,7 @@ def probe(run: Path, tags: list[str]) -> tuple[dict, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", default="5m")
+    ap.add_argument("--keep", type=Path, help="copy the run folder here (to study its predictions.csv)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `imgclass train` options")
     args = ap.parse_args()
     root = extract("fashion_hier.tar.gz")
@@ -70,6 +71,9 @@ def main() -> None:
         m = json.loads((out / "eval" / "test" / "metrics.json").read_text())
         results = json.loads((out / "results.json").read_text())
         ref, probe_s = probe(out, m["classes"])
+        if args.keep:
+            import shutil
+            shutil.copytree(out, args.keep, dirs_exist_ok=True)
     from imgclass.config import parse_duration
     budget = parse_duration(args.budget)
     choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")

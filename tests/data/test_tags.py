@@ -136,3 +136,18 @@ def test_check_reports_tags(tmp_path, capsys):
     assert main(["check", str(tmp_path / "data"), "--labels", str(tmp_path / "tags.csv"), "--multi-label",
                  "--hierarchy"]) == 2
 
+
+
+def test_check_says_when_copies_in_several_folders_may_be_tags(tmp_path):
+    images = tagged_images(tmp_path / "flat", n=12)
+    for name, tags in images:
+        for tag in tags or ["casual"]:
+            (tmp_path / "data" / tag).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / "flat" / f"{name}.png", tmp_path / "data" / tag / f"{name}.png")
+    several = sum(len(tags) > 1 for _, tags in images)
+    assert several
+    plain = check_dataset(tmp_path / "data", workers=1)
+    assert any(f"{several} image(s) have identical copies in different class folders" in n and "--multi-label" in n
+               for n in plain.notes)
+    tagged = check_dataset(tmp_path / "data", multi_label=True, workers=1)
+    assert tagged.exact_duplicates == [] and sum(tagged.counts["all"].values()) == sum(len(t or ["x"]) for _, t in images)

@@ -197,6 +197,11 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         small=[f"{f.path} ({f.width}x{f.height})" for f in good if min(f.width, f.height) < SMALL_SIDE],
         exact_duplicates=[[f.path for f in g] for g in exact], near_duplicates=near, leakage=leakage,
         ignored=ignored, notes=found.notes + split_notes)
+    across = sum(1 for group in exact if len({f.label for f in group}) > 1)
+    if across and not multi_label:
+        report.notes.append(f"{across} image(s) have identical copies in different class folders: if an image "
+                            f"carries several tags, check and train with --multi-label (its copies are then one "
+                            f"image with those tags)")
     tiny = sum(1 for f in good if min(f.width, f.height) < NEAR_MIN_SIDE)
     if tiny:
         report.notes.append(f"{tiny} image(s) under {NEAR_MIN_SIDE} px are left out of the near-duplicate search "

@@ -249,7 +249,9 @@ class MultiLabel(Task):
 
     def fitted(self, probs, labels, say) -> "MultiLabel":
         """Per tag, the threshold that maximises its F1 on the validation split (scikit-learn's
-        precision_recall_curve); 0.5, with a warning, for a tag without a positive there (or no split)."""
+        precision_recall_curve), moved from 0.5 by n / (n + 1) of the way for a tag with n validation positives
+        (THRESHOLD_PRIOR: a cut chosen on one or two positives sits at the lowest one's score, often far below
+        the negatives'); 0.5, with a warning, for a tag without a positive there (or no split)."""
         if probs is None or labels is None:
             say("no validation split: every tag keeps the threshold 0.5", warning=True)
             return self
@@ -263,9 +265,10 @@ class MultiLabel(Task):
                 continue
             precision, recall, cuts = precision_recall_curve(labels[:, j], probs[:, j])
             f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-            best = int(np.argmax(f1))
-            thresholds.append(float(cuts[best]))
-            f1s.append(float(f1[best]))
+            n = float(labels[:, j].sum())
+            cut = 0.5 + (float(cuts[int(np.argmax(f1))]) - 0.5) * n / (n + THRESHOLD_PRIOR)
+            thresholds.append(cut)
+            f1s.append(_f1(labels[:, j], probs[:, j] >= cut))
         if missing:
             say(f"{len(missing)} tag(s) have no positive in the validation split and keep the threshold 0.5",
                 warning=True)
@@ -292,6 +295,18 @@ class MultiLabel(Task):
             out.append({"labels": [ranked[r] for r, j in enumerate(order) if chosen[j]],
                         "top_k": ranked[:max(1, top_k)]})
         return out
+
+
+# How many validation positives' worth of belief the default threshold 0.5 keeps against the F1-best cut. Measured
+# on fashion_hier's 49 attribute tags (bench/multilabel.py, lite0 fine-tuned 5 min, 2026-12-01; test split, macro
+# F1 / micro F1 / exact match): F1-best cuts 0.281 / 0.517 / 0.009 (tags with 1-2 validation positives got cuts
+# down to 0.03); 0.5 for every tag 0.207 / 0.771 / 0.266; moved by n / (n + 1) 0.263 / 0.764 / 0.284.
+THRESHOLD_PRIOR = 1.0
+
+
+def _f1(truth: np.ndarray, decided: np.ndarray) -> float:
+    tp = float((truth.astype(bool) & decided).sum())
+    return 2 * tp / max(1.0, float(truth.sum()) + float(decided.sum()))
 
 
 def _bce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, pos_weight: torch.Tensor | None
