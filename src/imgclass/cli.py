@@ -369,7 +369,8 @@ def _tune(args: argparse.Namespace) -> int | None:
                   out=getattr(args, "out", None) or "runs/tune", config=args.config, pruner=args.pruner,
                   cv=args.cv, **fixed)
     print(summary_table(result.study_name, result.storage))
-    print(f"best validation accuracy {result.best_value:.4f} with {result.best_params}")
+    print(f"best validation score {result.best_value:.4f} (accuracy; mAP with several tags per image) with "
+          f"{result.best_params}")
     print(f"{result.n_trials} trials in study '{result.study_name}' ({result.storage}); "
           f"train it: imgclass train --config {result.best_config}")
 

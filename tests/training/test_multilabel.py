@@ -150,3 +150,26 @@ def test_options_a_tagged_run_refuses(tmp_path):
         with pytest.raises(UserError, match=message):
             imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", epochs=1, out=str(tmp_path / "x"),
                            **option)
+
+
+def test_an_interrupted_tagged_run_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+    from imgclass.training.loop import Callback
+
+    class Interrupt(Callback):
+        order = 10
+
+        def after_epoch(self, t):
+            if t.epoch == 2:
+                raise KeyboardInterrupt
+    data, labels = tagged_folder(tmp_path, n=60)
+    options = dict(labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
+                   img_size=16, epochs=4, batch_size=16, hflip=False, verbose=False, tensorboard=False, workers=1,
+                   evaluate=False)
+    with pytest.raises(KeyboardInterrupt):
+        imgclass.train(data, out=str(tmp_path / "a"), callbacks=[Interrupt()], **options)
+    resumed = imgclass.train(resume=str(tmp_path / "a"))
+    whole = imgclass.train(data, out=str(tmp_path / "b"), **options)
+    a, b = load_file(str(resumed.model_path)), load_file(str(whole.model_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)     # same process, same kernels
+    assert read_header(resumed.model_path).task == read_header(whole.model_path).task   # the same thresholds

@@ -28,7 +28,7 @@ def test_tune_shared_storage_and_best_config(tmp_path, capsys):
             "--out", str(out)] + FIXED
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "best validation accuracy" in text and "imgclass train --config" in text
+    assert "best validation score" in text and "imgclass train --config" in text
     proc = subprocess.run([sys.executable, "-m", "imgclass"] + args, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="s1", storage=storage)
@@ -98,7 +98,7 @@ def test_tune_out_of_the_box_on_small_images(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["tune", str(data), "--trials", "2", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "best validation accuracy" in out
+    assert "best validation score" in out
     params = yaml.safe_load((tmp_path / "runs" / "tune" / "best.yaml").read_text())
     assert "head" not in params and len(list((tmp_path / "runs" / "tune").glob("trial-*"))) == 2
 
@@ -108,7 +108,7 @@ def test_tune_out_of_the_box_on_photos(tmp_path, monkeypatch, capsys):
     data = _folder(tmp_path / "photos", 96, per_class=6)
     monkeypatch.chdir(tmp_path)
     assert main(["tune", str(data), "--trials", "2", "--epochs", "1"]) == 0
-    assert "best validation accuracy" in capsys.readouterr().out
+    assert "best validation score" in capsys.readouterr().out
     trial = yaml.safe_load(next((tmp_path / "runs" / "tune").glob("trial-*/config.yaml")).read_text())
     assert trial["model"] == "timm:tf_efficientnet_lite0" and trial["pretrained"] is True
 
