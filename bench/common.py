@@ -73,3 +73,20 @@ def photo_jpeg(seed: int = 0, size: tuple[int, int] = (640, 480)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+def train_in_budget(root: Path, budget: str, tmp: Path, options: list[str]):
+    """`imgclass train ROOT --time-budget BUDGET` in a fresh process with an empty cache under tmp, timed from
+    before Python starts: (its run folder, the finished process, wall seconds). Exits with its error if it fails."""
+    import subprocess
+    import sys
+    import time
+    out = Path(tmp) / "run"
+    cmd = [sys.executable, "-m", "imgclass", "train", str(root), "--time-budget", budget, "--out", str(out),
+           "--cache-dir", str(Path(tmp) / "cache"), "--no-verbose"] + options
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"imgclass train failed:\n{proc.stderr[-3000:]}")
+    return out, proc, wall

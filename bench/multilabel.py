@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine
+from common import machine, train_in_budget
 from transfer_time_to_accuracy import extract, lite0_features
 
 OPTIONS = ["--labels", "{root}/labels.csv", "--id-column", "file_path", "--tag-columns", "gender,baseColour,usage"]
@@ -60,14 +58,7 @@ def main() -> None:
     root = extract("fashion_hier.tar.gz")
     options = [o.format(root=root) for o in OPTIONS]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "imgclass", "train", str(root), "--time-budget", args.budget, "--out", str(out),
-               "--cache-dir", str(Path(tmp) / "cache"), "--no-verbose"] + options + args.extra
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if proc.returncode:
-            sys.exit(f"imgclass train failed:\n{proc.stderr[-3000:]}")
+        out, proc, wall = train_in_budget(root, args.budget, Path(tmp), options + args.extra)
         m = json.loads((out / "eval" / "test" / "metrics.json").read_text())
         results = json.loads((out / "results.json").read_text())
         ref, probe_s = probe(out, m["classes"])

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-from common import ARCHIVE, BENCH_DIR, machine
+from common import ARCHIVE, BENCH_DIR, machine, train_in_budget
 
 SETS = {"hymenoptera": ("hymenoptera.tar.gz", "val", []),
         "fashion": ("fashion_hier.tar.gz", "test", ["--labels", "{root}/labels.csv", "--label-column", "subCategory"])}
@@ -91,12 +89,7 @@ def main() -> None:
     root = extract(archive)
     options = [o.format(root=root) for o in options]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "imgclass", "train", str(root), "--time-budget", args.budget, "--out", str(out),
-               "--cache-dir", str(Path(tmp) / "cache"), "--no-verbose"] + options + args.extra
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        out, proc, wall = train_in_budget(root, args.budget, Path(tmp), options + args.extra)
         results = json.loads((out / "results.json").read_text())
         cfg = (out / "config.yaml").read_text()
         probe_acc, probe_s = linear_probe(out, score_split)
