@@ -133,6 +133,10 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
     client = TestClient(create_app(run.dir, runtime="torch", precision="float32"))
     served = client.post("/predict", files={"file": ("x.png", open(image, "rb").read(), "image/png")}).json()
     assert served["labels"] == answer["labels"] and served["top_k"] == answer["top_k"]
+    blob = open(image, "rb").read()   # the heatmap's model is the float32 one: the probability predict gave above
+    heat = client.post("/explain?label=stripe&format=json", files={"file": ("x.png", blob, "image/png")}).json()
+    assert heat["label"] == "stripe" and heat["probability"] == pytest.approx(probs["stripe"], abs=1e-5)
+    assert client.post("/explain?label=nope", files={"file": ("x.png", blob, "image/png")}).status_code == 400
     assert main(["evaluate", str(run.dir), "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     assert "mAP" in capsys.readouterr().out
     assert main(["compare", str(run.dir)]) == 0

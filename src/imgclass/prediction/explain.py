@@ -88,13 +88,16 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
     return results
 
 
-def heatmap_png(predictor: Predictor, image_hwc: np.ndarray) -> tuple[str, float, bytes]:
-    """The service's /explain: (top class, its probability, PNG of the top class's heatmap over the image)."""
+def heatmap_png(predictor: Predictor, image_hwc: np.ndarray, label: str | None = None) -> tuple[str, float, bytes]:
+    """The service's /explain: (the class, its probability, PNG of its heatmap over the image); the class is the
+    top one, or `label` (a class, or with several tags per image a tag) by name."""
     import io
     from PIL import Image
+    if label is not None and label not in predictor.classes:
+        raise UserError(f"unknown class '{label}'")
     images = to_nchw(image_hwc[None])
-    probs = predictor.probabilities(images)[0]
-    top = int(probs.argmax())
+    probs = predictor.torch_engine(bf16=False)(images)[0]  # the float32 model the heatmap's gradients come from
+    top = int(probs.argmax()) if label is None else predictor.classes.index(label)
     buf = io.BytesIO()
     Image.fromarray(overlays(predictor, images, [top])[0]).save(buf, format="PNG")
     return predictor.classes[top], float(probs[top]), buf.getvalue()

@@ -201,21 +201,25 @@ def decode_upload(predictor: Predictor, blob: bytes) -> Any:
 
 
 def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedSemaphore, model_name: str) -> None:
-    """POST /explain: the top class's heatmap over one image (needs the PyTorch model: gradients)."""
+    """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag) over one image (needs the
+    PyTorch model: gradients)."""
 
-    @app.post("/explain", summary="Heatmap of the top class over one image (multipart 'file' or JSON base64): "
-                                   "a PNG, or with ?format=json {label, probability, image: base64 PNG}")
-    async def explain(request: Request, format: str = "png") -> Response:
+    @app.post("/explain", summary="Heatmap of the top class (or ?label=NAME, a class or tag) over one image "
+                                   "(multipart 'file' or JSON base64): a PNG, or with ?format=json {label, "
+                                   "probability, image: base64 PNG}")
+    async def explain(request: Request, format: str = "png", label: str | None = None) -> Response:
         blobs = await read_images(request, False, 1)
         if predictor.model is None:
             raise HTTPException(501, "heatmaps need the PyTorch model file; this service runs an ONNX export")
+        if label is not None and label not in predictor.classes:
+            raise HTTPException(400, f"unknown label '{label[:100]}': the model knows {len(predictor.classes)}")
         from starlette.concurrency import run_in_threadpool
         from ..prediction.explain import heatmap_png
 
         def run() -> Any:
             with slots:  # a heatmap is a forward and a backward pass: bounded like decoding
                 decoded = decode_upload(predictor, blobs[0])
-                return decoded if isinstance(decoded, dict) else heatmap_png(predictor, decoded)
+                return decoded if isinstance(decoded, dict) else heatmap_png(predictor, decoded, label)
         result = await run_in_threadpool(run)
         if isinstance(result, dict):
             raise HTTPException(result["status"], result["error"])
