@@ -96,9 +96,13 @@ def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagge
         assert m[key]["samples_f1"] == pytest.approx(skm.f1_score(y, decided, average="samples", zero_division=0))
         assert m[key]["subset_accuracy"] == pytest.approx(skm.accuracy_score(y, decided))
         assert m[key]["hamming_loss"] == pytest.approx(skm.hamming_loss(y, decided))
+    from imgclass.evaluation.metrics import expected_calibration_error
     for j, t in enumerate(TAGS):
         if present[j]:
             assert m["per_tag"][t]["ap"] == pytest.approx(skm.average_precision_score(y[:, j], p[:, j]))
+        assert m["per_tag"][t]["ece"] == pytest.approx(expected_calibration_error(y[:, j], np.stack([1 - p[:, j], p[:, j]], 1)))
+    figures = {f.stem for f in (run.dir / "eval" / "test" / "figures").iterdir()}
+    assert {"pr_curves_tags", "ap_vs_frequency", "f1_per_tag", "f1_vs_threshold", "co_occurrence"} <= figures
     assert m["map"] > 0.8                                           # the tags are visible: it has learnt them
     assert (run.dir / "eval" / "test" / "report.html").stat().st_size > 10_000
     assert "mAP" in (run.dir / "eval" / "test" / "report.md").read_text()

@@ -38,6 +38,10 @@ FIGURE_GUIDE = {
     "ap_vs_frequency": "Each tag's average precision against how many images carry it: rare tags are usually the "
                        "weak ones; a frequent tag low here is hard for the model, not short of examples.",
     "f1_per_tag": "F1 per tag at the threshold chosen for it on validation, weakest at the bottom.",
+    "f1_vs_threshold": "How each of the weakest tags' F1 changes with its threshold; the dotted line is the threshold "
+                       "chosen on validation: a flat top means the choice matters little, a sharp peak that it does.",
+    "co_occurrence": "How many images carry both of two tags (the most frequent 15), in the labels (left) and in the "
+                     "model's answers (right): a pair much darker on the right is over-predicted together.",
     "gallery_confident_correct": "For each class (one row), its images the model gets right with the highest "
                                  "confidence: what it has learnt best. Under each: the prediction and its probability.",
     "gallery_least_confident": "For each class, its images with the lowest top probability, closest to the decision "

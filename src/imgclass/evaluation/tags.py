@@ -17,6 +17,7 @@ from sklearn import metrics as skm
 
 from ..files import write_text_atomic
 from ..figures import new_figure
+from .metrics import expected_calibration_error
 from .report import (RunContext, TLDR_WORD_LIMIT, _model_paragraph, _pct, figure_sections_html, figure_sections_md,
                      html_page, inline_html, limit_words)
 
@@ -41,7 +42,9 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
             "ap": float(skm.average_precision_score(y[:, j], probs[:, j])) if present[j] else None,
             "roc_auc": float(skm.roc_auc_score(y[:, j], probs[:, j])) if both[j] else None,
             "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
-            "support": int(support[j]), "threshold": float(thresholds[j])}
+            "support": int(support[j]), "threshold": float(thresholds[j]),
+            # calibration of the tag's probability: a yes/no question, binned by confidence max(p, 1 - p)
+            "ece": expected_calibration_error(y[:, j], np.stack([1 - probs[:, j], probs[:, j]], axis=1))}
     at_thresholds = _decision_metrics(y, decided)
     metrics = {
         "split": split, "task": "multi-label", "n": int(len(y)), "classes": list(names),
@@ -49,6 +52,7 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
         if present.any() else None,
         "micro_ap": float(skm.average_precision_score(y, probs, average="micro")) if present.any() else None,
         "roc_auc_macro": float(skm.roc_auc_score(y[:, both], probs[:, both], average="macro")) if both.any() else None,
+        "ece_macro": float(np.mean([per_tag[n]["ece"] for n in names])),
         "label_ranking_average_precision": float(skm.label_ranking_average_precision_score(y, probs)),
         "coverage_error": float(skm.coverage_error(y, probs)),
         # the shared keys (compare, tune, the model card): exact-match accuracy and macro F1 at the thresholds
@@ -115,7 +119,39 @@ def tag_figures(y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], names
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     out["f1_per_tag"] = fig
+    out["f1_vs_threshold"] = _f1_against_threshold(y, probs, per, names, scored[:6])
+    out["co_occurrence"] = _co_occurrence(y, probs >= np.array([per[t]["threshold"] for t in names])[None, :], names)
     return out
+
+
+def _f1_against_threshold(y: np.ndarray, probs: np.ndarray, per: dict, names: list[str], tags: list[str]):
+    """F1 of the weakest tags as their threshold moves, each tag's chosen threshold marked."""
+    fig, ax = new_figure(1, 1, figsize=(7, 4.5))
+    grid = np.linspace(0.01, 0.99, 99)
+    for t in tags:
+        j = names.index(t)
+        f1 = [skm.f1_score(y[:, j], probs[:, j] >= g, zero_division=0) for g in grid]
+        line, = ax.plot(grid, f1, label=t)
+        ax.axvline(per[t]["threshold"], color=line.get_color(), ls=":", lw=1)
+    ax.set(xlabel="threshold", ylabel="F1", ylim=(0, 1.02), title="F1 against threshold: the weakest tags (dotted: chosen)")
+    if tags:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _co_occurrence(y: np.ndarray, decided: np.ndarray, names: list[str], most: int = 15):
+    """How often pairs of the most frequent tags occur together: in the labels, and in the tags given."""
+    keep = np.argsort(-y.sum(0), kind="stable")[:most]
+    fig, axes = new_figure(1, 2, figsize=(12, 5.5))
+    for ax, matrix, title in ((axes[0], y, "true"), (axes[1], decided.astype(int), "predicted")):
+        counts = matrix[:, keep].T @ matrix[:, keep]
+        ax.imshow(counts, cmap="Blues")
+        ax.set_xticks(range(len(keep)), [names[i] for i in keep], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(keep)), [names[i] for i in keep], fontsize=7)
+        ax.set_title(f"images with both tags: {title}")
+    fig.tight_layout()
+    return fig
 
 
 def tag_tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str]:
@@ -173,7 +209,7 @@ def _num(x: float | None) -> str:
 def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     at, plain = m["at_thresholds"], m["at_0.5"]
     rows = [("images", str(m["n"])), ("mAP (macro average precision)", _num(m["map"])), ("micro AP", _num(m["micro_ap"])),
-            ("ROC AUC (macro)", _num(m["roc_auc_macro"])),
+            ("ROC AUC (macro)", _num(m["roc_auc_macro"])), ("ECE per tag (mean)", _num(m["ece_macro"])),
             ("label ranking average precision", _num(m["label_ranking_average_precision"])),
             ("coverage error", f"{m['coverage_error']:.2f}")]
     for name, d in (("at the tags' thresholds", at), ("at 0.5", plain)):
