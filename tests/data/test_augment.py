@@ -156,8 +156,8 @@ def test_mixup_and_cutmix_train(tmp_path, monkeypatch):
     from imgclass.training import build as run_mod
     seen = []
 
-    def spy(*args):  # the loop's mix: every training batch goes through it, its soft targets into the loss
-        mix = real_mix(*args)
+    def spy(*args, **kwargs):  # the loop's mix: every training batch goes through it, its soft targets into the loss
+        mix = real_mix(*args, **kwargs)
         return lambda x, y: seen.append(mix(x, y)) or seen[-1]
     real_mix = run_mod.batch_mix
     monkeypatch.setattr(run_mod, "batch_mix", spy)
@@ -184,3 +184,20 @@ def test_rand_augment_per_image_and_repeatable():
     assert len(deltas) > 4                                  # each image its own operations
     assert torch.equal(BatchAugment("light")(x.clone(), torch.Generator().manual_seed(9)),
                        BatchAugment("light", vflip=False)(x.clone(), torch.Generator().manual_seed(9)))
+
+
+def test_mixup_and_cutmix_mix_tag_rows_as_they_mix_the_images():
+    """Several tags per image: the 0/1 tag rows are mixed with the weights the images were (lambda for an image,
+    1 - lambda for its neighbour in the batch; CutMix's lambda is the kept area)."""
+    from imgclass.data.augment import batch_mix
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]])
+    mixed, target = batch_mix(0.4, None, 4, tags=True)(x.clone(), y)
+    other = x.roll(1, 0)
+    lam = float(((mixed - other) / (x - other))[(x - other).abs() > 0.1].median())
+    assert torch.allclose(mixed, lam * x + (1 - lam) * other, atol=1e-5)
+    assert torch.allclose(target, lam * y.float() + (1 - lam) * y.roll(1, 0).float(), atol=1e-6)
+    mixed, target = batch_mix(None, 1.0, 4, tags=True)(x.clone(), y)
+    kept = float((mixed == x).all(1).float().mean())                     # the share of pixels not pasted over
+    assert torch.allclose(target, kept * y.float() + (1 - kept) * y.roll(1, 0).float(), atol=1e-6)

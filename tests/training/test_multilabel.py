@@ -151,9 +151,13 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
     assert (tmp_path / "ex" / "im0.png").is_file()
 
 
-def test_options_a_tagged_run_refuses(tmp_path):
+def test_options_a_tagged_run_refuses_and_mixup_it_takes(tmp_path):
     data, labels = tagged_folder(tmp_path)
-    for option, message in (({"mixup": 0.2}, "mixup"), ({"balanced_sampler": True}, "class-weights auto"),
+    run = imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
+                         img_size=16, epochs=2, batch_size=16, mixup=0.4, cutmix=1.0, out=str(tmp_path / "mixed"),
+                         verbose=False, tensorboard=False, evaluate=False, workers=1)
+    assert all(np.isfinite(r["train_loss"]) for r in run.history) and 0 <= run.metrics["val"]["map"] <= 1
+    for option, message in (({"balanced_sampler": True}, "class-weights auto"),
                             ({"hierarchy": True}, "exclude each other")):
         with pytest.raises(UserError, match=message):
             imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", epochs=1, out=str(tmp_path / "x"),

@@ -129,13 +129,30 @@ def from_config(cfg) -> BatchAugment:
                         **{k: getattr(cfg, k) for k in RANGES})
 
 
-def batch_mix(mixup: float | None, cutmix: float | None, num_classes: int):
+def batch_mix(mixup: float | None, cutmix: float | None, num_classes: int, tags: bool = False):
     """--mixup A / --cutmix A: torchvision's MixUp and CutMix on whole batches (each image mixed with its
     neighbour in the batch, lambda ~ Beta(A, A)); with both, one of the two per batch, as torchvision's
-    references do. Returns None when neither is on, else f(images, labels) -> (images, soft targets)."""
+    references do. Returns None when neither is on, else f(images, labels) -> (images, soft targets).
+    tags: labels are N x classes 0/1 rows (several tags per image), mixed as the images are (see _mix_tags)."""
     from torchvision.transforms import v2
-    mixes = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup else []) + (
-        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix else [])
-    if not mixes:
+    def mixes(n: int) -> list:
+        return ([v2.MixUp(alpha=mixup, num_classes=n)] if mixup else []) + (
+            [v2.CutMix(alpha=cutmix, num_classes=n)] if cutmix else [])
+    if not mixes(num_classes):
         return None
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+    if tags:
+        return lambda images, labels: _mix_tags(images, labels, mixes(len(labels)))
+    chosen = mixes(num_classes)
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
+def _mix_tags(images, labels, mixes: list):
+    """Several tags per image: torchvision mixes one-hot targets only, so each image is given its own "class"
+    (its index in the batch); the soft targets it returns are then the mixing weights between images (lambda
+    for the image, 1 - lambda for its neighbour; CutMix's lambda from its box), and the same weights mix the
+    images' 0/1 tag rows. The images and the draw stay torchvision's."""
+    import torch
+    from torchvision.transforms import v2
+    mix = mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+    images, weights = mix(images, torch.arange(len(labels), device=labels.device))
+    return images, weights @ labels.float()

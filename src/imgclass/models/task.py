@@ -207,8 +207,8 @@ class MultiLabel(Task):
         return torch.sigmoid(logits / temperature)
 
     def loss(self, model, forward, x, y, target, label_smoothing, class_weights):
-        logits = forward(x).float()
-        return _bce(logits, y, label_smoothing, class_weights), logits
+        logits = forward(x).float()  # target: y's 0/1 rows, or mixup/cutmix's mixed ones
+        return _bce(logits, target, label_smoothing, class_weights), logits
 
     def head_loss(self, model, feats, y, label_smoothing):
         logits = model.forward_head(feats)
@@ -239,8 +239,6 @@ class MultiLabel(Task):
     def refuse(self, cfg: TrainConfig, processes: bool) -> None:
         if processes:
             raise UserError("several tags per image are not supported with several processes yet")
-        if cfg.mixup or cfg.cutmix:
-            raise UserError("--mixup/--cutmix with several tags per image are not supported yet")
         if cfg.balanced_sampler:
             raise UserError("--balanced-sampler draws by class; with several tags per image use --class-weights auto")
 
