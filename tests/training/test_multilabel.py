@@ -102,7 +102,8 @@ def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagge
             assert m["per_tag"][t]["ap"] == pytest.approx(skm.average_precision_score(y[:, j], p[:, j]))
         assert m["per_tag"][t]["ece"] == pytest.approx(expected_calibration_error(y[:, j], np.stack([1 - p[:, j], p[:, j]], 1)))
     figures = {f.stem for f in (run.dir / "eval" / "test" / "figures").iterdir()}
-    assert {"pr_curves_tags", "ap_vs_frequency", "f1_per_tag", "f1_vs_threshold", "co_occurrence"} <= figures
+    assert {"pr_curves_tags", "ap_vs_frequency", "f1_per_tag", "f1_vs_threshold", "co_occurrence",
+            "gallery_false_positives", "gallery_false_negatives"} <= figures
     assert m["map"] > 0.8                                           # the tags are visible: it has learnt them
     assert (run.dir / "eval" / "test" / "report.html").stat().st_size > 10_000
     assert "mAP" in (run.dir / "eval" / "test" / "report.md").read_text()

@@ -259,7 +259,7 @@ def _saved(figures: dict[str, Any], folder: Path) -> dict[str, Path]:
 def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs: np.ndarray,
                    notes: list[str]) -> Evaluation:
     """evaluate for several tags per image (evaluation/tags.py)."""
-    from .tags import tag_figures, tag_metrics, write_tag_predictions, write_tag_report
+    from .tags import tag_figures, tag_galleries, tag_metrics, write_tag_predictions, write_tag_report
     y, classes, task = tensors.labels.numpy(), predictor.classes, predictor.task
     thresholds = np.asarray(task.thresholds if task.thresholds is not None else [0.5] * len(classes))
     metrics, more = tag_metrics(y, probs, classes, thresholds, split)
@@ -273,6 +273,7 @@ def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs:
     if context.history:
         figures["training_curves"] = plots.training_curves(context.history, task.score_name, task.train_score_name)
     figures.update(tag_figures(y, probs, metrics, classes))
+    figures.update(tag_galleries(tensors.images, y, probs, metrics, classes, explain=_heatmap_overlays(predictor)))
     write_tag_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
     for note in notes:
         log.warning(note)

@@ -38,6 +38,10 @@ FIGURE_GUIDE = {
     "ap_vs_frequency": "Each tag's average precision against how many images carry it: rare tags are usually the "
                        "weak ones; a frequent tag low here is hard for the model, not short of examples.",
     "f1_per_tag": "F1 per tag at the threshold chosen for it on validation, weakest at the bottom.",
+    "gallery_false_positives": "For each tag (weakest first), the images without it that the model gives it most "
+                               "confidently, and under them the heatmap of that tag: wrong labels, or what misleads it.",
+    "gallery_false_negatives": "For each tag, the images with it that the model misses, the lowest probability first, "
+                               "and the heatmap of that tag: what the model fails to see.",
     "f1_vs_threshold": "How each of the weakest tags' F1 changes with its threshold; the dotted line is the threshold "
                        "chosen on validation: a flat top means the choice matters little, a sharp peak that it does.",
     "co_occurrence": "How many images carry both of two tags (the most frequent 15), in the labels (left) and in the "

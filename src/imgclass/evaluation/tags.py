@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn import metrics as skm
 
 from ..files import write_text_atomic
@@ -152,6 +153,34 @@ def _co_occurrence(y: np.ndarray, decided: np.ndarray, names: list[str], most: i
         ax.set_title(f"images with both tags: {title}")
     fig.tight_layout()
     return fig
+
+
+def tag_galleries(images, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], names: list[str],
+                  explain=None, n: int = 6, most: int = 20) -> dict[str, Any]:
+    """For each tag (at most `most`, the lowest AP first; one row each): its most confident false positives
+    (images without the tag given it with the highest probability) and false negatives (images with the tag
+    given it least), each row followed by the heatmaps of that tag (explain(images, tag indices) -> overlays;
+    None: no heatmaps, e.g. the mlp)."""
+    from . import plots
+    per = metrics["per_tag"]
+    order = sorted(names, key=lambda t: (per[t]["ap"] is None, per[t]["ap"] or 0.0))[:most]
+    out = {}
+    for name, title, wrong, rank in (
+            ("gallery_false_positives", "Most confident false positives, per tag", lambda j: (y[:, j] == 0), -1),
+            ("gallery_false_negatives", "Least confident false negatives, per tag", lambda j: (y[:, j] == 1), 1)):
+        rows = []
+        for tag in order:
+            j = names.index(tag)
+            given = probs[:, j] >= per[tag]["threshold"]
+            members = np.flatnonzero(wrong(j) & (given if rank < 0 else ~given))
+            idx = members[np.argsort(rank * probs[members, j], kind="stable")][:n]
+            picked = images[torch.as_tensor(idx, dtype=torch.long)].numpy() if len(idx) else []
+            rows.append((tag, [img.transpose(1, 2, 0) for img in picked], [f"{tag} {probs[i, j]:.2f}" for i in idx]))
+            if explain is not None and len(idx):
+                rows.append((f"{tag}: heatmap", explain(torch.from_numpy(np.asarray(picked)), [j] * len(idx)),
+                             [f"why {tag}" for _ in idx]))
+        out[name] = plots.gallery_rows(rows, title, n)
+    return out
 
 
 def tag_tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str]:
