@@ -85,3 +85,23 @@ def assert_same_answers(got: list, want: list, atol: float = 1e-5) -> None:
     for a, b in zip(got, want):
         assert [t["label"] for t in a] == [t["label"] for t in b]
         assert np.allclose([t["probability"] for t in a], [t["probability"] for t in b], atol=atol, rtol=0)
+
+
+def make_tagged_folder(root, n=90, seed=0):
+    """16 px images whose tags are visible: a red image, a green vertical stripe, a blue centre dot."""
+    rng = np.random.RandomState(seed)
+    (root / "data").mkdir(parents=True)
+    rows = ["id,tags"]
+    for i in range(n):
+        img = (40 + rng.randint(0, 30, (16, 16, 3))).astype(np.uint8)
+        tags = []
+        if rng.rand() < 0.5:
+            img[..., 0], tags = 220, tags + ["red"]
+        if rng.rand() < 0.4:
+            img[:, 6:9, 1], tags = 250, tags + ["stripe"]
+        if rng.rand() < 0.3:
+            img[6:10, 6:10, 2], tags = 255, tags + ["dot"]
+        Image.fromarray(img).save(root / "data" / f"im{i}.png")
+        rows.append(f"im{i},\"{';'.join(tags)}\"")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return root / "data", root / "tags.csv"

@@ -14,7 +14,7 @@ import uvicorn
 import imgclass
 from imgclass.serving.app import create_app
 
-from helpers import tiny_image
+from helpers import make_tagged_folder, tiny_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ENABLE = "sudo apt-get install chromium (or run `make test` as root)"
@@ -28,18 +28,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_upload_page_in_chromium(trained_run, tmp_path):
+def _need_chromium() -> None:
     if CHROMIUM is None:
         if os.environ.get("IMGCLASS_REQUIRE_BROWSER") == "1":
             pytest.fail(f"Chromium is required here (IMGCLASS_REQUIRE_BROWSER=1) and not installed: {ENABLE}")
         pytest.skip(f"Chromium is not installed; {ENABLE} enables this test")
-    from playwright.sync_api import sync_playwright
-    image = tmp_path / "fish.png"
-    tiny_image(2, np.random.RandomState(11), 40).save(image)
-    expected = imgclass.predict(trained_run, [image])[0]["top_k"][0]["label"]
 
+
+def _in_chromium(model, act):
+    """Serve `model` on a free port, open the upload page in Chromium, and return act(page)."""
+    from playwright.sync_api import sync_playwright
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_run), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -50,15 +50,49 @@ def test_upload_page_in_chromium(trained_run, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
-            page.set_input_files("#file", str(image))
-            label = page.wait_for_selector("#top-label", timeout=20_000).inner_text()
-            page.click("#explain")                   # the heatmap of the top class, from POST /explain
-            page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=20_000)
-            heat_width = page.evaluate("document.getElementById('heatmap').naturalWidth")
-            page.screenshot(path=str(tmp_path / "page.png"))
-            browser.close()
+            try:
+                return act(page)
+            finally:
+                browser.close()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_upload_page_in_chromium(trained_run, tmp_path):
+    _need_chromium()
+    image = tmp_path / "fish.png"
+    tiny_image(2, np.random.RandomState(11), 40).save(image)
+    expected = imgclass.predict(trained_run, [image])[0]["top_k"][0]["label"]
+
+    def act(page):
+        page.set_input_files("#file", str(image))
+        label = page.wait_for_selector("#top-label", timeout=20_000).inner_text()
+        page.click("#explain")                   # the heatmap of the top class, from POST /explain
+        page.wait_for_function("document.getElementById('heatmap').naturalWidth > 0", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "page.png"))
+        return label, page.evaluate("document.getElementById('heatmap').naturalWidth")
+    label, heat_width = _in_chromium(trained_run, act)
     assert label == expected
     assert heat_width == imgclass.load(trained_run).pre.img_size   # the overlay at the model's input size
+
+
+def test_upload_page_shows_the_tags_given_as_chips(tmp_path):
+    """Several tags per image: the page shows the tags given (at their thresholds) as chips above the bars."""
+    _need_chromium()
+    data, labels = make_tagged_folder(tmp_path)
+    run = imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
+                         img_size=16, epochs=8, batch_size=16, hflip=False, out=str(tmp_path / "run"), verbose=False,
+                         tensorboard=False, evaluate=False, workers=1)
+    image = data / "im0.png"
+    answer = imgclass.predict(run.dir, [image], runtime="torch", precision="float32")[0]
+
+    def act(page):
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#top-label", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "tags.png"))
+        return page.eval_on_selector_all("#tags .chip", "chips => chips.map(c => c.textContent)"), \
+            page.inner_text("#tags")
+    chips, text = _in_chromium(run.dir, act)
+    assert [c.rsplit(" ", 1)[0] for c in chips] == [t["label"] for t in answer["labels"]]
+    assert chips or text == "no tag given"

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 from sklearn import metrics as skm
 
 import imgclass
@@ -16,33 +15,15 @@ from imgclass.errors import UserError
 from imgclass.modelfile import read_header, read_onnx_header
 from imgclass.models.task import MultiLabel
 
+from helpers import make_tagged_folder
+
 TAGS = ("dot", "red", "stripe")
-
-
-def tagged_folder(root, n=90, seed=0):
-    """16 px images whose tags are visible: a red image, a green vertical stripe, a blue centre dot."""
-    rng = np.random.RandomState(seed)
-    (root / "data").mkdir(parents=True)
-    rows = ["id,tags"]
-    for i in range(n):
-        img = (40 + rng.randint(0, 30, (16, 16, 3))).astype(np.uint8)
-        tags = []
-        if rng.rand() < 0.5:
-            img[..., 0], tags = 220, tags + ["red"]
-        if rng.rand() < 0.4:
-            img[:, 6:9, 1], tags = 250, tags + ["stripe"]
-        if rng.rand() < 0.3:
-            img[6:10, 6:10, 2], tags = 255, tags + ["dot"]
-        Image.fromarray(img).save(root / "data" / f"im{i}.png")
-        rows.append(f"im{i},\"{';'.join(tags)}\"")
-    (root / "tags.csv").write_text("\n".join(rows) + "\n")
-    return root / "data", root / "tags.csv"
 
 
 @pytest.fixture(scope="module")
 def tagged_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tags")
-    data, labels = tagged_folder(root)
+    data, labels = make_tagged_folder(root)
     run = imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
                          img_size=16, epochs=12, batch_size=16, hflip=False, out=str(root / "run"), verbose=False,
                          tensorboard=False, workers=1)
@@ -153,7 +134,7 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
 
 
 def test_options_a_tagged_run_refuses_and_mixup_it_takes(tmp_path):
-    data, labels = tagged_folder(tmp_path)
+    data, labels = make_tagged_folder(tmp_path)
     run = imgclass.train(data, labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
                          img_size=16, epochs=2, batch_size=16, mixup=0.4, cutmix=1.0, out=str(tmp_path / "mixed"),
                          verbose=False, tensorboard=False, evaluate=False, workers=1)
@@ -175,7 +156,7 @@ def test_an_interrupted_tagged_run_resumes_to_the_same_weights(tmp_path):
         def after_epoch(self, t):
             if t.epoch == 2:
                 raise KeyboardInterrupt
-    data, labels = tagged_folder(tmp_path, n=60)
+    data, labels = make_tagged_folder(tmp_path, n=60)
     options = dict(labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
                    img_size=16, epochs=4, batch_size=16, hflip=False, verbose=False, tensorboard=False, workers=1,
                    evaluate=False)
