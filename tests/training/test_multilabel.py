@@ -167,3 +167,25 @@ def test_an_interrupted_tagged_run_resumes_to_the_same_weights(tmp_path):
     a, b = load_file(str(resumed.model_path)), load_file(str(whole.model_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)     # same process, same kernels
     assert read_header(resumed.model_path).task == read_header(whole.model_path).task   # the same thresholds
+
+
+def test_tune_scores_tagged_trials_by_validation_map_and_folds_stratify_per_tag(tmp_path, capsys):
+    import csv as csv_module
+
+    import optuna
+    import yaml
+    data, labels = make_tagged_folder(tmp_path, n=60)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"lr": {"type": "categorical", "choices": [3e-3]}}))
+    out = tmp_path / "tune"
+    assert main(["tune", str(data), "--labels", str(labels), "--multi-label", "--trials", "1", "--cv", "2",
+                 "--space", str(space), "--out", str(out), "--model", "cnn", "--model-args", "width=8,depth=2",
+                 "--img-size", "16", "--epochs", "2", "--batch-size", "16", "--no-hflip", "--no-tensorboard",
+                 "--no-verbose", "--workers", "1", "--no-evaluate"]) == 0
+    assert "best validation score" in capsys.readouterr().out
+    trial = optuna.load_study(study_name="imgclass", storage=f"sqlite:///{(out / 'study.db').resolve()}").trials[0]
+    folds = [max(float(r["val_acc"]) for r in csv_module.DictReader(open(out / "trial-0" / f"fold-{i}" / "metrics.csv")))
+             for i in range(2)]
+    assert trial.value == pytest.approx(sum(folds) / 2)             # the mean of the folds' best validation mAP
+    for i in range(2):
+        assert read_header(out / "trial-0" / f"fold-{i}" / "model.safetensors").task.name == "multi-label"
