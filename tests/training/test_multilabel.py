@@ -2,6 +2,7 @@
 scikit-learn's recomputed from predictions.csv, and every command on a trained model."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,22 @@ def test_tune_scores_tagged_trials_by_validation_map_and_folds_stratify_per_tag(
     assert trial.value == pytest.approx(sum(folds) / 2)             # the mean of the folds' best validation mAP
     for i in range(2):
         assert read_header(out / "trial-0" / f"fold-{i}" / "model.safetensors").task.name == "multi-label"
+
+
+def test_evaluate_another_folder_of_tag_folders(tagged_run, tmp_path, capsys):
+    """DATA/<tag>/*: an image copied into each of its tags' folders is evaluated once, with all its tags."""
+    import shutil
+    run, data = tagged_run
+    rows = list(csv.DictReader(open(run.dir / "eval" / "test" / "predictions.csv")))
+    other = tmp_path / "other"
+    for row in rows:
+        for tag in json.loads(row["labels"]) or ["red"]:
+            (other / tag).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(data / row["path"], other / tag / Path(row["path"]).name)
+    assert main(["evaluate", str(run.dir), str(other), "--out", str(tmp_path / "ev"), "--runtime", "torch",
+                 "--precision", "float32"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["n"] == len(rows) and m["task"] == "multi-label"
+    truth = {Path(r["path"]).name: set(json.loads(r["labels"]) or ["red"]) for r in rows}
+    for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv")):
+        assert set(json.loads(r["labels"])) == truth[Path(r["path"]).name]

@@ -17,6 +17,7 @@ from ..config import resolve as resolve_config
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
+from ..data.tags import read_tags
 from .. import log
 from ..errors import DataError, UserError
 from ..files import write_text_atomic
@@ -69,23 +70,27 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
             raise UserError("give a DATA folder to evaluate on (the model is not inside a run folder with splits.csv)")
         saved = read_splits(RunDir(run_dir).splits, run_data, classes, multi_label)
         return run_data, [row for s in wanted for row in saved.items[s]]
-    if multi_label:
-        raise UserError("evaluating another folder needs its tags; with several tags per image evaluate the run's own "
-                        "split for now (imgclass evaluate RUN --split test)")
-    found = find_images(data)
+    # another folder: DATA/<class>/*, or with several tags per image DATA/<tag>/* (copies in several folders)
+    found = read_tags(data) if multi_label else find_images(data)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in found.classes if c not in index]
     if unknown:
         raise DataError(f"classes {', '.join(unknown[:5])} in {data} are unknown to the model "
                         f"(it knows {', '.join(classes[:10])}{'...' if len(classes) > 10 else ''})")
+
+    def label(lab):  # the model's class index, or its 0/1 tag row
+        if not multi_label:
+            return index[found.classes[lab]]
+        given = {index[found.classes[t]] for t in lab}
+        return tuple(int(i in given) for i in range(len(classes)))
     has_splits = any(s is not None for _, _, s in found.items)
     if has_splits:
-        rows = [(rel, index[found.classes[lab]]) for rel, lab, s in found.items if s in wanted]
+        rows = [(rel, label(lab)) for rel, lab, s in found.items if s in wanted]
         if not rows:
             raise DataError(f"{data} has no '{split}' split folder")
     else:
         notes.append(f"{data} has no split folders: every image in it is evaluated")
-        rows = [(rel, index[found.classes[lab]]) for rel, lab, _ in found.items]
+        rows = [(rel, label(lab)) for rel, lab, _ in found.items]
     return found.root, rows
 
 
