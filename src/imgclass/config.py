@@ -32,6 +32,7 @@ class TrainConfig:
     hierarchy_strategy: Literal["flat", "two-stage", "multi-head"] = "flat"  # how two-level labels are learnt (see README)
     multi_label: bool = False        # several tags per image: a CSV column of tag lists (--label-column), or DATA/<tag>/* copies
     tag_columns: str | None = None   # several tags per image from 0/1 (or attribute) CSV columns: "A,B,C" or a range "A:D"
+    threshold: float | None = None   # several tags per image: one decision threshold for every tag (default: chosen per tag on validation)
     val_split: float = 0.1           # share of each class held out for validation when no val folder is given
     test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
     seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout

@@ -209,3 +209,16 @@ def test_evaluate_another_folder_of_tag_folders(tagged_run, tmp_path, capsys):
     truth = {Path(r["path"]).name: set(json.loads(r["labels"]) or ["red"]) for r in rows}
     for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv")):
         assert set(json.loads(r["labels"])) == truth[Path(r["path"]).name]
+
+
+def test_one_threshold_for_every_tag_overrides_the_chosen_ones(tmp_path):
+    data, labels = make_tagged_folder(tmp_path, n=60)
+    options = dict(labels=str(labels), multi_label=True, model="cnn", model_args={"width": 8, "depth": 2},
+                   img_size=16, epochs=2, batch_size=16, hflip=False, verbose=False, tensorboard=False, workers=1)
+    run = imgclass.train(data, out=str(tmp_path / "t"), threshold=0.3, **options)
+    task = read_header(run.model_path).task
+    assert task.thresholds == (0.3, 0.3, 0.3) and len(task.threshold_f1) == 3
+    m = json.loads((run.dir / "eval" / "test" / "metrics.json").read_text())
+    assert {v["threshold"] for v in m["per_tag"].values()} == {0.3}
+    with pytest.raises(UserError, match="--threshold takes a probability"):
+        imgclass.train(data, out=str(tmp_path / "bad"), threshold=1.5, **options)

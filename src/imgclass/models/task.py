@@ -76,9 +76,10 @@ class Task:
         """(validation loss, validation score: accuracy) of a split's scores."""
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
-    def fitted(self, probs: np.ndarray | None, labels: np.ndarray | None, say) -> "Task":
+    def fitted(self, probs: np.ndarray | None, labels: np.ndarray | None, say, threshold: float | None = None,
+               n_tags: int | None = None) -> "Task":
         """This task with what it decides from the validation split's probabilities once training ends (its
-        decision thresholds); as it is for tasks that decide nothing."""
+        decision thresholds; threshold: one given for all); as it is for tasks that decide nothing."""
         return self
 
     def answers(self, probs: np.ndarray, classes, level: str, top_k: int) -> list[dict[str, Any]]:
@@ -245,11 +246,17 @@ class MultiLabel(Task):
     def describe(self, classes) -> str:
         return f"several tags per image: {len(classes)} tags, a sigmoid each, thresholds chosen on validation"
 
-    def fitted(self, probs, labels, say) -> "MultiLabel":
+    def fitted(self, probs, labels, say, threshold: float | None = None, n_tags: int | None = None) -> "MultiLabel":
         """Per tag, the threshold that maximises its F1 on the validation split (scikit-learn's
         precision_recall_curve), moved from 0.5 by n / (n + 1) of the way for a tag with n validation positives
         (THRESHOLD_PRIOR: a cut chosen on one or two positives sits at the lowest one's score, often far below
-        the negatives'); 0.5, with a warning, for a tag without a positive there (or no split)."""
+        the negatives'); 0.5, with a warning, for a tag without a positive there (or no split). threshold
+        (--threshold): that one for every tag instead (n_tags of them), its validation F1 recorded when there is
+        a validation split."""
+        if threshold is not None:  # (checked in the plan: 0 < threshold < 1)
+            f1s = None if probs is None or labels is None else tuple(
+                _f1(labels[:, j], probs[:, j] >= threshold) for j in range(labels.shape[1]))
+            return dataclasses.replace(self, thresholds=(float(threshold),) * n_tags, threshold_f1=f1s)
         if probs is None or labels is None:
             say("no validation split: every tag keeps the threshold 0.5", warning=True)
             return self

@@ -116,6 +116,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     """Everything that follows from the resolved config and the split."""
     task = task_for(found, cfg)
     task.refuse(cfg, processes=cfg.devices > 1 or launched_by_torchrun())
+    if cfg.threshold is not None and (task.exclusive or not 0.0 < cfg.threshold < 1.0):
+        raise UserError("--threshold takes a probability between 0 and 1, for several tags per image (--multi-label)")
     if cfg.ema is not None and cfg.lookahead:  # both average the weights; the user's explicit choice wins
         if explicit is not None and "lookahead" in explicit:
             raise UserError("--ema and --lookahead both average the weights: use one of them")

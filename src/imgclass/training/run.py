@@ -368,7 +368,8 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             logits = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
             probs[name], labels[name] = task.probabilities(logits), data[name].labels
     task = task.fitted(probs["val"].numpy() if "val" in probs else None,
-                       labels["val"].numpy() if "val" in labels else None, say)
+                       labels["val"].numpy() if "val" in labels else None, say, cfg.threshold,
+                       next(iter(labels.values())).shape[1])
     metrics = {}
     for name, p in probs.items():
         loss, m_ap = task.score(torch.logit(p.clamp(1e-7, 1 - 1e-7)), labels[name])
