@@ -1,6 +1,6 @@
 """The label structure of a model, behind one interface: a Task owns what depends on how images are labelled
-(one class per image, or coarse -> fine), so the training loop, the Predictor, the service and the exports
-need not know which it is:
+(one class per image: SingleLabel; coarse -> fine: TwoLevel; several tags per image: MultiLabel), so the
+training loop, the Predictor, the service and the exports need not know which it is:
 
 - what the model file records about the labels (`header_entry`, `task_entry`; read back by `task_from_header`),
 - the model's outputs for them (`build`), how they become probabilities (`probabilities`: softmax, or a sigmoid
