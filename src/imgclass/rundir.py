@@ -145,13 +145,18 @@ def best_epoch_phrase(results: dict) -> str:
     return "the head stage (fine-tuning did not beat the head on frozen features)"
 
 
+def tags_of_cell(cell: str) -> list[str] | None:
+    """A splits.csv label cell holding several tags (a JSON list of names), or None when it is not one."""
+    if not (cell.startswith("[") and cell.endswith("]")):
+        return None
+    try:
+        names = json.loads(cell)
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
 def _labels_of(cell: str) -> list[str]:
-    """A splits.csv label cell: a class name, or several tags as a JSON list."""
-    if cell.startswith("[") and cell.endswith("]"):
-        try:
-            names = json.loads(cell)
-        except ValueError:
-            names = None
-        if isinstance(names, list) and all(isinstance(n, str) for n in names):
-            return names
-    return [cell]
+    """A splits.csv label cell: a class name, or several tags."""
+    tags = tags_of_cell(cell)
+    return [cell] if tags is None else tags

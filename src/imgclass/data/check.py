@@ -20,11 +20,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb
 from .find import IMAGE_EXTENSIONS, find_images
 from .split import SPLITS, make_split
-from .tags import multilabel_split, read_tags, tag_statistics
+from .tags import multilabel_split, read_tags, refuse_two_levels, tag_statistics
 
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "MPO": {".jpg", ".jpeg"}}
@@ -153,9 +152,8 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
     """multi_label (or tag_columns): several tags per image (data/tags.py: label_column names the tag-list
     column); counts are then images per tag, and the report adds the tags' statistics."""
     multi_label = multi_label or bool(tag_columns)
-    if multi_label and (hierarchy or label_columns):
-        raise DataError("--multi-label and two-level labels (--hierarchy, --label-columns) exclude each other")
     if multi_label:
+        refuse_two_levels(hierarchy, label_columns)
         found = read_tags(data, labels, id_column, label_column, tag_columns)
         by_split, split_notes = multilabel_split(found, val_split, test_split, seed)
         infos = [FileInfo(path=rel, split=s, label="", tags=tuple(found.classes[t] for t in tags))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..errors import DataError, UserError
 from ..files import write_text_atomic
+from ..rundir import tags_of_cell
 from .find import Found, natural_key
 from .tags import multilabel_split, tags_csv_cell
 
@@ -143,11 +143,8 @@ def read_splits(path: Path, root: Path, classes: list[str], multi_label: bool = 
 
 
 def _tag_names(cell: str, path: Path) -> list[str]:
-    try:
-        names = json.loads(cell)
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = tags_of_cell(cell)
+    if names is None:
         raise DataError(f"{path}: '{cell[:60]}' is not a list of tags")
     return names
 

@@ -57,6 +57,12 @@ def read_tags(data: str | Path, labels_csv: str | Path | None = None, id_column:
     return found
 
 
+def refuse_two_levels(hierarchy: bool, label_columns: str | None) -> None:
+    """Several tags per image and two-level labels are two label structures: a run has one."""
+    if hierarchy or label_columns:
+        raise DataError("--multi-label and two-level labels (--hierarchy, --label-columns) exclude each other")
+
+
 def parse_tag_lists(cells: list[str], where: str) -> tuple[list[list[str]], str]:
     """Each cell's tags, and how they were read (said to the user): list literals, or names separated by the
     first of ; | , found in the column, else by spaces."""

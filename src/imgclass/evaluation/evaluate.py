@@ -266,8 +266,7 @@ def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs:
     """evaluate for several tags per image (evaluation/tags.py)."""
     from .tags import tag_figures, tag_galleries, tag_metrics, write_tag_predictions, write_tag_report
     y, classes, task = tensors.labels.numpy(), predictor.classes, predictor.task
-    thresholds = np.asarray(task.thresholds if task.thresholds is not None else [0.5] * len(classes))
-    metrics, more = tag_metrics(y, probs, classes, thresholds, split)
+    metrics, more = tag_metrics(y, probs, classes, task.threshold_array(len(classes)), split)
     notes += more
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     run_dir = _run_dir_of(model)

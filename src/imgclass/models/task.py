@@ -279,10 +279,13 @@ class MultiLabel(Task):
                 warning=True)
         return dataclasses.replace(self, thresholds=tuple(thresholds), threshold_f1=tuple(f1s))
 
+    def threshold_array(self, n_tags: int) -> np.ndarray:
+        """Each tag's threshold (0.5 until chosen)."""
+        return np.asarray(self.thresholds if self.thresholds is not None else [0.5] * n_tags)
+
     def decisions(self, probs: np.ndarray) -> np.ndarray:
-        """N x tags booleans: each tag given where its probability reaches its threshold (0.5 until chosen)."""
-        thresholds = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * probs.shape[1])
-        return probs >= thresholds[None, :]
+        """N x tags booleans: each tag given where its probability reaches its threshold."""
+        return probs >= self.threshold_array(probs.shape[1])[None, :]
 
     def views(self, probs, classes, level="fine"):
         if level != "fine":

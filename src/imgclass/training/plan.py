@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..data.find import Found, find_images
-from ..data.tags import read_tags
+from ..data.tags import read_tags, refuse_two_levels
 from ..data.split import Split, make_split, read_splits
 from ..errors import UserError
 from ..modelfile import read_header
@@ -103,8 +103,7 @@ def _find(values: dict[str, Any]) -> Found:
     """The images and their labels: several tags each (data/tags.py) with --multi-label or --tag-columns, else
     one class (or two levels) each (data/find.py)."""
     if values.get("multi_label") or values.get("tag_columns"):
-        if values.get("hierarchy") or values.get("label_columns"):
-            raise UserError("--multi-label and two-level labels (--hierarchy, --label-columns) exclude each other")
+        refuse_two_levels(values.get("hierarchy") or False, values.get("label_columns"))
         return read_tags(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
                          values.get("tag_columns"))
     return find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),

@@ -362,17 +362,17 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     thresholds the task chooses on validation."""
     if cfg.calibrate:
         say("calibration: not fitted for several tags per image yet (the thresholds are chosen on validation)")
-    probs, labels = {}, {}
+    logits, probs, labels = {}, {}, {}
     for name in SPLITS:
         if len(data[name]):
-            logits = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            probs[name], labels[name] = task.probabilities(logits), data[name].labels
+            logits[name] = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
+            probs[name], labels[name] = task.probabilities(logits[name]), data[name].labels
     task = task.fitted(probs["val"].numpy() if "val" in probs else None,
                        labels["val"].numpy() if "val" in labels else None, say, cfg.threshold,
                        next(iter(labels.values())).shape[1])
     metrics = {}
     for name, p in probs.items():
-        loss, m_ap = task.score(torch.logit(p.clamp(1e-7, 1 - 1e-7)), labels[name])
+        loss, m_ap = task.score(logits[name], labels[name])
         exact = float((task.decisions(p.numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
         metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(p)}
     return metrics, probs, None, task
