@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import make_class_folders
+from helpers import make_class_folders, make_tagged_folder
 
 pytestmark = pytest.mark.slow  # launches torchrun process groups
 
@@ -48,6 +48,36 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
     import json
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["processes"] == 2
+
+
+def test_two_process_ddp_with_tags_equals_single_process(tmp_path):
+    """Several tags per image under DDP: the same weights, and the validation mAP (which is no sum of per-shard
+    parts: the ranks gather their logits) equal to one process's."""
+    data, tags = make_tagged_folder(tmp_path / "set", n=48)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--labels", str(tags), "--multi-label"] + ARGS
+    runs = {}
+    for name, launcher in (("single", [sys.executable, "-m", "imgclass"]),
+                           ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc-per-node=2", "-m", "imgclass"])):
+        proc = subprocess.run(launcher + ["train", str(data), "--out", str(tmp_path / name)] + args, env=env,
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = tmp_path / name
+    a, b = weights(runs["single"]), weights(runs["ddp"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    import csv
+    rows = {name: list(csv.DictReader((run / "metrics.csv").open())) for name, run in runs.items()}
+    assert len(rows["single"]) == len(rows["ddp"]) == 2
+    for ra, rb in zip(rows["single"], rows["ddp"]):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert abs(float(ra[key]) - float(rb[key])) < 1e-4, key
+    assert 0.0 < float(rows["ddp"][-1]["val_acc"]) <= 1.0  # a validation mAP, not a NaN
+    import json
+    single, ddp = (json.loads((run / "results.json").read_text()) for run in runs.values())
+    assert ddp["processes"] == 2
+    assert ddp["metrics"]["val"]["map"] == pytest.approx(single["metrics"]["val"]["map"], abs=1e-4)
 
 
 def test_each_rank_sees_its_own_shard():

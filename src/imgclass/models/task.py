@@ -238,8 +238,6 @@ class MultiLabel(Task):
         return float(F.binary_cross_entropy_with_logits(logits, y.float())), m_ap
 
     def refuse(self, cfg: TrainConfig, processes: bool) -> None:
-        if processes:
-            raise UserError("several tags per image are not supported with several processes yet")
         if cfg.balanced_sampler:
             raise UserError("--balanced-sampler draws by class; with several tags per image use --class-weights auto")
 

@@ -2,8 +2,9 @@
 (`torchrun --nproc-per-node N -m imgclass train ...`, or `imgclass train --devices N`).
 
 NCCL on GPUs, gloo on CPU. Every rank sees its own shard of each global batch, gradients are
-averaged by DDP, epoch metrics are summed across ranks, and only rank 0 writes files and shows
-progress. Nothing here is hand-made communication beyond torch.distributed's collectives.
+averaged by DDP, epoch metrics are summed across ranks, validation logits are gathered (so every task
+scores them as one process would: mAP is not a sum of per-shard parts), and only rank 0 writes files and
+shows progress. Nothing here is hand-made communication beyond torch.distributed's collectives.
 """
 from __future__ import annotations
 
@@ -51,6 +52,23 @@ class Dist:
             t = t.cuda()
         dist.all_reduce(t)
         return t.cpu().tolist()
+
+    def gather_strided(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """The n rows that the ranks hold strided (rank r holds rows r, r + world, ...), on every rank in their
+        original order. Shards differ by at most one row: each is padded to the longest for all_gather."""
+        if not self.active:
+            return part
+        longest = -(-n // self.world)
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        padded = torch.zeros((longest, *part.shape[1:]), dtype=part.dtype, device=on)
+        padded[:len(part)] = part.to(on)
+        shards = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(shards, padded)
+        rows = torch.empty((n, *part.shape[1:]), dtype=part.dtype)
+        for rank, shard in enumerate(shards):
+            mine = len(range(rank, n, self.world))
+            rows[rank::self.world] = shard[:mine].cpu()
+        return rows
 
 
 def launched_by_torchrun() -> bool:

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..data.augment import BatchAugment
 from ..data.images import ImageTensors
@@ -177,17 +176,14 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         """Validation loss and score (the task's: accuracy, or mAP with several tags per image); with DDP each
-        rank scores its shard and the sums are reduced (one-label tasks only: the task refuses the others)."""
+        rank predicts its shard and the logits are gathered, so every rank scores the whole split as one
+        process would."""
         data = self.val_data
-        if self.dist is None or not self.dist.active:
+        if self.dist is None or not self.dist.active or len(data) < self.dist.world:  # (no empty shard to gather)
             return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta, self.task)
         shard = torch.arange(self.dist.rank, len(data), self.dist.world)
         logits = predict_logits(self.model, data.images[shard], self.pre, self.batch_size, self.device, self.val_tta)
-        y = data.labels[shard]
-        loss_sum = float(F.cross_entropy(logits, y, reduction="sum")) if len(y) else 0.0
-        correct = float((logits.argmax(1) == y).sum()) if len(y) else 0.0
-        loss_sum, correct, n = self.dist.sum(loss_sum, correct, len(y))
-        return loss_sum / n, correct / n
+        return self.task.score(self.dist.gather_strided(logits, len(data)), data.labels)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, flips: torch.Tensor
                    ) -> tuple[float, torch.Tensor]:
