@@ -67,6 +67,14 @@ def _with_header(trained_run, tmp_path, change) -> Path:
     (lambda h: h["preprocessing"].update(img_size="huge"), "preprocessing"),
     (lambda h: h.update(hierarchy={"strategy": "flat", "coarse_classes": ["a"], "parents": [0, 5, 0]}),
      "hierarchy"),
+    # several tags: a per-tag calibration must be Platt's, with a positive scale per tag
+    (lambda h: h.update(format_version=2, task={"name": "multi-label", "calibration": {
+        "method": "platt", "scale": [-1.0] * len(h["classes"]), "shift": [0.0] * len(h["classes"])}}), "task.calibration.scale"),
+    (lambda h: h.update(format_version=2, task={"name": "multi-label", "calibration": {
+        "method": "platt", "scale": [1.0] * len(h["classes"]), "shift": [float("nan")] * len(h["classes"])}}),
+     "task.calibration.shift"),
+    (lambda h: h.update(format_version=2, task={"name": "multi-label", "calibration": {"method": "isotonic"}}),
+     "Platt"),
 ])
 def test_a_crafted_header_is_refused_before_anything_is_built(trained_run, tmp_path, change, message, monkeypatch):
     """issue 14, item 6: header arguments are checked before the model is built (timm's create_model

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UserError
-from .evaluation.evaluate import Evaluation, evaluate  # noqa: F401  (re-exported)
+from .evaluation.evaluate import Evaluation, LabelsCsv, evaluate  # noqa: F401  (re-exported)
 from .prediction.predictor import Predictor, expand_inputs
 from .prediction.submit import write_submission
 from .training.run import Run, train  # noqa: F401  (re-exported)

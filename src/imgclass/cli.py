@@ -225,6 +225,12 @@ def _check_options(p: argparse.ArgumentParser) -> None:
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("data", nargs="?", help="image folder (default: the run's own data and splits.csv)")
+    p.add_argument("--labels", help="another folder's labels as a CSV, as train reads it (default: its class or tag "
+                                    "subfolders)")
+    p.add_argument("--id-column", help="the CSV column naming the image (default: detected)")
+    p.add_argument("--label-column", help="the CSV column with the class, or a tagged model's list of tags "
+                                          "(default: detected)")
+    p.add_argument("--tag-columns", help="a tagged model's 0/1 columns, one per tag: A,B,C or a range A:D")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>/)")
     p.add_argument("--device", default="auto")
@@ -418,8 +424,12 @@ def _check(args: argparse.Namespace) -> int | None:
 
 def _evaluate(args: argparse.Namespace) -> int | None:
     from . import api
+    if args.labels is None and (args.id_column or args.label_column or args.tag_columns):
+        raise UserError("--id-column, --label-column and --tag-columns describe a --labels CSV: give it")
+    labels = None if args.labels is None else api.LabelsCsv(args.labels, args.id_column, args.label_column,
+                                                             args.tag_columns)
     ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
-                      max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision)
+                      max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision, labels=labels)
     m = ev.metrics
     scores = (f"mAP {m['map']:.4f}, macro F1 {m['macro_f1']:.4f} and exact match {m['accuracy']:.4f} at the tags' "
               f"thresholds" if "map" in m else  # several tags per image

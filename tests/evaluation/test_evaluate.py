@@ -150,6 +150,27 @@ def test_evaluate_cli_other_folder_and_compare(evaluated_run, tmp_path, capsys):
     assert (tmp_path / "c.html").read_text().count("<tr>") == 3
 
 
+def test_evaluate_another_folder_from_a_labels_csv(evaluated_run, tmp_path):
+    """Another folder whose classes are in a CSV (flat files, Kaggle's trainLabels.csv layout): the run's test
+    images copied out score what the run's own test evaluation scored."""
+    from pathlib import Path
+    rows = list(csv.DictReader(open(evaluated_run.dir / "eval" / "test" / "predictions.csv")))
+    data = Path(imgclass.config.resolve(evaluated_run.dir / "config.yaml").data)
+    (tmp_path / "flat").mkdir()
+    lines = ["id,label"]
+    for i, row in enumerate(rows):
+        shutil.copyfile(data / row["path"], tmp_path / "flat" / f"{i}.png")
+        lines.append(f"{i},{row['label']}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", str(evaluated_run.dir), str(tmp_path / "flat"), "--labels", str(tmp_path / "labels.csv"),
+                 "--out", str(tmp_path / "e")]) == 0
+    got = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    own = json.loads((evaluated_run.dir / "eval" / "test" / "metrics.json").read_text())
+    assert got["n"] == own["n"] == len(rows) and got["accuracy"] == pytest.approx(own["accuracy"], abs=1e-9)
+    assert main(["evaluate", str(evaluated_run.dir), str(tmp_path / "flat"), "--labels", str(tmp_path / "labels.csv"),
+                 "--tag-columns", "a:b"]) == 2
+
+
 def _rows_of(fig):
     """(row label, captions under its images) of a per-class gallery figure."""
     axes = fig.axes

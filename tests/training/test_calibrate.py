@@ -55,3 +55,39 @@ def test_training_stores_the_temperature_and_every_command_applies_it(tmp_path, 
         header = imgclass.load(other.dir).header
         assert header.temperature == 1.0 and header.calibration is None
     assert any(level == "WARNING" and "left uncalibrated" in m for level, m in imgclass_log)
+
+
+def test_platt_per_tag_equals_weighted_logistic_regression_and_keeps_the_ranking():
+    """Platt scaling per tag: the (a, b) of scikit-learn's logistic regression on the logit, with Platt's smoothed
+    targets given as sample weights; it undoes an over-confident tag's inflation, leaves each tag's AP as it was,
+    and a tag without a validation positive keeps the identity."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from imgclass.models.task import MultiLabel
+    from imgclass.training.calibrate import fit_tag_calibration, tag_calibration_facts
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 3, generator=g) * 1.5 + torch.tensor([-1.0, 0.0, -3.0])
+    labels = (torch.rand(3000, 3, generator=g) < torch.sigmoid(z)).long()
+    labels[:, 2] = 0                                                   # the third tag: no positive
+    logits = z.double() * 4.0                             # reported over-confident by 4 (float64: no sigmoid ties)
+    scale, shift = fit_tag_calibration(logits, labels)
+    assert scale[0] == pytest.approx(0.25, rel=0.15) and scale[1] == pytest.approx(0.25, rel=0.15)
+    assert (scale[2], shift[2]) == (1.0, 0.0)
+    for j in range(2):
+        y, x = labels[:, j].numpy(), logits[:, j:j + 1].double().numpy()
+        pos, neg = y.sum(), len(y) - y.sum()
+        t = np.where(y == 1, (pos + 1) / (pos + 2), 1 / (neg + 2))    # Platt's targets as two weighted rows
+        ref = LogisticRegression(C=1e10, tol=1e-10, max_iter=10_000).fit(
+            np.concatenate([x, x]), np.r_[np.ones(len(y)), np.zeros(len(y))], sample_weight=np.r_[t, 1 - t])
+        assert scale[j] == pytest.approx(ref.coef_[0, 0], rel=1e-3) and shift[j] == pytest.approx(ref.intercept_[0], abs=1e-3)
+    task = MultiLabel(thresholds=(0.3, 0.5, 0.7)).calibrated(scale, shift)
+    probs, raw = task.probabilities(logits).numpy(), torch.sigmoid(logits).numpy()
+    np.testing.assert_allclose(task.uncalibrated(probs), raw, atol=1e-5)
+    for j in range(2):
+        assert average_precision_score(labels[:, j], probs[:, j]) == pytest.approx(
+            average_precision_score(labels[:, j], raw[:, j]))
+    assert np.array_equal(task.decisions(probs), raw >= np.array([0.3, 0.5, 0.7]))  # the thresholds moved with them
+    facts = tag_calibration_facts(logits, labels, task)
+    assert facts["tags_fitted"] == 2 and facts["val_ece_after"] < facts["val_ece_before"] / 2
+    assert facts["val_nll_after"] < facts["val_nll_before"]

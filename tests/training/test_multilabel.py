@@ -55,12 +55,17 @@ def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagge
     assert header.task.name == "multi-label" and header.format_version == 2
     raw = json.loads(__import__("safetensors").safe_open(str(run.dir / "model.safetensors"), "pt").metadata()["imgclass"])
     assert raw["format_version"] == 2 and raw["hierarchy"] is None and len(raw["task"]["thresholds"]) == 3
-    # the thresholds are the F1-best cut of each tag on validation, recomputed from its predictions.csv
+    # the thresholds are the F1-best cut of each tag on validation, recomputed from its predictions.csv: chosen on
+    # the probabilities before calibration, then moved with them (Platt's a > 0: no decision changes)
+    task = header.task
+    assert task.calibration_scale is not None and all(a > 0 for a in task.calibration_scale)
     val = list(csv.DictReader(open(run.dir / "eval" / "val" / "predictions.csv")))
     y_val = np.array([[t in json.loads(r["labels"]) for t in TAGS] for r in val], dtype=int)
     p_val = np.array([[float(r[f"prob_{t}"]) for t in TAGS] for r in val])
-    expected = MultiLabel().fitted(p_val, y_val, lambda *a, **k: None).thresholds
-    assert np.allclose(header.task.thresholds, expected, atol=1e-6)
+    chosen = MultiLabel().fitted(task.uncalibrated(p_val), y_val, lambda *a, **k: None)
+    expected = chosen.calibrated(task.calibration_scale, task.calibration_shift).thresholds
+    assert np.allclose(task.thresholds, expected, atol=1e-6)
+    assert np.array_equal(chosen.decisions(task.uncalibrated(p_val)), task.decisions(p_val))
     # every number of metrics.json equals scikit-learn's on predictions.csv
     m = json.loads((run.dir / "eval" / "test" / "metrics.json").read_text())
     rows = list(csv.DictReader(open(run.dir / "eval" / "test" / "predictions.csv")))
@@ -79,10 +84,18 @@ def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagge
         assert m[key]["subset_accuracy"] == pytest.approx(skm.accuracy_score(y, decided))
         assert m[key]["hamming_loss"] == pytest.approx(skm.hamming_loss(y, decided))
     from imgclass.evaluation.metrics import expected_calibration_error
+    raw = task.uncalibrated(p)
     for j, t in enumerate(TAGS):
         if present[j]:
             assert m["per_tag"][t]["ap"] == pytest.approx(skm.average_precision_score(y[:, j], p[:, j]))
+            # calibration keeps each tag's ranking
+            assert m["per_tag"][t]["ap"] == pytest.approx(skm.average_precision_score(y[:, j], raw[:, j]))
         assert m["per_tag"][t]["ece"] == pytest.approx(expected_calibration_error(y[:, j], np.stack([1 - p[:, j], p[:, j]], 1)))
+        assert m["per_tag"][t]["ece_uncalibrated"] == pytest.approx(
+            expected_calibration_error(y[:, j], np.stack([1 - raw[:, j], raw[:, j]], 1)))
+    results = json.loads((run.dir / "results.json").read_text())
+    assert results["calibration"]["method"] == "platt" and results["calibration"]["tags_fitted"] == 3
+    assert results["calibration"]["val_ece_after"] < results["calibration"]["val_ece_before"]
     figures = {f.stem for f in (run.dir / "eval" / "test" / "figures").iterdir()}
     assert {"pr_curves_tags", "ap_vs_frequency", "f1_per_tag", "f1_vs_threshold", "co_occurrence",
             "gallery_false_positives", "gallery_false_negatives"} <= figures
@@ -130,6 +143,10 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
     assert main(["export", str(run.dir), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "| mAP |" in card and "| tag | AP | threshold |" in card
+    assert "Tag an image with any number of: dot, red, stripe" in card and "Platt scaling per tag" in card
+    assert "Softmax temperature" not in card
+    hub_config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert hub_config["task"] == read_header(run.dir / "model.safetensors").task.task_entry()
     assert main(["explain", str(run.dir), image, "--class", "red", "--out", str(tmp_path / "ex")]) == 0
     assert (tmp_path / "ex" / "im0.png").is_file()
 
@@ -209,6 +226,32 @@ def test_evaluate_another_folder_of_tag_folders(tagged_run, tmp_path, capsys):
     truth = {Path(r["path"]).name: set(json.loads(r["labels"]) or ["red"]) for r in rows}
     for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv")):
         assert set(json.loads(r["labels"])) == truth[Path(r["path"]).name]
+
+
+def test_evaluate_another_folder_from_a_tags_csv(tagged_run, tmp_path):
+    """Another folder's tags from a CSV (here one 0/1 column per tag, the Kaggle layout): the test split's images
+    copied out and described so score what the run's own test evaluation scored."""
+    import shutil
+    run, data = tagged_run
+    rows = list(csv.DictReader(open(run.dir / "eval" / "test" / "predictions.csv")))
+    (tmp_path / "other").mkdir()
+    lines = ["image," + ",".join(TAGS)]
+    for row in rows:
+        name = Path(row["path"]).name
+        shutil.copyfile(data / row["path"], tmp_path / "other" / name)
+        lines.append(name + "," + ",".join(str(int(t in json.loads(row["labels"]))) for t in TAGS))
+    (tmp_path / "truth.csv").write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", str(run.dir), str(tmp_path / "other"), "--labels", str(tmp_path / "truth.csv"),
+                 "--tag-columns", "dot:stripe", "--out", str(tmp_path / "ev"), "--runtime", "torch",
+                 "--precision", "float32"]) == 0
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    own = json.loads((run.dir / "eval" / "test" / "metrics.json").read_text())
+    assert got["n"] == own["n"] == len(rows)
+    for key in ("map", "micro_ap", "coverage_error"):
+        assert got[key] == pytest.approx(own[key], abs=1e-4), key
+    assert main(["evaluate", str(run.dir), str(tmp_path / "other"), "--tag-columns", "dot:stripe"]) == 2
+    with pytest.raises(UserError, match="give its DATA folder"):
+        imgclass.evaluate(run.dir, labels=imgclass.api.LabelsCsv(tmp_path / "truth.csv"))
 
 
 def test_one_threshold_for_every_tag_overrides_the_chosen_ones(tmp_path):

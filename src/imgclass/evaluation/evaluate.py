@@ -56,8 +56,19 @@ def _run_dir_of(model: str | Path) -> Path | None:
     return run.path if run is not None else None
 
 
+@dataclass(frozen=True)
+class LabelsCsv:
+    """Where another folder's labels are when they are not its subfolders: train's --labels, --id-column,
+    --label-column (the class, or a tagged model's list of tags) and --tag-columns (one 0/1 column per tag)."""
+    path: str | Path
+    id_column: str | None = None
+    label_column: str | None = None
+    tag_columns: str | None = None
+
+
 def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: list[str],
-              notes: list[str], multi_label: bool = False) -> tuple[Path, list[tuple[str, Any]]]:
+              notes: list[str], multi_label: bool = False, labels: LabelsCsv | None = None
+              ) -> tuple[Path, list[tuple[str, Any]]]:
     """(data root, [(relative path, model class index, or with several tags per image their 0/1 tuple)]) for the
     split to evaluate."""
     run_dir = _run_dir_of(model)
@@ -65,13 +76,23 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     if run_dir is not None and RunDir(run_dir).splits.is_file():
         run_data = Path(resolve_config(RunDir(run_dir).config).data or "").expanduser()
     wanted = SPLITS if split == "all" else (split,)
+    if labels is not None and data is None:
+        raise UserError("--labels CSV describes another folder: give its DATA folder too")
     if data is None or (run_data is not None and Path(data).expanduser().resolve() == run_data.resolve()):
         if run_data is None:
             raise UserError("give a DATA folder to evaluate on (the model is not inside a run folder with splits.csv)")
         saved = read_splits(RunDir(run_dir).splits, run_data, classes, multi_label)
         return run_data, [row for s in wanted for row in saved.items[s]]
-    # another folder: DATA/<class>/*, or with several tags per image DATA/<tag>/* (copies in several folders)
-    found = read_tags(data) if multi_label else find_images(data)
+    # another folder: DATA/<class>/*, or with several tags per image DATA/<tag>/* (copies in several folders); or
+    # its files with a labels CSV (a split column in it is honoured, as in train)
+    if labels is not None and labels.tag_columns and not multi_label:
+        raise UserError("--tag-columns is for a model with several tags per image; this one has one class per image")
+    if labels is None:
+        found = read_tags(data) if multi_label else find_images(data)
+    elif multi_label:
+        found = read_tags(data, labels.path, labels.id_column, labels.label_column, labels.tag_columns)
+    else:
+        found = find_images(data, labels.path, labels.id_column, labels.label_column)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in found.classes if c not in index]
     if unknown:
@@ -180,8 +201,10 @@ def _heatmap_overlays(predictor: Predictor):
 def evaluate(model: str | Path, data: str | Path | None = None, split: str = "test", out: str | Path | None = None,
              batch_size: int = 256, device: str = "auto",
              predictor: Predictor | None = None, precomputed: tuple | None = None,
-             max_pixels: int | None = None, runtime: str = "auto", precision: str = "auto") -> Evaluation:
+             max_pixels: int | None = None, runtime: str = "auto", precision: str = "auto",
+             labels: LabelsCsv | None = None) -> Evaluation:
     """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train);
+    labels: another folder's labels CSV (default: its class or tag subfolders);
     max_pixels: this command's pixel limit (the model file can only lower it); runtime and precision as
     prediction.runtime says (a given predictor keeps its own). Its notes go to the "imgclass" logger as
     warnings (see imgclass.log) and into the report."""
@@ -194,7 +217,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if precomputed is not None:
         tensors, probs = precomputed
     else:
-        root, rows = _rows_for(split, model, data, classes, notes, not predictor.task.exclusive)
+        root, rows = _rows_for(split, model, data, classes, notes, not predictor.task.exclusive, labels)
         if not rows:
             raise DataError(f"no images in the {split} split to evaluate")
         if not given:
@@ -266,7 +289,8 @@ def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs:
     """evaluate for several tags per image (evaluation/tags.py)."""
     from .tags import tag_figures, tag_galleries, tag_metrics, write_tag_predictions, write_tag_report
     y, classes, task = tensors.labels.numpy(), predictor.classes, predictor.task
-    metrics, more = tag_metrics(y, probs, classes, task.threshold_array(len(classes)), split)
+    metrics, more = tag_metrics(y, probs, classes, task.threshold_array(len(classes)), split,
+                                None if task.calibration_scale is None else task.uncalibrated(probs))
     notes += more
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     run_dir = _run_dir_of(model)

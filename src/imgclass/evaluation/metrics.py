@@ -27,6 +27,12 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int 
     return float(ece)
 
 
+def tag_ece(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """One tag's ECE: its 0/1 truths against its probability read as a yes/no answer (binned by the
+    confidence max(p, 1 - p))."""
+    return expected_calibration_error(y_true.astype(int), np.stack([1 - prob, prob], axis=1))
+
+
 def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS):
     """(bin centres, accuracy per bin, mean confidence per bin, count per bin) for the reliability diagram."""
     conf = probs.max(axis=1)

@@ -18,16 +18,17 @@ from sklearn import metrics as skm
 
 from ..files import write_text_atomic
 from ..figures import new_figure
-from .metrics import expected_calibration_error
+from .metrics import tag_ece
 from .report import (RunContext, TLDR_WORD_LIMIT, _model_paragraph, _pct, figure_sections_html, figure_sections_md,
                      html_page, inline_html, limit_words)
 
 WEAKEST_SHOWN = 12  # tags drawn in the precision-recall figure (the lowest AP first), and named in the TL;DR (5)
 
 
-def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: np.ndarray, split: str
-                ) -> tuple[dict[str, Any], list[str]]:
-    """metrics.json of a split: y N x tags 0/1, probs N x tags, the model's per-tag thresholds."""
+def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: np.ndarray, split: str,
+                uncalibrated: np.ndarray | None = None) -> tuple[dict[str, Any], list[str]]:
+    """metrics.json of a split: y N x tags 0/1, probs N x tags, the model's per-tag thresholds; uncalibrated:
+    the probabilities before the model's per-tag calibration (None: not calibrated), for ECE before and after."""
     y = y.astype(int)
     present = y.sum(0) > 0
     both = present & (y.sum(0) < len(y))
@@ -44,8 +45,7 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
             "roc_auc": float(skm.roc_auc_score(y[:, j], probs[:, j])) if both[j] else None,
             "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
             "support": int(support[j]), "threshold": float(thresholds[j]),
-            # calibration of the tag's probability: a yes/no question, binned by confidence max(p, 1 - p)
-            "ece": expected_calibration_error(y[:, j], np.stack([1 - probs[:, j], probs[:, j]], axis=1))}
+            "ece": tag_ece(y[:, j], probs[:, j])}
     at_thresholds = _decision_metrics(y, decided)
     metrics = {
         "split": split, "task": "multi-label", "n": int(len(y)), "classes": list(names),
@@ -63,6 +63,12 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
         "untagged": int((y.sum(1) == 0).sum()),
         "tags_per_image": {"true": float(y.sum(1).mean()), "predicted": float(decided.sum(1).mean())},
     }
+    if uncalibrated is not None:
+        for j, name in enumerate(names):
+            per_tag[name]["ece_uncalibrated"] = tag_ece(y[:, j], uncalibrated[:, j])
+        metrics["calibration"] = {"method": "platt",
+                                  "ece_macro_uncalibrated": float(np.mean([per_tag[n]["ece_uncalibrated"]
+                                                                           for n in names]))}
     return metrics, notes
 
 
@@ -198,6 +204,10 @@ def tag_tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list
                  f"macro F1 {plain['macro_f1']:.3f}, exact match {_pct(plain['subset_accuracy'])}. The model gives "
                  f"{metrics['tags_per_image']['predicted']:.2f} tags per image."
                  if m_ap is not None else "**Results.** No tag has an image in this split: nothing to score.")
+    if "calibration" in metrics:
+        paras.append(f"**Calibration.** Each tag's probability is calibrated on validation (Platt scaling): its ECE "
+                     f"here averages {metrics['ece_macro']:.3f} over the tags, against "
+                     f"{metrics['calibration']['ece_macro_uncalibrated']:.3f} before calibration.")
     weak = sorted((t for t in per if per[t]["ap"] is not None), key=lambda t: per[t]["ap"])[:5]
     if weak:
         paras.append("**Weakest tags** (AP, images): " + "; ".join(f"{t} {per[t]['ap']:.2f} ({per[t]['support']})"
@@ -238,9 +248,11 @@ def _num(x: float | None) -> str:
 def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     at, plain = m["at_thresholds"], m["at_0.5"]
     rows = [("images", str(m["n"])), ("mAP (macro average precision)", _num(m["map"])), ("micro AP", _num(m["micro_ap"])),
-            ("ROC AUC (macro)", _num(m["roc_auc_macro"])), ("ECE per tag (mean)", _num(m["ece_macro"])),
-            ("label ranking average precision", _num(m["label_ranking_average_precision"])),
-            ("coverage error", f"{m['coverage_error']:.2f}")]
+            ("ROC AUC (macro)", _num(m["roc_auc_macro"])), ("ECE per tag (mean)", _num(m["ece_macro"]))]
+    if "calibration" in m:
+        rows.append(("ECE per tag before calibration (mean)", _num(m["calibration"]["ece_macro_uncalibrated"])))
+    rows += [("label ranking average precision", _num(m["label_ranking_average_precision"])),
+             ("coverage error", f"{m['coverage_error']:.2f}")]
     for name, d in (("at the tags' thresholds", at), ("at 0.5", plain)):
         rows += [(f"{k.replace('_', ' ')} {name}", _num(v)) for k, v in d.items()]
     return rows

@@ -49,10 +49,13 @@ def export_hub(model: str | Path, out: str | Path) -> Path:
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
     h = predictor.header
-    return {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h.arch.to_dict(),
-            "classes": list(h.classes), "preprocessing": h.preprocessing.to_dict(),
-            "inference": {"tta": h.tta, "temperature": h.temperature},
-            "hierarchy": h.task.header_entry(), "imgclass_version": h.imgclass_version}
+    config = {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h.arch.to_dict(),
+              "classes": list(h.classes), "preprocessing": h.preprocessing.to_dict(),
+              "inference": {"tta": h.tta, "temperature": h.temperature},
+              "hierarchy": h.task.header_entry(), "imgclass_version": h.imgclass_version}
+    if (task := h.task.task_entry()) is not None:  # several tags: thresholds and calibration (format 2)
+        config["task"] = task
+    return config
 
 
 def _write_timm(predictor: Predictor, out: Path) -> bool:
@@ -123,8 +126,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
                 "pretrained=True)`; divide its logits by the temperature below before the softmax)"
                 if timm_loadable else ", `config.json`")
              + ".", "", "## Intended use", "",
-             f"Classify an image into one of: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}. "
-             "It knows nothing else: an image of anything else still gets one of these labels.", "", "## Data", ""]
+             predictor.task.intended_use(classes), "", "## Data", ""]
     counts = facts.get("counts") or {}
     if counts:
         lines += [f"From `{cfg.get('data', '?')}`, split with seed {cfg.get('seed', '?')} "
@@ -145,8 +147,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"test-time augmentation {h.tta}; the weights kept are from "
               f"{best_epoch_phrase(res)}.",
               f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
-              f"- Softmax temperature (calibration on the validation split): "
-              f"{h.temperature:.4f}.", ""]
+              f"- {predictor.task.calibration_text(h.temperature)}", ""]
     lines += _results_section(m, facts.get("metrics_split"), figures)
     lines += ["## Limits", "",
               f"- Inputs are resized to {pre.img_size} px; detail finer than that is lost.",
@@ -179,6 +180,7 @@ def _tag_results(m: dict[str, Any], figures: list[str]) -> list[str]:
     threshold, weakest first (the known failure modes)."""
     lines = [f"| {name} | {m[k]:.4f} |" for name, k in (("mAP", "map"), ("micro AP", "micro_ap"),
                                                        ("exact match at the thresholds", "accuracy"),
+                                                       ("ECE per tag (mean)", "ece_macro"),
                                                        ("macro F1 at the thresholds", "macro_f1"))
              if isinstance(m.get(k), (int, float))]
     per = m["per_tag"]

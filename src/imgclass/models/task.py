@@ -120,6 +120,15 @@ class Task:
         """A line for the start of training, or None."""
         return None
 
+    def intended_use(self, classes) -> str:
+        """What the model does, for its model card."""
+        return (f"Classify an image into one of: {_listed(classes)}. It knows nothing else: an image of anything "
+                "else still gets one of these labels.")
+
+    def calibration_text(self, temperature: float) -> str:
+        """How its probabilities are calibrated, for its model card."""
+        return f"Softmax temperature (calibration on the validation split): {temperature:.4f}."
+
     def views(self, probs: np.ndarray, classes, level: str = "fine") -> list[tuple[str, np.ndarray, list[str]]]:
         """[(level, probabilities N x K, the K names)] for an answer at `level`: one view, or several for a
         level that combines them ("both")."""
@@ -191,9 +200,12 @@ class TwoLevel(Task):
 @dataclass(frozen=True)
 class MultiLabel(Task):
     """Several tags per image (any number, none included): a sigmoid per tag, binary cross-entropy, and a
-    decision threshold per tag (chosen on validation when training ends; 0.5 until then)."""
+    decision threshold per tag (chosen on validation when training ends; 0.5 until then). Calibrated, a tag's
+    probability is sigmoid(a * logit + b), Platt's a and b fitted on validation (training/calibrate.py)."""
     thresholds: tuple[float, ...] | None = None      # per tag: the probability from which the tag is given
     threshold_f1: tuple[float, ...] | None = None    # per tag: validation F1 at its threshold (None: not chosen)
+    calibration_scale: tuple[float, ...] | None = None  # per tag: Platt's a (> 0) on the logit; None: uncalibrated
+    calibration_shift: tuple[float, ...] | None = None  # per tag: Platt's b
     name: ClassVar[str] = "multi-label"
     format_version: ClassVar[int] = 2
     score_name: ClassVar[str] = "mAP"
@@ -201,11 +213,34 @@ class MultiLabel(Task):
     train_score_name: ClassVar[str] = "exact match"
 
     def task_entry(self) -> dict[str, Any]:
-        return {"name": self.name, "thresholds": None if self.thresholds is None else list(self.thresholds),
-                "threshold_f1": None if self.threshold_f1 is None else list(self.threshold_f1)}
+        entry = {"name": self.name, "thresholds": None if self.thresholds is None else list(self.thresholds),
+                 "threshold_f1": None if self.threshold_f1 is None else list(self.threshold_f1)}
+        if self.calibration_scale is not None:
+            entry["calibration"] = {"method": "platt", "scale": list(self.calibration_scale),
+                                    "shift": list(self.calibration_shift)}
+        return entry
 
     def probabilities(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Each tag's probability: a sigmoid, of Platt's a * logit + b once calibrated (temperature: 1 for tags)."""
+        if self.calibration_scale is not None:
+            logits = (logits * torch.tensor(self.calibration_scale, dtype=logits.dtype, device=logits.device)
+                      + torch.tensor(self.calibration_shift, dtype=logits.dtype, device=logits.device))
         return torch.sigmoid(logits / temperature)
+
+    def calibrated(self, scale: tuple[float, ...], shift: tuple[float, ...]) -> "MultiLabel":
+        """This task with Platt's per-tag (a, b); thresholds already chosen move with the probabilities, so
+        every decision stays as it was (a > 0: the map is increasing)."""
+        moved = None if self.thresholds is None else tuple(
+            float(1 / (1 + np.exp(-(a * _logit(t) + b)))) for t, a, b in zip(self.thresholds, scale, shift))
+        return dataclasses.replace(self, thresholds=moved, calibration_scale=tuple(scale),
+                                   calibration_shift=tuple(shift))
+
+    def uncalibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The probabilities before calibration (for the report's before/after ECE)."""
+        if self.calibration_scale is None:
+            return probs
+        a, b = np.asarray(self.calibration_scale), np.asarray(self.calibration_shift)
+        return 1 / (1 + np.exp(-(_logit(probs) - b) / a))
 
     def loss(self, model, forward, x, y, target, label_smoothing, class_weights):
         logits = forward(x).float()  # target: y's 0/1 rows, or mixup/cutmix's mixed ones
@@ -243,6 +278,19 @@ class MultiLabel(Task):
 
     def describe(self, classes) -> str:
         return f"several tags per image: {len(classes)} tags, a sigmoid each, thresholds chosen on validation"
+
+    def intended_use(self, classes) -> str:
+        return (f"Tag an image with any number of: {_listed(classes)} (none included). A sigmoid per tag gives its "
+                "probability; the tag is given where that reaches the tag's threshold, chosen on the validation "
+                "split. It knows nothing else: an image of anything else may still get some of these tags.")
+
+    def calibration_text(self, temperature: float) -> str:
+        if self.calibration_scale is None:
+            return "Calibration: none (each tag's probability is the sigmoid of its logit)."
+        fitted = sum(1 for a, b in zip(self.calibration_scale, self.calibration_shift) if (a, b) != (1.0, 0.0))
+        return (f"Calibration: Platt scaling per tag on the validation split ({fitted} of "
+                f"{len(self.calibration_scale)} tags; a tag without a validation positive is left as it is), "
+                "the thresholds moved with it.")
 
     def fitted(self, probs, labels, say, threshold: float | None = None, n_tags: int | None = None) -> "MultiLabel":
         """Per tag, the threshold that maximises its F1 on the validation split (scikit-learn's
@@ -310,6 +358,15 @@ class MultiLabel(Task):
 THRESHOLD_PRIOR = 1.0
 
 
+def _listed(names, most: int = 30) -> str:
+    return ", ".join(list(names)[:most]) + (" ..." if len(names) > most else "")
+
+
+def _logit(p):
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
 def _f1(truth: np.ndarray, decided: np.ndarray) -> float:
     tp = float((truth.astype(bool) & decided).sum())
     return 2 * tp / max(1.0, float(truth.sum()) + float(decided.sum()))
@@ -344,14 +401,23 @@ def task_from_header(entry: Any, classes, bad, task: Any = None) -> Task:
 
 
 def _multi_label_from(entry: Any, classes, bad) -> MultiLabel:
-    def numbers(key: str, low: float, high: float) -> tuple[float, ...] | None:
-        values = entry.get(key)
+    def numbers(key: str, low: float, high: float, within: dict | None = None) -> tuple[float, ...] | None:
+        values = (entry if within is None else within).get(key)
         if values is None:
             return None
         if (not isinstance(values, list) or len(values) != len(classes) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in values)):
-            raise bad(f"'task.{key}' must be one number in [{low}, {high}] per tag")
+            where = "task." if within is None else "task.calibration."
+            raise bad(f"'{where}{key}' must be one number in [{low}, {high}] per tag")
         return tuple(float(v) for v in values)
     if not isinstance(entry, dict) or entry.get("name") != MultiLabel.name:
         raise bad("'task' names no label structure this imgclass knows")
-    return MultiLabel(numbers("thresholds", 0.0, 1.0), numbers("threshold_f1", 0.0, 1.0))
+    scale = shift = None
+    if (calibration := entry.get("calibration")) is not None:
+        if not isinstance(calibration, dict) or calibration.get("method") != "platt":
+            raise bad("'task.calibration' must be Platt's per-tag scale and shift")
+        scale = numbers("scale", 1e-6, 1e6, calibration)
+        shift = numbers("shift", -1e6, 1e6, calibration)
+        if scale is None or shift is None:
+            raise bad("'task.calibration' must be Platt's per-tag scale and shift")
+    return MultiLabel(numbers("thresholds", 0.0, 1.0), numbers("threshold_f1", 0.0, 1.0), scale, shift)

@@ -358,24 +358,47 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
 
 def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
                   device: torch.device, say: Callable[..., None], task: Task):
-    """_score_splits for several tags per image: each split's BCE, mAP and exact-match accuracy at the
-    thresholds the task chooses on validation."""
-    if cfg.calibrate:
-        say("calibration: not fitted for several tags per image yet (the thresholds are chosen on validation)")
-    logits, probs, labels = {}, {}, {}
+    """_score_splits for several tags per image: Platt scaling per tag fitted on validation (--calibrate), each
+    tag's threshold chosen there (on the probabilities before calibration, then moved with them, so calibration
+    changes no decision; --threshold X applies to the calibrated ones), and each split's BCE, mAP and
+    exact-match accuracy at those thresholds."""
+    logits, labels = {}, {}
     for name in SPLITS:
         if len(data[name]):
             logits[name] = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            probs[name], labels[name] = task.probabilities(logits[name]), data[name].labels
-    task = task.fitted(probs["val"].numpy() if "val" in probs else None,
-                       labels["val"].numpy() if "val" in labels else None, say, cfg.threshold,
-                       next(iter(labels.values())).shape[1])
-    metrics = {}
-    for name, p in probs.items():
-        loss, m_ap = task.score(logits[name], labels[name])
-        exact = float((task.decisions(p.numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
-        metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(p)}
-    return metrics, probs, None, task
+            labels[name] = data[name].labels
+    val = (logits["val"], labels["val"]) if "val" in logits else None
+    n_tags = next(iter(labels.values())).shape[1]
+    calibration, fit = None, None
+    if cfg.calibrate and val is None:
+        say("no validation split: the probabilities are left uncalibrated (--val-split > 0 calibrates them)",
+            warning=True)
+    elif cfg.calibrate:
+        from .calibrate import fit_tag_calibration  # deferred: it imports the metrics (scikit-learn)
+        fit = fit_tag_calibration(*val)
+    if cfg.threshold is None:
+        task = task.fitted(None if val is None else task.probabilities(val[0]).numpy(),
+                           None if val is None else val[1].numpy(), say, None, n_tags)
+    if fit is not None:
+        task = task.calibrated(*fit)
+    if cfg.threshold is not None:
+        task = task.fitted(None if val is None else task.probabilities(val[0]).numpy(),
+                           None if val is None else val[1].numpy(), say, cfg.threshold, n_tags)
+    if fit is not None:
+        from .calibrate import tag_calibration_facts
+        calibration = tag_calibration_facts(*val, task)
+        say(f"calibration: Platt scaling per tag ({calibration['tags_fitted']} of {n_tags} tags) fitted on "
+            f"{calibration['n']} validation images; their ECE per tag {calibration['val_ece_before']:.3f} -> "
+            f"{calibration['val_ece_after']:.3f}")
+    probs, metrics = {}, {}
+    for name, split_logits in logits.items():
+        probs[name] = task.probabilities(split_logits)
+        _, m_ap = task.score(split_logits, labels[name])  # (the ranking, so mAP, is calibration's invariant)
+        loss = float(torch.nn.functional.binary_cross_entropy(
+            probs[name].double().clamp(1e-12, 1 - 1e-12), labels[name].double()))
+        exact = float((task.decisions(probs[name].numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
+        metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(split_logits)}
+    return metrics, probs, calibration, task
 
 
 def _calibrate(cfg: TrainConfig, val: tuple[torch.Tensor, torch.Tensor] | None, say) -> dict[str, Any] | None:
