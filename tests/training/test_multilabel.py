@@ -137,6 +137,9 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
     heat = client.post("/explain?label=stripe&format=json", files={"file": ("x.png", blob, "image/png")}).json()
     assert heat["label"] == "stripe" and heat["probability"] == pytest.approx(probs["stripe"], abs=1e-5)
     assert client.post("/explain?label=nope", files={"file": ("x.png", blob, "image/png")}).status_code == 400
+    by_tag = client.post("/explain?tag=red&format=json", files={"file": ("x.png", blob, "image/png")}).json()
+    assert by_tag["label"] == "red" and by_tag["probability"] == pytest.approx(probs["red"], abs=1e-5)
+    assert client.post("/explain?tag=red&label=dot", files={"file": ("x.png", blob, "image/png")}).status_code == 400
     assert main(["evaluate", str(run.dir), "--split", "val", "--out", str(tmp_path / "ev")]) == 0
     assert "mAP" in capsys.readouterr().out
     assert main(["compare", str(run.dir)]) == 0

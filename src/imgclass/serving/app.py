@@ -201,13 +201,17 @@ def decode_upload(predictor: Predictor, blob: bytes) -> Any:
 
 
 def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedSemaphore, model_name: str) -> None:
-    """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag) over one image (needs the
-    PyTorch model: gradients)."""
+    """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag; ?tag=NAME says the same) over
+    one image (needs the PyTorch model: gradients)."""
 
-    @app.post("/explain", summary="Heatmap of the top class (or ?label=NAME, a class or tag) over one image "
+    @app.post("/explain", summary="Heatmap of the top class (or ?label=NAME, a class, or ?tag=NAME) over one image "
                                    "(multipart 'file' or JSON base64): a PNG, or with ?format=json {label, "
                                    "probability, image: base64 PNG}")
-    async def explain(request: Request, format: str = "png", label: str | None = None) -> Response:
+    async def explain(request: Request, format: str = "png", label: str | None = None,
+                      tag: str | None = None) -> Response:
+        if label is not None and tag is not None and label != tag:
+            raise HTTPException(400, "give ?label= or ?tag=, not two different names")
+        label = label if label is not None else tag
         blobs = await read_images(request, False, 1)
         if predictor.model is None:
             raise HTTPException(501, "heatmaps need the PyTorch model file; this service runs an ONNX export")
