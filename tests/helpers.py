@@ -1,6 +1,7 @@
 """Tiny generated datasets: tests make their own images in temporary folders."""
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -105,3 +106,30 @@ def make_tagged_folder(root, n=90, seed=0):
         rows.append(f"im{i},\"{';'.join(tags)}\"")
     (root / "tags.csv").write_text("\n".join(rows) + "\n")
     return root / "data", root / "tags.csv"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app, **config):
+    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a thread; yields its base URL."""
+    import threading
+    import time
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -224,6 +224,9 @@ def test_serve_passes_connection_limits_and_never_exports_the_key(trained_run, t
         app_module.serve(trained_run, app_module.ServeSettings(api_key_file=str(key), max_concurrent=2))
         assert seen["host"] == "127.0.0.1" and seen["limit_concurrency"] == app_module.LIMITS.connections
         assert seen["timeout_keep_alive"] == app_module.LIMITS.keep_alive_seconds
+        from imgclass.serving.protocol import DeadlineH11Protocol
+        assert seen["http"] is DeadlineH11Protocol                # request heads have a deadline (test_protocol.py)
+        assert DeadlineH11Protocol.header_seconds == app_module.LIMITS.header_seconds
         assert torch.get_num_threads() == (os.cpu_count() or 1)  # one process: the model (one thread) has the cores
         assert "a-long-secret-key" not in "".join(os.environ.values())
         assert TestClient(seen["app"]).get("/info").status_code == 401

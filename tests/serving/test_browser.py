@@ -3,29 +3,19 @@ to open the upload page, upload an image and read the predicted label. Without C
 skipped with the command that enables it; in CI (IMGCLASS_REQUIRE_BROWSER=1) a missing browser fails."""
 import os
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-import uvicorn
 
 import imgclass
 from imgclass.serving.app import create_app
 
-from helpers import make_tagged_folder, tiny_image
+from helpers import make_tagged_folder, running_server, tiny_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ENABLE = "sudo apt-get install chromium (or run `make test` as root)"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _need_chromium() -> None:
@@ -38,25 +28,14 @@ def _need_chromium() -> None:
 def _in_chromium(model, act):
     """Serve `model` on a free port, open the upload page in Chromium, and return act(page)."""
     from playwright.sync_api import sync_playwright
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            try:
-                return act(page)
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running_server(create_app(model)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        try:
+            return act(page)
+        finally:
+            browser.close()
 
 
 def test_upload_page_in_chromium(trained_run, tmp_path):

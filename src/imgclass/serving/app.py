@@ -2,8 +2,10 @@
 Prometheus metrics and OpenAPI docs.
 
 Safe by default, every limit below a named default here and a `serve` option:
-- listens on 127.0.0.1 (set by the CLI); uvicorn caps open connections (LIMITS.connections -> 503)
-  and closes idle keep-alive connections;
+- listens on 127.0.0.1 (set by the CLI); uvicorn caps connections with a request in progress
+  (LIMITS.connections -> 503) and closes idle keep-alive connections; a request head must be complete within
+  LIMITS.header_seconds of connecting, and connections still waiting for one neither count against that cap
+  nor number more than LIMITS.waiting_connections (protocol.py: slow-loris sockets lock nobody out);
 - uploads over --max-upload-mb are refused from their Content-Length, or as soon as a chunked body
   passes the limit (JSON 413); a body that trickles in slower than LIMITS.body_seconds gets a JSON 408;
 - at most --max-batch images a request; a batch is decoded and scored PREDICT_CHUNK images at a time;
@@ -43,22 +45,13 @@ from ..errors import UserError
 from ..prediction.predictor import Predictor
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
+from .limits import LIMITS, Limits
 
 
 SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes;
 #                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
 PREDICT_CHUNK = 16  # images of one request decoded at a time, so a request's memory is bounded by a chunk
-
-
-@dataclass(frozen=True)
-class Limits:
-    connections: int = 64       # open connections uvicorn accepts; more get 503 (limit_concurrency)
-    keep_alive_seconds: int = 5  # an idle keep-alive connection is closed after this long
-    body_seconds: float = 30.0  # the whole request body must arrive within this (slow clients get 408)
-
-
-LIMITS = Limits()
 
 
 def default_concurrency() -> int:
@@ -390,6 +383,8 @@ def app_from_env() -> FastAPI:
     key = read_api_key(settings.pop("api_key_file"))
     size_threads(settings.pop("workers"))
     settings["batching"] = Batching(**settings["batching"])
+    from .protocol import use_limits  # this worker's connections get the deadlines serve() was given
+    use_limits(*settings.pop("head_limits"))
     return create_app(api_key=key, **settings)
 
 
@@ -431,15 +426,17 @@ def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:
     app_settings = dict(model=str(model), runtime=s.runtime, precision=s.precision, max_upload_mb=s.max_upload_mb,
                         cors_origins=list(s.cors) or None, max_batch=s.max_batch, max_pixels=s.max_pixels,
                         max_concurrent=s.max_concurrent or default_concurrency(), body_seconds=s.limits.body_seconds)
+    from .protocol import use_limits
     server = dict(host=s.host, port=s.port, limit_concurrency=s.limits.connections,
-                  timeout_keep_alive=s.limits.keep_alive_seconds)
+                  timeout_keep_alive=s.limits.keep_alive_seconds,
+                  http=use_limits(s.limits.header_seconds, s.limits.waiting_connections))
     size_threads(s.workers)
     if s.workers > 1:
         # choose (export, time) once here at a worker's thread count; the workers then find it cached
         load_predictor(model, s.runtime, s.precision, s.max_pixels)
         os.environ["IMGCLASS_SERVE_SETTINGS"] = json.dumps(
             {**app_settings, "workers": s.workers, "api_key_file": str(s.api_key_file) if s.api_key_file else None,
-             "batching": asdict(s.batching)})
+             "batching": asdict(s.batching), "head_limits": [s.limits.header_seconds, s.limits.waiting_connections]})
         uvicorn.run("imgclass.serving.app:app_from_env", factory=True, workers=s.workers, **server)
     else:
         uvicorn.run(create_app(api_key=read_api_key(s.api_key_file), batching=s.batching, **app_settings), **server)
