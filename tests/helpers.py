@@ -122,7 +122,7 @@ def running_server(app, **config):
     import time
     import uvicorn
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -133,3 +133,10 @@ def running_server(app, **config):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def local_client(app, **options):
+    """A TestClient that reaches the service as a browser on this machine does (Host 127.0.0.1: the service
+    answers only the names it is reached by; TestClient's default Host, "testserver", is refused)."""
+    from fastapi.testclient import TestClient
+    return TestClient(app, base_url="http://127.0.0.1", **options)

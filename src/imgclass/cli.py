@@ -280,6 +280,9 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", action=_Refuse, help="a key on the command line shows in `ps`: put it in a file "
                    "(--api-key-file FILE) or in the IMGCLASS_API_KEY environment variable")
     p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
+    p.add_argument("--allowed-hosts", nargs="*", metavar="NAME",
+                   help="Host names answered besides localhost, 127.0.0.1, ::1 and --host, e.g. the machine's name "
+                        "when listening on 0.0.0.0 ('*': any; others get 400)")
 
 
 def _models_options(p: argparse.ArgumentParser) -> None:
@@ -459,7 +462,8 @@ def _serve(args: argparse.Namespace) -> int | None:
     from .serving.batcher import Batching
     settings = ServeSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime,
                              precision=args.precision, max_upload_mb=args.max_upload_mb,
-                             api_key_file=args.api_key_file, cors=tuple(args.cors or ()), max_batch=args.max_batch,
+                             api_key_file=args.api_key_file, cors=tuple(args.cors or ()),
+                             allowed_hosts=tuple(args.allowed_hosts or ()), max_batch=args.max_batch,
                              max_pixels=args.max_image_pixels, max_concurrent=args.max_concurrent,
                              batching=Batching(args.max_batch_size, args.max_batch_delay_ms, args.max_queue)).checked()
     print(f"serving on http://{settings.host}:{settings.port}/ (docs at /docs)", file=sys.stderr)

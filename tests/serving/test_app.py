@@ -4,12 +4,11 @@ import io
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 import imgclass
 from imgclass.serving.app import create_app
 
-from helpers import assert_same_answers, tiny_image
+from helpers import assert_same_answers, local_client, tiny_image
 from messy import png_bomb
 
 
@@ -21,7 +20,7 @@ def png_bytes(label=0, size=12) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(trained_run):
-    return TestClient(create_app(trained_run, runtime="torch", precision="float32", max_upload_mb=0.05))
+    return local_client(create_app(trained_run, runtime="torch", precision="float32", max_upload_mb=0.05))
 
 
 def test_page_health_info_docs(client, trained_run):
@@ -113,7 +112,7 @@ def test_large_batch_is_decoded_in_chunks_with_the_same_answers(trained_run, mon
     decoded = []
     real = type(predictor.pre).load
     monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob: decoded.append(len(decoded)) or real(pre, blob))
-    client = TestClient(create_app(predictor, max_upload_mb=5))
+    client = local_client(create_app(predictor, max_upload_mb=5))
     blobs = [png_bytes(i % 3) for i in range(40)]
     out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode() for b in blobs]}).json()
     assert len(decoded) == 40 and client.app.state.batcher.calls >= 3   # three chunks, three batches at least
@@ -127,7 +126,7 @@ def test_an_odd_decoder_error_fails_only_its_item(trained_run, monkeypatch):
     odd = png_bytes(1)
     monkeypatch.setattr(type(predictor.pre), "load",
                         lambda pre, b: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(pre, b))
-    client = TestClient(create_app(predictor))
+    client = local_client(create_app(predictor))
     out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode()
                                                          for b in (png_bytes(0), odd, png_bytes(2))]}).json()
     assert "top_k" in out["results"][0] and "top_k" in out["results"][2]
@@ -137,7 +136,7 @@ def test_an_odd_decoder_error_fails_only_its_item(trained_run, monkeypatch):
 
 
 def test_metrics_label_routes_not_raw_paths(trained_run):
-    client = TestClient(create_app(trained_run))
+    client = local_client(create_app(trained_run))
     for i in range(50):
         assert client.get(f"/no/such/path/{i}").status_code == 404
     text = client.get("/metrics").text
@@ -155,24 +154,24 @@ def test_metrics_count_requests(client):
 
 def test_api_key_and_cors(trained_run, monkeypatch):
     monkeypatch.delenv("IMGCLASS_API_KEY", raising=False)
-    secured = TestClient(create_app(trained_run, api_key="s3cret"))
+    secured = local_client(create_app(trained_run, api_key="s3cret-key"))
     files = {"file": ("x.png", png_bytes(), "image/png")}
     assert secured.post("/predict", files=files).status_code == 401
     assert secured.post("/predict", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
-    assert secured.post("/predict", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert secured.post("/predict", files=files, headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert secured.get("/health").status_code == 200
-    plain = TestClient(create_app(trained_run))
+    plain = local_client(create_app(trained_run))
     r = plain.options("/predict", headers={"Origin": "http://example.com", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in r.headers                       # CORS off by default
-    open_app = TestClient(create_app(trained_run, cors_origins=["http://example.com"]))
+    open_app = local_client(create_app(trained_run, cors_origins=["http://example.com"]))
     r = open_app.options("/predict", headers={"Origin": "http://example.com", "Access-Control-Request-Method": "POST"})
     assert r.headers.get("access-control-allow-origin") == "http://example.com"
 
 
 def test_onnx_runtime_gives_the_same_answer(trained_run):
     blob = png_bytes(0)
-    torch_app = TestClient(create_app(trained_run, runtime="torch", precision="float32"))
-    onnx_app = TestClient(create_app(trained_run, runtime="onnx"))
+    torch_app = local_client(create_app(trained_run, runtime="torch", precision="float32"))
+    onnx_app = local_client(create_app(trained_run, runtime="onnx"))
     a = torch_app.post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
     b = onnx_app.post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
     assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
@@ -184,7 +183,7 @@ def test_onnx_runtime_gives_the_same_answer(trained_run):
 def test_api_key_guards_info_and_metrics_too(trained_run, monkeypatch):
     """issue 14, item 5: with a key set, /info and /metrics need it as well; the page and /health do not."""
     monkeypatch.setenv("IMGCLASS_API_KEY", "from-the-environment")
-    secured = TestClient(create_app(trained_run))
+    secured = local_client(create_app(trained_run))
     for path in ("/info", "/metrics", "/info/"):
         assert secured.get(path).status_code == 401, path
         assert "API key" in secured.get(path).json()["detail"]
@@ -229,13 +228,13 @@ def test_serve_passes_connection_limits_and_never_exports_the_key(trained_run, t
         assert DeadlineH11Protocol.header_seconds == app_module.LIMITS.header_seconds
         assert torch.get_num_threads() == (os.cpu_count() or 1)  # one process: the model (one thread) has the cores
         assert "a-long-secret-key" not in "".join(os.environ.values())
-        assert TestClient(seen["app"]).get("/info").status_code == 401
+        assert local_client(seen["app"]).get("/info").status_code == 401
         app_module.serve(trained_run, app_module.ServeSettings(workers=2, api_key_file=str(key)))
         assert seen["app"] == "imgclass.serving.app:app_from_env" and seen["workers"] == 2
         assert "a-long-secret-key" not in "".join(os.environ.values())
         assert str(key) in os.environ["IMGCLASS_SERVE_SETTINGS"]
         worker_app = app_module.app_from_env()       # what each worker process builds
-        assert TestClient(worker_app).get("/info", headers={"X-API-Key": "a-long-secret-key"}).status_code == 200
+        assert local_client(worker_app).get("/info", headers={"X-API-Key": "a-long-secret-key"}).status_code == 200
     finally:
         torch.set_num_threads(threads)
         os.environ.pop("IMGCLASS_SERVE_SETTINGS", None)
@@ -246,7 +245,7 @@ def test_serving_has_its_own_lower_pixel_limit(trained_run):
     from imgclass.data.decode import DEFAULT_MAX_PIXELS
     from imgclass.serving.app import SERVE_MAX_PIXELS
     assert SERVE_MAX_PIXELS < DEFAULT_MAX_PIXELS
-    client = TestClient(create_app(trained_run, max_pixels=100))
+    client = local_client(create_app(trained_run, max_pixels=100))
     r = client.post("/predict", files={"file": ("x.png", png_bytes(0, size=12), "image/png")})  # 144 pixels
     assert r.status_code == 400 and "decompression bomb" in r.json()["detail"]
     assert client.post("/predict", files={"file": ("x.png", png_bytes(0, size=9), "image/png")}).status_code == 200
@@ -273,7 +272,7 @@ def test_concurrent_requests_wait_for_a_slot(trained_run, monkeypatch):
     monkeypatch.setattr(type(predictor.pre), "load", slow)
     for slots in (1, 2):
         peak[0] = 0
-        client = TestClient(create_app(predictor, max_concurrent=slots))
+        client = local_client(create_app(predictor, max_concurrent=slots))
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda i: client.post("/predict", files={"file": ("x.png", png_bytes(i % 3),
                                                                                     "image/png")}).status_code,
@@ -327,11 +326,11 @@ def test_explain_returns_the_heatmap_of_the_top_class(client, trained_run):
 def test_explain_needs_the_pytorch_model(trained_run, tmp_path):
     """Under --runtime onnx the service still has the model file, so /explain works; an .onnx file alone has
     no gradients: 501."""
-    with_model = TestClient(create_app(trained_run, runtime="onnx"))
+    with_model = local_client(create_app(trained_run, runtime="onnx"))
     assert with_model.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")}).status_code == 200
     from imgclass.prediction.graph import export_model
     onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
-    bare = TestClient(create_app(onnx_file))
+    bare = local_client(create_app(onnx_file))
     r = bare.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
     assert r.status_code == 501 and "ONNX export" in r.json()["detail"]
     assert bare.get("/info").json()["runtime"] == "onnx"

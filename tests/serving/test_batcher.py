@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from imgclass.prediction.predictor import Predictor
 from imgclass.serving.app import create_app
 from imgclass.serving.batcher import Batcher, Batching, QueueFull
 
-from helpers import tiny_image
+from helpers import local_client, tiny_image
 
 
 def png_bytes(label=0, size=12) -> bytes:
@@ -80,7 +79,7 @@ def counted(trained_run):
         return engine(images)
     predictor.engine = slow
     app = create_app(predictor, batching=Batching(max_batch_size=16, max_delay_ms=20, max_queue=256))
-    return TestClient(app), predictor, calls, engine
+    return local_client(app), predictor, calls, engine
 
 
 def test_concurrent_requests_share_batches_with_single_image_answers(counted):
@@ -113,7 +112,7 @@ def test_a_full_queue_answers_503_json_with_retry_after(trained_run):
     predictor = Predictor.load(trained_run, "cpu")
     gate, engine = threading.Event(), predictor.engine
     predictor.engine = lambda images: (gate.wait(10), engine(images))[1]
-    client = TestClient(create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=2)))
+    client = local_client(create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=2)))
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(client.post, "/predict", files={"file": ("x.png", png_bytes(0), "image/png")})
                    for _ in range(6)]

@@ -25,13 +25,16 @@ def _need_chromium() -> None:
         pytest.skip(f"Chromium is not installed; {ENABLE} enables this test")
 
 
-def _in_chromium(model, act):
-    """Serve `model` on a free port, open the upload page in Chromium, and return act(page)."""
+def _in_chromium(model, act, address="/", prepare=None, **options):
+    """Serve `model` (create_app's options) on a free port, open the upload page at `address` in Chromium, and
+    return act(page); prepare(page) runs before the page opens (e.g. to answer its dialogs)."""
     from playwright.sync_api import sync_playwright
-    with running_server(create_app(model)) as url, sync_playwright() as p:
+    with running_server(create_app(model, **options)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page()
-        page.goto(f"{url}/")
+        if prepare is not None:
+            prepare(page)
+        page.goto(f"{url}{address}")
         try:
             return act(page)
         finally:
@@ -54,6 +57,29 @@ def test_upload_page_in_chromium(trained_run, tmp_path):
     label, heat_width = _in_chromium(trained_run, act)
     assert label == expected
     assert heat_width == imgclass.load(trained_run).pre.img_size   # the overlay at the model's input size
+
+
+def test_upload_page_takes_the_key_from_the_fragment_or_a_prompt(trained_run, tmp_path, monkeypatch):
+    """With an API key: page#key=KEY works and the key leaves the address bar at once; without it the page asks."""
+    _need_chromium()
+    monkeypatch.delenv("IMGCLASS_API_KEY", raising=False)
+    key = "a-long-browser-key"
+    image = tmp_path / "fish.png"
+    tiny_image(2, np.random.RandomState(11), 40).save(image)
+    expected = imgclass.predict(trained_run, [image])[0]["top_k"][0]["label"]
+
+    def act(page):
+        address = page.url
+        page.set_input_files("#file", str(image))
+        return address, page.wait_for_selector("#top-label", timeout=20_000).inner_text()
+    address, label = _in_chromium(trained_run, act, f"/#key={key}", api_key=key)
+    assert label == expected and key not in address and address.endswith("/")
+    asked = []
+
+    def answer(page):
+        page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept(key)))
+    _, label = _in_chromium(trained_run, act, "/", prepare=answer, api_key=key)
+    assert label == expected and asked and "API key" in asked[0]
 
 
 def test_upload_page_shows_the_tags_given_as_chips(tmp_path):

@@ -5,19 +5,19 @@ import base64
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from imgclass.serving.app import create_app  # noqa: E402
 
 from fuzzing import ANY_BYTES  # noqa: E402
+from helpers import local_client  # noqa: E402
 
 _clients = {}
 
 
-def client_for(run) -> TestClient:
+def client_for(run):
     if run not in _clients:
-        _clients[run] = TestClient(create_app(run, max_upload_mb=0.5, max_pixels=1_000_000))
+        _clients[run] = local_client(create_app(run, max_upload_mb=0.5, max_pixels=1_000_000))
     return _clients[run]
 
 

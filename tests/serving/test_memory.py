@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from imgclass.data.preprocess import Preprocessing
@@ -18,6 +17,8 @@ from imgclass.modelfile import model_header, save_model
 from imgclass.models.header import Architecture
 from imgclass.models import create_model
 from imgclass.serving.app import create_app
+
+from helpers import local_client
 
 N = 10_000
 SIZE = 128  # decoded all at once, 10,000 images at 128 px are 490 MB of uint8 and 2 GB as float32
@@ -58,7 +59,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_the_default_limit_refuses_10000_images_before_decoding(tmp_path):
-    client = TestClient(create_app(_model_file(tmp_path), runtime="torch"))
+    client = local_client(create_app(_model_file(tmp_path), runtime="torch"))
     r = client.post("/predict/batch", json={"images": _tiny_gifs()})
     assert r.status_code == 413 and "at most 64 images" in r.json()["detail"]
 

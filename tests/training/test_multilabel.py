@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from sklearn import metrics as skm
 
 import imgclass
@@ -16,7 +15,7 @@ from imgclass.errors import UserError
 from imgclass.modelfile import read_header, read_onnx_header
 from imgclass.models.task import MultiLabel
 
-from helpers import assert_same_answers, make_tagged_folder
+from helpers import assert_same_answers, local_client, make_tagged_folder
 
 TAGS = ("dot", "red", "stripe")
 
@@ -130,7 +129,7 @@ def test_every_command_on_a_tagged_model(tagged_run, tmp_path, capsys):
     want = imgclass.load(run.dir, device="cpu").probabilities(x).numpy()
     assert np.allclose(got, want, atol=1e-4) and not np.allclose(got.sum(1), 1.0)   # a sigmoid per tag, inside
     from imgclass.serving.app import create_app
-    client = TestClient(create_app(run.dir, runtime="torch", precision="float32"))
+    client = local_client(create_app(run.dir, runtime="torch", precision="float32"))
     served = client.post("/predict", files={"file": ("x.png", open(image, "rb").read(), "image/png")}).json()
     assert_same_answers([served["labels"], served["top_k"]], [answer["labels"], answer["top_k"]])
     blob = open(image, "rb").read()   # the heatmap's model is the float32 one: the probability predict gave above

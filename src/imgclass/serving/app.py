@@ -15,8 +15,9 @@ Safe by default, every limit below a named default here and a `serve` option:
   (--max-queue; full -> JSON 503 with Retry-After) and are scored together in dynamic batches (batcher.py:
   --max-batch-size images, or whatever came within --max-batch-delay-ms); one thread runs the model, with
   torch's intra-op threads sized to this process's share of the cores;
-- CORS is off unless origins are given; an API key (IMGCLASS_API_KEY or --api-key-file, never a
-  command-line value, which `ps` shows) guards /predict*, /info and /metrics.
+- only the Host names it is reached by are answered, cross-site POSTs are refused unless --cors allows
+  their origin, and an API key (IMGCLASS_API_KEY or --api-key-file, never a command-line value, which `ps`
+  shows) guards every path but the page and /health (guard.py); CORS is off unless origins are given.
 The runtime (ONNX Runtime, PyTorch float32 or bf16) is chosen as prediction.runtime says and shown by /info.
 """
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import os
 import threading
@@ -39,17 +39,20 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from .. import log
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
 from ..errors import UserError
 from ..prediction.predictor import Predictor
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
+from .guard import Guard, allowed_host_names
 from .limits import LIMITS, Limits
 
 
 SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes;
 #                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
+MIN_KEY_LENGTH = 8  # an API key's characters at least, from a file or IMGCLASS_API_KEY
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
 PREDICT_CHUNK = 16  # images of one request decoded at a time, so a request's memory is bounded by a chunk
 
@@ -159,20 +162,12 @@ async def read_images(request: Request, many: bool, max_batch: int) -> list[byte
     raise HTTPException(415, "send multipart/form-data with a file, or application/json with base64")
 
 
-GUARDED = ("/predict", "/predict/batch", "/explain", "/info", "/metrics")  # paths the API key guards when one is set
-
-
-def _observe(app: FastAPI, api_key: str | None, requests: Counter, latency: Histogram) -> None:
-    """Middleware: the API key check, then request counts and latency labelled by route template (not the
-    raw path: random 404 paths must not grow /metrics)."""
+def _observe(app: FastAPI, requests: Counter, latency: Histogram) -> None:
+    """Middleware: request counts and latency labelled by route template (not the raw path: random 404 paths must
+    not grow /metrics). The Host, Origin and API-key checks come before it (guard.py)."""
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        started, path = time.perf_counter(), request.url.path.rstrip("/") or "/"
-        if api_key and path in GUARDED:
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                requests.labels(path, "401").inc()
-                return JSONResponse({"detail": "missing or wrong API key (X-API-Key header)"}, status_code=401)
+        started = time.perf_counter()
         response = await call_next(request)
         endpoint = getattr(request.scope.get("route"), "path", None) or "unmatched"
         requests.labels(endpoint, str(response.status_code)).inc()
@@ -274,13 +269,17 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
                top_k: int = 5, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
                max_concurrent: int | None = None, body_seconds: float = LIMITS.body_seconds,
-               batching: Batching = BATCHING) -> FastAPI:
+               batching: Batching = BATCHING, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = ()
+               ) -> FastAPI:
     """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
-    limit; max_concurrent requests decode at once (default: default_concurrency())."""
+    limit; max_concurrent requests decode at once (default: default_concurrency()); host (the address it
+    listens on) and allowed_hosts are the Host names it answers to besides localhost (guard.py)."""
+    api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
+    if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
+        raise UserError(f"the API key must be at least {MIN_KEY_LENGTH} characters (IMGCLASS_API_KEY or --api-key-file)")
     predictor = load_predictor(model, runtime, precision, max_pixels)
     predictor.limit_pixels(max_pixels)
     header = predictor.header
-    api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
     slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
     registry = CollectorRegistry()
     requests = Counter("imgclass_requests", "Requests by endpoint and status", ["endpoint", "status"],
@@ -298,12 +297,15 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                   description=f"Image classification with {model_name} ({len(header.classes)} classes)")
     app.state.predictor, app.state.batcher = predictor, batcher
     page = resources.files("imgclass.serving").joinpath("page.html").read_text()
-    _observe(app, api_key, requests, latency)
+    _observe(app, requests, latency)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1024 * 1024), body_seconds=body_seconds)
+    # outermost (added last): nothing runs for a request from a foreign Host or Origin, or without the key
+    app.add_middleware(Guard, api_key=api_key, hosts=allowed_host_names(host, allowed_hosts),
+                       cors_origins=cors_origins, refused=lambda status: requests.labels("refused", str(status)).inc())
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def upload_page() -> str:
@@ -362,8 +364,8 @@ def read_api_key(path: str | Path | None) -> str | None:
         key = Path(path).expanduser().read_text().strip().splitlines()[0].strip()
     except (OSError, UnicodeDecodeError, IndexError):
         key = ""
-    if len(key) < 8:
-        raise UserError(f"--api-key-file {path}: no key of at least 8 characters on its first line")
+    if len(key) < MIN_KEY_LENGTH:
+        raise UserError(f"--api-key-file {path}: no key of at least {MIN_KEY_LENGTH} characters on its first line")
     return key
 
 
@@ -397,8 +399,9 @@ class ServeSettings:
     runtime: str = "auto"                # auto | torch | onnx (prediction.runtime)
     precision: str = "auto"              # auto | float32 | bf16
     max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
-    api_key_file: str | None = None      # the key on its first line guards /predict*, /explain, /info, /metrics
-    cors: tuple[str, ...] = ()           # origins allowed by CORS (none: CORS off)
+    api_key_file: str | None = None      # the key on its first line guards every path but the page and /health
+    cors: tuple[str, ...] = ()           # origins allowed by CORS and cross-site POSTs (none: CORS off)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, 127.0.0.1, ::1 and --host ("*": any)
     max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
     max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
     max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
@@ -423,9 +426,13 @@ def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:
     """Run the service for a model until stopped (uvicorn; several worker processes with settings.workers)."""
     import uvicorn
     s = settings.checked()
+    names = allowed_host_names(s.host, s.allowed_hosts)
+    log.info("answering requests whose Host is " + ("anything (--allowed-hosts '*')" if names is None else
+                                                     ", ".join(sorted(names)) + " (--allowed-hosts adds names)"))
     app_settings = dict(model=str(model), runtime=s.runtime, precision=s.precision, max_upload_mb=s.max_upload_mb,
                         cors_origins=list(s.cors) or None, max_batch=s.max_batch, max_pixels=s.max_pixels,
-                        max_concurrent=s.max_concurrent or default_concurrency(), body_seconds=s.limits.body_seconds)
+                        max_concurrent=s.max_concurrent or default_concurrency(), body_seconds=s.limits.body_seconds,
+                        host=s.host, allowed_hosts=list(s.allowed_hosts))
     from .protocol import use_limits
     server = dict(host=s.host, port=s.port, limit_concurrency=s.limits.connections,
                   timeout_keep_alive=s.limits.keep_alive_seconds,
