@@ -334,3 +334,34 @@ def test_explain_needs_the_pytorch_model(trained_run, tmp_path):
     r = bare.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})
     assert r.status_code == 501 and "ONNX export" in r.json()["detail"]
     assert bare.get("/info").json()["runtime"] == "onnx"
+
+
+def test_concurrent_heatmaps_equal_single_ones(trained_run):
+    """Grad-CAM hooks the model it runs: concurrent /explain requests of different images, with /predict traffic
+    through the batcher on the same PyTorch model, must each get the heatmap a lone request gets."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from helpers import running_server
+    app = create_app(trained_run, runtime="torch", precision="float32", max_concurrent=8)
+    blobs = [png_bytes(label, size=12 + 2 * label) for label in range(6)]
+    with running_server(app) as url:
+        def explain(blob):
+            r = httpx.post(f"{url}/explain", files={"file": ("x.png", blob, "image/png")}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.headers["x-label"], r.content
+        alone = [explain(blob) for blob in blobs]
+        stop = threading.Event()
+
+        def predicting():
+            while not stop.is_set():
+                httpx.post(f"{url}/predict", files={"file": ("x.png", blobs[0], "image/png")}, timeout=60)
+        with ThreadPoolExecutor(10) as pool:
+            background = [pool.submit(predicting) for _ in range(2)]
+            together = list(pool.map(explain, blobs * 4))
+            stop.set()
+            for b in background:
+                b.result()
+    assert together == alone * 4

@@ -8,6 +8,8 @@ every timm and torchvision backbone alike. Images go through the model file's ow
 preprocessing (the Predictor), so a heatmap explains the very prediction `predict` makes."""
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
+from .engines import TorchEngine
 from .predictor import Predictor
 
 METHODS = ("gradcam", "eigencam")
@@ -41,15 +44,18 @@ def target_layer(model: nn.Module, img_size: int) -> nn.Module:
     return seen[-1]
 
 
-def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], method: str = "gradcam") -> np.ndarray:
-    """N x H x W maps in [0, 1] at the model's input size, for uint8 NCHW images and one class index each."""
+def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], method: str = "gradcam",
+             model: nn.Module | None = None) -> np.ndarray:
+    """N x H x W maps in [0, 1] at the model's input size, for uint8 NCHW images and one class index each.
+    Grad-CAM hooks the model while it runs: model (default the predictor's) must not run anything else
+    meanwhile (the service gives each heatmap its own copy under a lock: HeatmapService)."""
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}")
     if predictor.model is None:
         raise UserError("heatmaps need the PyTorch model file (this is an ONNX export: no gradients)")
     from pytorch_grad_cam import EigenCAM, GradCAM  # deferred: grad-cam imports opencv
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    model = predictor.model.eval()
+    model = (model if model is not None else predictor.model).eval()
     layer = target_layer(model, predictor.pre.img_size)
     x = predictor.pre.normalize(images.to(predictor.device)).requires_grad_(True)
     cam_class = GradCAM if method == "gradcam" else EigenCAM
@@ -88,19 +94,44 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
     return results
 
 
-def heatmap_png(predictor: Predictor, image_hwc: np.ndarray, label: str | None = None) -> tuple[str, float, bytes]:
-    """The service's /explain: (the class, its probability, PNG of its heatmap over the image); the class is the
-    top one, or `label` (a class, or with several tags per image a tag) by name."""
-    import io
-    from PIL import Image
-    if label is not None and label not in predictor.classes:
-        raise UserError(f"unknown class '{label}'")
-    images = to_nchw(image_hwc[None])
-    probs = predictor.torch_engine(bf16=False)(images)[0]  # the float32 model the heatmap's gradients come from
-    top = int(probs.argmax()) if label is None else predictor.classes.index(label)
-    buf = io.BytesIO()
-    Image.fromarray(overlays(predictor, images, [top])[0]).save(buf, format="PNG")
-    return predictor.classes[top], float(probs[top]), buf.getvalue()
+class ExplainBusy(Exception):
+    """No heatmap could start within the wait (another one holds the model copy)."""
+
+
+class HeatmapService:
+    """The service's /explain: Grad-CAM hooks the model it runs, so a heatmap must not share its model with
+    anything running at the same time (another heatmap, or the batcher's predictions under --runtime torch:
+    their activations would pass through the hooks, and one user's image would shape another's heatmap).
+    Heatmaps therefore run on a private float32 copy of the model, one at a time (a lock with a bounded wait:
+    past it ExplainBusy, which the service answers 503)."""
+
+    def __init__(self, predictor: Predictor, wait_seconds: float = 30.0):
+        self.predictor, self.wait_seconds = predictor, wait_seconds
+        self._lock = threading.Lock()
+        self._model: nn.Module | None = None  # made at the first heatmap: a service that never explains pays nothing
+
+    def png(self, image_hwc: np.ndarray, label: str | None = None) -> tuple[str, float, bytes]:
+        """(the class, its probability, PNG of its heatmap over the image); the class is the top one, or `label`
+        (a class, or with several tags per image a tag) by name."""
+        import io
+        from PIL import Image
+        if label is not None and label not in self.predictor.classes:
+            raise UserError(f"unknown class '{label}'")
+        if not self._lock.acquire(timeout=self.wait_seconds):
+            raise ExplainBusy(f"another heatmap is being drawn (waited {self.wait_seconds:g} s)")
+        try:
+            if self._model is None:
+                self._model = copy.deepcopy(self.predictor.model).float().eval()
+            images = to_nchw(image_hwc[None])
+            p = self.predictor  # the probability: predict's float32 PyTorch answer, from the copy the gradients use
+            probs = TorchEngine(self._model, p.pre, p.tta, p.temperature, p.device, False, p.task)(images)[0]
+            top = int(probs.argmax()) if label is None else self.predictor.classes.index(label)
+            cam = heatmaps(self.predictor, images, [top], model=self._model)[0]
+        finally:
+            self._lock.release()
+        buf = io.BytesIO()
+        Image.fromarray(overlay_image(images[0], cam)).save(buf, format="PNG")
+        return self.predictor.classes[top], float(probs[top]), buf.getvalue()
 
 
 def overlay_image(image_uint8_chw: torch.Tensor, cam: np.ndarray) -> np.ndarray:

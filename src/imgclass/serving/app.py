@@ -54,6 +54,7 @@ SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapi
 #                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
 MIN_KEY_LENGTH = 8  # an API key's characters at least, from a file or IMGCLASS_API_KEY
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
+EXPLAIN_WAIT_SECONDS = 30.0  # a heatmap waits this long at most for the one before it (then 503)
 PREDICT_CHUNK = 16  # images of one request decoded at a time, so a request's memory is bounded by a chunk
 
 
@@ -190,7 +191,10 @@ def decode_upload(predictor: Predictor, blob: bytes) -> Any:
 
 def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedSemaphore, model_name: str) -> None:
     """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag; ?tag=NAME says the same) over
-    one image (needs the PyTorch model: gradients)."""
+    one image (needs the PyTorch model: gradients). Heatmaps run one at a time on their own copy of the model
+    (prediction.explain.HeatmapService): concurrent requests and the batcher never pass through each other's hooks."""
+    from ..prediction.explain import ExplainBusy, HeatmapService
+    heatmaps = HeatmapService(predictor, wait_seconds=EXPLAIN_WAIT_SECONDS)
 
     @app.post("/explain", summary="Heatmap of the top class (or ?label=NAME, a class, or ?tag=NAME) over one image "
                                    "(multipart 'file' or JSON base64): a PNG, or with ?format=json {label, "
@@ -206,15 +210,20 @@ def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedS
         if label is not None and label not in predictor.classes:
             raise HTTPException(400, f"unknown label '{label[:100]}': the model knows {len(predictor.classes)}")
         from starlette.concurrency import run_in_threadpool
-        from ..prediction.explain import heatmap_png
 
         def run() -> Any:
             with slots:  # a heatmap is a forward and a backward pass: bounded like decoding
                 decoded = decode_upload(predictor, blobs[0])
-                return decoded if isinstance(decoded, dict) else heatmap_png(predictor, decoded, label)
+                if isinstance(decoded, dict):
+                    return decoded
+                try:
+                    return heatmaps.png(decoded, label)
+                except ExplainBusy as exc:
+                    return {"status": 503, "error": f"the service is busy: {exc}; try again"}
         result = await run_in_threadpool(run)
         if isinstance(result, dict):
-            raise HTTPException(result["status"], result["error"])
+            raise HTTPException(result["status"], result["error"],
+                                headers={"Retry-After": "1"} if result["status"] == 503 else None)
         label, probability, png = result
         if format == "json":
             return JSONResponse({"label": label, "probability": probability, "model": model_name,
