@@ -270,13 +270,14 @@ def test_concurrent_requests_wait_for_a_slot(trained_run, monkeypatch):
             with lock:
                 active[0] -= 1
     monkeypatch.setattr(type(predictor.pre), "load", slow)
+    import httpx
+
+    from helpers import running_server
     for slots in (1, 2):
         peak[0] = 0
-        client = local_client(create_app(predictor, max_concurrent=slots))
-        with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda i: client.post("/predict", files={"file": ("x.png", png_bytes(i % 3),
-                                                                                    "image/png")}).status_code,
-                                  range(16)))
+        with running_server(create_app(predictor, max_concurrent=slots)) as url, ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: httpx.post(f"{url}/predict", timeout=30, files={
+                "file": ("x.png", png_bytes(i % 3), "image/png")}).status_code, range(16)))
         assert codes == [200] * 16
         assert peak[0] == slots
 
@@ -365,3 +366,32 @@ def test_concurrent_heatmaps_equal_single_ones(trained_run):
             for b in background:
                 b.result()
     assert together == alone * 4
+
+
+def test_health_and_info_answer_while_uploads_wait(trained_run, monkeypatch):
+    """Uploads waiting for a decoding slot hold no thread: /health, /info, /metrics and the page still answer at
+    once, and an upload that waits past slot_seconds gets a JSON 503 with Retry-After."""
+    import threading
+    import time as clock
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from helpers import running_server
+    predictor = torch_predictor(trained_run)
+    real = type(predictor.pre).load
+    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob: (clock.sleep(1.0), real(pre, blob))[1])
+    app = create_app(predictor, max_concurrent=1, slot_seconds=3.0)
+    with running_server(app) as url, ThreadPoolExecutor(60) as pool:
+        uploads = [pool.submit(httpx.post, f"{url}/predict", timeout=60,
+                               files={"file": ("x.png", png_bytes(0), "image/png")}) for _ in range(55)]
+        clock.sleep(1.0)                                                 # they are all in, waiting
+        for path in ("/health", "/info", "/metrics", "/"):
+            started = clock.monotonic()
+            assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+            assert clock.monotonic() - started < 1.0, path
+        codes = [f.result().status_code for f in uploads]
+        busy = next(f.result() for f in uploads if f.result().status_code == 503)
+    assert set(codes) == {200, 503} and codes.count(200) <= 6            # one slot, a second each, 3 s of waiting
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+    assert threading.active_count() < 200

@@ -5,6 +5,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 
@@ -12,7 +13,7 @@ from imgclass.prediction.predictor import Predictor
 from imgclass.serving.app import create_app
 from imgclass.serving.batcher import Batcher, Batching, QueueFull
 
-from helpers import local_client, tiny_image
+from helpers import local_client, running_server, tiny_image
 
 
 def png_bytes(label=0, size=12) -> bytes:
@@ -79,7 +80,8 @@ def counted(trained_run):
         return engine(images)
     predictor.engine = slow
     app = create_app(predictor, batching=Batching(max_batch_size=16, max_delay_ms=20, max_queue=256))
-    return local_client(app), predictor, calls, engine
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:  # one event loop, as served
+        yield client, predictor, calls, engine
 
 
 def test_concurrent_requests_share_batches_with_single_image_answers(counted):
@@ -112,8 +114,8 @@ def test_a_full_queue_answers_503_json_with_retry_after(trained_run):
     predictor = Predictor.load(trained_run, "cpu")
     gate, engine = threading.Event(), predictor.engine
     predictor.engine = lambda images: (gate.wait(10), engine(images))[1]
-    client = local_client(create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=2)))
-    with ThreadPoolExecutor(6) as pool:
+    app = create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=2))
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(client.post, "/predict", files={"file": ("x.png", png_bytes(0), "image/png")})
                    for _ in range(6)]
         time.sleep(1.0)                   # one in the model, two queued, the rest refused at once
@@ -123,3 +125,58 @@ def test_a_full_queue_answers_503_json_with_retry_after(trained_run):
     assert refused and all(r.status_code == 503 for r in refused)
     assert refused[0].headers["retry-after"] == "1" and "busy" in refused[0].json()["detail"]
     assert sum(r.status_code == 200 for r in answered) == 3
+
+
+def test_a_waiter_that_gave_up_does_not_stop_the_batcher():
+    """A cancelled Future (a client gone, a timeout, shutdown) is skipped; the thread goes on answering."""
+    gate = threading.Event()
+    batcher = Batcher(lambda p: (gate.wait(5), np.zeros((len(p), 2)))[1], max_batch_size=1, max_delay_s=0,
+                      max_queue=8)
+    image = np.zeros((2, 2, 3), np.uint8)
+    held = batcher.submit([image])            # in the (blocked) model call
+    time.sleep(0.1)
+    gave_up, waiting = batcher.submit([image]), batcher.submit([image])
+    assert gave_up[0].cancel()
+    gate.set()
+    assert held[0].result(5).shape == (2,) and waiting[0].result(5).shape == (2,)
+    assert batcher.submit([image])[0].result(5).shape == (2,) and batcher.alive
+
+
+def test_a_model_answering_too_few_rows_fails_only_its_batch():
+    short = {"now": True}
+
+    def score(pixels):
+        rows = np.zeros((len(pixels), 2))
+        return rows[:-1] if short.pop("now", False) else rows
+    batcher = Batcher(score, max_batch_size=4, max_delay_s=0.2, max_queue=8)
+    first = batcher.submit([np.zeros((2, 2, 3), np.uint8)] * 3)
+    for future in first:                      # every image of the batch gets the error: none waits forever
+        with pytest.raises(RuntimeError, match="2 rows for 3 images"):
+            future.result(5)
+    assert batcher.submit([np.zeros((2, 2, 3), np.uint8)])[0].result(5).shape == (2,)
+
+
+def test_a_request_waits_for_the_model_at_most_max_wait(trained_run):
+    predictor = Predictor.load(trained_run, "cpu")
+    gate, engine = threading.Event(), predictor.engine
+    predictor.engine = lambda images: (gate.wait(10), engine(images))[1]
+    app = create_app(predictor, batching=Batching(max_batch_size=1, max_delay_ms=0, max_queue=8, max_wait_s=0.5))
+    with running_server(app) as url:
+        started = time.monotonic()
+        r = httpx.post(f"{url}/predict", files={"file": ("x.png", png_bytes(0), "image/png")}, timeout=30)
+        assert r.status_code == 504 and "0.5 s" in r.json()["detail"] and time.monotonic() - started < 5
+        gate.set()
+        assert httpx.post(f"{url}/predict", files={"file": ("x.png", png_bytes(0), "image/png")},
+                          timeout=30).status_code == 200
+
+
+def test_health_says_503_when_the_batching_thread_is_dead(trained_run):
+    app = create_app(trained_run, runtime="torch", precision="float32")
+    client = local_client(app)
+    assert client.get("/health").json() == {"status": "ok"}
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    app.state.batcher._thread = dead          # as if the thread had ended
+    r = client.get("/health")
+    assert r.status_code == 503 and "stopped" in r.json()["status"]

@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -189,12 +189,15 @@ def decode_upload(predictor: Predictor, blob: bytes) -> Any:
         return {"error": f"cannot decode this image ({type(exc).__name__})", "status": 400}
 
 
-def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedSemaphore, model_name: str) -> None:
+def _explain_route(app: FastAPI, predictor: Predictor, slots: asyncio.Semaphore, slot_seconds: float,
+                   model_name: str) -> None:
     """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag; ?tag=NAME says the same) over
     one image (needs the PyTorch model: gradients). Heatmaps run one at a time on their own copy of the model
-    (prediction.explain.HeatmapService): concurrent requests and the batcher never pass through each other's hooks."""
-    from ..prediction.explain import ExplainBusy, HeatmapService
-    heatmaps = HeatmapService(predictor, wait_seconds=EXPLAIN_WAIT_SECONDS)
+    (prediction.explain.HeatmapService): concurrent requests and the batcher never pass through each other's hooks.
+    The turn is waited for in the event loop, like a decoding slot (503 past slot_seconds)."""
+    from ..prediction.explain import HeatmapService
+    heatmaps = HeatmapService(predictor, wait_seconds=slot_seconds)
+    turn = asyncio.Semaphore(1)
 
     @app.post("/explain", summary="Heatmap of the top class (or ?label=NAME, a class, or ?tag=NAME) over one image "
                                    "(multipart 'file' or JSON base64): a PNG, or with ?format=json {label, "
@@ -212,18 +215,14 @@ def _explain_route(app: FastAPI, predictor: Predictor, slots: threading.BoundedS
         from starlette.concurrency import run_in_threadpool
 
         def run() -> Any:
-            with slots:  # a heatmap is a forward and a backward pass: bounded like decoding
-                decoded = decode_upload(predictor, blobs[0])
-                if isinstance(decoded, dict):
-                    return decoded
-                try:
-                    return heatmaps.png(decoded, label)
-                except ExplainBusy as exc:
-                    return {"status": 503, "error": f"the service is busy: {exc}; try again"}
-        result = await run_in_threadpool(run)
+            decoded = decode_upload(predictor, blobs[0])
+            return decoded if isinstance(decoded, dict) else heatmaps.png(decoded, label)
+        # a heatmap is a forward and a backward pass: it takes a decoding slot too
+        async with _slot(turn, slot_seconds, "another heatmap is being drawn"), \
+                _slot(slots, slot_seconds, "every decoding slot is taken"):
+            result = await run_in_threadpool(run)
         if isinstance(result, dict):
-            raise HTTPException(result["status"], result["error"],
-                                headers={"Retry-After": "1"} if result["status"] == 503 else None)
+            raise HTTPException(result["status"], result["error"])
         label, probability, png = result
         if format == "json":
             return JSONResponse({"label": label, "probability": probability, "model": model_name,
@@ -243,31 +242,50 @@ def load_predictor(model: str | Path | Predictor, runtime: str, precision: str, 
     return predictor
 
 
-def _scorer(predictor: Predictor, batcher: Batcher, slots: threading.BoundedSemaphore):
+@contextlib.asynccontextmanager
+async def _slot(semaphore: asyncio.Semaphore, seconds: float, what: str):
+    """Hold one of the semaphore's slots, waited for in the event loop (no thread is held while waiting, so a crowd
+    of waiting uploads cannot starve /health); a JSON 503 with Retry-After when none frees within `seconds`."""
+    try:
+        await asyncio.wait_for(semaphore.acquire(), seconds)
+    except asyncio.TimeoutError:
+        raise HTTPException(503, f"the service is busy ({what}); try again", headers={"Retry-After": "1"}) from None
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
+def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, slot_seconds: float,
+            max_wait_s: float):
     """async (blobs, k) -> one {"top_k"} or {"error", "status"} per blob: decoded in the thread pool (at most
-    `slots` requests at once), scored in the batcher's shared batches."""
+    `slots` requests at once, each waiting slot_seconds at most), scored in the batcher's shared batches (waited
+    for max_wait_s at most: then a JSON 504, and the images still queued are dropped)."""
     from starlette.concurrency import run_in_threadpool
     classes = predictor.classes
 
-    def decode_all(blobs: list[bytes]) -> list[Any]:
-        with slots:
-            return [decode_upload(predictor, blob) for blob in blobs]
-
     async def score(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
-        decoded = await run_in_threadpool(decode_all, blobs)
+        async with _slot(slots, slot_seconds, "every decoding slot is taken"):
+            decoded = await run_in_threadpool(lambda: [decode_upload(predictor, blob) for blob in blobs])
         try:
-            futures = iter(batcher.submit([d for d in decoded if not isinstance(d, dict)]))
+            futures = batcher.submit([d for d in decoded if not isinstance(d, dict)])
         except QueueFull as exc:
             raise HTTPException(503, f"the service is busy: {exc}; try again", headers={"Retry-After": "1"}) from None
+        try:
+            rows = iter(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures),
+                                                              return_exceptions=True), max_wait_s))
+        except asyncio.TimeoutError:
+            for future in futures:  # the batcher skips what nobody waits for any more
+                future.cancel()
+            raise HTTPException(504, f"no answer from the model within {max_wait_s:g} s") from None
         out = []
         for item in decoded:
             if isinstance(item, dict):
                 out.append(item)
                 continue
-            try:
-                row = await asyncio.wrap_future(next(futures))
-            except Exception as exc:  # noqa: BLE001 - the model failed on this batch: a JSON 500 for its requests
-                out.append({"error": f"the model failed on this image's batch ({type(exc).__name__})", "status": 500})
+            row = next(rows)
+            if isinstance(row, BaseException):  # the model failed on this batch: a JSON 500 for its requests
+                out.append({"error": f"the model failed on this image's batch ({type(row).__name__})", "status": 500})
                 continue
             out.append(predictor.task.answers(row[None], classes, "fine", k)[0])  # top_k (and tags given)
         return out
@@ -278,10 +296,11 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
                top_k: int = 5, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
                max_concurrent: int | None = None, body_seconds: float = LIMITS.body_seconds,
-               batching: Batching = BATCHING, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = ()
-               ) -> FastAPI:
+               batching: Batching = BATCHING, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = (),
+               slot_seconds: float = LIMITS.slot_seconds) -> FastAPI:
     """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
-    limit; max_concurrent requests decode at once (default: default_concurrency()); host (the address it
+    limit; max_concurrent requests decode at once (default: default_concurrency()), each waiting slot_seconds at
+    most for its turn (then 503); host (the address it
     listens on) and allowed_hosts are the Host names it answers to besides localhost (guard.py)."""
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
     if api_key is not None and len(api_key) < MIN_KEY_LENGTH:
@@ -289,7 +308,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     predictor = load_predictor(model, runtime, precision, max_pixels)
     predictor.limit_pixels(max_pixels)
     header = predictor.header
-    slots = threading.BoundedSemaphore(max_concurrent or default_concurrency())
+    slots = asyncio.Semaphore(max_concurrent or default_concurrency())
     registry = CollectorRegistry()
     requests = Counter("imgclass_requests", "Requests by endpoint and status", ["endpoint", "status"],
                        registry=registry)
@@ -300,7 +319,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     batcher = Batcher(lambda pixels: predictor.probabilities(to_nchw(pixels)).numpy(), batching.max_batch_size,
                       batching.max_delay_ms / 1000, batching.max_queue)
     batcher.on_batch = batch_sizes.observe
-    score = _scorer(predictor, batcher, slots)
+    score = _scorer(predictor, batcher, slots, slot_seconds, batching.max_wait_s)
     model_name = header.arch.name
     app = FastAPI(title="imgclass", version=__version__,
                   description=f"Image classification with {model_name} ({len(header.classes)} classes)")
@@ -317,7 +336,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                        cors_origins=cors_origins, refused=lambda status: requests.labels("refused", str(status)).inc())
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def upload_page() -> str:
+    async def upload_page() -> str:
         return page
 
     @app.post("/predict", summary="Classify one image (multipart 'file', or JSON {'image': base64})")
@@ -339,20 +358,25 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
         return {"results": [{"error": r["error"]} if "error" in r else r for r in results],
                 "model": model_name}
 
-    _explain_route(app, predictor, slots, model_name)
-    _info_routes(app, predictor, registry, model_name)
+    _explain_route(app, predictor, slots, slot_seconds, model_name)
+    _info_routes(app, predictor, batcher, registry, model_name)
     return app
 
 
-def _info_routes(app: FastAPI, predictor: Predictor, registry: CollectorRegistry, model_name: str) -> None:
+def _info_routes(app: FastAPI, predictor: Predictor, batcher: Batcher, registry: CollectorRegistry,
+                 model_name: str) -> None:
+    """/health, /info and /metrics: coroutines, answered on the event loop itself, so they answer however many
+    requests wait for the thread pool or a decoding slot."""
     header = predictor.header
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if not batcher.alive:  # every prediction would wait for nothing: an orchestrator should restart us
+            return JSONResponse({"status": "the batching thread has stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/info")
-    def info() -> dict[str, Any]:
+    async def info() -> dict[str, Any]:
         return {"model": model_name, "classes": list(header.classes), "input_size": header.img_size,
                 "preprocessing": header.preprocessing.to_dict(), "tta": header.tta,
                 "version": __version__, "model_version": header.imgclass_version,
@@ -361,7 +385,7 @@ def _info_routes(app: FastAPI, predictor: Predictor, registry: CollectorRegistry
                 "metrics": {k: v for k, v in header.metrics.items() if isinstance(v, (dict, int, float))}}
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

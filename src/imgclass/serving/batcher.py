@@ -5,17 +5,26 @@ the model on it as one batch when max_batch_size images are waiting, or when the
 max_delay_s. Each image gets its own answer (or its own error) through a Future. The queue is bounded
 (max_queue images): past that, submit raises QueueFull and the service answers 503 with Retry-After.
 
+The one batching thread must not die: every service request would then wait forever while /health said ok.
+So a waiter that gave up (its Future cancelled: a client gone, a timeout, shutdown) is skipped, a model call
+that fails or answers the wrong number of rows fails only its batch, anything else raised in the loop is
+caught and logged, and `alive` tells /health whether the thread still runs. The service also bounds each
+wait (Batching.max_wait_s, then 504).
+
 Written here rather than taken from a serving engine: Triton, TorchServe and Ray Serve are whole servers
 of their own; this is the 80-line core of what they do, on the model file's own decode and engine.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+log = logging.getLogger("imgclass")
 
 if TYPE_CHECKING:  # numpy is imported when the first batch runs: `imgclass --help` reads BATCHING from here
     import numpy as np
@@ -30,6 +39,7 @@ class Batching:
     max_batch_size: int = 16      # images scored in one model call at most
     max_delay_ms: float = 0.0     # how long the oldest waiting image may wait for others to join its batch
     max_queue: int = 256          # decoded images waiting at most (224 px: 150 kB each); more -> 503
+    max_wait_s: float = 60.0      # a request waits this long at most for its images' answers (then 504)
 
 
 BATCHING = Batching()
@@ -64,29 +74,46 @@ class Batcher:
             self._ready.notify()
         return futures
 
+    @property
+    def alive(self) -> bool:
+        """Whether the batching thread still runs (the service's /health says 503 when it does not)."""
+        return self._thread.is_alive()
+
     def _take(self) -> list[tuple[float, np.ndarray, Future]]:
-        """Wait for a full batch, or for the oldest image's delay to pass; return the batch."""
+        """Wait for a full batch, or for the oldest image's delay to pass; return the batch, without the images
+        whose waiter has given up (cancelled Futures)."""
         with self._ready:
             while not self._queue:
                 self._ready.wait()
             deadline = self._queue[0][0] + self.max_delay_s
             while len(self._queue) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
                 self._ready.wait(left)
-            return [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            taken = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+        return [item for item in taken if item[2].set_running_or_notify_cancel()]
 
     def _run(self) -> None:
-        import numpy as np
         while True:
-            batch = self._take()
             try:
-                probs = self.score(np.stack([image for _, image, _ in batch]))
-            except Exception as exc:  # noqa: BLE001 - the batch's requests get the error; the service goes on
-                for _, _, future in batch:
-                    future.set_exception(exc)
-                continue
-            self.calls += 1
-            self.images += len(batch)
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            for row, (_, _, future) in zip(probs, batch):
-                future.set_result(row)
+                self._one_batch()
+            except BaseException:  # noqa: BLE001 - nothing may end this thread: log it and go on
+                log.exception("the batching thread caught an error; it goes on")
+
+    def _one_batch(self) -> None:
+        import numpy as np
+        batch = self._take()
+        if not batch:
+            return
+        try:
+            probs = self.score(np.stack([image for _, image, _ in batch]))
+            if len(probs) != len(batch):
+                raise RuntimeError(f"the model answered {len(probs)} rows for {len(batch)} images")
+        except Exception as exc:  # noqa: BLE001 - the batch's requests get the error; the service goes on
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        self.calls += 1
+        self.images += len(batch)
+        for row, (_, _, future) in zip(probs, batch):
+            future.set_result(row)  # (running, so not cancellable any more: this cannot raise)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))

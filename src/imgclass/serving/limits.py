@@ -12,7 +12,8 @@ class Limits:
     body_seconds: float = 30.0       # the whole request body must arrive within this (slow clients get 408)
     header_seconds: float = 5.0      # a request head must be complete within this of connecting (or of the
     #                                  previous response); slower connections are closed (protocol.py)
-    waiting_connections: int = 512   # connections waiting for a request head, at most; more are closed at once
+    waiting_connections: int = 512   # connections waiting for a request head, at most; past it the oldest is closed
+    slot_seconds: float = 30.0       # a request waits this long at most for a decoding slot or a heatmap's turn (503)
 
 
 LIMITS = Limits()
