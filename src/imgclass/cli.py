@@ -272,11 +272,13 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="images per /predict/batch request [default: 64]")
     p.add_argument("--max-image-pixels", type=int, default=30_000_000,
                    help="refuse uploads whose header claims more pixels [default: 30000000]")
+    p.add_argument("--max-decode-mb", type=float, default=300.0,
+                   help="memory one upload's decode may take at its peak; larger images get 400 [default: 300]")
     p.add_argument("--max-concurrent", type=int,
                    help="requests decoding at once [default: one per core, up to 4]")
     p.add_argument("--api-key-file", metavar="FILE",
-                   help="require the key on this file's first line in the X-API-Key header for /predict*, /info "
-                        "and /metrics (or set IMGCLASS_API_KEY; never on the command line, where ps shows it)")
+                   help="require the key on this file's first line in the X-API-Key header on every path but the "
+                        "page and /health (or set IMGCLASS_API_KEY; never on the command line, where ps shows it)")
     p.add_argument("--api-key", action=_Refuse, help="a key on the command line shows in `ps`: put it in a file "
                    "(--api-key-file FILE) or in the IMGCLASS_API_KEY environment variable")
     p.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these browser origins (off by default)")
@@ -465,6 +467,7 @@ def _serve(args: argparse.Namespace) -> int | None:
                              api_key_file=args.api_key_file, cors=tuple(args.cors or ()),
                              allowed_hosts=tuple(args.allowed_hosts or ()), max_batch=args.max_batch,
                              max_pixels=args.max_image_pixels, max_concurrent=args.max_concurrent,
+                             max_decode_mb=args.max_decode_mb,
                              batching=Batching(args.max_batch_size, args.max_batch_delay_ms, args.max_queue)).checked()
     print(f"serving on http://{settings.host}:{settings.port}/ (docs at /docs)", file=sys.stderr)
     api.serve(args.model, settings)

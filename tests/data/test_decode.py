@@ -112,3 +112,69 @@ def test_16_bit_conversion_needs_no_whole_image_float_copy():
     got = np.asarray(rgb)
     assert rgb.mode == "RGB" and (got[..., 0] == expected).mean() > 0.9999   # float32 vs float64 ties at .5
     assert np.abs(got[..., 0].astype(int) - expected).max() <= 1
+
+
+def _whole_image_rgb(img):
+    """The conversion done on the whole image at once (as before banding), for reference."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if mode.startswith("I;16"):
+        arr = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "CMYK"])
+def test_banded_conversion_equals_the_whole_image_one(mode):
+    """Images over BAND_PIXELS are converted a band of rows at a time (issue 27, item 8: a 30 MP RGBA PNG peaked
+    at 573 MB); the pixels are the ones a whole-image conversion gives."""
+    from imgclass.data.decode import BAND_PIXELS, to_rgb
+    rng = np.random.RandomState(0)
+    h, w = 3 * (BAND_PIXELS // 1000) // 2 + 7, 1000                     # 1.5 bands and a ragged last one
+    if mode == "I;16":
+        img = Image.fromarray(rng.randint(0, 65536, (h, w)).astype(np.uint16))
+    elif mode == "P":
+        img = Image.fromarray(rng.randint(0, 255, (h, w)).astype(np.uint8), "L").convert("P")
+        img.info["transparency"] = 3
+    else:
+        bands = {"RGBA": 4, "LA": 2, "CMYK": 4}[mode]
+        img = Image.fromarray(rng.randint(0, 256, (h, w, bands)).astype(np.uint8), mode)
+    assert w * h > BAND_PIXELS
+    assert np.array_equal(np.asarray(to_rgb(img)), np.asarray(_whole_image_rgb(img)))
+
+
+def test_only_accepted_formats_and_a_memory_bound(tmp_path):
+    from imgclass.data.decode import decode_bytes
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(buf, "PPM")
+    assert open_rgb(buf.getvalue()).size == (20, 20)                     # any format Pillow knows, by default
+    with pytest.raises(ImageDecodeError, match="not an image of an accepted format"):
+        open_rgb(buf.getvalue(), formats=("JPEG", "PNG"))
+    png = io.BytesIO()
+    Image.new("RGBA", (2000, 2000)).save(png, "PNG")
+    assert decode_bytes(2000, 2000, "RGBA", False) > 32 * 2 ** 20
+    with pytest.raises(ImageDecodeError, match="too large to decode"):
+        open_rgb(png.getvalue(), max_bytes=32 * 2 ** 20)
+    assert open_rgb(png.getvalue(), max_bytes=64 * 2 ** 20).size == (2000, 2000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_30_megapixel_decode_stays_within_its_estimate(tmp_path, mode):
+    """The peak memory of one decode (ru_maxrss of a fresh process) is within decode_bytes' estimate."""
+    import subprocess
+    import sys
+    path = tmp_path / "big.png"
+    Image.new(mode, (6000, 5000), (100, 100, 100, 255)[:len(mode)]).save(path)
+    code = ("import resource, sys; from imgclass.data.decode import open_rgb, decode_bytes; "
+            "data = open(sys.argv[1], 'rb').read(); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            "open_rgb(data, max_pixels=40_000_000); "
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024, "
+            f"decode_bytes(6000, 5000, '{mode}', False))")
+    peak, estimate = map(int, subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert peak <= estimate and peak < 300 * 2 ** 20, (peak, estimate)

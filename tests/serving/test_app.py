@@ -111,7 +111,7 @@ def test_large_batch_is_decoded_in_chunks_with_the_same_answers(trained_run, mon
     predictor = torch_predictor(trained_run)
     decoded = []
     real = type(predictor.pre).load
-    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob: decoded.append(len(decoded)) or real(pre, blob))
+    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob, **kw: decoded.append(len(decoded)) or real(pre, blob, **kw))
     client = local_client(create_app(predictor, max_upload_mb=5))
     blobs = [png_bytes(i % 3) for i in range(40)]
     out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode() for b in blobs]}).json()
@@ -125,7 +125,7 @@ def test_an_odd_decoder_error_fails_only_its_item(trained_run, monkeypatch):
     real = type(predictor.pre).load
     odd = png_bytes(1)
     monkeypatch.setattr(type(predictor.pre), "load",
-                        lambda pre, b: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(pre, b))
+                        lambda pre, b, **kw: (_ for _ in ()).throw(OSError("odd")) if b == odd else real(pre, b, **kw))
     client = local_client(create_app(predictor))
     out = client.post("/predict/batch", json={"images": [base64.b64encode(b).decode()
                                                          for b in (png_bytes(0), odd, png_bytes(2))]}).json()
@@ -259,13 +259,13 @@ def test_concurrent_requests_wait_for_a_slot(trained_run, monkeypatch):
     predictor = torch_predictor(trained_run)
     real, active, peak, lock = type(predictor.pre).load, [0], [0], threading.Lock()
 
-    def slow(pre, blob):
+    def slow(pre, blob, **kw):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         clock.sleep(0.05)
         try:
-            return real(pre, blob)
+            return real(pre, blob, **kw)
         finally:
             with lock:
                 active[0] -= 1
@@ -380,7 +380,7 @@ def test_health_and_info_answer_while_uploads_wait(trained_run, monkeypatch):
     from helpers import running_server
     predictor = torch_predictor(trained_run)
     real = type(predictor.pre).load
-    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob: (clock.sleep(1.0), real(pre, blob))[1])
+    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob, **kw: (clock.sleep(1.0), real(pre, blob, **kw))[1])
     app = create_app(predictor, max_concurrent=1, slot_seconds=3.0)
     with running_server(app) as url, ThreadPoolExecutor(60) as pool:
         uploads = [pool.submit(httpx.post, f"{url}/predict", timeout=60,
@@ -395,3 +395,26 @@ def test_health_and_info_answer_while_uploads_wait(trained_run, monkeypatch):
     assert set(codes) == {200, 503} and codes.count(200) <= 6            # one slot, a second each, 3 s of waiting
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
     assert threading.active_count() < 200
+
+
+def test_uploads_reach_only_the_common_decoders_and_a_bounded_decode(trained_run):
+    """JPEG, PNG, WebP, GIF, BMP and TIFF are decoded; every other format Pillow knows gets 415 unread (EPS would
+    run Ghostscript); an image whose decode would pass --max-decode-mb gets 400 before decoding."""
+    from PIL import Image
+    client = local_client(create_app(trained_run, runtime="torch", precision="float32", max_decode_mb=32))
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"):
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        assert client.post("/predict", files={"file": ("x", buf.getvalue(), "image/png")}).status_code == 200, fmt
+    for fmt in ("PPM", "TGA", "ICO", "PCX", "SGI", "IM"):
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        r = client.post("/predict", files={"file": ("x", buf.getvalue(), "image/png")})
+        assert r.status_code == 415 and "accepted format" in r.json()["detail"], fmt
+    big = io.BytesIO()
+    Image.new("RGBA", (2000, 2000)).save(big, "PNG")
+    r = client.post("/predict", files={"file": ("x.png", big.getvalue(), "image/png")})
+    assert r.status_code == 400 and "too large to decode" in r.json()["detail"]
+    assert local_client(create_app(trained_run, runtime="torch", precision="float32")).post(
+        "/predict", files={"file": ("x.png", big.getvalue(), "image/png")}).status_code == 200  # 300 MB by default

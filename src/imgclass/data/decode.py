@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold
+ORIENTATION_TAG = 0x0112          # EXIF orientation: 1 (or none) needs no transposition
 
 
 class ImageDecodeError(ValueError):
@@ -36,17 +37,60 @@ def _scaled_to_uint8(arr: np.ndarray, top: float, chunk_pixels: int = 1 << 18) -
     return out
 
 
+# Converted a band of rows at a time, so a conversion's temporaries stay small whatever the image's size. Measured
+# peak memory of one decode above the process's baseline (30-megapixel PNGs, ru_maxrss, machine A, 2026-12-01),
+# before -> after banding and transposing only images whose EXIF asks for it: RGB 230 -> 120 MB, RGBA 573 ->
+# 250 MB, 16-bit grey 259 -> 183 MB, palette with transparency 602 -> 165 MB (a JPEG, decoded at reduced
+# scale in draft mode: 5 MB).
+BAND_PIXELS = 1 << 20
+# Bytes a pixel takes in Pillow's memory: 8-bit single-band modes one, 16-bit two, every other mode four (Pillow
+# keeps RGB as RGBX).
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+BAND_TEMPORARIES = 20  # bytes a pixel of one band takes while converted (RGBA: crop, RGBA, white, composite, RGB)
+
+
+def decode_bytes(width: int, height: int, mode: str, oriented: bool) -> int:
+    """An upper bound on the memory one decode of this image takes at its peak: the decoded pixels (twice when its
+    EXIF orientation asks for a transposed copy), the RGB result, 5% for the decoder's own buffers, and one band's
+    conversion temporaries. Checked against measured peaks in tests/data/test_decode.py."""
+    pixels = width * height
+    decoded = MODE_BYTES.get(mode, 4) * (2 if oriented else 1)
+    return int(pixels * (decoded + (0 if mode == "RGB" else 4)) * 1.05) + min(pixels, BAND_PIXELS) * BAND_TEMPORARIES
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB (used for files here, and for PIL images given directly)."""
-    mode = img.mode
-    if mode == "RGB":
+    """Any Pillow mode -> 8-bit RGB (used for files here, and for PIL images given directly), a band of rows at a
+    time for large images (the result equals converting the whole image at once)."""
+    if img.mode == "RGB":
         return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img)  # the native type (2 or 4 bytes a pixel), no float64 copy of the whole image
-        # 16-bit data is scaled by its nominal range; 32-bit/float by the observed maximum.
-        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255) else 255.0
-        if mode == "F":
-            top = max(float(arr.max(initial=1.0)), 1e-12)
+    top = _scale_top(img)
+    width, height = img.size
+    if width * height <= BAND_PIXELS:
+        return _converted(img, top)
+    out = Image.new("RGB", img.size)
+    rows = max(1, BAND_PIXELS // width)
+    for start in range(0, height, rows):
+        out.paste(_converted(img.crop((0, start, width, min(height, start + rows))), top), (0, start))
+    return out
+
+
+def _scale_top(img: Image.Image) -> float | None:
+    """The value that maps to 255 for 16-bit, 32-bit and float images (None for the others): 16-bit data by its
+    nominal range; 32-bit integers by 65535 when they exceed 255 (else 255); floats by their maximum (at least 1)."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "I":
+        return 65535.0 if img.getextrema()[1] > 255 else 255.0
+    if mode == "F":
+        return max(float(img.getextrema()[1]), 1.0)
+    return None
+
+
+def _converted(img: Image.Image, top: float | None) -> Image.Image:
+    mode = img.mode
+    if top is not None:
+        arr = np.asarray(img)  # the native type (2 or 4 bytes a pixel), no float64 copy
         return Image.fromarray(_scaled_to_uint8(arr, top), mode="L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
@@ -59,11 +103,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+             max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None,
+             max_bytes: int | None = None) -> Image.Image:
     """Open, check and convert one image to RGB. Raises ImageDecodeError with a reason.
 
     draft_size lets JPEGs decode at a reduced scale (Pillow's draft mode) when the
-    target side is much smaller than the file, which is several times faster.
+    target side is much smaller than the file, which is several times faster. formats: the only Pillow formats
+    opened (None: any; the service passes UPLOAD_FORMATS); max_bytes: refuse an image whose decode would take
+    more memory than this at its peak (decode_bytes), before decoding it.
     """
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
@@ -72,10 +119,12 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
     elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        img = Image.open(source)
+        img = Image.open(source, formats=formats)
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except UnidentifiedImageError:
+        if formats is not None:
+            raise ImageDecodeError(f"not an image of an accepted format ({', '.join(formats)})") from None
         raise ImageDecodeError("not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
@@ -91,8 +140,13 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
             raise ImageDecodeError("image has zero width or height")
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
+        oriented = img.getexif().get(ORIENTATION_TAG, 1) not in (1, None)
+        if max_bytes is not None and (need := decode_bytes(*img.size, img.mode, oriented)) > max_bytes:
+            raise ImageDecodeError(f"image too large to decode here: {img.size[0]}x{img.size[1]} {img.mode} needs "
+                                   f"about {need / 2 ** 20:,.0f} MB, over the limit of {max_bytes / 2 ** 20:,.0f} MB")
         img.load()  # decode now so truncation errors surface here
-        img = ImageOps.exif_transpose(img)
+        if oriented:
+            img = ImageOps.exif_transpose(img)
         return to_rgb(img)
     except ImageDecodeError:
         raise

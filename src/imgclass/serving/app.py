@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
@@ -50,8 +50,12 @@ from .guard import Guard, allowed_host_names
 from .limits import LIMITS, Limits
 
 
-SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes;
-#                               one decode then peaks near 30M x 3 bytes = 90 MB (training's limit is 89M)
+SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes
+#                               (training's limit is 89M)
+SERVE_MAX_DECODE_MB = 300      # memory one upload's decode may take at its peak (data.decode.decode_bytes): every
+#                               format at 30 MP fits (measured peaks: RGB PNG 120 MB, RGBA 250 MB, JPEG 5 MB)
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # the decoders an upload reaches; others get 415
+#                               (Pillow opens dozens: EPS runs Ghostscript where it is installed, PSD, FITS, ...)
 MIN_KEY_LENGTH = 8  # an API key's characters at least, from a file or IMGCLASS_API_KEY
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
 EXPLAIN_WAIT_SECONDS = 30.0  # a heatmap waits this long at most for the one before it (then 503)
@@ -176,12 +180,13 @@ def _observe(app: FastAPI, requests: Counter, latency: Histogram) -> None:
         return response
 
 
-def decode_upload(predictor: Predictor, blob: bytes) -> Any:
-    """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}."""
+def decode_upload(predictor: Predictor, blob: bytes, max_decode_bytes: int = SERVE_MAX_DECODE_MB << 20) -> Any:
+    """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}: only the
+    UPLOAD_FORMATS are opened, and an image whose decode would take more than max_decode_bytes is refused unread."""
     if not blob:
         return {"error": "empty file", "status": 400}
     try:
-        return predictor.pre.load(blob)
+        return predictor.pre.load(blob, formats=UPLOAD_FORMATS, max_bytes=max_decode_bytes)
     except ImageDecodeError as exc:
         reason = str(exc)
         return {"error": reason, "status": 415 if reason.startswith(("not an image", "cannot open")) else 400}
@@ -190,7 +195,7 @@ def decode_upload(predictor: Predictor, blob: bytes) -> Any:
 
 
 def _explain_route(app: FastAPI, predictor: Predictor, slots: asyncio.Semaphore, slot_seconds: float,
-                   model_name: str) -> None:
+                   model_name: str, decode: Callable[[bytes], Any]) -> None:
     """POST /explain: the heatmap of the top class (or ?label=NAME: a class, or a tag; ?tag=NAME says the same) over
     one image (needs the PyTorch model: gradients). Heatmaps run one at a time on their own copy of the model
     (prediction.explain.HeatmapService): concurrent requests and the batcher never pass through each other's hooks.
@@ -215,7 +220,7 @@ def _explain_route(app: FastAPI, predictor: Predictor, slots: asyncio.Semaphore,
         from starlette.concurrency import run_in_threadpool
 
         def run() -> Any:
-            decoded = decode_upload(predictor, blobs[0])
+            decoded = decode(blobs[0])
             return decoded if isinstance(decoded, dict) else heatmaps.png(decoded, label)
         # a heatmap is a forward and a backward pass: it takes a decoding slot too
         async with _slot(turn, slot_seconds, "another heatmap is being drawn"), \
@@ -257,7 +262,7 @@ async def _slot(semaphore: asyncio.Semaphore, seconds: float, what: str):
 
 
 def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, slot_seconds: float,
-            max_wait_s: float):
+            max_wait_s: float, decode: Callable[[bytes], Any]):
     """async (blobs, k) -> one {"top_k"} or {"error", "status"} per blob: decoded in the thread pool (at most
     `slots` requests at once, each waiting slot_seconds at most), scored in the batcher's shared batches (waited
     for max_wait_s at most: then a JSON 504, and the images still queued are dropped)."""
@@ -266,7 +271,7 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
 
     async def score(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
         async with _slot(slots, slot_seconds, "every decoding slot is taken"):
-            decoded = await run_in_threadpool(lambda: [decode_upload(predictor, blob) for blob in blobs])
+            decoded = await run_in_threadpool(lambda: [decode(blob) for blob in blobs])
         try:
             futures = batcher.submit([d for d in decoded if not isinstance(d, dict)])
         except QueueFull as exc:
@@ -297,9 +302,9 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
                top_k: int = 5, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
                max_concurrent: int | None = None, body_seconds: float = LIMITS.body_seconds,
                batching: Batching = BATCHING, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = (),
-               slot_seconds: float = LIMITS.slot_seconds) -> FastAPI:
+               slot_seconds: float = LIMITS.slot_seconds, max_decode_mb: float = SERVE_MAX_DECODE_MB) -> FastAPI:
     """The app for one model. api_key falls back to IMGCLASS_API_KEY; max_pixels caps the model file's own
-    limit; max_concurrent requests decode at once (default: default_concurrency()), each waiting slot_seconds at
+    limit; max_decode_mb bounds one upload's decode (decode_upload); max_concurrent requests decode at once (default: default_concurrency()), each waiting slot_seconds at
     most for its turn (then 503); host (the address it
     listens on) and allowed_hosts are the Host names it answers to besides localhost (guard.py)."""
     api_key = api_key or os.environ.get("IMGCLASS_API_KEY") or None
@@ -319,7 +324,9 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     batcher = Batcher(lambda pixels: predictor.probabilities(to_nchw(pixels)).numpy(), batching.max_batch_size,
                       batching.max_delay_ms / 1000, batching.max_queue)
     batcher.on_batch = batch_sizes.observe
-    score = _scorer(predictor, batcher, slots, slot_seconds, batching.max_wait_s)
+    def decode(blob: bytes) -> Any:  # an upload -> the image at the model's size, or its refusal
+        return decode_upload(predictor, blob, int(max_decode_mb * 2 ** 20))
+    score = _scorer(predictor, batcher, slots, slot_seconds, batching.max_wait_s, decode)
     model_name = header.arch.name
     app = FastAPI(title="imgclass", version=__version__,
                   description=f"Image classification with {model_name} ({len(header.classes)} classes)")
@@ -358,7 +365,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
         return {"results": [{"error": r["error"]} if "error" in r else r for r in results],
                 "model": model_name}
 
-    _explain_route(app, predictor, slots, slot_seconds, model_name)
+    _explain_route(app, predictor, slots, slot_seconds, model_name, decode)
     _info_routes(app, predictor, batcher, registry, model_name)
     return app
 
@@ -437,13 +444,14 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, 127.0.0.1, ::1 and --host ("*": any)
     max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
     max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
+    max_decode_mb: float = SERVE_MAX_DECODE_MB  # memory one upload's decode may take at its peak (400 beyond)
     max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
     batching: Batching = BATCHING        # dynamic batching: batch size, delay, queue
     limits: Limits = LIMITS              # connections, keep-alive, the body's time
 
     def checked(self) -> "ServeSettings":
         """These settings, or a UserError naming the first one out of range."""
-        for name in ("workers", "max_batch", "max_concurrent", "max_pixels"):
+        for name in ("workers", "max_batch", "max_concurrent", "max_pixels", "max_decode_mb"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.batching.max_batch_size < 1 or self.batching.max_queue < 1:
@@ -464,6 +472,7 @@ def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:
                                                      ", ".join(sorted(names)) + " (--allowed-hosts adds names)"))
     app_settings = dict(model=str(model), runtime=s.runtime, precision=s.precision, max_upload_mb=s.max_upload_mb,
                         cors_origins=list(s.cors) or None, max_batch=s.max_batch, max_pixels=s.max_pixels,
+                        max_decode_mb=s.max_decode_mb,
                         max_concurrent=s.max_concurrent or default_concurrency(), body_seconds=s.limits.body_seconds,
                         host=s.host, allowed_hosts=list(s.allowed_hosts))
     from .protocol import use_limits
