@@ -2,19 +2,31 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write to a temp file beside the target (named by process, so two writers never share it),
     flush it to disk, then rename it over the target: os.replace is atomic on POSIX and Windows."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """write_text_atomic for bytes."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_name(path: Path) -> Path:
+    """A temporary name beside `path` for this process and thread: two writers (processes, or a service's
+    threads) never write the same temporary file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

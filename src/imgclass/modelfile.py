@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.preprocess import Preprocessing
 from .errors import UserError
+from .files import temp_name
 from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
 from .models.task import SINGLE_LABEL, Task
 
@@ -40,11 +41,14 @@ def write_atomic(tensors: dict[str, torch.Tensor], header: ModelHeader, path: Pa
     """Write tensors + a JSON header so a kill at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_unshared(tensors), str(tmp), metadata={META_KEY: header.to_json()})
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = temp_name(path)  # per process and thread: two writers never share a temporary file
+    try:
+        save_file(_unshared(tensors), str(tmp), metadata={META_KEY: header.to_json()})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_onnx_header(path: str | Path) -> ModelHeader:

@@ -20,7 +20,7 @@ from ..data.split import SPLITS, read_splits
 from ..data.tags import read_tags
 from .. import log
 from ..errors import DataError, UserError
-from ..files import write_text_atomic
+from ..files import write_bytes_atomic, write_text_atomic
 from ..modelfile import resolve_model_path
 from ..models.task import TwoLevel
 from ..prediction.predictor import Predictor
@@ -242,7 +242,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         metrics["calibration"] = {"temperature": predictor.temperature,
                                   "ece_uncalibrated": expected_calibration_error(y, raw)}
     run_dir = _run_dir_of(model)
-    out_dir, written = _written(run_dir, split, out, metrics)
+    out_dir, written = _written(run_dir, split, out)
     _write_predictions(written["predictions"], tensors.paths, y, probs, classes)
 
     context = RunContext.load(run_dir, predictor.header)
@@ -261,26 +261,37 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     figures.update(_gallery_sets(tensors.images, y, probs, classes,  # a tensor, or streamed images
                                  explain=_heatmap_overlays(predictor)))
     write_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
+    _complete(written, metrics)
     for note in notes:
         log.warning(note)
     return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)
 
 
-def _written(run_dir: Path | None, split: str, out: str | Path | None, metrics: dict[str, Any]
-             ) -> tuple[Path, dict[str, Path]]:
-    """The evaluation folder (--out, else <run>/eval/<split>/) with its metrics.json written; its files."""
+def _written(run_dir: Path | None, split: str, out: str | Path | None) -> tuple[Path, dict[str, Path]]:
+    """The evaluation folder (--out, else <run>/eval/<split>/) and its files, marked incomplete: metrics.json, which
+    compare, the model card and the hub export read, is removed now and written last (_complete), so a kill at any
+    moment never leaves a folder that looks evaluated but lacks its predictions, figures or report, or mixes two
+    evaluations' files. `imgclass evaluate RUN` redoes an incomplete one."""
     out_dir = Path(out).expanduser() if out else (RunDir(run_dir).eval_dir(split) if run_dir else Path("eval") / split)
     written = RunDir.eval_files(out_dir)
     written["figures"].mkdir(parents=True, exist_ok=True)
-    write_text_atomic(written["metrics"], json.dumps(metrics, indent=2) + "\n")  # compare and the card read it
+    written["metrics"].unlink(missing_ok=True)
     return out_dir, written
 
 
+def _complete(written: dict[str, Path], metrics: dict[str, Any]) -> None:
+    """metrics.json, written last: the evaluation folder is complete."""
+    write_text_atomic(written["metrics"], json.dumps(metrics, indent=2) + "\n")
+
+
 def _saved(figures: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Each figure as folder/<name>.png, written atomically (a figure half-written by a kill is never left)."""
     files = {}
     for name, fig in figures.items():
         files[name] = folder / f"{name}.png"
-        fig.savefig(files[name], dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
+        write_bytes_atomic(files[name], png.getvalue())
     return files
 
 
@@ -294,7 +305,7 @@ def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs:
     notes += more
     metrics["unreadable"] = [{"path": p, "reason": r} for p, r in tensors.bad]
     run_dir = _run_dir_of(model)
-    out_dir, written = _written(run_dir, split, out, metrics)
+    out_dir, written = _written(run_dir, split, out)
     write_tag_predictions(written["predictions"], tensors.paths, y, probs, task.decisions(probs), classes)
     context = RunContext.load(run_dir, predictor.header)
     figures: dict[str, Any] = {}
@@ -303,6 +314,7 @@ def _evaluate_tags(model, split: str, out, predictor: Predictor, tensors, probs:
     figures.update(tag_figures(y, probs, metrics, classes))
     figures.update(tag_galleries(tensors.images, y, probs, metrics, classes, explain=_heatmap_overlays(predictor)))
     write_tag_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
+    _complete(written, metrics)
     for note in notes:
         log.warning(note)
     return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)

@@ -12,8 +12,12 @@ it (`huggingface_hub.upload_folder(folder_path=DIR, ...)`; nothing is uploaded f
 """
 from __future__ import annotations
 
+import html
 import json
+import os
 import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +33,26 @@ CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "
 
 
 def export_hub(model: str | Path, out: str | Path) -> Path:
+    """The hub folder `out` (new, or empty), built in a temporary sibling and renamed into place when complete: a
+    kill at any moment never leaves a folder that `predict` accepts but that lacks files."""
     model_path = resolve_model_path(model)
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} is not empty: give --out a new folder (nothing is overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    try:
+        _build(model_path, building)
+        try:
+            os.replace(building, out)  # an empty `out` is replaced; one filled meanwhile is not
+        except OSError:
+            raise UserError(f"{out} was filled while the export ran: nothing was overwritten") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return out
+
+
+def _build(model_path: Path, out: Path) -> None:
     predictor = Predictor.load(model_path, "cpu")
     shutil.copyfile(model_path, out / "imgclass.safetensors")
     export_model(model_path, "onnx", out / "model.onnx")
@@ -44,7 +63,7 @@ def export_hub(model: str | Path, out: str | Path) -> Path:
     facts = _run_facts(run)
     figures = _copy_figures(run, out)
     (out / "README.md").write_text(model_card(predictor, facts, figures, timm_loadable))
-    return out
+    os.chmod(out, 0o755)  # mkdtemp made it 0700: the folder is meant to be shared
 
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
@@ -99,19 +118,34 @@ def _run_facts(run: RunDir | None) -> dict[str, Any]:
 
 
 def _copy_figures(run: RunDir | None, out: Path) -> list[str]:
+    """The evaluation's card figures, copied into out/figures/. Only regular files that are inside the run folder
+    are copied: a run folder received from someone else may hold `confusion_matrix.png -> ~/.ssh/id_rsa`, and
+    this folder is meant for upload."""
     if run is None:
         return []
     found = []
     for split in ("test", "val"):
         folder = RunDir.eval_files(run.eval_dir(split))["figures"]
         for name in CARD_FIGURES:
-            if (folder / f"{name}.png").is_file() and name not in found:
+            if name not in found and (data := _regular_file_inside(folder / f"{name}.png", run.path)) is not None:
                 (out / "figures").mkdir(exist_ok=True)
-                shutil.copyfile(folder / f"{name}.png", out / "figures" / f"{name}.png")
+                (out / "figures" / f"{name}.png").write_bytes(data)
                 found.append(name)
         if found:
             break
     return found
+
+
+def _regular_file_inside(path: Path, root: Path) -> bytes | None:
+    """The bytes of `path` if it is a regular file (not a link) whose real place is inside `root`; else None."""
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link as the last part: refused here
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read() if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
 
 
 def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], timm_loadable: bool) -> str:
@@ -119,20 +153,22 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
     h, classes = predictor.header, predictor.classes
     cfg, res, m = facts.get("config", {}), facts.get("results", {}), facts.get("metrics")
     weights = h.weights or {}
-    lines = [f"# {h.arch.name} image classifier ({len(classes)} classes)", "",
+    names = [_escape(c) for c in classes]  # a class name is data: never Markdown or HTML in the card
+    lines = [f"# {_escape(h.arch.name)} image classifier ({len(classes)} classes)", "",
              "Trained with [imgclass](https://pypi.org/project/imgclass/). Files: `imgclass.safetensors` (imgclass), "
              "`model.onnx` (ONNX Runtime: float pixels 0..255, N x 3 x H x W, -> probabilities)"
              + (", `model.safetensors` + `config.json` (timm: `timm.create_model('local-dir:THIS_FOLDER', "
                 "pretrained=True)`; divide its logits by the temperature below before the softmax)"
                 if timm_loadable else ", `config.json`")
              + ".", "", "## Intended use", "",
-             predictor.task.intended_use(classes), "", "## Data", ""]
+             predictor.task.intended_use(names), "", "## Data", ""]
     counts = facts.get("counts") or {}
     if counts:
         lines += [f"From `{cfg.get('data', '?')}`, split with seed {cfg.get('seed', '?')} "
                   f"(val {cfg.get('val_split', '?')}, test {cfg.get('test_split', '?')}):", "",
                   "| class | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
-        lines += [f"| {c} | " + " | ".join(str(counts[s].get(c, 0)) for s in counts) + " |" for c in classes]
+        lines += [f"| {name} | " + " | ".join(str(counts[s].get(c, 0)) for s in counts) + " |"
+                  for c, name in zip(classes, names)]
     else:
         lines += ["The run folder was not available: no data description."]
     pre = h.preprocessing
@@ -166,12 +202,13 @@ def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[
     lines += [f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")
               if isinstance(m.get(k), (int, float))]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-    lines += [f"| {c} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+    lines += [f"| {_escape(c)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
               for c, v in m["per_class"].items()]
     lines += [""] + [f"![{f}](figures/{f}.png)" for f in figures] + ["", "## Known failure modes", ""]
     confused = m.get("most_confused") or []
-    lines += [f"- {p['true']} taken for {p['predicted']}: {p['count']} time(s), {100 * p['share_of_true']:.1f}% of "
-              f"{p['true']}" for p in confused[:5]] or ["- No confusions on this split."]
+    lines += [f"- {_escape(p['true'])} taken for {_escape(p['predicted'])}: {p['count']} time(s), "
+              f"{100 * p['share_of_true']:.1f}% of {_escape(p['true'])}" for p in confused[:5]] or \
+        ["- No confusions on this split."]
     return lines + [""]
 
 
@@ -197,5 +234,10 @@ def _tag_results(m: dict[str, Any], figures: list[str]) -> list[str]:
 
 
 def _escape(text: str) -> str:
-    """A name in a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A name as plain text in Markdown (a table cell included): HTML's special characters as entities, Markdown's
+    backslash-escaped, line breaks as spaces."""
+    text = html.escape(str(text), quote=False).replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + ch if ch in MARKDOWN_SPECIAL else ch for ch in text)
+
+
+MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-!|~")

@@ -22,6 +22,7 @@ from ..config import resolve as resolve_config
 from ..models.task import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
 from ..rundir import RunDir
+from ..files import temp_name
 from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
 from .predictor import Predictor
 
@@ -62,20 +63,10 @@ def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.T
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> tuple[Path, float]:
-    """Write the exported file; returns (path, maximum absolute probability difference)."""
-    if fmt not in ("onnx", "torchscript"):
-        raise UserError("--format must be onnx or torchscript")
-    model_path = resolve_model_path(model)
-    predictor = Predictor.load(model_path, "cpu")
-    module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
-                             predictor.task).eval()
-    batch = parity_batch(predictor, model_path)
-    expected = predictor.probabilities(batch).numpy()
-    pixels = batch.float()
-    out = Path(out) if out else model_path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
-    header = predictor.header.to_json()
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # per process: serve's workers may export at once
+def _write_export(fmt: str, module: nn.Module, pixels: torch.Tensor, header: str, model_path: Path, tmp: Path
+                  ) -> np.ndarray:
+    """Write the ONNX graph (with the header and the model file's SHA-256 in its metadata) or the TorchScript
+    module to tmp, load it back and return its probabilities for pixels."""
     if fmt == "onnx":
         import onnx
         import onnxruntime as ort
@@ -90,17 +81,38 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
         source.key, source.value = SOURCE_KEY, file_sha256(model_path)
         onnx.save(graph, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"pixels": pixels.numpy()})[0]
-    else:
-        with torch.no_grad():
-            traced = torch.jit.trace(module, pixels)
-        torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": header})
-        loaded = torch.jit.load(str(tmp))
-        with torch.no_grad():
-            got = loaded(pixels).numpy()
-    diff = float(np.abs(got - expected).max())
-    if not diff <= PARITY_TOLERANCE:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{fmt} export failed parity: max |probability difference| {diff:.2e} > {PARITY_TOLERANCE}")
-    os.replace(tmp, out)
+        return session.run(None, {"pixels": pixels.numpy()})[0]
+    with torch.no_grad():
+        traced = torch.jit.trace(module, pixels)
+    torch.jit.save(traced, str(tmp), _extra_files={f"{META_KEY}.json": header})
+    loaded = torch.jit.load(str(tmp))
+    with torch.no_grad():
+        return loaded(pixels).numpy()
+
+
+def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> tuple[Path, float]:
+    """Write the exported file; returns (path, maximum absolute probability difference)."""
+    if fmt not in ("onnx", "torchscript"):
+        raise UserError("--format must be onnx or torchscript")
+    model_path = resolve_model_path(model)
+    predictor = Predictor.load(model_path, "cpu")
+    module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
+                             predictor.task).eval()
+    batch = parity_batch(predictor, model_path)
+    expected = predictor.probabilities(batch).numpy()
+    pixels = batch.float()
+    out = Path(out) if out else model_path.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+    header = predictor.header.to_json()
+    tmp = temp_name(out)  # per process: serve's workers may export at once
+    try:
+        got = _write_export(fmt, module, pixels, header, model_path, tmp)
+        diff = float(np.abs(got - expected).max())
+        if not diff <= PARITY_TOLERANCE:
+            raise UserError(f"{fmt} export failed parity: max |probability difference| {diff:.2e} > "
+                            f"{PARITY_TOLERANCE}")
+        with open(tmp, "rb+") as fh:  # on disk before it takes the name: a crash never leaves a damaged export
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # whatever failed: no temporary file is left behind
     return out, diff

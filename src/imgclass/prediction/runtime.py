@@ -114,8 +114,14 @@ def cached_onnx(model_path: Path, digest: str, folder: Path | None, make: bool) 
         return None
     from .graph import export_model
     target = folder / "model.onnx"
-    if target.is_file() and onnx_metadata(target, SOURCE_KEY) == digest:
-        return target
+    if target.is_file():
+        try:
+            if onnx_metadata(target, SOURCE_KEY) == digest:
+                return target
+        except Exception as exc:  # noqa: BLE001 - a damaged file (a disk error, a crash elsewhere): not an export
+            log.warning(f"the cached export {target} is unreadable ({type(exc).__name__}): "
+                        + ("exporting it again" if make else "not used"))
+            target.unlink(missing_ok=True)
     if not make:
         return None
     path, _ = export_model(model_path, "onnx", target)
