@@ -206,3 +206,26 @@ def test_galleries_ask_the_three_questions_per_class():
     rows = [label for label, _ in _rows_of(figs["gallery_top_losses"])]
     assert len(rows) == GALLERY_MAX_CLASSES and {"c03", "c07"} <= set(rows) and rows == sorted(rows)
     assert "20 of 25 classes" in figs["gallery_top_losses"]._suptitle.get_text()
+
+
+def test_a_kill_during_evaluation_leaves_no_folder_that_looks_evaluated(tmp_path, monkeypatch):
+    """metrics.json (what compare and the model card read) is removed when an evaluation starts and written last:
+    an evaluation killed half-way (here: while writing its report) leaves a folder without it, never one mixing
+    two evaluations or lacking its report; `evaluate` then redoes it."""
+    from imgclass.evaluation import evaluate as evaluate_module
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1, evaluate=True))
+    test_dir = run.dir / "eval" / "test"
+    assert (test_dir / "metrics.json").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a kill leaves: everything written before this point, nothing after
+    monkeypatch.setattr(evaluate_module, "write_report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        imgclass.evaluate(run.dir)
+    assert not (test_dir / "metrics.json").exists()
+    assert not list(test_dir.rglob("*.tmp"))
+    monkeypatch.undo()
+    assert main(["compare", str(run.dir)]) == 0                      # the run without a test evaluation
+    imgclass.evaluate(run.dir)
+    assert (test_dir / "metrics.json").is_file() and (test_dir / "report.html").is_file()

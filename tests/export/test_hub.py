@@ -85,3 +85,47 @@ def test_other_models_and_a_used_folder(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "hub", "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main(["export", str(trained_run), "--format", "hub"]) == 2
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory):
+    """A small evaluated run whose class names are Markdown and HTML."""
+    root = tmp_path_factory.mktemp("odd")
+    data = make_class_folders(root / "data", classes=("a|b", "<img src=x onerror=alert(1)>", "**bold**"),
+                              per_class=10)
+    return imgclass.train(data, out=str(root / "run"), model="cnn", model_args={"width": 8, "depth": 2}, img_size=8,
+                          epochs=1, verbose=False, tensorboard=False, workers=1)
+
+
+def test_the_card_escapes_names_and_copies_no_linked_file(odd_run, tmp_path):
+    """A run folder received from someone else: a figure that is a link to a secret is not copied into the folder
+    meant for upload; class names are plain text in the card."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    figure = odd_run.dir / "eval" / "test" / "figures" / "confusion_matrix.png"
+    figure.unlink()
+    figure.symlink_to(secret)
+    out = tmp_path / "hub"
+    assert main(["export", str(odd_run.dir), "--format", "hub", "--out", str(out)]) == 0
+    assert not (out / "figures" / "confusion_matrix.png").exists()
+    assert not any(b"PRIVATE KEY" in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert (out / "figures" / "reliability.png").is_file()                   # the regular ones are copied
+    card = (out / "README.md").read_text()
+    assert "<img" not in card and "&lt;img" in card and "a\\|b" in card and "\\*\\*bold\\*\\*" in card
+
+
+def test_a_kill_during_the_hub_export_leaves_no_folder(odd_run, tmp_path, monkeypatch):
+    """The folder is built beside --out and renamed into place: a kill half-way leaves no --out folder that
+    predict would accept, and no building folder."""
+    from imgclass.export import hub
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hub, "model_card", killed)
+    with pytest.raises(KeyboardInterrupt):
+        hub.export_hub(odd_run.dir, tmp_path / "hub")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    (tmp_path / "hub").mkdir()                                               # an empty --out is taken
+    assert sorted(p.name for p in hub.export_hub(odd_run.dir, tmp_path / "hub").iterdir()) == [
+        "README.md", "config.json", "figures", "imgclass.safetensors", "model.onnx"]

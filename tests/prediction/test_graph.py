@@ -56,3 +56,18 @@ def test_parity_failure_is_an_error(fast_run, tmp_path, monkeypatch, capsys):
     assert main(["export", str(fast_run.dir), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     assert "failed parity" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_failed_export_leaves_no_file_behind(trained_run, tmp_path, monkeypatch):
+    """Any failure while exporting (here the ONNX save), not only a parity failure, leaves neither the target
+    nor a temporary file."""
+    import onnx
+
+    from imgclass.prediction.graph import export_model
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(onnx, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        export_model(trained_run, "onnx", tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []

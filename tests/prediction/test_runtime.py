@@ -264,3 +264,17 @@ def test_a_cache_folder_open_to_others_is_not_used(model_file, tmp_path, monkeyp
     x = images(q)
     assert isinstance(q.engine, OnnxEngine) and torch.allclose(q.probabilities(x), reference(model_file, x), atol=1e-4)
     assert list(tmp.iterdir()) == [] and not any(shared.rglob("*.onnx"))
+
+
+def test_a_damaged_cached_export_is_exported_again(model_file, imgclass_log):
+    """A truncated model.onnx in the cache (a crash elsewhere, a disk error) is not an export: it is made again
+    with a warning, instead of failing every command at its metadata read."""
+    choose(Predictor.load(model_file, "cpu"), "onnx", images=5)
+    cached = cache_of(model_file) / "model.onnx"
+    cached.write_bytes(cached.read_bytes()[:1000])
+    p = Predictor.load(model_file, "cpu")
+    choose(p, "onnx", images=5)
+    assert onnx_metadata(cached, SOURCE_KEY) == file_sha256(model_file)
+    x = images(p)
+    assert torch.allclose(p.probabilities(x), reference(model_file, x), atol=1e-4)
+    assert any(level == "WARNING" and "unreadable" in message for level, message in imgclass_log)

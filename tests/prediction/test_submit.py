@@ -1,6 +1,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 import imgclass
 
@@ -40,3 +41,23 @@ def test_unreadable_test_image_still_gets_a_row(trained_run, tmp_path, imgclass_
     assert [r[0] for r in list(csv.reader(out.open()))[1:]] == ["1", "2", "5", "10", "33"]
     assert any(level == "WARNING" and "5.jpg" in text and "most common class" in text for level, text in imgclass_log)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("s.csv")] == ["s.csv"]   # no temp file left
+
+
+def test_a_failed_submission_keeps_the_last_good_one(trained_run, tmp_path, monkeypatch):
+    """submit writes a temporary file and renames it: a failure (or a kill) while writing leaves the previous
+    submission whole."""
+    import os
+    data = tmp_path / "test"
+    data.mkdir()
+    for i in range(3):
+        tiny_image(i, np.random.RandomState(i)).save(data / f"{i}.png")
+    out = tmp_path / "submission.csv"
+    out.write_text("ID,TARGET\n1,cat\n")
+
+    def crash(src, dst):
+        raise OSError("killed")
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        imgclass.submit(trained_run, data, out=out)
+    assert out.read_text() == "ID,TARGET\n1,cat\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv", "test"]
