@@ -14,8 +14,10 @@ Rank 0 of a multi-process run writes; the other ranks only read.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ import yaml
 
 from .errors import UserError
 from .files import write_text_atomic
+
+RUN_LOCK = ".lock"  # held by the process training a run folder (RunDir.held)
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class RunDir:
 
     @classmethod
     def claim(cls, out: str | Path | None, base: Path = Path("runs"), prefix: str = "train") -> "RunDir":
-        """The folder a new run writes to: --out (which must be empty), or the next free runs/train-N.
-        mkdir without exist_ok is atomic, so two runs started together never share a folder."""
+        """The folder a new run writes to: --out (which must be empty), or the next free runs/train-N. Claimed
+        atomically: mkdir without exist_ok for a new folder, and in an empty --out the run's lock file created
+        with O_EXCL, so two runs started together (naming the same --out or not) never share a folder."""
         if out:
             path = Path(out).expanduser()
             if path.is_file():
@@ -101,6 +106,10 @@ class RunDir:
                 raise UserError(f"run folder {path} is not empty; continue it with `imgclass train --resume {path}` "
                                 f"or choose another --out")
             path.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(path / RUN_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                raise UserError(f"run folder {path} was just claimed by another run: choose another --out") from None
             return cls(path)
         base.mkdir(parents=True, exist_ok=True)
         n = 1
@@ -110,6 +119,23 @@ class RunDir:
                 return cls(base / f"{prefix}-{n}")
             except FileExistsError:
                 n += 1
+
+    @contextlib.contextmanager
+    def held(self):
+        """This run folder, held by this process while it trains (a file lock, released at exit or by a kill): a
+        second `train --resume` of the same folder is refused with one line instead of writing the same
+        checkpoints."""
+        from filelock import FileLock, Timeout  # deferred: only training holds run folders
+        lock = FileLock(self.path / RUN_LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"run folder {self.path} is in use by another imgclass process (training it); wait for "
+                            f"it to finish or stop it first") from None
+        try:
+            yield self
+        finally:
+            lock.release()
 
     def read_config_dict(self) -> dict[str, Any]:
         return (yaml.safe_load(self.config.read_text()) or {}) if self.config.is_file() else {}

@@ -46,3 +46,38 @@ def test_splits_csv_paths_outside_the_data_folder_are_refused(tmp_path, bad):
     csv_path.write_text("path,label,split\ncat/img0.png,cat,holdout\n")
     with pytest.raises(DataError, match="names split 'holdout'"):
         read_splits(csv_path, tmp_path, ["cat"])
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    """While a process trains a run folder it holds its lock: a second `train --resume` is refused with one line
+    (it would write the same checkpoints); once released, resuming works."""
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1))
+    with FileLock(run.dir / ".lock", timeout=0):                       # another process training it
+        proc = subprocess.run([sys.executable, "-m", "imgclass", "train", "--resume", str(run.dir)],
+                              capture_output=True, text=True)
+    assert proc.returncode == 2 and "in use by another imgclass process" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert imgclass.train(resume=run.dir).history[-1]["epoch"] == 1      # released: resuming works
+
+
+def test_two_runs_naming_the_same_empty_out_never_share_it(tmp_path):
+    out, results, barrier = tmp_path / "same", [], threading.Barrier(8)
+    out.mkdir()
+
+    def claim():
+        barrier.wait()
+        try:
+            results.append(RunDir.claim(out).path)
+        except UserError as exc:
+            results.append(str(exc))
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(out) == 1 and len(results) == 8

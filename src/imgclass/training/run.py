@@ -6,6 +6,7 @@ are described in imgclass/rundir.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -83,24 +84,26 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if distributed.launch(run.path, plan.cfg.devices) != 0:
             raise UserError(f"distributed training failed; the run folder is {run.path} (--resume continues it)")
         return load_run(run.path)
-    device, fresh = _device(plan, dd), _fresh_start(plan, run)
-    prep = prepare(plan, device, say, console, fresh, dd)
-    _list_bad_files(prep, run, dd, say)
-    head = _train_head_stage(prep, plan, device, say, run) if prep.groups and fresh and plan.cfg.head_epochs > 0 \
-        else None
-    if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
-        set_backbones_trainable(prep.model, False)
-    deadline = None
-    if plan.cfg.time_budget is not None and fresh:
-        plan, prep, deadline = _budget_stage(plan, prep, device, started, say)
-    trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []), say)
-    pre, data = _fit_stage(plan, prep, trainer, dd, say)
-    if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
-        dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
-        distributed.teardown()
-        return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
-    final = dataclasses.replace(prep, data=data, pre=pre)
-    return _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
+    with run.held() if dd.main else contextlib.nullcontext():  # rank 0 holds the folder: one trainer at a time
+        device, fresh = _device(plan, dd), _fresh_start(plan, run)
+        prep = prepare(plan, device, say, console, fresh, dd)
+        _list_bad_files(prep, run, dd, say)
+        head = (_train_head_stage(prep, plan, device, say, run)
+                if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
+        if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
+            set_backbones_trainable(prep.model, False)
+        deadline = None
+        if plan.cfg.time_budget is not None and fresh:
+            plan, prep, deadline = _budget_stage(plan, prep, device, started, say)
+        trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []),
+                                 say)
+        pre, data = _fit_stage(plan, prep, trainer, dd, say)
+        if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
+            dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
+            distributed.teardown()
+            return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
+        final = dataclasses.replace(prep, data=data, pre=pre)
+        return _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
 
 
 def header_for(plan: RunPlan, pre: Preprocessing, weights_origin: dict | None, metrics: dict | None = None,
