@@ -6,18 +6,19 @@ import threading
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_text_atomic(path: str | Path, text: str, mode: int = 0o666) -> None:
     """Write to a temp file beside the target (named by process, so two writers never share it),
-    flush it to disk, then rename it over the target: os.replace is atomic on POSIX and Windows."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    flush it to disk, then rename it over the target: os.replace is atomic on POSIX and Windows.
+    mode: the new file's permissions (less the umask), e.g. 0o600 for what only its owner may read."""
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o666) -> None:
     """write_text_atomic for bytes."""
     path = Path(path)
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -188,3 +188,47 @@ def test_cache_command_lists_and_clears_by_age(tmp_path, capsys):
     assert load_cached(root, rows_of(root), Preprocessing(img_size=10), cache_dir)[1]   # still a hit
     assert main(["cache", "clear", "--dir", str(cache_dir)]) == 0
     assert cache_mod.cache_entries(cache_dir) == []
+
+
+def test_a_disk_that_cannot_hold_the_entry_means_streaming_not_sigbus(tmp_path, monkeypatch, imgclass_log):
+    """The entry's space is reserved before the memory map is written (a sparse file on a full disk killed the
+    process with SIGBUS): when the reservation fails, training decodes in worker processes instead, with a
+    warning, and leaves no temporary file."""
+    import errno
+
+    import imgclass
+    from helpers import FAST
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    cache_dir = tmp_path / "cache"
+    run = imgclass.train(data, out=str(tmp_path / "run"), cache_dir=str(cache_dir), **dict(FAST, epochs=1))
+    assert run.history and (run.dir / "model.safetensors").is_file()
+    assert any(level == "WARNING" and "no room for the cache entry" in message for level, message in imgclass_log)
+    assert not list(cache_dir.glob("*.tmp")) and not list(cache_dir.glob("*.npy"))
+
+
+def test_cache_files_are_readable_by_their_owner_only(tmp_path):
+    root = make_class_folders(tmp_path / "d", per_class=6)
+    cache_dir = tmp_path / "cache"
+    load_cached(root, rows_of(root), Preprocessing(img_size=8), cache_dir)
+    files = list(cache_dir.glob("*.npy")) + list(cache_dir.glob("*.json"))
+    assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_lr_find_honours_no_cache_and_stream(tmp_path):
+    """lr-find prepares its data as train does: --no-cache and --stream write nothing to the cache."""
+    import imgclass
+    from helpers import FAST
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    options = dict(FAST, steps=5)
+    options.pop("evaluate")
+    for flags in ({"cache": False}, {"stream": True}):
+        cache_dir = tmp_path / f"cache-{next(iter(flags))}"
+        imgclass.lr_find(data, out=str(tmp_path / "lr.png"), cache_dir=str(cache_dir), **flags, **options)
+        assert not cache_dir.exists() or not any(cache_dir.iterdir()), flags
+    imgclass.lr_find(data, out=str(tmp_path / "lr.png"), cache_dir=str(tmp_path / "cache"), **options)
+    assert list((tmp_path / "cache").glob("*.npy"))

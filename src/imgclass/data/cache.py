@@ -104,8 +104,8 @@ def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cac
     hit = _mapped(cache_dir, key, rows, pre, on_warning)
     if hit is not None:
         return hit, True
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_dir / f"{key}.lock"):
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with FileLock(cache_dir / f"{key}.lock", mode=0o600):
         hit = _mapped(cache_dir, key, rows, pre, on_warning)  # filled by another process while we waited
         if hit is not None:
             return hit, True
@@ -135,13 +135,43 @@ def _mapped(cache_dir: Path, key: str, rows: list[tuple[str, int]], pre: Preproc
                         paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]])
 
 
+class CacheNoRoom(OSError):
+    """The disk could not reserve a new cache entry's space: the caller decodes without the cache instead."""
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) file now: writing into a memory map whose blocks the disk cannot
+    provide kills the process with SIGBUS, where a failed reservation is an error to handle (CacheNoRoom)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # (macOS, Windows) write it out instead
+            zeros = bytes(1 << 20)
+            for start in range(0, size, len(zeros)):
+                os.pwrite(fd, zeros[:min(len(zeros), size - start)], start)
+    finally:
+        os.close(fd)
+
+
 def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pre: Preprocessing, workers: int,
           on_progress: Callable[[int], None] | None) -> None:
     """Decode in chunks straight into a memory-mapped temp file, so a split larger than memory can be cached.
-    The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good)."""
+    The file has a row per listed file; bad files leave rows unused at its end (the metadata lists the good).
+    Its space is reserved before anything is written (CacheNoRoom when the disk has none), and it is readable by
+    its owner only (a cache holds the user's images)."""
     data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     tmp = data_file.with_name(f"{key}.npy.{os.getpid()}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))  # open_memmap keeps this mode
+    os.chmod(tmp, 0o600)  # (an orphan of the same name may have had another)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, pre.img_size, pre.img_size))
+    try:
+        _reserve(tmp)
+    except OSError as exc:
+        del out
+        tmp.unlink(missing_ok=True)
+        raise CacheNoRoom(f"no room for the cache entry on its disk ({exc.strerror or exc})") from None
     good, reasons = [], []
     for start, arrays, kept, chunk_reasons in decode_in_chunks([root / rel for rel, _ in rows], pre, workers,
                                                                CHUNK, on_progress):
@@ -153,7 +183,7 @@ def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pr
     os.replace(tmp, data_file)
     bad = [(rows[i][0], reasons[i]) for i in range(len(rows)) if reasons[i]]
     write_text_atomic(meta_file, json.dumps({"good": good, "bad": bad, "n": len(rows), "img_size": pre.img_size,
-                                             "resize": pre.resize, "root": str(root)}))
+                                             "resize": pre.resize, "root": str(root)}), mode=0o600)
 
 
 def cache_entries(cache_dir: Path | None = None) -> list[dict]:

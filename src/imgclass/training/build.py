@@ -182,13 +182,17 @@ def _decode_all(split: Split, pre: Preprocessing, cfg: TrainConfig, console: Con
         for name in SPLITS:
             progress.update(task, split=name)
             report = (lambda n, d=done: progress.update(task, completed=d + n))
+            if cfg.cache and split.items[name] and not stream:
+                try:
+                    tensors[name], hit = cache.load_cached(split.root, split.items[name], pre, cfg.cache_dir,
+                                                           cfg.workers, report)
+                    hits += hit
+                except cache.CacheNoRoom as exc:  # the disk filled since the check: no SIGBUS, a slower run
+                    say(f"{exc}; decoding every epoch in worker processes instead", warning=True)
+                    stream = True
             if stream:
                 tensors[name] = stream_split(split.root, split.items[name], pre, cfg.workers, report)
-            elif cfg.cache and split.items[name]:
-                tensors[name], hit = cache.load_cached(split.root, split.items[name], pre, cfg.cache_dir, cfg.workers,
-                                                       report)
-                hits += hit
-            else:
+            elif name not in tensors:
                 tensors[name] = load_split(split.root, split.items[name], pre, cfg.workers, on_progress=report)
             done += len(split.items[name])
     return tensors, hits

@@ -4,6 +4,7 @@ shows where the loss falls fastest, and the suggestion is the rate at the minimu
 smoothed loss divided by 10 (fastai's "minimum/10" rule)."""
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from .. import log
 from ..errors import DataError
+from ..files import write_bytes_atomic
 from .build import make_trainer, prepare
 from ..models.inference import pick_device
 from .optim import set_lr
@@ -74,5 +76,7 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    write_bytes_atomic(out, png.getvalue())
     return LRFind(lrs, losses, suggestion, out)
