@@ -278,3 +278,25 @@ def test_a_damaged_cached_export_is_exported_again(model_file, imgclass_log):
     x = images(p)
     assert torch.allclose(p.probabilities(x), reference(model_file, x), atol=1e-4)
     assert any(level == "WARNING" and "unreadable" in message for level, message in imgclass_log)
+
+
+@pytest.mark.slow
+def test_two_services_starting_together_share_one_cache_entry(model_file):
+    """Two worker processes choosing the runtime at once (an export and timings each): both succeed, and the
+    cache holds one complete export and a readable runtime.json, with no temporary file (every write is a
+    per-process temporary file renamed into place)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; from imgclass.prediction.predictor import Predictor; "
+            "from imgclass.prediction.runtime import choose_runtime; "
+            "p = Predictor.load(sys.argv[1], 'cpu'); print(choose_runtime(p, 'auto', images=None).note)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(model_file)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folder = cache_of(model_file)
+    assert onnx_metadata(folder / "model.onnx", SOURCE_KEY) == file_sha256(model_file)
+    assert isinstance(json.loads((folder / "runtime.json").read_text()), dict)
+    assert not list(folder.rglob("*.tmp"))
