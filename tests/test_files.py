@@ -26,9 +26,12 @@ def test_two_writers_never_share_a_temporary_file(tmp_path):
     import threading
 
     from imgclass.files import temp_name, write_bytes_atomic
-    names = []
-    threads = [threading.Thread(target=lambda: names.append(temp_name(tmp_path / "model.safetensors")))
-               for _ in range(4)]
+    names, together = [], threading.Barrier(4)
+
+    def name():  # four threads alive at once (a finished thread's id may be reused)
+        names.append(temp_name(tmp_path / "model.safetensors"))
+        together.wait()
+    threads = [threading.Thread(target=name) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
