@@ -343,11 +343,7 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
         return _score_tagged(model, data, pre, cfg, device, say, task)
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name in SPLITS:
-        part = data[name]
-        if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
-            keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(cfg.seed))[:sample]
-            part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
-                                paths=[part.paths[i] for i in keep.tolist()])
+        part = _to_score(data, name, cfg.seed)
         if len(part):
             scored[name] = (predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta),
                             part.labels)
@@ -359,6 +355,17 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration, task
 
 
+def _to_score(data: dict[str, ImageTensors], name: str, seed: int) -> ImageTensors:
+    """A split to score at the end: the whole of val and test; of train a seeded sample (train_score_n), which
+    shows over- or under-fitting as well as the whole would, at a fraction of the time (and of the budget)."""
+    part = data[name]
+    if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
+        keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:sample]
+        part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
+                            paths=[part.paths[i] for i in keep.tolist()])
+    return part
+
+
 def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
                   device: torch.device, say: Callable[..., None], task: Task):
     """_score_splits for several tags per image: Platt scaling per tag fitted on validation (--calibrate), each
@@ -367,9 +374,9 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     exact-match accuracy at those thresholds."""
     logits, labels = {}, {}
     for name in SPLITS:
-        if len(data[name]):
-            logits[name] = predict_logits(model, data[name].images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            labels[name] = data[name].labels
+        if len(part := _to_score(data, name, cfg.seed)):
+            logits[name] = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
+            labels[name] = part.labels
     val = (logits["val"], labels["val"]) if "val" in logits else None
     n_tags = next(iter(labels.values())).shape[1]
     calibration, fit = None, None
