@@ -59,15 +59,15 @@ def test_parity_failure_is_an_error(fast_run, tmp_path, monkeypatch, capsys):
 
 
 def test_a_failed_export_leaves_no_file_behind(trained_run, tmp_path, monkeypatch):
-    """Any failure while exporting (here the ONNX save), not only a parity failure, leaves neither the target
-    nor a temporary file."""
-    import onnx
+    """Any failure while exporting (here ONNX Runtime failing to load the written graph), not only a parity
+    failure, leaves neither the target nor a temporary file."""
+    import onnxruntime
 
     from imgclass.prediction.graph import export_model
 
-    def full_disk(*args, **kwargs):
+    def broken(*args, **kwargs):
         raise OSError("No space left on device")
-    monkeypatch.setattr(onnx, "save", full_disk)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", broken)
     with pytest.raises(OSError, match="No space"):
         export_model(trained_run, "onnx", tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
