@@ -229,3 +229,35 @@ def test_a_kill_during_evaluation_leaves_no_folder_that_looks_evaluated(tmp_path
     assert main(["compare", str(run.dir)]) == 0                      # the run without a test evaluation
     imgclass.evaluate(run.dir)
     assert (test_dir / "metrics.json").is_file() and (test_dir / "report.html").is_file()
+
+
+@pytest.mark.parametrize("results,planned,expected", [
+    ({"epochs_run": 10, "stop_reason": ""}, 10, "the planned epochs completed"),
+    ({"epochs_run": 4, "stop_reason": "time budget reached", "time_budget": "15m"}, 4,
+     "on plan: the time budget's deadline came in the last planned epoch (15m)"),
+    ({"epochs_run": 3, "stop_reason": "time budget reached", "time_budget": "5m"}, 6,
+     "the time budget (5m) ended it after 3 of 6 planned epochs"),
+    ({"epochs_run": 7, "stop_reason": "early stopping: no validation-accuracy gain for 3 epochs"}, 20,
+     "stopped early: no validation-accuracy gain for 3 epochs"),
+    ({"epochs_run": 2, "stop_reason": "pruned by Optuna"}, 10, "pruned by Optuna"),
+])
+def test_the_report_says_how_the_run_ended(results, planned, expected):
+    """A budget run that ended on plan is not "stopped early" (issue 28, item 5)."""
+    from imgclass.evaluation.report import run_ending
+    assert run_ending(results, {"epochs": planned}) == expected
+
+
+@pytest.mark.parametrize("weights,budget", [(None, None), ({"dataset": "ImageNet-1k"}, "5m")])
+def test_the_report_advises_only_what_the_run_has_not_done(weights, budget):
+    """Few images per class: a run from scratch is told to start from a pretrained backbone, a fine-tuned one is
+    not; under-fitting under a time budget asks for a longer budget, not more --epochs."""
+    from types import SimpleNamespace
+
+    from imgclass.evaluation.report import RunContext, _diagnosis_paragraphs
+    ctx = RunContext(results={"time_budget": budget}, split_counts={"train": {"a": 20, "b": 30}},
+                     header=SimpleNamespace(weights=weights))
+    metrics = {"most_confused": [], "ece": 0.01, "mean_confidence": 0.8, "accuracy": 0.8}
+    text = " ".join(_diagnosis_paragraphs(metrics, [], ctx, {"train": 0.7, "val": 0.68}))
+    assert "under-fitting" in text and "little data" in text
+    assert ("pretrained backbone" in text) == (weights is None)
+    assert ("--time-budget" in text) == (budget is not None) and ("--epochs" in text) == (budget is None)

@@ -129,10 +129,25 @@ def _model_paragraph(ctx: RunContext) -> str:
                   f"batch size {used.get('batch_size')}")
     if res.get("epochs_run"):
         model += (f"; trained {res['epochs_run']} of {used.get('epochs', res['epochs_run'])} epochs in "
-                  f"{res.get('train_seconds', 0) / 60:.1f} min, best validation accuracy at {best_epoch_phrase(res)}")
-        if res.get("stop_reason"):
-            model += " (stopped early)"
+                  f"{res.get('train_seconds', 0) / 60:.1f} min ({run_ending(res, used)}), best validation accuracy "
+                  f"at {best_epoch_phrase(res)}")
     return model + "."
+
+
+def run_ending(res: dict[str, Any], used: dict[str, Any]) -> str:
+    """How training ended, in words: the plan completed, the time budget's deadline (on plan or short of it),
+    early stopping, or a tuner's pruning (results.json's stop_reason and epochs)."""
+    reason, ran = res.get("stop_reason") or "", res.get("epochs_run", 0)
+    planned = used.get("epochs", ran)
+    if not reason:
+        return "the planned epochs completed" if ran >= planned else "ended before its planned epochs"
+    if reason == "time budget reached":
+        if ran >= planned:
+            return f"on plan: the time budget's deadline came in the last planned epoch ({res.get('time_budget')})"
+        return f"the time budget ({res.get('time_budget')}) ended it after {ran} of {planned} planned epochs"
+    if reason.startswith("early stopping"):
+        return f"stopped early: {reason.split(':', 1)[1].strip()}"
+    return reason
 
 
 def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float]) -> str:
@@ -173,14 +188,17 @@ def _diagnosis_paragraphs(metrics: dict[str, Any], notes: list[str], ctx: RunCon
         steps.append("stronger augmentation (`--augment strong`), more dropout or weight decay, or more images")
     elif tr is not None and tr < 0.9:
         diagnosis.append(f"under-fitting (train accuracy only {_pct(tr)})")
-        steps.append("train longer (`--epochs`), use a larger model (`--model-args width=...`) or a larger input size")
+        longer = "a longer `--time-budget`" if ctx.results.get("time_budget") else "train longer (`--epochs`)"
+        steps.append(f"{longer}, use a larger model (`--model-args width=...`) or a larger input size")
     if imbalance is not None and imbalance > 3:
         diagnosis.append(f"class imbalance ({imbalance:.1f}x)")
         steps.append(f"collect more images of the rare classes (e.g. '{min(train_counts, key=train_counts.get)}') "
                      f"and watch balanced accuracy rather than accuracy")
     if train_counts and min(train_counts.values()) < 50:
         diagnosis.append("little data for some classes (fewer than 50 training images)")
-        steps.append("add images, or start from a pretrained backbone (`--model timm:NAME`)")
+        pretrained = ctx.header is not None and ctx.header.weights
+        steps.append("add images of them" if pretrained else  # (advice only what the run has not already done)
+                     "add images, or start from a pretrained backbone (`--model timm:NAME`)")
     if metrics["ece"] > 0.05:
         side = "over" if metrics["mean_confidence"] > metrics["accuracy"] else "under"
         diagnosis.append(f"{side}-confident probabilities (ECE {metrics['ece']:.3f})")
