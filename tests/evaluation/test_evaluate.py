@@ -240,6 +240,8 @@ def test_a_kill_during_evaluation_leaves_no_folder_that_looks_evaluated(tmp_path
     ({"epochs_run": 7, "stop_reason": "early stopping: no validation-accuracy gain for 3 epochs"}, 20,
      "stopped early: no validation-accuracy gain for 3 epochs"),
     ({"epochs_run": 2, "stop_reason": "pruned by Optuna"}, 10, "pruned by Optuna"),
+    ({"epochs_run": 15, "stop_reason": "time budget: 15 of 17 planned epochs fit", "time_budget": "15m"}, 15,
+     "15 of 17 planned epochs fit in the time budget (15m); the schedule ended with them"),
 ])
 def test_the_report_says_how_the_run_ended(results, planned, expected):
     """A budget run that ended on plan is not "stopped early" (issue 28, item 5)."""

@@ -145,6 +145,8 @@ def run_ending(res: dict[str, Any], used: dict[str, Any]) -> str:
         if ran >= planned:
             return f"on plan: the time budget's deadline came in the last planned epoch ({res.get('time_budget')})"
         return f"the time budget ({res.get('time_budget')}) ended it after {ran} of {planned} planned epochs"
+    if reason.startswith("time budget: "):  # the loop fitted its plan to the budget's time left
+        return f"{reason.split(': ', 1)[1]} in the time budget ({res.get('time_budget')}); the schedule ended with them"
     if reason.startswith("early stopping"):
         return f"stopped early: {reason.split(':', 1)[1].strip()}"
     return reason

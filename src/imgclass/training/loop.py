@@ -168,6 +168,25 @@ class Trainer:
         by_clock = (self.clock / self.time_allowed - CLOCK_SLACK) / (1.0 - CLOCK_SLACK)
         return max(by_steps, by_clock)
 
+    def _fit_plan_to_budget(self) -> bool:
+        """Under a time budget, at an epoch's start: when the planned epochs left no longer fit in the budget's time
+        left (an epoch's cost measured on the clock so far, validation and checkpoints included), cut the plan to
+        the epochs that fit, so the schedule, which follows the steps, anneals at the end of the last of them.
+        (Cut by the deadline instead, a run on a machine faster or slower than planned stopped with the learning
+        rate still at 8% of its peak: the clock's share lags by the time between an epoch's last step and the
+        next epoch's start.) The new plan is kept in `plan`, so --resume continues it exactly. True if cut."""
+        if self.time_allowed is None or self.epoch == 0 or self.clock <= 0 or (self.dist is not None
+                                                                                and self.dist.active):
+            return False  # (with several processes the ranks' clocks differ: they keep the plan and the deadline)
+        per_epoch = self.clock / self.epoch
+        fit = self.epoch + max(1, int((self.time_allowed - self.clock) / per_epoch))
+        if fit >= self.epochs:
+            return False
+        self.stop_reason = f"time budget: {fit} of {self.plan.get('epochs_planned', self.epochs)} planned epochs fit"
+        self.plan = {**self.plan, "epochs": fit, "epochs_planned": self.plan.get("epochs_planned", self.epochs)}
+        self.epochs = fit
+        return True
+
     def _tick(self, since: float) -> float:
         """Add the training time since `since` to the clock; returns now."""
         now = time.perf_counter()
@@ -224,6 +243,8 @@ class Trainer:
             ticked = self._tick(self.last_tick)
         self.event(Event.BEFORE_FIT)
         while self.epoch < min(self.epochs, stop_at or self.epochs) and not self.stop:
+            if self._fit_plan_to_budget():
+                total = self.epochs * self.steps_per_epoch  # the schedule now ends with the last epoch that fits
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
             self.model.train()
@@ -253,9 +274,11 @@ class Trainer:
                 loss_sum += self.batch_loss * len(y)
                 correct += self.task.correct(logits, y)
                 self.event(Event.AFTER_STEP)
-            self.event(Event.BEFORE_VALIDATE)  # the epoch's weights are final after this (e.g. lookahead's last pull)
             if self.dist is not None:
                 loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)
+            if seen == 0 and self.stop:  # the deadline came before the epoch's first step: no epoch to record
+                break
+            self.event(Event.BEFORE_VALIDATE)  # the epoch's weights are final after this (e.g. lookahead's last pull)
             row = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
             if self.val_data is not None and len(self.val_data):
                 row["val_loss"], row["val_acc"] = self.validate()

@@ -254,8 +254,8 @@ def _fit_stage(plan: RunPlan, prep: Prepared, trainer: Trainer, dd, say: Callabl
     Returns the last phase's preprocessing and splits."""
     pre, data = prep.pre, prep.data
     for i, (size, last_epoch) in enumerate(plan.phases):
-        if trainer.epoch >= last_epoch or trainer.stop:
-            continue
+        if trainer.epoch >= last_epoch or trainer.stop or trainer.epoch >= trainer.epochs:
+            continue  # (a plan cut to the time budget's left can end before a later phase)
         phase_start = plan.phases[i - 1][1] if i else 0
         if size != trainer.pre.img_size:
             pre = dataclasses.replace(pre, img_size=size)

@@ -1,0 +1,78 @@
+"""The loop against a clock (issue 28, item 3): on a machine slower or faster than the budget planned, a budget
+run ends with its schedule annealed and records no phantom epoch. The clock is a fake one the steps advance, so
+the test is exact and takes no time."""
+import pytest
+import torch
+
+from imgclass.data.augment import BatchAugment
+from imgclass.data.images import ImageTensors
+from imgclass.data.preprocess import Preprocessing
+from imgclass.models import create_model
+from imgclass.training import loop as loop_module
+from imgclass.training.loop import Callback, Trainer
+
+STEPS_PER_EPOCH, PLANNED_EPOCHS = 4, 10
+
+
+class FakeTime:
+    """time.perf_counter for the loop: it moves only when the fake work below moves it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class Work(Callback):
+    """Each step costs `step` seconds, each epoch's validation and checkpoints `between` seconds; records the
+    share of the schedule (done) and the learning rate of every step."""
+
+    def __init__(self, clock, step, between):
+        self.clock, self.step, self.between, self.steps = clock, step, between, []
+
+    def after_step(self, t):
+        self.clock.now += self.step
+        self.steps.append((t.done, t.optimizer.param_groups[0]["lr"]))
+
+    def before_validate(self, t):
+        self.clock.now += self.between
+
+
+def trainer(callbacks, deadline, schedule):
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=2, img_size=4, width=4, depth=1, norm=False)
+    n = 8 * STEPS_PER_EPOCH
+    images = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8)
+    data = ImageTensors(images, torch.arange(n) % 2, [""] * n)
+    return Trainer(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_data=data,
+                   val_data=ImageTensors(images[:8], torch.arange(8) % 2, [""] * 8),
+                   pre=Preprocessing(img_size=4, mean=(0, 0, 0), std=(1, 1, 1)), augment=BatchAugment("none"),
+                   epochs=PLANNED_EPOCHS, batch_size=8, peak_lr=0.1, warmup_epochs=0, label_smoothing=0, seed=0,
+                   device=torch.device("cpu"), callbacks=callbacks, deadline=deadline, schedule=schedule)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+@pytest.mark.parametrize("speed", [0.6, 1.0, 1.08, 1.3, 2.0])
+def test_a_budget_run_lands_its_schedule_at_any_speed(monkeypatch, schedule, speed):
+    """The budget planned 10 epochs of 4 one-second steps and 1.5 s of validation each; the machine runs the
+    steps `speed` times as long. Whatever the speed: the last step is at the end of the schedule (its learning
+    rate the schedule's final value), every recorded epoch has steps, and the plan recorded is what ran."""
+    clock = FakeTime()
+    monkeypatch.setattr(loop_module, "time", clock)
+    work = Work(clock, step=1.0 * speed, between=1.5)
+    budget = PLANNED_EPOCHS * (STEPS_PER_EPOCH * 1.0 + 1.5)
+    t = trainer([work], deadline=clock.now + budget, schedule=schedule)
+    t.fit()
+    last_done, last_lr = work.steps[-1]
+    steps = t.epochs * STEPS_PER_EPOCH                        # the schedule's steps, as (re)planned
+    assert last_done >= (steps - 1) / steps - 1e-9, (speed, last_done)   # the last step is the schedule's last
+    assert last_lr == pytest.approx(loop_module.lr_at(last_done, 0.0, 0.1, schedule))
+    assert [row["epoch"] for row in t.history] == list(range(1, t.epoch + 1))
+    assert all(row["train_loss"] > 0 for row in t.history)                    # no phantom epoch
+    assert clock.now - 1000.0 <= budget + STEPS_PER_EPOCH * speed               # within the budget (or its last step)
+    if speed > 1.0:                                                             # slower: the plan was cut to fit
+        assert t.epoch < PLANNED_EPOCHS and t.plan["epochs"] == t.epochs == t.epoch
+        assert t.stop_reason.startswith("time budget: ") and t.plan["epochs_planned"] == PLANNED_EPOCHS
+    else:
+        assert t.epoch == PLANNED_EPOCHS
