@@ -146,3 +146,17 @@ def test_activation_option(tmp_path, capsys):
     assert main(["train", str(data), "--model", "timm:resnet10t", "--activation", "gelu",
                  "--out", str(tmp_path / "zoo")]) == 2
     assert "--activation is for imgclass's own networks" in capsys.readouterr().err
+
+
+def test_results_say_what_each_stage_of_the_end_cost(tmp_path):
+    """results.json times the final scoring and each split's report (issue 28, item 4): the stages add up to no
+    more than the run's total."""
+    import json
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1, evaluate=True))
+    r = json.loads((run.dir / "results.json").read_text())
+    assert r["scoring_seconds"] > 0 and set(r["report_seconds"]) == {"val", "test"}
+    assert all(v > 0 for v in r["report_seconds"].values())
+    parts = r["train_seconds"] + r["decode_seconds"] + r["head_seconds"] + r["scoring_seconds"] + sum(
+        r["report_seconds"].values())
+    assert parts <= r["total_seconds"]

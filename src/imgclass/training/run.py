@@ -272,13 +272,16 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
     file and results.json, evaluate val and test."""
     cfg = plan.cfg
     best, _ = load_model(run.best, device)
+    scoring_started = time.perf_counter()
     metrics, probs, calibration, task = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
+    scoring_seconds = round(time.perf_counter() - scoring_started, 2)  # the final scoring and calibration
     plan = dataclasses.replace(plan, task=task)  # with what it decided on validation (several tags: thresholds)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
              "decode_seconds": round(final.decode_seconds, 2), "head_seconds": round(head_seconds, 2),
              "weights": final.weights_origin, "bad_files": len(final.bad), "device": str(device),
-             "time_budget": cfg.time_budget, "processes": dd.world, "plan": trainer.plan, "calibration": calibration}
+             "time_budget": cfg.time_budget, "processes": dd.world, "plan": trainer.plan, "calibration": calibration,
+             "scoring_seconds": scoring_seconds}
     header = header_for(plan, final.pre, final.weights_origin, {**metrics, **facts}, calibration)
     save_model(run.model, best, header)
     run.write_results({"metrics": metrics, **facts})
@@ -287,10 +290,14 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
         from ..evaluation.evaluate import evaluate  # deferred: evaluation imports matplotlib and the report
         # the model just scored, with the header just written: no second load from the file
         predictor = Predictor(best, header, device)
+        report_seconds = {}  # each split's metrics, figures and report (the budget reserves time for them)
         for name in ("val", "test"):
             if len(final.data[name]):
+                report_started = time.perf_counter()
                 result.evaluations[name] = evaluate(run.path, split=name, predictor=predictor,
                                                     precomputed=(final.data[name], probs[name].numpy()))
+                report_seconds[name] = round(time.perf_counter() - report_started, 2)
+        facts["report_seconds"] = report_seconds
     facts["total_seconds"] = round(time.perf_counter() - started, 2)
     run.write_results({"metrics": metrics, **facts})
     dd.barrier()
