@@ -108,6 +108,14 @@ def make_tagged_folder(root, n=90, seed=0):
     return root / "data", root / "tags.csv"
 
 
+def png_bytes(label=0, size=12) -> bytes:
+    """A tiny PNG of class `label` (tiny_image), as an upload's bytes."""
+    import io
+    buf = io.BytesIO()
+    tiny_image(label, np.random.RandomState(label), size).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

@@ -8,14 +8,8 @@ import pytest
 import imgclass
 from imgclass.serving.app import create_app
 
-from helpers import assert_same_answers, local_client, tiny_image
+from helpers import assert_same_answers, local_client, png_bytes
 from messy import png_bomb
-
-
-def png_bytes(label=0, size=12) -> bytes:
-    buf = io.BytesIO()
-    tiny_image(label, np.random.RandomState(label), size).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

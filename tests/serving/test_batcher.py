@@ -1,6 +1,5 @@
 """Dynamic batching (issue 19): concurrent requests share model calls and each still gets its own answer
 (equal to single-image prediction) and its own errors; a full queue answers 503 JSON with Retry-After."""
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +12,7 @@ from imgclass.prediction.predictor import Predictor
 from imgclass.serving.app import create_app
 from imgclass.serving.batcher import Batcher, Batching, QueueFull
 
-from helpers import local_client, running_server, tiny_image
-
-
-def png_bytes(label=0, size=12) -> bytes:
-    buf = io.BytesIO()
-    tiny_image(label, np.random.RandomState(label), size).save(buf, "PNG")
-    return buf.getvalue()
+from helpers import local_client, png_bytes, running_server
 
 
 def test_batcher_groups_waiting_images_and_answers_each():

@@ -1,10 +1,8 @@
 """Who may reach the service (issue 27, items 2-4): only the Host names it is reached by, no cross-site POSTs
 unless --cors allows them, the API key on every path but the page and /health, and the key out of logs."""
-import io
 import logging
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,7 +10,7 @@ from imgclass.errors import UserError
 from imgclass.serving.app import create_app
 from imgclass.serving.guard import allowed_host_names, host_name
 
-from helpers import local_client, running_server, tiny_image
+from helpers import local_client, png_bytes, running_server
 
 KEY = "a-long-test-key"
 
@@ -23,9 +21,7 @@ def app(trained_run):
 
 
 def _files():
-    buf = io.BytesIO()
-    tiny_image(0, np.random.RandomState(0), 12).save(buf, "PNG")
-    return {"file": ("x.png", buf.getvalue(), "image/png")}
+    return {"file": ("x.png", png_bytes(0), "image/png")}
 
 
 def test_host_names_parse_like_rfc_3986():

@@ -2,7 +2,6 @@
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from imgclass.models.header import Architecture
 from imgclass.models import create_model
 from imgclass.serving.app import create_app
 
-from helpers import local_client
+from helpers import free_port, local_client
 
 N = 10_000
 SIZE = 128  # decoded all at once, 10,000 images at 128 px are 490 MB of uint8 and 2 GB as float32
@@ -69,9 +68,7 @@ def test_the_default_limit_refuses_10000_images_before_decoding(tmp_path):
 def test_10000_images_are_answered_in_bounded_memory(tmp_path):
     """An operator who raises --max-batch to 10,000: every image answered, and the server's peak memory
     grows by less than a quarter of what one batch of decoded pixels would take (chunks of 16)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "imgclass", "serve", str(_model_file(tmp_path)), "--port",
                                str(port), "--max-batch", str(N)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

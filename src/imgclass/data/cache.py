@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from .images import ImageTensors, decode_in_chunks
 from .preprocess import Preprocessing
 from .. import log
-from ..files import write_text_atomic
+from ..files import temp_name, write_text_atomic
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
 CHUNK = 4096       # files decoded at a time when filling the cache (bounded memory)
@@ -155,6 +155,20 @@ def _reserve(path: Path) -> None:
         os.close(fd)
 
 
+def _reserved_map(tmp: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 .npy memory map at tmp, readable by its owner only, its space reserved on the disk (or
+    CacheNoRoom, and no file)."""
+    os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))  # open_memmap keeps this mode
+    os.chmod(tmp, 0o600)  # (an orphan of the same name may have had another)
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)  # the header and a sparse file
+    try:
+        _reserve(tmp)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CacheNoRoom(f"no room for the cache entry on its disk ({exc.strerror or exc})") from None
+    return np.load(tmp, mmap_mode="r+")
+
+
 def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pre: Preprocessing, workers: int,
           on_progress: Callable[[int], None] | None) -> None:
     """Decode in chunks straight into a memory-mapped temp file, so a split larger than memory can be cached.
@@ -162,16 +176,8 @@ def _fill(cache_dir: Path, key: str, root: Path, rows: list[tuple[str, int]], pr
     Its space is reserved before anything is written (CacheNoRoom when the disk has none), and it is readable by
     its owner only (a cache holds the user's images)."""
     data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    tmp = data_file.with_name(f"{key}.npy.{os.getpid()}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))  # open_memmap keeps this mode
-    os.chmod(tmp, 0o600)  # (an orphan of the same name may have had another)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), 3, pre.img_size, pre.img_size))
-    try:
-        _reserve(tmp)
-    except OSError as exc:
-        del out
-        tmp.unlink(missing_ok=True)
-        raise CacheNoRoom(f"no room for the cache entry on its disk ({exc.strerror or exc})") from None
+    tmp = temp_name(data_file)  # <key>.npy.<pid>.<thread>.tmp: the lock holder's orphan glob finds a killed one's
+    out = _reserved_map(tmp, (len(rows), 3, pre.img_size, pre.img_size))
     good, reasons = [], []
     for start, arrays, kept, chunk_reasons in decode_in_chunks([root / rel for rel, _ in rows], pre, workers,
                                                                CHUNK, on_progress):

@@ -231,7 +231,7 @@ class MultiLabel(Task):
         """This task with Platt's per-tag (a, b); thresholds already chosen move with the probabilities, so
         every decision stays as it was (a > 0: the map is increasing)."""
         moved = None if self.thresholds is None else tuple(
-            float(1 / (1 + np.exp(-(a * _logit(t) + b)))) for t, a, b in zip(self.thresholds, scale, shift))
+            float(_sigmoid(a * _logit(t) + b)) for t, a, b in zip(self.thresholds, scale, shift))
         return dataclasses.replace(self, thresholds=moved, calibration_scale=tuple(scale),
                                    calibration_shift=tuple(shift))
 
@@ -240,7 +240,7 @@ class MultiLabel(Task):
         if self.calibration_scale is None:
             return probs
         a, b = np.asarray(self.calibration_scale), np.asarray(self.calibration_shift)
-        return 1 / (1 + np.exp(-(_logit(probs) - b) / a))
+        return _sigmoid((_logit(probs) - b) / a)
 
     def loss(self, model, forward, x, y, target, label_smoothing, class_weights):
         logits = forward(x).float()  # target: y's 0/1 rows, or mixup/cutmix's mixed ones
@@ -365,6 +365,10 @@ def _listed(names, most: int = 30) -> str:
 def _logit(p):
     p = np.clip(p, 1e-12, 1 - 1e-12)
     return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
 
 
 def _f1(truth: np.ndarray, decided: np.ndarray) -> float:

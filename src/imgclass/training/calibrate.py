@@ -103,8 +103,13 @@ def tag_calibration_facts(logits: torch.Tensor, labels: torch.Tensor, task) -> d
             "tags_fitted": sum(1 for a, b in zip(task.calibration_scale, task.calibration_shift) if (a, b) != (1, 0)),
             "val_ece_before": mean_tag_ece(y, before), "val_ece_after": mean_tag_ece(y, after),
             "val_nll_before": float(F.binary_cross_entropy_with_logits(logits, labels.float())),
-            "val_nll_after": float(F.binary_cross_entropy(torch.from_numpy(after).double().clamp(1e-12, 1 - 1e-12),
-                                                          labels.double()))}
+            "val_nll_after": probability_bce(torch.from_numpy(after), labels)}
+
+
+def probability_bce(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Binary cross-entropy of probabilities (calibrated ones: there are no logits to start from) against 0/1
+    labels, in float64 with the probabilities kept off 0 and 1."""
+    return float(F.binary_cross_entropy(probs.double().clamp(1e-12, 1 - 1e-12), labels.double()))
 
 
 def mean_tag_ece(y: np.ndarray, probs: np.ndarray) -> float:

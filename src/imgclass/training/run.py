@@ -407,12 +407,12 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
         say(f"calibration: Platt scaling per tag ({calibration['tags_fitted']} of {n_tags} tags) fitted on "
             f"{calibration['n']} validation images; their ECE per tag {calibration['val_ece_before']:.3f} -> "
             f"{calibration['val_ece_after']:.3f}")
+    from .calibrate import probability_bce  # deferred: it imports the metrics (scikit-learn)
     probs, metrics = {}, {}
     for name, split_logits in logits.items():
         probs[name] = task.probabilities(split_logits)
         _, m_ap = task.score(split_logits, labels[name])  # (the ranking, so mAP, is calibration's invariant)
-        loss = float(torch.nn.functional.binary_cross_entropy(
-            probs[name].double().clamp(1e-12, 1 - 1e-12), labels[name].double()))
+        loss = probability_bce(probs[name], labels[name])
         exact = float((task.decisions(probs[name].numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
         metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(split_logits)}
     return metrics, probs, calibration, task
