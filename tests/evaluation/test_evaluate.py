@@ -163,7 +163,7 @@ def test_evaluate_another_folder_from_a_labels_csv(evaluated_run, tmp_path):
         lines.append(f"{i},{row['label']}")
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     assert main(["evaluate", str(evaluated_run.dir), str(tmp_path / "flat"), "--labels", str(tmp_path / "labels.csv"),
-                 "--out", str(tmp_path / "e")]) == 0
+                 "--out", str(tmp_path / "e"), "--runtime", "torch", "--precision", "float32"]) == 0  # as trained
     got = json.loads((tmp_path / "e" / "metrics.json").read_text())
     own = json.loads((evaluated_run.dir / "eval" / "test" / "metrics.json").read_text())
     assert got["n"] == own["n"] == len(rows) and got["accuracy"] == pytest.approx(own["accuracy"], abs=1e-9)

@@ -374,8 +374,9 @@ def test_health_and_info_answer_while_uploads_wait(trained_run, monkeypatch):
     from helpers import running_server
     predictor = torch_predictor(trained_run)
     real = type(predictor.pre).load
-    monkeypatch.setattr(type(predictor.pre), "load", lambda pre, blob, **kw: (clock.sleep(1.0), real(pre, blob, **kw))[1])
-    app = create_app(predictor, max_concurrent=1, slot_seconds=3.0)
+    monkeypatch.setattr(type(predictor.pre), "load",
+                        lambda pre, blob, **kw: (clock.sleep(2.0), real(pre, blob, **kw))[1])
+    app = create_app(predictor, max_concurrent=1, slot_seconds=6.0)
     with running_server(app) as url, ThreadPoolExecutor(60) as pool:
         uploads = [pool.submit(httpx.post, f"{url}/predict", timeout=60,
                                files={"file": ("x.png", png_bytes(0), "image/png")}) for _ in range(55)]
@@ -383,10 +384,10 @@ def test_health_and_info_answer_while_uploads_wait(trained_run, monkeypatch):
         for path in ("/health", "/info", "/metrics", "/"):
             started = clock.monotonic()
             assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
-            assert clock.monotonic() - started < 1.0, path
+            assert clock.monotonic() - started < 1.5, path               # not after an upload's 2 s decode
         codes = [f.result().status_code for f in uploads]
         busy = next(f.result() for f in uploads if f.result().status_code == 503)
-    assert set(codes) == {200, 503} and codes.count(200) <= 6            # one slot, a second each, 3 s of waiting
+    assert set(codes) == {200, 503} and codes.count(200) <= 6            # one slot, 2 s each, 6 s of waiting
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
     assert threading.active_count() < 200
 
