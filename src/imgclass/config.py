@@ -63,6 +63,7 @@ class TrainConfig:
     pretrained: bool = False         # start from the published weights (timm / torchvision; hub cache, no download offline)
     weights: str | None = None       # start from a local file: .safetensors/.pth state dict, or an imgclass model file
     head_epochs: int = 30            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
+    finetune: Literal["auto", "full", "top", "head"] = "auto"  # stage 2: full (the whole backbone, see unfreeze), top (its top blocks on cached activations of the frozen bottom: ~5x faster epochs), head (none: the head stage's model); auto: --time-budget picks by the epochs that fit, else full
     unfreeze: Literal["gradual", "all", "none"] = "gradual"  # stage 2: unfreeze from the top one group at a time, all at once, or never
     layer_lr_decay: float = 0.7      # stage 2: each backbone group below the head learns this much slower
     bn_stats_frozen: bool = True     # stage 2: backbone batch norms keep their pretrained statistics (scale/shift still learn)

@@ -68,11 +68,7 @@ class BatchAugment:
             return torch.rand(*shape, generator=generator).to(x.device)
 
         if p["flip"]:
-            if self.hflip_mode == "alternate" and flip_parity is not None:
-                flip = (flip_parity.to(x.device) + epoch) % 2 == 1
-            else:
-                flip = rand(n) < 0.5
-            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+            x = self._flip(x, rand, flip_parity, epoch)
         if p["translate"] or p["zoom"] or p["rotate"] or p["shear"]:
             x = self._affine(x, rand)
         if p["brightness"] or p["contrast"]:
@@ -88,6 +84,22 @@ class BatchAugment:
         if p["rand"]:
             x = self._rand_augment(x.clamp(0.0, 1.0), generator)
         return x.clamp_(0.0, 1.0)
+
+    def flip_only(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
+                  epoch: int = 0) -> torch.Tensor:
+        """The horizontal flips alone, on any N x C x H x W tensor, values untouched (no clamp): for feature maps
+        cached from images (the top stage of fine-tuning), whose flips approximate the flipped images'."""
+        if not self.p["flip"]:
+            return x
+        return self._flip(x, lambda *shape: torch.rand(*shape, generator=generator).to(x.device), flip_parity, epoch)
+
+    def _flip(self, x: torch.Tensor, rand, flip_parity: torch.Tensor | None, epoch: int) -> torch.Tensor:
+        n = x.shape[0]
+        if self.hflip_mode == "alternate" and flip_parity is not None:
+            flip = (flip_parity.to(x.device) + epoch) % 2 == 1
+        else:
+            flip = rand(n) < 0.5
+        return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
 
     @staticmethod
     def _rand_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

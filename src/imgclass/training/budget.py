@@ -75,41 +75,15 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     (step_share: the share of a full step an average epoch's step costs; n_classes: the classes or tags, which
     the report's time grows with); returns (epochs, seconds reserved for the final evaluation, estimated seconds
     an epoch)."""
-    import copy
-    probe = copy.deepcopy(model).train()
-    opt = make_optimizer(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
     # per-image training time is flat in the batch size for large inputs (EfficientNet-Lite0 at 224 px:
     # 18-19 images/s from 8 to 64): a small probe batch measures the same in a fraction of the time
     batch = min(cfg.batch_size, len(data), scoring_batch(cfg.batch_size, pre.img_size, device))
     x = pre.normalize(data.images[:batch].to(device)).contiguous(memory_format=torch.channels_last)
     y = data.labels[:batch].to(device)
-    times = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
-    for i in range(4):
-        started = time.perf_counter()
-        with autocast:
-            loss, _ = task.loss(probe, probe, x, y, y, 0.0, None)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first step pays one-off costs
-            times.append(time.perf_counter() - started)
-    per_image = step_share * min(times) / batch
+    per_image = step_share * step_seconds(model, x, y, cfg, device, task)
     # Scoring passes, timed as they run: float32, eval mode, no autograd (per-epoch validation without TTA,
     # the final scoring with it). Estimating them as a share of the training step undercounted them under bf16.
-    probe.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(3):
-            started = time.perf_counter()
-            probe(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - started)
-    eval_image = min(times) / batch
+    eval_image = eval_seconds(model, x, device)
     passes = {"none": 1, "flip": 2, "flip_translate": 6}[cfg.tta]
     # Augmentation and batch assembly are left out on purpose: an optimistic epoch time plans a few too many
     # epochs, which the deadline trims while the schedule follows the clock. (With a 1.1 margin for them
@@ -123,3 +97,67 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     # the run uses the whole budget (rounding down left up to an epoch unused: 1.5 of 15 minutes measured).
     epochs = math.ceil(max(0.0, seconds_left - reserve) / epoch_seconds)
     return max(1, epochs), reserve, epoch_seconds
+
+
+def step_seconds(forward, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                 task: Task = SINGLE_LABEL) -> float:
+    """Seconds per image of a training step (the task's loss, backward, the optimizer) of a copy of `forward` on
+    the batch x: the best of three after a first step that pays one-off costs."""
+    import copy
+    probe = copy.deepcopy(forward).train()
+    opt = make_optimizer(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
+    times = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
+    for i in range(4):
+        started = time.perf_counter()
+        with autocast:
+            loss, _ = task.loss(probe, probe, x, y, y, 0.0, None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step pays one-off costs
+            times.append(time.perf_counter() - started)
+    return min(times) / len(x)
+
+
+def eval_seconds(forward, x: torch.Tensor, device: torch.device) -> float:
+    """Seconds per image of a scoring pass (float32, eval mode, no autograd) on the batch x."""
+    was_training = forward.training
+    forward.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(3):
+            started = time.perf_counter()
+            forward(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - started)
+    forward.train(was_training)
+    return min(times) / len(x)
+
+
+# Full fine-tuning is kept while this many epochs fit: gradual unfreezing reaches every group of the backbone in
+# a few epochs (hymenoptera, Lite2 at 260 px, 6 epochs in 3 minutes: 96.1-96.7% val). With fewer, the top stage
+# trains ~5x more epochs of the top blocks instead (fashion_hier, Lite0 at 224 px, 5 minutes: ~1.5 full epochs
+# matched the head alone, 95.96% test; five top-stage epochs reached 97.2% in bench/transfer_stages.py).
+FULL_MIN_EPOCHS = 4
+TOP_MIN_EPOCHS = 2      # fewer top-stage epochs than this: the head stage's model is the run's
+TOP_MAX_EPOCHS = 10     # the top stage's epochs under a long budget (it over-fits small sets beyond)
+
+
+def choose_finetune(full_epochs: float, top_epochs: float | None, top_unavailable: str = "") -> tuple[str, str]:
+    """(full, top or head; why) for --finetune auto under --time-budget, from the fine-tuning epochs each would fit
+    (top_epochs None: no top stage for this model, for top_unavailable's reason)."""
+    if full_epochs >= FULL_MIN_EPOCHS:
+        return "full", f"{full_epochs:.0f} epochs of full fine-tuning fit"
+    if top_epochs is None:
+        if full_epochs >= 1:
+            return "full", f"{full_epochs:.1f} epochs of full fine-tuning fit (no top stage: {top_unavailable})"
+        return "head", f"not one epoch of full fine-tuning fits (no top stage: {top_unavailable})"
+    if top_epochs >= TOP_MIN_EPOCHS:
+        return "top", (f"only {full_epochs:.1f} epochs of full fine-tuning fit, {min(top_epochs, TOP_MAX_EPOCHS):.0f} "
+                       f"of the top blocks on cached activations")
+    return "head", f"neither full fine-tuning ({full_epochs:.1f} epochs) nor the top stage ({top_epochs:.1f}) fits"

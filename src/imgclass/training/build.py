@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import log
 from ..config import TrainConfig
 from ..data import cache
-from ..data.augment import batch_mix, from_config as augment_from_config
+from ..data.augment import BatchAugment, batch_mix, from_config as augment_from_config
 from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split
@@ -98,15 +98,21 @@ def make_optimizer_for(plan: RunPlan, model: nn.Module, groups: list) -> torch.o
 
 
 def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks: list[Callback],
-                 deadline: float | None = None, dist=None, train_forward: nn.Module | None = None) -> Trainer:
+                 deadline: float | None = None, dist=None, train_forward: nn.Module | None = None,
+                 cached_inputs: bool = False) -> Trainer:
     """The loop over a prepared model with every training setting of the plan (augmentation, mixup/cutmix,
-    class weights, label smoothing, schedule, bf16)."""
+    class weights, label smoothing, schedule, bf16). cached_inputs: prep's train and val hold a frozen bottom's
+    activations (the top stage), which train_forward scores; of the augmentation only the flips apply to them
+    (BatchAugment.flip_only)."""
     cfg = plan.cfg
+    augment = augment_from_config(cfg)
+    if cached_inputs:
+        augment = BatchAugment("none" if cfg.augment == "none" else "light", cfg.hflip, cfg.hflip_mode)
     class_weights = None
     if cfg.class_weights == "auto":
         class_weights = plan.task.class_weights(prep.data["train"].labels, len(plan.classes)).to(device)
     return Trainer(model=prep.model, optimizer=prep.optimizer, train_data=prep.data["train"],
-                   val_data=prep.data["val"], pre=prep.pre, augment=augment_from_config(cfg),
+                   val_data=prep.data["val"], pre=prep.pre, augment=augment, cached_inputs=cached_inputs,
                    mix=batch_mix(cfg.mixup, cfg.cutmix, len(plan.classes), tags=not plan.task.exclusive),
                    epochs=cfg.epochs,
                    batch_size=cfg.batch_size, peak_lr=plan.lr, warmup_epochs=cfg.warmup_epochs,

@@ -88,6 +88,9 @@ class Trainer:
     bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
     mix: Any = None                      # data.augment.batch_mix: (images, labels) -> (images, soft targets)
     task: Task = SINGLE_LABEL            # the label structure: its loss (models/task.py)
+    cached_inputs: bool = False          # the top stage (top_stage.py): train/val data hold a frozen bottom's cached
+                                         # activations, which train_forward turns into scores (no standardisation;
+                                         # of the augmentation only flips apply)
     # progress, read and written by callbacks and saved in checkpoints
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
@@ -198,6 +201,9 @@ class Trainer:
         rank predicts its shard and the logits are gathered, so every rank scores the whole split as one
         process would."""
         data = self.val_data
+        if self.cached_inputs:  # float32 and no TTA, as the per-epoch validation of images
+            return self.task.score(cached_logits(self.train_forward, data.images, max(self.batch_size, 256), self.device),
+                                   data.labels)
         if self.dist is None or not self.dist.active or len(data) < self.dist.world:  # (no empty shard to gather)
             return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta, self.task)
         shard = torch.arange(self.dist.rank, len(data), self.dist.world)
@@ -212,11 +218,14 @@ class Trainer:
         scores)."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        x = self.augment(x.float().div_(255.0), gen, flips, self.epoch)
         target = y
-        if self.mix is not None:  # mixed images, soft targets; train accuracy still counts the first label
-            x, target = self.mix(x, y)
-        x = self.pre.standardize(x)
+        if self.cached_inputs:  # a frozen bottom's maps: flipped like the images they came from, nothing else
+            x = self.augment.flip_only(x.float(), gen, flips, self.epoch)
+        else:
+            x = self.augment(x.float().div_(255.0), gen, flips, self.epoch)
+            if self.mix is not None:  # mixed images, soft targets; train accuracy still counts the first label
+                x, target = self.mix(x, y)
+            x = self.pre.standardize(x)
         if self.device.type in ("cpu", "cuda") and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
@@ -292,6 +301,14 @@ class Trainer:
             self.event(Event.AFTER_EPOCH)
         self.last_tick = ticked
         self.event(Event.AFTER_FIT)
+
+
+@torch.no_grad()
+def cached_logits(forward: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Scores of cached inputs (the top stage's activations), in eval mode, float32, batch by batch."""
+    forward.eval()
+    out = [forward(inputs[s:s + batch_size].to(device).float()).float().cpu() for s in range(0, len(inputs), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def evaluate_loss_acc(model: nn.Module, data: ImageTensors, pre: Preprocessing, batch_size: int,

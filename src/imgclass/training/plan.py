@@ -56,7 +56,11 @@ class RunPlan:
     def record(self) -> dict[str, Any]:
         """What the run decided beyond config.yaml, saved in checkpoints and results.json for --resume."""
         return {"epochs": self.cfg.epochs, "batch_size": self.cfg.batch_size, "lr": self.lr,
-                "model_args": self.cfg.model_args}
+                "model_args": self.cfg.model_args, "finetune": self.cfg.finetune}
+
+    def with_finetune(self, finetune: str) -> "RunPlan":
+        """The plan with the budget planner's fine-tuning stage (full, top or head): a new plan."""
+        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, finetune=finetune))
 
     def with_epochs(self, epochs: int, width: int | None = None) -> "RunPlan":
         """The plan with the budget planner's epochs (and width): a new plan."""
@@ -126,6 +130,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
         raise UserError("--schedule plateau cuts the rate when validation loss stalls: it needs a validation split")
     spec = get_spec(cfg.model)
     sizes = config_mod.img_sizes(cfg.img_size) or [spec.default_img_size]
+    transfer = cfg.pretrained or cfg.weights is not None
+    cfg = _finetune_stage(cfg, transfer, len(sizes), processes=cfg.devices > 1 or launched_by_torchrun())
     phases, end = [], 0
     for size, n in zip(sizes, config_mod.phase_epochs(cfg.epochs, len(sizes))):
         end += n
@@ -133,12 +139,11 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     if min(sizes) < spec.min_img_size:
         raise UserError(f"model '{cfg.model}' needs inputs of at least {spec.min_img_size} px, not {min(sizes)} "
                         f"(--img-size)")
-    transfer = cfg.pretrained or cfg.weights is not None
     lr = cfg.lr if cfg.lr is not None else spec.lr_for(cfg.optimizer) * (
         config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
     recorded = _recorded(run) if run is not None else None
     if recorded is not None:  # a resumed run: what its checkpoint says it decided
-        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args") if k in recorded}
+        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args", "finetune") if k in recorded}
         cfg, lr = dataclasses.replace(cfg, **fields), recorded.get("lr", lr)
     elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
         cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)
@@ -148,6 +153,25 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
                    arch=Architecture(cfg.model, args, cfg.dropout), task=task, lr=lr,
                    weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes),
                    normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
+
+
+def _finetune_stage(cfg: TrainConfig, transfer: bool, phases: int, processes: bool) -> TrainConfig:
+    """--finetune checked against the other options; `auto` without --time-budget is full fine-tuning (with a
+    budget the planner decides once it has measured a step: budget.choose_finetune)."""
+    if cfg.finetune == "top":
+        why = ("it fine-tunes pretrained weights: add --pretrained or --weights" if not transfer
+               else "it trains on activations cached once, which several processes would not share" if processes
+               else "--mixup/--cutmix mix images, not the cached activations" if cfg.mixup or cfg.cutmix
+               else "the activations are cached at one input size (no progressive resizing)" if phases > 1
+               else "")
+        if why:
+            raise UserError(f"--finetune top: {why}")
+    if cfg.finetune == "head" and (not transfer or cfg.head_epochs < 1):
+        raise UserError("--finetune head keeps the head stage's model: it needs --pretrained or --weights, and "
+                        "--head-epochs of at least 1")
+    if cfg.finetune == "auto" and (cfg.time_budget is None or not transfer):
+        return dataclasses.replace(cfg, finetune="full")
+    return cfg
 
 
 def task_for(found: Found, cfg: TrainConfig) -> Task:

@@ -30,7 +30,7 @@ from ..models.inference import predict_logits, probabilities
 from ..models.task import Task
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
-from . import budget, distributed
+from . import budget, distributed, top_stage
 from .budget import GRADUAL_STEP_SHARE, train_score_n
 from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, make_trainer, prepare
 from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
@@ -40,7 +40,7 @@ from ..models.inference import pick_device
 from .device import use_bf16
 from .loop import Trainer
 from .plan import RunPlan, plan_run
-from .transfer import GradualUnfreeze, compute_features, set_backbones_trainable, train_head
+from .transfer import GradualUnfreeze, compute_features, layerwise_optimizer, set_backbones_trainable, train_head
 
 
 @dataclass
@@ -88,15 +88,18 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         device, fresh = _device(plan, dd), _fresh_start(plan, run)
         prep = prepare(plan, device, say, console, fresh, dd)
         _list_bad_files(prep, run, dd, say)
-        head = (_train_head_stage(prep, plan, device, say, run)
+        top = _top_stage_inputs(plan, prep, device, say) if fresh and plan.cfg.finetune in ("auto", "top") else None
+        head = (_train_head_stage(prep, plan, device, say, run, top)
                 if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
         if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
             set_backbones_trainable(prep.model, False)
         deadline = None
         if plan.cfg.time_budget is not None and fresh:
-            plan, prep, deadline = _budget_stage(plan, prep, device, started, say)
+            plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top)
+        if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again (the bottom is frozen)
+            top = _top_stage_inputs(plan, prep, device, say)
         trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []),
-                                 say)
+                                 say, top if plan.cfg.finetune == "top" else None)
         pre, data = _fit_stage(plan, prep, trainer, dd, say)
         if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
             dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
@@ -161,9 +164,10 @@ def _list_bad_files(prep: Prepared, run: RunDir, dd, say: Callable[..., None]) -
 
 
 def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: float,
-                  say: Callable[..., None]) -> tuple[RunPlan, Prepared, float]:
-    """--time-budget: the epochs that fit, from a step measured here, and for a model with a recipe the
-    widest network that still fits the recipe's epochs; returns (a new plan, what to train, the deadline)."""
+                  say: Callable[..., None], top: top_stage.TopInputs | None = None) -> tuple[RunPlan, Prepared, float]:
+    """--time-budget: the epochs that fit, from a step measured here; for a pretrained backbone under --finetune
+    auto which stage fine-tunes it (full, top, head: from the epochs each fits); for a model with a recipe the
+    widest network that still fits the recipe's epochs. Returns (a new plan, what to train, the deadline)."""
     cfg, data, pre = plan.cfg, prep.data, prep.pre
     seconds = config_mod.parse_duration(cfg.time_budget)
     eval_n = len(data["val"]) + len(data["test"]) + train_score_n(len(data["train"]), len(data["val"]))
@@ -173,6 +177,9 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     sized = dict(task=plan.task, n_classes=len(plan.classes))
     epochs, reserve, per_epoch = budget.plan_budget(prep.model, *probe, seconds - (time.perf_counter() - started),
                                                     share, reports, **sized)
+    if prep.groups and cfg.finetune in ("auto", "top"):
+        plan, epochs, per_epoch = _choose_finetune(plan, prep, top, device, started, seconds, reserve, per_epoch,
+                                                   say)
     plan = plan.with_epochs(epochs)
     wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
                                len(plan.phases))
@@ -190,10 +197,43 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     # imported, and the report's variance (a 15-minute CIFAR run ended 6 s over its budget without the
     # 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)
     deadline = started + seconds - reserve - 0.02 * seconds - 2.0
+    if plan.cfg.finetune == "head":  # the head stage's model is the run's: nothing more to fit
+        return plan, prep, deadline
     _check_room(deadline, started, prep.decode_seconds, cfg.time_budget, per_epoch, reserve)
     say(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
         f"step time; {reserve:.0f}s kept for the final scoring and report")
     return plan, prep, deadline
+
+
+def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | None, device: torch.device, started: float,
+                     seconds: float, reserve: float, full_epoch: float, say: Callable[..., None]
+                     ) -> tuple[RunPlan, int, float]:
+    """--finetune auto (or top) under --time-budget: the top stage's epoch measured on its cached activations
+    against full fine-tuning's (full_epoch), and the stage budget.choose_finetune picks, said in one line. Returns
+    (the plan with that stage, its epochs, its estimated seconds an epoch)."""
+    cfg = plan.cfg
+    left = max(0.0, seconds - (time.perf_counter() - started) - reserve - 0.02 * seconds - 2.0)
+    full_epochs = left / full_epoch
+    top_epochs, top_epoch = None, 0.0
+    if top is not None:
+        forward = top_stage.TopForward(prep.model, top.split)
+        x, y = top.train.images[:cfg.batch_size].float(), top.train.labels[:cfg.batch_size]
+        top_epoch = (budget.step_seconds(forward, x, y, cfg, device, plan.task) * len(top.train)
+                     + budget.eval_seconds(forward, x, device) * len(top.val))
+        top_epochs = left / top_epoch
+    if cfg.finetune == "top":  # (_top_stage_inputs refused a top stage this run cannot have)
+        stage, why = "top", "as --finetune top asks"
+    else:
+        reason = "" if top is not None else top_stage.unavailable(prep.model, cfg, len(prep.data["train"]) + len(
+            prep.data["val"]), prep.pre.img_size, processes=cfg.devices > 1 or distributed.launched_by_torchrun())
+        stage, why = budget.choose_finetune(full_epochs, top_epochs, reason)
+    epochs = {"full": math.ceil(full_epochs), "top": min(budget.TOP_MAX_EPOCHS, math.ceil(top_epochs or 0)),
+              "head": 0}[stage]
+    what = {"full": "full fine-tuning of the backbone", "top": "the top stage (the top blocks on cached activations "
+            "of the frozen bottom)", "head": "the head on frozen features alone"}[stage]
+    say(f"time budget {cfg.time_budget}: {what}, {why}; --finetune full|top|head chooses")
+    return plan.with_finetune(stage), max(1, epochs) if stage != "head" else 0, \
+        top_epoch if stage == "top" else full_epoch
 
 
 def _check_room(deadline: float, started: float, decode_seconds: float, budget_text: str, per_epoch: float,
@@ -212,9 +252,18 @@ def _check_room(deadline: float, started: float, decode_seconds: float, budget_t
 
 def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch.device, console: Console,
                    fresh: bool, head: tuple[float, float] | None, deadline: float | None, extra_callbacks: list,
-                   say: Callable[..., None]) -> Trainer:
-    """The loop with its callbacks; resumed from the last checkpoint, or seeded with the head stage."""
+                   say: Callable[..., None], top: top_stage.TopInputs | None = None) -> Trainer:
+    """The loop with its callbacks; resumed from the last checkpoint, or seeded with the head stage. top: the top
+    stage's inputs, when it is the run's fine-tuning stage (the loop then trains the top blocks on them)."""
     cfg, main = plan.cfg, dd.main
+    forward = None
+    if top is not None:  # only the top's groups learn (layer-wise rates among them); the bottom stays frozen
+        set_backbones_trainable(prep.model, False)
+        optimizer = layerwise_optimizer(prep.model, top.split.groups, cfg.optimizer, plan.lr, plan.weight_decay,
+                                        cfg.momentum, cfg.layer_lr_decay)
+        prep = dataclasses.replace(prep, optimizer=optimizer, groups=top.split.groups,
+                                   data={"train": top.train, "val": top.val, "test": prep.data["test"]})
+        forward = top_stage.TopForward(prep.model, top.split)
 
     def header(t: Trainer) -> ModelHeader:  # what the best model and checkpoints are saved with
         return header_for(plan, t.pre, prep.weights_origin)
@@ -227,9 +276,10 @@ def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch
     callbacks += [TensorBoard(run.tensorboard)] if cfg.tensorboard and main else []
     callbacks += [ProgressDisplay(console, say)] if cfg.verbose and main else []
     if prep.groups:  # which backbone groups learn each epoch, and which batch norms stay in inference mode
-        callbacks.append(GradualUnfreeze(prep.groups, cfg.unfreeze, cfg.bn_stats_frozen))
+        callbacks.append(GradualUnfreeze(prep.groups, "all" if top else cfg.unfreeze, cfg.bn_stats_frozen))
     trainer = make_trainer(plan, prep, device, callbacks, deadline, dd,
-                           _train_forward(prep.model, cfg, dd, device, bool(prep.groups)))
+                           forward or _train_forward(prep.model, cfg, dd, device, bool(prep.groups)),
+                           cached_inputs=top is not None)
     if head is not None and not math.isnan(head[1]) and fresh:
         # the head stage's model is "epoch 0": fine-tuning must beat it on validation to replace it, so the
         # model file is never worse on val than the head on frozen features (a linear probe, in effect)
@@ -312,19 +362,25 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
 HEAD_MIN_LR = 3e-3
 
 
-def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, run: RunDir) -> tuple[float, float]:
-    """Stage 1 of fine-tuning: backbone frozen, its features computed once, the head trained on them.
-    Returns (seconds, the head's validation accuracy)."""
+def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, run: RunDir,
+                      top: top_stage.TopInputs | None = None) -> tuple[float, float]:
+    """Stage 1 of fine-tuning: backbone frozen, its features computed once (from the top stage's cached activations
+    when there are some), the head trained on them. Returns (seconds, the head's validation accuracy)."""
     model, data, pre, cfg, lr, wd = prep.model, prep.data, prep.pre, plan.cfg, plan.lr, plan.weight_decay
     started = time.perf_counter()
     set_backbones_trainable(model, False)
     batch = max(cfg.batch_size, 256)
     bf16 = use_bf16(cfg.precision, device)
-    feats = compute_features(model, data["train"].images, pre, batch, device, bf16)
     val = data["val"]
-    val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
+    if top is not None:
+        feats = top_stage.top_features(top.split, top.train.images, batch, device, bf16)
+        val_feats = top_stage.top_features(top.split, top.val.images, batch, device, bf16) if len(val) else None
+    else:
+        feats = compute_features(model, data["train"].images, pre, batch, device, bf16)
+        val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
     say(f"stage 1: backbone features of {len(feats) + (len(val) if len(val) else 0)} images computed once "
-        f"in {time.perf_counter() - started:.1f}s; training the head for {cfg.head_epochs} epoch(s)")
+        f"in {time.perf_counter() - started + (top.seconds if top else 0.0):.1f}s; training the head for "
+        f"{cfg.head_epochs} epoch(s)")
 
     def log_row(row):
         if cfg.verbose:
@@ -337,6 +393,30 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
     run.write_rows(run.head_metrics, rows)
     set_backbones_trainable(model, True)
     return time.perf_counter() - started, rows[-1]["val_acc"]
+
+
+def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: Callable[..., None]
+                      ) -> top_stage.TopInputs | None:
+    """The frozen bottom's activations of train and val, for a run that has (or may choose) a top stage; None when
+    it cannot have one (--finetune top then stops with the reason)."""
+    cfg, data = plan.cfg, prep.data
+    if not prep.groups:
+        return None
+    reason = top_stage.unavailable(prep.model, cfg, len(data["train"]) + len(data["val"]), prep.pre.img_size,
+                                   processes=cfg.devices > 1 or distributed.launched_by_torchrun())
+    if reason:
+        if cfg.finetune == "top":
+            raise UserError(f"--finetune top: {reason}")
+        return None
+    started = time.perf_counter()
+    split = top_stage.split_backbone(prep.model)
+    bf16 = use_bf16(cfg.precision, device)
+    train, val = (top_stage.bottom_activations(split, data[name], prep.pre, max(cfg.batch_size, 256), device, bf16)
+                  for name in ("train", "val"))
+    seconds = time.perf_counter() - started
+    say(f"activations of the backbone's frozen bottom cached for {len(train) + len(val)} images "
+        f"({tuple(train.images.shape[1:])}, bf16) in {seconds:.1f}s")
+    return top_stage.TopInputs(split, train, val, seconds)
 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,

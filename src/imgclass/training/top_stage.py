@@ -1,0 +1,176 @@
+"""The top stage of fine-tuning: only the top blocks of a pretrained backbone learn, on activations of its
+frozen bottom computed once (bf16) and flipped at random each epoch.
+
+Why: on two CPU cores full fine-tuning of EfficientNet-Lite0 at 224 px runs ~20 images/s, so a 5-minute
+budget on fashion_hier (2,577 training images) fits about 1.5 epochs and only matched the head on frozen
+features (95.96% test). The top two stages and the head conv train ~5x faster on cached maps, and five
+epochs of them reached 97.2% test in ~170 s (bench/transfer_stages.py, machine A, 2026-11-23).
+
+The split is exact, not approximate: bottom then top is the backbone's own forward (tests pin it), the
+bottom's parameters never change during the stage, and the model file is the whole network.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..data.images import ImageTensors
+from ..data.preprocess import Preprocessing
+from ..models.inference import scoring_batch
+from .transfer import classifiers
+
+# Stages of the backbone's `blocks` trained on the cached maps (with conv_head and bn2 above them). Two of
+# EfficientNet-Lite's seven: the cut sits at 14 x 14 (224 px input), where the maps are small (112 channels,
+# 44 KB an image in bf16) and the top holds most of the parameters (fashion: 97.2% test against 96.3% for
+# the head alone; bench/transfer_stages.py).
+TOP_BLOCKS = 2
+# Most of the machine's memory the cached maps may take; beyond it the top stage is not offered.
+CACHE_MEMORY_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class TopSplit:
+    """A backbone cut in two: `bottom` (frozen; its output is cached) and `top` (trained), sharing the
+    backbone's own modules, so training `top` trains the model."""
+    bottom: nn.Module
+    top: nn.Module
+    groups: list[nn.Module]    # the top's parameter groups, input side first (layer-wise learning rates)
+
+
+@dataclass(frozen=True)
+class TopInputs:
+    """What the top stage trains on: the split and the frozen bottom's activations of train and val."""
+    split: TopSplit
+    train: ImageTensors        # images: bf16 activations, N x C x h x w
+    val: ImageTensors
+    seconds: float             # what computing them took
+
+
+def unavailable(model: nn.Module, cfg, n_images: int, img_size: int, processes: bool) -> str:
+    """Why this run cannot have a top stage ("" when it can)."""
+    split = split_backbone(model)
+    if split is None:
+        return "it is built for one timm EfficientNet backbone (EfficientNet-Lite), not this model"
+    if processes:
+        return "the activations are cached in one process"
+    if cfg.mixup or cfg.cutmix:
+        return "--mixup/--cutmix mix images, not cached activations"
+    nbytes = cache_bytes(n_images, model, split, img_size)
+    if not fits_in_memory(nbytes):
+        return (f"the activations of {n_images} images would take {nbytes / 2**30:.1f} GiB, over "
+                f"{CACHE_MEMORY_SHARE:.0%} of this machine's memory")
+    return ""
+
+
+class _Top(nn.Module):
+    """The backbone from the cut to its pooled features: timm EfficientNet's forward_features from block `cut` on,
+    then its own forward_head (pooling, its dropout; no classifier). It holds the backbone itself, so eval() and
+    train() reach the pooling's dropout too; its trained parameters are TopSplit.groups'."""
+
+    def __init__(self, backbone: nn.Module, cut: int):
+        super().__init__()
+        self.backbone, self.cut = backbone, cut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        for block in b.blocks[self.cut:]:
+            x = block(x)
+        return b.forward_head(b.bn2(b.conv_head(x)))
+
+
+def split_backbone(model: nn.Module, top_blocks: int = TOP_BLOCKS) -> TopSplit | None:
+    """The bottom/top split of a model's backbone, or None when it has no known split: one backbone, a
+    timm EfficientNet (the EfficientNet-Lite that `auto` fine-tunes). Two-level models with two backbones
+    and other architectures train with full fine-tuning instead."""
+    parts = classifiers(model)
+    if len(parts) != 1 or parts[0] is not model:
+        return None
+    backbone = model.backbone
+    try:
+        from timm.models.efficientnet import EfficientNet
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return None
+    if not isinstance(backbone, EfficientNet) or len(backbone.blocks) <= top_blocks:
+        return None
+    cut = len(backbone.blocks) - top_blocks
+    bottom = nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[:cut])
+    top = _Top(backbone, cut)
+    return TopSplit(bottom, top, [*backbone.blocks[cut:], nn.ModuleList([backbone.conv_head, backbone.bn2])])
+
+
+class TopForward(nn.Module):
+    """What the loop runs in the top stage: cached bottom activations -> the model's scores."""
+
+    def __init__(self, model: nn.Module, split: TopSplit):
+        super().__init__()
+        self.model, self.top = model, split.top
+
+    def forward(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.top(acts))
+
+
+def cache_bytes(n_images: int, model: nn.Module, split: TopSplit, img_size: int) -> int:
+    """Bytes the cached bf16 activations of n_images take (one probe through the bottom at img_size)."""
+    with torch.no_grad():
+        shape = split.bottom.eval()(torch.zeros(1, 3, img_size, img_size, device=_device_of(model))).shape
+    return 2 * n_images * int(torch.tensor(shape[1:]).prod())
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether cached activations of nbytes stay within CACHE_MEMORY_SHARE of the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return nbytes < 2 * 2**30
+    return nbytes <= CACHE_MEMORY_SHARE * total
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def bottom_activations(split: TopSplit, data: ImageTensors, pre: Preprocessing, batch_size: int,
+                       device: torch.device, bf16: bool) -> ImageTensors:
+    """The frozen bottom's output for every image of a split, once, stored in bf16 on the CPU (eval mode: batch
+    norms use their pretrained statistics). Same labels and paths as the images."""
+    split.bottom.eval()
+    out = []
+    batch_size = scoring_batch(batch_size, data.images.shape[-1], device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    for s in range(0, len(data), batch_size):
+        x = pre.normalize(data.images[s:s + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out.append(split.bottom(x).to(torch.bfloat16).cpu())
+    acts = torch.cat(out) if out else torch.empty(0, dtype=torch.bfloat16)
+    return ImageTensors(images=acts, labels=data.labels, paths=data.paths)
+
+
+@torch.no_grad()
+def top_logits(forward: TopForward, acts: torch.Tensor, batch_size: int, device: torch.device,
+               bf16: bool) -> torch.Tensor:
+    """Scores of cached activations, in eval mode, batch by batch (validation in the top stage)."""
+    forward.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    out = []
+    for s in range(0, len(acts), batch_size):
+        with autocast:
+            out.append(forward(acts[s:s + batch_size].to(device).float()).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def top_features(split: TopSplit, acts: torch.Tensor, batch_size: int, device: torch.device,
+                 bf16: bool) -> torch.Tensor:
+    """Pooled backbone features from cached activations (the head stage's input, without a second pass
+    through the bottom)."""
+    split.top.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    out = []
+    for s in range(0, len(acts), batch_size):
+        with autocast:
+            out.append(split.top(acts[s:s + batch_size].to(device).float()).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
