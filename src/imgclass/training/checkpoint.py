@@ -37,6 +37,15 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     write_atomic(tensors, header, path)
 
 
+def load_checkpoint_model(path: Path, model: nn.Module) -> None:
+    """Only the model's weights from a checkpoint (a resumed top stage caches activations of its bottom first)."""
+    _load_model_tensors(model, load_file(str(path)))
+
+
+def _load_model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+
+
 def load_checkpoint(path: Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model and optimizer in place; return the loop state and the extra tensors saved with them."""
@@ -44,7 +53,7 @@ def load_checkpoint(path: Path, model: nn.Module,
     if header.format != CHECKPOINT_FORMAT or header.loop is None or header.optimizer is None:
         raise UserError(f"{path} is not an imgclass training checkpoint")
     tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    _load_model_tensors(model, tensors)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -35,7 +35,7 @@ from .budget import GRADUAL_STEP_SHARE, train_score_n
 from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, make_trainer, prepare
 from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
                         TensorBoard)
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_checkpoint_model
 from ..models.inference import pick_device
 from .device import use_bf16
 from .loop import Trainer
@@ -96,7 +96,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         deadline = None
         if plan.cfg.time_budget is not None and fresh:
             plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top)
-        if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again (the bottom is frozen)
+        if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
+            load_checkpoint_model(run.last, prep.model)
             top = _top_stage_inputs(plan, prep, device, say)
         trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []),
                                  say, top if plan.cfg.finetune == "top" else None)
@@ -392,7 +393,8 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
                       log_row)
     run.write_rows(run.head_metrics, rows)
     set_backbones_trainable(model, True)
-    return time.perf_counter() - started, rows[-1]["val_acc"]
+    # (with a top stage's cache, computing it was this stage's feature pass: its seconds count here)
+    return time.perf_counter() - started + (top.seconds if top else 0.0), rows[-1]["val_acc"]
 
 
 def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: Callable[..., None]

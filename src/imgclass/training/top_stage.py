@@ -150,19 +150,6 @@ def bottom_activations(split: TopSplit, data: ImageTensors, pre: Preprocessing, 
 
 
 @torch.no_grad()
-def top_logits(forward: TopForward, acts: torch.Tensor, batch_size: int, device: torch.device,
-               bf16: bool) -> torch.Tensor:
-    """Scores of cached activations, in eval mode, batch by batch (validation in the top stage)."""
-    forward.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    out = []
-    for s in range(0, len(acts), batch_size):
-        with autocast:
-            out.append(forward(acts[s:s + batch_size].to(device).float()).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
-@torch.no_grad()
 def top_features(split: TopSplit, acts: torch.Tensor, batch_size: int, device: torch.device,
                  bf16: bool) -> torch.Tensor:
     """Pooled backbone features from cached activations (the head stage's input, without a second pass
