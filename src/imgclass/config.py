@@ -51,6 +51,7 @@ class TrainConfig:
     mixup: float | None = None       # mix each training image with another (lambda ~ Beta(A, A)) and their labels alike; e.g. 0.2
     cutmix: float | None = None      # paste a patch of another image, labels mixed by area (Beta(A, A)); e.g. 1.0; with mixup: one of the two per batch
     vflip: bool = False              # also flip upside down at random (aerial or microscope images, not photos)
+    cutout: float | None = None      # blank a random square per image, its side this share of the image's (airbench96: 12/32 = 0.375); the fast model's long recipe sets it
     calibrate: bool = True           # fit a softmax temperature on the validation split after training, so probabilities mean what they say
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
@@ -245,7 +246,7 @@ def check_ranges(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError("dropout must be in [0, 1)")
     for name, top in (("rotate", 180.0), ("shear", 45.0), ("zoom", 1.0), ("brightness", 1.0), ("contrast", 1.0),
-                      ("translate", 0.5)):
+                      ("translate", 0.5), ("cutout", 1.0)):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value < top:
             raise UserError(f"{name} must be in [0, {top:g}), not {value:g}")

@@ -201,3 +201,29 @@ def test_mixup_and_cutmix_mix_tag_rows_as_they_mix_the_images():
     mixed, target = batch_mix(None, 1.0, 4, tags=True)(x.clone(), y)
     kept = float((mixed == x).all(1).float().mean())                     # the share of pixels not pasted over
     assert torch.allclose(target, kept * y.float() + (1 - kept) * y.roll(1, 0).float(), atol=1e-6)
+
+
+def test_cutout_blanks_one_square_per_image_inside_it():
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    aug = BatchAugment("none", cutout=0.375)                      # 12 px of 32, airbench96's
+    y = aug(x.clone(), torch.Generator().manual_seed(2))
+    fill = x.mean(dim=(0, 2, 3))
+    corners = aug.last["cutout"]
+    assert ((corners >= 0) & (corners <= 32 - 12)).all() and len({tuple(c) for c in corners.tolist()}) > 1
+    for img, (top, left), orig in zip(y, corners.tolist(), x):
+        inside = torch.zeros(32, 32, dtype=torch.bool)
+        inside[top:top + 12, left:left + 12] = True
+        assert torch.allclose(img[:, inside], fill.view(3, 1).expand(3, 144))
+        assert torch.equal(img[:, ~inside], orig[:, ~inside])     # nothing else moves
+    # drawn last: with the same seed, flips and shifts are those drawn without cutout, outside each square
+    a = BatchAugment("light")(x.clone(), torch.Generator().manual_seed(3))
+    both = BatchAugment("light", cutout=0.375)
+    b = both(x.clone(), torch.Generator().manual_seed(3))
+    for img_a, img_b, (top, left) in zip(a, b, both.last["cutout"].tolist()):
+        outside = torch.ones(32, 32, dtype=torch.bool)
+        outside[top:top + 12, left:left + 12] = False
+        assert torch.equal(img_a[:, outside], img_b[:, outside]) and not torch.equal(img_a, img_b)
+    from imgclass import config
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match=r"cutout must be in \[0, 1\)"):
+        config.resolve(cutout=1.5)

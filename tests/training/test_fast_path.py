@@ -149,3 +149,37 @@ def test_precision_choice_and_effect(tmp_path, monkeypatch):
     w16 = load_file(str(imgclass.train(data, out=str(tmp_path / "b"), precision="bf16", **opts).model_path))
     assert {v.dtype for v in w16.values()} == {torch.float32, torch.int64}  # weights stay float32 (+ BN counters)
     assert any(not torch.equal(w32[k], w16[k]) for k in w32)        # the arithmetic really changed
+
+
+def test_budget_picks_the_long_recipe_and_resume_keeps_it(tmp_path, monkeypatch, caplog):
+    """A budget that fits 20+ epochs of the fast model gets its long recipe (4 px shifts, cutout), said in one
+    line and recorded, so a run stopped after an epoch resumes with the same augmentation and ends identical."""
+    from imgclass.training import budget
+    from imgclass.training.loop import Callback
+    from safetensors.torch import load_file
+
+    class Crash(Callback):
+        order = 100  # after the epoch's checkpoint
+
+        def after_epoch(self, t):
+            if t.epoch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (20, 1.0, 0.01))
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    opts = dict(time_budget="10m", model_args={"width": 8}, verbose=False, tensorboard=False, evaluate=False)
+    caplog.set_level("INFO", logger="imgclass")
+    full = imgclass.train(data, out=str(tmp_path / "full"), **opts)
+    said = [r.getMessage() for r in caplog.records if "long recipe" in r.getMessage()]
+    assert len(said) == 1 and "cutout 0.375" in said[0] and "translate 0.125" in said[0]
+    assert (full.config.cutout, full.config.translate, len(full.history)) == (0.375, 0.125, 20)
+    plan = json.loads((full.dir / "results.json").read_text())["plan"]
+    assert plan["cutout"] == 0.375 and plan["translate"] == 0.125
+    with pytest.raises(KeyboardInterrupt):
+        imgclass.train(data, out=str(tmp_path / "killed"), callbacks=[Crash()], **opts)
+    resumed = imgclass.train(resume=tmp_path / "killed")
+    assert (resumed.config.cutout, resumed.config.translate) == (0.375, 0.125)
+    a, b = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full.dir, resumed.dir))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    mine = imgclass.train(data, out=str(tmp_path / "mine"), translate=0.0625, **opts)  # the user's augmentation stands
+    assert mine.config.cutout is None and mine.config.translate == 0.0625

@@ -76,3 +76,13 @@ def test_a_budget_run_lands_its_schedule_at_any_speed(monkeypatch, schedule, spe
         assert t.stop_reason.startswith("time budget: ") and t.plan["epochs_planned"] == PLANNED_EPOCHS
     else:
         assert t.epoch == PLANNED_EPOCHS
+
+
+def test_long_recipe_only_when_the_budget_fits_it_and_the_user_left_augmentation_alone():
+    from imgclass.models import get_spec
+    from imgclass.training.budget import long_recipe
+    fast = get_spec("fast")
+    assert long_recipe(fast, 30, frozenset()) == {"translate": 1 / 8, "cutout": 0.375}
+    assert long_recipe(fast, 19, frozenset()) == {}                      # the 10-epoch recipe's regime
+    assert long_recipe(fast, 30, frozenset({"translate"})) == {}         # the user's augmentation stands whole
+    assert long_recipe(get_spec("cnn"), 30, frozenset()) == {}           # no long recipe registered

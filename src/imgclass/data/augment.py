@@ -22,8 +22,9 @@ PRESETS = {
 }
 RAND_OPS, RAND_MAGNITUDE = 2, 9  # RandAugment's N and M as in its paper's ImageNet setting and torchvision's default
 # The ranges an option can set on top of any preset (the Keras course's ImageDataGenerator knobs):
-# rotate and shear in degrees (+/-), zoom, brightness and contrast as fractions (+/-), vflip on or off.
-RANGES = ("rotate", "zoom", "brightness", "contrast", "shear", "vflip")
+# rotate and shear in degrees (+/-), zoom, brightness and contrast as fractions (+/-), vflip on or off, and
+# cutout (DeVries & Taylor 2017; airbench96's 12 px of 32) as the side of the blanked square over the image's.
+RANGES = ("rotate", "zoom", "brightness", "contrast", "shear", "vflip", "cutout")
 
 
 class BatchAugment:
@@ -35,7 +36,7 @@ class BatchAugment:
         if unknown:
             raise ValueError(f"unknown augmentation range(s) {sorted(unknown)}")
         self.preset = preset
-        self.p = {"rand": False, **PRESETS[preset], "shear": 0.0, "vflip": False}
+        self.p = {"rand": False, **PRESETS[preset], "shear": 0.0, "vflip": False, "cutout": 0.0}
         self.p["flip"] = self.p["flip"] and hflip
         if translate is not None and preset != "none":  # the preset's shift, overridden (fast recipe: 1/16 of the side)
             self.p["translate"] = translate
@@ -49,7 +50,7 @@ class BatchAugment:
     def active(self) -> bool:
         p = self.p
         return bool(p["flip"] or p["translate"] or p["zoom"] or p["rotate"] or p["brightness"] or p["contrast"]
-                    or p["shear"] or p["vflip"] or p["rand"])
+                    or p["shear"] or p["vflip"] or p["rand"] or p["cutout"])
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
                  epoch: int = 0) -> torch.Tensor:
@@ -83,7 +84,24 @@ class BatchAugment:
             self.last["vflip"] = vflip
         if p["rand"]:
             x = self._rand_augment(x.clamp(0.0, 1.0), generator)
+        if p["cutout"]:  # (drawn last: every earlier draw stays what it was without it)
+            x = self._cutout(x, rand)
         return x.clamp_(0.0, 1.0)
+
+    def _cutout(self, x: torch.Tensor, rand) -> torch.Tensor:
+        """One square per image, wholly inside it, set to the batch's mean colour (0 once standardised, as
+        airbench's masked_fill(0) on normalised inputs). Per image here because torchvision's RandomErasing
+        draws one box per call, which on a batch would blank the same place in every image."""
+        n, _, h, w = x.shape
+        side = max(1, round(self.p["cutout"] * min(h, w)))
+        top = (rand(n) * (h - side + 1)).floor().long().clamp_(max=h - side)
+        left = (rand(n) * (w - side + 1)).floor().long().clamp_(max=w - side)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + side).view(n, 1, 1))
+                  & (cols >= left.view(n, 1, 1)) & (cols < (left + side).view(n, 1, 1)))
+        self.last["cutout"] = torch.stack([top, left], 1)
+        return torch.where(inside.unsqueeze(1), x.mean(dim=(0, 2, 3), keepdim=True), x)
 
     def flip_only(self, x: torch.Tensor, generator: torch.Generator, flip_parity: torch.Tensor | None = None,
                   epoch: int = 0) -> torch.Tensor:

@@ -16,11 +16,12 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, description: str, default_img_size: int = 32, default_lr: dict | None = None,
-             recipe: dict | None = None, min_img_size: int = 1):
+             recipe: dict | None = None, min_img_size: int = 1, long_recipe: dict | None = None):
     def wrap(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"a model named '{name}' is already registered")
-        spec = ModelSpec(name, fn, description, default_img_size, recipe=recipe or {}, min_img_size=min_img_size)
+        spec = ModelSpec(name, fn, description, default_img_size, recipe=recipe or {}, min_img_size=min_img_size,
+                         long_recipe=long_recipe or {})
         _REGISTRY[name] = dataclasses.replace(spec, default_lr=default_lr) if default_lr else spec
         return fn
     return wrap

@@ -161,3 +161,12 @@ def choose_finetune(full_epochs: float, top_epochs: float | None, top_unavailabl
         return "top", (f"only {full_epochs:.1f} epochs of full fine-tuning fit, {min(top_epochs, TOP_MAX_EPOCHS):.0f} "
                        f"of the top blocks on cached activations")
     return "head", f"neither full fine-tuning ({full_epochs:.1f} epochs) nor the top stage ({top_epochs:.1f}) fits"
+
+
+def long_recipe(spec, epochs: int, explicit: frozenset[str]) -> dict:
+    """The model's long-recipe settings (spec.long_recipe) when the budget fits its min_epochs or more, less those the
+    user set (any augmentation option keeps the user's augmentation whole); {} when it does not apply."""
+    long = dict(spec.long_recipe)
+    if not long or epochs < long.pop("min_epochs") or explicit & {"augment", "translate", "cutout"}:
+        return {}
+    return long

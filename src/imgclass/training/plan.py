@@ -47,6 +47,7 @@ class RunPlan:
     resume: RunDir | None = None          # the run folder being continued
     normalisation: tuple[tuple, tuple] | None = None  # resumed: the (mean, std) it trained with, exactly
     notes: tuple[str, ...] = ()           # warnings for the user (split, batch size)
+    explicit: frozenset[str] = frozenset()  # the settings the user gave (options, config file): planners leave them
 
     @property
     def classes(self) -> list[str]:
@@ -56,7 +57,12 @@ class RunPlan:
     def record(self) -> dict[str, Any]:
         """What the run decided beyond config.yaml, saved in checkpoints and results.json for --resume."""
         return {"epochs": self.cfg.epochs, "batch_size": self.cfg.batch_size, "lr": self.lr,
-                "model_args": self.cfg.model_args, "finetune": self.cfg.finetune}
+                "model_args": self.cfg.model_args, "finetune": self.cfg.finetune, "translate": self.cfg.translate,
+                "cutout": self.cfg.cutout}
+
+    def with_settings(self, **settings: Any) -> "RunPlan":
+        """The plan with a planner's settings (e.g. the long recipe's augmentation): a new plan."""
+        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, **settings))
 
     def with_finetune(self, finetune: str) -> "RunPlan":
         """The plan with the budget planner's fine-tuning stage (full, top or head): a new plan."""
@@ -143,7 +149,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
         config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
     recorded = _recorded(run) if run is not None else None
     if recorded is not None:  # a resumed run: what its checkpoint says it decided
-        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args", "finetune") if k in recorded}
+        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args", "finetune", "translate", "cutout")
+                  if k in recorded}
         cfg, lr = dataclasses.replace(cfg, **fields), recorded.get("lr", lr)
     elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
         cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)
@@ -151,7 +158,7 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     wd = cfg.weight_decay if cfg.weight_decay is not None else config_mod.DEFAULT_WEIGHT_DECAY[cfg.optimizer]
     return RunPlan(cfg=cfg, found=found, split=split, spec=spec, phases=tuple(phases),
                    arch=Architecture(cfg.model, args, cfg.dropout), task=task, lr=lr,
-                   weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes),
+                   weight_decay=wd, transfer=transfer, resume=run, notes=tuple(notes), explicit=frozenset(explicit or ()),
                    normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
 
 

@@ -194,6 +194,11 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
             plan = plan.with_epochs(epochs, width)
             prep = dataclasses.replace(prep, model=wide, optimizer=make_optimizer_for(plan, wide, prep.groups))
             say(f"time budget {cfg.time_budget}: room for a wider network (width {width})")
+    if long := budget.long_recipe(plan.spec, epochs, plan.explicit):
+        plan = plan.with_settings(**long)
+        say(f"time budget {cfg.time_budget}: {epochs} epochs fit, {epochs / plan.spec.recipe['epochs']:.1f}x the "
+            f"recipe's: its long recipe against over-fitting ({', '.join(f'{k} {v:g}' for k, v in long.items())}); "
+            f"--augment/--translate/--cutout choose")
     # 2% of the budget and 2 s more for what the estimate misses: Python starting before imgclass is
     # imported, and the report's variance (a 15-minute CIFAR run ended 6 s over its budget without the
     # 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)
