@@ -135,3 +135,17 @@ def test_budget_picks_the_top_stage_and_resume_is_exact(tmp_path, lite0_weights,
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     rows = [(d / "metrics.csv").read_text().splitlines() for d in (full.dir, resumed.dir)]
     assert [r.rsplit(",", 1)[0] for r in rows[0]] == [r.rsplit(",", 1)[0] for r in rows[1]]
+
+
+def test_finetune_head_keeps_the_head_stages_model(tmp_path, lite0_weights):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    run = imgclass.train(data, out=str(tmp_path / "run"), weights=str(lite0_weights),
+                         **dict(OPTS, finetune="head", evaluate=True))
+    start = {f"backbone.{k}": v for k, v in load_file(str(lite0_weights)).items()}
+    final = load_file(str(run.dir / "model.safetensors"))
+    assert run.history == [] and all(torch.equal(final[k], start[k]) for k in start)  # the backbone untouched
+    results = (run.dir / "results.json").read_text()
+    assert "no fine-tuning stage" in results and (run.dir / "eval" / "test" / "report.html").is_file()
+    with pytest.raises(UserError, match="--finetune head keeps the head stage's model"):
+        imgclass.train(data, out=str(tmp_path / "b"), weights=str(lite0_weights),
+                       **dict(OPTS, finetune="head", head_epochs=0))

@@ -137,9 +137,12 @@ class Trainer:
             setattr(self, key, value)
         self.extra_state = extra_state
 
-    def start_from_head(self, val_acc: float) -> None:
-        """The head stage's model is "epoch 0": fine-tuning must beat its validation accuracy to replace it."""
+    def start_from_head(self, val_acc: float, fine_tuning: bool = True) -> None:
+        """The head stage's model is "epoch 0": fine-tuning must beat its validation accuracy to replace it.
+        fine_tuning False: no fine-tuning stage follows (--finetune head), and the run says so."""
         self.best_val_acc, self.best_epoch = val_acc, 0
+        if not fine_tuning:
+            self.stop, self.stop_reason = True, "no fine-tuning stage: the model is the head on frozen features"
 
     def switch_phase(self, pre: Preprocessing, train_data: ImageTensors, val_data: ImageTensors | None,
                      reset_best: bool) -> None:

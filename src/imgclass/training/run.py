@@ -96,6 +96,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         deadline = None
         if plan.cfg.time_budget is not None and fresh:
             plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top)
+        if plan.cfg.finetune == "head":  # the head stage's model is the run's (--finetune head, or the budget's pick)
+            plan = plan.with_epochs(0)
         if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
             load_checkpoint_model(run.last, prep.model)
             top = _top_stage_inputs(plan, prep, device, say)
@@ -233,6 +235,8 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
         reason = "" if top is not None else top_stage.unavailable(prep.model, cfg, len(prep.data["train"]) + len(
             prep.data["val"]), prep.pre.img_size, processes=cfg.devices > 1 or distributed.launched_by_torchrun())
         stage, why = budget.choose_finetune(full_epochs, top_epochs, reason)
+        if stage == "head" and cfg.head_epochs < 1:  # no head stage to keep: what fits of full fine-tuning
+            stage, why = "full", f"{why}, and --head-epochs 0 leaves no head stage to keep"
     epochs = {"full": math.ceil(full_epochs), "top": min(budget.TOP_MAX_EPOCHS, math.ceil(top_epochs or 0)),
               "head": 0}[stage]
     what = {"full": "full fine-tuning of the backbone", "top": "the top stage (the top blocks on cached activations "
@@ -289,7 +293,7 @@ def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch
     if head is not None and not math.isnan(head[1]) and fresh:
         # the head stage's model is "epoch 0": fine-tuning must beat it on validation to replace it, so the
         # model file is never worse on val than the head on frozen features (a linear probe, in effect)
-        trainer.start_from_head(head[1])
+        trainer.start_from_head(head[1], fine_tuning=plan.cfg.epochs > 0)
         if main:
             save_model(run.best, prep.model, header(trainer))
     if not fresh:
