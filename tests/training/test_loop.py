@@ -82,7 +82,7 @@ def test_long_recipe_only_when_the_budget_fits_it_and_the_user_left_augmentation
     from imgclass.models import get_spec
     from imgclass.training.budget import long_recipe
     fast = get_spec("fast")
-    assert long_recipe(fast, 30, frozenset()) == {"translate": 1 / 8, "cutout": 0.375}
-    assert long_recipe(fast, 19, frozenset()) == {}                      # the 10-epoch recipe's regime
-    assert long_recipe(fast, 30, frozenset({"translate"})) == {}         # the user's augmentation stands whole
-    assert long_recipe(get_spec("cnn"), 30, frozenset()) == {}           # no long recipe registered
+    assert long_recipe(fast, 45, frozenset()) == {"translate": 1 / 8, "cutout": 0.375}
+    assert long_recipe(fast, 39, frozenset()) == {}                      # the 10-epoch recipe's regime (measured)
+    assert long_recipe(fast, 45, frozenset({"translate"})) == {}         # the user's augmentation stands whole
+    assert long_recipe(get_spec("cnn"), 45, frozenset()) == {}           # no long recipe registered
