@@ -205,7 +205,7 @@ class Trainer:
         process would."""
         data = self.val_data
         if self.cached_inputs:  # float32 and no TTA, as the per-epoch validation of images
-            return self.task.score(cached_logits(self.train_forward, data.images, max(self.batch_size, 256), self.device),
+            return self.task.score(forward_cached(self.train_forward, data.images, max(self.batch_size, 256), self.device),
                                    data.labels)
         if self.dist is None or not self.dist.active or len(data) < self.dist.world:  # (no empty shard to gather)
             return evaluate_loss_acc(self.model, data, self.pre, self.batch_size, self.device, self.val_tta, self.task)
@@ -307,10 +307,16 @@ class Trainer:
 
 
 @torch.no_grad()
-def cached_logits(forward: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Scores of cached inputs (the top stage's activations), in eval mode, float32, batch by batch."""
-    forward.eval()
-    out = [forward(inputs[s:s + batch_size].to(device).float()).float().cpu() for s in range(0, len(inputs), batch_size)]
+def forward_cached(module: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
+                   bf16: bool = False) -> torch.Tensor:
+    """A module's float32 outputs for cached inputs (the top stage's activations: its scores, or the pooled
+    features the head stage trains on), in eval mode, batch by batch, under bf16 autocast if asked."""
+    module.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    out = []
+    for s in range(0, len(inputs), batch_size):
+        with autocast:
+            out.append(module(inputs[s:s + batch_size].to(device).float()).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

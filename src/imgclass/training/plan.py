@@ -30,6 +30,7 @@ from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from .auto import resolve_new_run
 from .distributed import launched_by_torchrun
+from .top_stage import settings_reason
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,8 @@ class RunPlan:
                 "cutout": self.cfg.cutout}
 
     def with_settings(self, **settings: Any) -> "RunPlan":
-        """The plan with a planner's settings (e.g. the long recipe's augmentation): a new plan."""
+        """The plan with a planner's settings (the fine-tuning stage, the long recipe's augmentation): a new plan."""
         return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, **settings))
-
-    def with_finetune(self, finetune: str) -> "RunPlan":
-        """The plan with the budget planner's fine-tuning stage (full, top or head): a new plan."""
-        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, finetune=finetune))
 
     def with_epochs(self, epochs: int, width: int | None = None) -> "RunPlan":
         """The plan with the budget planner's epochs (and width): a new plan."""
@@ -165,14 +162,8 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
 def _finetune_stage(cfg: TrainConfig, transfer: bool, phases: int, processes: bool) -> TrainConfig:
     """--finetune checked against the other options; `auto` without --time-budget is full fine-tuning (with a
     budget the planner decides once it has measured a step: budget.choose_finetune)."""
-    if cfg.finetune == "top":
-        why = ("it fine-tunes pretrained weights: add --pretrained or --weights" if not transfer
-               else "it trains on activations cached once, which several processes would not share" if processes
-               else "--mixup/--cutmix mix images, not the cached activations" if cfg.mixup or cfg.cutmix
-               else "the activations are cached at one input size (no progressive resizing)" if phases > 1
-               else "")
-        if why:
-            raise UserError(f"--finetune top: {why}")
+    if cfg.finetune == "top" and (why := settings_reason(cfg, transfer, phases, processes)):
+        raise UserError(f"--finetune top: {why}")
     if cfg.finetune == "head" and (not transfer or cfg.head_epochs < 1):
         raise UserError("--finetune head keeps the head stage's model: it needs --pretrained or --weights, and "
                         "--head-epochs of at least 1")

@@ -38,7 +38,7 @@ from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, Me
 from .checkpoint import load_checkpoint, load_checkpoint_model
 from ..models.inference import pick_device
 from .device import use_bf16
-from .loop import Trainer
+from .loop import Trainer, forward_cached
 from .plan import RunPlan, plan_run
 from .transfer import GradualUnfreeze, compute_features, layerwise_optimizer, set_backbones_trainable, train_head
 
@@ -88,19 +88,20 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         device, fresh = _device(plan, dd), _fresh_start(plan, run)
         prep = prepare(plan, device, say, console, fresh, dd)
         _list_bad_files(prep, run, dd, say)
-        top = _top_stage_inputs(plan, prep, device, say) if fresh and plan.cfg.finetune in ("auto", "top") else None
+        top, no_top = (_top_stage_inputs(plan, prep, device, say) if fresh and plan.cfg.finetune in ("auto", "top")
+                       else (None, ""))
         head = (_train_head_stage(prep, plan, device, say, run, top)
                 if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
         if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
             set_backbones_trainable(prep.model, False)
         deadline = None
         if plan.cfg.time_budget is not None and fresh:
-            plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top)
+            plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top, no_top)
         if plan.cfg.finetune == "head":  # the head stage's model is the run's (--finetune head, or the budget's pick)
             plan = plan.with_epochs(0)
         if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
             load_checkpoint_model(run.last, prep.model)
-            top = _top_stage_inputs(plan, prep, device, say)
+            top, _ = _top_stage_inputs(plan, prep, device, say)
         trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []),
                                  say, top if plan.cfg.finetune == "top" else None)
         pre, data = _fit_stage(plan, prep, trainer, dd, say)
@@ -167,10 +168,12 @@ def _list_bad_files(prep: Prepared, run: RunDir, dd, say: Callable[..., None]) -
 
 
 def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: float,
-                  say: Callable[..., None], top: top_stage.TopInputs | None = None) -> tuple[RunPlan, Prepared, float]:
+                  say: Callable[..., None], top: top_stage.TopInputs | None = None, no_top: str = ""
+                  ) -> tuple[RunPlan, Prepared, float]:
     """--time-budget: the epochs that fit, from a step measured here; for a pretrained backbone under --finetune
-    auto which stage fine-tunes it (full, top, head: from the epochs each fits); for a model with a recipe the
-    widest network that still fits the recipe's epochs. Returns (a new plan, what to train, the deadline)."""
+    auto which stage fine-tunes it (full, top, head: from the epochs each fits; no_top: why there are no top-stage
+    inputs); for a model with a recipe the widest network that still fits the recipe's epochs. Returns (a new plan,
+    what to train, the deadline)."""
     cfg, data, pre = plan.cfg, prep.data, prep.pre
     seconds = config_mod.parse_duration(cfg.time_budget)
     eval_n = len(data["val"]) + len(data["test"]) + train_score_n(len(data["train"]), len(data["val"]))
@@ -181,8 +184,8 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     epochs, reserve, per_epoch = budget.plan_budget(prep.model, *probe, seconds - (time.perf_counter() - started),
                                                     share, reports, **sized)
     if prep.groups and cfg.finetune in ("auto", "top"):
-        plan, epochs, per_epoch = _choose_finetune(plan, prep, top, device, started, seconds, reserve, per_epoch,
-                                                   say)
+        plan, epochs, per_epoch = _choose_finetune(plan, prep, top, no_top, device, _deadline(started, seconds, reserve),
+                                                   per_epoch, say)
     plan = plan.with_epochs(epochs)
     wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
                                len(plan.phases))
@@ -201,10 +204,7 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
         say(f"time budget {cfg.time_budget}: {epochs} epochs fit, {epochs / plan.spec.recipe['epochs']:.1f}x the "
             f"recipe's: its long recipe against over-fitting ({', '.join(f'{k} {v:g}' for k, v in long.items())}); "
             f"--augment/--translate/--cutout choose")
-    # 2% of the budget and 2 s more for what the estimate misses: Python starting before imgclass is
-    # imported, and the report's variance (a 15-minute CIFAR run ended 6 s over its budget without the
-    # 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)
-    deadline = started + seconds - reserve - 0.02 * seconds - 2.0
+    deadline = _deadline(started, seconds, reserve)
     if plan.cfg.finetune == "head":  # the head stage's model is the run's: nothing more to fit
         return plan, prep, deadline
     _check_room(deadline, started, prep.decode_seconds, cfg.time_budget, per_epoch, reserve)
@@ -213,14 +213,21 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     return plan, prep, deadline
 
 
-def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | None, device: torch.device, started: float,
-                     seconds: float, reserve: float, full_epoch: float, say: Callable[..., None]
+def _deadline(started: float, seconds: float, reserve: float) -> float:
+    """When training must end: the budget less the final scoring's reserve, less 2% of the budget and 2 s for what
+    the estimate misses (Python starting before imgclass is imported, and the report's variance: a 15-minute CIFAR
+    run ended 6 s over its budget without the 2%; a 5-minute fine-tuning run 0.6 s over without the 2 s)."""
+    return started + seconds - reserve - 0.02 * seconds - 2.0
+
+
+def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | None, no_top: str,
+                     device: torch.device, deadline: float, full_epoch: float, say: Callable[..., None]
                      ) -> tuple[RunPlan, int, float]:
     """--finetune auto (or top) under --time-budget: the top stage's epoch measured on its cached activations
-    against full fine-tuning's (full_epoch), and the stage budget.choose_finetune picks, said in one line. Returns
-    (the plan with that stage, its epochs, its estimated seconds an epoch)."""
+    (no_top: why there are none) against full fine-tuning's (full_epoch), and the stage budget.choose_finetune
+    picks, said in one line. Returns (the plan with that stage, its epochs, its estimated seconds an epoch)."""
     cfg = plan.cfg
-    left = max(0.0, seconds - (time.perf_counter() - started) - reserve - 0.02 * seconds - 2.0)
+    left = max(0.0, deadline - time.perf_counter())
     full_epochs = left / full_epoch
     top_epochs, top_epoch = None, 0.0
     if top is not None:
@@ -232,9 +239,7 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
     if cfg.finetune == "top":  # (_top_stage_inputs refused a top stage this run cannot have)
         stage, why = "top", "as --finetune top asks"
     else:
-        reason = "" if top is not None else top_stage.unavailable(prep.model, cfg, len(prep.data["train"]) + len(
-            prep.data["val"]), prep.pre.img_size, processes=cfg.devices > 1 or distributed.launched_by_torchrun())
-        stage, why = budget.choose_finetune(full_epochs, top_epochs, reason)
+        stage, why = budget.choose_finetune(full_epochs, top_epochs, no_top)
         if stage == "head" and cfg.head_epochs < 1:  # no head stage to keep: what fits of full fine-tuning
             stage, why = "full", f"{why}, and --head-epochs 0 leaves no head stage to keep"
     epochs = {"full": math.ceil(full_epochs), "top": min(budget.TOP_MAX_EPOCHS, math.ceil(top_epochs or 0)),
@@ -242,7 +247,7 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
     what = {"full": "full fine-tuning of the backbone", "top": "the top stage (the top blocks on cached activations "
             "of the frozen bottom)", "head": "the head on frozen features alone"}[stage]
     say(f"time budget {cfg.time_budget}: {what}, {why}; --finetune full|top|head chooses")
-    return plan.with_finetune(stage), max(1, epochs) if stage != "head" else 0, \
+    return plan.with_settings(finetune=stage), max(1, epochs) if stage != "head" else 0, \
         top_epoch if stage == "top" else full_epoch
 
 
@@ -383,8 +388,8 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
     bf16 = use_bf16(cfg.precision, device)
     val = data["val"]
     if top is not None:
-        feats = top_stage.top_features(top.split, top.train.images, batch, device, bf16)
-        val_feats = top_stage.top_features(top.split, top.val.images, batch, device, bf16) if len(val) else None
+        feats = forward_cached(top.split.top, top.train.images, batch, device, bf16)
+        val_feats = forward_cached(top.split.top, top.val.images, batch, device, bf16) if len(val) else None
     else:
         feats = compute_features(model, data["train"].images, pre, batch, device, bf16)
         val_feats = compute_features(model, val.images, pre, batch, device, bf16) if len(val) else None
@@ -407,18 +412,18 @@ def _train_head_stage(prep: Prepared, plan: RunPlan, device: torch.device, say, 
 
 
 def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: Callable[..., None]
-                      ) -> top_stage.TopInputs | None:
-    """The frozen bottom's activations of train and val, for a run that has (or may choose) a top stage; None when
-    it cannot have one (--finetune top then stops with the reason)."""
+                      ) -> tuple[top_stage.TopInputs | None, str]:
+    """(the frozen bottom's activations of train and val, ""), for a run that has (or may choose) a top stage; (None,
+    why) when it cannot have one (--finetune top then stops with the reason)."""
     cfg, data = plan.cfg, prep.data
     if not prep.groups:
-        return None
+        return None, "no pretrained backbone"
     reason = top_stage.unavailable(prep.model, cfg, len(data["train"]) + len(data["val"]), prep.pre.img_size,
-                                   processes=cfg.devices > 1 or distributed.launched_by_torchrun())
+                                   len(plan.phases), processes=cfg.devices > 1 or distributed.launched_by_torchrun())
     if reason:
         if cfg.finetune == "top":
             raise UserError(f"--finetune top: {reason}")
-        return None
+        return None, reason
     started = time.perf_counter()
     split = top_stage.split_backbone(prep.model)
     bf16 = use_bf16(cfg.precision, device)
@@ -427,7 +432,7 @@ def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: 
     seconds = time.perf_counter() - started
     say(f"activations of the backbone's frozen bottom cached for {len(train) + len(val)} images "
         f"({tuple(train.images.shape[1:])}, bf16) in {seconds:.1f}s")
-    return top_stage.TopInputs(split, train, val, seconds)
+    return top_stage.TopInputs(split, train, val, seconds), ""
 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,

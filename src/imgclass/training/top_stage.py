@@ -49,15 +49,22 @@ class TopInputs:
     seconds: float             # what computing them took
 
 
-def unavailable(model: nn.Module, cfg, n_images: int, img_size: int, processes: bool) -> str:
-    """Why this run cannot have a top stage ("" when it can)."""
+def settings_reason(cfg, transfer: bool, phases: int, processes: bool) -> str:
+    """Why the run's settings rule out a top stage ("" when they do not): known before anything is decoded."""
+    return ("it fine-tunes pretrained weights: add --pretrained or --weights" if not transfer
+            else "it trains on activations cached once, which several processes would not share" if processes
+            else "--mixup/--cutmix mix images, not the cached activations" if cfg.mixup or cfg.cutmix
+            else "the activations are cached at one input size (no progressive resizing)" if phases > 1
+            else "")
+
+
+def unavailable(model: nn.Module, cfg, n_images: int, img_size: int, phases: int, processes: bool) -> str:
+    """Why this run cannot have a top stage ("" when it can): its settings, its model, the memory it would take."""
+    if reason := settings_reason(cfg, True, phases, processes):
+        return reason
     split = split_backbone(model)
     if split is None:
         return "it is built for one timm EfficientNet backbone (EfficientNet-Lite), not this model"
-    if processes:
-        return "the activations are cached in one process"
-    if cfg.mixup or cfg.cutmix:
-        return "--mixup/--cutmix mix images, not cached activations"
     nbytes = cache_bytes(n_images, model, split, img_size)
     if not fits_in_memory(nbytes):
         return (f"the activations of {n_images} images would take {nbytes / 2**30:.1f} GiB, over "
@@ -147,17 +154,3 @@ def bottom_activations(split: TopSplit, data: ImageTensors, pre: Preprocessing, 
             out.append(split.bottom(x).to(torch.bfloat16).cpu())
     acts = torch.cat(out) if out else torch.empty(0, dtype=torch.bfloat16)
     return ImageTensors(images=acts, labels=data.labels, paths=data.paths)
-
-
-@torch.no_grad()
-def top_features(split: TopSplit, acts: torch.Tensor, batch_size: int, device: torch.device,
-                 bf16: bool) -> torch.Tensor:
-    """Pooled backbone features from cached activations (the head stage's input, without a second pass
-    through the bottom)."""
-    split.top.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    out = []
-    for s in range(0, len(acts), batch_size):
-        with autocast:
-            out.append(split.top(acts[s:s + batch_size].to(device).float()).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
