@@ -76,7 +76,7 @@ LAYERS = [
     {"models", "modelfile"},
     {"prediction"},
     {"export", "serving"},
-    {"evaluation"},
+    {"evaluation", "curation"},
     {"training"},
     {"tuning"},
     {"api", "digits_demo"},

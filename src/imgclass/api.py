@@ -1,5 +1,5 @@
 """The Python API, one function per CLI verb (``imgclass VERB`` calls these): check, train (and sweep, tune,
-lr_find, augment_preview), load, predict, submit, explain, evaluate, compare, export, serve, list_models,
+lr_find, augment_preview), load, predict, submit, explain, embed, similar, evaluate, compare, export, serve, list_models,
 pretrained_models, cache_dir, cache_info, cache_clear, demo. The verbs that are not train, load, predict,
 submit or evaluate import their modules when called, on purpose: checking data, listing models or clearing
 the cache need not pay for the evaluation and plotting stack."""
@@ -16,15 +16,26 @@ from .prediction.submit import write_submission
 from .training.run import Run, train  # noqa: F401  (re-exported)
 
 
-def check(data: str | Path, **options: Any):
-    """Check a dataset (counts, sizes, unusable files, duplicates, leakage) with a progress bar; returns a CheckReport."""
+def check(data: str | Path, label_issues: bool = False, embeddings: bool = False, out: str | Path = "check_report",
+          model: str | Path | None = None, **options: Any):
+    """Check a dataset (counts, sizes, unusable files, duplicates, leakage) with a progress bar; returns a CheckReport.
+    label_issues: also rank suspected label errors (cleanlab, on out-of-fold probabilities from the images'
+    embeddings); embeddings (implied by label_issues): near-duplicates and leakage by embedding similarity and a map
+    of the data. Those write label_issues.csv, near_duplicates.csv, data_map.png and check_report.html into out;
+    model: what embeds the images (a run folder or model file; default the ImageNet backbone that installs with
+    imgclass)."""
     from rich.progress import Progress
     from . import log
     from .data.check import check_dataset
+    near_cosine = options.pop("near_cosine", None)
     with Progress(transient=True, console=log.console(), disable=not log.bars_visible(log.console())) as progress:
         task = progress.add_task("checking", total=None)
-        return check_dataset(data, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-                             **options)
+        report = check_dataset(data, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                               **options)
+    if label_issues or embeddings:
+        from .curation.data_checks import NEAR_COSINE, add_embedding_checks
+        report = add_embedding_checks(report, data, out, model, label_issues, near_cosine or NEAR_COSINE, **options)
+    return report
 
 
 def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) -> Predictor:
@@ -185,6 +196,24 @@ def augment_preview(data: str | Path, out: str | Path = "augment_preview.png", i
     """`imgclass augment-preview`: a few training images and what the augmentation (train's options) makes of them."""
     from .training.preview import augment_preview as preview
     return preview(data, out, images, draws, config, **options)
+
+
+def embed(model: str | Path | Predictor, data: str | Path, out: str | Path | None = None, pretrained: bool = False,
+          cache: bool = True, device: str = "auto"):
+    """`imgclass embed`: one vector per image of a folder (an Embeddings: .vectors N x D, .paths, .labels), the
+    pooled backbone features of a trained model, or with pretrained of a published backbone (timm:NAME) as it is;
+    out: NAME.npy (+ .csv, .json) or NAME.parquet."""
+    from .prediction.embed import embed as run_embed
+    return run_embed(model, data, out, pretrained=pretrained, device=device, cache=cache)
+
+
+def similar(index_or_data: str | Path, queries: Any, k: int = 8, out: str | Path | None = "similar.html",
+            model: str | Path | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """`imgclass similar`: the k images nearest to each query (cosine of embeddings) in an embeddings file or a
+    folder (embedded by model, default the ImageNet backbone), with an HTML gallery at out."""
+    from .curation.similar import similar as run_similar
+    return run_similar(index_or_data, [queries] if isinstance(queries, (str, Path)) else list(queries), k, out, model,
+                       device)
 
 
 def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None, out: str | Path = "explain",

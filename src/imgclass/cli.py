@@ -220,6 +220,38 @@ def _check_options(p: argparse.ArgumentParser) -> None:
                    help="perceptual-hash bits (of 64) within which two images are near duplicates")
     p.add_argument("--json", help="also write the full report as JSON to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a problem is found (unusable files, duplicates, leakage)")
+    p.add_argument("--label-issues", action="store_true",
+                   help="also rank suspected label errors (cleanlab on out-of-fold probabilities of the images' "
+                        "embeddings): label_issues.csv and a gallery in --out; implies --embeddings")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also near-duplicates and leakage by embedding similarity (crops, re-encodes) and a map of "
+                        "the data (t-SNE): near_duplicates.csv, data_map.png, check_report.html in --out")
+    p.add_argument("--model", help="what embeds the images: a run folder or model file, or timm:NAME (default: "
+                                   "EfficientNet-Lite0's ImageNet backbone, installed with imgclass)")
+    p.add_argument("--near-cosine", type=float, default=None,
+                   help="cosine similarity of embeddings at which two images are near duplicates (default 0.90)")
+    p.add_argument("--out", default="check_report", help="folder for the embedding checks' files (default check_report)")
+
+
+def _embed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="run folder or model.safetensors, or with --pretrained a backbone (timm:NAME)")
+    p.add_argument("data", help="image folder: a labelled one (as train reads it; labels are written) or any folder")
+    p.add_argument("--out", required=True, help="NAME.npy (writes NAME.npy, NAME.csv with path,label, NAME.json) "
+                                                "or NAME.parquet (the parquet extra)")
+    p.add_argument("--pretrained", action="store_true", help="MODEL is a published backbone used as it is, with its "
+                                                              "ImageNet weights (e.g. timm:tf_efficientnet_lite0)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="decode in memory, not through the cache")
+    p.add_argument("--device", default="auto")
+
+
+def _similar_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("index", help="an embeddings file from `imgclass embed` (NAME.npy), or an image folder to embed")
+    p.add_argument("queries", nargs="+", help="query images: files, folders or glob patterns")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--out", default="similar.html", help="the HTML gallery (default similar.html)")
+    p.add_argument("--model", help="for a folder: what embeds it (run folder, model file or timm:NAME; default "
+                                   "EfficientNet-Lite0's ImageNet backbone)")
+    p.add_argument("--device", default="auto")
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
@@ -419,12 +451,34 @@ def _check(args: argparse.Namespace) -> int | None:
                        hierarchy=args.hierarchy, label_columns=args.label_columns, multi_label=args.multi_label,
                        tag_columns=args.tag_columns,
                        val_split=args.val_split, test_split=args.test_split, seed=args.seed, workers=args.workers,
-                       near_distance=args.near_distance)
+                       near_distance=args.near_distance, label_issues=args.label_issues, embeddings=args.embeddings,
+                       out=args.out, model=args.model, near_cosine=args.near_cosine)
     print_check(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     if args.strict and report.problems:
         return 1
+
+
+def _embed(args: argparse.Namespace) -> int | None:
+    from . import api
+    emb = api.embed(args.model, args.data, out=args.out, pretrained=args.pretrained, cache=args.cache,
+                    device=args.device)
+    print(f"wrote {len(emb)} embeddings of {emb.vectors.shape[1]} features to {args.out}"
+          + (f"; {len(emb.skipped)} unreadable image(s) left out" if emb.skipped else ""))
+
+
+def _similar(args: argparse.Namespace) -> int | None:
+    from . import api
+    results = api.similar(args.index, args.queries, k=args.k, out=args.out, model=args.model, device=args.device)
+    for r in results:
+        if "error" in r:
+            print(f"{r['query']}: error: {r['error']}")
+            continue
+        print(r["query"])
+        for n in r["neighbours"]:
+            print(f"  {n['similarity']:.4f}  {n['path']}" + (f"  ({n['label']})" if n["label"] else ""))
+    print(f"gallery: {args.out}")
 
 
 def _evaluate(args: argparse.Namespace) -> int | None:
@@ -535,6 +589,10 @@ COMMANDS = {
                _submit_options, _submit),
     "check": ("check a dataset: counts, sizes, unusable files, duplicates and leakage",
               _check_options, _check),
+    "embed": ("one embedding vector per image (a model's or an ImageNet backbone's features)",
+              _embed_options, _embed),
+    "similar": ("the images most similar to query images, with an HTML gallery",
+                _similar_options, _similar),
     "evaluate": ("metrics, figures and a written report for a split",
                  _evaluate_options, _evaluate),
     "compare": ("runs side by side (text, and HTML with --html)",

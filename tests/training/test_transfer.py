@@ -14,7 +14,8 @@ from imgclass.modelfile import load_model
 from imgclass.models import create_model
 from imgclass.models import pretrained
 from imgclass.training import transfer
-from imgclass.training.transfer import GradualUnfreeze, backbone_groups, compute_features
+from imgclass.models.inference import compute_features
+from imgclass.training.transfer import GradualUnfreeze, backbone_groups
 
 from helpers import make_class_folders
 

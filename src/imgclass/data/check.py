@@ -125,10 +125,14 @@ class CheckReport:
     recommendations: list[str] = field(default_factory=list)
     coarse_counts: dict[str, dict[str, int]] | None = None  # two-level labels: split -> coarse class -> images
     tag_stats: dict[str, Any] | None = None           # multi-label: tags per image, untagged, co-occurrence, rare
+    label_issues: list[dict[str, Any]] | None = None  # --label-issues: suspected label errors (curation/data_checks)
+    embedding_duplicates: list[dict[str, Any]] | None = None  # --embeddings: near-duplicate pairs by embedding
+    files: dict[str, str] = field(default_factory=dict)       # what the embedding checks wrote (csv, map, gallery)
 
     @property
     def problems(self) -> int:
-        return len(self.unusable) + len(self.leakage) + len(self.exact_duplicates) + len(self.near_duplicates)
+        return (len(self.unusable) + len(self.leakage) + len(self.exact_duplicates) + len(self.near_duplicates)
+                + len(self.label_issues or []) + len(self.embedding_duplicates or []))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -279,4 +283,11 @@ def recommendations(r: CheckReport) -> list[str]:
                    f"unreliable per-class numbers")
     if r.small:
         out.append(f"{len(r.small)} image(s) under {SMALL_SIDE} px on a side: pick --img-size accordingly")
+    if r.label_issues:
+        out.append(f"{len(r.label_issues)} suspected label error(s): look at them in {r.files.get('report')}; "
+                   f"`train --exclude {r.files.get('label_issues')}` leaves them out, `--relabel FILE` (path,label) "
+                   f"corrects those you confirm")
+    if r.embedding_duplicates:
+        out.append(f"{len(r.embedding_duplicates)} near-duplicate pair(s) by embedding (crops, re-encodes, or very "
+                   f"alike images): see {r.files.get('near_duplicates')}")
     return out

@@ -59,6 +59,13 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
                                                   for l in r.leakage])
     section("exact duplicates", [" == ".join(g) for g in r.exact_duplicates])
     section("near duplicates", [f"{n['a']} ~ {n['b']} ({n['distance']} bits)" for n in r.near_duplicates])
+    section("suspected label errors (most suspect first)",
+            [f"{i['path']}: given {i['given_label']} ({i['given_probability']:.2f}), suggested {i['suggested_label']} "
+             f"({i['suggested_probability']:.2f})" for i in r.label_issues or []])
+    section("near duplicates by embedding", [f"{n['a']} ~ {n['b']} (similarity {n['similarity']:.3f})"
+                                             for n in r.embedding_duplicates or []])
+    for name, path in r.files.items():
+        c.print(f"{name.replace('_', ' ')}: {path}", highlight=False)
     section("extension does not match content", r.extension_mismatch)
     section("EXIF-rotated (rotation is applied)", r.exif_rotated)
     section("very small images", r.small)

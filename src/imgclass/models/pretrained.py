@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data.preprocess import Preprocessing
 from ..errors import UserError
 
 
@@ -277,3 +278,12 @@ def timm_pretrained(arch: str, name: str, **kwargs) -> nn.Module:
         raise _offline_error(name, f"hf-hub:{cfg.hf_hub_id}", HF_HUB_CACHE)
     return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": cached} if cached else None,
                              **kwargs)
+
+
+def imagenet_preprocessing(arch: str) -> Preprocessing:
+    """How a published timm model's images are prepared: its input size, mean and std, centre-cropped."""
+    import timm
+    cfg = timm.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise UserError(f"timm publishes no pretrained weights for '{arch}'")
+    return Preprocessing(img_size=int(cfg.input_size[-1]), resize="crop", mean=tuple(cfg.mean), std=tuple(cfg.std))

@@ -15,12 +15,12 @@ from PIL import Image
 
 from ..data.decode import ImageDecodeError
 from ..data.find import is_image_file, list_images, natural_key
-from ..data.preprocess import Preprocessing, to_nchw
+from ..data.preprocess import to_nchw
 from ..errors import UserError
 from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.header import Architecture, ModelHeader
 from ..models.inference import pick_device
-from ..models.pretrained import timm_pretrained
+from ..models.pretrained import imagenet_preprocessing, timm_pretrained
 from .engines import Engine, OnnxEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
@@ -112,18 +112,14 @@ class Predictor:
     @classmethod
     def pretrained(cls, name: str, device: str = "auto") -> "Predictor":
         """A published ImageNet classifier used as it is (timm:NAME), with timm's class names."""
-        import timm
         from timm.data import ImageNetInfo
         source, _, arch = name.partition(":")
         if source != "timm":
             raise UserError("predict --pretrained takes a timm model name, e.g. timm:xception41")
         model = timm_pretrained(arch, name)
-        cfg = timm.get_pretrained_cfg(arch)
         info = ImageNetInfo()
         classes = [info.index_to_description(i) for i in range(model.num_classes)]
-        header = ModelHeader(arch=Architecture(name), classes=tuple(classes),
-                             preprocessing=Preprocessing(img_size=int(cfg.input_size[-1]), resize="crop",
-                                                         mean=tuple(cfg.mean), std=tuple(cfg.std)))
+        header = ModelHeader(arch=Architecture(name), classes=tuple(classes), preprocessing=imagenet_preprocessing(arch))
         dev = pick_device(device)
         return cls(model.to(dev).eval(), header, dev)
 

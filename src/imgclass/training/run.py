@@ -26,7 +26,7 @@ from ..data.split import SPLITS, Split, write_splits
 from ..errors import UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
-from ..models.inference import predict_logits, probabilities
+from ..models.inference import compute_features, pick_device, predict_logits, probabilities
 from ..models.task import Task
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -36,11 +36,10 @@ from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, 
 from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
                         TensorBoard)
 from .checkpoint import load_checkpoint, load_checkpoint_model
-from ..models.inference import pick_device
 from .device import use_bf16
 from .loop import Trainer, forward_cached
 from .plan import RunPlan, plan_run
-from .transfer import GradualUnfreeze, compute_features, layerwise_optimizer, set_backbones_trainable, train_head
+from .transfer import GradualUnfreeze, layerwise_optimizer, set_backbones_trainable, train_head
 
 
 @dataclass

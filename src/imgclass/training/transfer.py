@@ -20,7 +20,6 @@ from ..data.preprocess import Preprocessing
 from ..modelfile import META_KEY, resolve_model_path
 from ..models.header import ModelHeader
 from ..models.task import Task
-from ..models.inference import scoring_batch
 from ..models.pretrained import read_checkpoint
 from .loop import Callback
 from .optim import optimizer_for
@@ -152,24 +151,6 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 def set_backbones_trainable(model: nn.Module, trainable: bool) -> None:
     for c in classifiers(model):
         set_trainable(c.backbone, trainable)
-
-
-@torch.no_grad()
-def compute_features(model: nn.Module, images: torch.Tensor, pre, batch_size: int, device: torch.device,
-                     bf16: bool = False) -> torch.Tensor:
-    """Backbone features of every image, once (the frozen backbone in eval mode). With bf16 the
-    backbone runs under bf16 autocast (2.4x faster for EfficientNet-Lite0 on machine A); the features
-    only feed the head's first stage, the final scores are computed in float32."""
-    net = classifiers(model)[0] if classifiers(model) else model
-    net.eval()
-    out = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    batch_size = scoring_batch(batch_size, images.shape[-1], device)
-    for s in range(0, len(images), batch_size):
-        x = pre.normalize(images[s:s + batch_size].to(device))
-        with autocast:
-            out.append(net.features(x).float().cpu())
-    return torch.cat(out)
 
 
 def train_head(task: Task, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.Tensor | None,

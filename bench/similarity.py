@@ -1,0 +1,62 @@
+"""Similarity search: time to build and query an index of 10,000 and 100,000 vectors, exact (a matrix product)
+against usearch's HNSW graph, and the graph's recall@10 against the exact answer; plus all-pairs neighbours
+(what `check` needs for near-duplicates), the case that sets curation/index.EXACT_MAX.
+
+    python bench/similarity.py [--sizes 10000,100000] [--queries 100]
+
+The vectors: 1280-d like EfficientNet-Lite0's features, drawn as 200 clusters plus noise (real embeddings are
+clustered; uniform random vectors would be the hardest case for a graph and unlike any photo set).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common import machine
+from imgclass.curation.index import VectorIndex, exact_search, normalize
+
+
+def clustered(n: int, dim: int = 1280, clusters: int = 200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    return normalize(centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--all-pairs-max", type=int, default=20000, help="all-pairs exact search is timed up to here "
+                        "and extrapolated (n^2) above")
+    args = parser.parse_args()
+    print(machine())
+    for n in map(int, args.sizes.split(",")):
+        base = clustered(n)
+        queries = clustered(args.queries, seed=1)
+        t = time.perf_counter()
+        exact_i, _ = exact_search(base, queries, 10)
+        exact_q = time.perf_counter() - t
+        t = time.perf_counter()
+        index = VectorIndex(base, "hnsw")
+        build = time.perf_counter() - t
+        t = time.perf_counter()
+        approx_i, _ = index.search(queries, 10)
+        approx_q = time.perf_counter() - t
+        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_i, exact_i)])
+        m = min(n, args.all_pairs_max)
+        t = time.perf_counter()
+        exact_search(base[:m], base[:m], 5, exclude_self=True)
+        pairs = (time.perf_counter() - t) * (n / m) ** 2
+        t = time.perf_counter()
+        index.search(base, 5, exclude_self=True)
+        graph_pairs = time.perf_counter() - t
+        print(f"n={n}: exact {args.queries} queries {exact_q:.3f}s | hnsw build {build:.2f}s, {args.queries} queries "
+              f"{approx_q:.3f}s, recall@10 {recall:.3f} | all-pairs 5-NN: exact {pairs:.1f}s"
+              f"{' (extrapolated from ' + str(m) + ')' if m < n else ''}, hnsw {graph_pairs:.1f}s "
+              f"(+ build: {graph_pairs + build:.1f}s; ratio exact/hnsw {pairs / (graph_pairs + build):.2f})")
+
+
+if __name__ == "__main__":
+    main()

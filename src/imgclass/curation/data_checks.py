@@ -1,0 +1,193 @@
+"""What `imgclass check --label-issues` (and `--embeddings`) adds to the file checks: every image embedded once
+(a trained model's features, or by default the ImageNet backbone that installs with imgclass), then
+- suspected label errors (curation/label_issues.py: out-of-fold probabilities ranked by cleanlab),
+- near-duplicates and cross-split leakage by embedding similarity, which the perceptual hash misses for crops and
+  re-encodes,
+- a 2-D map of the data (scikit-learn's t-SNE) coloured by class, the suspects and the outliers marked,
+written as label_issues.csv, near_duplicates.csv, data_map.png and check_report.html (a gallery of each)."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.check import CheckReport, recommendations
+from ..data.find import Found, find_images
+from ..data.split import SPLITS, Split, make_split
+from ..errors import UserError
+from ..files import write_bytes_atomic, write_text_atomic
+from ..figures import new_figure, png_bytes
+from ..prediction.embed import Embeddings, embed_rows, embedding_model
+from .gallery import Tile, write_gallery
+from .index import VectorIndex
+from .label_issues import find_label_issues, out_of_fold_probabilities
+from .similar import DEFAULT_BACKBONE
+
+# Cosine similarity of pooled features at which two images count as near-duplicates (and they must be each other's
+# nearest). Measured with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted copies: 80% centre crops
+# and 3/4-size JPEG q60 re-encodes): at 0.90 hymenoptera finds 58% of the copies and flags no distinct pair; on
+# fashion_hier's product photos (white backgrounds) 68% of the copies, but 33% of the images also have a different
+# product above 0.90 (5% above 0.95). No threshold separates them there: the pairs are listed most similar first.
+NEAR_COSINE = 0.90
+MAP_POINTS = 5000    # t-SNE on at most this many images (seeded sample): ~30 s on 2 cores
+OUTLIER_SHARE = 0.01  # the images farthest from their nearest neighbours are marked on the map as outliers
+
+
+@dataclass(frozen=True)
+class Findings:
+    label_issues: list[dict[str, Any]] = field(default_factory=list)
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    leakage: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def add_embedding_checks(report: CheckReport, data: str | Path, out: str | Path = "check_report",
+                         model: str | Path | None = None, label_issues: bool = True, near_cosine: float = NEAR_COSINE,
+                         labels: str | Path | None = None, id_column: str | None = None, label_column: str | None = None,
+                         hierarchy: bool = False, label_columns: str | None = None, val_split: float = 0.1,
+                         test_split: float = 0.1, seed: int = 101, device: str = "auto", **_: Any) -> CheckReport:
+    """The report with what the embeddings show added (its leakage, notes and recommendations updated)."""
+    if report.tag_stats is not None:
+        raise UserError("--label-issues and --embeddings take one label per image (or two levels) for now")
+    found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
+    split, _ = make_split(found, val_split, test_split, seed)
+    findings = embedding_checks(found, split, out, model, label_issues, near_cosine, seed=seed, device=device)
+    report.label_issues = findings.label_issues if label_issues else None
+    report.embedding_duplicates = findings.near_duplicates
+    report.leakage = report.leakage + findings.leakage
+    report.notes = report.notes + findings.notes
+    report.files = findings.files
+    report.recommendations = recommendations(report)
+    return report
+
+
+def embedding_checks(found: Found, split: Split, out: str | Path, model: str | Path | None = None,
+                     label_issues: bool = True, near_cosine: float = NEAR_COSINE, folds: int = 5, seed: int = 0,
+                     device: str = "auto") -> Findings:
+    if found.multi_label:
+        raise UserError("--label-issues and --embeddings take one label per image (or two levels) for now")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    em = embedding_model(model or DEFAULT_BACKBONE, pretrained=model is None or str(model).startswith("timm:"),
+                         device=device)
+    rows = [(rel, label) for s in SPLITS for rel, label in split.items[s]]
+    split_of = {rel: s for s in SPLITS for rel, _ in split.items[s]}
+    emb = embed_rows(em, found.root, rows, found.classes)
+    labels = np.array([found.classes.index(x) for x in emb.labels])
+    notes = [f"{len(emb)} images embedded by {em.source} ({emb.vectors.shape[1]} features)"]
+    index = VectorIndex(emb.vectors)
+    issues = _label_issues(emb, labels, split_of, found.classes, folds, seed, notes) if label_issues else None
+    near, leakage = _near_duplicates(emb, index, split_of, near_cosine)
+    files = _write_findings(out, emb, labels, found.classes, issues, near, index, near_cosine, notes)
+    return Findings(issues or [], near, leakage, notes, files)
+
+
+def _label_issues(emb: Embeddings, labels: np.ndarray, split_of: dict[str, str], classes: list[str], folds: int,
+                  seed: int, notes: list[str]) -> list[dict[str, Any]]:
+    probs = out_of_fold_probabilities(emb.vectors, labels, folds, seed)
+    accuracy = float((probs.argmax(1) == labels).mean())
+    found = find_label_issues(probs, labels)
+    notes.append(f"label issues: a linear head in {folds} folds on the embeddings answers {accuracy:.1%} of the "
+                 f"given labels out of fold; confident learning (cleanlab) flags {len(found)} image(s)")
+    return [{"path": emb.paths[i.index], "split": split_of.get(emb.paths[i.index], ""), "given_label": classes[i.given],
+             "suggested_label": classes[i.suggested], "quality": round(i.quality, 4),
+             "given_probability": round(i.given_probability, 4),
+             "suggested_probability": round(i.suggested_probability, 4)} for i in found]
+
+
+def _near_duplicates(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mutual nearest neighbours at least near_cosine alike, most similar first; those in different splits leak."""
+    if len(emb) < 2:
+        return [], []
+    nearest, sims = index.search(emb.vectors, 1, exclude_self=True)
+    near, leakage = [], []
+    for i, (j, s) in enumerate(zip(nearest[:, 0].tolist(), sims[:, 0].tolist())):
+        if i < j and s >= near_cosine and nearest[j, 0] == i:
+            a, b = emb.paths[i], emb.paths[j]
+            pair = {"a": a, "a_split": split_of.get(a, ""), "b": b, "b_split": split_of.get(b, ""),
+                    "similarity": round(float(s), 4)}
+            near.append(pair)
+            if pair["a_split"] != pair["b_split"]:
+                leakage.append({**{k: v for k, v in pair.items() if k != "similarity"}, "kind": f"embedding ({s:.3f})"})
+    near.sort(key=lambda p: -p["similarity"])
+    return near, leakage
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def data_map(emb: Embeddings, labels: np.ndarray, classes: list[str], suspects: set[int], outliers: set[int],
+             seed: int = 0) -> bytes:
+    """A t-SNE map of the embeddings (a seeded sample of MAP_POINTS at most) as PNG bytes."""
+    from sklearn.manifold import TSNE
+    keep = np.arange(len(emb))
+    if len(keep) > MAP_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(emb), MAP_POINTS, replace=False))
+    x = emb.normalized()[keep]
+    xy = TSNE(2, perplexity=min(30.0, max(2.0, (len(keep) - 1) / 3)), init="pca", random_state=seed).fit_transform(x)
+    fig, ax = new_figure(figsize=(9, 7))
+    import matplotlib
+    cmap = matplotlib.colormaps["tab20" if len(classes) > 10 else "tab10"]
+    for c in range(len(classes)):
+        m = labels[keep] == c
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(c % cmap.N), label=classes[c])
+    for marked, style in ((suspects, dict(marker="x", color="black", s=30, label="suspected label error")),
+                          (outliers, dict(marker="o", facecolors="none", edgecolors="red", s=40, label="outlier"))):
+        m = np.isin(keep, list(marked))
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], **style)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE of {len(keep)} image embeddings")
+    if len(classes) <= 30:
+        ax.legend(fontsize=7, markerscale=2, loc="best", ncol=2)
+    return png_bytes(fig)
+
+
+def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: list[str], issues: list[dict] | None,
+                    near: list[dict], index: VectorIndex, near_cosine: float, notes: list[str]) -> dict[str, str]:
+    root = Path(emb.root)
+    files = {}
+    if issues is not None:
+        files["label_issues"] = str(out / "label_issues.csv")
+        write_text_atomic(out / "label_issues.csv", _csv_text(issues, ["path", "split", "given_label", "suggested_label",
+                                                                       "quality", "given_probability",
+                                                                       "suggested_probability"]))
+    files["near_duplicates"] = str(out / "near_duplicates.csv")
+    write_text_atomic(out / "near_duplicates.csv", _csv_text(near, ["a", "a_split", "b", "b_split", "similarity"]))
+    issues = issues or []
+    position = {p: i for i, p in enumerate(emb.paths)}
+    distance = 1 - index.search(emb.vectors, 1, exclude_self=True)[1][:, 0] if len(emb) > 1 else np.zeros(len(emb))
+    n_out = max(1, int(round(OUTLIER_SHARE * len(emb))))
+    outliers = set(np.argsort(-distance, kind="stable")[:n_out].tolist())
+    png = data_map(emb, labels, classes, {position[i["path"]] for i in issues}, outliers)
+    write_bytes_atomic(out / "data_map.png", png)
+    files["data_map"] = str(out / "data_map.png")
+    rows = [(f"suspected label error {n + 1}: given {i['given_label']}, suggested {i['suggested_label']}",
+             [Tile(root / i["path"], f"{i['path']} ({i['split']}): given {i['given_label']} "
+                                     f"p={i['given_probability']:.2f}, suggested {i['suggested_label']} "
+                                     f"p={i['suggested_probability']:.2f}")]) for n, i in enumerate(issues[:300])]
+    rows += [(f"near-duplicates, similarity {p['similarity']:.3f}",
+              [Tile(root / p["a"], f"{p['a']} ({p['a_split']})"), Tile(root / p["b"], f"{p['b']} ({p['b_split']})")])
+             for p in near[:300]]
+    rows += [(f"outlier {n + 1}", [Tile(root / emb.paths[i], f"{emb.paths[i]}: {emb.labels[i]}, nearest similarity "
+                                                             f"{1 - distance[i]:.3f}")])
+             for n, i in enumerate(sorted(outliers, key=lambda i: -distance[i]))]
+    intro = notes + [f"{len(issues)} suspected label error(s) (most suspect first), {len(near)} near-duplicate pair(s) "
+                     f"at cosine similarity >= {near_cosine} (mutual nearest neighbours), the {n_out} outlier(s) "
+                     f"farthest from any other image. The galleries show the first 300 of each."]
+    files["report"] = str(write_gallery(out / "check_report.html", "imgclass check: what the embeddings show", intro,
+                                        rows, {"map of the data": png}))
+    return files

@@ -1,0 +1,237 @@
+"""`imgclass embed`: one vector per image, the pooled backbone features a model classifies from (a trained model
+file's, or a published ImageNet backbone's as it is). They are computed exactly as the head stage of fine-tuning
+computes them (models/inference.compute_features) from the images decoded by the model file's own preprocessing,
+through the decoded-image cache, so `embed` of a model equals the features its training saw.
+
+An embeddings file is three files side by side, each written atomically: NAME.npy (N x D float32, no pickle),
+NAME.csv (path,label: one row per vector, in order) and NAME.json (the model that computed them, its
+preprocessing, the folder the paths are relative to, the images that could not be read). The .json is written
+last and names the row count, so a reader never pairs vectors with the wrong rows. `--out NAME.parquet` writes one
+Parquet file instead (the `parquet` extra: pyarrow).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data.cache import load_cached
+from ..data.find import find_images
+from ..data.images import load_split
+from ..data.preprocess import Preprocessing, to_nchw
+from ..errors import UserError
+from ..files import write_bytes_atomic
+from ..models.inference import compute_features, pick_device
+from ..models.pretrained import imagenet_preprocessing, timm_pretrained
+from .predictor import Predictor, expand_inputs
+
+FORMAT = "imgclass-embeddings"
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """What computes embeddings: a network with `features`, the preprocessing its images get, and its name."""
+    net: torch.nn.Module
+    pre: Preprocessing
+    source: str            # the model file's path, or timm:NAME for a published backbone
+    pretrained: bool       # source is a published backbone (timm:NAME), not a model file
+    device: torch.device
+
+
+def embedding_model(model: str | Path | Predictor, pretrained: bool = False, device: str = "auto") -> EmbeddingModel:
+    """A trained model (run folder, model file or a loaded Predictor), or with pretrained a published ImageNet
+    backbone as it is (timm:NAME; its weights installed or in the hub cache: nothing is downloaded offline)."""
+    if isinstance(model, Predictor):
+        if model.model is None:
+            raise UserError("embeddings need the model file (model.safetensors), not an ONNX export")
+        return EmbeddingModel(model.model.eval(), model.pre, str(model.path or "<model>"), False, model.device)
+    if pretrained:
+        source, _, arch = str(model).partition(":")
+        if source != "timm" or not arch:
+            raise UserError(f"--pretrained takes a timm backbone name, e.g. timm:tf_efficientnet_lite0 (not '{model}')")
+        dev = pick_device(device)
+        net = timm_pretrained(arch, str(model), num_classes=0).to(dev).eval()
+        net.features = net.forward  # num_classes=0: timm's forward returns the pooled features
+        return EmbeddingModel(net, imagenet_preprocessing(arch), str(model), True, dev)
+    if str(model).startswith(("timm:", "torchvision:")):
+        raise UserError(f"'{model}' names a backbone: add --pretrained to embed with its ImageNet weights")
+    return embedding_model(Predictor.load(model, device), device=device)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray                   # N x D float32, one row per path
+    paths: tuple[str, ...]                # relative to root
+    labels: tuple[str, ...]               # each image's label ("" where the folder gives none)
+    root: str                             # the folder the paths are relative to
+    source: str                           # the model that computed them (model file path, or timm:NAME)
+    pretrained: bool = False              # source is a published backbone
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # how the images were decoded and resized
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of images that could not be read
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def normalized(self) -> np.ndarray:
+        """Unit-length rows (cosine similarity is then a dot product)."""
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        return (self.vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def meta(self) -> dict[str, Any]:
+        return {"format": FORMAT, "n": len(self), "dim": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
+                "root": self.root, "source": self.source, "pretrained": self.pretrained,
+                "preprocessing": self.preprocessing, "skipped": [list(s) for s in self.skipped]}
+
+    def save(self, out: str | Path) -> Path:
+        """NAME.npy + NAME.csv + NAME.json (or NAME.parquet); returns the path the user named."""
+        out = Path(out).expanduser()
+        if out.suffix == ".parquet":
+            _write_parquet(self, out)
+            return out
+        base = out.with_suffix("") if out.suffix in (".npy", ".csv", ".json") else out
+        buffer = io.BytesIO()
+        np.save(buffer, self.vectors.astype(np.float32), allow_pickle=False)
+        rows = io.StringIO()
+        writer = csv.writer(rows, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        writer.writerows(zip(self.paths, self.labels))
+        _write_file(base.with_suffix(".npy"), buffer.getvalue())
+        _write_file(base.with_suffix(".csv"), rows.getvalue().encode())
+        _write_file(base.with_suffix(".json"), json.dumps(self.meta(), indent=1).encode())  # last: it names n
+        return base.with_suffix(".npy")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Embeddings":
+        """What `save` wrote (any of its three names, or the .parquet); refuses files that do not agree."""
+        path = Path(path).expanduser()
+        if path.suffix == ".parquet":
+            return _read_parquet(path)
+        base = path.with_suffix("") if path.suffix in (".npy", ".csv", ".json") else path
+        try:
+            meta = json.loads(base.with_suffix(".json").read_text())
+            vectors = np.load(base.with_suffix(".npy"), allow_pickle=False)
+            with open(base.with_suffix(".csv"), newline="") as fh:
+                rows = list(csv.reader(fh))[1:]
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the embeddings {base}.npy/.csv/.json: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserError(f"{base}.json is not an imgclass embeddings file")
+        if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(rows) or meta.get("n") != len(rows):
+            raise UserError(f"{base}: the vectors ({vectors.shape}), the rows ({len(rows)}) and the header "
+                            f"({meta.get('n')}) do not agree; embed again")
+        return cls(vectors, tuple(r[0] for r in rows), tuple(r[1] if len(r) > 1 else "" for r in rows),
+                   str(meta.get("root", "")), str(meta.get("source", "")), bool(meta.get("pretrained")),
+                   dict(meta.get("preprocessing") or {}), tuple(tuple(s) for s in meta.get("skipped", [])))
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data)
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError("Parquet output needs the parquet extra: pip install 'imgclass[parquet]' "
+                        "(or --out NAME.npy for .npy + .csv)") from None
+    return pyarrow
+
+
+def _write_parquet(emb: Embeddings, out: Path) -> None:
+    pa = _pyarrow()
+    table = pa.table({"path": list(emb.paths), "label": list(emb.labels),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.vectors.reshape(-1)),
+                                                                     emb.vectors.shape[1])})
+    table = table.replace_schema_metadata({FORMAT: json.dumps(emb.meta())})
+    sink = io.BytesIO()
+    pa.parquet.write_table(table, sink)
+    _write_file(out, sink.getvalue())
+
+
+def _read_parquet(path: Path) -> Embeddings:
+    pa = _pyarrow()
+    table = pa.parquet.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(FORMAT.encode(), b"{}"))
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not an imgclass embeddings file")
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
+    return Embeddings(vectors.reshape(table.num_rows, -1), tuple(table.column("path").to_pylist()),
+                      tuple(table.column("label").to_pylist()), str(meta.get("root", "")), str(meta.get("source", "")),
+                      bool(meta.get("pretrained")), dict(meta.get("preprocessing") or {}),
+                      tuple(tuple(s) for s in meta.get("skipped", [])))
+
+
+def _rows(data: str | Path, labelled: bool) -> tuple[Path, list[tuple[str, int]], list[str]]:
+    """(root, (relative path, label index) per image, label names) of a labelled data folder (every split, as
+    `imgclass train` finds it); a folder without labels gives its images under label ""."""
+    root = Path(data).expanduser()
+    if labelled:
+        try:
+            found = find_images(root)
+            return found.root, [(rel, label) for rel, label, _ in found.items], found.classes
+        except UserError:
+            pass
+    if not root.is_dir():
+        raise UserError(f"not a folder of images: {root}")
+    files = expand_inputs([root])
+    return root, [(p.relative_to(root).as_posix(), 0) for p in files], [""]
+
+
+def embed(model: str | Path | Predictor | EmbeddingModel, data: str | Path, out: str | Path | None = None,
+          pretrained: bool = False, device: str = "auto", cache: bool = True, cache_dir: str | Path | None = None,
+          labelled: bool = True, on_progress: Callable[[int], None] | None = None) -> Embeddings:
+    """One vector per image of a data folder (as `train` finds it: every split, with labels; any folder of images
+    without them), decoded once through the cache; written to out when given."""
+    em = model if isinstance(model, EmbeddingModel) else embedding_model(model, pretrained, device)
+    root, rows, names = _rows(data, labelled)
+    result = embed_rows(em, root, rows, names, cache, cache_dir, on_progress)
+    if out is not None:
+        result.save(out)
+    return result
+
+
+def embed_rows(em: EmbeddingModel, root: Path, rows: list[tuple[str, int]], names: list[str], cache: bool = True,
+               cache_dir: str | Path | None = None, on_progress: Callable[[int], None] | None = None) -> Embeddings:
+    """Embeddings of (relative path, label index) rows under root, decoded through the cache (or in memory)."""
+    if cache:
+        images, _ = load_cached(root, rows, em.pre, Path(cache_dir).expanduser() if cache_dir else None,
+                                on_progress=on_progress)
+    else:
+        images = load_split(root, rows, em.pre, on_progress=on_progress)
+    vectors = compute_features(em.net, images.images, em.pre, 64, em.device).numpy().astype(np.float32)
+    return Embeddings(vectors, tuple(images.paths), tuple(names[i] for i in images.labels.tolist()), str(root),
+                      em.source, em.pretrained, em.pre.to_dict(), tuple(tuple(b) for b in images.bad))
+
+
+def embed_files(em: EmbeddingModel, sources: list[str | Path | bytes]) -> tuple[np.ndarray, list[str | None]]:
+    """Vectors of single inputs (query images: files or bytes), decoded like every command decodes them; rows of
+    unreadable inputs are NaN, with their reason."""
+    arrays, errors = [], []
+    for source in sources:
+        try:
+            arrays.append(em.pre.load(source))
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - one unreadable query never stops the others
+            errors.append(str(exc) or type(exc).__name__)
+    good = [i for i, e in enumerate(errors) if e is None]
+    dim = None
+    vectors = None
+    if arrays:
+        feats = compute_features(em.net, to_nchw(np.stack(arrays)), em.pre, 64, em.device).numpy()
+        dim = feats.shape[1]
+        vectors = np.full((len(sources), dim), np.nan, dtype=np.float32)
+        vectors[good] = feats
+    return (vectors if vectors is not None else np.zeros((len(sources), 0), np.float32)), errors
+
+
+def model_of(emb: Embeddings, device: str = "auto") -> EmbeddingModel:
+    """The model that computed an embeddings file (to embed queries the same way)."""
+    return embedding_model(emb.source, emb.pretrained, device)
