@@ -46,8 +46,9 @@ def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) 
 
 def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: str = "fine",
             runtime: str | None = None, precision: str = "auto", device: str = "auto", max_pixels: int | None = None,
-            pretrained: bool = False) -> list[dict[str, Any]]:
+            pretrained: bool = False, reject: bool | float | None = None) -> list[dict[str, Any]]:
     """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
+    reject: True answers "unknown" below the model file's rejection threshold (a number: at that threshold).
     runtime auto|torch|onnx (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
     model path, and a given Predictor's own. pretrained: model names a published ImageNet classifier
     (timm:NAME), used as it is."""
@@ -62,21 +63,21 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
     if runtime is not None:  # the runtime for a job of this many images, chosen and stated
         from .prediction.runtime import choose_runtime
         model.use(choose_runtime(model, runtime, precision, len(items)))
-    return model.predict(items, top_k=top_k, level=level)
+    return model.predict(items, top_k=top_k, level=level, reject=reject)
 
 
 def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
            id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
            runtime: str | None = None, precision: str = "auto", max_pixels: int | None = None,
-           form: str = "auto") -> Path:
+           form: str = "auto", reject: bool | float | None = None) -> Path:
     """Write a Kaggle submission CSV for every image in test_dir (one row each: an unreadable image gets the
     most common class, or no tag, with a warning); returns its path. runtime: as predict's. form, for several
     tags per image: "tags" (the default: ID,TARGET with the tags separated by spaces) or "onehot" (a 0/1
-    column per tag)."""
+    column per tag). reject: as predict's; rejected images get "unknown" (or -1 with target "index")."""
     predictor = model if isinstance(model, Predictor) else load(model, max_pixels=max_pixels)
     runtime = runtime or (None if isinstance(model, Predictor) else "auto")
     path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
-                                  precision, form)
+                                  precision, form, reject)
     return path
 
 

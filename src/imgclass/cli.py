@@ -172,6 +172,17 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
                         "tolerance of float32 [default: auto]")
 
 
+def _add_reject(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reject", action="store_true",
+                   help="answer 'unknown' for an image whose highest probability is below the model's rejection "
+                        "threshold (set on validation at training: see the model card)")
+    p.add_argument("--reject-threshold", type=float, metavar="P", help="reject below this probability instead")
+
+
+def _reject(args: argparse.Namespace) -> bool | float | None:
+    return args.reject_threshold if args.reject_threshold is not None else (True if args.reject else None)
+
+
 def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder, model.safetensors or an exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
@@ -182,6 +193,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
                    help="with two-level labels: which level to predict")
     p.add_argument("--pretrained", action="store_true",
                    help="with MODEL = timm:NAME: the published ImageNet classifier as it is (class names from timm)")
+    _add_reject(p)
     _add_runtime(p)
     _add_pixel_limit(p)
 
@@ -199,6 +211,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["auto", "tags", "onehot"], default="auto", dest="form",
                    help="with several tags per image: tags (the tags given, separated by spaces; the default) or "
                         "onehot (a 0/1 column per tag)")
+    _add_reject(p)
     _add_runtime(p)
     _add_pixel_limit(p)
 
@@ -355,12 +368,15 @@ def _print_predictions(results: list[dict], fmt: str) -> None:
         writer = csv.writer(buf, lineterminator="\n")
         k = max((len(r.get("top_k", [])) for r in results), default=0)
         tags = any("labels" in r for r in results)  # several tags per image: the tags given, first
-        writer.writerow(["image"] + (["tags"] if tags else []) + [f"{c}{i}" for i in range(1, k + 1)
-                                                                  for c in ("label", "probability")] + ["error"])
+        rejecting = any("unknown" in r for r in results)  # --reject: whether each is none of the classes, its score
+        writer.writerow(["image"] + (["tags"] if tags else []) + (["unknown", "score"] if rejecting else [])
+                        + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"])
         for r in results:
             cells = [x for t in r.get("top_k", []) for x in (t["label"], f"{t['probability']:.6f}")]
             given = [" ".join(t["label"] for t in r.get("labels", []))] if tags else []
-            writer.writerow([r["image"]] + given + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
+            rejected = ([str(r["unknown"]).lower(), f"{r['score']:.6f}"] if "unknown" in r else ["", ""]) \
+                if rejecting else []
+            writer.writerow([r["image"]] + given + rejected + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
         sys.stdout.write(buf.getvalue())
         return
     from rich.console import Console
@@ -431,14 +447,16 @@ def _predict(args: argparse.Namespace) -> int | None:
         raise UserError("--top-k must be at least 1")
     _print_predictions(api.predict(args.model, args.inputs, top_k=args.top_k, level=args.level,
                                    runtime=None if args.pretrained else args.runtime, precision=args.precision,
-                                   device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained),
+                                   device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained,
+                                   reject=_reject(args)),
                        args.format)
 
 
 def _submit(args: argparse.Namespace) -> int | None:
     from . import api
     path = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
-                      args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels, form=args.form)
+                      args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels, form=args.form,
+                      reject=_reject(args))
     with open(path, newline="") as fh:
         rows = sum(1 for _ in csv.reader(fh)) - 1  # the header line
     print(f"wrote {rows} rows to {path}")

@@ -33,6 +33,8 @@ class TrainConfig:
     multi_label: bool = False        # several tags per image: a CSV column of tag lists (--label-column), or DATA/<tag>/* copies
     tag_columns: str | None = None   # several tags per image from 0/1 (or attribute) CSV columns: "A,B,C" or a range "A:D"
     threshold: float | None = None   # several tags per image: one decision threshold for every tag (default: chosen per tag on validation)
+    exclude: str | None = None       # a file of images to leave out (a CSV with a path column, e.g. check's label_issues.csv, or one path per line)
+    relabel: str | None = None       # a CSV path,label of corrected labels (paths relative to DATA); the files stay where they are
     val_split: float = 0.1           # share of each class held out for validation when no val folder is given
     test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
     seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout
@@ -53,6 +55,7 @@ class TrainConfig:
     vflip: bool = False              # also flip upside down at random (aerial or microscope images, not photos)
     cutout: float | None = None      # blank a random square per image, its side this share of the image's (airbench96: 12/32 = 0.375); the fast model's long recipe sets it
     calibrate: bool = True           # fit a softmax temperature on the validation split after training, so probabilities mean what they say
+    reject_acceptance: float = 0.95  # "none of these": the share of validation images the stored rejection threshold accepts (predict --reject)
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation, stored with the model and used by every command
     # --- model ----------------------------------------------------------------
     model: str = "auto"              # auto (= fast, sized from the data), a name from `imgclass models`, or torchvision:NAME / timm:NAME
@@ -259,6 +262,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("plateau_patience must be at least 1 and plateau_factor in (0, 1)")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise UserError("label_smoothing must be in [0, 1)")
+    if not 0.0 < cfg.reject_acceptance <= 1.0:
+        raise UserError("reject_acceptance must be in (0, 1], e.g. 0.95")
     if cfg.time_budget is not None and (parse_duration(cfg.time_budget) or 0) <= 0:
         raise UserError("time_budget must be positive")
     if cfg.patience is not None and cfg.patience < 1:

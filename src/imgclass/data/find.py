@@ -54,6 +54,7 @@ class Found:
     coarse_classes: list[str] | None = None   # two-level labels: the coarse classes (natural order)
     parents: list[int] | None = None          # for each fine class (classes), the index of its coarse class
     multi_label: bool = False                 # several tags per image (data/tags.py): items hold tag tuples
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, label) left out by --exclude (data/edits.py)
 
 
 def _class_dirs(folder: Path) -> list[Path]:

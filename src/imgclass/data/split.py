@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -22,6 +22,7 @@ from .find import Found, natural_key
 from .tags import multilabel_split, tags_csv_cell
 
 SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"  # splits.csv's split for images that --exclude left out
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Split:
     classes: list[str]
     items: dict[str, list[tuple[str, Any]]]
     multi_label: bool = False
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, label) left out by --exclude: in no split
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class (per tag) in each split."""
@@ -91,7 +93,8 @@ def make_split(found: Found, val_split: float, test_split: float, seed: int) -> 
         by_split, notes = multilabel_split(found, val_split, test_split, seed)
         k = len(found.classes)
         items = {s: [(rel, tuple(int(i in tags) for i in range(k))) for rel, tags in by_split[s]] for s in SPLITS}
-        return Split(root=found.root, classes=found.classes, items=items, multi_label=True), notes
+        return Split(root=found.root, classes=found.classes, items=items, multi_label=True,
+                     excluded=list(found.excluded)), notes
     warn: list[str] = []
     given = {s: [(rel, lab) for rel, lab, sp in found.items if sp == s] for s in SPLITS}
     pool = [(rel, lab) for rel, lab, sp in found.items if sp in (None, "train")]
@@ -103,7 +106,7 @@ def make_split(found: Found, val_split: float, test_split: float, seed: int) -> 
     carved = _carve(pool, fractions, seed, warn, found.classes)
     items = {s: sorted(given[s] + carved[s], key=lambda it: natural_key(it[0])) if s != "train" else carved["train"]
              for s in SPLITS}
-    return Split(root=found.root, classes=found.classes, items=items), warn
+    return Split(root=found.root, classes=found.classes, items=items, excluded=list(found.excluded)), warn
 
 
 def splits_csv_text(split: Split) -> str:
@@ -114,6 +117,8 @@ def splits_csv_text(split: Split) -> str:
         for rel, label in split.items[s]:
             cell = tags_csv_cell(tuple(label_tags(label)), split.classes) if split.multi_label else split.classes[label]
             writer.writerow([rel, cell, s])
+    for rel, label in split.excluded:
+        writer.writerow([rel, label, EXCLUDED])
     return buf.getvalue()
 
 
@@ -124,9 +129,12 @@ def write_splits(split: Split, path: Path) -> None:
 def read_splits(path: Path, root: Path, classes: list[str], multi_label: bool = False) -> Split:
     """Read a saved splits.csv back (used by --resume and evaluate)."""
     index = {c: i for i, c in enumerate(classes)}
-    items = {s: [] for s in SPLITS}
+    items, excluded = {s: [] for s in SPLITS}, []
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
+            if row["split"] == EXCLUDED:
+                excluded.append((row["path"], row["label"]))
+                continue
             names = _tag_names(row["label"], path) if multi_label else [row["label"]]
             unknown = [n for n in names if n not in index]
             if unknown:
@@ -139,7 +147,7 @@ def read_splits(path: Path, root: Path, classes: list[str], multi_label: bool = 
                 raise DataError(f"{path} names '{row['path']}', outside the data folder: refused")
             label = tuple(int(c in names) for c in classes) if multi_label else index[row["label"]]
             items[row["split"]].append((row["path"], label))
-    return Split(root=root, classes=classes, items=items, multi_label=multi_label)
+    return Split(root=root, classes=classes, items=items, multi_label=multi_label, excluded=excluded)
 
 
 def _tag_names(cell: str, path: Path) -> list[str]:

@@ -101,7 +101,7 @@ def _imbalance(ctx: RunContext) -> float | None:
 
 def _data_paragraph(metrics: dict[str, Any], ctx: RunContext) -> str:
     train_counts = ctx.split_counts.get("train", {})
-    sizes = ", ".join(f"{s} {sum(c.values())}" for s, c in ctx.split_counts.items())
+    sizes = ", ".join(f"{s} {sum(c.values())}" for s, c in ctx.split_counts.items() if s != "excluded")
     data = f"**Data.** {len(metrics['classes'])} classes; {metrics['n']} images evaluated in the {metrics['split']} split"
     data += f" (splits: {sizes})." if sizes else "."
     if train_counts:
@@ -112,6 +112,8 @@ def _data_paragraph(metrics: dict[str, Any], ctx: RunContext) -> str:
         data += f" {len(metrics['unreadable'])} file(s) of this split could not be read and were left out."
     if ctx.bad_files:
         data += f" The run skipped {len(ctx.bad_files)} unusable file(s) in all (listed below)."
+    if excluded := sum(ctx.split_counts.get("excluded", {}).values()):
+        data += f" {excluded} image(s) were left out by --exclude (splits.csv lists them as 'excluded')."
     return data
 
 

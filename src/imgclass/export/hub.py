@@ -70,7 +70,8 @@ def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
     h = predictor.header
     config = {"format": "imgclass", "file": "imgclass.safetensors", "architecture": h.arch.to_dict(),
               "classes": list(h.classes), "preprocessing": h.preprocessing.to_dict(),
-              "inference": {"tta": h.tta, "temperature": h.temperature},
+              "inference": {"tta": h.tta, "temperature": h.temperature,
+                            **({"reject": h.reject.to_dict()} if h.reject is not None else {})},
               "hierarchy": h.task.header_entry(), "imgclass_version": h.imgclass_version}
     if (task := h.task.task_entry()) is not None:  # several tags: thresholds and calibration (format 2)
         config["task"] = task
@@ -189,7 +190,11 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"- Inputs are resized to {pre.img_size} px; detail finer than that is lost.",
               "- Probabilities are calibrated on the validation split only; on data unlike the training data they are "
               "not to be trusted.", "- The scores above are from one split of one dataset; expect lower on other "
-              "sources (cameras, lighting, backgrounds).", ""]
+              "sources (cameras, lighting, backgrounds).",
+              f"- Unknown inputs: {h.reject.describe()} when asked (`predict --reject`, `?reject=true`); by design "
+              f"{1 - h.reject.acceptance:.0%} of images like the validation ones are rejected too, and an unlike image "
+              f"the model is sure about is still answered." if h.reject is not None else
+              "- Unknown inputs: this model has no rejection threshold; it gives one of its classes to any image.", ""]
     return "\n".join(lines)
 
 

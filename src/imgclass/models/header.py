@@ -22,6 +22,7 @@ from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..version import __version__
 from .registry import check_args
+from .reject import Rejection
 from .task import SINGLE_LABEL, Task, task_from_header
 
 FORMAT = "imgclass-model"
@@ -53,6 +54,7 @@ class ModelHeader:
     tta: str = "none"                           # test-time augmentation every command applies
     temperature: float = 1.0                    # softmax temperature (calibration); every command divides by it
     calibration: dict[str, Any] | None = None   # the temperature and the validation ECE/NLL before and after
+    reject: Rejection | None = None             # "none of these": the threshold set on validation (models/reject.py)
     metrics: dict[str, Any] = field(default_factory=dict)  # final scores and facts of the run
     weights: dict[str, Any] | None = None       # where the starting weights came from (None: from scratch)
     format: str = FORMAT                        # imgclass-model, or imgclass-checkpoint for training checkpoints
@@ -74,7 +76,8 @@ class ModelHeader:
             "arch": self.arch.to_dict(),
             "classes": list(self.classes),
             "preprocessing": self.preprocessing.to_dict(),
-            "inference": {"tta": self.tta, "temperature": self.temperature},
+            "inference": {"tta": self.tta, "temperature": self.temperature,
+                          **({"reject": self.reject.to_dict()} if self.reject is not None else {})},
             "calibration": self.calibration,
             "metrics": self.metrics,
             "weights": self.weights,
@@ -130,11 +133,12 @@ class ModelHeader:
         except UserError as exc:
             raise bad(str(exc)) from None
         metrics = header.get("metrics") or {}
+        reject = Rejection.from_dict(inference["reject"], bad) if inference.get("reject") is not None else None
         return cls(arch=Architecture(arch["name"], dict(arch.get("args") or {}), dropout),
                    classes=tuple(classes), preprocessing=pre,
                    task=task_from_header(header.get("hierarchy"), classes, bad, header.get("task")),
                    tta=str(inference.get("tta", "none")), temperature=temperature,
-                   calibration=header.get("calibration"), metrics=metrics if isinstance(metrics, dict) else {},
+                   calibration=header.get("calibration"), reject=reject, metrics=metrics if isinstance(metrics, dict) else {},
                    weights=header.get("weights"), format=fmt, format_version=version,
                    imgclass_version=str(header.get("imgclass_version", "")),
                    loop=header.get("loop"), optimizer=header.get("optimizer"))

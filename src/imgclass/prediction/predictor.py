@@ -21,6 +21,7 @@ from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.header import Architecture, ModelHeader
 from ..models.inference import pick_device
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
+from ..models.reject import UNKNOWN, Rejection, given_threshold
 from .engines import Engine, OnnxEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
@@ -37,6 +38,9 @@ def summary_rows(results: list[dict[str, Any]]) -> list[tuple[str, str | None, f
             given = ", ".join(t["label"] for t in r["labels"]) or "(no tag)"
             rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
             rows.append((r["image"], given, r["labels"][0]["probability"] if r["labels"] else None, rest))
+        elif r.get("unknown"):  # --reject: none of the classes; the nearest ones follow
+            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
+            rows.append((r["image"], UNKNOWN, r["score"], rest))
         else:
             best = r["top_k"][0]
             rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
@@ -166,21 +170,42 @@ class Predictor:
                     probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
         return probs, errors
 
+    def rejection(self, reject: bool | float | None) -> Rejection | None:
+        """The "none of these" rule a command asked for: True the model file's threshold, a number that threshold,
+        False or None none. Refused for several tags per image and for files without a threshold."""
+        if reject is None or reject is False:
+            return None
+        if not self.task.exclusive:
+            raise UserError("--reject applies to one class per image; with several tags per image an image above no "
+                            "tag's threshold already gets no tag")
+        if reject is True:
+            if self.header.reject is None:
+                raise UserError("this model file has no rejection threshold (it was trained without a validation split "
+                                "or by an older imgclass): train again, or give --reject-threshold P")
+            return self.header.reject
+        return given_threshold(float(reject))
+
     def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64,
-                level: str = "fine") -> list[dict[str, Any]]:
+                level: str = "fine", reject: bool | float | None = None) -> list[dict[str, Any]]:
         """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input.
 
         level: the task's answer (models/task.py answers): "fine" (the model's classes); with two-level labels
         also "coarse" (top_k over coarse classes), or "both" (top_k fine plus "coarse_top_k"). With several
-        tags per image each answer also has "labels": the tags given at their thresholds."""
+        tags per image each answer also has "labels": the tags given at their thresholds. reject (True, or a
+        threshold): each answer also has "unknown" (its score is below the threshold: none of the classes) and
+        "score" (models/reject.py)."""
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
+        rejection = self.rejection(reject)
         sources = list(sources)
         probs, errors = self.predict_proba(sources, batch_size)
         answers = self.task.answers(probs, self.classes, level, top_k)
         out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
-            out.append({"image": name, "error": errors[i]} if errors[i] is not None else {"image": name, **answers[i]})
+            if errors[i] is not None:
+                out.append({"image": name, "error": errors[i]})
+            else:
+                out.append({"image": name, **(answers[i] if rejection is None else rejection.mark(answers[i], probs[i]))})
         return out
 
 

@@ -11,6 +11,7 @@ from ..data.find import list_images, natural_key
 from .. import log
 from ..errors import UserError
 from ..files import write_text_atomic
+from ..models.reject import UNKNOWN
 from .predictor import Predictor
 
 
@@ -20,13 +21,15 @@ def _id_key(stem: str):
 
 
 def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index", batch_size: int = 64,
-                    level: str = "fine", runtime: str | None = None, precision: str = "auto", form: str = "tags"
-                    ) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+                    level: str = "fine", runtime: str | None = None, precision: str = "auto", form: str = "tags",
+                    reject: bool | float | None = None) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
     """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction
     (with several tags per image: no tag). form, with several tags per image: "tags" (one column, the tags given
     separated by spaces) or "onehot" (a 0/1 column per tag).
     runtime (and precision): chosen for this many images as prediction.runtime says; None keeps the
-    predictor's own."""
+    predictor's own. reject (True: the model file's threshold, or a threshold): images below it get "unknown"
+    (--target label) or -1 (--target index) in every column, as predict and the service answer them."""
+    rejection = predictor.rejection(reject)
     folder = Path(test_dir).expanduser()
     if not folder.is_dir():
         raise UserError(f"test folder not found: {folder}")
@@ -52,7 +55,11 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
         pred = np.where(ok, np.nan_to_num(p, nan=-1).argmax(axis=1), -1)
         fallback = int(np.bincount(pred[ok]).argmax()) if ok.any() else 0
         pred = np.where(ok, pred, fallback)  # Kaggle needs a row for every id: unreadable -> most common class
-        columns.append([names[i] if target == "label" else str(int(i)) for i in pred])
+        column = [names[i] if target == "label" else str(int(i)) for i in pred]
+        if rejection is not None:  # decided on the model's own classes' probabilities, whatever the level
+            unknown = ok & (rejection.scores(np.nan_to_num(probs, nan=1.0)) < rejection.threshold)
+            column = [(UNKNOWN if target == "label" else "-1") if u else c for c, u in zip(column, unknown)]
+        columns.append(column)
     rows = [(f.stem, *(col[i] for col in columns)) for i, f in enumerate(files)]
     return rows, bad
 
@@ -70,7 +77,8 @@ def _tag_rows(predictor: Predictor, files: list[Path], probs: np.ndarray, ok: np
 
 def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path, id_column: str = "ID",
                      target_column: str = "TARGET", target: str = "index", level: str = "fine",
-                     runtime: str | None = None, precision: str = "auto", form: str = "auto") -> tuple[Path, int, list]:
+                     runtime: str | None = None, precision: str = "auto", form: str = "auto",
+                     reject: bool | float | None = None) -> tuple[Path, int, list]:
     """form: auto (a class per image; with several tags per image "tags"), tags, or onehot (several tags per image:
     the tags given separated by spaces, or a 0/1 column per tag)."""
     if target not in ("index", "label"):
@@ -81,7 +89,7 @@ def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path
         raise UserError(f"--format {form} is for a model with several tags per image; this one gives one class")
     form = "tags" if form == "auto" else form
     rows, bad = submission_rows(predictor, test_dir, target, level=level, runtime=runtime, precision=precision,
-                                form=form)
+                                form=form, reject=reject)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if form == "onehot" and not predictor.task.exclusive:

@@ -43,6 +43,7 @@ from .. import log
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
 from ..errors import UserError
+from ..models.reject import Rejection
 from ..prediction.predictor import Predictor
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
@@ -263,13 +264,14 @@ async def _slot(semaphore: asyncio.Semaphore, seconds: float, what: str):
 
 def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, slot_seconds: float,
             max_wait_s: float, decode: Callable[[bytes], Any]):
-    """async (blobs, k) -> one {"top_k"} or {"error", "status"} per blob: decoded in the thread pool (at most
+    """async (blobs, k, rejection) -> one {"top_k"} (with "unknown" and "score" given a rejection, as predict
+    --reject answers) or {"error", "status"} per blob: decoded in the thread pool (at most
     `slots` requests at once, each waiting slot_seconds at most), scored in the batcher's shared batches (waited
     for max_wait_s at most: then a JSON 504, and the images still queued are dropped)."""
     from starlette.concurrency import run_in_threadpool
     classes = predictor.classes
 
-    async def score(blobs: list[bytes], k: int) -> list[dict[str, Any]]:
+    async def score(blobs: list[bytes], k: int, rejection: Rejection | None = None) -> list[dict[str, Any]]:
         async with _slot(slots, slot_seconds, "every decoding slot is taken"):
             decoded = await run_in_threadpool(lambda: [decode(blob) for blob in blobs])
         try:
@@ -292,7 +294,8 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
             if isinstance(row, BaseException):  # the model failed on this batch: a JSON 500 for its requests
                 out.append({"error": f"the model failed on this image's batch ({type(row).__name__})", "status": 500})
                 continue
-            out.append(predictor.task.answers(row[None], classes, "fine", k)[0])  # top_k (and tags given)
+            answer = predictor.task.answers(row[None], classes, "fine", k)[0]  # top_k (and tags given)
+            out.append(answer if rejection is None else rejection.mark(answer, row))  # ?reject=true: as predict
         return out
     return score
 
@@ -346,22 +349,29 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     async def upload_page() -> str:
         return page
 
+    def rejection(reject: bool) -> Rejection | None:
+        try:
+            return predictor.rejection(reject)
+        except UserError as exc:
+            raise HTTPException(400, str(exc)) from None
+
     @app.post("/predict", summary="Classify one image (multipart 'file', or JSON {'image': base64})")
-    async def predict(request: Request, k: int = top_k) -> dict[str, Any]:
+    async def predict(request: Request, k: int = top_k, reject: bool = False) -> dict[str, Any]:
         blobs = await read_images(request, False, max_batch)
         if len(blobs) != 1:
             raise HTTPException(400, "send exactly one image to /predict (use /predict/batch for several)")
-        result = (await score(blobs, k))[0]
+        result = (await score(blobs, k, rejection(reject)))[0]
         if "error" in result:
             raise HTTPException(result["status"], result["error"])
         return {**result, "model": model_name}  # top_k (several tags per image: also the tags given, "labels")
 
     @app.post("/predict/batch", summary="Classify several images (multipart 'files', or JSON {'images': [...]})")
-    async def predict_batch(request: Request, k: int = top_k) -> dict[str, Any]:
+    async def predict_batch(request: Request, k: int = top_k, reject: bool = False) -> dict[str, Any]:
+        rule = rejection(reject)
         blobs = await read_images(request, True, max_batch)
         results = []
         for start in range(0, len(blobs), PREDICT_CHUNK):  # decoded pixels of one chunk at a time
-            results += await score(blobs[start:start + PREDICT_CHUNK], k)
+            results += await score(blobs[start:start + PREDICT_CHUNK], k, rule)
         return {"results": [{"error": r["error"]} if "error" in r else r for r in results],
                 "model": model_name}
 

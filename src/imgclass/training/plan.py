@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .. import config as config_mod
 from ..config import TrainConfig
+from ..data.edits import apply_edits
 from ..data.find import Found, find_images
 from ..data.tags import read_tags, refuse_two_levels
 from ..data.split import Split, make_split, read_splits
@@ -86,7 +87,7 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
         if options or config or data:
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run.config)
-        found = _find(vars(cfg))
+        found = _find(vars(cfg), edits=False)  # splits.csv holds the edited labels and the excluded images
         split, notes, explicit = read_splits(run.splits, found.root, found.classes, found.multi_label), [], None
     else:
         run = None
@@ -106,15 +107,17 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
     return _decide(cfg, found, split, explicit, run, list(notes))
 
 
-def _find(values: dict[str, Any]) -> Found:
+def _find(values: dict[str, Any], edits: bool = True) -> Found:
     """The images and their labels: several tags each (data/tags.py) with --multi-label or --tag-columns, else
-    one class (or two levels) each (data/find.py)."""
+    one class (or two levels) each (data/find.py); with edits, less --exclude's images and with --relabel's labels."""
     if values.get("multi_label") or values.get("tag_columns"):
         refuse_two_levels(values.get("hierarchy") or False, values.get("label_columns"))
-        return read_tags(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
-                         values.get("tag_columns"))
-    return find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
-                       values.get("hierarchy") or False, values.get("label_columns"))
+        found = read_tags(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
+                          values.get("tag_columns"))
+    else:
+        found = find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
+                            values.get("hierarchy") or False, values.get("label_columns"))
+    return apply_edits(found, values.get("exclude"), values.get("relabel")) if edits else found
 
 
 def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None, run: RunDir | None,

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
 from ..models.inference import compute_features, pick_device, predict_logits, probabilities
+from ..models.reject import Rejection
 from ..models.task import Task
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -346,7 +347,8 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
              "weights": final.weights_origin, "bad_files": len(final.bad), "device": str(device),
              "time_budget": cfg.time_budget, "processes": dd.world, "plan": trainer.plan, "calibration": calibration,
              "scoring_seconds": scoring_seconds}
-    header = header_for(plan, final.pre, final.weights_origin, {**metrics, **facts}, calibration)
+    header = dataclasses.replace(header_for(plan, final.pre, final.weights_origin, {**metrics, **facts}, calibration),
+                                 reject=_rejection(plan, probs, say))
     save_model(run.model, best, header)
     run.write_results({"metrics": metrics, **facts})
     result = Run(dir=run.path, config=cfg, classes=plan.classes, history=trainer.history, metrics=metrics)
@@ -511,6 +513,17 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
         exact = float((task.decisions(probs[name].numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
         metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(split_logits)}
     return metrics, probs, calibration, task
+
+
+def _rejection(plan: RunPlan, probs: dict[str, torch.Tensor], say: Callable[..., None]) -> Rejection | None:
+    """ "None of these": the threshold on the calibrated maximum probability that accepts --reject-acceptance of the
+    validation images (models/reject.py); None without a validation split, or for several tags per image (where
+    no tag above its threshold already means none of them)."""
+    if not plan.task.exclusive or "val" not in probs or not len(probs["val"]):
+        return None
+    rejection = Rejection.fit(probs["val"].numpy(), plan.cfg.reject_acceptance)
+    say(f"rejection (used with predict --reject): {rejection.describe()}")
+    return rejection
 
 
 def _calibrate(cfg: TrainConfig, val: tuple[torch.Tensor, torch.Tensor] | None, say) -> dict[str, Any] | None:
