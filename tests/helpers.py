@@ -19,12 +19,12 @@ def tiny_image(label: int, rng: np.random.RandomState, size: int = 12) -> Image.
 
 
 def make_class_folders(root: Path, classes=("cat", "dog", "fish"), per_class: int = 12, seed: int = 0,
-                       ext: str = ".png") -> Path:
+                       ext: str = ".png", size: int = 12) -> Path:
     rng = np.random.RandomState(seed)
     for i, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for j in range(per_class):
-            tiny_image(i, rng).save(root / name / f"img{j}{ext}")
+            tiny_image(i, rng, size).save(root / name / f"img{j}{ext}")
     return root
 
 

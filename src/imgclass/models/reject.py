@@ -33,7 +33,7 @@ class Rejection:
         if not 0 < acceptance <= 1:
             raise UserError(f"the rejection's acceptance must be in (0, 1], not {acceptance}")
         scores = np.sort(probs.max(axis=1))
-        cut = int(math.floor((1 - acceptance) * len(scores)))  # this many may fall below the threshold
+        cut = int(math.floor((1 - acceptance) * len(scores) + 1e-9))  # this many fall below (1e-9: 0.1 * 100 is 9.99...)
         return cls(float(scores[min(cut, len(scores) - 1)]), acceptance, n=len(scores))
 
     def scores(self, probs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,71 @@
+"""`imgclass similar` and its index: an image's own copy comes first; the graph agrees with exact search."""
+import numpy as np
+import pytest
+
+import imgclass
+from imgclass.cli import main
+from imgclass.curation.index import EXACT_MAX, VectorIndex, exact_search, load_index, normalize
+from imgclass.errors import UserError
+
+from helpers import make_class_folders
+
+
+def test_similar_returns_the_images_own_copy_first(trained_run, tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=5)
+    imgclass.embed(trained_run, data, out=tmp_path / "emb.npy")
+    query = tmp_path / "query.png"
+    query.write_bytes((data / "dog" / "img3.png").read_bytes())  # a copy, elsewhere
+    results = imgclass.similar(tmp_path / "emb.npy", [query], k=4,
+                               out=tmp_path / "g.html")
+    first = results[0]["neighbours"][0]
+    assert first["path"] == "dog/img3.png" and first["similarity"] == pytest.approx(1.0, abs=1e-5)
+    sims = [n["similarity"] for n in results[0]["neighbours"]]
+    assert len(sims) == 4 and sims == sorted(sims, reverse=True)
+    page = (tmp_path / "g.html").read_text()
+    assert "dog/img3.png" in page and "data:image/jpeg;base64," in page
+
+
+def test_similar_on_a_folder_from_the_command_line(trained_run, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    code = main(["similar", str(data), str(data / "fish" / "img1.png"), str(tmp_path / "bad.png"), "-k", "2",
+                 "--model", str(trained_run), "--out", str(tmp_path / "s.html")])
+    out = capsys.readouterr().out
+    assert code == 0 and "bad.png: error" in out
+    lines = out.splitlines()
+    assert lines[lines.index(str(data / "fish" / "img1.png")) + 1].split()[1] == "fish/img1.png"
+    with pytest.raises(UserError, match="-k"):
+        imgclass.similar(data, [data / "fish" / "img1.png"], k=0, model=trained_run)
+
+
+def test_exact_search_against_brute_force_and_excluding_self():
+    rng = np.random.default_rng(0)
+    base = normalize(rng.standard_normal((300, 16)))
+    queries = normalize(rng.standard_normal((7, 16)))
+    idx, sims = exact_search(base, queries, 5)
+    brute = np.argsort(-(queries @ base.T), axis=1)[:, :5]
+    assert np.array_equal(idx, brute)
+    np.testing.assert_allclose(sims, np.take_along_axis(queries @ base.T, brute, 1), rtol=1e-6)
+    own, _ = exact_search(base, base, 1, exclude_self=True)
+    assert not (own[:, 0] == np.arange(300)).any()
+
+
+def test_the_graph_index_agrees_with_exact_search_and_is_saved_once(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((20, 32))
+    vectors = (centres[rng.integers(0, 20, 3000)] + 0.5 * rng.standard_normal((3000, 32))).astype(np.float32)
+    exact_i, _ = VectorIndex(vectors, "exact").search(vectors[:50], 10)
+    graph = VectorIndex(vectors, "hnsw")
+    approx_i, approx_s = graph.search(vectors[:50], 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx_i, exact_i)])
+    assert recall >= 0.95 and np.allclose(approx_s[:, 0], 1.0, atol=1e-4)
+    mine, _ = graph.search(vectors[:50], 3, exclude_self=True)
+    assert mine.shape == (50, 3) and not (mine == np.arange(50)[:, None]).any()
+    # above EXACT_MAX the graph is built once and saved beside the embeddings file
+    big = np.repeat(vectors, EXACT_MAX // 3000 + 1, axis=0)[:EXACT_MAX + 1]
+    big = big + 1e-3 * rng.standard_normal(big.shape).astype(np.float32)
+    index = load_index(big, tmp_path / "emb.npy")
+    saved = list(tmp_path.glob("emb.*.usearch"))
+    assert index.kind == "hnsw" and len(saved) == 1
+    again = load_index(big, tmp_path / "emb.npy")
+    assert np.array_equal(again.search(big[:5], 3)[0], index.search(big[:5], 3)[0])
