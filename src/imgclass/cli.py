@@ -278,6 +278,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag-columns", help="a tagged model's 0/1 columns, one per tag: A,B,C or a range A:D")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>/)")
+    p.add_argument("--map", action="store_true", help="add a map of the split's embeddings (t-SNE), its mistakes marked")
     p.add_argument("--device", default="auto")
     _add_runtime(p)
     _add_pixel_limit(p)
@@ -506,7 +507,8 @@ def _evaluate(args: argparse.Namespace) -> int | None:
     labels = None if args.labels is None else api.LabelsCsv(args.labels, args.id_column, args.label_column,
                                                              args.tag_columns)
     ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
-                      max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision, labels=labels)
+                      max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision, labels=labels,
+                      data_map=args.map)
     m = ev.metrics
     scores = (f"mAP {m['map']:.4f}, macro F1 {m['macro_f1']:.4f} and exact match {m['accuracy']:.4f} at the tags' "
               f"thresholds" if "map" in m else  # several tags per image

@@ -263,3 +263,12 @@ def test_the_report_advises_only_what_the_run_has_not_done(weights, budget):
     assert "under-fitting" in text and "little data" in text
     assert ("pretrained backbone" in text) == (weights is None)
     assert ("--time-budget" in text) == (budget is not None) and ("--epochs" in text) == (budget is None)
+
+
+def test_evaluate_adds_a_map_of_the_embeddings_when_asked(trained_run, tmp_path):
+    assert main(["evaluate", str(trained_run), "--split", "val", "--out", str(tmp_path / "ev"), "--map",
+                 "--runtime", "torch"]) == 0
+    assert (tmp_path / "ev" / "figures" / "data_map.png").read_bytes()[:4] == b"\x89PNG"
+    assert "data map" in (tmp_path / "ev" / "report.md").read_text()
+    plain = imgclass.evaluate(trained_run, split="val", out=tmp_path / "plain", runtime="torch")
+    assert "data_map" not in plain.figures

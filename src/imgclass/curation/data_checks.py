@@ -20,7 +20,8 @@ from ..data.find import Found, find_images
 from ..data.split import SPLITS, Split, make_split
 from ..errors import UserError
 from ..files import write_bytes_atomic, write_text_atomic
-from ..figures import new_figure, png_bytes
+from ..evaluation.plots import data_map
+from ..figures import png_bytes
 from ..prediction.embed import Embeddings, embed_rows, embedding_model
 from .gallery import Tile, write_gallery
 from .index import VectorIndex
@@ -33,7 +34,6 @@ from .similar import DEFAULT_BACKBONE
 # fashion_hier's product photos (white backgrounds) 68% of the copies, but 33% of the images also have a different
 # product above 0.90 (5% above 0.95). No threshold separates them there: the pairs are listed most similar first.
 NEAR_COSINE = 0.90
-MAP_POINTS = 5000    # t-SNE on at most this many images (seeded sample): ~30 s on 2 cores
 OUTLIER_SHARE = 0.01  # the images farthest from their nearest neighbours are marked on the map as outliers
 
 
@@ -127,35 +127,6 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def data_map(emb: Embeddings, labels: np.ndarray, classes: list[str], suspects: set[int], outliers: set[int],
-             seed: int = 0) -> bytes:
-    """A t-SNE map of the embeddings (a seeded sample of MAP_POINTS at most) as PNG bytes."""
-    from sklearn.manifold import TSNE
-    keep = np.arange(len(emb))
-    if len(keep) > MAP_POINTS:
-        keep = np.sort(np.random.default_rng(seed).choice(len(emb), MAP_POINTS, replace=False))
-    x = emb.normalized()[keep]
-    xy = TSNE(2, perplexity=min(30.0, max(2.0, (len(keep) - 1) / 3)), init="pca", random_state=seed).fit_transform(x)
-    fig, ax = new_figure(figsize=(9, 7))
-    import matplotlib
-    cmap = matplotlib.colormaps["tab20" if len(classes) > 10 else "tab10"]
-    for c in range(len(classes)):
-        m = labels[keep] == c
-        if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(c % cmap.N), label=classes[c])
-    for marked, style in ((suspects, dict(marker="x", color="black", s=30, label="suspected label error")),
-                          (outliers, dict(marker="o", facecolors="none", edgecolors="red", s=40, label="outlier"))):
-        m = np.isin(keep, list(marked))
-        if m.any():
-            ax.scatter(xy[m, 0], xy[m, 1], **style)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(f"t-SNE of {len(keep)} image embeddings")
-    if len(classes) <= 30:
-        ax.legend(fontsize=7, markerscale=2, loc="best", ncol=2)
-    return png_bytes(fig)
-
-
 def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: list[str], issues: list[dict] | None,
                     near: list[dict], index: VectorIndex, near_cosine: float, notes: list[str]) -> dict[str, str]:
     root = Path(emb.root)
@@ -172,7 +143,9 @@ def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: lis
     distance = 1 - index.search(emb.vectors, 1, exclude_self=True)[1][:, 0] if len(emb) > 1 else np.zeros(len(emb))
     n_out = max(1, int(round(OUTLIER_SHARE * len(emb))))
     outliers = set(np.argsort(-distance, kind="stable")[:n_out].tolist())
-    png = data_map(emb, labels, classes, {position[i["path"]] for i in issues}, outliers)
+    png = png_bytes(data_map(emb.normalized(), labels, classes, {"suspected label error": {position[i["path"]]
+                                                                                           for i in issues},
+                                                                 "outlier": outliers}))
     write_bytes_atomic(out / "data_map.png", png)
     files["data_map"] = str(out / "data_map.png")
     rows = [(f"suspected label error {n + 1}: given {i['given_label']}, suggested {i['suggested_label']}",

@@ -22,6 +22,7 @@ from .. import log
 from ..errors import DataError, UserError
 from ..files import write_bytes_atomic, write_text_atomic
 from ..modelfile import resolve_model_path
+from ..models.inference import compute_features
 from ..models.task import TwoLevel
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -202,8 +203,9 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
              batch_size: int = 256, device: str = "auto",
              predictor: Predictor | None = None, precomputed: tuple | None = None,
              max_pixels: int | None = None, runtime: str = "auto", precision: str = "auto",
-             labels: LabelsCsv | None = None) -> Evaluation:
+             labels: LabelsCsv | None = None, data_map: bool = False) -> Evaluation:
     """precomputed=(ImageTensors, probabilities) skips decoding and prediction (used at the end of train);
+    data_map: add a t-SNE map of the split's embeddings, the mistakes (and the rejected images) marked;
     labels: another folder's labels CSV (default: its class or tag subfolders);
     max_pixels: this command's pixel limit (the model file can only lower it); runtime and precision as
     prediction.runtime says (a given predictor keeps its own). Its notes go to the "imgclass" logger as
@@ -260,11 +262,25 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
             y, raw, metrics["calibration"]["ece_uncalibrated"], "before calibration")
     figures.update(_gallery_sets(tensors.images, y, probs, classes,  # a tensor, or streamed images
                                  explain=_heatmap_overlays(predictor)))
+    if data_map:
+        figures["data_map"] = _data_map(predictor, tensors, y, probs, notes)
     write_report(out_dir, metrics, notes, _saved(figures, written["figures"]), context)
     _complete(written, metrics)
     for note in notes:
         log.warning(note)
     return Evaluation(split=split, dir=out_dir, metrics=metrics, notes=notes, unreadable=tensors.bad, figures=figures)
+
+
+def _data_map(predictor: Predictor, tensors, y: np.ndarray, probs: np.ndarray, notes: list[str]):
+    """The split's embeddings on a map (plots.data_map), its mistakes and the images --reject would refuse marked."""
+    if predictor.model is None:
+        raise UserError("--map needs the model file (the embeddings come from its backbone), not an ONNX export")
+    feats = compute_features(predictor.model, tensors.images, predictor.pre, 64, predictor.device).numpy()
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    marked = {"mistake": set(np.flatnonzero(probs.argmax(1) != y).tolist())}
+    if predictor.header.reject is not None:
+        marked["rejected (--reject)"] = set(np.flatnonzero(probs.max(1) < predictor.header.reject.threshold).tolist())
+    return plots.data_map(feats, y, predictor.classes, marked)
 
 
 def _written(run_dir: Path | None, split: str, out: str | Path | None) -> tuple[Path, dict[str, Path]]:

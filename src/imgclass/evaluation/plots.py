@@ -179,3 +179,40 @@ def gallery_rows(rows: list[tuple[str, list[np.ndarray], list[str]]], title: str
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+MAP_POINTS = 5000  # a map of the data places at most this many images (a seeded sample): t-SNE grows as n log n
+MARKS = [dict(marker="x", color="black", s=30), dict(marker="o", facecolors="none", edgecolors="red", s=40)]
+
+
+def data_map(vectors: np.ndarray, labels: np.ndarray, classes: list[str], marked: dict[str, set[int]],
+             seed: int = 0) -> Figure:
+    """A 2-D map of image embeddings (scikit-learn's t-SNE, PCA-initialised and seeded), one colour per class, with
+    sets of images marked (e.g. suspected label errors, outliers, mistakes): near points are images the model sees
+    as alike, so a class split in two islands or an island of mixed colours is worth a look."""
+    from sklearn.manifold import TSNE
+    keep = np.arange(len(vectors))
+    if len(keep) > MAP_POINTS:
+        keep = np.sort(np.random.default_rng(seed).choice(len(vectors), MAP_POINTS, replace=False))
+    fig, ax = new_figure(figsize=(9, 7))
+    if len(keep) >= 4:  # t-SNE needs a few points (its perplexity must stay below their number)
+        xy = TSNE(2, perplexity=min(30.0, (len(keep) - 1) / 3), init="pca", random_state=seed).fit_transform(
+            vectors[keep])
+    else:
+        xy = np.zeros((len(keep), 2))
+    import matplotlib
+    cmap = matplotlib.colormaps["tab20" if len(classes) > 10 else "tab10"]
+    for c in range(len(classes)):
+        m = labels[keep] == c
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(c % cmap.N), label=classes[c])
+    for (name, members), style in zip(marked.items(), MARKS):
+        m = np.isin(keep, list(members))
+        if m.any():
+            ax.scatter(xy[m, 0], xy[m, 1], label=name, **style)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE of {len(keep)} image embeddings")
+    if len(classes) <= 30:
+        ax.legend(fontsize=7, markerscale=2, loc="best", ncol=2)
+    return fig

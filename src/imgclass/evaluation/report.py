@@ -18,6 +18,8 @@ from ..rundir import RunDir, best_epoch_phrase
 TLDR_WORD_LIMIT = 500
 
 FIGURE_GUIDE = {
+    "data_map": "The images placed by their embeddings (t-SNE): near points look alike to the model. Mistakes are "
+                "crosses; an island of one colour inside another, or a class in several islands, is worth a look.",
     "training_curves": "Loss and accuracy per epoch for training and validation, and the learning rate: a widening "
                        "gap between the train and validation lines means over-fitting.",
     "confusion_matrix": "Rows are true classes, columns predictions; the diagonal counts correct answers, any other "
