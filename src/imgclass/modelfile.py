@@ -5,6 +5,7 @@ from the file alone and never unpickles anything (safetensors stores raw tensors
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .data.preprocess import Preprocessing
 from .errors import UserError
 from .files import temp_name
 from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
+from .models.reject import BANK_KEY
 from .models.task import SINGLE_LABEL, Task
 
 META_KEY = "imgclass"
@@ -104,7 +106,11 @@ def model_header(arch: Architecture, classes: list[str], pre: Preprocessing, met
 
 
 def save_model(path: Path, model: nn.Module, header: ModelHeader) -> None:
-    write_atomic(model.state_dict(), header, path)
+    """The model's weights, and its rejection's training embeddings (float16) when it has a k-NN rule."""
+    tensors = dict(model.state_dict())
+    if header.reject is not None and header.reject.bank is not None:
+        tensors[BANK_KEY] = torch.from_numpy(header.reject.bank).to(torch.float16)
+    write_atomic(tensors, header, path)
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -127,6 +133,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     header = read_header(file)
     model = header.task.build(header.arch, header.classes)
     tensors = load_file(str(file))
+    bank = tensors.pop(BANK_KEY, None)
+    if header.reject is not None:
+        header = dataclasses.replace(header, reject=header.reject.with_bank(
+            None if bank is None else bank.float().numpy(), file))
     prefix = "model."
     if header.format == CHECKPOINT_FORMAT and any(k.startswith(prefix) for k in tensors):
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

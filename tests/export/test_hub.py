@@ -68,6 +68,7 @@ def test_model_card_numbers_equal_the_run(timm_run, tmp_path):
     assert f"{results['epochs_run']} epochs," in card
     assert (f"kept are from epoch {results['best_epoch']}." if results["best_epoch"] else "kept are from the head stage") in card
     assert f"{imgclass.load(timm_run.dir).temperature:.4f}" in card
+    assert f"below {imgclass.load(timm_run.dir).header.reject.threshold:.3f} is answered 'unknown'" in card
     assert (out / "figures" / "confusion_matrix.png").is_file() and "figures/confusion_matrix.png" in card
 
 

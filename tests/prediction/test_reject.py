@@ -1,37 +1,65 @@
-""""None of these": the threshold set on validation is stored in the model file, and a rejected image answers
-unknown in predict, submit and the service alike."""
+""""None of these": training stores the training images' embeddings and a threshold set on validation, and a
+rejected image answers unknown in predict, submit and the service alike."""
 import csv
 import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 import imgclass
 from imgclass.cli import main
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model, save_model
-from imgclass.models.reject import Rejection
+from imgclass.models.inference import compute_features, predict_logits
+from imgclass.models.reject import BANK_KEY, K, Rejection, kth_similarity, unit_rows
 from imgclass.serving.app import create_app
 
 from helpers import local_client, png_bytes
 
+FP32 = dict(runtime="torch", precision="float32")
 
-def test_training_stores_a_threshold_that_accepts_95_percent_of_validation(trained_run):
+
+def _split_paths(run, split):
+    with open(run / "splits.csv", newline="") as fh:
+        return [run.parent / "data" / r["path"] for r in csv.DictReader(fh) if r["split"] == split]
+
+
+def test_training_stores_the_embeddings_and_a_threshold_that_accepts_95_percent_of_validation(trained_run):
+    from safetensors import safe_open
     predictor = imgclass.load(trained_run)
     rule = predictor.header.reject
-    assert rule is not None and rule.acceptance == 0.95 and rule.n > 0
-    with open(trained_run / "splits.csv", newline="") as fh:
-        val = [trained_run.parent / "data" / r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
-    probs, _ = predictor.predict_proba(val)
-    assert rule.n == len(val)
-    assert (probs.max(1) >= rule.threshold - 1e-6).mean() >= 0.95  # accepted: at least the asked share
-    assert (probs.max(1) < rule.threshold + 1e-6).any()  # and the threshold is one of their scores, not below all
+    val, train = _split_paths(trained_run, "val"), _split_paths(trained_run, "train")
+    assert rule.score == "knn" and rule.acceptance == 0.95 and rule.n == len(val) and rule.k == min(K, len(train))
+    with safe_open(str(trained_run / "model.safetensors"), framework="pt") as fh:
+        bank = fh.get_tensor(BANK_KEY)
+    assert bank.dtype == torch.float16 and bank.shape == (len(train), predictor.model.num_features)
+    answers = imgclass.predict(trained_run, val, reject=True, **FP32)
+    accepted = np.mean([not a["unknown"] for a in answers])
+    assert accepted >= 0.95 and min(a["score"] for a in answers) <= rule.threshold + 1e-4
 
 
-def test_fit_keeps_the_asked_share():
-    probs = np.stack([np.linspace(0.5, 1.0, 100), 1 - np.linspace(0.5, 1.0, 100)], 1)
-    rule = Rejection.fit(probs, 0.9)
-    assert (probs.max(1) >= rule.threshold).mean() == 0.9
+def test_the_rule_against_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    train, val = rng.standard_normal((50, 8)), rng.standard_normal((100, 8))
+    rule = Rejection.fit(val, train, 0.9)
+    sims = unit_rows(val) @ unit_rows(train).T
+    want = np.sort(sims, axis=1)[:, -K]  # the K-th most similar
+    np.testing.assert_allclose(kth_similarity(rule.bank, val, K), want, atol=2e-3)  # the bank is float16
+    assert (rule.scores(None, val) >= rule.threshold).mean() == 0.9
+
+
+def test_the_recorded_features_are_the_embeddings(trained_run):
+    """predict_logits records each batch's features in the same pass (with TTA too): they equal compute_features."""
+    model, header = load_model(trained_run / "model.safetensors")
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    recorded = []
+    logits = predict_logits(model, images, header.preprocessing, 4, torch.device("cpu"), "flip", features=recorded)
+    torch.testing.assert_close(logits, predict_logits(model, images, header.preprocessing, 4, torch.device("cpu"),
+                                                      "flip"))
+    torch.testing.assert_close(torch.cat(recorded), compute_features(model, images, header.preprocessing, 4,
+                                                                     torch.device("cpu")), rtol=1e-4, atol=1e-5)
+    assert "features" not in vars(model)  # the method is restored
 
 
 @pytest.fixture
@@ -44,29 +72,30 @@ def strict_model(trained_run, tmp_path):
     first.parent.mkdir()
     first.write_bytes(png_bytes(0))
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(second)
-    scores = [imgclass.predict(trained_run, p, top_k=1, runtime="torch", precision="float32")[0]["top_k"][0]
-              ["probability"] for p in (first, second)]
+    scores = [a["score"] for a in imgclass.predict(trained_run, [first, second], reject=True, **FP32)]
     assert abs(scores[0] - scores[1]) > 1e-3
     path = tmp_path / "strict.safetensors"
-    save_model(path, model, dataclasses.replace(header, reject=Rejection(sum(scores) / 2, 0.95, n=10)))
+    save_model(path, model, dataclasses.replace(header, reject=dataclasses.replace(header.reject,
+                                                                                 threshold=sum(scores) / 2)))
     return (path, first, second) if scores[0] > scores[1] else (path, second, first)
 
 
 def test_a_rejected_image_answers_unknown_in_predict_submit_and_serve(strict_model, tmp_path, capsys):
     path, sure, unsure = strict_model
-    fp32 = dict(runtime="torch", precision="float32")
-    answers = imgclass.predict(path, [sure, unsure], reject=True, **fp32)
+    answers = imgclass.predict(path, [sure, unsure], reject=True, **FP32)
     assert [a["unknown"] for a in answers] == [False, True]
-    assert answers[1]["score"] == pytest.approx(answers[1]["top_k"][0]["probability"], abs=1e-6)
-    assert "unknown" not in imgclass.predict(path, sure, **fp32)[0]  # off unless asked
-    out = imgclass.submit(path, sure.parent, tmp_path / "sub.csv", target="label", reject=True, **fp32)
+    assert "unknown" not in imgclass.predict(path, sure, **FP32)[0]  # off unless asked
+    onnx_answers = imgclass.predict(path, [sure, unsure], reject=True, runtime="onnx")  # features from PyTorch
+    assert [a["unknown"] for a in onnx_answers] == [False, True]
+    out = imgclass.submit(path, sure.parent, tmp_path / "sub.csv", target="label", reject=True, **FP32)
     rows = {r[0]: r[1] for r in list(csv.reader(out.open()))[1:]}
     assert rows[unsure.stem] == "unknown" and rows[sure.stem] in ("cat", "dog", "fish")
     client = local_client(create_app(path, runtime="torch", precision="float32"))
+    assert client.get("/info").json()["reject"]["threshold"] == pytest.approx(imgclass.load(path).header.reject.threshold)
     served = [client.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")},
                           params={"reject": "true"}).json() for p in (sure, unsure)]
     assert [s["unknown"] for s in served] == [False, True]
-    assert served[1]["score"] == pytest.approx(answers[1]["score"], abs=1e-6)
+    assert [s["score"] for s in served] == pytest.approx([a["score"] for a in answers], abs=1e-4)
     batch = client.post("/predict/batch?reject=true", files=[("files", (p.name, p.read_bytes(), "image/png"))
                                                              for p in (sure, unsure)]).json()["results"]
     assert [b["unknown"] for b in batch] == [False, True]
@@ -81,12 +110,15 @@ def test_reject_is_refused_where_it_cannot_apply(trained_run, tmp_path):
     model, header = load_model(trained_run / "model.safetensors")
     bare = tmp_path / "bare.safetensors"
     save_model(bare, model, dataclasses.replace(header, reject=None))
-    with pytest.raises(UserError, match="no rejection threshold"):
+    with pytest.raises(UserError, match="no rejection rule"):
         imgclass.load(bare).rejection(True)
     client = local_client(create_app(bare, runtime="torch", precision="float32"))
     r = client.post("/predict?reject=true", files={"file": ("x.png", png_bytes(0), "image/png")})
-    assert r.status_code == 400 and "no rejection threshold" in r.json()["detail"]
-    given = imgclass.load(bare).rejection(0.5)
-    assert given.threshold == 0.5 and given.n == 0
-    with pytest.raises(UserError, match="probability"):
+    assert r.status_code == 400 and "no rejection rule" in r.json()["detail"]
+    given = imgclass.load(bare).rejection(0.5)  # a file without a rule: a threshold on the highest probability
+    assert given.score == "max_probability" and given.threshold == 0.5
+    with pytest.raises(UserError, match="must be in"):
         imgclass.load(bare).rejection(1.5)
+    onnx_file, _ = imgclass.export(trained_run, "onnx", tmp_path / "m.onnx")
+    with pytest.raises(UserError, match="ONNX"):
+        imgclass.load(onnx_file).rejection(True)

@@ -101,3 +101,25 @@ def test_upload_page_shows_the_tags_given_as_chips(tmp_path):
     chips, text = _in_chromium(run.dir, act)
     assert [c.rsplit(" ", 1)[0] for c in chips] == [t["label"] for t in answer["labels"]]
     assert chips or text == "no tag given"
+
+
+def test_upload_page_answers_unknown_when_asked(trained_run, tmp_path):
+    """The page's checkbox sends ?reject=true (again for the image shown): one below the model's threshold is shown
+    as unknown."""
+    import dataclasses
+    from imgclass.modelfile import load_model, save_model
+    _need_chromium()
+    model, header = load_model(trained_run / "model.safetensors")
+    strict = tmp_path / "strict.safetensors"
+    save_model(strict, model, dataclasses.replace(header, reject=dataclasses.replace(header.reject, threshold=1.0)))
+    image = tmp_path / "fish.png"
+    tiny_image(2, np.random.RandomState(11), 40).save(image)
+
+    def act(page):
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#top-label", timeout=20_000)
+        plain = page.query_selector("#unknown") is None
+        page.check("#reject")  # the page asks again for the image shown, now with ?reject=true
+        return plain, page.wait_for_selector("#unknown", timeout=20_000).inner_text()
+    plain, text = _in_chromium(strict, act)
+    assert plain and text.startswith("unknown")

@@ -7,7 +7,9 @@ built from it (plain architecture arguments, sane preprocessing, labels that mat
 The JSON layout is format version 1, unchanged since the first model files; `to_dict` writes it key for key,
 so a model file is byte for byte what it was before this class existed. Format version 2 adds one key, "task"
 (several tags per image: the tags' thresholds); only such files are written as version 2, so an older
-imgclass refuses them with "upgrade" instead of misreading them.
+imgclass refuses them with "upgrade" instead of misreading them. Format version 3 adds "inference.reject" with a
+k-NN rule, whose training embeddings are a tensor beside the weights (models/reject.py: BANK_KEY) that an older
+imgclass would try to load as a parameter.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .task import SINGLE_LABEL, Task, task_from_header
 
 FORMAT = "imgclass-model"
 CHECKPOINT_FORMAT = "imgclass-checkpoint"
-FORMAT_VERSION = 2  # the newest this imgclass reads; a file is written at the lowest its entries need (below)
+FORMAT_VERSION = 3  # the newest this imgclass reads; a file is written at the lowest its entries need (below)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class ModelHeader:
     metrics: dict[str, Any] = field(default_factory=dict)  # final scores and facts of the run
     weights: dict[str, Any] | None = None       # where the starting weights came from (None: from scratch)
     format: str = FORMAT                        # imgclass-model, or imgclass-checkpoint for training checkpoints
-    format_version: int = 1                     # 1; 2 for a file with a "task" entry (several tags per image)
+    format_version: int = 1                     # 1; 2 with a "task" entry (several tags); 3 with a k-NN rejection
     imgclass_version: str = __version__         # the version that wrote the file
     loop: dict[str, Any] | None = None          # checkpoints only: the loop's progress (training.loop)
     optimizer: dict[str, Any] | None = None     # checkpoints only: the optimizer's scalar state
@@ -71,7 +73,8 @@ class ModelHeader:
         out = {
             "hierarchy": self.task.header_entry(),  # format version 1 names the label structure "hierarchy"
             "format": self.format,
-            "format_version": max(self.format_version, self.task.format_version),
+            "format_version": max(self.format_version, self.task.format_version,
+                                  3 if self.reject is not None and self.reject.needs_features else 1),
             "imgclass_version": self.imgclass_version,
             "arch": self.arch.to_dict(),
             "classes": list(self.classes),

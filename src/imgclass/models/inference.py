@@ -3,6 +3,7 @@ Training (validation, final scoring), prediction, serving and evaluation all sco
 facts about the machine they run on (the device, the CPU and whether it computes bf16 natively)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 from pathlib import Path
@@ -90,11 +91,32 @@ def compute_features(model: nn.Module, images: torch.Tensor, pre: Preprocessing,
     return torch.cat(out) if out else torch.empty(0)
 
 
+@contextlib.contextmanager
+def recording_features(model: nn.Module):
+    """Yields a list that receives the pooled features of every `features` call the model makes while the block
+    runs: the embedding of a scored batch at no extra cost (the first call's first rows are the images as they are;
+    test-time augmentation's copies follow)."""
+    net, seen = feature_model(model), []
+    original = net.features
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        out = original(x)
+        seen.append(out)
+        return out
+    net.features = features  # an instance attribute shadows the method for this block only
+    try:
+        yield seen
+    finally:
+        del net.features
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, batch_size: int,
-                   device: torch.device, tta: str = "none", bf16: bool | None = None) -> torch.Tensor:
+                   device: torch.device, tta: str = "none", bf16: bool | None = None,
+                   features: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Logits for a uint8 NCHW tensor, in eval mode, batch by batch (with the model's TTA). bf16: under
-    bf16 autocast (None: on CUDA only; a CPU is asked for it by prediction.runtime's choice)."""
+    bf16 autocast (None: on CUDA only; a CPU is asked for it by prediction.runtime's choice). features: a list that
+    receives each batch's pooled features (float32, on the CPU) from the same pass."""
     bf16 = device.type == "cuda" if bf16 is None else bf16
     model.eval()
     out = []
@@ -106,5 +128,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, pre: Preprocessing, b
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16,
                             enabled=bf16 and device.type in ("cpu", "cuda")):
-            out.append(tta_logits(model, x, tta).float().cpu())
+            if features is None:
+                out.append(tta_logits(model, x, tta).float().cpu())
+                continue
+            with recording_features(model) as seen:
+                out.append(tta_logits(model, x, tta).float().cpu())
+            features.append(seen[0][:len(x)].float().cpu())
     return torch.cat(out) if out else torch.empty(0)

@@ -211,25 +211,28 @@ def embed_rows(em: EmbeddingModel, root: Path, rows: list[tuple[str, int]], name
                       em.source, em.pretrained, em.pre.to_dict(), tuple(tuple(b) for b in images.bad))
 
 
-def embed_files(em: EmbeddingModel, sources: list[str | Path | bytes]) -> tuple[np.ndarray, list[str | None]]:
-    """Vectors of single inputs (query images: files or bytes), decoded like every command decodes them; rows of
-    unreadable inputs are NaN, with their reason."""
-    arrays, errors = [], []
-    for source in sources:
-        try:
-            arrays.append(em.pre.load(source))
-            errors.append(None)
-        except Exception as exc:  # noqa: BLE001 - one unreadable query never stops the others
-            errors.append(str(exc) or type(exc).__name__)
-    good = [i for i, e in enumerate(errors) if e is None]
-    dim = None
-    vectors = None
-    if arrays:
-        feats = compute_features(em.net, to_nchw(np.stack(arrays)), em.pre, 64, em.device).numpy()
-        dim = feats.shape[1]
-        vectors = np.full((len(sources), dim), np.nan, dtype=np.float32)
+def embed_files(em: EmbeddingModel, sources: list[str | Path | bytes], chunk: int = 256
+                ) -> tuple[np.ndarray, list[str | None]]:
+    """Vectors of single inputs (query images: files or bytes), decoded like every command decodes them, `chunk` at
+    a time (memory stays bounded for a folder of queries); rows of unreadable inputs are NaN, with their reason."""
+    errors: list[str | None] = []
+    parts = []
+    for start in range(0, len(sources), chunk):
+        arrays, good = [], []
+        for i, source in enumerate(sources[start:start + chunk], start):
+            try:
+                arrays.append(em.pre.load(source))
+                errors.append(None)
+                good.append(i)
+            except Exception as exc:  # noqa: BLE001 - one unreadable query never stops the others
+                errors.append(str(exc) or type(exc).__name__)
+        if arrays:
+            parts.append((good, compute_features(em.net, to_nchw(np.stack(arrays)), em.pre, 64, em.device).numpy()))
+    dim = parts[0][1].shape[1] if parts else 0
+    vectors = np.full((len(sources), dim), np.nan, dtype=np.float32)
+    for good, feats in parts:
         vectors[good] = feats
-    return (vectors if vectors is not None else np.zeros((len(sources), 0), np.float32)), errors
+    return vectors, errors
 
 
 def model_of(emb: Embeddings, device: str = "auto") -> EmbeddingModel:

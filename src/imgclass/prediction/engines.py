@@ -27,8 +27,10 @@ class TorchEngine:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "float32"
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        logits = predict_logits(self.model, images, self.pre, len(images) or 1, self.device, self.tta, self.bf16)
+    def __call__(self, images: torch.Tensor, features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """features: a list that receives the images' pooled features from the same pass (models.inference)."""
+        logits = predict_logits(self.model, images, self.pre, len(images) or 1, self.device, self.tta, self.bf16,
+                                features)
         return self.task.probabilities(logits, self.temperature)
 
 

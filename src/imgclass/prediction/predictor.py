@@ -19,9 +19,9 @@ from ..data.preprocess import to_nchw
 from ..errors import UserError
 from ..modelfile import load_model, read_onnx_header, resolve_model_path
 from ..models.header import Architecture, ModelHeader
-from ..models.inference import pick_device
+from ..models.inference import compute_features, pick_device
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
-from ..models.reject import UNKNOWN, Rejection, given_threshold
+from ..models.reject import UNKNOWN, Rejection, max_probability_rule
 from .engines import Engine, OnnxEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
@@ -141,13 +141,15 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - one odd input never stops the batch
             return f"cannot decode: {type(exc).__name__}: {exc}"
 
-    def predict_proba(self, sources: Iterable[Source], batch_size: int = 64
+    def predict_proba(self, sources: Iterable[Source], batch_size: int = 64, features: list | None = None
                       ) -> tuple[np.ndarray, list[str | None]]:
         """Probabilities (N x classes; NaN rows for unreadable inputs) and one error (or None) per input.
         Each batch is decoded by DECODE_WORKERS threads, while the model scores the previous one when there
-        are cores to spare (overlap_decoding)."""
+        are cores to spare (overlap_decoding). features: a list that receives the embeddings (N x D, NaN rows for
+        unreadable inputs) as its one item."""
         sources = list(sources)
         probs = np.full((len(sources), len(self.classes)), np.nan, dtype=np.float32)
+        feats = None
         errors: list[str | None] = [None] * len(sources)
         starts = list(range(0, len(sources), batch_size))
         overlap = overlap_decoding(self.device)
@@ -166,24 +168,49 @@ class Predictor:
                     else:
                         arrays.append(decoded)
                         index.append(i)
-                if arrays:
+                if arrays and features is None:
                     probs[index] = self.probabilities(to_nchw(np.stack(arrays))).numpy()
+                elif arrays:
+                    batch_probs, batch_feats = self.scores_and_features(to_nchw(np.stack(arrays)))
+                    probs[index] = batch_probs.numpy()
+                    if feats is None:
+                        feats = np.full((len(sources), batch_feats.shape[1]), np.nan, dtype=np.float32)
+                    feats[index] = batch_feats.numpy()
+        if features is not None:
+            features.append(feats if feats is not None else np.full((len(sources), 0), np.nan, dtype=np.float32))
         return probs, errors
 
     def rejection(self, reject: bool | float | None) -> Rejection | None:
-        """The "none of these" rule a command asked for: True the model file's threshold, a number that threshold,
-        False or None none. Refused for several tags per image and for files without a threshold."""
+        """The "none of these" rule a command asked for: True the model file's, a number the model file's score at
+        that threshold (the maximum probability for a file without a rule), False or None none. Refused for several
+        tags per image, and for a k-NN rule without the model (an ONNX file holds no training embeddings)."""
         if reject is None or reject is False:
             return None
         if not self.task.exclusive:
             raise UserError("--reject applies to one class per image; with several tags per image an image above no "
                             "tag's threshold already gets no tag")
-        if reject is True:
-            if self.header.reject is None:
-                raise UserError("this model file has no rejection threshold (it was trained without a validation split "
-                                "or by an older imgclass): train again, or give --reject-threshold P")
-            return self.header.reject
-        return given_threshold(float(reject))
+        rule = self.header.reject
+        if reject is True and rule is None:
+            raise UserError("this model file has no rejection rule (it was trained without a validation split or by "
+                            "an older imgclass): train again, or give --reject-threshold P (on the highest probability)")
+        if rule is None:
+            return max_probability_rule(float(reject))
+        if rule.needs_features and (self.model is None or rule.bank is None):
+            raise UserError("--reject needs the model file (model.safetensors: the training images' embeddings and "
+                            "the backbone that computes an image's), not an ONNX export")
+        return rule if reject is True else rule.at(float(reject))
+
+    def features(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """The pooled features (embeddings) of a uint8 NCHW batch, in PyTorch whatever the engine."""
+        return compute_features(self.model, batch_uint8, self.pre, max(1, len(batch_uint8)), self.device)
+
+    def scores_and_features(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, features) of a batch: from one pass in eager PyTorch; another engine's probabilities and
+        a PyTorch pass for the features."""
+        if isinstance(self.engine, TorchEngine):
+            feats: list[torch.Tensor] = []
+            return self.engine(batch_uint8, features=feats), torch.cat(feats)
+        return self.probabilities(batch_uint8), self.features(batch_uint8)
 
     def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64,
                 level: str = "fine", reject: bool | float | None = None) -> list[dict[str, Any]]:
@@ -197,15 +224,17 @@ class Predictor:
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
         rejection = self.rejection(reject)
         sources = list(sources)
-        probs, errors = self.predict_proba(sources, batch_size)
+        feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
+        probs, errors = self.predict_proba(sources, batch_size, feats)
         answers = self.task.answers(probs, self.classes, level, top_k)
+        scores = rejection.scores(probs, feats[0] if feats else None) if rejection is not None else None
         out = Predictions()
         for i, src in enumerate(sources):
             name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
             else:
-                out.append({"image": name, **(answers[i] if rejection is None else rejection.mark(answers[i], probs[i]))})
+                out.append({"image": name, **(answers[i] if rejection is None else rejection.mark(answers[i], scores[i]))})
         return out
 
 

@@ -45,7 +45,8 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
     if runtime is not None:
         from .runtime import choose_runtime
         predictor.use(choose_runtime(predictor, runtime, precision, len(files)))
-    probs, errors = predictor.predict_proba(files, batch_size)
+    feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
+    probs, errors = predictor.predict_proba(files, batch_size, feats)
     ok = ~np.isnan(probs).any(axis=1)
     bad = [(str(f), err) for f, err in zip(files, errors) if err is not None]
     if not predictor.task.exclusive:
@@ -57,7 +58,8 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
         pred = np.where(ok, pred, fallback)  # Kaggle needs a row for every id: unreadable -> most common class
         column = [names[i] if target == "label" else str(int(i)) for i in pred]
         if rejection is not None:  # decided on the model's own classes' probabilities, whatever the level
-            unknown = ok & (rejection.scores(np.nan_to_num(probs, nan=1.0)) < rejection.threshold)
+            scores = rejection.scores(np.nan_to_num(probs, nan=1.0), np.nan_to_num(feats[0]) if feats else None)
+            unknown = ok & (scores < rejection.threshold)
             column = [(UNKNOWN if target == "label" else "-1") if u else c for c, u in zip(column, unknown)]
         columns.append(column)
     rows = [(f.stem, *(col[i] for col in columns)) for i, f in enumerate(files)]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -285,17 +286,24 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
             for future in futures:  # the batcher skips what nobody waits for any more
                 future.cancel()
             raise HTTPException(504, f"no answer from the model within {max_wait_s:g} s") from None
+        pixels = [d for d in decoded if not isinstance(d, dict)]
+        feats = iter(await run_in_threadpool(  # ?reject=true with a k-NN rule: one more backbone pass, these images
+            lambda: predictor.features(to_nchw(np.stack(pixels))).numpy())) \
+            if rejection is not None and rejection.needs_features and pixels else None
         out = []
         for item in decoded:
             if isinstance(item, dict):
                 out.append(item)
                 continue
             row = next(rows)
+            feat = next(feats) if feats is not None else None
             if isinstance(row, BaseException):  # the model failed on this batch: a JSON 500 for its requests
                 out.append({"error": f"the model failed on this image's batch ({type(row).__name__})", "status": 500})
                 continue
             answer = predictor.task.answers(row[None], classes, "fine", k)[0]  # top_k (and tags given)
-            out.append(answer if rejection is None else rejection.mark(answer, row))  # ?reject=true: as predict
+            if rejection is not None:  # ?reject=true: as predict --reject answers
+                answer = rejection.mark(answer, rejection.scores(row[None], None if feat is None else feat[None])[0])
+            out.append(answer)
         return out
     return score
 
@@ -399,6 +407,7 @@ def _info_routes(app: FastAPI, predictor: Predictor, batcher: Batcher, registry:
                 "version": __version__, "model_version": header.imgclass_version,
                 "runtime": predictor.engine.runtime, "precision": predictor.engine.precision,
                 "runtime_choice": predictor.runtime_note,
+                "reject": header.reject.to_dict() if header.reject is not None else None,  # ?reject=true's rule
                 "metrics": {k: v for k, v in header.metrics.items() if isinstance(v, (dict, int, float))}}
 
     @app.get("/metrics", include_in_schema=False)

@@ -338,7 +338,7 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
     cfg = plan.cfg
     best, _ = load_model(run.best, device)
     scoring_started = time.perf_counter()
-    metrics, probs, calibration, task = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
+    metrics, probs, calibration, task, feats = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
     scoring_seconds = round(time.perf_counter() - scoring_started, 2)  # the final scoring and calibration
     plan = dataclasses.replace(plan, task=task)  # with what it decided on validation (several tags: thresholds)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
@@ -348,7 +348,7 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
              "time_budget": cfg.time_budget, "processes": dd.world, "plan": trainer.plan, "calibration": calibration,
              "scoring_seconds": scoring_seconds}
     header = dataclasses.replace(header_for(plan, final.pre, final.weights_origin, {**metrics, **facts}, calibration),
-                                 reject=_rejection(plan, probs, say))
+                                 reject=_rejection(plan, feats, say))
     save_model(run.model, best, header)
     run.write_results({"metrics": metrics, **facts})
     result = Run(dir=run.path, config=cfg, classes=plan.classes, history=trainer.history, metrics=metrics)
@@ -438,25 +438,29 @@ def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
                   device: torch.device, say: Callable[..., None], task: Task
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, Task]:
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, Task, dict[str, Any]]:
     """(accuracy, loss and n per split; probabilities per split; the calibration; the task with what it
-    decides on validation) of the final model, without augmentation and with its TTA, at the softmax
-    temperature fitted on validation (--calibrate). The train split is scored on a sample: it only shows over-
-    or under-fitting."""
+    decides on validation; the pooled features of the scored train sample and of val, from the same pass) of the
+    final model, without augmentation and with its TTA, at the softmax temperature fitted on validation
+    (--calibrate). The train split is scored on a sample: it only shows over- or under-fitting."""
     if not task.exclusive:
-        return _score_tagged(model, data, pre, cfg, device, say, task)
+        return (*_score_tagged(model, data, pre, cfg, device, say, task), {})
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    feats: dict[str, Any] = {}
     for name in SPLITS:
         part = _to_score(data, name, cfg.seed)
         if len(part):
-            scored[name] = (predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta),
-                            part.labels)
+            recorded = [] if name in ("train", "val") else None  # what the rejection's k-NN rule is made of
+            scored[name] = (predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta,
+                                           features=recorded), part.labels)
+            if recorded:
+                feats[name] = torch.cat(recorded).numpy()
     calibration = _calibrate(cfg, scored.get("val"), say)
     t = calibration["temperature"] if calibration else 1.0
     metrics = {name: {"accuracy": float((logits.argmax(1) == labels).float().mean()),
                       "loss": float(torch.nn.functional.cross_entropy(logits / t, labels)), "n": len(labels)}
                for name, (logits, labels) in scored.items()}
-    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration, task
+    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration, task, feats
 
 
 def _to_score(data: dict[str, ImageTensors], name: str, seed: int) -> ImageTensors:
@@ -515,14 +519,14 @@ def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     return metrics, probs, calibration, task
 
 
-def _rejection(plan: RunPlan, probs: dict[str, torch.Tensor], say: Callable[..., None]) -> Rejection | None:
-    """ "None of these": the threshold on the calibrated maximum probability that accepts --reject-acceptance of the
-    validation images (models/reject.py); None without a validation split, or for several tags per image (where
-    no tag above its threshold already means none of them)."""
-    if not plan.task.exclusive or "val" not in probs or not len(probs["val"]):
+def _rejection(plan: RunPlan, feats: dict[str, Any], say: Callable[..., None]) -> Rejection | None:
+    """ "None of these": the training embeddings (a sample) and the threshold on an image's similarity to its k-th
+    nearest one that accepts --reject-acceptance of the validation images (models/reject.py); None without a
+    validation split, or for several tags per image (where no tag above its threshold already means none)."""
+    if not plan.task.exclusive or "val" not in feats or "train" not in feats:
         return None
-    rejection = Rejection.fit(probs["val"].numpy(), plan.cfg.reject_acceptance)
-    say(f"rejection (used with predict --reject): {rejection.describe()}")
+    rejection = Rejection.fit(feats["val"], feats["train"], plan.cfg.reject_acceptance, plan.cfg.seed)
+    say(f"rejection (predict --reject): {rejection.describe()}")
     return rejection
 
 
