@@ -78,6 +78,13 @@ def main() -> None:
             kept = (scores["test"][k] >= threshold).mean()
             print(f"  {k:16s} AUROC {auroc:.4f}; at 95% val acceptance: unknowns rejected {rejected:.1%}, "
                   f"test images accepted {kept:.1%}")
+        stored = predictor.header.reject  # what `predict --reject` applies: the rule the model file holds
+        answers = predictor.predict([unknown_root / p for p in sets["unknown"].paths], reject=True)
+        tested = predictor.predict([known_root / p for p in sets["test"].paths], reject=True)
+        print(f"  stored rule ({stored.score}, k={stored.k}, {len(stored.bank)} training embeddings, threshold "
+              f"{stored.threshold:.4f}) through predict --reject: unknowns rejected "
+              f"{np.mean([a['unknown'] for a in answers]):.1%}, test images accepted "
+              f"{np.mean([not a['unknown'] for a in tested]):.1%}")
     print(f"command: python bench/unknowns.py --budget {args.budget} --unknowns {args.unknowns}; {date.today()}")
 
 

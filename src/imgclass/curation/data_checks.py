@@ -8,6 +8,7 @@ written as label_issues.csv, near_duplicates.csv, data_map.png and check_report.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,20 +58,17 @@ def add_embedding_checks(report: CheckReport, data: str | Path, out: str | Path 
     found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
     split, _ = make_split(found, val_split, test_split, seed)
     findings = embedding_checks(found, split, out, model, label_issues, near_cosine, seed=seed, device=device)
-    report.label_issues = findings.label_issues if label_issues else None
-    report.embedding_duplicates = findings.near_duplicates
-    report.leakage = report.leakage + findings.leakage
-    report.notes = report.notes + findings.notes
-    report.files = findings.files
-    report.recommendations = recommendations(report)
-    return report
+    report = dataclasses.replace(report, label_issues=findings.label_issues if label_issues else None,
+                                 embedding_duplicates=findings.near_duplicates, leakage=report.leakage + findings.leakage,
+                                 notes=report.notes + findings.notes, files=findings.files)
+    return dataclasses.replace(report, recommendations=recommendations(report))
 
 
 def embedding_checks(found: Found, split: Split, out: str | Path, model: str | Path | None = None,
                      label_issues: bool = True, near_cosine: float = NEAR_COSINE, folds: int = 5, seed: int = 0,
                      device: str = "auto") -> Findings:
-    if found.multi_label:
-        raise UserError("--label-issues and --embeddings take one label per image (or two levels) for now")
+    """Embed every image of the split once, then look for label issues (if asked), near-duplicates and leakage, and
+    write their files and the gallery into out."""
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     em = embedding_model(model or DEFAULT_BACKBONE, pretrained=model is None or str(model).startswith("timm:"),

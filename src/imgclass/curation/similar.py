@@ -44,7 +44,7 @@ def similar(index_or_data: str | Path, queries: list[str | Path], k: int = 8, ou
         raise UserError(f"no images in {index_or_data}")
     files = expand_inputs(queries)
     vectors, errors = embed_files(model_of(emb, device), files)
-    index = load_index(emb.vectors, file)
+    index = load_index(emb.vectors, file, len(files))
     good = [i for i, e in enumerate(errors) if e is None]
     found = index.search(vectors[good], k) if good else (np.zeros((0, k), int), np.zeros((0, k)))
     results: list[dict[str, Any]] = [{"query": str(f), "error": e} for f, e in zip(files, errors)]
