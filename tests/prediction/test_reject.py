@@ -11,6 +11,7 @@ import imgclass
 from imgclass.cli import main
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model, save_model
+from imgclass.prediction.graph import export_model
 from imgclass.models.inference import compute_features, predict_logits
 from imgclass.models.reject import BANK_KEY, K, Rejection, kth_similarity, unit_rows
 from imgclass.serving.app import create_app
@@ -119,6 +120,6 @@ def test_reject_is_refused_where_it_cannot_apply(trained_run, tmp_path):
     assert given.score == "max_probability" and given.threshold == 0.5
     with pytest.raises(UserError, match="must be in"):
         imgclass.load(bare).rejection(1.5)
-    onnx_file, _ = imgclass.export(trained_run, "onnx", tmp_path / "m.onnx")
+    onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
     with pytest.raises(UserError, match="ONNX"):
         imgclass.load(onnx_file).rejection(True)
