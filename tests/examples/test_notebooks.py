@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # runs every notebook top to bottom (about 50 s)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = {"kaggle_cifar10.ipynb": {"PER_CLASS": 12, "EPOCHS": 1},
-        "clothing_classifier.ipynb": {"PER_CLASS": 8, "SMALL": 64, "LARGE": 96, "EPOCHS_SMALL": 1,
+        "clothing_classifier.ipynb": {"PER_CLASS": 6, "SMALL": 32, "LARGE": 48, "EPOCHS_SMALL": 1,
                                       "EPOCHS_LARGE": 1},
         "phylum_family.ipynb": {"PER_FAMILY": 10, "EPOCHS": 1, "IMG_SIZE": 24},
         "multilabel.ipynb": {"IMAGES": 60, "EPOCHS": 2, "IMG_SIZE": 16}}
