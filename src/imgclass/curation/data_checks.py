@@ -19,6 +19,7 @@ import numpy as np
 from ..data.check import CheckReport, recommendations
 from ..data.find import Found, find_images
 from ..data.split import SPLITS, Split, make_split
+from .. import log
 from ..errors import UserError
 from ..files import write_bytes_atomic, write_text_atomic
 from ..evaluation.plots import data_map
@@ -75,6 +76,8 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
                          device=device)
     rows = [(rel, label) for s in SPLITS for rel, label in split.items[s]]
     split_of = {rel: s for s in SPLITS for rel, _ in split.items[s]}
+    log.info(f"embedding {len(rows)} images with {em.source} at {em.pre.img_size} px (decoded once into the cache; "
+             f"EfficientNet-Lite0 embedded fashion_hier at about 30 images/s on 2 CPU cores, decoding included)")
     emb = embed_rows(em, found.root, rows, found.classes)
     labels = np.array([found.classes.index(x) for x in emb.labels])
     notes = [f"{len(emb)} images embedded by {em.source} ({emb.vectors.shape[1]} features)"]
