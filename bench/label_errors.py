@@ -108,7 +108,8 @@ def main() -> None:
         started = time.perf_counter()
         report = imgclass.check(tmp / "noisy", label_issues=True, out=tmp / "check")
         check_seconds = time.perf_counter() - started
-        flagged = {i["path"] for i in report.label_issues if i["split"] == "train"}
+        # the images of the train/ folder (imgclass may carve its test split from them: they count all the same)
+        flagged = {i["path"] for i in report.label_issues if i["path"].startswith("train/")}
         # the same embeddings and out-of-fold probabilities as check's (cache hit), ranked by cleanlab's quality score
         emb = imgclass.embed("timm:tf_efficientnet_lite0", tmp / "noisy", pretrained=True)
         names = sorted(set(emb.labels))

@@ -48,6 +48,11 @@ def test_embeddings_files_round_trip_and_refuse_damage(trained_run, tmp_path):
     back = Embeddings.load(tmp_path / "emb.csv")
     assert np.array_equal(back.vectors, emb.vectors) and back.paths == emb.paths and back.labels == emb.labels
     assert back.source == emb.source and back.preprocessing == emb.preprocessing
+    rows = (tmp_path / "emb.csv").read_text()
+    (tmp_path / "emb.csv").write_text(rows.replace("cat/img0.png", "../../etc/img0.png"))
+    with pytest.raises(UserError, match="outside the folder"):
+        Embeddings.load(tmp_path / "emb.npy")
+    (tmp_path / "emb.csv").write_text(rows)
     meta = json.loads((tmp_path / "emb.json").read_text())
     meta["n"] = 11
     (tmp_path / "emb.json").write_text(json.dumps(meta))

@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import numpy as np
@@ -125,6 +125,10 @@ class Embeddings:
         if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(rows) or meta.get("n") != len(rows):
             raise UserError(f"{base}: the vectors ({vectors.shape}), the rows ({len(rows)}) and the header "
                             f"({meta.get('n')}) do not agree; embed again")
+        outside = next((r[0] for r in rows if PurePosixPath(r[0]).is_absolute() or ".." in PurePosixPath(r[0]).parts),
+                       None)
+        if outside is not None:  # the galleries read these files: they must stay inside the folder embedded
+            raise UserError(f"{base}.csv names '{outside}', outside the folder it describes: refused")
         return cls(vectors, tuple(r[0] for r in rows), tuple(r[1] if len(r) > 1 else "" for r in rows),
                    str(meta.get("root", "")), str(meta.get("source", "")), bool(meta.get("pretrained")),
                    dict(meta.get("preprocessing") or {}), tuple(tuple(s) for s in meta.get("skipped", [])))
