@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from common import machine
-from imgclass.curation.index import VectorIndex, exact_search, normalize
+from imgclass.curation.index import VectorIndex
+from imgclass.models.neighbours import exact_search, unit_rows
 
 
 def clustered(n: int, dim: int = 1280, intrinsic: int = 32, clusters: int = 200, seed: int = 0) -> np.ndarray:
@@ -27,7 +28,7 @@ def clustered(n: int, dim: int = 1280, intrinsic: int = 32, clusters: int = 200,
     basis = np.random.default_rng(123).standard_normal((intrinsic, dim)).astype(np.float32)
     centres = np.random.default_rng(456).standard_normal((clusters, intrinsic)).astype(np.float32) * 2
     z = centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, intrinsic)).astype(np.float32)
-    return normalize(z @ basis + 0.5 * rng.standard_normal((n, dim)).astype(np.float32))
+    return unit_rows(z @ basis + 0.5 * rng.standard_normal((n, dim)).astype(np.float32))
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     import imgclass
-    from imgclass.curation.index import exact_search, normalize
+    from imgclass.models.neighbours import exact_search, unit_rows
     from imgclass.data.images import load_split
     from imgclass.models.inference import compute_features, predict_logits
     known_root, unknown_root = extract("hymenoptera.tar.gz"), extract("fashion_hier.tar.gz")
@@ -56,7 +56,7 @@ def main() -> None:
         bank = None
         for name, part in sets.items():
             logits = predict_logits(predictor.model, part.images, predictor.pre, 64, torch.device("cpu"), predictor.tta)
-            feats = normalize(compute_features(predictor.model, part.images, predictor.pre, 64,
+            feats = unit_rows(compute_features(predictor.model, part.images, predictor.pre, 64,
                                                torch.device("cpu")).numpy())
             if name == "train":
                 bank = feats

@@ -13,7 +13,8 @@ from imgclass.errors import UserError
 from imgclass.modelfile import load_model, save_model
 from imgclass.prediction.graph import export_model
 from imgclass.models.inference import compute_features, predict_logits
-from imgclass.models.reject import BANK_KEY, K, Rejection, kth_similarity, unit_rows
+from imgclass.models.neighbours import unit_rows
+from imgclass.models.reject import BANK_KEY, K, Rejection, kth_similarity
 from imgclass.serving.app import create_app
 
 from helpers import local_client, png_bytes

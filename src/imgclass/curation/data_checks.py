@@ -24,11 +24,11 @@ from ..errors import UserError
 from ..files import write_bytes_atomic, write_text_atomic
 from ..evaluation.plots import data_map
 from ..figures import png_bytes
-from ..prediction.embed import Embeddings, embed_rows, embedding_model
+from ..prediction.embed import Embeddings, embed_rows
 from .gallery import Tile, write_gallery
 from .index import VectorIndex
 from .label_issues import find_label_issues, out_of_fold_probabilities
-from .similar import DEFAULT_BACKBONE
+from .similar import backbone
 
 # Cosine similarity of pooled features at which two images count as near-duplicates (and they must be each other's
 # nearest). Measured with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted copies: 80% centre crops
@@ -72,8 +72,7 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
     write their files and the gallery into out."""
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    em = embedding_model(model or DEFAULT_BACKBONE, pretrained=model is None or str(model).startswith("timm:"),
-                         device=device)
+    em = backbone(model, device)
     rows = [(rel, label) for s in SPLITS for rel, label in split.items[s]]
     split_of = {rel: s for s in SPLITS for rel, _ in split.items[s]}
     log.info(f"embedding {len(rows)} images with {em.source} at {em.pre.img_size} px (decoded once into the cache; "
@@ -82,9 +81,10 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
     labels = np.array([found.classes.index(x) for x in emb.labels])
     notes = [f"{len(emb)} images embedded by {em.source} ({emb.vectors.shape[1]} features)"]
     index = VectorIndex(emb.vectors)
+    nearest = index.search(emb.vectors, 1, exclude_self=True)  # every image's nearest other: once, for all below
     issues = _label_issues(emb, labels, split_of, found.classes, folds, seed, notes) if label_issues else None
-    near, leakage = _near_duplicates(emb, index, split_of, near_cosine)
-    files = _write_findings(out, emb, labels, found.classes, issues, near, index, near_cosine, notes)
+    near, leakage = _near_duplicates(emb, index, split_of, near_cosine, nearest)
+    files = _write_findings(out, emb, labels, found.classes, issues, near, nearest[1], near_cosine, notes)
     return Findings(issues or [], near, leakage, notes, files)
 
 
@@ -101,12 +101,14 @@ def _label_issues(emb: Embeddings, labels: np.ndarray, split_of: dict[str, str],
              "suggested_probability": round(i.suggested_probability, 4)} for i in found]
 
 
-def _near_duplicates(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float
+def _near_duplicates(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float,
+                     found: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Mutual nearest neighbours at least near_cosine alike, most similar first; those in different splits leak."""
+    """Mutual nearest neighbours at least near_cosine alike, most similar first; those in different splits leak.
+    found: each image's nearest other image and similarity, when already searched."""
     if len(emb) < 2:
         return [], []
-    nearest, sims = index.search(emb.vectors, 1, exclude_self=True)
+    nearest, sims = found if found is not None else index.search(emb.vectors, 1, exclude_self=True)
     near, leakage = [], []
     for i, (j, s) in enumerate(zip(nearest[:, 0].tolist(), sims[:, 0].tolist())):
         if i < j and s >= near_cosine and nearest[j, 0] == i:
@@ -129,7 +131,8 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: list[str], issues: list[dict] | None,
-                    near: list[dict], index: VectorIndex, near_cosine: float, notes: list[str]) -> dict[str, str]:
+                    near: list[dict], nearest_similarity: np.ndarray, near_cosine: float, notes: list[str]
+                    ) -> dict[str, str]:
     root = Path(emb.root)
     files = {}
     if issues is not None:
@@ -141,7 +144,7 @@ def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: lis
     write_text_atomic(out / "near_duplicates.csv", _csv_text(near, ["a", "a_split", "b", "b_split", "similarity"]))
     issues = issues or []
     position = {p: i for i, p in enumerate(emb.paths)}
-    distance = 1 - index.search(emb.vectors, 1, exclude_self=True)[1][:, 0] if len(emb) > 1 else np.zeros(len(emb))
+    distance = 1 - nearest_similarity[:, 0] if len(emb) > 1 else np.zeros(len(emb))
     n_out = max(1, int(round(OUTLIER_SHARE * len(emb))))
     outliers = set(np.argsort(-distance, kind="stable")[:n_out].tolist())
     png = png_bytes(data_map(emb.normalized(), labels, classes, {"suspected label error": {position[i["path"]]

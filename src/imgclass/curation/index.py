@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..models.neighbours import exact_search, unit_rows
 
 # Above this many vectors the approximate index answers. Measured on machine A (AMD EPYC, 2 cores, 1280-d vectors of
 # 32 intrinsic dimensions, `python bench/similarity.py`, 2026-12-02): all-pairs 5 nearest neighbours (what `check`
@@ -17,40 +18,13 @@ from ..errors import UserError
 # many queries as the build costs (a quarter of the vectors), and then saves it for the next time.
 EXACT_MAX = 40_000
 CONNECTIVITY, EXPANSION_ADD, EXPANSION_SEARCH = 16, 128, 128  # the graph's edges per node and search widths
-BLOCK = 2048  # query rows per matrix product: 2048 x 100,000 float32 similarities is 0.8 GB at most
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-def exact_search(base: np.ndarray, queries: np.ndarray, k: int, exclude_self: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, similarities), each len(queries) x k, best first, over unit vectors. exclude_self: the queries
-    are base itself, and each row leaves out its own index."""
-    k = min(k, len(base) - (1 if exclude_self else 0))
-    indices = np.zeros((len(queries), max(k, 0)), dtype=np.int64)
-    sims = np.zeros((len(queries), max(k, 0)), dtype=np.float32)
-    if k <= 0:
-        return indices, sims
-    for start in range(0, len(queries), BLOCK):
-        block = queries[start:start + BLOCK] @ base.T
-        if exclude_self:
-            rows = np.arange(len(block))
-            block[rows, start + rows] = -np.inf
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(block, top, 1), axis=1, kind="stable")
-        indices[start:start + len(block)] = np.take_along_axis(top, order, 1)
-        sims[start:start + len(block)] = np.take_along_axis(block, indices[start:start + len(block)], 1)
-    return indices, sims
 
 
 class VectorIndex:
     """Unit vectors and how they are searched: exactly (kind "exact") or through usearch ("hnsw")."""
 
     def __init__(self, vectors: np.ndarray, kind: str = "auto", graph=None):
-        self.vectors = normalize(vectors)
+        self.vectors = unit_rows(vectors)
         self.kind = ("exact" if len(self.vectors) <= EXACT_MAX else "hnsw") if kind == "auto" else kind
         self.graph = graph
         if self.kind == "hnsw" and self.graph is None:
@@ -58,7 +32,7 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(indices, cosine similarities) of the k nearest vectors to each query, best first."""
-        queries = normalize(queries)
+        queries = unit_rows(queries)
         if self.kind == "exact":
             return exact_search(self.vectors, queries, k, exclude_self)
         extra = 1 if exclude_self else 0

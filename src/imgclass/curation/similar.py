@@ -9,12 +9,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..prediction.embed import Embeddings, embed, embed_files, model_of
+from ..prediction.embed import EmbeddingModel, Embeddings, embed, embed_files, embedding_model, model_of
 from ..prediction.predictor import expand_inputs
 from .gallery import Tile, write_gallery
 from .index import load_index
 
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # ImageNet weights that install with imgclass
+
+
+def backbone(model: str | Path | None, device: str = "auto") -> EmbeddingModel:
+    """What embeds a folder here: a run folder or model file, a published backbone (timm:NAME, as it is), or by
+    default EfficientNet-Lite0's ImageNet backbone."""
+    name = model or DEFAULT_BACKBONE
+    return embedding_model(name, pretrained=str(name).startswith("timm:"), device=device)
 
 
 def embeddings_of(index_or_data: str | Path, model: str | Path | None = None, device: str = "auto"
@@ -23,9 +30,7 @@ def embeddings_of(index_or_data: str | Path, model: str | Path | None = None, de
     a folder is embedded by `model` (a run folder or model file; default: the ImageNet backbone as it is)."""
     path = Path(index_or_data).expanduser()
     if path.is_dir():
-        if model is None:
-            return embed(DEFAULT_BACKBONE, path, pretrained=True, device=device), None
-        return embed(model, path, pretrained=str(model).startswith("timm:"), device=device), None
+        return embed(backbone(model, device), path), None
     if not path.exists() and not path.with_suffix(".npy").exists():
         raise UserError(f"no embeddings file or data folder at {path}")
     if model is not None:

@@ -23,6 +23,7 @@ from ..errors import DataError, UserError
 from ..files import write_bytes_atomic, write_text_atomic
 from ..modelfile import resolve_model_path
 from ..models.inference import compute_features
+from ..models.neighbours import unit_rows
 from ..models.task import TwoLevel
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
@@ -275,8 +276,7 @@ def _data_map(predictor: Predictor, tensors, y: np.ndarray, probs: np.ndarray, n
     """The split's embeddings on a map (plots.data_map), its mistakes and the images --reject would refuse marked."""
     if predictor.model is None:
         raise UserError("--map needs the model file (the embeddings come from its backbone), not an ONNX export")
-    feats = compute_features(predictor.model, tensors.images, predictor.pre, 64, predictor.device).numpy()
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    feats = unit_rows(compute_features(predictor.model, tensors.images, predictor.pre, 64, predictor.device).numpy())
     marked = {"mistake": set(np.flatnonzero(probs.argmax(1) != y).tolist())}
     if predictor.header.reject is not None:
         marked["rejected (--reject)"] = set(np.flatnonzero(probs.max(1) < predictor.header.reject.threshold).tolist())

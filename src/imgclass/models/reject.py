@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from .neighbours import exact_search, unit_rows
 
 UNKNOWN = "unknown"
 DEFAULT_ACCEPTANCE = 0.95
@@ -31,20 +32,9 @@ SCORES = ("knn", "max_probability")
 BANK_KEY = "reject.bank"  # the model file's tensor holding the training embeddings (never a model parameter's name)
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def kth_similarity(bank: np.ndarray, feats: np.ndarray, k: int) -> np.ndarray:
-    """Each row's cosine similarity to its k-th most similar bank row (an exact search: the bank is small)."""
-    k = min(k, len(bank))
-    out = np.empty(len(feats), dtype=np.float32)
-    queries = unit_rows(feats)
-    for start in range(0, len(queries), 1024):
-        sims = queries[start:start + 1024] @ bank.T
-        out[start:start + 1024] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-    return out
+    """Each row's cosine similarity to its k-th most similar bank row (unit rows; an exact search: the bank is small)."""
+    return exact_search(bank, unit_rows(feats), k)[1][:, min(k, len(bank)) - 1]
 
 
 def _threshold(scores: np.ndarray, acceptance: float) -> float:

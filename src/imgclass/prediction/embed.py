@@ -28,6 +28,7 @@ from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
 from ..files import write_bytes_atomic
 from ..models.inference import compute_features, pick_device
+from ..models.neighbours import unit_rows
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
 from .predictor import Predictor, expand_inputs
 
@@ -80,8 +81,7 @@ class Embeddings:
 
     def normalized(self) -> np.ndarray:
         """Unit-length rows (cosine similarity is then a dot product)."""
-        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
-        return (self.vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit_rows(self.vectors)
 
     def meta(self) -> dict[str, Any]:
         return {"format": FORMAT, "n": len(self), "dim": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
