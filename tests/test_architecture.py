@@ -71,7 +71,7 @@ def test_the_walk_sees_imports_inside_functions():
 # The packages in layers, lowest first: a module may import its own layer and the layers below, never one
 # above. The first layer is what every layer shares (errors, files, logging, the config, the run folder).
 LAYERS = [
-    {"errors", "version", "files", "log", "config", "rundir", "notebook", "figures"},
+    {"errors", "extras", "version", "files", "log", "config", "rundir", "notebook", "figures"},
     {"data"},
     {"models", "modelfile"},
     {"prediction"},

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
 
 
 def write_text_atomic(path: str | Path, text: str, mode: int = 0o666) -> None:
@@ -31,3 +37,24 @@ def temp_name(path: Path) -> Path:
     """A temporary name beside `path` for this process and thread: two writers (processes, or a service's
     threads) never write the same temporary file."""
     return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+@contextmanager
+def building_folder(out: Path, mode: int = 0o755) -> Iterator[Path]:
+    """A temporary sibling of the folder `out` (new, or empty) to fill inside the block, renamed to `out` when
+    the block completes: a kill at any moment never leaves a folder that looks whole but lacks files, and nothing
+    is overwritten (a folder export: hub, OpenVINO, Core ML, Triton). mode: the finished folder's permissions."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} is not empty: give --out a new folder, or remove it (nothing is overwritten)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
+    try:
+        yield building
+        os.chmod(building, mode)  # mkdtemp made it 0700
+        try:
+            os.replace(building, out)  # an empty `out` is replaced; one filled meanwhile is not
+        except OSError:
+            raise UserError(f"{out} was filled while the export ran: nothing was overwritten") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)

@@ -17,13 +17,12 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..files import building_folder
 from ..modelfile import resolve_model_path
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir, best_epoch_phrase
@@ -36,20 +35,9 @@ def export_hub(model: str | Path, out: str | Path) -> Path:
     """The hub folder `out` (new, or empty), built in a temporary sibling and renamed into place when complete: a
     kill at any moment never leaves a folder that `predict` accepts but that lacks files."""
     model_path = resolve_model_path(model)
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} is not empty: give --out a new folder (nothing is overwritten)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
-    try:
+    with building_folder(Path(out)) as building:
         _build(model_path, building)
-        try:
-            os.replace(building, out)  # an empty `out` is replaced; one filled meanwhile is not
-        except OSError:
-            raise UserError(f"{out} was filled while the export ran: nothing was overwritten") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return out
+    return Path(out).expanduser()
 
 
 def _build(model_path: Path, out: Path) -> None:
@@ -63,7 +51,6 @@ def _build(model_path: Path, out: Path) -> None:
     facts = _run_facts(run)
     figures = _copy_figures(run, out)
     (out / "README.md").write_text(model_card(predictor, facts, figures, timm_loadable))
-    os.chmod(out, 0o755)  # mkdtemp made it 0700: the folder is meant to be shared
 
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:

@@ -76,6 +76,10 @@ class Task:
         """(validation loss, validation score: accuracy) of a split's scores."""
         return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
+    def probability_score(self, probs: np.ndarray, labels: np.ndarray) -> float:
+        """The score (score_name) of probabilities against labels: what an int8 export must keep."""
+        return float((np.asarray(probs).argmax(1) == np.asarray(labels)).mean())
+
     def fitted(self, probs: np.ndarray | None, labels: np.ndarray | None, say, threshold: float | None = None,
                n_tags: int | None = None) -> "Task":
         """This task with what it decides from the validation split's probabilities once training ends (its
@@ -265,12 +269,16 @@ class MultiLabel(Task):
 
     def score(self, logits, y):
         """(BCE, mAP: the mean over tags with a positive of scikit-learn's average precision)."""
-        from sklearn.metrics import average_precision_score  # deferred: scikit-learn only when validating
-        truth, probs = y.numpy(), torch.sigmoid(logits).numpy()
-        present = truth.sum(0) > 0
-        m_ap = float(average_precision_score(truth[:, present], probs[:, present], average="macro")) \
-            if present.any() else float("nan")
+        m_ap = self.probability_score(torch.sigmoid(logits).numpy(), y.numpy())
         return float(F.binary_cross_entropy_with_logits(logits, y.float())), m_ap
+
+    def probability_score(self, probs, labels):
+        """mAP, as `score` computes it."""
+        from sklearn.metrics import average_precision_score  # deferred: scikit-learn only when validating
+        truth = np.asarray(labels)
+        present = truth.sum(0) > 0
+        return float(average_precision_score(truth[:, present], np.asarray(probs)[:, present], average="macro")) \
+            if present.any() else float("nan")
 
     def refuse(self, cfg: TrainConfig, processes: bool) -> None:
         if cfg.balanced_sampler:

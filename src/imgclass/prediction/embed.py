@@ -26,6 +26,7 @@ from ..data.find import find_images
 from ..data.images import load_split
 from ..data.preprocess import Preprocessing, to_nchw
 from ..errors import UserError
+from ..extras import require
 from ..files import write_bytes_atomic
 from ..models.inference import compute_features, pick_device
 from ..models.neighbours import unit_rows
@@ -140,12 +141,8 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise UserError("Parquet output needs the parquet extra: pip install 'imgclass[parquet]' "
-                        "(or --out NAME.npy for .npy + .csv)") from None
+    require("pyarrow.parquet", "parquet", "Parquet output (or --out NAME.npy for .npy + .csv)")
+    import pyarrow
     return pyarrow
 
 

@@ -4,6 +4,7 @@ size and returns class probabilities with the model file's normalisation, test-t
 softmax temperature, so they are interchangeable (prediction.runtime chooses one and checks parity)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -58,3 +59,16 @@ class OnnxEngine:
 
 
 Engine = TorchEngine | OnnxEngine
+
+
+def images_per_second(engine, images: torch.Tensor, seconds: float) -> float:
+    """An engine's best rate over timed passes of `images` lasting `seconds` in all (another process's load only
+    ever slows a pass, so the best one is the engine's own speed)."""
+    engine(images[:2])  # warm-up (first-call allocations, ONNX Runtime's graph preparation)
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        started = time.perf_counter()
+        engine(images)
+        took = time.perf_counter() - started
+        best, spent = max(best, len(images) / took), spent + took
+    return best

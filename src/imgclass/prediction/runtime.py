@@ -25,7 +25,6 @@ import json
 import os
 import stat
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from ..errors import UserError
 from ..files import write_text_atomic
 from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
 from ..models.inference import cpu_has_native_bf16, cpu_info
-from .engines import Engine, OnnxEngine
+from .engines import Engine, OnnxEngine, images_per_second
 from .predictor import Predictor
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -84,18 +83,6 @@ def private_dir(digest: str) -> Path | None:
 def machine_key() -> str:
     """The machine a timing belongs to: processor and the threads torch uses."""
     return f"{cpu_info()[0]}, {torch.get_num_threads()} threads"
-
-
-def _images_per_second(engine, images: torch.Tensor) -> float:
-    """The engine's best rate over a few timed passes (another process's load only ever slows a pass)."""
-    engine(images[:2])  # warm-up (first-call allocations, ONNX Runtime's graph preparation)
-    best, spent = 0.0, 0.0
-    while spent < TIMING_SECONDS:
-        started = time.perf_counter()
-        engine(images)
-        took = time.perf_counter() - started
-        best, spent = max(best, len(images) / took), spent + took
-    return best
 
 
 def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float]:
@@ -187,7 +174,7 @@ def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, folder: Pa
     rates = dict.fromkeys(engines, 0.0)
     for _ in range(TIMING_ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one candidate
         for name, engine in engines.items():
-            rates[name] = max(rates[name], round(_images_per_second(engine, images), 1))
+            rates[name] = max(rates[name], round(images_per_second(engine, images, TIMING_SECONDS), 1))
     return rates
 
 
