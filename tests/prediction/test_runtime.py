@@ -127,11 +127,11 @@ def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file,
     rates = {"onnx": 50.0, "torch float32": 80.0, "torch bf16": 120.0}
     timed = []
 
-    def fake_rate(engine, _images):
+    def fake_rate(engine, _images, _seconds):
         name = engine.runtime if engine.runtime == "onnx" else f"torch {engine.precision}"
         timed.append(name)
         return rates[name]
-    monkeypatch.setattr(rt, "_images_per_second", fake_rate)
+    monkeypatch.setattr(rt, "images_per_second", fake_rate)
     p = Predictor.load(model_file, "cpu")
     note = choose(p, "auto", images=None)
     assert isinstance(p.engine, TorchEngine) and p.engine.bf16
@@ -148,7 +148,7 @@ def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file,
 
 def test_auto_picks_onnx_when_it_is_fastest(model_file, monkeypatch):
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(rt, "_images_per_second", lambda e, _i: 300.0 if e.runtime == "onnx" else 100.0)
+    monkeypatch.setattr(rt, "images_per_second", lambda e, _i, _s: 300.0 if e.runtime == "onnx" else 100.0)
     p = Predictor.load(model_file, "cpu")
     choose(p, "auto", images=rt.AUTO_ONNX_IMAGES)
     assert isinstance(p.engine, OnnxEngine)

@@ -45,6 +45,16 @@ def cpu_info() -> tuple[str, frozenset[str]]:
     return name, flags
 
 
+def cpu_label() -> str:
+    """The CPU's name with the instructions that decide int8 and bf16 speed (AMX, AVX512-VNNI, AVX-VNNI,
+    AVX512-BF16), as every speed figure names it."""
+    name, flags = cpu_info()
+    known = (("amx_int8", "AMX-INT8"), ("amx_bf16", "AMX-BF16"), ("avx512_vnni", "AVX512-VNNI"),
+             ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX512-BF16"))
+    has = [label for flag, label in known if flag in flags]
+    return f"{name} ({', '.join(has) if has else 'no VNNI, AMX or native bf16'})"
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); others emulate it, slower than float32."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
