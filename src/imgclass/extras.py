@@ -3,6 +3,7 @@ The core install stays lean; whoever needs OpenVINO, TFLite, Core ML or Parquet 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import UserError
@@ -14,6 +15,13 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{purpose} needs the {extra} extra: pip install 'imgclass[{extra}]'") from None
+
+
+def require_installed(module: str, extra: str, purpose: str) -> None:
+    """`require` without importing: for a module run in a child process only (TensorFlow, which crashes a
+    process that loads PyTorch's Triton after it)."""
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{purpose} needs the {extra} extra: pip install 'imgclass[{extra}]'")
 
 
 def available(module: str) -> bool:
