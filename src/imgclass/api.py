@@ -167,16 +167,13 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", steps: int = 100,
     return range_test(data, out=out, steps=steps, config=config, **options)
 
 
-def export(model: str | Path, format: str = "onnx", out: str | Path | None = None) -> tuple[Path, float | None]:
-    """`imgclass export`: an ONNX or TorchScript file (parity-checked: returns its path and the largest probability
-    difference from PyTorch), or a hub folder (format "hub": out is the new folder; no difference to report)."""
-    if format == "hub":
-        from .export.hub import export_hub
-        if not out:
-            raise UserError("--format hub needs --out NEW_FOLDER")
-        return export_hub(model, out), None
-    from .prediction.graph import export_model
-    return export_model(model, format, out)
+def export(model: str | Path, format: str = "onnx", out: str | Path | None = None, settings=None, **options: Any):
+    """`imgclass export`: one export (onnx, torchscript, openvino, tflite, coreml, triton or hub), checked before
+    it is kept; returns an export.formats.Exported (path, parity with PyTorch, what else was checked: the int8
+    report, Core ML's spec...). settings: an export.formats.ExportSettings, or its fields as options (quantize,
+    max_accuracy_drop, calibration_images, half, backend, name)."""
+    from .export.formats import ExportSettings, export as run_export
+    return run_export(model, format, out, settings if settings is not None else ExportSettings(**options))
 
 
 def serve(model: str | Path, settings=None, **options: Any) -> None:

@@ -294,10 +294,27 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
+    from .export.formats import FORMATS
+    from .prediction.quantize import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
     p.add_argument("model", help="run folder or model.safetensors")
-    p.add_argument("--format", choices=["onnx", "torchscript", "hub"], default="onnx",
-                   help="hub: a folder with the weights, config.json, the ONNX file and a model card [default: onnx]")
-    p.add_argument("--out", help="output file (default: next to the model file); for hub, a new folder")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="openvino (extra), tflite (extra), coreml (extra): for devices; triton: a Triton model "
+                        "repository; hub: a folder with the weights, config.json, the ONNX file and a model card "
+                        "[default: onnx]")
+    p.add_argument("--out", help="output file or folder (default: next to the model file); hub and triton: a new "
+                                 "folder")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="onnx, openvino: static int8 calibrated on the run's training images; refused if the test "
+                        "accuracy drops more than --max-accuracy-drop")
+    p.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP, metavar="POINTS",
+                   help=f"int8: accuracy points it may lose [default: {MAX_ACCURACY_DROP:g}]")
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, metavar="N",
+                   help=f"int8: training images to calibrate on [default: {CALIBRATION_IMAGES}]")
+    p.add_argument("--half", action="store_true",
+                   help="openvino, tflite: float16 weights (half the size); coreml: float16 compute")
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="triton: the repository's backend [default: onnxruntime]")
+    p.add_argument("--name", help="triton: the model's name in the repository [default: the run folder's]")
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -527,9 +544,10 @@ def _compare(args: argparse.Namespace) -> int | None:
 
 def _export(args: argparse.Namespace) -> int | None:
     from . import api
-    path, diff = api.export(args.model, args.format, args.out)
-    print(f"wrote {path} " + ("(model card: README.md)" if diff is None else
-                              f"(parity with PyTorch: max |probability difference| {diff:.2e})"))
+    exported = api.export(args.model, args.format, args.out, quantize=args.quantize,
+                          max_accuracy_drop=args.max_accuracy_drop, calibration_images=args.calibration_images,
+                          half=args.half, backend=args.backend, name=args.name)
+    print("\n".join(exported.lines()))
 
 
 def _serve(args: argparse.Namespace) -> int | None:
@@ -617,7 +635,8 @@ COMMANDS = {
                  _evaluate_options, _evaluate),
     "compare": ("runs side by side (text, and HTML with --html)",
                 _compare_options, _compare),
-    "export": ("export to ONNX or TorchScript, with parity checked against PyTorch",
+    "export": ("export to ONNX, TorchScript, OpenVINO, TFLite, Core ML, Triton or a hub folder, checked before "
+               "it is kept (int8 only when it keeps its accuracy)",
                _export_options, _export),
     "serve": ("a web service with an upload page (FastAPI + uvicorn)",
               _serve_options, _serve),

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.preprocess import Preprocessing
 from .errors import UserError
+from .extras import require
 from .files import temp_name
 from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
 from .models.reject import BANK_KEY
@@ -23,6 +24,7 @@ from .models.task import SINGLE_LABEL, Task
 
 META_KEY = "imgclass"
 SOURCE_KEY = "imgclass_source_sha256"  # an export's metadata: the SHA-256 of the model file it came from
+INT8_KEY = "imgclass_int8"              # an int8 export's metadata: its accuracy report (prediction/quantize.py)
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,6 +83,53 @@ def onnx_metadata(path: str | Path, key: str) -> str | None:
     import onnx
     graph = onnx.load(str(path), load_external_data=False)
     return next((prop.value for prop in graph.metadata_props if prop.key == key), None)
+
+
+IR_NAME = "model.xml"    # an OpenVINO export is a folder: model.xml + model.bin (prediction/openvino.py)
+RT_SECTION = "imgclass"  # its rt_info keys: imgclass/header, imgclass/source_sha256, imgclass/int8 (the report)
+RT_KEYS = {SOURCE_KEY: "source_sha256", INT8_KEY: "int8"}  # an ONNX metadata key's name in rt_info
+
+
+def openvino_module():
+    """The openvino module, or the one-line error naming the extra."""
+    return require("openvino", "openvino", "OpenVINO (export --format openvino, --runtime openvino)")
+
+
+def is_openvino_export(path: str | Path) -> bool:
+    p = Path(path).expanduser()
+    return (p.is_dir() and (p / IR_NAME).is_file()) or (p.suffix == ".xml" and p.is_file())
+
+
+def ir_path(path: str | Path) -> Path:
+    """The model.xml of an OpenVINO export given as its folder or its .xml."""
+    p = Path(path).expanduser()
+    xml = p / IR_NAME if p.is_dir() else p
+    if not (xml.suffix == ".xml" and xml.is_file() and xml.with_suffix(".bin").is_file()):
+        raise UserError(f"{path} is not an OpenVINO export (expected a folder with {IR_NAME} and model.bin)")
+    return xml
+
+
+def ir_metadata(path: str | Path, key: str) -> str | None:
+    """One imgclass rt_info value of an OpenVINO export (None if absent); key: header, or an ONNX metadata key."""
+    key = RT_KEYS.get(key, key)
+    model = openvino_module().Core().read_model(str(ir_path(path)))
+    if not model.has_rt_info([RT_SECTION, key]):
+        return None
+    return model.get_rt_info([RT_SECTION, key]).astype(str)
+
+
+def read_ir_header(path: str | Path) -> ModelHeader:
+    """The model file's header that `export --format openvino` stores in the IR's rt_info; checked like a model
+    file's before anything runs it."""
+    text = ir_metadata(path, "header")
+    if text is None:
+        raise UserError(f"{path} carries no imgclass metadata")
+    return ModelHeader.from_json(text, Path(path))
+
+
+def export_metadata(path: str | Path, key: str) -> str | None:
+    """One metadata value of an ONNX file or an OpenVINO export (SOURCE_KEY, INT8_KEY); None if absent."""
+    return ir_metadata(path, key) if is_openvino_export(path) else onnx_metadata(path, key)
 
 
 def read_header(path: Path) -> ModelHeader:

@@ -1,5 +1,5 @@
 """What turns decoded images into probabilities for a Predictor: eager PyTorch (float32, or under bf16
-autocast) or ONNX Runtime running the exported graph. Each takes uint8 N x 3 x S x S images at the model's
+autocast), ONNX Runtime running the exported graph, or OpenVINO running its IR (prediction/openvino.py). Each takes uint8 N x 3 x S x S images at the model's
 size and returns class probabilities with the model file's normalisation, test-time augmentation and
 softmax temperature, so they are interchangeable (prediction.runtime chooses one and checks parity)."""
 from __future__ import annotations
@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
+from ..errors import UserError
+from ..modelfile import ir_path, openvino_module
 from ..models.inference import predict_logits, scoring_batch
 from ..models.task import SINGLE_LABEL, Task
 
@@ -36,10 +39,11 @@ class TorchEngine:
 
 
 class OnnxEngine:
-    """The exported graph (pixels 0..255 -> probabilities) in ONNX Runtime on the CPU."""
-    runtime, precision = "onnx", "float32"
+    """The exported graph (pixels 0..255 -> probabilities) in ONNX Runtime on the CPU. precision: what the file
+    computes in, float32 or int8 (an int8 export: prediction/quantize.py)."""
+    runtime = "onnx"
 
-    def __init__(self, path: str | Path, img_size: int, threads: int | None = None):
+    def __init__(self, path: str | Path, img_size: int, threads: int | None = None, precision: str = "float32"):
         import onnxruntime as ort
         options = ort.SessionOptions()
         # serve() sizes torch's threads to each worker process's share of the cores; ONNX Runtime gets the same
@@ -48,7 +52,7 @@ class OnnxEngine:
         # threads need. Measured (machine A, Lite0 224 px, 400 JPEGs through predict): 76 images/s spinning,
         # 129 not; the model alone 161 -> 150.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path, self.img_size = Path(path), img_size
+        self.path, self.img_size, self.precision = Path(path), img_size, precision
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,32 @@ class OnnxEngine:
         return torch.cat(out) if out else torch.empty(0)
 
 
-Engine = TorchEngine | OnnxEngine
+PRECISION_HINTS = {"float32": "f32", "bf16": "bf16", "int8": "f32"}  # int8 IR: the layers left float run in f32
+
+
+class OpenVinoEngine:
+    """An OpenVINO export (pixels 0..255 -> probabilities) on the CPU. precision: float32, bf16 (where the CPU
+    has it natively) or int8 (an int8 export: its quantized layers in int8, the rest in float32)."""
+    runtime = "openvino"
+
+    def __init__(self, path: str | Path, img_size: int, precision: str = "float32", threads: int | None = None):
+        ov = openvino_module()
+        if precision not in PRECISION_HINTS:
+            raise UserError(f"OpenVINO precision must be one of {', '.join(PRECISION_HINTS)}")
+        self.path, self.img_size, self.precision = ir_path(path), img_size, precision
+        # serve() sizes torch's threads to each worker's share of the cores; OpenVINO gets the same
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        self.compiled = ov.Core().compile_model(str(self.path), "CPU", config)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        step = scoring_batch(max(1, len(images)), self.img_size, torch.device("cpu"))
+        out = [torch.from_numpy(np.asarray(self.compiled(images[i:i + step].float().numpy())[0]))
+               for i in range(0, len(images), step)]
+        return torch.cat(out) if out else torch.empty(0)
+
+
+Engine = TorchEngine | OnnxEngine | OpenVinoEngine
 
 
 def images_per_second(engine, images: torch.Tensor, seconds: float) -> float:

@@ -17,12 +17,13 @@ from ..data.decode import ImageDecodeError
 from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import to_nchw
 from ..errors import UserError
-from ..modelfile import load_model, read_onnx_header, resolve_model_path
+from ..modelfile import (INT8_KEY, export_metadata, ir_path, is_openvino_export, load_model, read_ir_header,
+                         read_onnx_header, resolve_model_path)
 from ..models.header import Architecture, ModelHeader
 from ..models.inference import compute_features, pick_device
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
 from ..models.reject import UNKNOWN, Rejection, max_probability_rule
-from .engines import Engine, OnnxEngine, TorchEngine
+from .engines import Engine, OnnxEngine, OpenVinoEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
 
@@ -102,11 +103,20 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", max_pixels: int | None = None) -> "Predictor":
         dev = pick_device(device)
+        if is_openvino_export(path):  # an OpenVINO export (its folder or model.xml): OpenVINO, no PyTorch model
+            file = ir_path(path)
+            header = read_ir_header(file)
+            precision = "int8" if export_metadata(file, INT8_KEY) else "float32"
+            predictor = cls(None, header, torch.device("cpu"), max_pixels,
+                            OpenVinoEngine(file, header.img_size, precision))
+            predictor.path = file
+            return predictor
         file = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
         if file.suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
             header = read_onnx_header(file)
+            precision = "int8" if export_metadata(file, INT8_KEY) else "float32"
             predictor = cls(None, header, torch.device("cpu"), max_pixels,
-                            OnnxEngine(file, header.img_size))
+                            OnnxEngine(file, header.img_size, precision=precision))
         else:
             model, header = load_model(file, dev)
             predictor = cls(model, header, dev, max_pixels)

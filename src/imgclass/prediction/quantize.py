@@ -29,7 +29,7 @@ from ..data.split import read_splits
 from ..errors import UserError
 from ..extras import require
 from ..files import building_folder, temp_name
-from ..modelfile import META_KEY, SOURCE_KEY, file_sha256
+from ..modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256
 from ..models.inference import cpu_label
 from ..rundir import RunDir
 from .engines import OnnxEngine, images_per_second
@@ -38,7 +38,6 @@ from .predictor import Predictor
 
 CALIBRATION_IMAGES = 300  # training images the activation ranges are calibrated on (NNCF's default subset size)
 MAX_ACCURACY_DROP = 1.0   # points of test score an int8 export may lose (--max-accuracy-drop)
-INT8_KEY = "imgclass_int8"  # an int8 ONNX file's metadata: the report (JSON)
 SCORING_BATCH = 64        # test images decoded and scored at once by both models (memory stays flat)
 TIMING_SECONDS = 1.0      # each model timed at batch 16 for this long, in 3 interleaved rounds
 
