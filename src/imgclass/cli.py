@@ -164,12 +164,13 @@ def _lr_find_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
-                   help="auto: the fastest measured (ONNX Runtime, exported once next to the model, for services "
-                        "and large jobs), else PyTorch [default: auto]")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "openvino"], default="auto",
+                   help="auto: the fastest measured on this machine for services and large jobs (ONNX Runtime, "
+                        "OpenVINO where installed, int8 where it kept its accuracy; exported once into your runtime "
+                        "cache), else PyTorch; openvino needs the openvino extra [default: auto]")
     p.add_argument("--precision", choices=["auto", "float32", "bf16"], default="auto",
-                   help="PyTorch's arithmetic; auto: bf16 where the CPU has it natively and answers stay within "
-                        "tolerance of float32 [default: auto]")
+                   help="PyTorch's (or OpenVINO's) arithmetic; auto: bf16 where the CPU has it natively and answers "
+                        "stay within tolerance of float32 [default: auto]")
 
 
 def _add_reject(p: argparse.ArgumentParser) -> None:
@@ -184,7 +185,7 @@ def _reject(args: argparse.Namespace) -> bool | float | None:
 
 
 def _predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder, model.safetensors or an exported .onnx")
+    p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -318,7 +319,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder, model.safetensors, or an exported .onnx (with --runtime onnx)")
+    p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine only]")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes")

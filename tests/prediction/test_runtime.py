@@ -123,12 +123,13 @@ def test_a_small_job_remembers_the_bf16_check(model_file, monkeypatch):
 
 
 def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file, monkeypatch):
+    from imgclass.extras import available
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
-    rates = {"onnx": 50.0, "torch float32": 80.0, "torch bf16": 120.0}
+    rates = {"onnx float32": 50.0, "openvino float32": 60.0, "torch float32": 80.0, "torch bf16": 120.0}
     timed = []
 
     def fake_rate(engine, _images, _seconds):
-        name = engine.runtime if engine.runtime == "onnx" else f"torch {engine.precision}"
+        name = f"{engine.runtime} {engine.precision}"
         timed.append(name)
         return rates[name]
     monkeypatch.setattr(rt, "images_per_second", fake_rate)
@@ -137,10 +138,12 @@ def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file,
     assert isinstance(p.engine, TorchEngine) and p.engine.bf16
     assert note.startswith("runtime: torch bf16 (fastest measured") and "onnx float32 50" in note
     saved = json.loads((cache_of(model_file) / "runtime.json").read_text())
-    assert saved[rt.machine_key()]["images_per_second"] == {"onnx float32": 50.0, "torch float32": 80.0,
-                                                            "torch bf16": 120.0}
+    candidates = {k: v for k, v in rates.items() if available("openvino") or not k.startswith("openvino")}
+    assert saved[rt.machine_key()]["images_per_second"] == candidates
+    # a model file outside its run folder has no images to calibrate int8 on, nor to check it: refused, remembered
+    assert "not inside its run folder" in saved["int8_refused"]["onnx int8"]
     timed.clear()
-    rates["onnx"] = 500.0                                            # not timed again: the saved choice holds
+    rates["onnx float32"] = 500.0                                    # not timed again: the saved choice holds
     q = Predictor.load(model_file, "cpu")
     choose(q, "auto", images=5000)
     assert timed == [] and q.engine.bf16

@@ -275,7 +275,8 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
 def _data_map(predictor: Predictor, tensors, y: np.ndarray, probs: np.ndarray, notes: list[str]):
     """The split's embeddings on a map (plots.data_map), its mistakes and the images --reject would refuse marked."""
     if predictor.model is None:
-        raise UserError("--map needs the model file (the embeddings come from its backbone), not an ONNX export")
+        raise UserError(f"--map needs the model file (the embeddings come from its backbone), not an "
+                        f"{predictor.exported_as} export")
     feats = unit_rows(compute_features(predictor.model, tensors.images, predictor.pre, 64, predictor.device).numpy())
     marked = {"mistake": set(np.flatnonzero(probs.argmax(1) != y).tolist())}
     if predictor.header.reject is not None:

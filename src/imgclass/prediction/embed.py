@@ -51,7 +51,7 @@ def embedding_model(model: str | Path | Predictor, pretrained: bool = False, dev
     backbone as it is (timm:NAME; its weights installed or in the hub cache: nothing is downloaded offline)."""
     if isinstance(model, Predictor):
         if model.model is None:
-            raise UserError("embeddings need the model file (model.safetensors), not an ONNX export")
+            raise UserError(f"embeddings need the model file (model.safetensors), not an {model.exported_as} export")
         return EmbeddingModel(model.model.eval(), model.pre, str(model.path or "<model>"), False, model.device)
     if pretrained:
         source, _, arch = str(model).partition(":")

@@ -52,7 +52,8 @@ def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], met
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}")
     if predictor.model is None:
-        raise UserError("heatmaps need the PyTorch model file (this is an ONNX export: no gradients)")
+        raise UserError(f"heatmaps need the PyTorch model file (this is an {predictor.exported_as} export: no "
+                        "gradients)")
     from pytorch_grad_cam import EigenCAM, GradCAM  # deferred: grad-cam imports opencv
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     model = (model if model is not None else predictor.model).eval()

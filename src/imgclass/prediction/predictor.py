@@ -88,6 +88,11 @@ class Predictor:
         self.runtime_note = f"runtime: {self.engine.runtime} {self.engine.precision}"  # what chose it, and why
         self.path: Path | None = None  # the model file it was loaded from (prediction.runtime exports that)
 
+    @property
+    def exported_as(self) -> str | None:
+        """'ONNX' or 'OpenVINO' for an exported file (no PyTorch model: no heatmaps, no embeddings), else None."""
+        return None if self.model is not None else {"onnx": "ONNX", "openvino": "OpenVINO"}[self.engine.runtime]
+
     def use(self, choice) -> None:
         """Score with the engine of a runtime choice (prediction.runtime.RuntimeChoice), stating why."""
         self.engine, self.runtime_note = choice.engine, choice.note
@@ -207,7 +212,7 @@ class Predictor:
             return max_probability_rule(float(reject))
         if rule.needs_features and (self.model is None or rule.bank is None):
             raise UserError("--reject needs the model file (model.safetensors: the training images' embeddings and "
-                            "the backbone that computes an image's), not an ONNX export")
+                            "the backbone that computes an image's), not an export")
         return rule if reject is True else rule.at(float(reject))
 
     def features(self, batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Which engine scores images for predict, evaluate, submit and serve: eager PyTorch in float32, PyTorch under
-bf16 autocast, or ONNX Runtime on the exported graph. `choose_runtime` decides and returns the engine with the
-line that states the choice (the caller hands it to its Predictor); it can be forced (`--runtime torch|onnx`,
-`--precision float32|bf16`).
+bf16 autocast, ONNX Runtime on the exported graph, or OpenVINO on its IR (the openvino extra), each in float32
+or, where an int8 export kept its accuracy, int8. `choose_runtime` decides and returns the engine with the
+line that states the choice (the caller hands it to its Predictor); it can be forced (`--runtime
+torch|onnx|openvino`, `--precision float32|bf16`).
 
 `auto`, on a CPU:
 - ONNX Runtime is tried when the work pays for one export: a service, or a job of AUTO_ONNX_IMAGES images or
@@ -11,6 +12,12 @@ line that states the choice (the caller hands it to its Predictor); it can be fo
   commands reuse the choice without timing or checking again.
 - bf16 autocast is a candidate only where the CPU computes bf16 natively (AVX512-BF16 or AMX) and its
   probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of those images.
+- OpenVINO float32 is a candidate beside ONNX Runtime where the openvino extra is installed (its conversion
+  from the cached ONNX graph takes a second or two).
+- int8 (ONNX Runtime, and OpenVINO where installed) is a candidate for services and jobs of AUTO_INT8_IMAGES
+  images or more, when the model is in its run folder with its data: `export --quantize int8` is made into the
+  cache and kept only if the test accuracy drops by at most MAX_ACCURACY_DROP points; a refusal is remembered
+  (runtime.json), so it is not tried again for that model file.
 Nothing is written beside the model (its folder may be read-only, or another user's), and no ONNX graph found
 on disk is run unless imgclass wrote it into this cache (a folder of this user's alone, mode 0700) or the user
 named the .onnx file: whoever can write a model's folder does not choose the graph every command runs.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -32,18 +40,22 @@ import torch
 
 from .. import log
 from ..errors import UserError
+from ..extras import available
 from ..files import write_text_atomic
-from ..modelfile import SOURCE_KEY, file_sha256, onnx_metadata
+from ..modelfile import INT8_KEY, SOURCE_KEY, export_metadata, file_sha256
 from ..models.inference import cpu_has_native_bf16, cpu_info
-from .engines import Engine, OnnxEngine, images_per_second
+from .engines import Engine, OnnxEngine, OpenVinoEngine, images_per_second
 from .predictor import Predictor
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
 PRECISIONS = ("auto", "float32", "bf16")
 BF16_TOLERANCE = 0.05    # max |probability difference| bf16 autocast may show against float32 (and no top class
 #                          may change) on the run's test images; measured 0.018-0.024 on Lite0 at 224 px
 AUTO_ONNX_IMAGES = 1000  # with --runtime auto a job this large is worth the one-off export (Lite0: 12 s, paid back
 #                          after ~1,100 images at the measured 71 -> 150 images/s)
+AUTO_INT8_IMAGES = 20_000  # ... and int8 candidates for jobs this large (their one-off quantization and accuracy
+#                           check cost a minute or more: calibration, then the test split scored twice)
+INT8_KINDS = ("onnx int8", "openvino int8")  # the int8 candidates auto may make (tests narrow it)
 TIMING_SECONDS = 0.3     # each candidate is timed for at least this long per round on the parity images ...
 TIMING_ROUNDS = 3        # ... in this many interleaved rounds; its best pass counts (2 cores shared with other
 #                          work measured Lite0 float32 at anywhere from 22 to 63 images/s in single 0.5 s runs)
@@ -94,37 +106,69 @@ def bf16_parity(predictor: Predictor, images: torch.Tensor) -> tuple[bool, float
     return diff <= BF16_TOLERANCE and same_top, diff
 
 
-def cached_onnx(model_path: Path, digest: str, folder: Path | None, make: bool) -> Path | None:
+# each export auto may run, and its name in the model file's runtime-cache folder
+CACHE_NAMES = {"onnx float32": "model.onnx", "openvino float32": "openvino",
+               "onnx int8": "model.int8.onnx", "openvino int8": "openvino_int8"}
+
+
+def _make_export(kind: str, model_path: Path, target: Path) -> Path:
+    """Export one kind (a CACHE_NAMES key) of this model to target, checked as `export` checks it."""
+    if kind == "onnx float32":
+        from .graph import export_model
+        return export_model(model_path, "onnx", target)[0]
+    if kind == "openvino float32":
+        from .openvino import export_ir
+        return export_ir(model_path, target)[0]
+    from .quantize import export_int8
+    return export_int8(model_path, kind.split()[0], target)[0]
+
+
+def _is_export_of(target: Path, digest: str) -> bool:
+    return target.exists() and export_metadata(target, SOURCE_KEY) == digest
+
+
+def cached_export(kind: str, model_path: Path, digest: str, folder: Path | None, make: bool) -> Path | None:
     """The export of this very model file (SHA-256 `digest`) in its runtime-cache folder, exported there when
-    `make`. None when absent and not made, or when there is no private folder (see onnx_engine)."""
+    `make`. None when absent and not made, or when there is no private folder (see export_engine)."""
     if folder is None:
         return None
-    from .graph import export_model
-    target = folder / "model.onnx"
-    if target.is_file():
+    target = folder / CACHE_NAMES[kind]
+    if target.exists():
         try:
-            if onnx_metadata(target, SOURCE_KEY) == digest:
+            if _is_export_of(target, digest):
                 return target
         except Exception as exc:  # noqa: BLE001 - a damaged file (a disk error, a crash elsewhere): not an export
             log.warning(f"the cached export {target} is unreadable ({type(exc).__name__}): "
                         + ("exporting it again" if make else "not used"))
-            target.unlink(missing_ok=True)
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     if not make:
         return None
-    path, _ = export_model(model_path, "onnx", target)
-    return path
+    try:
+        return _make_export(kind, model_path, target)
+    except UserError:
+        if _is_export_of(target, digest):  # a folder export another process (a service's worker) made meanwhile
+            return target
+        raise
 
 
-def onnx_engine(predictor: Predictor, model_path: Path, digest: str, folder: Path | None) -> OnnxEngine:
-    """ONNX Runtime on this model's export: from the runtime cache, or (no private cache folder) exported into a
-    temporary folder that is removed as soon as ONNX Runtime has read it."""
-    onnx_path = cached_onnx(model_path, digest, folder, make=True)
-    if onnx_path is not None:
-        return OnnxEngine(onnx_path, predictor.pre.img_size)
-    from .graph import export_model
-    with tempfile.TemporaryDirectory(prefix="imgclass-onnx-") as tmp:
-        path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx")
-        return OnnxEngine(path, predictor.pre.img_size)
+def _engine_of(kind: str, path: Path, predictor: Predictor, precision: str | None = None) -> Engine:
+    """The engine of an export of one kind; precision: OpenVINO's arithmetic if not the kind's own (bf16)."""
+    runtime, exported = kind.split()
+    precision = precision or exported
+    if runtime == "onnx":
+        return OnnxEngine(path, predictor.pre.img_size, precision=precision)
+    return OpenVinoEngine(path, predictor.pre.img_size, precision)
+
+
+def export_engine(kind: str, predictor: Predictor, model_path: Path, precision: str | None = None) -> Engine:
+    """An export's engine (ONNX Runtime or OpenVINO): from the runtime cache, or (no private cache folder) exported
+    into a temporary folder that is removed as soon as the runtime has read it."""
+    digest = file_sha256(model_path)
+    path = cached_export(kind, model_path, digest, private_dir(digest), make=True)
+    if path is not None:
+        return _engine_of(kind, path, predictor, precision)
+    with tempfile.TemporaryDirectory(prefix="imgclass-export-") as tmp:
+        return _engine_of(kind, _make_export(kind, model_path, Path(tmp) / CACHE_NAMES[kind]), predictor, precision)
 
 
 def _read_saved(folder: Path | None) -> dict:
@@ -162,15 +206,31 @@ def _bf16_candidate(predictor: Predictor, model_path: Path, folder: Path | None,
     return entry["bf16_ok"]
 
 
-def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, folder: Path | None, saved: dict
-             ) -> dict[str, float]:
+def _int8_exports(model_path: Path, digest: str, folder: Path | None, saved: dict, make: bool) -> dict[str, Path]:
+    """The int8 exports in the cache whose accuracy check passed (made there when `make`). A refusal (accuracy
+    lost, no run folder or data to check on) is remembered in runtime.json and not tried again."""
+    refused, found = saved.setdefault("int8_refused", {}), {}
+    for kind in INT8_KINDS:
+        if kind in refused or (kind.startswith("openvino") and not available("openvino")):
+            continue
+        try:
+            path = cached_export(kind, model_path, digest, folder, make)
+        except UserError as exc:
+            refused[kind] = str(exc)
+            _write_saved(folder, saved)
+            log.info(f"runtime: {kind} is not a candidate: {exc}")
+            continue
+        from .quantize import Int8Report
+        report = Int8Report.from_json(export_metadata(path, INT8_KEY)) if path is not None else None
+        if report is not None and report.passed:
+            found[kind] = path
+    return found
+
+
+def _measure(predictor: Predictor, model_path: Path, engines: dict[str, Engine]) -> dict[str, float]:
     """images/s of each candidate on the run's test images."""
     from .graph import parity_batch
     images = parity_batch(predictor, model_path)
-    engines = {"onnx float32": OnnxEngine(onnx_path, predictor.pre.img_size),
-               "torch float32": predictor.torch_engine(bf16=False)}
-    if _bf16_candidate(predictor, model_path, folder, saved, images):
-        engines["torch bf16"] = predictor.torch_engine(bf16=True)
     rates = dict.fromkeys(engines, 0.0)
     for _ in range(TIMING_ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one candidate
         for name, engine in engines.items():
@@ -178,27 +238,46 @@ def _measure(predictor: Predictor, model_path: Path, onnx_path: Path, folder: Pa
     return rates
 
 
+def _candidates(predictor: Predictor, model_path: Path, images: int | None, digest: str, folder: Path | None,
+                saved: dict) -> dict[str, Path | None]:
+    """auto's candidates on a CPU: name -> its export in the cache (None for PyTorch); {} when ONNX Runtime is not
+    tried (a small job with no export made yet, or no private cache)."""
+    onnx_path = cached_export("onnx float32", model_path, digest, folder,
+                              make=images is None or images >= AUTO_ONNX_IMAGES)
+    if onnx_path is None:
+        return {}
+    found: dict[str, Path | None] = {"onnx float32": onnx_path, "torch float32": None}
+    if _bf16_candidate(predictor, model_path, folder, saved):
+        found["torch bf16"] = None
+    if available("openvino"):
+        found["openvino float32"] = cached_export("openvino float32", model_path, digest, folder, make=True)
+    found.update(_int8_exports(model_path, digest, folder, saved, make=images is None or images >= AUTO_INT8_IMAGES))
+    return found
+
+
 def _auto_cpu(predictor: Predictor, model_path: Path, images: int | None) -> tuple[Engine, str]:
     """--runtime auto on a CPU: (the engine, why)."""
     digest = file_sha256(model_path)
     folder = private_dir(digest)
     saved = _read_saved(folder)
-    onnx_path = cached_onnx(model_path, digest, folder, make=images is None or images >= AUTO_ONNX_IMAGES)
-    if onnx_path is None:
+    candidates = _candidates(predictor, model_path, images, digest, folder, saved)
+    if not candidates:
         engine, note = _torch_auto_precision(predictor, model_path, folder, saved)
         why = (f"ONNX Runtime is tried for services and jobs of {AUTO_ONNX_IMAGES}+ images" if folder is not None
                else f"ONNX Runtime is not tried: no private runtime cache at {runtime_cache_root()}")
         return engine, f"{note}; {why} (--runtime onnx forces it)"
+
+    def engine_of(name: str) -> Engine:
+        path = candidates[name]
+        return predictor.torch_engine(bf16=name.endswith("bf16")) if path is None else _engine_of(name, path, predictor)
     entry = saved.setdefault(machine_key(), {})
-    if "images_per_second" not in entry:
-        entry["images_per_second"] = _measure(predictor, model_path, onnx_path, folder, saved)
+    if set(entry.get("images_per_second", {})) != set(candidates):  # first time, or the candidates changed
+        entry["images_per_second"] = _measure(predictor, model_path, {name: engine_of(name) for name in candidates})
         _write_saved(folder, saved)
     rates = entry["images_per_second"]
     best = max(rates, key=rates.get)
-    engine = (OnnxEngine(onnx_path, predictor.pre.img_size) if best.startswith("onnx")
-              else predictor.torch_engine(bf16=best.endswith("bf16")))
     measured = ", ".join(f"{name} {rate:g}" for name, rate in sorted(rates.items(), key=lambda kv: -kv[1]))
-    return engine, f"{best} (fastest measured on this machine, images/s: {measured})"
+    return engine_of(best), f"{best} (fastest measured on this machine, images/s: {measured})"
 
 
 def _torch_auto_precision(predictor: Predictor, model_path: Path, folder: Path | None, saved: dict
@@ -226,16 +305,22 @@ def choose_runtime(predictor: Predictor, runtime: str = "auto", precision: str =
     if predictor.path is None:
         raise UserError("choose_runtime needs a Predictor loaded from a model file (Predictor.load)")
     model_path = predictor.path
-    if predictor.model is None or runtime == "onnx":
-        if precision == "bf16":
-            raise UserError("--precision bf16 runs in PyTorch; ONNX Runtime runs the export in float32")
-        if predictor.model is None and runtime == "torch":
-            raise UserError(f"{model_path} is an ONNX export: it runs in ONNX Runtime (give the model file for torch)")
+    if predictor.model is None:  # an exported file runs in its own runtime
         engine = predictor.engine
-        if predictor.model is not None:
-            digest = file_sha256(model_path)
-            engine = onnx_engine(predictor, model_path, digest, private_dir(digest))
-        note = f"onnx float32 ({'the exported file' if predictor.model is None else 'asked'}: {engine.path})"
+        names = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}
+        if runtime not in ("auto", engine.runtime):
+            raise UserError(f"{model_path} is an {'ONNX' if engine.runtime == 'onnx' else 'OpenVINO'} export: it "
+                            f"runs in {names[engine.runtime]} (give the model file for {runtime})")
+        if precision == "bf16":
+            raise UserError(f"--precision bf16 runs in PyTorch; {names[engine.runtime]} runs the export as exported")
+        note = f"{engine.runtime} {engine.precision} (the exported file: {engine.path})"
+    elif runtime in ("onnx", "openvino"):
+        if precision == "bf16" and (runtime == "onnx" or not cpu_has_native_bf16()):
+            raise UserError("--precision bf16 runs in PyTorch, or in OpenVINO on a CPU with native bf16; "
+                            "ONNX Runtime runs the export in float32")
+        # --precision bf16: OpenVINO's CPU plugin computes the same IR in bf16
+        engine = export_engine(f"{runtime} float32", predictor, model_path, "bf16" if precision == "bf16" else None)
+        note = f"{runtime} {engine.precision} (asked: {engine.path})"
     elif predictor.device.type != "cpu" or precision != "auto":  # a GPU, or a precision asked for: PyTorch
         bf16 = precision == "bf16" or (precision == "auto" and predictor.device.type == "cuda")
         if precision == "bf16" and predictor.device.type == "cpu" and not cpu_has_native_bf16():

@@ -216,7 +216,8 @@ def _explain_route(app: FastAPI, predictor: Predictor, slots: asyncio.Semaphore,
         label = label if label is not None else tag
         blobs = await read_images(request, False, 1)
         if predictor.model is None:
-            raise HTTPException(501, "heatmaps need the PyTorch model file; this service runs an ONNX export")
+            raise HTTPException(501, f"heatmaps need the PyTorch model file; this service runs an "
+                                     f"{predictor.exported_as} export")
         if label is not None and label not in predictor.classes:
             raise HTTPException(400, f"unknown label '{label[:100]}': the model knows {len(predictor.classes)}")
         from starlette.concurrency import run_in_threadpool
