@@ -75,7 +75,7 @@ LAYERS = [
     {"data"},
     {"models", "modelfile"},
     {"prediction"},
-    {"export", "serving"},
+    {"exports", "serving"},
     {"evaluation", "curation"},
     {"training"},
     {"tuning"},

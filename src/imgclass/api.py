@@ -172,7 +172,7 @@ def export(model: str | Path, format: str = "onnx", out: str | Path | None = Non
     it is kept; returns an export.formats.Exported (path, parity with PyTorch, what else was checked: the int8
     report, Core ML's spec...). settings: an export.formats.ExportSettings, or its fields as options (quantize,
     max_accuracy_drop, calibration_images, half, backend, name)."""
-    from .export.formats import ExportSettings, export as run_export
+    from .exports.formats import ExportSettings, export as run_export
     return run_export(model, format, out, settings if settings is not None else ExportSettings(**options))
 
 

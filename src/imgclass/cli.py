@@ -295,7 +295,7 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
-    from .export.formats import FORMATS
+    from .exports.formats import FORMATS
     from .prediction.quantize import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("--format", choices=FORMATS, default="onnx",

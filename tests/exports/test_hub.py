@@ -50,7 +50,7 @@ def test_timm_hub_folder_reloads_everywhere(timm_run, tmp_path, capsys):
 
 def test_model_card_numbers_equal_the_run(timm_run, tmp_path):
     out = tmp_path / "hub"
-    from imgclass.export.hub import export_hub
+    from imgclass.exports.hub import export_hub
     export_hub(timm_run.dir, out)
     card = (out / "README.md").read_text()
     metrics = json.loads((timm_run.dir / "eval" / "test" / "metrics.json").read_text())
@@ -74,7 +74,7 @@ def test_model_card_numbers_equal_the_run(timm_run, tmp_path):
 
 def test_other_models_and_a_used_folder(trained_run, tmp_path, capsys):
     out = tmp_path / "hub"
-    from imgclass.export.hub import export_hub
+    from imgclass.exports.hub import export_hub
     export_hub(trained_run, out)
     assert not (out / "model.safetensors").exists()                  # not timm: imgclass's file only
     config = json.loads((out / "config.json").read_text())
@@ -118,7 +118,7 @@ def test_the_card_escapes_names_and_copies_no_linked_file(odd_run, tmp_path):
 def test_a_kill_during_the_hub_export_leaves_no_folder(odd_run, tmp_path, monkeypatch):
     """The folder is built beside --out and renamed into place: a kill half-way leaves no --out folder that
     predict would accept, and no building folder."""
-    from imgclass.export import hub
+    from imgclass.exports import hub
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

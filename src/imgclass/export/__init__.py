@@ -1,1 +1,0 @@
-"""Export a model file to ONNX or TorchScript, with parity verified against PyTorch."""
