@@ -1,0 +1,132 @@
+"""int8 exports (issue 30): calibrated on the run's training images, scored against the float model on the
+test split in the same run, refused beyond --max-accuracy-drop, the report in the file and on the command
+line; the runtime choice runs an int8 file only when its check passed."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from sklearn.metrics import accuracy_score
+
+import imgclass
+from imgclass.cli import main
+from imgclass.errors import UserError
+from imgclass.modelfile import INT8_KEY, export_metadata
+from imgclass.prediction import quantize
+from imgclass.prediction.engines import OnnxEngine
+from imgclass.prediction.predictor import Predictor
+from imgclass.prediction.quantize import Int8Report
+
+
+def test_int8_onnx_reports_both_accuracies_measured_on_the_test_split(trained_run, tmp_path, capsys):
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(trained_run), "--quantize", "int8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 (onnx): test accuracy" in printed and "MB ->" in printed and "images/s at batch 16 on" in printed
+    report = Int8Report.from_json(export_metadata(out, INT8_KEY))
+    assert report.passed and report.split == "test" and report.runtime == "onnx"
+    assert report.int8_bytes < report.float_bytes
+    # the stored accuracies are the test split's, recomputed here with scikit-learn
+    predictor = Predictor.load(trained_run, "cpu")
+    root, rows = quantize.run_split(predictor, predictor.path, "test")
+    int8 = OnnxEngine(out, predictor.pre.img_size, precision="int8")
+    float_answers, int8_answers, labels = [], [], []
+    for images, batch_labels in quantize.decoded(predictor, root, rows):
+        float_answers += predictor.probabilities(images).numpy().argmax(1).tolist()   # PyTorch, float32
+        int8_answers += int8(images).numpy().argmax(1).tolist()
+        labels += batch_labels
+    assert report.images == len(labels) == len(rows)
+    assert report.int8_score == pytest.approx(accuracy_score(labels, int8_answers))
+    assert report.float_score == pytest.approx(accuracy_score(labels, float_answers))
+    # a model that loads like any export, its precision stated
+    loaded = Predictor.load(out, "cpu")
+    assert loaded.engine.precision == "int8" and loaded.header == predictor.header
+
+
+def test_the_probabilities_stay_float_after_the_head(trained_run, tmp_path):
+    out, _ = quantize.export_int8(trained_run, "onnx", tmp_path / "q.onnx")
+    graph = onnx.load(str(out)).graph
+    last = [n for n in graph.node if graph.output[0].name in n.output][0]
+    assert last.op_type not in ("DequantizeLinear", "QuantizeLinear")   # softmax computed in float
+    predictor = Predictor.load(trained_run, "cpu")
+    x = quantize.calibration_images(predictor, predictor.path, 8)
+    probs = OnnxEngine(out, predictor.pre.img_size)(x).numpy()
+    assert len(np.unique(np.round(probs * 255, 4) % 1)) > 1               # not in steps of 1/255
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def _worse(real):
+    """quantize_onnx, then the int8 graph's answers replaced by class 0 for every image: a quantization that lost
+    the model's accuracy, to be refused."""
+    def worse(float_onnx, out, calibration):
+        real(float_onnx, out, calibration)
+        model = onnx.load(str(out))
+        output = model.graph.output[0].name
+        n = 3
+        onehot = onnx.helper.make_tensor("always_first", onnx.TensorProto.FLOAT, [1, n], [1.0] + [0.0] * (n - 1))
+        model.graph.initializer.append(onehot)
+        for node in model.graph.node:
+            node.output[:] = [f"{o}_real" if o == output else o for o in node.output]
+        zero = onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0])
+        model.graph.initializer.append(zero)
+        model.graph.node.extend([onnx.helper.make_node("Mul", [f"{output}_real", "zero"], ["zeroed"]),
+                                 onnx.helper.make_node("Add", ["zeroed", "always_first"], [output])])
+        onnx.save(model, str(out))
+    return worse
+
+
+def test_an_int8_model_that_loses_accuracy_is_refused(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quantize, "quantize_onnx", _worse(quantize.quantize_onnx))
+    out = tmp_path / "refused.onnx"
+    assert main(["export", str(trained_run), "--quantize", "int8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "int8 export refused: test accuracy fell by" in err and "--max-accuracy-drop 1" in err
+    assert not out.exists() and not list(tmp_path.iterdir())             # nothing written, nothing left over
+    # allowed a drop that large, the same model is written, and its report says how much it lost
+    assert main(["export", str(trained_run), "--quantize", "int8", "--out", str(out),
+                 "--max-accuracy-drop", "100"]) == 0
+    report = Int8Report.from_json(export_metadata(out, INT8_KEY))
+    assert report.drop > 1 and report.passed and report.max_drop == 100
+
+
+def test_int8_openvino(trained_run, tmp_path):
+    pytest.importorskip("nncf", reason="the openvino extra")
+    exported = imgclass.export(trained_run, "openvino", tmp_path / "q", quantize="int8")
+    report = exported.int8
+    assert report.runtime == "openvino" and report.passed and report.images > 0
+    assert Int8Report.from_json(export_metadata(tmp_path / "q", INT8_KEY)) == report
+    assert Predictor.load(tmp_path / "q", "cpu").engine.precision == "int8"
+    assert any("int8 (openvino)" in line for line in exported.lines())
+
+
+def test_int8_needs_the_run_folder_and_fits_only_some_formats(trained_run, tmp_path):
+    import shutil
+    alone = tmp_path / "alone.safetensors"
+    shutil.copy(trained_run / "model.safetensors", alone)
+    with pytest.raises(UserError, match="not inside its run folder"):
+        imgclass.export(alone, "onnx", tmp_path / "x.onnx", quantize="int8")
+    with pytest.raises(UserError, match="--quantize int8 is for --format onnx or openvino"):
+        imgclass.export(trained_run, "tflite", tmp_path / "x.tflite", quantize="int8")
+    with pytest.raises(UserError, match="--half is for"):
+        imgclass.export(trained_run, "onnx", tmp_path / "x.onnx", half=True)
+
+
+def test_auto_runs_int8_only_when_its_check_passed(trained_run, tmp_path, monkeypatch):
+    from imgclass.prediction import runtime as rt
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv(rt.RUNTIME_CACHE_ENV, str(cache))
+    monkeypatch.setattr(rt, "INT8_KINDS", ("onnx int8",))
+    monkeypatch.setattr(rt, "images_per_second", lambda e, _i, _s: 900.0 if e.precision == "int8" else 100.0)
+    p = Predictor.load(trained_run, "cpu")
+    note = rt.choose_runtime(p, "auto", images=None).note
+    assert note.startswith("runtime: onnx int8 (fastest measured")
+    # the same model whose int8 lost its accuracy: refused, remembered, and never run
+    monkeypatch.setattr(quantize, "quantize_onnx", _worse(quantize.quantize_onnx))
+    for folder in cache.iterdir():
+        import shutil
+        shutil.rmtree(folder)
+    note = rt.choose_runtime(Predictor.load(trained_run, "cpu"), "auto", images=None).note
+    assert "int8" not in note.split("images/s:")[1]
+    saved = json.loads(next(cache.iterdir()).joinpath("runtime.json").read_text())
+    assert "int8 export refused" in saved["int8_refused"]["onnx int8"]
