@@ -49,7 +49,7 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
             pretrained: bool = False, reject: bool | float | None = None) -> list[dict[str, Any]]:
     """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
     reject: True answers "unknown" below the model file's rejection threshold (a number: at that threshold).
-    runtime auto|torch|onnx (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
+    runtime auto|torch|onnx|openvino (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
     model path, and a given Predictor's own. pretrained: model names a published ImageNet classifier
     (timm:NAME), used as it is."""
     if pretrained:

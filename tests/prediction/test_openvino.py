@@ -111,3 +111,21 @@ def test_a_missing_extra_is_one_line_naming_it(trained_run, tmp_path, monkeypatc
     assert main(["export", str(trained_run), "--format", "openvino", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'imgclass[openvino]'" in err and len(err.splitlines()) == 1
+
+
+def test_serve_evaluate_and_submit_run_openvino_like_torch(trained_run, tmp_path):
+    from helpers import local_client, png_bytes
+    from imgclass.serving.app import create_app
+    blob = png_bytes(0)
+    answers = {}
+    for runtime in ("torch", "openvino"):
+        app = local_client(create_app(trained_run, runtime=runtime, precision="float32"))
+        answers[runtime] = app.post("/predict", files={"file": ("x.png", blob, "image/png")}).json()
+        assert app.get("/info").json()["runtime"] == runtime
+    assert [t["label"] for t in answers["openvino"]["top_k"]] == [t["label"] for t in answers["torch"]["top_k"]]
+    np.testing.assert_allclose([t["probability"] for t in answers["openvino"]["top_k"]],
+                               [t["probability"] for t in answers["torch"]["top_k"]], atol=1e-4)
+    metrics = {r: imgclass.evaluate(trained_run, split="test", runtime=r, precision="float32",
+                                    out=tmp_path / r).metrics for r in ("torch", "openvino")}
+    assert metrics["openvino"]["accuracy"] == metrics["torch"]["accuracy"]
+    assert metrics["openvino"]["log_loss"] == pytest.approx(metrics["torch"]["log_loss"], abs=1e-4)

@@ -105,7 +105,7 @@ def test_int8_needs_the_run_folder_and_fits_only_some_formats(trained_run, tmp_p
     shutil.copy(trained_run / "model.safetensors", alone)
     with pytest.raises(UserError, match="not inside its run folder"):
         imgclass.export(alone, "onnx", tmp_path / "x.onnx", quantize="int8")
-    with pytest.raises(UserError, match="--quantize int8 is for --format onnx or openvino"):
+    with pytest.raises(UserError, match="--quantize int8 is for --format onnx, openvino, hub"):
         imgclass.export(trained_run, "tflite", tmp_path / "x.tflite", quantize="int8")
     with pytest.raises(UserError, match="--half is for"):
         imgclass.export(trained_run, "onnx", tmp_path / "x.onnx", half=True)

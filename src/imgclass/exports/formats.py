@@ -22,7 +22,7 @@ from ..prediction.quantize import CALIBRATION_IMAGES, MAX_ACCURACY_DROP, Int8Rep
 
 FORMATS = ("onnx", "torchscript", "openvino", "tflite", "coreml", "triton", "hub")
 HALF_FORMATS = ("openvino", "tflite", "coreml")
-INT8_FORMATS = ("onnx", "openvino")
+INT8_FORMATS = ("onnx", "openvino", "hub")  # hub: model.int8.onnx beside model.onnx, in the card too
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _refuse(fmt: str, settings: ExportSettings) -> None:
     if settings.quantize not in (None, "int8"):
         raise UserError("--quantize takes int8")
     if settings.quantize and fmt not in INT8_FORMATS:
-        raise UserError(f"--quantize int8 is for --format {' or '.join(INT8_FORMATS)}")
+        raise UserError(f"--quantize int8 is for --format {', '.join(INT8_FORMATS)}")
     if settings.half and fmt not in HALF_FORMATS:
         raise UserError(f"--half is for --format {', '.join(HALF_FORMATS)}")
     if settings.half and settings.quantize:
@@ -69,6 +69,13 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,
            settings: ExportSettings = ExportSettings()) -> Exported:
     """Write one export of a model file (run folder, model.safetensors or hub folder) and say what was checked."""
     _refuse(fmt, settings)
+    if fmt == "hub":
+        from .hub import export_hub
+        if not out:
+            raise UserError("--format hub needs --out NEW_FOLDER")
+        int8 = (settings.max_accuracy_drop, settings.calibration_images) if settings.quantize else None
+        path, report = export_hub(model, out, int8)
+        return Exported(path, None, ("model card: README.md", *(report.lines() if report else ())), report)
     if settings.quantize == "int8":
         from ..prediction.quantize import export_int8
         path, report = export_int8(model, fmt, out, settings.max_accuracy_drop, settings.calibration_images)
@@ -87,11 +94,6 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,
         from .coreml import export_coreml
         path, diff, checks = export_coreml(model, out, settings.half)
         return Exported(path, diff, tuple(checks))
-    if fmt == "triton":
-        from .triton import export_triton
-        path, diff, checks = export_triton(model, out, settings.backend, settings.name)
-        return Exported(path, diff, tuple(checks))
-    from .hub import export_hub
-    if not out:
-        raise UserError("--format hub needs --out NEW_FOLDER")
-    return Exported(export_hub(model, out), None, ("model card: README.md",))
+    from .triton import export_triton
+    path, diff, checks = export_triton(model, out, settings.backend, settings.name)
+    return Exported(path, diff, tuple(checks))

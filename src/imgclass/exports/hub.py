@@ -27,30 +27,36 @@ from ..modelfile import resolve_model_path
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir, best_epoch_phrase
 from ..prediction.graph import export_model
+from ..prediction.quantize import Int8Report, export_int8
 
 CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "pr_curves_tags", "ap_vs_frequency")
 
 
-def export_hub(model: str | Path, out: str | Path) -> Path:
+def export_hub(model: str | Path, out: str | Path, int8: tuple[float, int] | None = None
+               ) -> tuple[Path, Int8Report | None]:
     """The hub folder `out` (new, or empty), built in a temporary sibling and renamed into place when complete: a
-    kill at any moment never leaves a folder that `predict` accepts but that lacks files."""
+    kill at any moment never leaves a folder that `predict` accepts but that lacks files. int8: (max accuracy
+    drop, calibration images) to add model.int8.onnx, its report in the card (refused beyond the drop: no
+    folder). Returns (out, the int8 report or None)."""
     model_path = resolve_model_path(model)
     with building_folder(Path(out)) as building:
-        _build(model_path, building)
-    return Path(out).expanduser()
+        report = _build(model_path, building, int8)
+    return Path(out).expanduser(), report
 
 
-def _build(model_path: Path, out: Path) -> None:
+def _build(model_path: Path, out: Path, int8: tuple[float, int] | None) -> Int8Report | None:
     predictor = Predictor.load(model_path, "cpu")
     shutil.copyfile(model_path, out / "imgclass.safetensors")
     export_model(model_path, "onnx", out / "model.onnx")
+    report = export_int8(model_path, "onnx", out / "model.int8.onnx", *int8)[1] if int8 else None
     timm_loadable = _write_timm(predictor, out)
     if not timm_loadable:
         (out / "config.json").write_text(json.dumps(_imgclass_config(predictor), indent=2) + "\n")
     run = RunDir.of_model(model_path)
     facts = _run_facts(run)
     figures = _copy_figures(run, out)
-    (out / "README.md").write_text(model_card(predictor, facts, figures, timm_loadable))
+    (out / "README.md").write_text(model_card(predictor, facts, figures, timm_loadable, report))
+    return report
 
 
 def _imgclass_config(predictor: Predictor) -> dict[str, Any]:
@@ -136,8 +142,9 @@ def _regular_file_inside(path: Path, root: Path) -> bytes | None:
         return fh.read() if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
 
 
-def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], timm_loadable: bool) -> str:
-    """The README.md of the folder: every number comes from the model file or the run folder."""
+def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], timm_loadable: bool,
+               int8: Int8Report | None = None) -> str:
+    """The README.md of the folder: every number comes from the model file, the run folder or the int8 check."""
     h, classes = predictor.header, predictor.classes
     cfg, res, m = facts.get("config", {}), facts.get("results", {}), facts.get("metrics")
     weights = h.weights or {}
@@ -148,6 +155,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
              + (", `model.safetensors` + `config.json` (timm: `timm.create_model('local-dir:THIS_FOLDER', "
                 "pretrained=True)`; divide its logits by the temperature below before the softmax)"
                 if timm_loadable else ", `config.json`")
+             + (", `model.int8.onnx` (int8, same input and output; see below)" if int8 else "")
              + ".", "", "## Intended use", "",
              predictor.task.intended_use(names), "", "## Data", ""]
     counts = facts.get("counts") or {}
@@ -173,6 +181,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
               f"- {predictor.task.calibration_text(h.temperature)}", ""]
     lines += _results_section(m, facts.get("metrics_split"), figures)
+    lines += _int8_section(int8)
     lines += ["## Limits", "",
               f"- Inputs are resized to {pre.img_size} px; detail finer than that is lost.",
               "- Probabilities are calibrated on the validation split only; on data unlike the training data they are "
@@ -183,6 +192,22 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"the model is sure about is still answered." if h.reject is not None else
               "- Unknown inputs: this model has no rejection threshold; it gives one of its classes to any image.", ""]
     return "\n".join(lines)
+
+
+def _int8_section(report: Int8Report | None) -> list[str]:
+    """Both models side by side, as the int8 check measured them in one run."""
+    if report is None:
+        return []
+    return ["## int8 (model.int8.onnx)", "",
+            f"Static int8 (ONNX Runtime, calibrated on the run's training images), checked on the {report.split} "
+            f"split ({report.images} images) against the float model in the same run; allowed to lose "
+            f"{report.max_drop:g} point(s) of {report.score_name}.", "",
+            f"| model | {report.score_name} | size (MB) | images/s at batch 16 |", "|---|---|---|---|",
+            f"| float32 (model.onnx) | {report.float_score:.4f} | {report.float_bytes / 1e6:.1f} | "
+            f"{report.float_images_per_second:.0f} |",
+            f"| int8 (model.int8.onnx) | {report.int8_score:.4f} | {report.int8_bytes / 1e6:.1f} | "
+            f"{report.int8_images_per_second:.0f} |", "",
+            f"Speeds measured on {_escape(report.cpu)}; int8 gains most on CPUs with VNNI or AMX.", ""]
 
 
 def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[str]) -> list[str]:

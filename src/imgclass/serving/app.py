@@ -456,7 +456,7 @@ class ServeSettings:
     host: str = "127.0.0.1"              # listening address: this machine only unless told otherwise
     port: int = 8000
     workers: int = 1                     # processes, each batching on its own with its share of the cores
-    runtime: str = "auto"                # auto | torch | onnx (prediction.runtime)
+    runtime: str = "auto"                # auto | torch | onnx | openvino (prediction.runtime)
     precision: str = "auto"              # auto | float32 | bf16
     max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
     api_key_file: str | None = None      # the key on its first line guards every path but the page and /health
