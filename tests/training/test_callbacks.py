@@ -140,3 +140,20 @@ def test_ema_replaces_a_recipes_lookahead_but_not_the_users(tmp_path):
     assert plan.cfg.lookahead is False and any("replaces" in n for n in plan.notes)
     with pytest.raises(UserError, match="--ema and --lookahead both average"):
         plan_run(data, model="fast", ema=0.99, lookahead=True)
+
+
+def test_tensorboard_events_never_load_tensorflow(tmp_path):
+    """The tflite extra installs TensorFlow; TensorBoard's writer would import it in every training process
+    (seconds, a gigabyte, and a crash when PyTorch's Triton loads after it). Checked in a fresh process."""
+    import subprocess
+    import sys
+    code = ("import sys; from pathlib import Path; from imgclass.training.callbacks import TensorBoard; "
+            "tb = TensorBoard(Path(sys.argv[1])); tb.before_fit(None); tb.writer.add_scalar('loss', 1.5, 1); "
+            "tb.after_fit(None); print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("loss")] == [(1, 1.5)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
+import types
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -208,6 +210,11 @@ class TensorBoard(Callback):
         self.log_dir, self.writer = log_dir, None
 
     def before_fit(self, t: Trainer) -> None:
+        # TensorBoard's event writer imports TensorFlow whenever it is installed (the tflite extra brings it):
+        # seconds and a gigabyte per training process, and a process that loads TensorFlow before PyTorch's
+        # Triton crashes. The module tensorboard.compat.notf is TensorBoard's own switch to its TensorFlow-free
+        # writer (its no_tensorflow build), the one used when TensorFlow is absent.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
 
