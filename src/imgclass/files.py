@@ -33,6 +33,21 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o666) -> None
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` for any writer (safetensors, onnx.save, torch.jit.save, a copy) to write
+    the file under; when the block completes the file is flushed to disk and renamed to `path`, and whatever
+    fails, the temporary file is removed: a crash never leaves a damaged file under the name."""
+    tmp = temp_name(Path(path))
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def temp_name(path: Path) -> Path:
     """A temporary name beside `path` for this process and thread: two writers (processes, or a service's
     threads) never write the same temporary file."""

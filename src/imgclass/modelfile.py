@@ -6,7 +6,6 @@ from the file alone and never unpickles anything (safetensors stores raw tensors
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .data.preprocess import Preprocessing
 from .errors import UserError
 from .extras import require
-from .files import temp_name
+from .files import staged_file
 from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
 from .models.reject import BANK_KEY
 from .models.task import SINGLE_LABEL, Task
@@ -45,14 +44,8 @@ def write_atomic(tensors: dict[str, torch.Tensor], header: ModelHeader, path: Pa
     """Write tensors + a JSON header so a kill at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)  # per process and thread: two writers never share a temporary file
-    try:
+    with staged_file(path) as tmp:  # per process and thread: two writers never share a temporary file
         save_file(_unshared(tensors), str(tmp), metadata={META_KEY: header.to_json()})
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_onnx_header(path: str | Path) -> ModelHeader:

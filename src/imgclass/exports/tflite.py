@@ -16,6 +16,7 @@ path is the one that installs beside imgclass.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..extras import require, require_installed
-from ..files import temp_name
+from ..files import staged_file
 from ..modelfile import META_KEY, SOURCE_KEY, file_sha256
 from ..models.header import ModelHeader
 from ..prediction.graph import check_parity, default_export_path, export_model, parity_reference
@@ -64,14 +65,8 @@ def export_tflite(model: str | Path, out: str | Path | None = None, half: bool =
             raise UserError(f"onnx2tf wrote no {converted.name}: the TFLite conversion failed")
         _write_metadata(converted, {META_KEY: predictor.header.to_json(), SOURCE_KEY: file_sha256(model_path)})
         diff = check_parity("tflite", run_tflite(converted, batch), expected, half)
-        staged = temp_name(out)
-        try:
-            staged.write_bytes(converted.read_bytes())
-            with open(staged, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(staged, out)
-        finally:
-            staged.unlink(missing_ok=True)
+        with staged_file(out) as staged:
+            shutil.copyfile(converted, staged)
     return out, diff
 
 

@@ -9,7 +9,6 @@ PyTorch on a batch of images is checked before the file is kept.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from ..config import resolve as resolve_config
 from ..models.task import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
 from ..rundir import RunDir
-from ..files import temp_name
+from ..files import staged_file
 from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
 from .predictor import Predictor
 
@@ -125,13 +124,7 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
                              predictor.task).eval()
     out = Path(out) if out else default_export_path(model_path, ".onnx" if fmt == "onnx" else ".torchscript.pt")
     header = predictor.header.to_json()
-    tmp = temp_name(out)  # per process: serve's workers may export at once
-    try:
+    with staged_file(out) as tmp:  # per process: serve's workers may export at once; kept only if parity holds
         got = _write_export(fmt, module, batch.float(), header, model_path, tmp)
         diff = check_parity(fmt, got, expected)
-        with open(tmp, "rb+") as fh:  # on disk before it takes the name: a crash never leaves a damaged export
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)  # whatever failed: no temporary file is left behind
     return out, diff

@@ -14,7 +14,6 @@ decision thresholds cannot live with.
 from __future__ import annotations
 
 import json
-import os
 import random
 import tempfile
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from ..config import resolve as resolve_config
 from ..data.split import read_splits
 from ..errors import UserError
 from ..extras import require
-from ..files import building_folder, temp_name
+from ..files import building_folder, staged_file
 from ..modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256
 from ..models.inference import cpu_label
 from ..rundir import RunDir
@@ -244,14 +243,8 @@ def _onnx_int8(predictor, model_path, float_onnx, tmp, calib, batch, out, max_dr
                        (INT8_KEY, json.dumps(report.to_dict()))):
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
-    staged = temp_name(out)
-    try:
+    with staged_file(out) as staged:
         onnx.save(graph, str(staged))
-        with open(staged, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
     return out, report
 
 
