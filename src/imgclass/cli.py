@@ -305,7 +305,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output file or folder (default: next to the model file); hub and triton: a new "
                                  "folder")
     p.add_argument("--quantize", choices=["int8"],
-                   help="onnx, openvino: static int8 calibrated on the run's training images; refused if the test "
+                   help="onnx, openvino, hub: static int8 calibrated on the run's training images; refused if the test "
                         "accuracy drops more than --max-accuracy-drop")
     p.add_argument("--max-accuracy-drop", type=float, default=MAX_ACCURACY_DROP, metavar="POINTS",
                    help=f"int8: accuracy points it may lose [default: {MAX_ACCURACY_DROP:g}]")

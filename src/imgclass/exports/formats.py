@@ -63,6 +63,8 @@ def _refuse(fmt: str, settings: ExportSettings) -> None:
         raise UserError("--half and --quantize int8 are two different exports: choose one")
     if not settings.max_accuracy_drop >= 0:
         raise UserError("--max-accuracy-drop must be 0 or more (points of accuracy)")
+    if settings.calibration_images < 1:
+        raise UserError("--calibration-images must be 1 or more")
 
 
 def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,

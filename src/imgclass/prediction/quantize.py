@@ -28,7 +28,7 @@ from ..data.split import read_splits
 from ..errors import UserError
 from ..extras import require
 from ..files import building_folder, staged_file
-from ..modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256
+from ..modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256, openvino_module
 from ..models.inference import cpu_label
 from ..rundir import RunDir
 from .engines import OnnxEngine, images_per_second
@@ -217,6 +217,9 @@ def export_int8(model: str | Path, fmt: str = "onnx", out: str | Path | None = N
     model's; returns (path, the report)."""
     if fmt not in ("onnx", "openvino"):
         raise UserError("--quantize int8 is for --format onnx or openvino")
+    if fmt == "openvino":  # the one-line error before any work
+        openvino_module()
+        require("nncf", "openvino", "OpenVINO int8 (NNCF)")
     model_path, predictor, batch, _ = parity_reference(model)
     calib = calibration_images(predictor, model_path, calibration)  # refuses a model outside its run first
     suffix = ".int8.onnx" if fmt == "onnx" else "_openvino_int8"
