@@ -14,17 +14,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lite]'
 	touch $@
 
-# The export formats' extras (OpenVINO, TFLite, Core ML, Triton), so that their tests run: `make test` adds them,
-# `make demo` does not need them (TensorFlow alone is about 2 GB).
-$(VENV)/.installed-deploy: $(VENV)/.installed
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lite,deploy]'
+# The integrations' extras (export formats: OpenVINO, TFLite, Core ML, Triton; Ray; MLflow; W&B), so that their
+# tests run: `make test` adds them, `make demo` does not need them (TensorFlow alone is about 2 GB).
+$(VENV)/.installed-extras: $(VENV)/.installed pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lite,deploy,ray,mlflow,wandb]'
 	touch $@
 
 demo: install
 	$(BIN)/imgclass demo
 
 # -rs: the summary names any skipped test and why (the browser test, when Chromium is missing)
-test: install $(VENV)/.installed-deploy browser
+test: install $(VENV)/.installed-extras browser
 	$(BIN)/python -m pytest -q -rs
 
 # Debian's Chromium for the end-to-end test of the upload page: installed when missing and this user may

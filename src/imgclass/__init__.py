@@ -15,7 +15,7 @@ from .version import STARTED, __version__  # noqa: F401  (first: the clock start
 # matplotlib or web stack until a function is called (`imgclass.train` then imports what training needs).
 __all__ = ["check", "compare", "demo", "evaluate", "list_models", "load", "predict", "submit", "train",
            "cache_info", "cache_clear", "cache_dir", "pretrained_models", "sweep", "tune", "augment_preview",
-           "explain", "lr_find", "export", "serve", "embed", "similar", "__version__"]
+           "explain", "lr_find", "export", "serve", "embed", "similar", "Callback", "Event", "__version__"]
 
 
 def __getattr__(name: str):

@@ -13,6 +13,7 @@ from .errors import UserError
 from .evaluation.evaluate import Evaluation, LabelsCsv, evaluate  # noqa: F401  (re-exported)
 from .prediction.predictor import Predictor, expand_inputs
 from .prediction.submit import write_submission
+from .training.loop import Callback, Event  # noqa: F401  (re-exported: your callbacks, training/user_callbacks.py)
 from .training.run import Run, train  # noqa: F401  (re-exported)
 
 
@@ -46,12 +47,22 @@ def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) 
 
 def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: str = "fine",
             runtime: str | None = None, precision: str = "auto", device: str = "auto", max_pixels: int | None = None,
-            pretrained: bool = False, reject: bool | float | None = None) -> list[dict[str, Any]]:
+            pretrained: bool = False, reject: bool | float | None = None, ray: bool = False,
+            address: str | None = None, ray_workers: int | None = None, out: str | Path | None = None):
     """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
     reject: True answers "unknown" below the model file's rejection threshold (a number: at that threshold).
     runtime auto|torch|onnx|openvino (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
     model path, and a given Predictor's own. pretrained: model names a published ImageNet classifier
-    (timm:NAME), used as it is."""
+    (timm:NAME), used as it is. ray: score on Ray Data (prediction/ray_predict.py; a local Ray, or the cluster
+    at address; ray_workers actors), the same answers; with out (.parquet) the file written is returned."""
+    if ray:
+        if pretrained or isinstance(model, Predictor):
+            raise UserError("--ray loads the model file in each worker: give a run folder or model file")
+        from .prediction.ray_predict import ray_predict
+        return ray_predict(model, [inputs] if isinstance(inputs, (str, Path)) else list(inputs), top_k, level,
+                           runtime or "auto", precision, max_pixels, reject, address, ray_workers, out)
+    if out is not None:
+        raise UserError("--out is for --ray (Parquet); without it, --format json|csv prints the answers")
     if pretrained:
         model, runtime = Predictor.pretrained(str(model), device), None
     elif not isinstance(model, Predictor):

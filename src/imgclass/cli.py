@@ -189,6 +189,12 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--ray", action="store_true",
+                   help="score on Ray Data (the ray extra): a local Ray, or the cluster at --address; same answers")
+    p.add_argument("--address", help="--ray: join this Ray cluster (e.g. ray://head:10001, or auto)")
+    p.add_argument("--ray-workers", type=int, metavar="N", help="--ray: actors, each loading the model once "
+                                                               "[default: one per 2 CPUs of the cluster]")
+    p.add_argument("--out", help="--ray: write the answers to this .parquet file (one row per image) instead")
     p.add_argument("--device", default="auto")
     p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
                    help="with two-level labels: which level to predict")
@@ -464,11 +470,15 @@ def _predict(args: argparse.Namespace) -> int | None:
     from . import api
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
-    _print_predictions(api.predict(args.model, args.inputs, top_k=args.top_k, level=args.level,
-                                   runtime=None if args.pretrained else args.runtime, precision=args.precision,
-                                   device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained,
-                                   reject=_reject(args)),
-                       args.format)
+    answers = api.predict(args.model, args.inputs, top_k=args.top_k, level=args.level,
+                          runtime=None if args.pretrained else args.runtime, precision=args.precision,
+                          device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained,
+                          reject=_reject(args), ray=args.ray, address=args.address, ray_workers=args.ray_workers,
+                          out=args.out)
+    if isinstance(answers, Path):
+        print(f"wrote {answers}")
+    else:
+        _print_predictions(answers, args.format)
 
 
 def _submit(args: argparse.Namespace) -> int | None:

@@ -102,6 +102,8 @@ class TrainConfig:
     workers: int = 0                 # threads decoding images (0 = one per CPU core)
     max_image_pixels: int = 89_478_485  # images claiming more pixels are refused from the header (Pillow's bomb limit)
     tensorboard: bool = True         # write TensorBoard event files to RUN/tensorboard
+    track: Literal["none", "mlflow", "wandb"] = "none"  # also send the config, every epoch's metrics, the final metrics, report, figures and model file to MLflow ($MLFLOW_TRACKING_URI, else a local store in ./mlruns) or W&B (offline without an API key); extras mlflow, wandb
+    callback: str | None = None      # your callbacks: module:Class or file.py:Class (comma-separated), imgclass.Callback subclasses built with no arguments; they receive every event
     evaluate: bool = True            # after training, write the full evaluation of val and test to RUN/eval/<split>/
     verbose: bool = True             # progress bar and per-epoch lines
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -119,7 +120,7 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                    class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
                    deadline=deadline, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
-                   plan=plan.record, task=plan.task)
+                   plan=plan.record, task=plan.task, run_dir=Path(cfg.out) if cfg.out else None)
 
 
 def init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:

@@ -1,6 +1,7 @@
 """The training loop: short, top to bottom, with named events for callbacks.
 
-Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit.
+Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit; after_run once
+at the end of train() (training/user_callbacks.py tells users how to write one).
 Callbacks read and write the Trainer's progress (epoch, step, done, history, stop...); tensors a callback
 must carry across --resume go in `extra_state` (saved in checkpoints). Code outside the loop changes a
 Trainer through its methods (resume, start_from_head, switch_phase), never by writing its fields.
@@ -19,6 +20,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +48,8 @@ class Event(str, Enum):
     BEFORE_VALIDATE = "before_validate"  # the epoch's weights are final after this (e.g. lookahead's last pull)
     AFTER_EPOCH = "after_epoch"          # history has the epoch's row; checkpoints are written here
     AFTER_FIT = "after_fit"
+    AFTER_RUN = "after_run"              # once, from train(), after the model file and evaluations are written: the
+    #                                      callback receives the Run (training/run.py), not the Trainer
 
 
 class Callback:
@@ -60,6 +64,7 @@ class Callback:
     def before_validate(self, t: "Trainer") -> None: ...
     def after_epoch(self, t: "Trainer") -> None: ...
     def after_fit(self, t: "Trainer") -> None: ...
+    def after_run(self, run) -> None: ...  # the finished training.run.Run (rank 0 only)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class Trainer:
     bf16: bool = False                   # training forward passes under bf16 autocast (weights stay float32)
     mix: Any = None                      # data.augment.batch_mix: (images, labels) -> (images, soft targets)
     task: Task = SINGLE_LABEL            # the label structure: its loss (models/task.py)
+    run_dir: Path | None = None          # the run folder (callbacks may write beside its files); None in lr-find
     cached_inputs: bool = False          # the top stage (top_stage.py): train/val data hold a frozen bottom's cached
                                          # activations, which train_forward turns into scores (no standardisation;
                                          # of the augmentation only flips apply)
@@ -112,9 +118,10 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_data) // self.batch_size)
 
-    def event(self, event: Event) -> None:
+    def event(self, event: Event, subject: Any = None) -> None:
+        """Every callback's handler of `event`, in order; it receives the Trainer (after_run: `subject`, the Run)."""
         for cb in sorted(self.callbacks, key=lambda c: c.order):
-            getattr(cb, event.value)(self)
+            getattr(cb, event.value)(self if subject is None else subject)
 
     def __post_init__(self) -> None:
         odd = [type(cb).__name__ for cb in self.callbacks if not isinstance(cb, Callback)]

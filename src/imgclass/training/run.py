@@ -38,7 +38,9 @@ from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, Me
                         TensorBoard)
 from .checkpoint import load_checkpoint, load_checkpoint_model
 from .device import use_bf16
-from .loop import Trainer, forward_cached
+from .loop import Event, Trainer, forward_cached
+from .tracking import trackers
+from .user_callbacks import load_callbacks
 from .plan import RunPlan, plan_run
 from .transfer import GradualUnfreeze, layerwise_optimizer, set_backbones_trainable, train_head
 
@@ -69,7 +71,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
           console: Console | None = None, callbacks: list | None = None, started: float | None = None,
           split: Split | None = None, **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
-    callbacks are extra loop callbacks (e.g. Optuna pruning); started: the perf_counter time the time
+    callbacks: your Callback objects (training/user_callbacks.py; Optuna's pruning is one); started: the perf_counter time the time
     budget counts from (the command line passes its own start, so Python's start-up counts too); split:
     the files of each split instead of the seeded one (tune --cv's folds). Messages go to the "imgclass" logger
     (see imgclass.log); console: where progress bars draw."""
@@ -84,6 +86,8 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if distributed.launch(run.path, plan.cfg.devices) != 0:
             raise UserError(f"distributed training failed; the run folder is {run.path} (--resume continues it)")
         return load_run(run.path)
+    # rank 0's own: the callbacks named in the config (--callback) and the tracker (--track); built before any work
+    callbacks = list(callbacks or []) + (load_callbacks(plan.cfg.callback) + trackers(plan, run.path) if dd.main else [])
     with run.held() if dd.main else contextlib.nullcontext():  # rank 0 holds the folder: one trainer at a time
         device, fresh = _device(plan, dd), _fresh_start(plan, run)
         prep = prepare(plan, device, say, console, fresh, dd)
@@ -102,7 +106,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
             load_checkpoint_model(run.last, prep.model)
             top, _ = _top_stage_inputs(plan, prep, device, say)
-        trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, list(callbacks or []),
+        trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, callbacks,
                                  say, top if plan.cfg.finetune == "top" else None)
         pre, data = _fit_stage(plan, prep, trainer, dd, say)
         if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
@@ -110,7 +114,9 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             distributed.teardown()
             return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
         final = dataclasses.replace(prep, data=data, pre=pre)
-        return _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
+        result = _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
+    trainer.event(Event.AFTER_RUN, result)  # the model file and evaluations are written: trackers send them
+    return result
 
 
 def header_for(plan: RunPlan, pre: Preprocessing, weights_origin: dict | None, metrics: dict | None = None,

@@ -38,6 +38,7 @@ def sweep(data: str | Path | None, setting: str, values: list[Any], out: str | P
           config: str | Path | None = None, **options: Any) -> Sweep:
     from ..evaluation.compare import compare_rows
     from ..evaluation.summary import write_summary
+    from ..training import tracking
     from ..training.run import train
     if setting not in config_mod.FIELD_NAMES or setting in ("data", "out"):
         raise UserError(config_mod.unknown_key_message(setting, "--sweep") if setting not in config_mod.FIELD_NAMES
@@ -47,7 +48,9 @@ def sweep(data: str | Path | None, setting: str, values: list[Any], out: str | P
     for v in values:  # every value checked before the first run starts, not found bad an hour in
         config_mod.explicit_values(config, data=str(data) if data is not None else None, **{**options, setting: v})
     base = Path(out or f"runs/sweep-{setting}").expanduser()
-    runs = [train(data, config=config, out=str(base / f"{setting}={str(v).replace('/', '_')}"),
-                  **{**options, setting: v}) for v in values]
+    track = config_mod.explicit_values(config, data=None, **options).get("track")
+    with tracking.study(track, base.name):  # --track: the runs nested in one MLflow run, or one W&B group
+        runs = [train(data, config=config, out=str(base / f"{setting}={str(v).replace('/', '_')}"),
+                      **{**options, setting: v}) for v in values]
     rows = compare_rows([r.dir for r in runs])
     return Sweep(setting, runs, rows, write_summary(rows, base / "summary"))

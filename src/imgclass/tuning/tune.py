@@ -22,6 +22,7 @@ from ..data.split import folds
 from ..errors import UserError
 from ..training.loop import Callback
 from ..training.plan import RunPlan, plan_run
+from ..training import tracking
 from ..training.run import train
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -192,7 +193,8 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
         return sum(scores) / len(scores)
 
     seconds = config_mod.parse_duration(time_budget)
-    st.optimize(objective, n_trials=trials, timeout=seconds, catch=())
+    with tracking.study(fixed.get("track"), name):  # --track: the trials nested in one run, or one group
+        st.optimize(objective, n_trials=trials, timeout=seconds, catch=())
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise UserError("no trial completed")

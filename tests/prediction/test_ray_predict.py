@@ -1,0 +1,64 @@
+"""Predictions on Ray (issue 31, item 1): `predict --ray` on a local Ray with 2 workers answers exactly as predict
+in one process, unreadable files included, and writes Parquet with one row per image."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgclass
+from imgclass.cli import main
+
+ray = pytest.importorskip("ray", reason="the ray extra (pip install 'imgclass[ray]')")
+pytestmark = pytest.mark.slow  # a local Ray starts its processes: ~20 s
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray") / "photos"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(40):
+        Image.fromarray(rng.randint(0, 256, (20 + i % 7, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "sub").mkdir()
+    Image.new("RGB", (9, 9), (200, 10, 10)).save(folder / "sub" / "red.jpg")
+    return folder
+
+
+def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, photos, tmp_path):
+    want = imgclass.predict(trained_run, photos, runtime="torch", precision="float32")
+    got = imgclass.predict(trained_run, photos, runtime="torch", precision="float32", ray=True, ray_workers=2)
+    assert [a["image"] for a in got] == [a["image"] for a in want]      # the same files, in the same order
+    broken = [a for a in got if "error" in a]
+    assert [a["image"] for a in broken] == [str(photos / "broken.jpg")]
+    assert broken == [a for a in want if "error" in a]                   # failed alike, the job did not
+    for g, w in zip(got, want):
+        if "error" in w:
+            continue
+        assert [t["label"] for t in g["top_k"]] == [t["label"] for t in w["top_k"]]
+        np.testing.assert_allclose([t["probability"] for t in g["top_k"]],
+                                   [t["probability"] for t in w["top_k"]], atol=1e-6)
+    # Parquet from the command line: one row per image, the same top label
+    out = tmp_path / "predictions.parquet"
+    assert main(["predict", str(trained_run), str(photos), "--ray", "--ray-workers", "2", "--runtime", "torch",
+                 "--precision", "float32", "--out", str(out)]) == 0
+    import pyarrow.parquet as pq
+    table = pq.read_table(out).to_pylist()
+    assert sorted(r["image"] for r in table) == sorted(a["image"] for a in want)
+    by_image = {a["image"]: a for a in want}
+    for row in table:
+        if row["error"]:
+            assert "error" in by_image[row["image"]]
+        else:
+            assert row["label"] == by_image[row["image"]]["top_k"][0]["label"]
+            assert json.loads(row["answer"])["top_k"] == pytest.approx(by_image[row["image"]]["top_k"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_ray_refuses_what_it_cannot_do(trained_run, photos):
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match="writes Parquet"):
+        imgclass.predict(trained_run, photos, ray=True, out="x.csv")
+    with pytest.raises(UserError, match="--out is for --ray"):
+        imgclass.predict(trained_run, photos, out="x.parquet")
