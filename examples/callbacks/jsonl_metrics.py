@@ -32,7 +32,7 @@ class MetricsToJsonLines(imgclass.Callback):
         self._write({"event": "before_epoch", "epoch": t.epoch + 1})
 
     def after_step(self, t):
-        if t.step % 10 == 0:  # every tenth step: a file, not a firehose
+        if t.step == 1 or t.step % 10 == 0:  # the first and every tenth step: a file, not a firehose
             self._write({"event": "after_step", "step": t.step, "loss": t.batch_loss})
 
     def before_validate(self, t):

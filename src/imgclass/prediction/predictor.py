@@ -212,7 +212,8 @@ class Predictor:
             return max_probability_rule(float(reject))
         if rule.needs_features and (self.model is None or rule.bank is None):
             raise UserError("--reject needs the model file (model.safetensors: the training images' embeddings and "
-                            "the backbone that computes an image's), not an export")
+                            "the backbone that computes an image's), not "
+                            + (f"an {self.exported_as} export" if self.model is None else "a file without them"))
         return rule if reject is True else rule.at(float(reject))
 
     def features(self, batch_uint8: torch.Tensor) -> torch.Tensor:

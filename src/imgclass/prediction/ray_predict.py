@@ -34,13 +34,13 @@ class Scorer:
     """A Ray actor: one Predictor for its life; a batch of file bytes in, one answer per file out."""
 
     def __init__(self, model: str, runtime: str, precision: str, top_k: int, level: str, max_pixels: int | None,
-                 reject: bool | float | None, threads: int):
+                 reject: bool | float | None, threads: int, images: int):
         import torch
         torch.set_num_threads(threads)
         from .predictor import Predictor
         from .runtime import choose_runtime
         self.predictor = Predictor.load(model, "cpu", max_pixels)
-        self.predictor.use(choose_runtime(self.predictor, runtime, precision, None))
+        self.predictor.use(choose_runtime(self.predictor, runtime, precision, images))
         self.top_k, self.level, self.reject = top_k, level, reject
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -69,6 +69,11 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
     paths = _paths([str(i) for i in inputs])
     if out is not None and Path(out).suffix != ".parquet":
         raise UserError("--out with --ray writes Parquet: name a .parquet file")
+    # the runtime chosen once here, for a job of this size: its exports (ONNX, OpenVINO, int8) are made into this
+    # machine's runtime cache before the actors start, which then find them (each times them at its own threads)
+    from .predictor import Predictor
+    from .runtime import choose_runtime
+    choose_runtime(Predictor.load(model_path, "cpu", max_pixels), runtime, precision, len(paths))
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -79,7 +84,8 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
         threads = max(1, cpus // workers) if not address else 2
         dataset = ray.data.read_binary_files(paths, include_paths=True).map_batches(
             Scorer, fn_constructor_kwargs=dict(model=model_path, runtime=runtime, precision=precision, top_k=top_k,
-                                               level=level, max_pixels=max_pixels, reject=reject, threads=threads),
+                                               level=level, max_pixels=max_pixels, reject=reject, threads=threads,
+                                               images=len(paths)),
             batch_size=RAY_BATCH, concurrency=workers, num_cpus=threads, batch_format="numpy")
         if out is not None:
             return _write_parquet(dataset, Path(out), paths)

@@ -134,12 +134,14 @@ class Tracker(Callback):
 
 
 def _mlflow_store(mlflow) -> None:
-    """$MLFLOW_TRACKING_URI (MLflow reads it itself), else a local store in ./mlruns: mlflow.db (SQLite) and
+    """$MLFLOW_TRACKING_URI, else a local store in ./mlruns (of the current folder): mlflow.db (SQLite) and
     artifacts/. MLflow 3 refuses its older plain-file store ("maintenance mode") unless MLFLOW_ALLOW_FILE_STORE
     is set, and recommends SQLite: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` shows the runs.
     The experiment: $MLFLOW_EXPERIMENT_NAME, else "imgclass"."""
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "imgclass")
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # set again: an earlier run in this process may have set another
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    else:
         root = Path.cwd() / "mlruns"
         root.mkdir(exist_ok=True)
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
