@@ -82,11 +82,14 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = workers or max(1, cpus // 2)  # two threads each: measured best for Lite0 (RESULTS.md)
         threads = max(1, cpus // workers) if not address else 2
-        dataset = ray.data.read_binary_files(paths, include_paths=True).map_batches(
+        # Reservations, not limits: each actor runs `threads` threads but reserves 3/4 of them, and the reads a
+        # quarter of a CPU, so that reading can be scheduled beside a pool that fills the machine (with whole CPUs
+        # reserved, 2 actors on 2 CPUs left the read tasks unscheduled and the job hung).
+        dataset = ray.data.read_binary_files(paths, include_paths=True, ray_remote_args={"num_cpus": 0.25}).map_batches(
             Scorer, fn_constructor_kwargs=dict(model=model_path, runtime=runtime, precision=precision, top_k=top_k,
                                                level=level, max_pixels=max_pixels, reject=reject, threads=threads,
                                                images=len(paths)),
-            batch_size=RAY_BATCH, concurrency=workers, num_cpus=threads, batch_format="numpy")
+            batch_size=RAY_BATCH, concurrency=workers, num_cpus=0.75 * threads, batch_format="numpy")
         if out is not None:
             return _write_parquet(dataset, Path(out), paths)
         answers = {row["path"]: json.loads(row["answer"]) for row in dataset.iter_rows()}
