@@ -13,8 +13,6 @@ probabilities are compared with PyTorch's as for every other format.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 from pathlib import Path
 
@@ -31,11 +29,21 @@ MAX_BATCH = 64  # the batch range of a probabilities-array model
 
 
 def _coremltools():
-    # PyTorch's compiler stack (dynamo, and Triton with it) is loaded before coremltools, which imports TensorFlow
-    # when it is installed: a process that loads TensorFlow first and Triton after it crashes
-    importlib.import_module("torch._dynamo")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up lines, if coremltools loads it
-    return require("coremltools", "coreml", "Core ML export (coremltools)")
+    """coremltools, imported with TensorFlow hidden from it. It imports TensorFlow whenever that is installed (the
+    tflite extra brings it) for converters this export never uses, and TensorFlow in a process that runs PyTorch
+    is a crash waiting to happen: loaded before PyTorch's Triton it segfaults the process, and with it loaded the
+    test suite died by SIGSEGV (TensorFlow's own signal handler in place). Hidden, coremltools records "no
+    TensorFlow" and converts PyTorch programs as before."""
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    hide = "tensorflow" not in sys.modules
+    if hide:
+        sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError while this is in place
+    try:
+        return require("coremltools", "coreml", "Core ML export (coremltools)")
+    finally:
+        if hide:
+            sys.modules.pop("tensorflow", None)
 
 
 def export_coreml(model: str | Path, out: str | Path | None = None, half: bool = False
