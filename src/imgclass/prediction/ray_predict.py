@@ -85,7 +85,7 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
         # Reservations, not limits: each actor runs `threads` threads but reserves 3/4 of them, and the reads a
         # quarter of a CPU, so that reading can be scheduled beside a pool that fills the machine (with whole CPUs
         # reserved, 2 actors on 2 CPUs left the read tasks unscheduled and the job hung).
-        dataset = ray.data.read_binary_files(paths, include_paths=True, ray_remote_args={"num_cpus": 0.25}).map_batches(
+        dataset = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0.25).map_batches(
             Scorer, fn_constructor_kwargs=dict(model=model_path, runtime=runtime, precision=precision, top_k=top_k,
                                                level=level, max_pixels=max_pixels, reject=reject, threads=threads,
                                                images=len(paths)),
