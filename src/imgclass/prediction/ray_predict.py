@@ -62,13 +62,13 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
                 address: str | None = None, workers: int | None = None, out: str | Path | None = None
                 ) -> list[dict[str, Any]] | Path:
     """The answers in input order (as predict's), or, with out (.parquet), the file written."""
+    if out is not None and Path(out).suffix != ".parquet":
+        raise UserError("--out with --ray writes Parquet: name a .parquet file")
     ray = require("ray", "ray", "predict --ray")
     require("ray.data", "ray", "predict --ray")
     from ..modelfile import resolve_model_path
     model_path = str(resolve_model_path(model) if Path(model).suffix not in (".onnx", ".xml") else Path(model))
     paths = _paths([str(i) for i in inputs])
-    if out is not None and Path(out).suffix != ".parquet":
-        raise UserError("--out with --ray writes Parquet: name a .parquet file")
     # the runtime chosen once here, for a job of this size: its exports (ONNX, OpenVINO, int8) are made into this
     # machine's runtime cache before the actors start, which then find them (each times them at its own threads)
     from .predictor import Predictor
