@@ -1,9 +1,16 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+
+# Child processes by fork, not vfork (CPython's documented switch, subprocess._USE_VFORK). With the deploy extras'
+# libraries loaded in this one long process (OpenVINO, NNCF, ONNX Runtime's quantizer, Ray...), the suite died by
+# SIGSEGV in the parent right after a vfork (gdb, 2026-12-02: "Detaching after vfork from child", then SIGSEGV in
+# the parent's time.sleep), at whichever test next started a process (three runs, three different tests).
+subprocess._USE_VFORK = False
 
 from helpers import FAST, make_class_folders
 
