@@ -24,8 +24,11 @@ demo: install
 	$(BIN)/imgclass demo
 
 # -rs: the summary names any skipped test and why (the browser test, when Chromium is missing)
+# The int8 tests run in a pytest process of their own: with NNCF's and ONNX Runtime's quantization loaded into the
+# one long test process, it died by SIGSEGV at a later test (three runs, 2026-12-02; not seen in any user command).
 test: install $(VENV)/.installed-extras browser
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --ignore=tests/prediction/test_quantize.py
+	$(BIN)/python -m pytest -q -rs tests/prediction/test_quantize.py
 
 # Debian's Chromium for the end-to-end test of the upload page: installed when missing and this user may
 # (root, or sudo without a password); otherwise that one test is skipped and says how to enable it.

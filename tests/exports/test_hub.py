@@ -131,16 +131,3 @@ def test_a_kill_during_the_hub_export_leaves_no_folder(odd_run, tmp_path, monkey
     assert sorted(p.name for p in hub.export_hub(odd_run.dir, tmp_path / "hub")[0].iterdir()) == [
         "README.md", "config.json", "figures", "imgclass.safetensors", "model.onnx"]
 
-
-def test_hub_with_int8_states_both_models_in_the_card(trained_run, tmp_path, capsys):
-    from imgclass.modelfile import INT8_KEY, export_metadata
-    from imgclass.prediction.quantize import Int8Report
-    out = tmp_path / "hub8"
-    assert main(["export", str(trained_run), "--format", "hub", "--quantize", "int8", "--out", str(out)]) == 0
-    assert "int8 (onnx): test accuracy" in capsys.readouterr().out
-    report = Int8Report.from_json(export_metadata(out / "model.int8.onnx", INT8_KEY))
-    card = (out / "README.md").read_text()
-    assert "## int8 (model.int8.onnx)" in card and "`model.int8.onnx`" in card
-    assert f"| float32 (model.onnx) | {report.float_score:.4f} | {report.float_bytes / 1e6:.1f} |" in card
-    assert f"| int8 (model.int8.onnx) | {report.int8_score:.4f} | {report.int8_bytes / 1e6:.1f} |" in card
-    assert f"Speeds measured on {report.cpu.split(' (')[0]}" in card          # the CPU named

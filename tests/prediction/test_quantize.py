@@ -119,14 +119,30 @@ def test_auto_runs_int8_only_when_its_check_passed(trained_run, tmp_path, monkey
     monkeypatch.setattr(rt, "INT8_KINDS", ("onnx int8",))
     monkeypatch.setattr(rt, "images_per_second", lambda e, _i, _s: 900.0 if e.precision == "int8" else 100.0)
     p = Predictor.load(trained_run, "cpu")
-    note = rt.choose_runtime(p, "auto", images=None).note
+    assert "int8" not in rt.choose_runtime(p, "auto", images=None).note  # a service does not make them ...
+    note = rt.choose_runtime(p, "auto", images=rt.AUTO_INT8_IMAGES).note  # ... a large job does
     assert note.startswith("runtime: onnx int8 (fastest measured")
+    assert "onnx int8" in rt.choose_runtime(p, "auto", images=None).note  # and a service then uses it
     # the same model whose int8 lost its accuracy: refused, remembered, and never run
     monkeypatch.setattr(quantize, "quantize_onnx", _worse(quantize.quantize_onnx))
     for folder in cache.iterdir():
         import shutil
         shutil.rmtree(folder)
-    note = rt.choose_runtime(Predictor.load(trained_run, "cpu"), "auto", images=None).note
+    note = rt.choose_runtime(Predictor.load(trained_run, "cpu"), "auto", images=rt.AUTO_INT8_IMAGES).note
     assert "int8" not in note.split("images/s:")[1]
     saved = json.loads(next(cache.iterdir()).joinpath("runtime.json").read_text())
     assert "int8 export refused" in saved["int8_refused"]["onnx int8"]
+
+
+def test_hub_with_int8_states_both_models_in_the_card(trained_run, tmp_path, capsys):
+    from imgclass.modelfile import INT8_KEY, export_metadata
+    from imgclass.prediction.quantize import Int8Report
+    out = tmp_path / "hub8"
+    assert main(["export", str(trained_run), "--format", "hub", "--quantize", "int8", "--out", str(out)]) == 0
+    assert "int8 (onnx): test accuracy" in capsys.readouterr().out
+    report = Int8Report.from_json(export_metadata(out / "model.int8.onnx", INT8_KEY))
+    card = (out / "README.md").read_text()
+    assert "## int8 (model.int8.onnx)" in card and "`model.int8.onnx`" in card
+    assert f"| float32 (model.onnx) | {report.float_score:.4f} | {report.float_bytes / 1e6:.1f} |" in card
+    assert f"| int8 (model.int8.onnx) | {report.int8_score:.4f} | {report.int8_bytes / 1e6:.1f} |" in card
+    assert f"Speeds measured on {report.cpu.split(' (')[0]}" in card          # the CPU named

@@ -140,8 +140,7 @@ def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file,
     saved = json.loads((cache_of(model_file) / "runtime.json").read_text())
     candidates = {k: v for k, v in rates.items() if available("openvino") or not k.startswith("openvino")}
     assert saved[rt.machine_key()]["images_per_second"] == candidates
-    # a model file outside its run folder has no images to calibrate int8 on, nor to check it: refused, remembered
-    assert "not inside its run folder" in saved["int8_refused"]["onnx int8"]
+    assert saved["int8_refused"] == {}                              # a service does not make int8 exports
     timed.clear()
     rates["onnx float32"] = 500.0                                    # not timed again: the saved choice holds
     q = Predictor.load(model_file, "cpu")

@@ -14,10 +14,11 @@ torch|onnx|openvino`, `--precision float32|bf16`).
   probabilities stay within BF16_TOLERANCE of float32 with the same top class on every one of those images.
 - OpenVINO float32 is a candidate beside ONNX Runtime where the openvino extra is installed (its conversion
   from the cached ONNX graph takes a second or two).
-- int8 (ONNX Runtime, and OpenVINO where installed) is a candidate for services and jobs of AUTO_INT8_IMAGES
-  images or more, when the model is in its run folder with its data: `export --quantize int8` is made into the
-  cache and kept only if the test accuracy drops by at most MAX_ACCURACY_DROP points; a refusal is remembered
-  (runtime.json), so it is not tried again for that model file.
+- int8 (ONNX Runtime, and OpenVINO where installed) is a candidate once a job of AUTO_INT8_IMAGES images or more,
+  its model in its run folder with its data, has made it: `export --quantize int8` into the cache, kept only if
+  the test accuracy drops by at most MAX_ACCURACY_DROP points; a refusal is remembered (runtime.json), so it is
+  not tried again for that model file. Services use the int8 exports found there but do not make them (a service
+  starts in seconds; quantizing and checking take a minute or more).
 Nothing is written beside the model (its folder may be read-only, or another user's), and no ONNX graph found
 on disk is run unless imgclass wrote it into this cache (a folder of this user's alone, mode 0700) or the user
 named the .onnx file: whoever can write a model's folder does not choose the graph every command runs.
@@ -251,7 +252,9 @@ def _candidates(predictor: Predictor, model_path: Path, images: int | None, dige
         found["torch bf16"] = None
     if available("openvino"):
         found["openvino float32"] = cached_export("openvino float32", model_path, digest, folder, make=True)
-    found.update(_int8_exports(model_path, digest, folder, saved, make=images is None or images >= AUTO_INT8_IMAGES))
+    # int8 is made for large jobs only: a service starts in seconds, and uses the int8 exports such a job made
+    found.update(_int8_exports(model_path, digest, folder, saved,
+                               make=images is not None and images >= AUTO_INT8_IMAGES))
     return found
 
 
