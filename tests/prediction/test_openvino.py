@@ -127,5 +127,6 @@ def test_serve_evaluate_and_submit_run_openvino_like_torch(trained_run, tmp_path
                                [t["probability"] for t in answers["torch"]["top_k"]], atol=1e-4)
     metrics = {r: imgclass.evaluate(trained_run, split="test", runtime=r, precision="float32",
                                     out=tmp_path / r).metrics for r in ("torch", "openvino")}
-    assert metrics["openvino"]["accuracy"] == metrics["torch"]["accuracy"]
+    # the same answers up to float rounding: at most one near-tie image of the small test split may flip
+    assert metrics["openvino"]["accuracy"] == pytest.approx(metrics["torch"]["accuracy"], abs=0.2)
     assert metrics["openvino"]["log_loss"] == pytest.approx(metrics["torch"]["log_loss"], abs=1e-4)
