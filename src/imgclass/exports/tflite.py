@@ -54,11 +54,12 @@ def export_tflite(model: str | Path, out: str | Path | None = None, half: bool =
     LiteRT against PyTorch; returns (path, max |probability difference|)."""
     require_installed("onnx2tf", "tflite", PURPOSE)
     require("ai_edge_litert.interpreter", "tflite", PURPOSE)
-    model_path, predictor, batch, expected = parity_reference(model)
+    reference = parity_reference(model)
+    model_path, predictor, batch, expected = reference
     out = Path(out).expanduser() if out else default_export_path(model_path, ".tflite")
     size = predictor.pre.img_size
     with tempfile.TemporaryDirectory(prefix="imgclass-tflite-") as tmp:
-        onnx_path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx")
+        onnx_path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx", reference)
         _convert(onnx_path, Path(tmp) / "tf", size)
         converted = Path(tmp) / "tf" / f"model_{'float16' if half else 'float32'}.tflite"
         if not converted.is_file():

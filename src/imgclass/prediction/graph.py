@@ -115,11 +115,13 @@ def _write_export(fmt: str, module: nn.Module, pixels: torch.Tensor, header: str
         return loaded(pixels).numpy()
 
 
-def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = None) -> tuple[Path, float]:
-    """Write the ONNX or TorchScript file; returns (path, maximum absolute probability difference)."""
+def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+                 reference: tuple | None = None) -> tuple[Path, float]:
+    """Write the ONNX or TorchScript file; returns (path, maximum absolute probability difference). reference:
+    parity_reference(model) when the caller has it already (the formats converted from this graph)."""
     if fmt not in ("onnx", "torchscript"):
         raise UserError("--format must be onnx or torchscript")
-    model_path, predictor, batch, expected = parity_reference(model)
+    model_path, predictor, batch, expected = reference or parity_reference(model)
     module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
                              predictor.task).eval()
     out = Path(out) if out else default_export_path(model_path, ".onnx" if fmt == "onnx" else ".torchscript.pt")

@@ -45,10 +45,11 @@ def export_ir(model: str | Path, out: str | Path | None = None, half: bool = Fal
     """`export --format openvino`: the folder (new, or empty; default MODEL_openvino/ beside the model file),
     parity-checked in OpenVINO against PyTorch; returns (folder, max |probability difference|)."""
     openvino()  # the one-line error before any work
-    model_path, predictor, batch, expected = parity_reference(model)
+    reference = parity_reference(model)
+    model_path, predictor, batch, expected = reference
     out = Path(out).expanduser() if out else default_export_path(model_path, "_openvino")
     with tempfile.TemporaryDirectory(prefix="imgclass-openvino-") as tmp:
-        onnx_path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx")
+        onnx_path, _ = export_model(model_path, "onnx", Path(tmp) / "model.onnx", reference)
         with building_folder(out) as building:
             save_ir(convert(onnx_path), building, predictor.header.to_json(), file_sha256(model_path), half)
             got = OpenVinoEngine(building, predictor.pre.img_size)(batch).numpy()

@@ -220,12 +220,13 @@ def export_int8(model: str | Path, fmt: str = "onnx", out: str | Path | None = N
     if fmt == "openvino":  # the one-line error before any work
         openvino_module()
         require("nncf", "openvino", "OpenVINO int8 (NNCF)")
-    model_path, predictor, batch, _ = parity_reference(model)
+    reference = parity_reference(model)
+    model_path, predictor, batch, _ = reference
     calib = calibration_images(predictor, model_path, calibration)  # refuses a model outside its run first
     suffix = ".int8.onnx" if fmt == "onnx" else "_openvino_int8"
     out = Path(out).expanduser() if out else default_export_path(model_path, suffix)
     with tempfile.TemporaryDirectory(prefix="imgclass-int8-") as tmp:
-        float_onnx, _ = export_model(model_path, "onnx", Path(tmp) / "float.onnx")
+        float_onnx, _ = export_model(model_path, "onnx", Path(tmp) / "float.onnx", reference)
         if fmt == "onnx":
             return _onnx_int8(predictor, model_path, float_onnx, Path(tmp), calib, batch, out, max_drop)
         return _openvino_int8(predictor, model_path, float_onnx, Path(tmp), calib, batch, out, max_drop)
