@@ -31,10 +31,10 @@ def photos(tmp_path_factory):
     return folder
 
 
-def ray_cli(*args: str) -> str:
+def ray_cli(*args: str, runtime: str = "torch") -> str:
     done = subprocess.run([sys.executable, "-m", "imgclass", "predict", *args, "--ray", "--ray-workers", "2",
-                           "--runtime", "torch", "--precision", "float32"], capture_output=True, text=True,
-                          timeout=600)
+                           "--runtime", runtime, "--precision", "float32" if runtime == "torch" else "auto"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -52,9 +52,9 @@ def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, ph
         assert [t["label"] for t in g["top_k"]] == [t["label"] for t in w["top_k"]]
         np.testing.assert_allclose([t["probability"] for t in g["top_k"]],
                                    [t["probability"] for t in w["top_k"]], atol=1e-6)
-    # Parquet: one row per image, the same answers
+    # Parquet: one row per image, the same answers; in ONNX Runtime, which the actors load as the export alone
     out = tmp_path / "predictions.parquet"
-    assert "wrote" in ray_cli(str(trained_run), str(photos), "--out", str(out))
+    assert "wrote" in ray_cli(str(trained_run), str(photos), "--out", str(out), runtime="onnx")
     import pyarrow.parquet as pq
     table = pq.read_table(out).to_pylist()
     assert sorted(r["image"] for r in table) == sorted(a["image"] for a in want)
@@ -66,7 +66,7 @@ def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, ph
             assert row["label"] == by_image[row["image"]]["top_k"][0]["label"]
             top_k, want_top_k = json.loads(row["answer"])["top_k"], by_image[row["image"]]["top_k"]
             assert [t["label"] for t in top_k] == [t["label"] for t in want_top_k]
-            assert [t["probability"] for t in top_k] == pytest.approx([t["probability"] for t in want_top_k], abs=1e-6)
+            assert [t["probability"] for t in top_k] == pytest.approx([t["probability"] for t in want_top_k], abs=1e-5)
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -70,6 +70,29 @@ def test_onnx_is_exported_once_into_the_private_cache_and_agrees(model_file):
     assert cached.stat().st_mtime_ns == stamp                        # reused, not exported again
 
 
+def test_another_process_rebuilds_the_choice_without_the_pytorch_model(model_file):
+    """load_chosen (Ray's actors): the kind chosen elsewhere, rebuilt from the cache as the export's own Predictor
+    (no PyTorch model), or the model file's when the engine is PyTorch or the model is asked for."""
+    p = Predictor.load(model_file, "cpu")
+    choice = rt.choose_runtime(p, "onnx", images=5)
+    assert rt.chosen_kind(choice) == "onnx float32"
+    x = images(p)
+    want = reference(model_file, x)
+    rebuilt = rt.load_chosen(model_file, "onnx float32")
+    assert rebuilt.model is None and rebuilt.engine.path == cache_of(model_file) / "model.onnx"
+    assert rebuilt.classes == p.classes and rebuilt.pre == p.pre
+    assert torch.allclose(rebuilt.probabilities(x), want, atol=1e-4)
+    with_model = rt.load_chosen(model_file.parent, "onnx float32", with_model=True)  # a run folder resolves too
+    assert with_model.model is not None and isinstance(with_model.engine, OnnxEngine)
+    torch_bf16 = rt.load_chosen(model_file, "torch bf16")
+    assert isinstance(torch_bf16.engine, TorchEngine) and torch_bf16.engine.bf16
+    assert torch.allclose(torch_bf16.probabilities(x), want, atol=rt.BF16_TOLERANCE)
+    exported = rt.load_chosen(cache_of(model_file) / "model.onnx", "torch float32")  # an export runs as it is
+    assert exported.model is None and exported.engine.runtime == "onnx"
+    shutil.rmtree(cache_of(model_file))                      # a node that never saw this model: made there
+    assert rt.load_chosen(model_file, "onnx float32").engine.path == cache_of(model_file) / "model.onnx"
+
+
 def test_a_changed_model_file_is_exported_afresh(model_file, trained_run):
     choose(Predictor.load(model_file, "cpu"), "onnx", images=5)
     old = onnx_metadata(cache_of(model_file) / "model.onnx", SOURCE_KEY)

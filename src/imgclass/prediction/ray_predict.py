@@ -31,16 +31,15 @@ RAY_BATCH = 32  # images per actor call: enough to batch the model (Lite0's best
 
 
 class Scorer:
-    """A Ray actor: one Predictor for its life; a batch of file bytes in, one answer per file out."""
+    """A Ray actor: one Predictor for its life, running the engine the driver chose (runtime.load_chosen: not
+    timed again, and for an export no PyTorch model built); a batch of file bytes in, one answer per file out."""
 
-    def __init__(self, model: str, runtime: str, precision: str, top_k: int, level: str, max_pixels: int | None,
-                 reject: bool | float | None, threads: int, images: int):
+    def __init__(self, model: str, kind: str, with_model: bool, top_k: int, level: str, max_pixels: int | None,
+                 reject: bool | float | None, threads: int):
         import torch
         torch.set_num_threads(threads)
-        from .predictor import Predictor
-        from .runtime import choose_runtime
-        self.predictor = Predictor.load(model, "cpu", max_pixels)
-        self.predictor.use(choose_runtime(self.predictor, runtime, precision, images))
+        from .runtime import load_chosen
+        self.predictor = load_chosen(model, kind, max_pixels, with_model)
         self.top_k, self.level, self.reject = top_k, level, reject
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -69,11 +68,14 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
     from ..modelfile import resolve_model_path
     model_path = str(resolve_model_path(model) if Path(model).suffix not in (".onnx", ".xml") else Path(model))
     paths = _paths([str(i) for i in inputs])
-    # the runtime chosen once here, for a job of this size: its exports (ONNX, OpenVINO, int8) are made into this
-    # machine's runtime cache before the actors start, which then find them (each times them at its own threads)
+    # The runtime chosen once here, for a job of this size: its exports (ONNX, OpenVINO, int8) are made into this
+    # machine's runtime cache before the actors start, which load the chosen one (made on their own node if absent)
     from .predictor import Predictor
-    from .runtime import choose_runtime
-    choose_runtime(Predictor.load(model_path, "cpu", max_pixels), runtime, precision, len(paths))
+    from .runtime import chosen_kind, choose_runtime
+    predictor = Predictor.load(model_path, "cpu", max_pixels)
+    kind = chosen_kind(choose_runtime(predictor, runtime, precision, len(paths)))
+    rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
+    with_model = rejection is not None and rejection.needs_features
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -86,10 +88,10 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
         # quarter of a CPU, so that reading can be scheduled beside a pool that fills the machine (with whole CPUs
         # reserved, 2 actors on 2 CPUs left the read tasks unscheduled and the job hung).
         dataset = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0.25).map_batches(
-            Scorer, fn_constructor_kwargs=dict(model=model_path, runtime=runtime, precision=precision, top_k=top_k,
-                                               level=level, max_pixels=max_pixels, reject=reject, threads=threads,
-                                               images=len(paths)),
-            batch_size=RAY_BATCH, concurrency=workers, num_cpus=0.75 * threads, batch_format="numpy")
+            Scorer, fn_constructor_kwargs=dict(model=model_path, kind=kind, with_model=with_model, top_k=top_k,
+                                               level=level, max_pixels=max_pixels, reject=reject, threads=threads),
+            batch_size=RAY_BATCH, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0.75 * threads,
+            batch_format="numpy")
         if out is not None:
             return _write_parquet(dataset, Path(out), paths)
         answers = {row["path"]: json.loads(row["answer"]) for row in dataset.iter_rows()}

@@ -43,7 +43,8 @@ from .. import log
 from ..errors import UserError
 from ..extras import available
 from ..files import write_text_atomic
-from ..modelfile import INT8_KEY, SOURCE_KEY, export_metadata, file_sha256
+from ..modelfile import (INT8_KEY, SOURCE_KEY, export_metadata, file_sha256, is_openvino_export,
+                         resolve_model_path)
 from ..models.inference import cpu_has_native_bf16, cpu_info
 from .engines import Engine, OnnxEngine, OpenVinoEngine, images_per_second
 from .predictor import Predictor
@@ -170,6 +171,42 @@ def export_engine(kind: str, predictor: Predictor, model_path: Path, precision: 
         return _engine_of(kind, path, predictor, precision)
     with tempfile.TemporaryDirectory(prefix="imgclass-export-") as tmp:
         return _engine_of(kind, _make_export(kind, model_path, Path(tmp) / CACHE_NAMES[kind]), predictor, precision)
+
+
+def chosen_kind(choice: RuntimeChoice) -> str:
+    """The choice as a kind another process can rebuild with `load_chosen`: "torch float32|bf16", "onnx float32|int8",
+    "openvino float32|bf16|int8"."""
+    return f"{choice.engine.runtime} {choice.engine.precision}"
+
+
+def load_chosen(model_path: str | Path, kind: str, max_pixels: int | None = None, with_model: bool = False
+                ) -> Predictor:
+    """A Predictor running the engine `choose_runtime` chose in another process (`chosen_kind`), without choosing
+    or timing again. For an export: the export's own Predictor, from this machine's runtime cache (made there if
+    absent, as on another node of a cluster); it has no PyTorch model, so timm is not even imported (3 of the 5 s
+    a Ray actor took to start on machine A). with_model: the model file's Predictor with that engine (a k-NN
+    rejection rule needs the backbone). An exported file given as the model runs as it is."""
+    exported = Path(model_path).suffix == ".onnx" or is_openvino_export(model_path)
+    model_path = Path(model_path) if exported else resolve_model_path(model_path)
+    runtime, precision = kind.split()
+    export_kind = kind if kind in CACHE_NAMES else f"{runtime} float32"  # openvino bf16: the float32 IR in bf16
+    note = f"runtime: {kind} (chosen by the process that started this one)"
+    if with_model or runtime == "torch" or exported:
+        predictor = Predictor.load(model_path, "cpu", max_pixels)
+        if predictor.model is None:  # an exported file: its own runtime
+            return predictor
+        engine = (predictor.torch_engine(bf16=precision == "bf16") if runtime == "torch"
+                  else export_engine(export_kind, predictor, model_path, precision))
+        predictor.use(RuntimeChoice(engine, note))
+        return predictor
+    digest = file_sha256(model_path)
+    path = cached_export(export_kind, model_path, digest, private_dir(digest), make=True)
+    if path is None:  # no private runtime cache here: exported into a temporary folder for the model's Predictor
+        return load_chosen(model_path, kind, max_pixels, with_model=True)
+    predictor = Predictor.load(path, "cpu", max_pixels)
+    if precision != predictor.engine.precision:
+        predictor.use(RuntimeChoice(OpenVinoEngine(path, predictor.pre.img_size, precision), note))
+    return predictor
 
 
 def _read_saved(folder: Path | None) -> dict:
