@@ -6,7 +6,8 @@ dashboard hook would post the same dicts instead).
     imgclass.train("DATA", callbacks=[MetricsToJsonLines("my_metrics.jsonl")])
 
 The file is RUN/events.jsonl unless given; each line is {"event": ..., "epoch": ..., ...}: the epoch's row of
-metrics.csv after each epoch, and the final metrics of every split once the run is finished.
+metrics.csv after each epoch, and the final metrics of every split once the run is finished (or, if it fails, what
+ended it).
 """
 import json
 import math
@@ -47,3 +48,7 @@ class MetricsToJsonLines(imgclass.Callback):
 
     def after_run(self, run):
         self._write({"event": "after_run", "run": str(run.dir), "metrics": run.metrics})
+
+    def run_failed(self, error):
+        if self.path is not None:  # None: it failed before the first fit, with nothing written yet
+            self._write({"event": "run_failed", "error": f"{type(error).__name__}: {error}"})

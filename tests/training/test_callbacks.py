@@ -58,7 +58,7 @@ def test_callbacks_declare_their_events():
     import pytest
     from imgclass.training.loop import Callback, Event, Trainer
     assert [e.value for e in Event] == ["before_fit", "before_epoch", "after_step", "before_validate",
-                                        "after_epoch", "after_fit", "after_run"]
+                                        "after_epoch", "after_fit", "after_run", "run_failed"]
     assert all(callable(getattr(Callback, e.value)) for e in Event)
 
     class Strings:  # the old contract: a callable dispatching on event names

@@ -47,6 +47,25 @@ def test_mlflow_gets_every_epoch_the_results_and_the_artifacts(data, tmp_path, m
     assert open(local, "rb").read() == (run.dir / "model.safetensors").read_bytes()   # the same file
 
 
+def test_a_failed_run_is_marked_failed_with_the_epochs_it_sent(data, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    class FailsAtEpoch2(imgclass.Callback):
+        def after_epoch(self, t):
+            if t.epoch == 2:
+                raise OSError("No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        imgclass.train(data, out=str(tmp_path / "run"), track="mlflow", callbacks=[FailsAtEpoch2()],
+                       **dict(FAST, epochs=3))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("imgclass").experiment_id])
+    assert found.info.status == "FAILED" and found.info.end_time is not None      # not left RUNNING
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "val_acc")] == [1]
+    assert mlflow.active_run() is None
+
+
 def test_tune_trials_are_nested_under_the_study(data, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow", reason="the mlflow extra")
     monkeypatch.chdir(tmp_path)

@@ -29,6 +29,20 @@ class Recorder(imgclass.Callback):
         self.events.append("after_run")
         self.run = run
 
+    def run_failed(self, error):
+        self.events.append("run_failed")
+        self.error = error
+
+
+class FailsAtEpoch(imgclass.Callback):
+    """An error in the middle of a run (a full disk, a bug in a callback): the run ends by it."""
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def after_epoch(self, t):
+        if t.epoch == self.epoch:
+            raise RuntimeError(f"failed at epoch {t.epoch}")
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -47,6 +61,14 @@ def test_a_python_callback_receives_every_event(data, tmp_path):
     per_epoch = -(-run.metrics["train"]["n"] // run.config.batch_size)
     assert recorder.events.count("after_step") == 2 * per_epoch                   # every step
     assert recorder.run is not None and recorder.run.dir == run.dir and recorder.run.metrics == run.metrics
+
+
+def test_a_run_that_fails_tells_the_callbacks_and_still_raises(data, tmp_path):
+    recorder = Recorder()
+    with pytest.raises(RuntimeError, match="failed at epoch 2"):
+        imgclass.train(data, out=str(tmp_path / "run"), callbacks=[FailsAtEpoch(2), recorder], **dict(FAST, epochs=3))
+    assert collapse(recorder.events) == ["before_fit"] + EPOCH_EVENTS + EPOCH_EVENTS[:-1] + ["run_failed"]
+    assert str(recorder.error) == "failed at epoch 2" and recorder.run is None
 
 
 def test_the_command_line_example_writes_every_event_and_the_epochs_rows(data, tmp_path):

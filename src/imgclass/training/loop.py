@@ -1,7 +1,8 @@
 """The training loop: short, top to bottom, with named events for callbacks.
 
 Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit; after_run once
-at the end of train() (training/user_callbacks.py tells users how to write one).
+at the end of train(), or run_failed when it ends by an exception (training/user_callbacks.py tells users how to
+write one).
 Callbacks read and write the Trainer's progress (epoch, step, done, history, stop...); tensors a callback
 must carry across --resume go in `extra_state` (saved in checkpoints). Code outside the loop changes a
 Trainer through its methods (resume, start_from_head, switch_phase), never by writing its fields.
@@ -50,6 +51,8 @@ class Event(str, Enum):
     AFTER_FIT = "after_fit"
     AFTER_RUN = "after_run"              # once, from train(), after the model file and evaluations are written: the
     #                                      callback receives the Run (training/run.py), not the Trainer
+    RUN_FAILED = "run_failed"            # instead of after_run when train() ends by an exception (Ctrl-C included):
+    #                                      the callback receives the exception, which train() then raises
 
 
 class Callback:
@@ -65,6 +68,7 @@ class Callback:
     def after_epoch(self, t: "Trainer") -> None: ...
     def after_fit(self, t: "Trainer") -> None: ...
     def after_run(self, run) -> None: ...  # the finished training.run.Run (rank 0 only)
+    def run_failed(self, error: BaseException) -> None: ...  # what ended the run (rank 0 only)
 
 
 @dataclass

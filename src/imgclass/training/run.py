@@ -88,35 +88,50 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
         return load_run(run.path)
     # rank 0's own: the callbacks named in the config (--callback) and the tracker (--track); built before any work
     callbacks = list(callbacks or []) + (load_callbacks(plan.cfg.callback) + trackers(plan, run.path) if dd.main else [])
-    with run.held() if dd.main else contextlib.nullcontext():  # rank 0 holds the folder: one trainer at a time
-        device, fresh = _device(plan, dd), _fresh_start(plan, run)
-        prep = prepare(plan, device, say, console, fresh, dd)
-        _list_bad_files(prep, run, dd, say)
-        top, no_top = (_top_stage_inputs(plan, prep, device, say) if fresh and plan.cfg.finetune in ("auto", "top")
-                       else (None, ""))
-        head = (_train_head_stage(prep, plan, device, say, run, top)
-                if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
-        if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
-            set_backbones_trainable(prep.model, False)
-        deadline = None
-        if plan.cfg.time_budget is not None and fresh:
-            plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top, no_top)
-        if plan.cfg.finetune == "head":  # the head stage's model is the run's (--finetune head, or the budget's pick)
-            plan = plan.with_epochs(0)
-        if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
-            load_checkpoint_model(run.last, prep.model)
-            top, _ = _top_stage_inputs(plan, prep, device, say)
-        trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, callbacks,
-                                 say, top if plan.cfg.finetune == "top" else None)
-        pre, data = _fit_stage(plan, prep, trainer, dd, say)
-        if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
-            dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
-            distributed.teardown()
-            return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
-        final = dataclasses.replace(prep, data=data, pre=pre)
-        result = _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
+    try:
+        with run.held() if dd.main else contextlib.nullcontext():  # rank 0 holds the folder: one trainer at a time
+            device, fresh = _device(plan, dd), _fresh_start(plan, run)
+            prep = prepare(plan, device, say, console, fresh, dd)
+            _list_bad_files(prep, run, dd, say)
+            top, no_top = (_top_stage_inputs(plan, prep, device, say) if fresh and plan.cfg.finetune in ("auto", "top")
+                           else (None, ""))
+            head = (_train_head_stage(prep, plan, device, say, run, top)
+                    if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
+            if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
+                set_backbones_trainable(prep.model, False)
+            deadline = None
+            if plan.cfg.time_budget is not None and fresh:
+                plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top, no_top)
+            if plan.cfg.finetune == "head":  # the head stage's model is the run's (--finetune head, or the budget's pick)
+                plan = plan.with_epochs(0)
+            if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
+                load_checkpoint_model(run.last, prep.model)
+                top, _ = _top_stage_inputs(plan, prep, device, say)
+            trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, callbacks,
+                                     say, top if plan.cfg.finetune == "top" else None)
+            pre, data = _fit_stage(plan, prep, trainer, dd, say)
+            if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
+                dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
+                distributed.teardown()
+                return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
+            final = dataclasses.replace(prep, data=data, pre=pre)
+            result = _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
+    except BaseException as error:  # a crash, a refusal, Ctrl-C: the callbacks hear it (a tracker marks its run failed)
+        if dd.main:
+            _tell_failed(callbacks, error)
+        raise
     trainer.event(Event.AFTER_RUN, result)  # the model file and evaluations are written: trackers send them
     return result
+
+
+def _tell_failed(callbacks: list, error: BaseException) -> None:
+    """Each callback's run_failed, in order. One that fails in turn costs a warning: the run's own error is what
+    train() raises."""
+    for cb in sorted(callbacks, key=lambda c: getattr(c, "order", 0)):
+        try:
+            cb.run_failed(error)
+        except Exception as exc:  # noqa: BLE001 - never hide the run's own error
+            log.warning(f"{type(cb).__name__}.run_failed failed too ({type(exc).__name__}: {exc})")
 
 
 def header_for(plan: RunPlan, pre: Preprocessing, weights_origin: dict | None, metrics: dict | None = None,

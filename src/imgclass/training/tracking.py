@@ -6,7 +6,9 @@
   = the epoch;
 - once the run is finished (after_run): the final metrics of each split, the head stage's metrics, the plan's
   choices, the weights' origin and the data summary as tags, and as artifacts the model file, config.yaml,
-  metrics.csv, results.json and each evaluation's report and figures.
+  metrics.csv, results.json and each evaluation's report and figures;
+- if the run ends by an error instead (run_failed): the status FAILED (KILLED for Ctrl-C; in W&B a non-zero
+  exit code), so that no run is left RUNNING.
 
 MLflow (the `mlflow` extra) logs to $MLFLOW_TRACKING_URI, else a local store in ./mlruns (SQLite), in the experiment
 $MLFLOW_EXPERIMENT_NAME (default "imgclass"); a run started while another is active (tune's study) is nested in
@@ -128,9 +130,14 @@ class Tracker(Callback):
         if self.started:
             self._safely("sending the results", lambda: self.finish(*finished_facts(run)))
 
+    def run_failed(self, error: BaseException) -> None:
+        if self.started:  # the epochs sent stay; the run is marked failed (killed, for Ctrl-C), not left running
+            self._safely("ending the failed run", lambda: self.fail(isinstance(error, KeyboardInterrupt)))
+
     def start(self) -> None: ...
     def log_epoch(self, row: dict[str, float], epoch: int) -> None: ...
     def finish(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None: ...
+    def fail(self, interrupted: bool) -> None: ...
 
 
 def _mlflow_store(mlflow) -> None:
@@ -180,11 +187,17 @@ class MLflowTracker(Tracker):
         for path in files:
             relative = path.relative_to(self.run_dir)
             client.log_artifact(self.run_id, str(path), str(relative.parent) if relative.parent != Path(".") else None)
+        self._end("FINISHED")
+
+    def fail(self, interrupted: bool) -> None:
+        self._end("KILLED" if interrupted else "FAILED")
+
+    def _end(self, status: str) -> None:
         active = self.mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
-            self.mlflow.end_run()
+            self.mlflow.end_run(status)
         else:
-            client.set_terminated(self.run_id)
+            self.mlflow.MlflowClient().set_terminated(self.run_id, status)
 
 
 class WandbTracker(Tracker):
@@ -212,6 +225,9 @@ class WandbTracker(Tracker):
             artifact.add_file(str(path), name=path.relative_to(self.run_dir).as_posix())
         self.run.log_artifact(artifact)
         self.run.finish()
+
+    def fail(self, interrupted: bool) -> None:
+        self.run.finish(exit_code=130 if interrupted else 1)
 
 
 @contextlib.contextmanager

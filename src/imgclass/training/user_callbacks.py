@@ -4,7 +4,8 @@ Python, or `callback:` in a config file) from the command line.
 
 A callback subclasses `imgclass.Callback` and overrides the events it needs; each receives the Trainer (its
 progress: epoch, step, history with each epoch's row, stop...), except `after_run`, which receives the finished
-Run (its folder, metrics and evaluations) once the model file and the evaluations are written:
+Run (its folder, metrics and evaluations) once the model file and the evaluations are written, and
+`run_failed`, which receives the exception that ended the run instead (Ctrl-C: KeyboardInterrupt):
 
     import json, imgclass
 
@@ -14,7 +15,7 @@ Run (its folder, metrics and evaluations) once the model file and the evaluation
                 fh.write(json.dumps(t.history[-1]) + "\\n")
 
 The events, in order: before_fit, then per epoch before_epoch, after_step (each step), before_validate,
-after_epoch; after_fit; once at the end after_run. A run with staged fine-tuning fits more than once, so the
+after_epoch; after_fit; once at the end after_run, or run_failed. A run with staged fine-tuning fits more than once, so the
 fit events come once per phase. A callback named on the command line is recorded in the run's config.yaml, so
 `--resume` builds it again; one passed from Python is not (pass it again). MLflow and W&B tracking
 (`--track`) are such callbacks (training/tracking.py).
