@@ -80,15 +80,18 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
 def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path = "submission.csv",
            id_column: str = "ID", target_column: str = "TARGET", target: str = "index", level: str = "fine",
            runtime: str | None = None, precision: str = "auto", max_pixels: int | None = None,
-           form: str = "auto", reject: bool | float | None = None) -> Path:
+           form: str = "auto", reject: bool | float | None = None, ray: bool = False, address: str | None = None,
+           ray_workers: int | None = None) -> Path:
     """Write a Kaggle submission CSV for every image in test_dir (one row each: an unreadable image gets the
     most common class, or no tag, with a warning); returns its path. runtime: as predict's. form, for several
     tags per image: "tags" (the default: ID,TARGET with the tags separated by spaces) or "onehot" (a 0/1
-    column per tag). reject: as predict's; rejected images get "unknown" (or -1 with target "index")."""
-    predictor = model if isinstance(model, Predictor) else load(model, max_pixels=max_pixels)
+    column per tag). reject: as predict's; rejected images get "unknown" (or -1 with target "index").
+    ray, address, ray_workers: as predict's (the same file)."""
+    predictor = model if isinstance(model, Predictor) else load(model, "cpu" if ray else "auto", max_pixels)
     runtime = runtime or (None if isinstance(model, Predictor) else "auto")
+    from .prediction.ray_predict import RayJob
     path, _, _ = write_submission(predictor, test_dir, out, id_column, target_column, target, level, runtime,
-                                  precision, form, reject)
+                                  precision, form, reject, RayJob(address, ray_workers) if ray else None)
     return path
 
 

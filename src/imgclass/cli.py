@@ -184,16 +184,20 @@ def _reject(args: argparse.Namespace) -> bool | float | None:
     return args.reject_threshold if args.reject_threshold is not None else (True if args.reject else None)
 
 
-def _predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+def _add_ray(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true",
                    help="score on Ray Data (the ray extra): a local Ray, or the cluster at --address; same answers")
     p.add_argument("--address", help="--ray: join this Ray cluster (e.g. ray://head:10001, or auto)")
     p.add_argument("--ray-workers", type=int, metavar="N", help="--ray: actors, each loading the model once "
                                                                "[default: one per 2 CPUs of the cluster]")
+
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _add_ray(p)
     p.add_argument("--out", help="--ray: write the answers to this .parquet file (one row per image) instead")
     p.add_argument("--device", default="auto")
     p.add_argument("--level", choices=["fine", "coarse", "both"], default="fine",
@@ -221,6 +225,7 @@ def _submit_options(p: argparse.ArgumentParser) -> None:
     _add_reject(p)
     _add_runtime(p)
     _add_pixel_limit(p)
+    _add_ray(p)
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
@@ -485,7 +490,7 @@ def _submit(args: argparse.Namespace) -> int | None:
     from . import api
     path = api.submit(args.model, args.test_dir, args.out, args.id_column, args.target_column, args.target,
                       args.level, args.runtime, args.precision, max_pixels=args.max_image_pixels, form=args.form,
-                      reject=_reject(args))
+                      reject=_reject(args), ray=args.ray, address=args.address, ray_workers=args.ray_workers)
     with open(path, newline="") as fh:
         rows = sum(1 for _ in csv.reader(fh)) - 1  # the header line
     print(f"wrote {rows} rows to {path}")

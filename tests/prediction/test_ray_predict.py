@@ -1,5 +1,6 @@
 """Predictions on Ray (issue 31, item 1): `predict --ray` on a local Ray with 2 workers answers exactly as predict
-in one process, unreadable files included, and writes Parquet with one row per image.
+in one process, unreadable files included; it writes Parquet with one row per image; `submit --ray` writes the
+same file as submit.
 
 Ray runs in a child process (the command line, as a user runs it): a Ray driver leaves its core worker's
 threads in the process after ray.shutdown(), and the test process then crashed (SIGSEGV) in a later test's
@@ -31,15 +32,15 @@ def photos(tmp_path_factory):
     return folder
 
 
-def ray_cli(*args: str, runtime: str = "torch") -> str:
+def ray_cli(*args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "imgclass", "predict", *args, "--ray", "--ray-workers", "2",
-                           "--runtime", runtime, "--precision", "float32" if runtime == "torch" else "auto"],
-                          capture_output=True, text=True, timeout=600)
+                           "--runtime", "torch", "--precision", "float32"], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, photos, tmp_path):
+def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, photos):
     want = imgclass.predict(trained_run, photos, runtime="torch", precision="float32")
     got = json.loads(ray_cli(str(trained_run), str(photos), "--format", "json", "--top-k", "3"))
     assert [a["image"] for a in got] == [a["image"] for a in want]      # the same files, in the same order
@@ -52,22 +53,39 @@ def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, ph
         assert [t["label"] for t in g["top_k"]] == [t["label"] for t in w["top_k"]]
         np.testing.assert_allclose([t["probability"] for t in g["top_k"]],
                                    [t["probability"] for t in w["top_k"]], atol=1e-6)
-    # Parquet: one row per image, the same answers; in ONNX Runtime, which the actors load as the export alone
-    out = tmp_path / "predictions.parquet"
-    assert "wrote" in ray_cli(str(trained_run), str(photos), "--out", str(out), runtime="onnx")
+
+
+RAY_JOBS = """
+import sys, ray, imgclass
+run, photos, tmp = sys.argv[1:4]
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)  # one Ray, two jobs
+imgclass.predict(run, photos, ray=True, ray_workers=2, runtime="onnx", out=tmp + "/predictions.parquet")
+imgclass.submit(run, photos, tmp + "/submission-ray.csv", target="label", ray=True, ray_workers=2, runtime="onnx")
+"""
+
+
+def test_parquet_and_submit_on_ray_equal_one_process(trained_run, photos, tmp_path):
+    """In ONNX Runtime, which the actors load as the export alone (no PyTorch model): the Parquet rows equal
+    predict's answers, and submit --ray writes the same file as submit."""
+    done = subprocess.run([sys.executable, "-c", RAY_JOBS, str(trained_run), str(photos), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = imgclass.predict(trained_run, photos, runtime="onnx")
     import pyarrow.parquet as pq
-    table = pq.read_table(out).to_pylist()
+    table = pq.read_table(tmp_path / "predictions.parquet").to_pylist()
     assert sorted(r["image"] for r in table) == sorted(a["image"] for a in want)
     by_image = {a["image"]: a for a in want}
     for row in table:
         if row["error"]:
-            assert "error" in by_image[row["image"]]
+            assert row["error"] == by_image[row["image"]]["error"]
         else:
             assert row["label"] == by_image[row["image"]]["top_k"][0]["label"]
             top_k, want_top_k = json.loads(row["answer"])["top_k"], by_image[row["image"]]["top_k"]
             assert [t["label"] for t in top_k] == [t["label"] for t in want_top_k]
-            assert [t["probability"] for t in top_k] == pytest.approx([t["probability"] for t in want_top_k], abs=1e-5)
+            assert [t["probability"] for t in top_k] == pytest.approx([t["probability"] for t in want_top_k], abs=1e-6)
     assert not list(tmp_path.glob("*.tmp"))
+    imgclass.submit(trained_run, photos, tmp_path / "submission.csv", target="label", runtime="onnx")
+    assert (tmp_path / "submission-ray.csv").read_text() == (tmp_path / "submission.csv").read_text()
 
 
 def test_ray_refuses_what_it_cannot_do(trained_run, photos):

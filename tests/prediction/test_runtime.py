@@ -74,8 +74,8 @@ def test_another_process_rebuilds_the_choice_without_the_pytorch_model(model_fil
     """load_chosen (Ray's actors): the kind chosen elsewhere, rebuilt from the cache as the export's own Predictor
     (no PyTorch model), or the model file's when the engine is PyTorch or the model is asked for."""
     p = Predictor.load(model_file, "cpu")
-    choice = rt.choose_runtime(p, "onnx", images=5)
-    assert rt.chosen_kind(choice) == "onnx float32"
+    p.use(rt.choose_runtime(p, "onnx", images=5))
+    assert rt.chosen_kind(p.engine) == "onnx float32"
     x = images(p)
     want = reference(model_file, x)
     rebuilt = rt.load_chosen(model_file, "onnx float32")

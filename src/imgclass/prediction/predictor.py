@@ -240,13 +240,26 @@ class Predictor:
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
         rejection = self.rejection(reject)
         sources = list(sources)
-        feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
+        feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
         probs, errors = self.predict_proba(sources, batch_size, feats)
+        names = [str(src) if isinstance(src, (str, Path)) else f"<image {i}>" for i, src in enumerate(sources)]
+        return self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None)
+
+    def needs_features(self, reject: bool | float | None) -> bool:
+        """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""
+        rejection = self.rejection(reject)
+        return rejection is not None and rejection.needs_features
+
+    def answer(self, names: list[str], probs: np.ndarray, errors: list[str | None], top_k: int = 3,
+               level: str = "fine", rejection: Rejection | None = None, features: np.ndarray | None = None
+               ) -> "Predictions":
+        """predict's answers from probabilities scored elsewhere (predict_proba here, or Ray's workers:
+        prediction/ray_predict.py), so that both answer alike: one per name, {"image", "error"} where errors has
+        one. features: the embeddings, when the rejection rule needs them."""
         answers = self.task.answers(probs, self.classes, level, top_k)
-        scores = rejection.scores(probs, feats[0] if feats else None) if rejection is not None else None
+        scores = rejection.scores(probs, features) if rejection is not None else None
         out = Predictions()
-        for i, src in enumerate(sources):
-            name = str(src) if isinstance(src, (str, Path)) else f"<image {i}>"
+        for i, name in enumerate(names):
             if errors[i] is not None:
                 out.append({"image": name, "error": errors[i]})
             else:

@@ -1,81 +1,93 @@
-"""`imgclass predict MODEL SOURCE... --ray [--address ADDR] [--ray-workers N] [--out predictions.parquet]`:
-scoring a large collection on Ray Data (the `ray` extra), with the same decode, preprocessing and engine as
-`predict` in one process.
+"""Scoring a large collection on Ray Data (the `ray` extra), with the same decode, preprocessing and engine as in
+one process:
+
+    imgclass predict MODEL SOURCE... --ray [--address ADDR] [--ray-workers N] [--out predictions.parquet]
+    imgclass submit MODEL TEST_DIR --ray [--address ADDR] [--ray-workers N]
 
 The files are listed as predict lists them (folders recursively, images only; glob patterns), or handed to Ray as
 they are when they name another filesystem Ray reads (s3://, gs://, ...). Ray Data reads their bytes
-(`read_binary_files`) and `map_batches` sends batches to a pool of actors; each actor loads the model file once
-(a Predictor, its runtime chosen as predict chooses it) and answers each batch with `Predictor.predict` on the
-bytes, so a file that does not decode fails its own row ({"image", "error"}), never the job. Without --address
-a local Ray is started on this machine (and stopped at the end); with one the job joins that cluster.
+(`read_binary_files`) and `map_batches` sends batches to a pool of actors (Scorer). The driver chooses the runtime
+once, for a job of this size (its exports made into this machine's runtime cache); each actor loads that engine
+once (runtime.load_chosen: the export alone, no PyTorch model, nothing timed again) and returns each batch's
+probabilities with `Predictor.predict_proba`, so a file that does not decode fails its own row, never the job.
+The driver turns the probabilities into answers with the same `Predictor.answer` that predict uses, or, for
+submit, into the same rows. Without --address a local Ray is started on this machine (and stopped at the end);
+with one the job joins that cluster (the model file's path must be readable there too).
 
 The answers come back in the order of the inputs, exactly as `predict` would give them, or are written to a
-Parquet file (one row per image: image, label, probability, top_k and, for several tags, labels as JSON; error),
-streamed batch by batch into a temporary file renamed into place at the end.
+Parquet file (one row per image: image, label, probability, the whole answer as JSON, error), streamed batch by
+batch into a temporary file renamed into place at the end.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import UserError
 from ..extras import require
 from ..files import staged_file
-from .predictor import expand_inputs
+from .predictor import Predictor, expand_inputs
 
 RAY_BATCH = 32  # images per actor call: enough to batch the model (Lite0's best is 8-16 on a CPU) and decoding
 
 
-class Scorer:
-    """A Ray actor: one Predictor for its life, running the engine the driver chose (runtime.load_chosen: not
-    timed again, and for an export no PyTorch model built); a batch of file bytes in, one answer per file out."""
+@dataclass(frozen=True)
+class RayJob:
+    """Where a command scores on Ray: the cluster at address (None: a local Ray, started and stopped), with this
+    many actors (None: one per two of its CPUs)."""
+    address: str | None = None
+    workers: int | None = None
 
-    def __init__(self, model: str, kind: str, with_model: bool, top_k: int, level: str, max_pixels: int | None,
-                 reject: bool | float | None, threads: int):
+
+class Scorer:
+    """A Ray actor: one Predictor for its life, running the engine the driver chose (runtime.load_chosen); a batch
+    of file bytes in, their probabilities (NaN rows and an error for files that do not decode) out."""
+
+    def __init__(self, model: str, kind: str, with_features: bool, max_pixels: int | None, threads: int):
         import torch
         torch.set_num_threads(threads)
         from .runtime import load_chosen
-        self.predictor = load_chosen(model, kind, max_pixels, with_model)
-        self.top_k, self.level, self.reject = top_k, level, reject
+        self.predictor = load_chosen(model, kind, max_pixels, with_model=with_features)
+        self.with_features = with_features
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        answers = self.predictor.predict([bytes(b) for b in batch["bytes"]], self.top_k, level=self.level,
-                                         reject=self.reject)
-        return {"path": list(batch["path"]), "answer": [json.dumps({**a, "image": p})
-                                                        for a, p in zip(answers, batch["path"])]}
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        feats: list[np.ndarray] | None = [] if self.with_features else None
+        probs, errors = self.predictor.predict_proba([bytes(b) for b in batch["bytes"]], len(batch["bytes"]), feats)
+        out = {"path": batch["path"], "probs": probs, "error": np.array([e or "" for e in errors], dtype=object)}
+        if feats is not None:
+            out["features"] = feats[0]
+        return out
 
 
-def _paths(inputs: list[str]) -> list[str]:
+def ray_paths(inputs: list[str]) -> list[str]:
     """Local inputs listed as predict lists them; remote URLs (s3://...) handed to Ray as they are."""
     remote = [str(i) for i in inputs if "://" in str(i)]
     local = [i for i in inputs if "://" not in str(i)]
     return [str(p) for p in (expand_inputs(local) if local else [])] + remote
 
 
-def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str = "fine", runtime: str = "auto",
-                precision: str = "auto", max_pixels: int | None = None, reject: bool | float | None = None,
-                address: str | None = None, workers: int | None = None, out: str | Path | None = None
-                ) -> list[dict[str, Any]] | Path:
-    """The answers in input order (as predict's), or, with out (.parquet), the file written."""
-    if out is not None and Path(out).suffix != ".parquet":
-        raise UserError("--out with --ray writes Parquet: name a .parquet file")
-    ray = require("ray", "ray", "predict --ray")
-    require("ray.data", "ray", "predict --ray")
-    from ..modelfile import resolve_model_path
-    model_path = str(resolve_model_path(model) if Path(model).suffix not in (".onnx", ".xml") else Path(model))
-    paths = _paths([str(i) for i in inputs])
-    # The runtime chosen once here, for a job of this size: its exports (ONNX, OpenVINO, int8) are made into this
-    # machine's runtime cache before the actors start, which load the chosen one (made on their own node if absent)
-    from .predictor import Predictor
-    from .runtime import chosen_kind, choose_runtime
-    predictor = Predictor.load(model_path, "cpu", max_pixels)
-    kind = chosen_kind(choose_runtime(predictor, runtime, precision, len(paths)))
-    rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
-    with_model = rejection is not None and rejection.needs_features
+def _ray_forms(path: str) -> tuple[str, ...]:
+    """The forms in which Ray Data may report a path: a local file made absolute; a URL as given or without its
+    scheme (pyarrow's filesystems name s3://bucket/key as bucket/key)."""
+    return (path, path.split("://", 1)[1]) if "://" in path else (str(Path(path).resolve()),)
+
+
+def scored_batches(predictor: Predictor, paths: list[str], with_features: bool = False, address: str | None = None,
+                   workers: int | None = None) -> Iterator[tuple[list[str], np.ndarray, list[str | None], Any]]:
+    """(paths as given, probabilities, errors, features or None) per batch, in the order Ray finishes them, scored
+    by actors running the predictor's engine (the runtime the caller chose and `use`d)."""
+    if predictor.path is None:
+        raise UserError("--ray loads the model file in each worker: give a run folder or model file")
+    ray = require("ray", "ray", "--ray")
+    require("ray.data", "ray", "--ray")
+    from .runtime import chosen_kind
+    kind = chosen_kind(predictor.engine)
+    given = {form: p for p in paths for form in _ray_forms(p)}
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -88,34 +100,75 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
         # quarter of a CPU, so that reading can be scheduled beside a pool that fills the machine (with whole CPUs
         # reserved, 2 actors on 2 CPUs left the read tasks unscheduled and the job hung).
         dataset = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0.25).map_batches(
-            Scorer, fn_constructor_kwargs=dict(model=model_path, kind=kind, with_model=with_model, top_k=top_k,
-                                               level=level, max_pixels=max_pixels, reject=reject, threads=threads),
+            Scorer, fn_constructor_kwargs=dict(model=str(predictor.path), kind=kind, with_features=with_features,
+                                               max_pixels=predictor.pre.max_pixels, threads=threads),
             batch_size=RAY_BATCH, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0.75 * threads,
             batch_format="numpy")
-        if out is not None:
-            return _write_parquet(dataset, Path(out), paths)
-        answers = {row["path"]: json.loads(row["answer"]) for row in dataset.iter_rows()}
+        for batch in dataset.iter_batches(batch_size=1024, batch_format="numpy"):
+            yield ([given.get(str(p), str(p)) for p in batch["path"]], np.asarray(batch["probs"], np.float32),
+                   [e or None for e in batch["error"]], batch.get("features"))
     finally:
         if started_here:
             ray.shutdown()
-    return [answers[_ray_path(p)] for p in paths]
 
 
-def _ray_path(path: str) -> str:
-    """The path as Ray Data reports it (local files without a scheme, made absolute)."""
-    return path if "://" in path else str(Path(path).resolve())
+def ray_predict_proba(predictor: Predictor, paths: list[str], features: list | None = None,
+                      address: str | None = None, workers: int | None = None
+                      ) -> tuple[np.ndarray, list[str | None]]:
+    """Predictor.predict_proba on Ray: probabilities (NaN rows for unreadable files) and errors, in input order."""
+    index = {p: i for i, p in enumerate(paths)}
+    probs = np.full((len(paths), len(predictor.classes)), np.nan, np.float32)
+    errors: list[str | None] = [None] * len(paths)
+    feats = None
+    for names, batch_probs, batch_errors, batch_feats in scored_batches(predictor, paths, features is not None,
+                                                                        address, workers):
+        rows = [index[n] for n in names]
+        probs[rows] = batch_probs
+        for row, error in zip(rows, batch_errors):
+            errors[row] = error
+        if batch_feats is not None:
+            if feats is None:
+                feats = np.full((len(paths), batch_feats.shape[1]), np.nan, np.float32)
+            feats[rows] = batch_feats
+    if features is not None:
+        features.append(feats if feats is not None else np.full((len(paths), 0), np.nan, np.float32))
+    return probs, errors
 
 
-def _write_parquet(dataset, out: Path, paths: list[str]) -> Path:
+def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str = "fine", runtime: str = "auto",
+                precision: str = "auto", max_pixels: int | None = None, reject: bool | float | None = None,
+                address: str | None = None, workers: int | None = None, out: str | Path | None = None
+                ) -> list[dict[str, Any]] | Path:
+    """The answers in input order (as predict's), or, with out (.parquet), the file written."""
+    if out is not None and Path(out).suffix != ".parquet":
+        raise UserError("--out with --ray writes Parquet: name a .parquet file")
+    require("ray", "ray", "predict --ray")
+    from .runtime import choose_runtime
+    predictor = Predictor.load(model, "cpu", max_pixels)
+    predictor.task.views(np.zeros((0, len(predictor.classes)), np.float32), predictor.classes, level)  # a bad level
+    rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
+    paths = ray_paths([str(i) for i in inputs])
+    predictor.use(choose_runtime(predictor, runtime, precision, len(paths)))
+    if out is not None:
+        return _write_parquet(predictor, paths, top_k, level, reject, Path(out), address, workers)
+    feats: list | None = [] if predictor.needs_features(reject) else None
+    probs, errors = ray_predict_proba(predictor, paths, feats, address, workers)
+    return predictor.answer(paths, probs, errors, top_k, level, rejection, feats[0] if feats else None)
+
+
+def _write_parquet(predictor: Predictor, paths: list[str], top_k: int, level: str, reject: bool | float | None,
+                   out: Path, address: str | None, workers: int | None) -> Path:
     """Rows in the order Ray finishes them (a million rows are never held at once), one per image."""
     pa = require("pyarrow.parquet", "ray", "predict --ray --out NAME.parquet")
     import pyarrow
     schema = pyarrow.schema([("image", pyarrow.string()), ("label", pyarrow.string()),
                              ("probability", pyarrow.float64()), ("answer", pyarrow.string()),
                              ("error", pyarrow.string())])
+    rejection = predictor.rejection(reject)
     with staged_file(out) as tmp, pa.ParquetWriter(str(tmp), schema) as writer:
-        for batch in dataset.iter_batches(batch_size=1024, batch_format="numpy"):
-            rows = [json.loads(a) for a in batch["answer"]]
+        for names, probs, errors, feats in scored_batches(predictor, paths, predictor.needs_features(reject),
+                                                          address, workers):
+            rows = predictor.answer(names, probs, errors, top_k, level, rejection, feats)
             best = [(r.get("top_k") or [{}])[0] for r in rows]
             writer.write_table(pyarrow.table({
                 "image": [r["image"] for r in rows], "label": [b.get("label") for b in best],

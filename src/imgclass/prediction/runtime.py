@@ -173,10 +173,10 @@ def export_engine(kind: str, predictor: Predictor, model_path: Path, precision: 
         return _engine_of(kind, _make_export(kind, model_path, Path(tmp) / CACHE_NAMES[kind]), predictor, precision)
 
 
-def chosen_kind(choice: RuntimeChoice) -> str:
-    """The choice as a kind another process can rebuild with `load_chosen`: "torch float32|bf16", "onnx float32|int8",
-    "openvino float32|bf16|int8"."""
-    return f"{choice.engine.runtime} {choice.engine.precision}"
+def chosen_kind(engine: Engine) -> str:
+    """An engine (a choice put to work) as a kind another process can rebuild with `load_chosen`: "torch
+    float32|bf16", "onnx float32|int8", "openvino float32|bf16|int8"."""
+    return f"{engine.runtime} {engine.precision}"
 
 
 def load_chosen(model_path: str | Path, kind: str, max_pixels: int | None = None, with_model: bool = False

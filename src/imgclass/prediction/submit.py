@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ..files import write_text_atomic
 from ..models.reject import UNKNOWN
 from .predictor import Predictor
 
+if TYPE_CHECKING:
+    from .ray_predict import RayJob
+
 
 def _id_key(stem: str):
     # numeric ids in numeric order ("2" before "10"); otherwise natural order
@@ -22,13 +26,15 @@ def _id_key(stem: str):
 
 def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "index", batch_size: int = 64,
                     level: str = "fine", runtime: str | None = None, precision: str = "auto", form: str = "tags",
-                    reject: bool | float | None = None) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+                    reject: bool | float | None = None, ray: "RayJob | None" = None
+                    ) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
     """(rows of (id, target), errors of (path, reason)). Unreadable images get the most common prediction
     (with several tags per image: no tag). form, with several tags per image: "tags" (one column, the tags given
     separated by spaces) or "onehot" (a 0/1 column per tag).
     runtime (and precision): chosen for this many images as prediction.runtime says; None keeps the
     predictor's own. reject (True: the model file's threshold, or a threshold): images below it get "unknown"
-    (--target label) or -1 (--target index) in every column, as predict and the service answer them."""
+    (--target label) or -1 (--target index) in every column, as predict and the service answer them. ray: score
+    on Ray's workers instead (prediction/ray_predict.py), the same probabilities."""
     rejection = predictor.rejection(reject)
     folder = Path(test_dir).expanduser()
     if not folder.is_dir():
@@ -46,7 +52,11 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
         from .runtime import choose_runtime
         predictor.use(choose_runtime(predictor, runtime, precision, len(files)))
     feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
-    probs, errors = predictor.predict_proba(files, batch_size, feats)
+    if ray is not None:
+        from .ray_predict import ray_predict_proba
+        probs, errors = ray_predict_proba(predictor, [str(f) for f in files], feats, ray.address, ray.workers)
+    else:
+        probs, errors = predictor.predict_proba(files, batch_size, feats)
     ok = ~np.isnan(probs).any(axis=1)
     bad = [(str(f), err) for f, err in zip(files, errors) if err is not None]
     if not predictor.task.exclusive:
@@ -80,9 +90,9 @@ def _tag_rows(predictor: Predictor, files: list[Path], probs: np.ndarray, ok: np
 def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path, id_column: str = "ID",
                      target_column: str = "TARGET", target: str = "index", level: str = "fine",
                      runtime: str | None = None, precision: str = "auto", form: str = "auto",
-                     reject: bool | float | None = None) -> tuple[Path, int, list]:
+                     reject: bool | float | None = None, ray: "RayJob | None" = None) -> tuple[Path, int, list]:
     """form: auto (a class per image; with several tags per image "tags"), tags, or onehot (several tags per image:
-    the tags given separated by spaces, or a 0/1 column per tag)."""
+    the tags given separated by spaces, or a 0/1 column per tag). ray: as submission_rows'."""
     if target not in ("index", "label"):
         raise UserError("--target must be index or label")
     if form not in ("auto", "tags", "onehot"):
@@ -91,7 +101,7 @@ def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path
         raise UserError(f"--format {form} is for a model with several tags per image; this one gives one class")
     form = "tags" if form == "auto" else form
     rows, bad = submission_rows(predictor, test_dir, target, level=level, runtime=runtime, precision=precision,
-                                form=form, reject=reject)
+                                form=form, reject=reject, ray=ray)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if form == "onehot" and not predictor.task.exclusive:
