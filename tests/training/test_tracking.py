@@ -4,6 +4,7 @@ tracking server costs a warning, never the run."""
 import csv
 import glob
 import struct
+import time
 
 import pytest
 
@@ -115,6 +116,17 @@ def wandb_records(path):
             yield record
 
 
+def finished_records(path, wait: float = 60.0):
+    """The records once the file holds the run's exit record, its last. wandb's core process writes the file; under
+    load (two test processes on 2 cores) a read right after `run.finish()` returned once found no history in it."""
+    deadline = time.monotonic() + wait
+    while True:
+        records = list(wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def key_of(item) -> str:
     """A history or summary item's name: its key, or its nested key's parts joined."""
     return item.key or "/".join(item.nested_key)
@@ -129,7 +141,7 @@ def test_wandb_offline_run_holds_every_epoch_the_summary_and_the_model(data, tmp
     run = imgclass.train(data, out=str(tmp_path / "run"), track="wandb", **dict(FAST, epochs=3, evaluate=True))
     (log_file,) = glob.glob(str(run.dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     history, summary, artifacts = [], {}, []
-    for record in wandb_records(log_file):
+    for record in finished_records(log_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({key_of(i): json.loads(i.value_json) for i in record.history.item})
