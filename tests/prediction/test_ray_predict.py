@@ -94,3 +94,14 @@ def test_ray_refuses_what_it_cannot_do(trained_run, photos):
         imgclass.predict(trained_run, photos, ray=True, out="x.csv")
     with pytest.raises(UserError, match="--out is for --ray"):
         imgclass.predict(trained_run, photos, out="x.parquet")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--ray-workers", "0"], "--ray-workers must be at least 1"),
+    (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),   # refused in seconds, not minutes
+    (["--address", "nowhere"], "--address must be HOST:PORT")])
+def test_ray_refuses_bad_options_in_one_line(trained_run, photos, options, message):
+    done = subprocess.run([sys.executable, "-m", "imgclass", "predict", str(trained_run), str(photos / "0.png"),
+                           "--ray", *options], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith(f"imgclass: error: {message}"), done.stderr[-2000:]

@@ -34,6 +34,7 @@ from ..files import staged_file
 from .predictor import Predictor, expand_inputs
 
 RAY_BATCH = 32  # images per actor call: enough to batch the model (Lite0's best is 8-16 on a CPU) and decoding
+REACH_SECONDS = 10  # how long a cluster's address may take to accept a connection before the job is refused
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
     by actors running the predictor's engine (the runtime the caller chose and `use`d)."""
     if predictor.path is None:
         raise UserError("--ray loads the model file in each worker: give a run folder or model file")
+    if workers is not None and workers < 1:
+        raise UserError("--ray-workers must be at least 1")
     ray = require("ray", "ray", "--ray")
     require("ray.data", "ray", "--ray")
     from .runtime import chosen_kind
@@ -90,6 +93,7 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
     given = {form: p for p in paths for form in _ray_forms(p)}
     started_here = not ray.is_initialized()
     if started_here:
+        _check_reachable(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  **({} if address else {"num_cpus": os.cpu_count() or 1}))
     try:
@@ -110,6 +114,21 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """A cluster address that nothing answers at is refused in seconds: Ray itself retries for minutes."""
+    if address is None or address in ("auto", "local"):
+        return
+    import socket
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be HOST:PORT (or ray://HOST:PORT, or auto), not {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head` "
+                        f"running there, and is the port open?)") from None
 
 
 def ray_predict_proba(predictor: Predictor, paths: list[str], features: list | None = None,
@@ -165,6 +184,7 @@ def _write_parquet(predictor: Predictor, paths: list[str], top_k: int, level: st
                              ("probability", pyarrow.float64()), ("answer", pyarrow.string()),
                              ("error", pyarrow.string())])
     rejection = predictor.rejection(reject)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with staged_file(out) as tmp, pa.ParquetWriter(str(tmp), schema) as writer:
         for names, probs, errors, feats in scored_batches(predictor, paths, predictor.needs_features(reject),
                                                           address, workers):
