@@ -119,7 +119,8 @@ def _tune_options(p: argparse.ArgumentParser) -> None:
 
 def _explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder or model.safetensors")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns; or WebDataset-style .tar shards "
+                                              "(local, globs, {000..099} ranges, or any fsspec URL), read as a stream")
     p.add_argument("--class", dest="label", help="explain this class instead of the predicted one")
     p.add_argument("--method", choices=["gradcam", "eigencam"], default="gradcam",
                    help="gradcam (gradient of the class score) or eigencam (gradient-free) [default: gradcam]")
@@ -194,7 +195,8 @@ def _add_ray(p: argparse.ArgumentParser) -> None:
 
 def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns; or WebDataset-style .tar shards "
+                                              "(local, globs, {000..099} ranges, or any fsspec URL), read as a stream")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _add_ray(p)

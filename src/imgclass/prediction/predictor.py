@@ -60,6 +60,7 @@ class Predictions(list):
 
 
 DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))  # threads decoding a batch (Pillow releases the GIL)
+SHARD_CHUNK = 256  # images read from shards and scored at a time: their bytes alone are held (a few MB)
 
 
 def overlap_decoding(device: torch.device) -> bool:
@@ -244,6 +245,30 @@ class Predictor:
         probs, errors = self.predict_proba(sources, batch_size, feats)
         names = [str(src) if isinstance(src, (str, Path)) else f"<image {i}>" for i, src in enumerate(sources)]
         return self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None)
+
+    def predict_shards(self, shards: list[str], top_k: int = 3, level: str = "fine",
+                       reject: bool | float | None = None, chunk: int = SHARD_CHUNK) -> "Predictions":
+        """predict's answers for the images in WebDataset-style .tar shards (data/shards.py), read as a stream in
+        order, `chunk` images' bytes held at a time; each named tar://MEMBER::SHARD."""
+        from ..data.shards import shard_batches
+        self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
+        rejection = self.rejection(reject)
+        out = Predictions()
+        for names, items in shard_batches(shards, chunk):
+            readable = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+            errors: list[str | None] = [None if isinstance(item, bytes) else item for item in items]
+            feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
+            scored, scored_errors = self.predict_proba([items[i] for i in readable], features=feats)
+            probs = np.full((len(items), len(self.classes)), np.nan, dtype=np.float32)
+            probs[readable] = scored
+            for i, error in zip(readable, scored_errors):
+                errors[i] = error
+            features = None
+            if feats:
+                features = np.full((len(items), feats[0].shape[1]), np.nan, dtype=np.float32)
+                features[readable] = feats[0]
+            out.extend(self.answer(names, probs, errors, top_k, level, rejection, features))
+        return out
 
     def needs_features(self, reject: bool | float | None) -> bool:
         """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""
