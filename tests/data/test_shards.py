@@ -89,9 +89,13 @@ def test_bad_shards_are_refused_or_fail_their_rows(trained_run, shard_set, tmp_p
     assert all("error" not in a for a in got[:3])
     assert got[3]["image"] == str(cut) and "damaged after its last readable member" in got[3]["error"]
     assert len(got) == 4
-    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 20)
-    with pytest.raises(UserError, match="cannot open the shard"):
-        imgclass.predict(trained_run, str(tmp_path / "junk.tar"), runtime="torch")
+    (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 20)   # one bad shard fails its own row
+    got = imgclass.predict(trained_run, [str(tmp_path / "junk.tar"), "memory://nowhere/gone.tar",
+                                         str(root / "train-000000.tar")], runtime="torch")
+    assert set(got[0]) == {"image", "error"} and got[0]["image"] == str(tmp_path / "junk.tar")
+    assert "cannot open the shard: not a tar archive" in got[0]["error"]
+    assert got[1]["image"] == "memory://nowhere/gone.tar" and "cannot open the shard" in got[1]["error"]
+    assert len(got) == 2 + 7 and all("top_k" in a for a in got[2:8])
 
 
 def test_any_fsspec_url_and_the_command_line(trained_run, shard_set, capsys):

@@ -56,17 +56,36 @@ def test_ray_answers_equal_one_process_unreadable_files_included(trained_run, ph
 
 
 RAY_JOBS = """
-import sys, ray, imgclass
+import json, sys, ray, imgclass
 run, photos, tmp = sys.argv[1:4]
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)  # one Ray, two jobs
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)  # one Ray, three jobs
 imgclass.predict(run, photos, ray=True, ray_workers=2, runtime="onnx", out=tmp + "/predictions.parquet")
 imgclass.submit(run, photos, tmp + "/submission-ray.csv", target="label", ray=True, ray_workers=2, runtime="onnx")
+shards = imgclass.predict(run, tmp + "/shard-{0..2}.tar", ray=True, ray_workers=2, runtime="onnx")
+open(tmp + "/shards-ray.json", "w").write(json.dumps(shards))
 """
 
 
-def test_parquet_and_submit_on_ray_equal_one_process(trained_run, photos, tmp_path):
+def write_shards(photos, tmp_path):
+    """Three shards of the photos (WebDataset samples: KEY.png + KEY.cls); the second cut off inside a member."""
+    import io
+    import tarfile
+    files = sorted(photos.glob("*.png"))
+    for s in range(3):
+        with tarfile.open(tmp_path / f"shard-{s}.tar", "w") as tar:
+            for f in files[s::3]:
+                for name, data in ((f"{f.stem}.png", f.read_bytes()), (f"{f.stem}.cls", b"0")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "shard-1.tar"
+    cut.write_bytes(cut.read_bytes()[:5000])
+
+
+def test_parquet_submit_and_shards_on_ray_equal_one_process(trained_run, photos, tmp_path):
     """In ONNX Runtime, which the actors load as the export alone (no PyTorch model): the Parquet rows equal
-    predict's answers, and submit --ray writes the same file as submit."""
+    predict's answers, submit --ray writes the same file as submit, and .tar shards answer as predict reads them."""
+    write_shards(photos, tmp_path)
     done = subprocess.run([sys.executable, "-c", RAY_JOBS, str(trained_run), str(photos), str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -86,6 +105,14 @@ def test_parquet_and_submit_on_ray_equal_one_process(trained_run, photos, tmp_pa
     assert not list(tmp_path.glob("*.tmp"))
     imgclass.submit(trained_run, photos, tmp_path / "submission.csv", target="label", runtime="onnx")
     assert (tmp_path / "submission-ray.csv").read_text() == (tmp_path / "submission.csv").read_text()
+    # shards: one Ray task streams each; the answers in predict's order, the cut shard's last row its error
+    got = json.loads((tmp_path / "shards-ray.json").read_text())
+    want = imgclass.predict(trained_run, str(tmp_path / "shard-{0..2}.tar"), runtime="onnx")
+    assert [a["image"] for a in got] == [a["image"] for a in want]
+    assert sum("damaged" in a.get("error", "") for a in got) == 1 and len(got) > 20
+    for g, w in zip(got, want):
+        assert g.get("error") == w.get("error")
+        assert [t["label"] for t in g.get("top_k", [])] == [t["label"] for t in w.get("top_k", [])]
 
 
 def test_ray_refuses_what_it_cannot_do(trained_run, photos):

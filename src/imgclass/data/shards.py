@@ -61,17 +61,20 @@ def member_url(shard: str, member: str) -> str:
 
 def shard_images(shard: str) -> Iterator[tuple[str, bytes | str]]:
     """(name, bytes) for each image member of one shard, in the shard's order; (name, why) for a member that cannot
-    be read (too large, or the shard ends in the middle of it). A shard that cannot be opened is a UserError."""
+    be read (too large), and (the shard, why) for a shard that cannot be opened or ends in the middle of a member:
+    one bad shard fails its own row, never a job over many."""
     import fsspec
     try:
         stream = fsspec.open(shard, "rb").open()
     except Exception as exc:  # noqa: BLE001 - fsspec raises what its filesystem raises
-        raise UserError(f"cannot open the shard {shard}: {type(exc).__name__}: {exc}") from None
+        yield shard, f"cannot open the shard: {type(exc).__name__}: {exc}"
+        return
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
     except (tarfile.TarError, EOFError, OSError) as exc:
         stream.close()
-        raise UserError(f"cannot open the shard {shard}: not a tar archive ({exc})") from None
+        yield shard, f"cannot open the shard: not a tar archive ({exc})"
+        return
     with stream, tar:
         try:
             for member in tar:

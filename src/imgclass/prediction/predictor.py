@@ -255,20 +255,28 @@ class Predictor:
         rejection = self.rejection(reject)
         out = Predictions()
         for names, items in shard_batches(shards, chunk):
-            readable = [i for i, item in enumerate(items) if isinstance(item, bytes)]
-            errors: list[str | None] = [None if isinstance(item, bytes) else item for item in items]
             feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
-            scored, scored_errors = self.predict_proba([items[i] for i in readable], features=feats)
-            probs = np.full((len(items), len(self.classes)), np.nan, dtype=np.float32)
-            probs[readable] = scored
-            for i, error in zip(readable, scored_errors):
-                errors[i] = error
-            features = None
-            if feats:
-                features = np.full((len(items), feats[0].shape[1]), np.nan, dtype=np.float32)
-                features[readable] = feats[0]
-            out.extend(self.answer(names, probs, errors, top_k, level, rejection, features))
+            probs, errors = self.predict_read(items, feats)
+            out.extend(self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None))
         return out
+
+    def predict_read(self, items: list[bytes | str], features: list | None = None, batch_size: int = 64
+                     ) -> tuple[np.ndarray, list[str | None]]:
+        """predict_proba for images already read: each item its bytes, or why it could not be read (a str, which
+        becomes its error; a shard's member that was too large, say)."""
+        readable = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+        errors: list[str | None] = [None if isinstance(item, bytes) else item for item in items]
+        feats: list[np.ndarray] | None = [] if features is not None else None
+        scored, scored_errors = self.predict_proba([items[i] for i in readable], batch_size, feats)
+        probs = np.full((len(items), len(self.classes)), np.nan, dtype=np.float32)
+        probs[readable] = scored
+        for i, error in zip(readable, scored_errors):
+            errors[i] = error
+        if features is not None:
+            all_feats = np.full((len(items), feats[0].shape[1]), np.nan, dtype=np.float32)
+            all_feats[readable] = feats[0]
+            features.append(all_feats)
+        return probs, errors
 
     def needs_features(self, reject: bool | float | None) -> bool:
         """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""

@@ -57,12 +57,39 @@ class Scorer:
         self.with_features = with_features
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        # a batch read from shards says which of its members could not be read ("error"), and their order
+        given = batch["error"] if "error" in batch else [""] * len(batch["path"])
+        items = [str(e) if e else bytes(b) for b, e in zip(batch["bytes"], given)]
         feats: list[np.ndarray] | None = [] if self.with_features else None
-        probs, errors = self.predictor.predict_proba([bytes(b) for b in batch["bytes"]], len(batch["bytes"]), feats)
+        probs, errors = self.predictor.predict_read(items, feats, max(1, len(items)))
         out = {"path": batch["path"], "probs": probs, "error": np.array([e or "" for e in errors], dtype=object)}
+        if "order" in batch:
+            out["order"] = batch["order"]
         if feats is not None:
             out["features"] = feats[0]
         return out
+
+
+def read_shards(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """A Ray task's work for shards: the images of its shards, RAY_BATCH at a time, each with its bytes (or why it
+    cannot be read) and its place in the job (shard index x 2^32 + member index), read as a stream."""
+    from ..data.shards import shard_images
+    rows: list[tuple[str, bytes, str, int]] = []
+    for shard, index in zip(batch["shard"], batch["index"]):
+        for k, (name, item) in enumerate(shard_images(str(shard))):
+            rows.append((name, item if isinstance(item, bytes) else b"", "" if isinstance(item, bytes) else item,
+                         int(index) * 2**32 + k))
+            if len(rows) == RAY_BATCH:
+                yield _columns(rows)
+                rows = []
+    if rows:
+        yield _columns(rows)
+
+
+def _columns(rows: list[tuple[str, bytes, str, int]]) -> dict[str, np.ndarray]:
+    names, data, errors, order = zip(*rows)
+    return {"path": np.array(names, dtype=object), "bytes": np.array(data, dtype=object),
+            "error": np.array(errors, dtype=object), "order": np.array(order, dtype=np.int64)}
 
 
 def ray_paths(inputs: list[str]) -> list[str]:
@@ -79,9 +106,12 @@ def _ray_forms(path: str) -> tuple[str, ...]:
 
 
 def scored_batches(predictor: Predictor, paths: list[str], with_features: bool = False, address: str | None = None,
-                   workers: int | None = None) -> Iterator[tuple[list[str], np.ndarray, list[str | None], Any]]:
-    """(paths as given, probabilities, errors, features or None) per batch, in the order Ray finishes them, scored
-    by actors running the predictor's engine (the runtime the caller chose and `use`d)."""
+                   workers: int | None = None, shards: bool = False
+                   ) -> Iterator[tuple[list[str], np.ndarray, list[str | None], Any, Any]]:
+    """(paths as given, probabilities, errors, features or None, order or None) per batch, in the order Ray
+    finishes them, scored by actors running the predictor's engine (the runtime the caller chose and `use`d).
+    shards: paths are .tar shards (data/shards.py), each read as a stream by one Ray task; the images are named
+    tar://MEMBER::SHARD, and order places each in the job (shard, then member)."""
     if predictor.path is None:
         raise UserError("--ray loads the model file in each worker: give a run folder or model file")
     if workers is not None and workers < 1:
@@ -103,14 +133,20 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
         # Reservations, not limits: each actor runs `threads` threads but reserves 3/4 of them, and the reads a
         # quarter of a CPU, so that reading can be scheduled beside a pool that fills the machine (with whole CPUs
         # reserved, 2 actors on 2 CPUs left the read tasks unscheduled and the job hung).
-        dataset = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0.25).map_batches(
+        if shards:  # one task per shard, streaming it; a shard's images go to the actors RAY_BATCH at a time
+            source = ray.data.from_items([{"shard": s, "index": i} for i, s in enumerate(paths)],
+                                         override_num_blocks=len(paths)).map_batches(
+                read_shards, batch_size=1, num_cpus=0.25, batch_format="numpy")
+        else:
+            source = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0.25)
+        dataset = source.map_batches(
             Scorer, fn_constructor_kwargs=dict(model=str(predictor.path), kind=kind, with_features=with_features,
                                                max_pixels=predictor.pre.max_pixels, threads=threads),
             batch_size=RAY_BATCH, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=0.75 * threads,
             batch_format="numpy")
         for batch in dataset.iter_batches(batch_size=1024, batch_format="numpy"):
             yield ([given.get(str(p), str(p)) for p in batch["path"]], np.asarray(batch["probs"], np.float32),
-                   [e or None for e in batch["error"]], batch.get("features"))
+                   [e or None for e in batch["error"]], batch.get("features"), batch.get("order"))
     finally:
         if started_here:
             ray.shutdown()
@@ -139,8 +175,8 @@ def ray_predict_proba(predictor: Predictor, paths: list[str], features: list | N
     probs = np.full((len(paths), len(predictor.classes)), np.nan, np.float32)
     errors: list[str | None] = [None] * len(paths)
     feats = None
-    for names, batch_probs, batch_errors, batch_feats in scored_batches(predictor, paths, features is not None,
-                                                                        address, workers):
+    for names, batch_probs, batch_errors, batch_feats, _ in scored_batches(predictor, paths, features is not None,
+                                                                           address, workers):
         rows = [index[n] for n in names]
         probs[rows] = batch_probs
         for row, error in zip(rows, batch_errors):
@@ -166,17 +202,35 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
     predictor = Predictor.load(model, "cpu", max_pixels)
     predictor.task.views(np.zeros((0, len(predictor.classes)), np.float32), predictor.classes, level)  # a bad level
     rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
-    paths = ray_paths([str(i) for i in inputs])
-    predictor.use(choose_runtime(predictor, runtime, precision, len(paths)))
+    from ..data.shards import expand_shards, is_shard
+    shards = [s for i in inputs if is_shard(i) for s in expand_shards(i)]
+    if shards and any(not is_shard(i) for i in inputs):
+        raise UserError("give either .tar shards or image files and folders, not both in one command")
+    paths = shards or ray_paths([str(i) for i in inputs])
+    # shards: a job of uncounted images, chosen for as for a long one (as predict does)
+    predictor.use(choose_runtime(predictor, runtime, precision, None if shards else len(paths)))
     if out is not None:
-        return _write_parquet(predictor, paths, top_k, level, reject, Path(out), address, workers)
+        return _write_parquet(predictor, paths, top_k, level, reject, Path(out), address, workers, bool(shards))
+    if shards:
+        return _shard_answers(predictor, paths, top_k, level, reject, address, workers)
     feats: list | None = [] if predictor.needs_features(reject) else None
     probs, errors = ray_predict_proba(predictor, paths, feats, address, workers)
     return predictor.answer(paths, probs, errors, top_k, level, rejection, feats[0] if feats else None)
 
 
+def _shard_answers(predictor: Predictor, shards: list[str], top_k: int, level: str, reject: bool | float | None,
+                   address: str | None, workers: int | None) -> list[dict[str, Any]]:
+    """The shards' answers in the order predict gives them (shard by shard, member by member)."""
+    rejection = predictor.rejection(reject)
+    placed = []
+    for names, probs, errors, feats, order in scored_batches(predictor, shards, predictor.needs_features(reject),
+                                                             address, workers, shards=True):
+        placed += zip(order.tolist(), predictor.answer(names, probs, errors, top_k, level, rejection, feats))
+    return [answer for _, answer in sorted(placed, key=lambda pair: pair[0])]
+
+
 def _write_parquet(predictor: Predictor, paths: list[str], top_k: int, level: str, reject: bool | float | None,
-                   out: Path, address: str | None, workers: int | None) -> Path:
+                   out: Path, address: str | None, workers: int | None, shards: bool = False) -> Path:
     """Rows in the order Ray finishes them (a million rows are never held at once), one per image."""
     pa = require("pyarrow.parquet", "ray", "predict --ray --out NAME.parquet")
     import pyarrow
@@ -186,8 +240,8 @@ def _write_parquet(predictor: Predictor, paths: list[str], top_k: int, level: st
     rejection = predictor.rejection(reject)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged_file(out) as tmp, pa.ParquetWriter(str(tmp), schema) as writer:
-        for names, probs, errors, feats in scored_batches(predictor, paths, predictor.needs_features(reject),
-                                                          address, workers):
+        for names, probs, errors, feats, _ in scored_batches(predictor, paths, predictor.needs_features(reject),
+                                                             address, workers, shards):
             rows = predictor.answer(names, probs, errors, top_k, level, rejection, feats)
             best = [(r.get("top_k") or [{}])[0] for r in rows]
             writer.write_table(pyarrow.table({
