@@ -14,6 +14,10 @@ The driver turns the probabilities into answers with the same `Predictor.answer`
 submit, into the same rows. Without --address a local Ray is started on this machine (and stopped at the end);
 with one the job joins that cluster (the model file's path must be readable there too).
 
+WebDataset-style .tar shards (data/shards.py) are read by one Ray task per shard, which streams the shard's images
+to the actors RAY_BATCH at a time (a member that could not be read arrives as its error, and the actors score the
+rest with `Predictor.predict_read`); the answers come back in predict's order, shard by shard, member by member.
+
 The answers come back in the order of the inputs, exactly as `predict` would give them, or are written to a
 Parquet file (one row per image: image, label, probability, the whole answer as JSON, error), streamed batch by
 batch into a temporary file renamed into place at the end.
