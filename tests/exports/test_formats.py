@@ -40,14 +40,19 @@ def test_tflite_runs_in_litert_like_pytorch(trained_run, tmp_path, capsys):
 
 
 def test_coreml_spec_is_checked_and_says_parity_needs_macos(trained_run, tmp_path, capsys):
-    ct = pytest.importorskip("coremltools", reason="the coreml extra")
+    import importlib.util
     import sys
-    from imgclass.exports.coreml import spec_class_labels
+    if importlib.util.find_spec("coremltools") is None:
+        pytest.skip("the coreml extra")
+    assert "tensorflow" not in sys.modules
+    from imgclass.exports.coreml import _coremltools, spec_class_labels
+    # coremltools imports TensorFlow whenever it is installed; imported as the export imports it (TensorFlow hidden),
+    # TensorFlow stays out of this process. (This test once imported coremltools itself, plainly: TensorFlow then
+    # stayed loaded in the test process, and a later test died by SIGSEGV as it started Chromium.)
+    ct = _coremltools()
     out = tmp_path / "m.mlpackage"
-    tensorflow_before = "tensorflow" in sys.modules
     assert main(["export", str(trained_run), "--format", "coreml", "--out", str(out)]) == 0
-    # coremltools imports TensorFlow when it is installed; hidden from it, it stays out of this process
-    assert tensorflow_before or "tensorflow" not in sys.modules
+    assert "tensorflow" not in sys.modules
     printed = capsys.readouterr().out
     assert "Core ML spec checked" in printed
     if sys.platform != "darwin":
@@ -60,6 +65,7 @@ def test_coreml_spec_is_checked_and_says_parity_needs_macos(trained_run, tmp_pat
     assert spec_class_labels(spec) == list(predictor.classes)
     assert spec.description.predictedFeatureName == "classLabel"
     assert spec.description.metadata.userDefined["imgclass"] == predictor.header.to_json()
+    assert "tensorflow" not in sys.modules                             # nor by reading the spec back
 
 
 def test_triton_repository_validates(trained_run, tmp_path, capsys):
