@@ -87,7 +87,7 @@ def shard_images(shard: str) -> Iterator[tuple[str, bytes | str]]:
                 data = tar.extractfile(member)
                 yield name, data.read() if data is not None else "not a regular file"
         except (tarfile.TarError, EOFError, OSError) as exc:
-            yield f"{shard}", f"the shard is damaged after its last readable member: {type(exc).__name__}: {exc}"
+            yield shard, f"the shard is damaged after its last readable member: {type(exc).__name__}: {exc}"
 
 
 def shard_batches(shards: list[str], size: int) -> Iterator[tuple[list[str], list[bytes | str]]]:
