@@ -9,7 +9,7 @@ import fnmatch
 from pathlib import Path
 from typing import Any, Iterable
 
-from .data.shards import expand_shards, is_shard
+from .data.shards import shards_of
 from .errors import UserError
 from .evaluation.evaluate import Evaluation, LabelsCsv, evaluate  # noqa: F401  (re-exported)
 from .prediction.predictor import Predictor, expand_inputs
@@ -70,16 +70,14 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: s
         model, runtime = load(model, device, max_pixels), runtime or "auto"
     # one path, one PIL image or one bytes object is one input (a string is not a sequence of inputs)
     items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
-    shards = [expand_shards(i) for i in items if isinstance(i, (str, Path)) and is_shard(i)]
-    if shards and len(shards) < len(items):
-        raise UserError("give either .tar shards or image files and folders, not both in one command")
+    shards = shards_of(items)
     if all(isinstance(i, (str, Path)) for i in items) and not shards:
         items = expand_inputs(items)
     if runtime is not None:  # the runtime for a job of this many images (shards: uncounted, as a long job), stated
         from .prediction.runtime import choose_runtime
         model.use(choose_runtime(model, runtime, precision, None if shards else len(items)))
     if shards:
-        return model.predict_shards([s for group in shards for s in group], top_k, level=level, reject=reject)
+        return model.predict_shards(shards, top_k, level=level, reject=reject)
     return model.predict(items, top_k=top_k, level=level, reject=reject)
 
 

@@ -54,6 +54,14 @@ def expand_shards(spec: str | Path) -> list[str]:
     return shards
 
 
+def shards_of(inputs: list) -> list[str]:
+    """The shards a command's inputs name ([] when they name none): all of them shards, or none of them."""
+    named = [isinstance(i, (str, Path)) and is_shard(i) for i in inputs]
+    if any(named) and not all(named):
+        raise UserError("give either .tar shards or image files and folders, not both in one command")
+    return [shard for i, is_one in zip(inputs, named) if is_one for shard in expand_shards(i)]
+
+
 def member_url(shard: str, member: str) -> str:
     """An image inside a shard, as fsspec names it (fsspec.open reads it again)."""
     return f"tar://{member}::{shard}"

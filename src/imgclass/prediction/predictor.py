@@ -238,7 +238,7 @@ class Predictor:
         tags per image each answer also has "labels": the tags given at their thresholds. reject (True, or a
         threshold): each answer also has "unknown" (its score is below the threshold: none of the classes) and
         "score" (models/reject.py)."""
-        self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
+        self.check_level(level)
         rejection = self.rejection(reject)
         sources = list(sources)
         feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
@@ -251,7 +251,7 @@ class Predictor:
         """predict's answers for the images in WebDataset-style .tar shards (data/shards.py), read as a stream in
         order, `chunk` images' bytes held at a time; each named tar://MEMBER::SHARD."""
         from ..data.shards import shard_batches
-        self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)  # a bad level: at once
+        self.check_level(level)
         rejection = self.rejection(reject)
         out = Predictions()
         for names, items in shard_batches(shards, chunk):
@@ -277,6 +277,10 @@ class Predictor:
             all_feats[readable] = feats[0]
             features.append(all_feats)
         return probs, errors
+
+    def check_level(self, level: str) -> None:
+        """A level this model's task does not answer is refused at once, before any image is read."""
+        self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)
 
     def needs_features(self, reject: bool | float | None) -> bool:
         """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""

@@ -204,12 +204,10 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
     require("ray", "ray", "predict --ray")
     from .runtime import choose_runtime
     predictor = Predictor.load(model, "cpu", max_pixels)
-    predictor.task.views(np.zeros((0, len(predictor.classes)), np.float32), predictor.classes, level)  # a bad level
+    predictor.check_level(level)
     rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
-    from ..data.shards import expand_shards, is_shard
-    shards = [s for i in inputs if is_shard(i) for s in expand_shards(i)]
-    if shards and any(not is_shard(i) for i in inputs):
-        raise UserError("give either .tar shards or image files and folders, not both in one command")
+    from ..data.shards import shards_of
+    shards = shards_of(list(inputs))
     paths = shards or ray_paths([str(i) for i in inputs])
     # shards: a job of uncounted images, chosen for as for a long one (as predict does)
     predictor.use(choose_runtime(predictor, runtime, precision, None if shards else len(paths)))
