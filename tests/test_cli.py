@@ -109,11 +109,43 @@ def test_every_verb_prints_its_help(verb, capsys):
         assert "onecycle (linear up 25%, linear down)" in " ".join(out.split())
 
 
+HEAVY = ("torch", "timm", "onnx", "onnxruntime", "sklearn", "matplotlib", "fastapi")
+
+
+def test_help_imports_nothing_heavy():
+    """Building the parser and printing any verb's help loads none of the heavy libraries (issue 39: `imgclass
+    --help` had grown from 0.2 s to 2.2 s on a float32-only AMD machine by importing torch for export's options)."""
+    import subprocess
+    import sys
+    script = f"""
+import contextlib, io, sys
+from imgclass.cli import COMMANDS, main
+for argv in [["--help"]] + [[verb, "--help"] for verb in COMMANDS]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(argv)
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_serve_defaults_are_the_settings_defaults():
+    """serve's defaults are written once (serving/settings.py): the parser's are ServeSettings' own."""
+    from imgclass.cli import build_parser
+    from imgclass.serving.settings import ServeSettings
+    args = build_parser().parse_args(["serve", "run"])
+    d = ServeSettings()
+    assert (args.host, args.port, args.workers, args.max_upload_mb, args.max_batch, args.max_image_pixels,
+            args.max_decode_mb, args.max_batch_size, args.max_batch_delay_ms, args.max_queue) == (
+        d.host, d.port, d.workers, d.max_upload_mb, d.max_batch, d.max_pixels, d.max_decode_mb,
+        d.batching.max_batch_size, d.batching.max_delay_ms, d.batching.max_queue)
+
+
 # What a verb may import besides imgclass.api: helpers that only print or parse (no work of the library).
 PRESENTATION = {"version.STARTED", "version.__version__", "config.parse_duration", "training.run.summary_lines",
                 "evaluation.compare.compare_text", "tuning.tune.summary_table", "data.check_report.print_check",
                 "prediction.predictor.summary_rows", "tuning.sweep.parse_sweep", "models.get_spec",
-                "serving.app.ServeSettings", "serving.batcher.Batching"}
+                "serving.settings.ServeSettings", "serving.batcher.Batching"}
 
 
 def test_every_verb_calls_the_api_and_nothing_else_of_the_library():
@@ -135,7 +167,7 @@ def test_every_verb_calls_the_api_and_nothing_else_of_the_library():
 
 def test_serve_options_are_one_settings_object(monkeypatch):
     from imgclass import api
-    from imgclass.serving.app import ServeSettings
+    from imgclass.serving.settings import ServeSettings
     seen = []
     monkeypatch.setattr(api, "serve", lambda model, settings: seen.append((model, settings)))
     assert main(["serve", "run", "--port", "9001", "--cors", "http://a.example", "--max-batch-size", "4"]) == 0

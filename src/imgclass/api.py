@@ -195,9 +195,10 @@ def export(model: str | Path, format: str = "onnx", out: str | Path | None = Non
 
 
 def serve(model: str | Path, settings=None, **options: Any) -> None:
-    """`imgclass serve`: the web service for a model until stopped; settings: a serving.app.ServeSettings, or its
+    """`imgclass serve`: the web service for a model until stopped; settings: a serving.settings.ServeSettings, or its
     fields as options (host, port, workers, runtime, max_upload_mb, api_key_file, cors, ...)."""
-    from .serving.app import ServeSettings, serve as run_service
+    from .serving.app import serve as run_service
+    from .serving.settings import ServeSettings
     run_service(model, settings if settings is not None else ServeSettings(**options))
 
 

@@ -308,8 +308,7 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
-    from .exports.formats import FORMATS
-    from .prediction.quantize import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
+    from .exports.settings import CALIBRATION_IMAGES, FORMATS, MAX_ACCURACY_DROP  # light: no torch
     p.add_argument("model", help="run folder or model.safetensors")
     p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="openvino (extra), tflite (extra), coreml (extra): for devices; triton: a Triton model "
@@ -332,25 +331,29 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
+    from .serving.settings import ServeSettings  # the defaults, written once (light: no torch)
+    d = ServeSettings()
     p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1, this machine only]")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
-    from .serving.batcher import BATCHING
+    p.add_argument("--host", default=d.host, help=f"address to listen on [default: {d.host}, this machine only]")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes")
     _add_runtime(p)
-    p.add_argument("--max-batch-size", type=int, default=BATCHING.max_batch_size,
-                   help=f"dynamic batching: images scored in one model call at most [default: {BATCHING.max_batch_size}]")
-    p.add_argument("--max-batch-delay-ms", type=float, default=BATCHING.max_delay_ms,
+    p.add_argument("--max-batch-size", type=int, default=d.batching.max_batch_size,
+                   help=f"dynamic batching: images scored in one model call at most [default: {d.batching.max_batch_size}]")
+    p.add_argument("--max-batch-delay-ms", type=float, default=d.batching.max_delay_ms,
                    help="dynamic batching: how long an image may wait for others to join its batch "
-                        f"[default: {BATCHING.max_delay_ms:g}]")
-    p.add_argument("--max-queue", type=int, default=BATCHING.max_queue,
-                   help=f"decoded images waiting at most; more get 503 [default: {BATCHING.max_queue}]")
-    p.add_argument("--max-upload-mb", type=float, default=10.0)
-    p.add_argument("--max-batch", type=int, default=64, help="images per /predict/batch request [default: 64]")
-    p.add_argument("--max-image-pixels", type=int, default=30_000_000,
-                   help="refuse uploads whose header claims more pixels [default: 30000000]")
-    p.add_argument("--max-decode-mb", type=float, default=300.0,
-                   help="memory one upload's decode may take at its peak; larger images get 400 [default: 300]")
+                        f"[default: {d.batching.max_delay_ms:g}]")
+    p.add_argument("--max-queue", type=int, default=d.batching.max_queue,
+                   help=f"decoded images waiting at most; more get 503 [default: {d.batching.max_queue}]")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
+                   help=f"a request body's size at most [default: {d.max_upload_mb:g}]")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"images per /predict/batch request [default: {d.max_batch}]")
+    p.add_argument("--max-image-pixels", type=int, default=d.max_pixels,
+                   help=f"refuse uploads whose header claims more pixels [default: {d.max_pixels}]")
+    p.add_argument("--max-decode-mb", type=float, default=d.max_decode_mb,
+                   help="memory one upload's decode may take at its peak; larger images get 400 "
+                        f"[default: {d.max_decode_mb:g}]")
     p.add_argument("--max-concurrent", type=int,
                    help="requests decoding at once [default: one per core, up to 4]")
     p.add_argument("--api-key-file", metavar="FILE",
@@ -570,7 +573,7 @@ def _export(args: argparse.Namespace) -> int | None:
 
 def _serve(args: argparse.Namespace) -> int | None:
     from . import api
-    from .serving.app import ServeSettings
+    from .serving.settings import ServeSettings
     from .serving.batcher import Batching
     settings = ServeSettings(host=args.host, port=args.port, workers=args.workers, runtime=args.runtime,
                              precision=args.precision, max_upload_mb=args.max_upload_mb,

@@ -18,12 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..prediction.quantize import CALIBRATION_IMAGES, MAX_ACCURACY_DROP, Int8Report
-
-FORMATS = ("onnx", "torchscript", "openvino", "tflite", "coreml", "triton", "hub")
-HALF_FORMATS = ("openvino", "tflite", "coreml")
-INT8_FORMATS = ("onnx", "openvino", "hub")  # hub: model.int8.onnx beside model.onnx, in the card too
-
+from ..prediction.quantize import Int8Report
+from .settings import FORMATS, HALF_FORMATS, INT8_FORMATS, ExportSettings
 
 @dataclass(frozen=True)
 class Exported:
@@ -37,17 +33,6 @@ class Exported:
         parity = ("" if self.parity is None else
                   f" (parity with PyTorch: max |probability difference| {self.parity:.2e})")
         return [f"wrote {self.path}{parity}", *self.checks]
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """How to export, beside the format."""
-    quantize: str | None = None          # "int8": static int8 (onnx, openvino), refused if accuracy drops
-    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points an int8 model may lose on the test split
-    calibration_images: int = CALIBRATION_IMAGES   # training images int8 is calibrated on
-    half: bool = False                   # float16 weights (openvino, tflite) or float16 compute (coreml)
-    backend: str = "onnxruntime"         # triton: the repository's backend (onnxruntime or openvino)
-    name: str | None = None              # triton: the model's name in the repository (default: the run's)
 
 
 def _refuse(fmt: str, settings: ExportSettings) -> None:

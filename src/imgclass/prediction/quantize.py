@@ -33,10 +33,9 @@ from ..models.inference import cpu_label
 from ..rundir import RunDir
 from .engines import OnnxEngine, images_per_second
 from .graph import default_export_path, export_model, parity_reference
+from .int8_defaults import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
 from .predictor import Predictor
 
-CALIBRATION_IMAGES = 300  # training images the activation ranges are calibrated on (NNCF's default subset size)
-MAX_ACCURACY_DROP = 1.0   # points of test score an int8 export may lose (--max-accuracy-drop)
 SCORING_BATCH = 64        # test images decoded and scored at once by both models (memory stays flat)
 TIMING_SECONDS = 1.0      # each model timed at batch 16 for this long, in 3 interleaved rounds
 

@@ -50,24 +50,13 @@ from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 from .guard import Guard, allowed_host_names
 from .limits import LIMITS, Limits
+from .settings import (MAX_BATCH, SERVE_MAX_DECODE_MB, SERVE_MAX_PIXELS, UPLOAD_FORMATS, ServeSettings,
+                       default_concurrency)
 
 
-SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes
-#                               (training's limit is 89M)
-SERVE_MAX_DECODE_MB = 300      # memory one upload's decode may take at its peak (data.decode.decode_bytes): every
-#                               format at 30 MP fits (measured peaks: RGB PNG 120 MB, RGBA 250 MB, JPEG 5 MB)
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # the decoders an upload reaches; others get 415
-#                               (Pillow opens dozens: EPS runs Ghostscript where it is installed, PSD, FITS, ...)
 MIN_KEY_LENGTH = 8  # an API key's characters at least, from a file or IMGCLASS_API_KEY
-MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
 EXPLAIN_WAIT_SECONDS = 30.0  # a heatmap waits this long at most for the one before it (then 503)
 PREDICT_CHUNK = 16  # images of one request decoded at a time, so a request's memory is bounded by a chunk
-
-
-def default_concurrency() -> int:
-    """Requests decoding/predicting at once: one per core up to 4 (measured on 2 cores: two requests
-    with one thread each finish together sooner than one after the other with two threads)."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 class _Refused(Exception):
@@ -310,7 +299,7 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
 
 
 def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: str = "auto",
-               max_upload_mb: float = 10.0, api_key: str | None = None, cors_origins: list[str] | None = None,
+               max_upload_mb: float = ServeSettings.max_upload_mb, api_key: str | None = None, cors_origins: list[str] | None = None,
                top_k: int = 5, max_batch: int = MAX_BATCH, max_pixels: int = SERVE_MAX_PIXELS,
                max_concurrent: int | None = None, body_seconds: float = LIMITS.body_seconds,
                batching: Batching = BATCHING, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] = (),
@@ -448,39 +437,6 @@ def app_from_env() -> FastAPI:
     from .protocol import use_limits  # this worker's connections get the deadlines serve() was given
     use_limits(*settings.pop("head_limits"))
     return create_app(api_key=key, **settings)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README)."""
-    host: str = "127.0.0.1"              # listening address: this machine only unless told otherwise
-    port: int = 8000
-    workers: int = 1                     # processes, each batching on its own with its share of the cores
-    runtime: str = "auto"                # auto | torch | onnx | openvino (prediction.runtime)
-    precision: str = "auto"              # auto | float32 | bf16
-    max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
-    api_key_file: str | None = None      # the key on its first line guards every path but the page and /health
-    cors: tuple[str, ...] = ()           # origins allowed by CORS and cross-site POSTs (none: CORS off)
-    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, 127.0.0.1, ::1 and --host ("*": any)
-    max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
-    max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
-    max_decode_mb: float = SERVE_MAX_DECODE_MB  # memory one upload's decode may take at its peak (400 beyond)
-    max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
-    batching: Batching = BATCHING        # dynamic batching: batch size, delay, queue
-    limits: Limits = LIMITS              # connections, keep-alive, the body's time
-
-    def checked(self) -> "ServeSettings":
-        """These settings, or a UserError naming the first one out of range."""
-        for name in ("workers", "max_batch", "max_concurrent", "max_pixels", "max_decode_mb"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.batching.max_batch_size < 1 or self.batching.max_queue < 1:
-            raise UserError("--max-batch-size and --max-queue must be at least 1")
-        if self.batching.max_delay_ms < 0:
-            raise UserError("--max-batch-delay-ms must be 0 or more")
-        if not self.max_upload_mb > 0:
-            raise UserError("--max-upload-mb must be more than 0")
-        return self
 
 
 def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:

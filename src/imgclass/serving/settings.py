@@ -1,0 +1,59 @@
+"""What `imgclass serve` takes, with its defaults: written once here, read by the service (app.py) and by the
+command line's options (cli.py), and light to import (`imgclass serve --help` loads no torch)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import UserError
+from .batcher import BATCHING, Batching
+from .limits import LIMITS, Limits
+
+SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapixel camera photo passes
+#                               (training's limit is 89M)
+SERVE_MAX_DECODE_MB = 300      # memory one upload's decode may take at its peak (data.decode.decode_bytes): every
+#                               format at 30 MP fits (measured peaks: RGB PNG 120 MB, RGBA 250 MB, JPEG 5 MB)
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # the decoders an upload reaches; others get 415
+#                               (Pillow opens dozens: EPS runs Ghostscript where it is installed, PSD, FITS, ...)
+MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
+
+
+def default_concurrency() -> int:
+    """Requests decoding/predicting at once: one per core up to 4 (measured on 2 cores: two requests
+    with one thread each finish together sooner than one after the other with two threads)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README)."""
+    host: str = "127.0.0.1"              # listening address: this machine only unless told otherwise
+    port: int = 8000
+    workers: int = 1                     # processes, each batching on its own with its share of the cores
+    runtime: str = "auto"                # auto | torch | onnx | openvino (prediction.runtime)
+    precision: str = "auto"              # auto | float32 | bf16
+    max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
+    api_key_file: str | None = None      # the key on its first line guards every path but the page and /health
+    cors: tuple[str, ...] = ()           # origins allowed by CORS and cross-site POSTs (none: CORS off)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, 127.0.0.1, ::1 and --host ("*": any)
+    max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
+    max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
+    max_decode_mb: float = SERVE_MAX_DECODE_MB  # memory one upload's decode may take at its peak (400 beyond)
+    max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
+    batching: Batching = BATCHING        # dynamic batching: batch size, delay, queue
+    limits: Limits = LIMITS              # connections, keep-alive, the body's time
+
+    def checked(self) -> "ServeSettings":
+        """These settings, or a UserError naming the first one out of range."""
+        for name in ("workers", "max_batch", "max_concurrent", "max_pixels", "max_decode_mb"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batching.max_batch_size < 1 or self.batching.max_queue < 1:
+            raise UserError("--max-batch-size and --max-queue must be at least 1")
+        if self.batching.max_delay_ms < 0:
+            raise UserError("--max-batch-delay-ms must be 0 or more")
+        if not self.max_upload_mb > 0:
+            raise UserError("--max-upload-mb must be more than 0")
+        return self
+
+
