@@ -176,9 +176,12 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 def _add_reject(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reject", action="store_true",
-                   help="answer 'unknown' for an image whose highest probability is below the model's rejection "
-                        "threshold (set on validation at training: see the model card)")
-    p.add_argument("--reject-threshold", type=float, metavar="P", help="reject below this probability instead")
+                   help="answer 'unknown' for an image unlike the training images: its embedding's similarity to its "
+                        "k-th nearest training image is below the threshold set on validation at training (see the "
+                        "model card)")
+    p.add_argument("--reject-threshold", type=float, metavar="T",
+                   help="reject below this score instead: the k-NN similarity (-1..1); for a model file without a "
+                        "stored rule, the highest probability (0..1)")
 
 
 def _reject(args: argparse.Namespace) -> bool | float | None:

@@ -272,3 +272,35 @@ def test_evaluate_adds_a_map_of_the_embeddings_when_asked(trained_run, tmp_path)
     assert "data map" in (tmp_path / "ev" / "report.md").read_text()
     plain = imgclass.evaluate(trained_run, split="val", out=tmp_path / "plain", runtime="torch")
     assert "data_map" not in plain.figures
+
+
+def test_the_map_marks_what_predict_reject_rejects(trained_run, tmp_path, monkeypatch):
+    """evaluate --map marks the images predict --reject answers 'unknown' (the k-NN rule, through Rejection.decide);
+    it once compared the highest probability with the k-NN rule's cosine threshold (issue 39)."""
+    import dataclasses
+    from imgclass.evaluation import plots
+    from imgclass.modelfile import load_model, save_model
+    with open(trained_run / "splits.csv", newline="") as fh:
+        val = [trained_run.parent / "data" / r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
+    scores = np.array([a["score"] for a in imgclass.predict(trained_run, val, reject=True, runtime="torch",
+                                                               precision="float32")])
+    model, header = load_model(trained_run / "model.safetensors")
+    threshold = float(np.median(scores))  # about half rejected: a rule on the highest probability marks others
+    strict = tmp_path / "run" / "model.safetensors"
+    strict.parent.mkdir()
+    shutil.copy(trained_run / "splits.csv", strict.parent / "splits.csv")
+    shutil.copy(trained_run / "config.yaml", strict.parent / "config.yaml")
+    save_model(strict, model, dataclasses.replace(header, reject=dataclasses.replace(header.reject,
+                                                                                   threshold=threshold)))
+    seen = {}
+    real = plots.data_map
+    monkeypatch.setattr(plots, "data_map", lambda feats, y, classes, marked: seen.update(marked) or
+                        real(feats, y, classes, marked))
+    evaluation = imgclass.evaluate(strict, data=trained_run.parent / "data", split="val", out=tmp_path / "ev",
+                                   data_map=True, runtime="torch", precision="float32")
+    rows = list(csv.DictReader(open(evaluation.dir / "predictions.csv", newline="")))
+    by_path = {p.relative_to(trained_run.parent / "data").as_posix(): s for p, s in zip(val, scores)}
+    marked = {rows[i]["path"] for i in seen["rejected (--reject)"]}
+    clear = 2e-3  # a k-NN score recomputed at another batch size (tests/prediction/test_reject.py)
+    assert {p for p, s in by_path.items() if s < threshold - clear} <= marked
+    assert not {p for p, s in by_path.items() if s > threshold + clear} & marked

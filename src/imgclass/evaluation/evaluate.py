@@ -279,8 +279,8 @@ def _data_map(predictor: Predictor, tensors, y: np.ndarray, probs: np.ndarray, n
                         f"{predictor.exported_as} export")
     feats = unit_rows(compute_features(predictor.model, tensors.images, predictor.pre, 64, predictor.device).numpy())
     marked = {"mistake": set(np.flatnonzero(probs.argmax(1) != y).tolist())}
-    if predictor.header.reject is not None:
-        marked["rejected (--reject)"] = set(np.flatnonzero(probs.max(1) < predictor.header.reject.threshold).tolist())
+    if predictor.header.reject is not None:  # what predict --reject would answer 'unknown' (its rule, its score)
+        marked["rejected (--reject)"] = set(np.flatnonzero(predictor.rejection(True).decide(probs, feats)[0]).tolist())
     return plots.data_map(feats, y, predictor.classes, marked)
 
 

@@ -3,7 +3,7 @@ cosine similarity of the image's embedding (the pooled features its head classif
 training image's; the threshold is set on the validation split so that a chosen share of in-distribution images
 (acceptance, 95% by default) is still answered. Threshold and training embeddings (a seeded sample of at most
 BANK_MAX, float16) are stored in the model file; predict, submit and serve apply them only when asked (--reject,
-?reject=true), through `Rejection.mark`, so they agree.
+?reject=true), and evaluate --map marks what they would reject, all through `Rejection.decide`, so they agree.
 
 Why k-NN: `python bench/unknowns.py` (bench/RESULTS.md, machine A, 2026-12-02; trained on hymenoptera, 600
 fashion_hier photos as unknowns) measured AUROC 0.9997 for the 10th neighbour's similarity (every unknown rejected at
@@ -79,9 +79,17 @@ class Rejection:
             raise UserError("this rejection needs the model file's training embeddings and the images' features")
         return kth_similarity(self.bank, feats, self.k)
 
-    def mark(self, answer: dict[str, Any], score: float) -> dict[str, Any]:
-        """An answer with "unknown" (true when its score is below the threshold) and its "score"."""
-        return {**answer, "unknown": bool(score < self.threshold), "score": float(score)}
+    def decide(self, probs: np.ndarray, feats: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(whether each image is unknown: its score below the threshold; each score): the one place the rule is
+        applied, by predict, submit, the service and evaluate --map alike."""
+        scores = self.scores(probs, feats)
+        return scores < self.threshold, scores
+
+    def mark(self, answers: list[dict[str, Any]], probs: np.ndarray, feats: np.ndarray | None = None
+             ) -> list[dict[str, Any]]:
+        """The answers of these images, each with "unknown" (decide's) and its "score"."""
+        unknown, scores = self.decide(probs, feats)
+        return [{**answer, "unknown": bool(u), "score": float(s)} for answer, u, s in zip(answers, unknown, scores)]
 
     def at(self, threshold: float) -> "Rejection":
         """This rule at a threshold the user gives (--reject-threshold)."""

@@ -294,14 +294,10 @@ class Predictor:
         prediction/ray_predict.py), so that both answer alike: one per name, {"image", "error"} where errors has
         one. features: the embeddings, when the rejection rule needs them."""
         answers = self.task.answers(probs, self.classes, level, top_k)
-        scores = rejection.scores(probs, features) if rejection is not None else None
-        out = Predictions()
-        for i, name in enumerate(names):
-            if errors[i] is not None:
-                out.append({"image": name, "error": errors[i]})
-            else:
-                out.append({"image": name, **(answers[i] if rejection is None else rejection.mark(answers[i], scores[i]))})
-        return out
+        if rejection is not None:
+            answers = rejection.mark(answers, probs, features)
+        return Predictions({"image": name, "error": error} if error is not None else {"image": name, **answer}
+                           for name, error, answer in zip(names, errors, answers))
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

@@ -68,8 +68,7 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
         pred = np.where(ok, pred, fallback)  # Kaggle needs a row for every id: unreadable -> most common class
         column = [names[i] if target == "label" else str(int(i)) for i in pred]
         if rejection is not None:  # decided on the model's own classes' probabilities, whatever the level
-            scores = rejection.scores(np.nan_to_num(probs, nan=1.0), np.nan_to_num(feats[0]) if feats else None)
-            unknown = ok & (scores < rejection.threshold)
+            unknown = ok & rejection.decide(np.nan_to_num(probs, nan=1.0), np.nan_to_num(feats[0]) if feats else None)[0]
             column = [(UNKNOWN if target == "label" else "-1") if u else c for c, u in zip(column, unknown)]
         columns.append(column)
     rows = [(f.stem, *(col[i] for col in columns)) for i, f in enumerate(files)]

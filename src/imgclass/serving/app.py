@@ -292,7 +292,7 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
                 continue
             answer = predictor.task.answers(row[None], classes, "fine", k)[0]  # top_k (and tags given)
             if rejection is not None:  # ?reject=true: as predict --reject answers
-                answer = rejection.mark(answer, rejection.scores(row[None], None if feat is None else feat[None])[0])
+                answer = rejection.mark([answer], row[None], None if feat is None else feat[None])[0]
             out.append(answer)
         return out
     return score
