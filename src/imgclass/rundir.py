@@ -137,6 +137,13 @@ class RunDir:
         finally:
             lock.release()
 
+    def data_root(self) -> Path | None:
+        """The data folder the run was trained on, as its config.yaml names it (~ expanded); None when it names none.
+        The one reader of it: evaluate, the parity images and int8's calibration all ask here."""
+        from .config import resolve  # deferred: a light module (the run folder's readers) stays light
+        data = resolve(self.config).data if self.config.is_file() else None
+        return Path(data).expanduser() if data else None
+
     def read_config_dict(self) -> dict[str, Any]:
         return (yaml.safe_load(self.config.read_text()) or {}) if self.config.is_file() else {}
 

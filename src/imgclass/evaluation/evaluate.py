@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import resolve as resolve_config
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.split import SPLITS, read_splits
@@ -76,7 +75,7 @@ def _rows_for(split: str, model: str | Path, data: str | Path | None, classes: l
     run_dir = _run_dir_of(model)
     run_data = None
     if run_dir is not None and RunDir(run_dir).splits.is_file():
-        run_data = Path(resolve_config(RunDir(run_dir).config).data or "").expanduser()
+        run_data = RunDir(run_dir).data_root() or Path("")
     wanted = SPLITS if split == "all" else (split,)
     if labels is not None and data is None:
         raise UserError("--labels CSV describes another folder: give its DATA folder too")

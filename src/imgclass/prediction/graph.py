@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
-from ..config import resolve as resolve_config
 from ..models.task import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
 from ..rundir import RunDir
@@ -52,7 +51,7 @@ def parity_batch(predictor: Predictor, model_path: Path, n: int = 16) -> torch.T
     run = RunDir.of_model(model_path)
     images = []
     rows = run.eval_predictions("test") if run is not None else []
-    root = Path(resolve_config(run.config).data) if rows else None
+    root = (run.data_root() or Path("")) if rows else None
     for row in rows[:n]:
         try:
             images.append(predictor.pre.load(root / row["path"]))

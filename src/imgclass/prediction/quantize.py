@@ -23,7 +23,6 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import resolve as resolve_config
 from ..data.split import read_splits
 from ..errors import UserError
 from ..extras import require
@@ -91,7 +90,7 @@ def run_split(predictor: Predictor, model_path: Path, split: str) -> tuple[Path,
     if run is None or not run.splits.is_file():
         raise UserError(f"--quantize int8 calibrates on the run's training images and checks its test images: "
                         f"{model_path} is not inside its run folder")
-    root = Path(resolve_config(run.config).data)
+    root = run.data_root() or Path("")
     saved = read_splits(run.splits, root, list(predictor.classes), multi_label=not predictor.task.exclusive)
     return root, saved.items.get(split, [])
 

@@ -29,7 +29,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +49,7 @@ from ..prediction.predictor import Predictor
 from ..version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 from .guard import Guard, allowed_host_names
-from .limits import LIMITS, Limits
+from .limits import LIMITS
 from .settings import (MAX_BATCH, SERVE_MAX_DECODE_MB, SERVE_MAX_PIXELS, UPLOAD_FORMATS, ServeSettings,
                        default_concurrency)
 
