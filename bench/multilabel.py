@@ -34,7 +34,7 @@ def probe(run: Path, tags: list[str]) -> tuple[dict, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from imgclass.evaluation.tags import tag_metrics
-    from imgclass.models.task import MultiLabel
+    from imgclass.models.tasks import MultiLabel
     started = time.perf_counter()
     feats, parts = lite0_features(run, ("train", "val", "test"))
     y = {s: np.array([[t in json.loads(r["label"]) for t in tags] for r in rows], dtype=int) for s, rows in parts.items()}

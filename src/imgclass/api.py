@@ -46,11 +46,12 @@ def load(path: str | Path, device: str = "auto", max_pixels: int | None = None) 
     return Predictor.load(path, device, max_pixels)
 
 
-def predict(model: str | Path | Predictor, inputs: Any, top_k: int = 3, level: str = "fine",
+def predict(model: str | Path | Predictor, inputs: Any, top_k: int | None = None, level: str = "fine",
             runtime: str | None = None, precision: str = "auto", device: str = "auto", max_pixels: int | None = None,
             pretrained: bool = False, reject: bool | float | None = None, ray: bool = False,
             address: str | None = None, ray_workers: int | None = None, out: str | Path | None = None):
-    """Top-k predictions for files, folders, glob patterns (or PIL images / bytes); level for two-level labels.
+    """The model's answers for files, folders, glob patterns (or PIL images / bytes): each class ranked, top_k of
+    them (None: 3; refused below 1, and by a task without a ranking: a number per image); level for two-level labels.
     reject: True answers "unknown" below the model file's rejection threshold (a number: at that threshold).
     runtime auto|torch|onnx|openvino (and precision auto|float32|bf16) as prediction.runtime says; None: auto for a
     model path, and a given Predictor's own. pretrained: model names a published ImageNet classifier
@@ -87,7 +88,7 @@ def submit(model: str | Path | Predictor, test_dir: str | Path, out: str | Path 
            form: str = "auto", reject: bool | float | None = None, ray: bool = False, address: str | None = None,
            ray_workers: int | None = None) -> Path:
     """Write a Kaggle submission CSV for every image in test_dir (one row each: an unreadable image gets the
-    most common class, or no tag, with a warning); returns its path. runtime: as predict's. form, for several
+    task's answer for it: the most common class, no tag, the training mean; with a warning); returns its path. runtime: as predict's. form, for several
     tags per image: "tags" (the default: ID,TARGET with the tags separated by spaces) or "onehot" (a 0/1
     column per tag). reject: as predict's; rejected images get "unknown" (or -1 with target "index").
     ray, address, ray_workers: as predict's (the same file)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
-import io
 import json
 import re
 import sys
@@ -200,7 +199,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="run folder, model.safetensors, an exported .onnx or an OpenVINO export folder")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns; or WebDataset-style .tar shards "
                                               "(local, globs, {000..099} ranges, or any fsspec URL), read as a stream")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, help="labels each answer ranks [default: 3]")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     _add_ray(p)
     p.add_argument("--out", help="--ray: write the answers to this .parquet file (one row per image) instead")
@@ -397,36 +396,24 @@ def build_parser() -> Parser:
     return parser
 
 
-def _print_predictions(results: list[dict], fmt: str) -> None:
+def _print_predictions(results, fmt: str) -> None:
+    """predict's answers (prediction.predictor.Predictions) as JSON, CSV or a table; the task's own columns."""
     if fmt == "json":
         print(json.dumps(results, indent=2))
         return
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        k = max((len(r.get("top_k", [])) for r in results), default=0)
-        tags = any("labels" in r for r in results)  # several tags per image: the tags given, first
-        rejecting = any("unknown" in r for r in results)  # --reject: whether each is none of the classes, its score
-        writer.writerow(["image"] + (["tags"] if tags else []) + (["unknown", "score"] if rejecting else [])
-                        + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "probability")] + ["error"])
-        for r in results:
-            cells = [x for t in r.get("top_k", []) for x in (t["label"], f"{t['probability']:.6f}")]
-            given = [" ".join(t["label"] for t in r.get("labels", []))] if tags else []
-            rejected = ([str(r["unknown"]).lower(), f"{r['score']:.6f}"] if "unknown" in r else ["", ""]) \
-                if rejecting else []
-            writer.writerow([r["image"]] + given + rejected + cells + [""] * (2 * k - len(cells)) + [r.get("error", "")])
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(results.csv_text())
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     table = Table()
     table.add_column("image", overflow="fold")  # full paths, folded rather than cut
     for name in ("prediction", "probability", "top-k"):
         table.add_column(name)
-    from .prediction.predictor import summary_rows
-    for image, label, probability, rest in summary_rows(results):
-        table.add_row(image, "[red]error" if label is None else label,
-                      "" if probability is None else f"{probability:.4f}", rest)
+    for image, label, probability, rest in results.summary_rows():
+        table.add_row(escape(image), "[red]error" if label is None else escape(label),
+                      "" if probability is None else f"{probability:.4f}", escape(rest))
     Console(width=max(100, Console().width)).print(table)
 
 
@@ -481,8 +468,6 @@ def _lr_find(args: argparse.Namespace) -> int | None:
 
 def _predict(args: argparse.Namespace) -> int | None:
     from . import api
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
     answers = api.predict(args.model, args.inputs, top_k=args.top_k, level=args.level,
                           runtime=None if args.pretrained else args.runtime, precision=args.precision,
                           device=args.device, max_pixels=args.max_image_pixels, pretrained=args.pretrained,
@@ -550,11 +535,7 @@ def _evaluate(args: argparse.Namespace) -> int | None:
     ev = api.evaluate(args.model, args.data, split=args.split, out=args.out, device=args.device,
                       max_pixels=args.max_image_pixels, runtime=args.runtime, precision=args.precision, labels=labels,
                       data_map=args.map)
-    m = ev.metrics
-    scores = (f"mAP {m['map']:.4f}, macro F1 {m['macro_f1']:.4f} and exact match {m['accuracy']:.4f} at the tags' "
-              f"thresholds" if "map" in m else  # several tags per image
-              f"accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
-    print(f"{args.split}: {scores}, n={m['n']}" + (f", unreadable {len(ev.unreadable)}" if ev.unreadable else ""))
+    print(ev.headline)
     print(f"report: {ev.dir / 'report.html'}")
 
 

@@ -33,6 +33,7 @@ class TrainConfig:
     multi_label: bool = False        # several tags per image: a CSV column of tag lists (--label-column), or DATA/<tag>/* copies
     tag_columns: str | None = None   # several tags per image from 0/1 (or attribute) CSV columns: "A,B,C" or a range "A:D"
     threshold: float | None = None   # several tags per image: one decision threshold for every tag (default: chosen per tag on validation)
+    regression: bool = False         # a number per image (age, price, a count): --labels CSV whose --label-column holds numbers
     exclude: str | None = None       # a file of images to leave out (a CSV with a path column, e.g. check's label_issues.csv, or one path per line)
     relabel: str | None = None       # a CSV path,label of corrected labels (paths relative to DATA); the files stay where they are
     val_split: float = 0.1           # share of each class held out for validation when no val folder is given

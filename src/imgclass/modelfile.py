@@ -19,7 +19,7 @@ from .extras import require
 from .files import staged_file
 from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
 from .models.reject import BANK_KEY
-from .models.task import SINGLE_LABEL, Task
+from .models.tasks import SINGLE_LABEL, Task
 
 META_KEY = "imgclass"
 SOURCE_KEY = "imgclass_source_sha256"  # an export's metadata: the SHA-256 of the model file it came from

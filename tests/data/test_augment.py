@@ -193,12 +193,12 @@ def test_mixup_and_cutmix_mix_tag_rows_as_they_mix_the_images():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 8, 8)
     y = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]])
-    mixed, target = batch_mix(0.4, None, 4, tags=True)(x.clone(), y)
+    mixed, target = batch_mix(0.4, None, 4, targets="tags")(x.clone(), y)
     other = x.roll(1, 0)
     lam = float(((mixed - other) / (x - other))[(x - other).abs() > 0.1].median())
     assert torch.allclose(mixed, lam * x + (1 - lam) * other, atol=1e-5)
     assert torch.allclose(target, lam * y.float() + (1 - lam) * y.roll(1, 0).float(), atol=1e-6)
-    mixed, target = batch_mix(None, 1.0, 4, tags=True)(x.clone(), y)
+    mixed, target = batch_mix(None, 1.0, 4, targets="tags")(x.clone(), y)
     kept = float((mixed == x).all(1).float().mean())                     # the share of pixels not pasted over
     assert torch.allclose(target, kept * y.float() + (1 - kept) * y.roll(1, 0).float(), atol=1e-6)
 

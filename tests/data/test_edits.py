@@ -6,7 +6,7 @@ import pytest
 
 import imgclass
 from imgclass.data.edits import apply_edits, read_paths
-from imgclass.data.find import find_images
+from imgclass.data.labels import CLASSES, LabelSource
 from imgclass.errors import UserError
 
 from helpers import FAST, make_class_folders
@@ -39,7 +39,7 @@ def test_excluded_images_are_absent_from_training_and_recorded(tmp_path):
 
 def test_edits_refuse_paths_and_labels_that_are_not_in_the_data(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=3)
-    found = find_images(data)
+    found = CLASSES.find(LabelSource(data))
     (tmp_path / "typo.csv").write_text("path,quality\ncat/img9.png,0.1\n")
     with pytest.raises(UserError, match="not images in the data.*cat/img9.png"):
         apply_edits(found, exclude=tmp_path / "typo.csv")
@@ -57,5 +57,5 @@ def test_the_exclude_file_may_be_checks_label_issues_csv(tmp_path):
     (tmp_path / "issues.csv").write_text("path,split,given_label,suggested_label\ncat/img0.png,train,cat,dog\n"
                                          "dog/img1.png,val,dog,cat\n")
     assert read_paths(tmp_path / "issues.csv") == ["cat/img0.png", "dog/img1.png"]
-    found = apply_edits(find_images(make_class_folders(tmp_path / "data", per_class=3)), exclude=tmp_path / "issues.csv")
+    found = apply_edits(CLASSES.find(LabelSource(make_class_folders(tmp_path / "data", per_class=3))), exclude=tmp_path / "issues.csv")
     assert len(found.items) == 7 and found.excluded == [("cat/img0.png", "cat"), ("dog/img1.png", "dog")]

@@ -1,4 +1,4 @@
-from imgclass.data.find import find_images
+from imgclass.data.labels import CLASSES, LabelSource
 from imgclass.data.split import make_split, splits_csv_text
 
 from helpers import make_class_folders, make_split_folders
@@ -6,9 +6,9 @@ from helpers import make_class_folders, make_split_folders
 
 def test_stratified_and_byte_identical(tmp_path):
     make_class_folders(tmp_path / "d", per_class=20)
-    found = find_images(tmp_path / "d")
+    found = CLASSES.find(LabelSource(tmp_path / "d"))
     a, _ = make_split(found, 0.1, 0.2, seed=101)
-    b, _ = make_split(find_images(tmp_path / "d"), 0.1, 0.2, seed=101)
+    b, _ = make_split(CLASSES.find(LabelSource(tmp_path / "d")), 0.1, 0.2, seed=101)
     assert splits_csv_text(a) == splits_csv_text(b)
     counts = a.counts()
     assert counts["val"] == [2, 2, 2] and counts["test"] == [4, 4, 4] and counts["train"] == [14, 14, 14]
@@ -22,14 +22,14 @@ def test_tiny_class_kept_in_training_with_warning(tmp_path):
     make_class_folders(tmp_path / "d", classes=("big", "small"), per_class=10)
     for f in list((tmp_path / "d" / "small").iterdir())[2:]:
         f.unlink()
-    split, warnings = make_split(find_images(tmp_path / "d"), 0.1, 0.1, seed=1)
+    split, warnings = make_split(CLASSES.find(LabelSource(tmp_path / "d")), 0.1, 0.1, seed=1)
     assert split.counts()["train"][1] == 2 and split.counts()["val"][1] == 0
     assert any("'small' has 2 image(s)" in w for w in warnings)
 
 
 def test_missing_val_carved_from_train(tmp_path):
     make_split_folders(tmp_path, splits=("train", "test"))
-    split, _ = make_split(find_images(tmp_path), 0.2, 0.1, seed=0)
+    split, _ = make_split(CLASSES.find(LabelSource(tmp_path)), 0.2, 0.1, seed=0)
     counts = split.counts()
     assert counts["test"] == [3, 3, 3]          # given test split kept as is
     assert counts["val"] == [2, 2, 2]           # 20% of 10 train images per class

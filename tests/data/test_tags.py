@@ -53,7 +53,7 @@ def test_a_csv_of_tag_lists_with_a_split_column(tmp_path):
                                  for i, (name, tags) in enumerate(images)] + ["ghost,red,"]
     (tmp_path / "tags.csv").write_text("\n".join(lines) + "\n")
     found = read_tags(tmp_path / "data", tmp_path / "tags.csv")
-    assert found.multi_label and found.classes == sorted(TAGS, key=str.lower)
+    assert found.classes == sorted(TAGS, key=str.lower)
     by_path = {rel: (tuple(found.classes[t] for t in tags), split) for rel, tags, split in found.items}
     for i, (name, tags) in enumerate(images):
         assert set(by_path[f"{name}.png"][0]) == set(tags)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import imgclass
 from imgclass.cli import main
-from imgclass.data.find import find_images
+from imgclass.data.labels import CLASSES, LabelSource
 from imgclass.errors import UserError
 from imgclass.modelfile import load_model, read_header
 from imgclass.models import pretrained
@@ -34,21 +34,21 @@ def make_photos(root, classes=("ant", "bee"), per_class=6, size=(120, 96), seed=
 
 
 def test_rule_photos_pretrained_small_images_fast(tmp_path):
-    photos = auto.resolve_auto(find_images(make_photos(tmp_path / "p")), {})
+    photos = auto.resolve_auto(CLASSES.find(LabelSource(make_photos(tmp_path / "p"))), {})
     assert photos.model == LITE0 and photos.options == {"model": LITE0, "pretrained": True, "img_size": 224}
     assert "photos (median shorter side 96 px)" in photos.message and "--model fast" in photos.message
-    small = auto.resolve_auto(find_images(make_class_folders(tmp_path / "s")), {})
+    small = auto.resolve_auto(CLASSES.find(LabelSource(make_class_folders(tmp_path / "s"))), {})
     assert small.model == "fast" and small.options == {} and "12 px < 64" in small.message
 
 
 def test_rule_without_installed_weights_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "find_origin", lambda name: None)
-    choice = auto.resolve_auto(find_images(make_photos(tmp_path / "p")), {})
+    choice = auto.resolve_auto(CLASSES.find(LabelSource(make_photos(tmp_path / "p"))), {})
     assert choice.model == "fast" and "no pretrained weights are installed" in choice.message
 
 
 def test_budget_picks_the_variant_from_measured_costs(tmp_path, monkeypatch):
-    found = find_images(make_photos(tmp_path / "p", per_class=40))
+    found = CLASSES.find(LabelSource(make_photos(tmp_path / "p", per_class=40)))
     installed = [(m, s) for m, s in auto.LITE]
     fake = {"score": 0.01, "feature": 0.01, "train": 0.05}          # seconds per image at lite0/224
     monkeypatch.setattr(auto, "measure_lite0", lambda bf16: fake)

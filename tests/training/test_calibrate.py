@@ -63,7 +63,7 @@ def test_platt_per_tag_equals_weighted_logistic_regression_and_keeps_the_ranking
     and a tag without a validation positive keeps the identity."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
-    from imgclass.models.task import MultiLabel
+    from imgclass.models.tasks import MultiLabel
     from imgclass.training.calibrate import fit_tag_calibration, tag_calibration_facts
 
     g = torch.Generator().manual_seed(0)

@@ -86,7 +86,7 @@ def test_budget_widens_the_network_only_with_room_for_the_recipe():
     from imgclass.config import TrainConfig
     from imgclass.models import get_spec
     from imgclass.models.header import Architecture
-    from imgclass.models.task import SINGLE_LABEL
+    from imgclass.models.tasks import SINGLE_LABEL
     from imgclass.training.budget import wider_model
     spec, classes = get_spec("fast"), [str(i) for i in range(10)]
 

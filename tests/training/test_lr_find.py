@@ -23,7 +23,7 @@ def test_lr_find_takes_train_data_options(tmp_path, capsys):
     from helpers import make_tree
     from imgclass.training import lr_find as lr_mod
     built = []
-    from imgclass.models.task import TwoLevel
+    from imgclass.models.tasks import TwoLevel
     from imgclass.training import build as build_mod
     real = TwoLevel.build
     TwoLevel.build = lambda task, arch, classes: built.append((arch, task)) or real(task, arch, classes)

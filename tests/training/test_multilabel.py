@@ -13,7 +13,7 @@ import imgclass
 from imgclass.cli import main
 from imgclass.errors import UserError
 from imgclass.modelfile import read_header, read_onnx_header
-from imgclass.models.task import MultiLabel
+from imgclass.models.tasks import MultiLabel
 
 from helpers import assert_same_answers, local_client, make_tagged_folder
 

@@ -147,10 +147,10 @@ def test_grid_runs_every_point_to_the_end_unless_median_is_asked(tmp_path, monke
 
 def test_folds_partition_the_training_split(tmp_path):
     import pytest
-    from imgclass.data.find import find_images
+    from imgclass.data.labels import CLASSES, LabelSource
     from imgclass.data.split import folds, make_split
     from imgclass.errors import DataError
-    split, _ = make_split(find_images(make_class_folders(tmp_path / "data", per_class=11)), 0.1, 0.2, 101)
+    split, _ = make_split(CLASSES.find(LabelSource(make_class_folders(tmp_path / "data", per_class=11))), 0.1, 0.2, 101)
     parts = folds(split, 3, seed=5)
     train = sorted(split.items["train"])
     assert sorted(r for f in parts for r in f.items["val"]) == train          # the val parts cover it once

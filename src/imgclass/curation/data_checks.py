@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..data.check import CheckReport, recommendations
-from ..data.find import Found, find_images
+from ..data.find import Found
+from ..data.labels import CLASSES, LabelSource
 from ..data.split import SPLITS, Split, make_split
 from .. import log
 from ..errors import UserError
@@ -56,7 +57,8 @@ def add_embedding_checks(report: CheckReport, data: str | Path, out: str | Path 
     """The report with what the embeddings show added (its leakage, notes and recommendations updated)."""
     if report.tag_stats is not None:
         raise UserError("--label-issues and --embeddings take one label per image (or two levels) for now")
-    found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
+    found = CLASSES.find(LabelSource(data, labels, id_column, label_column, hierarchy=hierarchy,
+                                     label_columns=label_columns))
     split, _ = make_split(found, val_split, test_split, seed)
     findings = embedding_checks(found, split, out, model, label_issues, near_cosine, seed=seed, device=device)
     report = dataclasses.replace(report, label_issues=findings.label_issues if label_issues else None,

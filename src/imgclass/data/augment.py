@@ -159,18 +159,19 @@ def from_config(cfg) -> BatchAugment:
                         **{k: getattr(cfg, k) for k in RANGES})
 
 
-def batch_mix(mixup: float | None, cutmix: float | None, num_classes: int, tags: bool = False):
+def batch_mix(mixup: float | None, cutmix: float | None, num_classes: int, targets: str = "classes"):
     """--mixup A / --cutmix A: torchvision's MixUp and CutMix on whole batches (each image mixed with its
     neighbour in the batch, lambda ~ Beta(A, A)); with both, one of the two per batch, as torchvision's
     references do. Returns None when neither is on, else f(images, labels) -> (images, soft targets).
-    tags: labels are N x classes 0/1 rows (several tags per image), mixed as the images are (see _mix_tags)."""
+    targets: "classes" (class indices, mixed into soft one-hot targets) or "tags" (N x classes 0/1 rows, several tags
+    per image, mixed as the images are: see _mix_tags); a task names its own (Task.mix_targets)."""
     from torchvision.transforms import v2
     def mixes(n: int) -> list:
         return ([v2.MixUp(alpha=mixup, num_classes=n)] if mixup else []) + (
             [v2.CutMix(alpha=cutmix, num_classes=n)] if cutmix else [])
     if not mixes(num_classes):
         return None
-    if tags:
+    if targets == "tags":
         return lambda images, labels: _mix_tags(images, labels, mixes(len(labels)))
     chosen = mixes(num_classes)
     return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from .images import ImageTensors, decode_in_chunks
+from .images import ImageTensors, decode_in_chunks, label_tensor
 from .preprocess import Preprocessing
 from .. import log
 from ..files import temp_name, write_text_atomic
@@ -131,7 +131,7 @@ def _mapped(cache_dir: Path, key: str, rows: list[tuple[str, int]], pre: Preproc
     os.utime(meta_file)  # "last used", for `imgclass cache clear --older-than`
     good = meta["good"]
     return ImageTensors(images=torch.from_numpy(arr[:len(good)]),
-                        labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
+                        labels=label_tensor([rows[i][1] for i in good]),
                         paths=[rows[i][0] for i in good], bad=[tuple(b) for b in meta["bad"]])
 
 

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb
-from .find import IMAGE_EXTENSIONS, find_images
+from .find import IMAGE_EXTENSIONS
+from .labels import LabelSource, kind_of_options
 from .split import SPLITS, make_split
-from .tags import multilabel_split, read_tags, refuse_two_levels, tag_statistics
 
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "MPO": {".jpg", ".jpeg"}}
@@ -37,8 +37,8 @@ SIZE_BINS = [0, 32, 64, 128, 256, 512, 1024, 2048, 10**9]
 class FileInfo:
     path: str
     split: str
-    label: str
-    tags: tuple[str, ...] = ()   # multi-label: the image's tags (label unused)
+    label: str                   # as splits.csv writes it (a class; several tags: their JSON list)
+    counted: tuple[str, ...] = ()  # the classes (tags) it counts towards
     bytes: int = 0
     format: str | None = None
     mode: str | None = None
@@ -155,17 +155,12 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
                   tag_columns: str | None = None) -> CheckReport:
     """multi_label (or tag_columns): several tags per image (data/tags.py: label_column names the tag-list
     column); counts are then images per tag, and the report adds the tags' statistics."""
-    multi_label = multi_label or bool(tag_columns)
-    if multi_label:
-        refuse_two_levels(hierarchy, label_columns)
-        found = read_tags(data, labels, id_column, label_column, tag_columns)
-        by_split, split_notes = multilabel_split(found, val_split, test_split, seed)
-        infos = [FileInfo(path=rel, split=s, label="", tags=tuple(found.classes[t] for t in tags))
-                 for s in SPLITS for rel, tags in by_split[s]]
-    else:
-        found = find_images(data, labels, id_column, label_column, hierarchy, label_columns)
-        split, split_notes = make_split(found, val_split, test_split, seed)
-        infos = [FileInfo(path=rel, split=s, label=found.classes[label]) for s in SPLITS for rel, label in split.items[s]]
+    kind = kind_of_options(multi_label, tag_columns)
+    found = kind.find(LabelSource(data, labels, id_column, label_column, tag_columns, hierarchy, label_columns))
+    split, split_notes = make_split(found, val_split, test_split, seed)
+    infos = [FileInfo(path=rel, split=s, label=kind.cell(label, found.classes),
+                      counted=tuple(found.classes[i] for i in kind.counted(label)))
+             for s in SPLITS for rel, label in split.items[s]]
     done = 0
 
     def work(i: int) -> None:
@@ -181,7 +176,7 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
     good = [f for f in infos if f.error is None]
     counts = {s: {c: 0 for c in found.classes} for s in SPLITS}
     for f in good:
-        for name in (f.tags if multi_label else (f.label,)):
+        for name in f.counted:
             counts[f.split][name] += 1
     counts["all"] = {c: sum(counts[s][c] for s in SPLITS) for c in found.classes}
     imbalance = {s: (max(v.values()) / max(min(v.values()), 1)) for s, v in counts.items() if sum(v.values())}
@@ -200,10 +195,8 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         exact_duplicates=[[f.path for f in g] for g in exact], near_duplicates=near, leakage=leakage,
         ignored=ignored, notes=found.notes + split_notes)
     across = sum(1 for group in exact if len({f.label for f in group}) > 1)
-    if across and not multi_label:
-        report.notes.append(f"{across} image(s) have identical copies in different class folders: if an image "
-                            f"carries several tags, check and train with --multi-label (its copies are then one "
-                            f"image with those tags)")
+    if across and kind.copies_hint:
+        report.notes.append(f"{across} image(s) {kind.copies_hint}")
     tiny = sum(1 for f in good if min(f.width, f.height) < NEAR_MIN_SIDE)
     if tiny:
         report.notes.append(f"{tiny} image(s) under {NEAR_MIN_SIDE} px are left out of the near-duplicate search "
@@ -213,10 +206,9 @@ def check_dataset(data: str | Path, labels: str | Path | None = None, id_column:
         for s, per in counts.items():
             for fine, n in per.items():
                 report.coarse_counts[s][found.coarse_classes[found.parents[found.classes.index(fine)]]] += n
-    if multi_label:
-        usable = {f.path for f in good}
-        report.tag_stats = tag_statistics({s: [(rel, t) for rel, t in by_split[s] if rel in usable] for s in SPLITS},
-                                          found.classes)
+    usable = {f.path for f in good}
+    report.tag_stats = kind.statistics({s: [(rel, label) for rel, label in split.items[s] if rel in usable]
+                                        for s in SPLITS}, found.classes)
     report.recommendations = recommendations(report)
     return report
 

@@ -56,31 +56,20 @@ def apply_edits(found: Found, exclude: str | Path | None = None, relabel: str | 
     items, notes, excluded = list(found.items), list(found.notes), []
     by_path = {rel: i for i, (rel, _, _) in enumerate(items)}
     if relabel:
-        if found.multi_label:
-            raise DataError("--relabel takes one label per image; for several tags per image edit the labels CSV")
         changes = read_relabels(relabel)
         _unknown(list(changes), set(by_path), relabel, "images")
-        index = {c: i for i, c in enumerate(found.classes)}
-        bad = sorted({label for label in changes.values() if label not in index})
-        if bad:
-            raise DataError(f"{relabel} names label '{bad[0]}', not a class of the data ({', '.join(found.classes[:8])}"
-                            f"{', ...' if len(found.classes) > 8 else ''})")
+        corrected = {rel: found.kind.relabel(text, found.classes, relabel) for rel, text in sorted(changes.items())}
         changed = 0
-        for rel, label in changes.items():
+        for rel, label in corrected.items():
             i = by_path[rel]
-            changed += items[i][1] != index[label]
-            items[i] = (rel, index[label], items[i][2])
+            changed += items[i][1] != label
+            items[i] = (rel, label, items[i][2])
         notes.append(f"{changed} image(s) relabelled from {relabel}")
     if exclude:
         drop = set(read_paths(exclude))
         _unknown(sorted(drop), set(by_path), exclude, "images")
-        excluded = [(rel, _label_text(found, label)) for rel, label, _ in items if rel in drop]
+        excluded = [(rel, found.kind.cell(found.kind.held(label, len(found.classes)), found.classes))
+                    for rel, label, _ in items if rel in drop]
         items = [item for item in items if item[0] not in drop]
         notes.append(f"{len(excluded)} image(s) excluded by {exclude} (recorded in splits.csv as split 'excluded')")
     return dataclasses.replace(found, items=items, notes=notes, excluded=found.excluded + excluded)
-
-
-def _label_text(found: Found, label) -> str:
-    if found.multi_label:
-        return " ".join(found.classes[t] for t in label)
-    return found.classes[label]

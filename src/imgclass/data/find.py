@@ -10,6 +10,7 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 
@@ -53,7 +54,7 @@ class Found:
     notes: list[str] = field(default_factory=list)
     coarse_classes: list[str] | None = None   # two-level labels: the coarse classes (natural order)
     parents: list[int] | None = None          # for each fine class (classes), the index of its coarse class
-    multi_label: bool = False                 # several tags per image (data/tags.py): items hold tag tuples
+    kind: Any = None                          # the kind of label items hold (data/labels.py sets it)
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, label) left out by --exclude (data/edits.py)
 
 
@@ -134,13 +135,15 @@ def _from_csv_levels(root: Path, csv_path: Path, id_column: str | None, label_co
             if c not in header:
                 raise DataError(f"{csv_path.name} has no column '{c}' (columns: {', '.join(header)})")
         id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
-        rows = [(str(r[id_col]).strip(), str(r[cols[0]]).strip(), str(r[cols[1]]).strip()) for r in reader
+        split_col = csv_split_column(header)
+        rows = [(str(r[id_col]).strip(), str(r[cols[0]]).strip(), str(r[cols[1]]).strip(),
+                 split_of_cell(r.get(split_col), csv_path, i) if split_col else None) for i, r in enumerate(reader)
                 if r.get(id_col) and r.get(cols[0]) and r.get(cols[1])]
     pairs: dict[str, set[str]] = {}
-    for _, coarse, fine in rows:
+    for _, coarse, fine, _ in rows:
         pairs.setdefault(fine, set()).add(coarse)
-    found = _resolve_csv_rows(root, csv_path, id_col, [(i, fine) for i, _, fine in rows])
-    found.layout = f"labels CSV {csv_path.name} ({cols[0]} -> {cols[1]})"
+    found = _resolve_csv_rows(root, csv_path, id_col, [(i, fine, split) for i, _, fine, split in rows])
+    found.layout = f"labels CSV {csv_path.name} ({cols[0]} -> {cols[1]})" + (" (split column)" if split_col else "")
     return _with_parents(found, {f: pairs[f] for f in found.classes}, csv_path.name)
 
 
@@ -189,6 +192,21 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], hierarchy: bool
     return Found(root=root, classes=classes, items=items, layout=layout, notes=notes)
 
 
+def csv_split_column(header: list[str]) -> str | None:
+    """A labels CSV's split column (train/val/test per row), honoured by every kind of label; None if it has none."""
+    return next((h for h in header if h.lower().strip() == "split"), None)
+
+
+def split_of_cell(value: str | None, csv_path: Path, i: int) -> str | None:
+    """Row i's split from the CSV's split column (empty: none given)."""
+    value = (value or "").strip().lower()
+    if not value:
+        return None
+    if value not in SPLIT_NAMES:
+        raise DataError(f"{csv_path.name}, row {i + 2}: split '{value}' is not train, val or test")
+    return SPLIT_NAMES[value]
+
+
 def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str,
                  csv_path: Path, position: int) -> str:
     if wanted is not None:
@@ -215,11 +233,16 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, label_column: s
             raise DataError(f"labels CSV is empty: {csv_path}")
         id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
         label_col = _pick_column(header, label_column, LABEL_COLUMNS, "label", csv_path, 1)
-        rows = [(str(r[id_col]).strip(), str(r[label_col]).strip()) for r in reader
+        split_col = csv_split_column(header)
+        rows = [(str(r[id_col]).strip(), str(r[label_col]).strip(),
+                 split_of_cell(r.get(split_col), csv_path, i) if split_col else None) for i, r in enumerate(reader)
                 if r.get(id_col) not in (None, "") and r.get(label_col) not in (None, "")]
     if not rows:
         raise DataError(f"labels CSV has no rows with both '{id_col}' and '{label_col}': {csv_path}")
-    return _resolve_csv_rows(root, csv_path, id_col, rows)
+    found = _resolve_csv_rows(root, csv_path, id_col, rows)
+    if split_col:
+        found.layout += " (split column)"
+    return found
 
 
 def resolve_ids(root: Path, csv_path: Path, ids: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -246,17 +269,18 @@ def resolve_ids(root: Path, csv_path: Path, ids: list[str]) -> tuple[dict[str, s
     return found, missing
 
 
-def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[str, str]]) -> Found:
-    paths, missing = resolve_ids(root, csv_path, [ident for ident, _ in rows])
-    classes = natural_sorted({label for _, label in rows})
+def _resolve_csv_rows(root: Path, csv_path: Path, id_col: str, rows: list[tuple[str, str, str | None]]) -> Found:
+    """(id, class, split or None) rows of a labels CSV as the images they name."""
+    paths, missing = resolve_ids(root, csv_path, [ident for ident, _, _ in rows])
+    classes = natural_sorted({label for _, label, _ in rows})
     index = {c: i for i, c in enumerate(classes)}
     items, seen = [], set()
-    for ident, label in rows:
+    for ident, label, split in rows:
         rel = paths.get(ident)
         if rel is None or rel in seen:
             continue
         seen.add(rel)
-        items.append((rel, index[label], None))
+        items.append((rel, index[label], split))
     if not items:
         raise DataError(f"none of the {len(rows)} ids in {csv_path.name} (column '{id_col}') match an image "
                         f"file in {root} (e.g. '{rows[0][0]}'); ids resolve by file name without extension")

@@ -21,12 +21,19 @@ from .preprocess import Preprocessing, to_nchw
 @dataclass
 class ImageTensors:
     images: torch.Tensor                 # uint8 N x 3 x S x S
-    labels: torch.Tensor                 # int64 N
+    labels: torch.Tensor                 # int64 N class indices, int64 N x tags 0/1 rows, or float32 N numbers
     paths: list[str]                     # relative paths of the kept images
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped files
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def label_tensor(values: list) -> torch.Tensor:
+    """A split's labels as ImageTensors holds them: int64 class indices or 0/1 tag rows, float32 numbers (each kind
+    of label, data/labels.py, holds its own Python type: int, tuple, float)."""
+    floating = bool(values) and isinstance(values[0], float)
+    return torch.tensor(values, dtype=torch.float32 if floating else torch.int64)
 
 
 def decode_many(paths: list[Path], pre: Preprocessing, workers: int = 0,
@@ -71,7 +78,7 @@ def load_split(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, work
     paths = [root / rel for rel, _ in rows]
     arrays, good, reasons = decode_many(paths, pre, workers, on_progress)
     bad = [(rows[i][0], reasons[i]) for i in range(len(rows)) if reasons[i]]
-    labels = torch.tensor([rows[i][1] for i in good], dtype=torch.int64)
+    labels = label_tensor([rows[i][1] for i in good])
     return ImageTensors(images=to_nchw(arrays), labels=labels, paths=[rows[i][0] for i in good], bad=bad)
 
 

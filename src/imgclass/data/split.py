@@ -17,9 +17,7 @@ import numpy as np
 
 from ..errors import DataError, UserError
 from ..files import write_text_atomic
-from ..rundir import tags_of_cell
 from .find import Found, natural_key
-from .tags import multilabel_split, tags_csv_cell
 
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"  # splits.csv's split for images that --exclude left out
@@ -27,32 +25,27 @@ EXCLUDED = "excluded"  # splits.csv's split for images that --exclude left out
 
 @dataclass
 class Split:
-    """The data for one run: class names and (relative path, label) per split. The label is a class index, or
-    with several tags per image (multi_label) a 0/1 tuple over the classes (the tags)."""
+    """The data for one run: class names and (relative path, label) per split; the label as its kind holds it
+    (data/labels.py: a class index, a 0/1 tuple over the tags, a number)."""
     root: Path
     classes: list[str]
     items: dict[str, list[tuple[str, Any]]]
-    multi_label: bool = False
+    kind: Any                      # the kind of label (data/labels.py)
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, label) left out by --exclude: in no split
 
     def counts(self) -> dict[str, list[int]]:
-        """Images per class (per tag) in each split."""
+        """Images per class (per tag; for numbers, all of them under the one output) in each split."""
         out = {}
         for split, rows in self.items.items():
             c = [0] * len(self.classes)
             for _, label in rows:
-                for i in (label_tags(label) if self.multi_label else (label,)):
+                for i in self.kind.counted(label):
                     c[i] += 1
             out[split] = c
         return out
 
 
-def label_tags(multi_hot: tuple[int, ...]) -> list[int]:
-    """The tag indices of a 0/1 label tuple."""
-    return [i for i, on in enumerate(multi_hot) if on]
-
-
-def _carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
+def carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
            warn: list[str], classes: list[str]) -> dict[str, list[tuple[str, int]]]:
     """Split a pool per class: each wanted split gets round(n * fraction), at least 1."""
     rng = np.random.RandomState(seed)
@@ -87,14 +80,13 @@ def _carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed:
 
 
 def make_split(found: Found, val_split: float, test_split: float, seed: int) -> tuple[Split, list[str]]:
-    """Keep the layout's given splits; carve missing val/test from train, stratified (per tag, for several
-    tags per image: data/tags.py)."""
-    if found.multi_label:
-        by_split, notes = multilabel_split(found, val_split, test_split, seed)
-        k = len(found.classes)
-        items = {s: [(rel, tuple(int(i in tags) for i in range(k))) for rel, tags in by_split[s]] for s in SPLITS}
-        return Split(root=found.root, classes=found.classes, items=items, multi_label=True,
-                     excluded=list(found.excluded)), notes
+    """Keep the layout's given splits; carve missing val/test from train, stratified as the kind of label says
+    (per class; per tag: data/tags.py; on a number's quantile bins: data/labels.py)."""
+    return found.kind.split(found, val_split, test_split, seed)
+
+
+def make_class_split(found: Found, val_split: float, test_split: float, seed: int) -> tuple[Split, list[str]]:
+    """make_split for one class per image: each class carved on its own."""
     warn: list[str] = []
     given = {s: [(rel, lab) for rel, lab, sp in found.items if sp == s] for s in SPLITS}
     pool = [(rel, lab) for rel, lab, sp in found.items if sp in (None, "train")]
@@ -103,10 +95,11 @@ def make_split(found: Found, val_split: float, test_split: float, seed: int) -> 
         fractions["test"] = test_split
     if not given["val"]:
         fractions["val"] = val_split
-    carved = _carve(pool, fractions, seed, warn, found.classes)
+    carved = carve(pool, fractions, seed, warn, found.classes)
     items = {s: sorted(given[s] + carved[s], key=lambda it: natural_key(it[0])) if s != "train" else carved["train"]
              for s in SPLITS}
-    return Split(root=found.root, classes=found.classes, items=items, excluded=list(found.excluded)), warn
+    return Split(root=found.root, classes=found.classes, items=items, kind=found.kind,
+                 excluded=list(found.excluded)), warn
 
 
 def splits_csv_text(split: Split) -> str:
@@ -115,8 +108,7 @@ def splits_csv_text(split: Split) -> str:
     writer.writerow(["path", "label", "split"])
     for s in SPLITS:
         for rel, label in split.items[s]:
-            cell = tags_csv_cell(tuple(label_tags(label)), split.classes) if split.multi_label else split.classes[label]
-            writer.writerow([rel, cell, s])
+            writer.writerow([rel, split.kind.cell(label, split.classes), s])
     for rel, label in split.excluded:
         writer.writerow([rel, label, EXCLUDED])
     return buf.getvalue()
@@ -126,43 +118,30 @@ def write_splits(split: Split, path: Path) -> None:
     write_text_atomic(path, splits_csv_text(split))  # --resume and evaluate read it back
 
 
-def read_splits(path: Path, root: Path, classes: list[str], multi_label: bool = False) -> Split:
-    """Read a saved splits.csv back (used by --resume and evaluate)."""
-    index = {c: i for i, c in enumerate(classes)}
+def read_splits(path: Path, root: Path, classes: list[str], kind) -> Split:
+    """Read a saved splits.csv back (used by --resume, evaluate and int8's calibration); kind: its kind of label."""
     items, excluded = {s: [] for s in SPLITS}, []
     with path.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["split"] == EXCLUDED:
                 excluded.append((row["path"], row["label"]))
                 continue
-            names = _tag_names(row["label"], path) if multi_label else [row["label"]]
-            unknown = [n for n in names if n not in index]
-            if unknown:
-                raise DataError(f"{path} names class '{unknown[0]}' unknown to the model")
+            label = kind.parse(row["label"], classes, path)
             if row["split"] not in items:
                 raise DataError(f"{path} names split '{row['split']}' (expected {', '.join(SPLITS)})")
             rel = PurePosixPath(row["path"])
             if rel.is_absolute() or PureWindowsPath(row["path"]).is_absolute() or ".." in rel.parts:
                 # a run folder is data too: its paths must stay inside the data folder they describe
                 raise DataError(f"{path} names '{row['path']}', outside the data folder: refused")
-            label = tuple(int(c in names) for c in classes) if multi_label else index[row["label"]]
             items[row["split"]].append((row["path"], label))
-    return Split(root=root, classes=classes, items=items, multi_label=multi_label, excluded=excluded)
-
-
-def _tag_names(cell: str, path: Path) -> list[str]:
-    names = tags_of_cell(cell)
-    if names is None:
-        raise DataError(f"{path}: '{cell[:60]}' is not a list of tags")
-    return names
+    return Split(root=root, classes=classes, items=items, kind=kind, excluded=excluded)
 
 
 def folds(split: Split, k: int, seed: int) -> list[Split]:
     """Stratified K-fold cross-validation inside the training split (scikit-learn's StratifiedKFold): fold i
     validates on its part and trains on the other K-1; the K validation parts partition the training split.
-    The test split is the same in every fold and never used. Several tags per image: iterstrat's
-    MultilabelStratifiedKFold, stratified per tag."""
-    from sklearn.model_selection import StratifiedKFold
+    The test split is the same in every fold and never used. The kind of label says what is stratified on (several
+    tags per image: iterstrat's MultilabelStratifiedKFold, per tag; numbers: their quantile bins)."""
     rows = split.items["train"]
     counts = split.counts()["train"]
     if k < 2:
@@ -171,15 +150,10 @@ def folds(split: Split, k: int, seed: int) -> list[Split]:
     if short:
         raise DataError(f"--cv {k} needs at least {k} training images of every class; "
                         f"{', '.join(short[:5])} {'has' if len(short) == 1 else 'have'} fewer")
-    labels = [label for _, label in rows]
-    if split.multi_label:
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-        folder, labels = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed), np.array(labels)
-    else:
-        folder = StratifiedKFold(k, shuffle=True, random_state=seed)
+    labels = split.kind.strata([label for _, label in rows])
     out = []
-    for train_idx, val_idx in folder.split(np.zeros((len(rows), 1)), labels):
+    for train_idx, val_idx in split.kind.kfold(k, seed).split(np.zeros((len(rows), 1)), labels):
         items = {"train": [rows[i] for i in train_idx], "val": [rows[i] for i in sorted(val_idx)],
                  "test": list(split.items["test"])}
-        out.append(Split(root=split.root, classes=split.classes, items=items, multi_label=split.multi_label))
+        out.append(Split(root=split.root, classes=split.classes, items=items, kind=split.kind))
     return out

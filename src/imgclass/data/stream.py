@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .images import ImageTensors, decode_in_chunks, decode_many
+from .images import ImageTensors, decode_in_chunks, label_tensor, decode_many
 from .preprocess import Preprocessing, to_nchw
 
 FIRST_PASS_CHUNK = 4096  # files decoded (and dropped) at a time in the first pass: bounded memory
@@ -86,5 +86,5 @@ def stream_split(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, wo
                for r in chunk_reasons]
     good = [i for i, r in enumerate(reasons) if not r]
     return ImageTensors(images=StreamedImages([paths[i] for i in good], pre, workers),  # type: ignore[arg-type]
-                        labels=torch.tensor([rows[i][1] for i in good], dtype=torch.int64),
+                        labels=label_tensor([rows[i][1] for i in good]),
                         paths=[rows[i][0] for i in good], bad=[(rows[i][0], r) for i, r in enumerate(reasons) if r])

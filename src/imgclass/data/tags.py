@@ -11,7 +11,7 @@ Layouts (`--multi-label`):
 3. ``DATA/<tag>/*`` (also below train/val/test folders): an image whose identical copy (same SHA-256) sits
    in several tag folders is one image with all those tags.
 
-Found.items then hold (relative path, tuple of tag indices, split or None), and Found.multi_label is set.
+Found.items then hold (relative path, tuple of tag indices, split or None), and data/labels.py's TAGS reads them.
 `multilabel_split` splits them stratified per tag (iterative stratification, Sechidis et al. 2011, from the
 maintained `iterative-stratification` package rather than written here); `tag_statistics` is what `check`
 reports of them.
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .find import (ID_COLUMNS, LABEL_COLUMNS, SPLIT_NAMES, Found, _class_dirs, _pick_column, list_images,
-                   natural_key, natural_sorted, resolve_ids)
+from .find import (ID_COLUMNS, LABEL_COLUMNS, SPLIT_NAMES, Found, _class_dirs, _pick_column, csv_split_column,
+                   list_images, natural_key, natural_sorted, resolve_ids, split_of_cell)
 
 LIST_SEPARATORS = (";", "|", ",")  # tried in this order; spaces only when none of them occurs in the column
 TAG_COLUMN_NAMES = ("tags", "tag", "labels", "label", "genres", "genre", "categories", "attributes")
@@ -103,7 +103,7 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, tag_column: str
     if not header or not rows:
         raise DataError(f"labels CSV is empty: {csv_path}")
     id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
-    split_col = next((h for h in header if h.lower().strip() == "split"), None)
+    split_col = csv_split_column(header)
     if tag_columns:
         columns = _tag_column_names(header, tag_columns, csv_path)
         lists, form = _from_tag_columns(rows, columns, csv_path)
@@ -112,7 +112,7 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, tag_column: str
         col = _pick_column(header, col, LABEL_COLUMNS, "tag", csv_path, 1)
         lists, form = parse_tag_lists([r.get(col) or "" for r in rows], csv_path.name)
         form += f" in column '{col}'"
-    splits = [_split_of(r.get(split_col), csv_path, i) if split_col else None for i, r in enumerate(rows)]
+    splits = [split_of_cell(r.get(split_col), csv_path, i) if split_col else None for i, r in enumerate(rows)]
     ids = [str(r.get(id_col) or "").strip() for r in rows]
     paths, missing = resolve_ids(root, csv_path, [i for i in ids if i])
     if not paths:
@@ -133,7 +133,7 @@ def _from_csv(root: Path, csv_path: Path, id_column: str | None, tag_column: str
         notes.append(f"{len(missing)} ids in {csv_path.name} match no image and are skipped "
                      f"(e.g. {', '.join(missing[:3])})")
     return _drop_unused(Found(root=root, classes=tags, items=items, layout=f"tags CSV {csv_path.name}",
-                              notes=notes, multi_label=True))
+                              notes=notes))
 
 
 def _tag_column_names(header: list[str], spec: str, csv_path: Path) -> list[str]:
@@ -186,15 +186,6 @@ def _from_tag_columns(rows: list[dict], columns: list[str], csv_path: Path) -> t
     return lists, " and ".join(parts)
 
 
-def _split_of(value: str | None, csv_path: Path, i: int) -> str | None:
-    value = (value or "").strip().lower()
-    if not value:
-        return None
-    if value not in SPLIT_NAMES:
-        raise DataError(f"{csv_path.name}, row {i + 2}: split '{value}' is not train, val or test")
-    return SPLIT_NAMES[value]
-
-
 def _from_folder_copies(root: Path) -> Found:
     """DATA[/<split>]/<tag>/*: identical files (SHA-256) in several tag folders are one image with those tags."""
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _class_dirs(root) if d.name.lower() in SPLIT_NAMES}
@@ -221,7 +212,7 @@ def _from_folder_copies(root: Path) -> Found:
         notes.append(f"{across} image(s) have copies in different split folders: each is kept in the split of its "
                      f"first copy (the others would leak)")
     layout = "tag folders (copies of an image in several folders = several tags)"
-    return _drop_unused(Found(root=root, classes=tags, items=items, layout=layout, notes=notes, multi_label=True))
+    return _drop_unused(Found(root=root, classes=tags, items=items, layout=layout, notes=notes))
 
 
 def _drop_unused(found: Found) -> Found:
@@ -274,11 +265,6 @@ def multilabel_split(found: Found, val_split: float, test_split: float, seed: in
         notes.append(f"{len(rare)} tag(s) too rare to reach every split (e.g. {', '.join(rare[:5])}): their "
                      f"val/test scores will be missing or noisy")
     return out, notes
-
-
-def tags_csv_cell(tags: tuple[int, ...], names: list[str]) -> str:
-    """One image's tags as a splits.csv cell: a JSON list (any tag name survives it; byte-stable)."""
-    return json.dumps([names[t] for t in tags], ensure_ascii=False)
 
 
 def tag_statistics(split: dict[str, list[tuple[str, tuple[int, ...]]]], names: list[str],

@@ -1,9 +1,5 @@
-"""Every metric of an evaluation, computed with scikit-learn from labels and probabilities.
-
-Only the expected calibration error is written here: scikit-learn has no ECE (its
-calibration_curve gives the bins but not the weighted gap), so it is the standard
-15-bin, confidence-weighted |accuracy - confidence| (Guo et al. 2017).
-"""
+"""Every metric of an evaluation, computed with scikit-learn from labels and probabilities. The expected
+calibration error, which scikit-learn lacks, is models/calibration.py's (calibration is fitted on it too)."""
 from __future__ import annotations
 
 import warnings
@@ -12,26 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-ECE_BINS = 15
-
-
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
-    return float(ece)
-
-
-def tag_ece(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """One tag's ECE: its 0/1 truths against its probability read as a yes/no answer (binned by the
-    confidence max(p, 1 - p))."""
-    return expected_calibration_error(y_true.astype(int), np.stack([1 - prob, prob], axis=1))
-
+from ..models.calibration import ECE_BINS, expected_calibration_error, tag_ece  # noqa: F401 (metrics of an evaluation)
 
 def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS):
     """(bin centres, accuracy per bin, mean confidence per bin, count per bin) for the reliability diagram."""

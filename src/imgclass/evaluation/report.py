@@ -54,6 +54,11 @@ FIGURE_GUIDE = {
                                "boundary: often ambiguous or mislabelled.",
     "gallery_top_losses": "For each class, its images the model gets wrong most confidently (under each: what it said): "
                           "check these for wrong labels first, then for what the model confuses.",
+    "predicted_vs_true": "Each image's predicted number against its true one: on the dashed line the answer is exact; "
+                         "a cloud flatter than the line means the model pulls answers towards the mean.",
+    "residuals": "The errors (prediction - truth): centred on 0 means no bias; long tails are the images worth a look.",
+    "gallery_largest_errors": "The images with the largest errors, largest first (true and predicted under each): check "
+                              "their labels first, then what they have in common.",
 }
 
 

@@ -256,3 +256,22 @@ def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     for name, d in (("at the tags' thresholds", at), ("at 0.5", plain)):
         rows += [(f"{k.replace('_', ' ')} {name}", _num(v)) for k, v in d.items()]
     return rows
+
+
+# evaluation/tasks.py's entry points for several tags per image: the task's thresholds and calibration applied here.
+def tag_evaluation_metrics(y: np.ndarray, probs: np.ndarray, predictor, split: str, notes: list[str]) -> dict:
+    task = predictor.task
+    metrics, more = tag_metrics(y, probs, predictor.classes, task.threshold_array(len(predictor.classes)), split,
+                                None if task.calibration_scale is None else task.uncalibrated(probs))
+    notes += more
+    return metrics
+
+
+def write_tag_evaluation_predictions(path: Path, paths: list[str], y: np.ndarray, probs: np.ndarray, predictor) -> None:
+    write_tag_predictions(path, paths, y, probs, predictor.task.decisions(probs), predictor.classes)
+
+
+def tag_evaluation_figures(tensors, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], predictor,
+                           notes: list[str], explain, with_map: bool) -> dict[str, Any]:
+    return {**tag_figures(y, probs, metrics, predictor.classes),
+            **tag_galleries(tensors.images, y, probs, metrics, predictor.classes, explain=explain)}

@@ -55,7 +55,7 @@ def export_coreml(model: str | Path, out: str | Path | None = None, half: bool =
     out = Path(out).expanduser() if out else default_export_path(model_path, ".mlpackage")
     module = InferenceModule(predictor.model, predictor.pre, predictor.tta, predictor.temperature,
                              predictor.task).eval()
-    size, classifier = predictor.pre.img_size, predictor.task.name == "single-label"
+    size, classifier = predictor.pre.img_size, predictor.task.supports("coreml_classifier")
     example = batch[:1].float()
     if classifier:
         program = torch.export.export(module, (example,))

@@ -75,7 +75,7 @@ def _write_timm(predictor: Predictor, out: Path) -> bool:
     """model.safetensors and config.json in timm's layout (timm's own save_for_hf), for a timm backbone with a
     single linear head; False (nothing written) for any other model."""
     name, model = predictor.header.arch.name, predictor.model
-    if (not name.startswith("timm:") or predictor.task.name != "single-label"
+    if (not name.startswith("timm:") or not predictor.task.supports("timm_layout")
             or not isinstance(getattr(model, "head", None), nn.Linear)):
         return False
     import timm

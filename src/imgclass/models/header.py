@@ -25,11 +25,11 @@ from ..errors import UserError
 from ..version import __version__
 from .registry import check_args
 from .reject import Rejection
-from .task import SINGLE_LABEL, Task, task_from_header
+from .tasks import SINGLE_LABEL, Task, task_from_header
 
 FORMAT = "imgclass-model"
 CHECKPOINT_FORMAT = "imgclass-checkpoint"
-FORMAT_VERSION = 3  # the newest this imgclass reads; a file is written at the lowest its entries need (below)
+FORMAT_VERSION = 4  # the newest this imgclass reads; a file is written at the lowest its entries need (below)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class ModelHeader:
     metrics: dict[str, Any] = field(default_factory=dict)  # final scores and facts of the run
     weights: dict[str, Any] | None = None       # where the starting weights came from (None: from scratch)
     format: str = FORMAT                        # imgclass-model, or imgclass-checkpoint for training checkpoints
-    format_version: int = 1                     # 1; 2 with a "task" entry (several tags); 3 with a k-NN rejection
+    format_version: int = 1                     # 1; 2 with a "task" entry (several tags); 3 with a k-NN rejection;
+    #                                             4 a number per image (models/tasks: each task's format_version)
     imgclass_version: str = __version__         # the version that wrote the file
     loop: dict[str, Any] | None = None          # checkpoints only: the loop's progress (training.loop)
     optimizer: dict[str, Any] | None = None     # checkpoints only: the optimizer's scalar state

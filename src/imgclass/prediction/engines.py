@@ -15,7 +15,7 @@ from ..data.preprocess import Preprocessing
 from ..errors import UserError
 from ..modelfile import ir_path, openvino_module
 from ..models.inference import predict_logits, scoring_batch
-from ..models.task import SINGLE_LABEL, Task
+from ..models.tasks import SINGLE_LABEL, Task
 
 
 class TorchEngine:

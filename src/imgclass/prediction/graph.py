@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
 from ..errors import UserError
-from ..models.task import SINGLE_LABEL, Task
+from ..models.tasks import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
 from ..rundir import RunDir
 from ..files import staged_file

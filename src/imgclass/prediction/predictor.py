@@ -23,39 +23,57 @@ from ..models.header import Architecture, ModelHeader
 from ..models.inference import compute_features, pick_device
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
 from ..models.reject import UNKNOWN, Rejection, max_probability_rule
+from ..models.tasks import DEFAULT_TOP_K, SINGLE_LABEL, Task
 from .engines import Engine, OnnxEngine, OpenVinoEngine, TorchEngine
 
 Source = str | Path | bytes | Image.Image
 
 
-def summary_rows(results: list[dict[str, Any]]) -> list[tuple[str, str | None, float | None, str]]:
-    """(image, best label or None for an error, its probability, the rest of the top-k or the error): the
-    rows of the CLI's table and of the notebook's."""
-    rows = []
-    for r in results:
-        if "error" in r:
-            rows.append((r["image"], None, None, r["error"]))
-        elif "labels" in r:  # several tags per image: the tags given, the most probable one's probability
-            given = ", ".join(t["label"] for t in r["labels"]) or "(no tag)"
-            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
-            rows.append((r["image"], given, r["labels"][0]["probability"] if r["labels"] else None, rest))
-        elif r.get("unknown"):  # --reject: none of the classes; the nearest ones follow
-            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
-            rows.append((r["image"], UNKNOWN, r["score"], rest))
-        else:
-            best = r["top_k"][0]
-            rest = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:])
-            rows.append((r["image"], best["label"], best["probability"], rest))
-    return rows
-
-
 class Predictions(list):
-    """What predict returns: a list of {"image", "top_k"} (or {"image", "error"}) dicts, shown in a notebook
+    """What predict returns: a list of {"image", and the task's answer: "top_k" ...} (or {"image", "error"}) dicts,
+    and the task that answered them (models/tasks), which says how an answer reads in a table; shown in a notebook
     as a table."""
+
+    def __init__(self, answers=(), task: Task = SINGLE_LABEL):
+        super().__init__(answers)
+        self.task = task
+
+    def summary_rows(self) -> list[tuple[str, str | None, float | None, str]]:
+        """(image, what the answer says or None for an error, its probability or number, the rest of the answer or
+        the error): the rows of the CLI's table and of the notebook's. A rejected answer (--reject) says 'unknown'
+        and its score; the nearest classes follow."""
+        rows = []
+        for r in self:
+            if "error" in r:
+                rows.append((r["image"], None, None, r["error"]))
+                continue
+            said, number, rest = self.task.summary_row(r)
+            if r.get("unknown"):
+                said, number, rest = UNKNOWN, r["score"], ", ".join(
+                    f"{t['label']} {t['probability']:.3f}" for t in r["top_k"])
+            rows.append((r["image"], said, number, rest))
+        return rows
+
+    def csv_text(self) -> str:
+        """predict --format csv: image, unknown and score with --reject, the task's columns (tags given, ranked
+        labels; or the number), error."""
+        import csv
+        import io
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        columns, cells = self.task.csv_columns(self)
+        rejecting = any("unknown" in r for r in self)
+        writer.writerow(["image"] + (["unknown", "score"] if rejecting else []) + columns + ["error"])
+        for r in self:
+            rejected = ([str(r["unknown"]).lower(), f"{r['score']:.6f}"] if "unknown" in r else ["", ""]) \
+                if rejecting else []
+            own = cells(r) if "error" not in r else [""] * len(columns)
+            writer.writerow([r["image"]] + rejected + own + [r.get("error", "")])
+        return buf.getvalue()
 
     def _repr_html_(self) -> str:
         from ..notebook import table
-        rows = [(image, "error" if label is None else label, p, rest) for image, label, p, rest in summary_rows(self)]
+        rows = [(image, "error" if label is None else label, p, rest) for image, label, p, rest in self.summary_rows()]
         return table(["image", "prediction", "probability", "next"], rows)
 
 
@@ -202,9 +220,7 @@ class Predictor:
         tags per image, and for a k-NN rule without the model (an ONNX file holds no training embeddings)."""
         if reject is None or reject is False:
             return None
-        if not self.task.exclusive:
-            raise UserError("--reject applies to one class per image; with several tags per image an image above no "
-                            "tag's threshold already gets no tag")
+        self.task.require("reject")
         rule = self.header.reject
         if reject is True and rule is None:
             raise UserError("this model file has no rejection rule (it was trained without a validation split or by "
@@ -229,7 +245,7 @@ class Predictor:
             return self.engine(batch_uint8, features=feats), torch.cat(feats)
         return self.probabilities(batch_uint8), self.features(batch_uint8)
 
-    def predict(self, sources: Iterable[Source], top_k: int = 3, batch_size: int = 64,
+    def predict(self, sources: Iterable[Source], top_k: int | None = None, batch_size: int = 64,
                 level: str = "fine", reject: bool | float | None = None) -> list[dict[str, Any]]:
         """[{"image": name, "top_k": [{"label", "probability"}, ...]}] or {"image", "error"} per input.
 
@@ -239,6 +255,7 @@ class Predictor:
         threshold): each answer also has "unknown" (its score is below the threshold: none of the classes) and
         "score" (models/reject.py)."""
         self.check_level(level)
+        top_k = self.task.check_top_k(top_k)
         rejection = self.rejection(reject)
         sources = list(sources)
         feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
@@ -246,14 +263,15 @@ class Predictor:
         names = [str(src) if isinstance(src, (str, Path)) else f"<image {i}>" for i, src in enumerate(sources)]
         return self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None)
 
-    def predict_shards(self, shards: list[str], top_k: int = 3, level: str = "fine",
+    def predict_shards(self, shards: list[str], top_k: int | None = None, level: str = "fine",
                        reject: bool | float | None = None, chunk: int = SHARD_CHUNK) -> "Predictions":
         """predict's answers for the images in WebDataset-style .tar shards (data/shards.py), read as a stream in
         order, `chunk` images' bytes held at a time; each named tar://MEMBER::SHARD."""
         from ..data.shards import shard_batches
         self.check_level(level)
+        top_k = self.task.check_top_k(top_k)
         rejection = self.rejection(reject)
-        out = Predictions()
+        out = Predictions(task=self.task)
         for names, items in shard_batches(shards, chunk):
             feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
             probs, errors = self.predict_read(items, feats)
@@ -287,7 +305,7 @@ class Predictor:
         rejection = self.rejection(reject)
         return rejection is not None and rejection.needs_features
 
-    def answer(self, names: list[str], probs: np.ndarray, errors: list[str | None], top_k: int = 3,
+    def answer(self, names: list[str], probs: np.ndarray, errors: list[str | None], top_k: int = DEFAULT_TOP_K,
                level: str = "fine", rejection: Rejection | None = None, features: np.ndarray | None = None
                ) -> "Predictions":
         """predict's answers from probabilities scored elsewhere (predict_proba here, or Ray's workers:
@@ -296,8 +314,8 @@ class Predictor:
         answers = self.task.answers(probs, self.classes, level, top_k)
         if rejection is not None:
             answers = rejection.mark(answers, probs, features)
-        return Predictions({"image": name, "error": error} if error is not None else {"image": name, **answer}
-                           for name, error, answer in zip(names, errors, answers))
+        return Predictions(({"image": name, "error": error} if error is not None else {"image": name, **answer}
+                            for name, error, answer in zip(names, errors, answers)), self.task)
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

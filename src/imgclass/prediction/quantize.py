@@ -91,7 +91,7 @@ def run_split(predictor: Predictor, model_path: Path, split: str) -> tuple[Path,
         raise UserError(f"--quantize int8 calibrates on the run's training images and checks its test images: "
                         f"{model_path} is not inside its run folder")
     root = run.data_root() or Path("")
-    saved = read_splits(run.splits, root, list(predictor.classes), multi_label=not predictor.task.exclusive)
+    saved = read_splits(run.splits, root, list(predictor.classes), predictor.task.label_kind)
     return root, saved.items.get(split, [])
 
 

@@ -194,7 +194,7 @@ def ray_predict_proba(predictor: Predictor, paths: list[str], features: list | N
     return probs, errors
 
 
-def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str = "fine", runtime: str = "auto",
+def ray_predict(model: str | Path, inputs: list[str], top_k: int | None = None, level: str = "fine", runtime: str = "auto",
                 precision: str = "auto", max_pixels: int | None = None, reject: bool | float | None = None,
                 address: str | None = None, workers: int | None = None, out: str | Path | None = None
                 ) -> list[dict[str, Any]] | Path:
@@ -205,7 +205,8 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int = 3, level: str
     from .runtime import choose_runtime
     predictor = Predictor.load(model, "cpu", max_pixels)
     predictor.check_level(level)
-    rejection = predictor.rejection(reject)  # a bad --reject: refused here, before Ray starts
+    top_k = predictor.task.check_top_k(top_k)  # a bad --top-k, --reject: refused here, before Ray starts
+    rejection = predictor.rejection(reject)
     from ..data.shards import shards_of
     shards = shards_of(list(inputs))
     paths = shards or ray_paths([str(i) for i in inputs])
@@ -245,10 +246,10 @@ def _write_parquet(predictor: Predictor, paths: list[str], top_k: int, level: st
         for names, probs, errors, feats, _ in scored_batches(predictor, paths, predictor.needs_features(reject),
                                                              address, workers, shards):
             rows = predictor.answer(names, probs, errors, top_k, level, rejection, feats)
-            best = [(r.get("top_k") or [{}])[0] for r in rows]
+            said = rows.summary_rows()  # (image, what the answer says, its probability or number, the rest)
             writer.write_table(pyarrow.table({
-                "image": [r["image"] for r in rows], "label": [b.get("label") for b in best],
-                "probability": [b.get("probability") for b in best],
+                "image": [r["image"] for r in rows], "label": [s[1] for s in said],
+                "probability": [s[2] for s in said],
                 "answer": [json.dumps({k: v for k, v in r.items() if k not in ("image", "error")}) for r in rows],
                 "error": [r.get("error") for r in rows]}, schema=schema))
     return out

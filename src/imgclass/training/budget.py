@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..models.header import Architecture
-from ..models.task import SINGLE_LABEL, Task
+from ..models.tasks import SINGLE_LABEL, Task
 from ..models.inference import scoring_batch
 from .device import use_bf16
 from .optim import make_optimizer

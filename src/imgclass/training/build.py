@@ -114,7 +114,7 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
         class_weights = plan.task.class_weights(prep.data["train"].labels, len(plan.classes)).to(device)
     return Trainer(model=prep.model, optimizer=prep.optimizer, train_data=prep.data["train"],
                    val_data=prep.data["val"], pre=prep.pre, augment=augment, cached_inputs=cached_inputs,
-                   mix=batch_mix(cfg.mixup, cfg.cutmix, len(plan.classes), tags=not plan.task.exclusive),
+                   mix=batch_mix(cfg.mixup, cfg.cutmix, len(plan.classes), targets=plan.task.mix_targets),
                    epochs=cfg.epochs,
                    batch_size=cfg.batch_size, peak_lr=plan.lr, warmup_epochs=cfg.warmup_epochs,
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,

@@ -31,7 +31,7 @@ from ..data.augment import BatchAugment
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..models.inference import predict_logits
-from ..models.task import SINGLE_LABEL, Task
+from ..models.tasks import SINGLE_LABEL, Task
 from .optim import lr_at, set_lr
 
 

@@ -19,14 +19,14 @@ from typing import Any, Callable
 from .. import config as config_mod
 from ..config import TrainConfig
 from ..data.edits import apply_edits
-from ..data.find import Found, find_images
-from ..data.tags import read_tags, refuse_two_levels
+from ..data.find import Found
+from ..data.labels import LabelSource, kind_of_options
 from ..data.split import Split, make_split, read_splits
 from ..errors import UserError
 from ..modelfile import read_header
 from ..models import get_spec
 from ..models.header import Architecture
-from ..models.task import SINGLE_LABEL, MultiLabel, Task, TwoLevel
+from ..models.tasks import Task, task_for_data
 from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from .auto import resolve_new_run
@@ -88,7 +88,7 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
             raise UserError("--resume continues a run with its saved config.yaml; do not pass other options")
         cfg = config_mod.resolve(run.config)
         found = _find(vars(cfg), edits=False)  # splits.csv holds the edited labels and the excluded images
-        split, notes, explicit = read_splits(run.splits, found.root, found.classes, found.multi_label), [], None
+        split, notes, explicit = read_splits(run.splits, found.root, found.classes, found.kind), [], None
     else:
         run = None
         if data is not None:
@@ -108,25 +108,22 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
 
 
 def _find(values: dict[str, Any], edits: bool = True) -> Found:
-    """The images and their labels: several tags each (data/tags.py) with --multi-label or --tag-columns, else
-    one class (or two levels) each (data/find.py); with edits, less --exclude's images and with --relabel's labels."""
-    if values.get("multi_label") or values.get("tag_columns"):
-        refuse_two_levels(values.get("hierarchy") or False, values.get("label_columns"))
-        found = read_tags(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
-                          values.get("tag_columns"))
-    else:
-        found = find_images(values["data"], values.get("labels"), values.get("id_column"), values.get("label_column"),
-                            values.get("hierarchy") or False, values.get("label_columns"))
+    """The images and their labels, of the kind the options ask for (data/labels.py: tags with --multi-label or
+    --tag-columns, a number with --regression, else one class or two levels); with edits, less --exclude's images
+    and with --relabel's labels."""
+    kind = kind_of_options(values.get("multi_label") or False, values.get("tag_columns"),
+                           values.get("regression") or False)
+    found = kind.find(LabelSource(values["data"], values.get("labels"), values.get("id_column"),
+                                  values.get("label_column"), values.get("tag_columns"),
+                                  values.get("hierarchy") or False, values.get("label_columns")))
     return apply_edits(found, values.get("exclude"), values.get("relabel")) if edits else found
 
 
 def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None, run: RunDir | None,
             notes: list[str]) -> RunPlan:
     """Everything that follows from the resolved config and the split."""
-    task = task_for(found, cfg)
+    task = task_for_data(found, split, cfg)
     task.refuse(cfg, processes=cfg.devices > 1 or launched_by_torchrun())
-    if cfg.threshold is not None and (task.exclusive or not 0.0 < cfg.threshold < 1.0):
-        raise UserError("--threshold takes a probability between 0 and 1, for several tags per image (--multi-label)")
     if cfg.ema is not None and cfg.lookahead:  # both average the weights; the user's explicit choice wins
         if explicit is not None and "lookahead" in explicit:
             raise UserError("--ema and --lookahead both average the weights: use one of them")
@@ -173,16 +170,6 @@ def _finetune_stage(cfg: TrainConfig, transfer: bool, phases: int, processes: bo
     if cfg.finetune == "auto" and (cfg.time_budget is None or not transfer):
         return dataclasses.replace(cfg, finetune="full")
     return cfg
-
-
-def task_for(found: Found, cfg: TrainConfig) -> Task:
-    """The label structure of the data found: two-level when its folders or CSV give each fine class a coarse
-    one (data/find.py reads them), else one class per image."""
-    if found.multi_label:
-        return MultiLabel()
-    if found.parents is None:
-        return SINGLE_LABEL
-    return TwoLevel(cfg.hierarchy_strategy, tuple(found.coarse_classes), tuple(found.parents))
 
 
 def _small_folder_batch(cfg: TrainConfig, lr: float, n_train: int, notes: list[str]) -> tuple[TrainConfig, float]:

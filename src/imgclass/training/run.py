@@ -26,9 +26,9 @@ from ..data.split import SPLITS, Split, write_splits
 from ..errors import UserError
 from ..modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
-from ..models.inference import compute_features, pick_device, predict_logits, probabilities
+from ..models.inference import compute_features, pick_device, predict_logits
 from ..models.reject import Rejection
-from ..models.task import Task
+from ..models.tasks import SINGLE_LABEL, Finished, Task
 from ..prediction.predictor import Predictor
 from ..rundir import RunDir
 from . import budget, distributed, top_stage
@@ -52,8 +52,9 @@ class Run:
     config: TrainConfig
     classes: list[str]
     history: list[dict[str, Any]]
-    metrics: dict[str, Any] = field(default_factory=dict)  # {"train": {"accuracy", "loss", "n"}, "val": ..., "test": ...}
+    metrics: dict[str, Any] = field(default_factory=dict)  # per split, the task's final scores: {"accuracy", "loss", "n"}, ...
     evaluations: dict[str, Any] = field(default_factory=dict)  # split -> Evaluation (metrics, report, figures)
+    task: Task = SINGLE_LABEL                              # the label structure (models/tasks), as the model file has it
 
     @property
     def model_path(self) -> Path:
@@ -61,8 +62,8 @@ class Run:
 
     def _repr_html_(self) -> str:  # a notebook cell showing a Run
         from ..notebook import table
-        rows = [(name, m.get("accuracy"), m.get("loss"), m.get("n")) for name, m in self.metrics.items()]
-        return table(["split", "accuracy", "loss", "images"], rows,
+        rows = [(name, self.task.split_line(name, m)) for name, m in self.metrics.items()]
+        return table(["split", "final scores"], rows,
                      f"run {self.dir}: {self.config.model}, {len(self.classes)} classes, "
                      f"{len(self.history)} epoch(s); model file {self.model_path}")
 
@@ -113,7 +114,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
             if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
                 dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
                 distributed.teardown()
-                return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history)
+                return Run(dir=run.path, config=plan.cfg, classes=plan.classes, history=trainer.history, task=plan.task)
             final = dataclasses.replace(prep, data=data, pre=pre)
             result = _finalize_stage(plan, run, trainer, final, head[0] if head else 0.0, device, dd, started, say)
     except BaseException as error:  # a crash, a refusal, Ctrl-C: the callbacks hear it (a tracker marks its run failed)
@@ -359,9 +360,10 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
     cfg = plan.cfg
     best, _ = load_model(run.best, device)
     scoring_started = time.perf_counter()
-    metrics, probs, calibration, task, feats = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
+    finished, feats = _score_splits(best, final.data, final.pre, cfg, device, say, plan.task)
+    metrics, probs, calibration = finished.metrics, finished.outputs, finished.calibration
     scoring_seconds = round(time.perf_counter() - scoring_started, 2)  # the final scoring and calibration
-    plan = dataclasses.replace(plan, task=task)  # with what it decided on validation (several tags: thresholds)
+    plan = dataclasses.replace(plan, task=finished.task)  # with what it decided on validation (tags: thresholds)
     facts = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason,
              "train_seconds": round(sum(r["seconds"] for r in trainer.history), 2),
              "decode_seconds": round(final.decode_seconds, 2), "head_seconds": round(head_seconds, 2),
@@ -372,7 +374,8 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
                                  reject=_rejection(plan, feats, say))
     save_model(run.model, best, header)
     run.write_results({"metrics": metrics, **facts})
-    result = Run(dir=run.path, config=cfg, classes=plan.classes, history=trainer.history, metrics=metrics)
+    result = Run(dir=run.path, config=cfg, classes=plan.classes, history=trainer.history, metrics=metrics,
+                 task=plan.task)
     if cfg.evaluate:
         from ..evaluation.evaluate import evaluate  # deferred: evaluation imports matplotlib and the report
         # the model just scored, with the header just written: no second load from the file
@@ -459,29 +462,24 @@ def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: 
 
 def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
                   device: torch.device, say: Callable[..., None], task: Task
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None, Task, dict[str, Any]]:
-    """(accuracy, loss and n per split; probabilities per split; the calibration; the task with what it
-    decides on validation; the pooled features of the scored train sample and of val, from the same pass) of the
-    final model, without augmentation and with its TTA, at the softmax temperature fitted on validation
-    (--calibrate). The train split is scored on a sample: it only shows over- or under-fitting."""
-    if not task.exclusive:
-        return (*_score_tagged(model, data, pre, cfg, device, say, task), {})
-    scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+                  ) -> tuple[Finished, dict[str, Any]]:
+    """(the task's final scoring of the model: each split's metrics and outputs, the calibration and the task with
+    what it decided on validation; the pooled features of the scored train sample and of val, from the same pass,
+    for a task that can reject) of the final model, without augmentation and with its TTA. The train split is
+    scored on a sample: it only shows over- or under-fitting."""
+    logits: dict[str, torch.Tensor] = {}
+    labels: dict[str, torch.Tensor] = {}
     feats: dict[str, Any] = {}
     for name in SPLITS:
         part = _to_score(data, name, cfg.seed)
-        if len(part):
-            recorded = [] if name in ("train", "val") else None  # what the rejection's k-NN rule is made of
-            scored[name] = (predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta,
-                                           features=recorded), part.labels)
+        if len(part):  # (train and val's features: what the rejection's k-NN rule is made of)
+            recorded = [] if name in ("train", "val") and task.supports("reject") else None
+            logits[name] = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta,
+                                          features=recorded)
+            labels[name] = part.labels
             if recorded:
                 feats[name] = torch.cat(recorded).numpy()
-    calibration = _calibrate(cfg, scored.get("val"), say)
-    t = calibration["temperature"] if calibration else 1.0
-    metrics = {name: {"accuracy": float((logits.argmax(1) == labels).float().mean()),
-                      "loss": float(torch.nn.functional.cross_entropy(logits / t, labels)), "n": len(labels)}
-               for name, (logits, labels) in scored.items()}
-    return metrics, {name: probabilities(logits, t) for name, (logits, _) in scored.items()}, calibration, task, feats
+    return task.finish(logits, labels, cfg.calibrate, cfg.threshold, say), feats
 
 
 def _to_score(data: dict[str, ImageTensors], name: str, seed: int) -> ImageTensors:
@@ -495,75 +493,16 @@ def _to_score(data: dict[str, ImageTensors], name: str, seed: int) -> ImageTenso
     return part
 
 
-def _score_tagged(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg: TrainConfig,
-                  device: torch.device, say: Callable[..., None], task: Task):
-    """_score_splits for several tags per image: Platt scaling per tag fitted on validation (--calibrate), each
-    tag's threshold chosen there (on the probabilities before calibration, then moved with them, so calibration
-    changes no decision; --threshold X applies to the calibrated ones), and each split's BCE, mAP and
-    exact-match accuracy at those thresholds."""
-    logits, labels = {}, {}
-    for name in SPLITS:
-        if len(part := _to_score(data, name, cfg.seed)):
-            logits[name] = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta)
-            labels[name] = part.labels
-    val = (logits["val"], labels["val"]) if "val" in logits else None
-    n_tags = next(iter(labels.values())).shape[1]
-    calibration, fit = None, None
-    if cfg.calibrate and val is None:
-        say("no validation split: the probabilities are left uncalibrated (--val-split > 0 calibrates them)",
-            warning=True)
-    elif cfg.calibrate:
-        from .calibrate import fit_tag_calibration  # deferred: it imports the metrics (scikit-learn)
-        fit = fit_tag_calibration(*val)
-    if cfg.threshold is None:
-        task = task.fitted(None if val is None else task.probabilities(val[0]).numpy(),
-                           None if val is None else val[1].numpy(), say, None, n_tags)
-    if fit is not None:
-        task = task.calibrated(*fit)
-    if cfg.threshold is not None:
-        task = task.fitted(None if val is None else task.probabilities(val[0]).numpy(),
-                           None if val is None else val[1].numpy(), say, cfg.threshold, n_tags)
-    if fit is not None:
-        from .calibrate import tag_calibration_facts
-        calibration = tag_calibration_facts(*val, task)
-        say(f"calibration: Platt scaling per tag ({calibration['tags_fitted']} of {n_tags} tags) fitted on "
-            f"{calibration['n']} validation images; their ECE per tag {calibration['val_ece_before']:.3f} -> "
-            f"{calibration['val_ece_after']:.3f}")
-    from .calibrate import probability_bce  # deferred: it imports the metrics (scikit-learn)
-    probs, metrics = {}, {}
-    for name, split_logits in logits.items():
-        probs[name] = task.probabilities(split_logits)
-        _, m_ap = task.score(split_logits, labels[name])  # (the ranking, so mAP, is calibration's invariant)
-        loss = probability_bce(probs[name], labels[name])
-        exact = float((task.decisions(probs[name].numpy()) == labels[name].numpy().astype(bool)).all(1).mean())
-        metrics[name] = {"accuracy": exact, "map": m_ap, "loss": loss, "n": len(split_logits)}
-    return metrics, probs, calibration, task
-
-
 def _rejection(plan: RunPlan, feats: dict[str, Any], say: Callable[..., None]) -> Rejection | None:
     """ "None of these": the training embeddings (a sample) and the threshold on an image's similarity to its k-th
     nearest one that accepts --reject-acceptance of the validation images (models/reject.py); None without a
-    validation split, or for several tags per image (where no tag above its threshold already means none)."""
-    if not plan.task.exclusive or "val" not in feats or "train" not in feats:
+    validation split, or for a task that cannot reject (several tags per image: no tag above its threshold
+    already means none)."""
+    if "val" not in feats or "train" not in feats:
         return None
     rejection = Rejection.fit(feats["val"], feats["train"], plan.cfg.reject_acceptance, plan.cfg.seed)
     say(f"rejection (predict --reject): {rejection.describe()}")
     return rejection
-
-
-def _calibrate(cfg: TrainConfig, val: tuple[torch.Tensor, torch.Tensor] | None, say) -> dict[str, Any] | None:
-    """Temperature scaling on the validation split (training/calibrate.py), or why not."""
-    if not cfg.calibrate:
-        return None
-    if val is None:
-        say("no validation split: the probabilities are left uncalibrated (--val-split > 0 calibrates them)",
-            warning=True)
-        return None
-    from .calibrate import calibration_facts, fit_temperature  # deferred: it imports the metrics (scikit-learn)
-    facts = calibration_facts(*val, fit_temperature(*val))
-    say(f"calibration: softmax temperature {facts['temperature']:.3f} fitted on {facts['n']} validation images; "
-        f"their ECE {facts['val_ece_before']:.3f} -> {facts['val_ece_after']:.3f}")
-    return facts
 
 
 def _train_forward(model, cfg: TrainConfig, dd, device: torch.device, partly_frozen: bool = False):
@@ -582,11 +521,11 @@ def load_run(run_dir: Path) -> Run:
     run = RunDir(Path(run_dir))
     header = read_header(run.model)
     return Run(dir=run.path, config=config_mod.resolve(run.config), classes=list(header.classes),
-               history=run.read_history(), metrics=run.read_results()["metrics"])
+               history=run.read_history(), metrics=run.read_results()["metrics"], task=header.task)
 
 
 def summary_lines(run: Run) -> list[str]:
-    parts = [f"{name} accuracy {m['accuracy']:.4f} (n={m['n']})" for name, m in run.metrics.items()]
+    parts = [run.task.split_line(name, m) for name, m in run.metrics.items()]
     lines = ["; ".join(parts), f"model: {run.model_path}"]
     if "test" in run.evaluations:
         lines.append(f"report: {run.evaluations['test'].dir / 'report.html'}")

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..data.preprocess import Preprocessing
 from ..modelfile import META_KEY, resolve_model_path
 from ..models.header import ModelHeader
-from ..models.task import Task
+from ..models.tasks import Task
 from ..models.pretrained import read_checkpoint
 from .loop import Callback
 from .optim import optimizer_for

@@ -1,4 +1,5 @@
-"""Calibration fitted on the validation split after training, so probabilities mean what they say.
+"""Calibration fitted on the validation split after training, so probabilities mean what they say (the tasks of
+models/tasks/ fit it as training ends; evaluation measures it with the ECE below).
 
 One class per image: temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017): one number T,
 fitted on the validation split's logits to minimise their negative log-likelihood, divides the logits of
@@ -26,9 +27,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.metrics import expected_calibration_error, tag_ece
-
 TEMPERATURE_RANGE = (0.05, 20.0)  # beyond these a validation split is too small or degenerate to trust
+
+# The expected calibration error is written here: scikit-learn has no ECE (its calibration_curve gives the bins but
+# not the weighted gap), so it is the standard 15-bin, confidence-weighted |accuracy - confidence| (Guo et al. 2017).
+ECE_BINS = 15
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return float(ece)
+
+
+def tag_ece(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """One tag's ECE: its 0/1 truths against its probability read as a yes/no answer (binned by the
+    confidence max(p, 1 - p))."""
+    return expected_calibration_error(y_true.astype(int), np.stack([1 - prob, prob], axis=1))
+
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
