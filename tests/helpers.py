@@ -148,3 +148,30 @@ def local_client(app, **options):
     answers only the names it is reached by; TestClient's default Host, "testserver", is refused)."""
     from fastapi.testclient import TestClient
     return TestClient(app, base_url="http://127.0.0.1", **options)
+
+
+def make_numbered_folder(root, n=120, seed=0, size=16, split_column=False):
+    """16 px images, each labelled with a number it shows: the share of the image a bright square covers, times
+    100 (with noise), so a small network learns it in a few epochs. Returns (data folder, labels CSV with columns
+    file,target[,split]); with split_column, the first 70% of the files train, the next 15% validate, the rest test
+    (a split by order, as frames of one camera must be)."""
+    rng = np.random.RandomState(seed)
+    data = Path(root) / "images"
+    data.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        side = int(rng.randint(2, size + 1))
+        pixels = rng.normal(40, 10, (size, size, 3))
+        top, left = rng.randint(0, size - side + 1, 2)
+        pixels[top:top + side, left:left + side] = rng.normal(220, 10, 3)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(data / f"f{i:04d}.png")
+        row = [f"f{i:04d}", f"{100 * side * side / size ** 2:.2f}"]
+        if split_column:
+            row.append("train" if i < 0.7 * n else "val" if i < 0.85 * n else "test")
+        rows.append(row)
+    labels = Path(root) / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "target"] + (["split"] if split_column else []))
+        writer.writerows(rows)
+    return data, labels

@@ -74,6 +74,7 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int | None = None
     shards = shards_of(items)
     if all(isinstance(i, (str, Path)) for i in items) and not shards:
         items = expand_inputs(items)
+    model.check_request(top_k, level, reject)  # refused before the runtime is chosen or an image read
     if runtime is not None:  # the runtime for a job of this many images (shards: uncounted, as a long job), stated
         from .prediction.runtime import choose_runtime
         model.use(choose_runtime(model, runtime, precision, None if shards else len(items)))

@@ -182,7 +182,7 @@ def _rows_of(fig):
 def test_galleries_ask_the_three_questions_per_class():
     import numpy as np
     import torch
-    from imgclass.evaluation.evaluate import GALLERY_MAX_CLASSES, _gallery_sets
+    from imgclass.evaluation.classes import GALLERY_MAX_CLASSES, gallery_sets as _gallery_sets
     classes = ["ant", "bee", "cat"]
     y = np.array([0, 0, 0, 1, 1, 2])
     probs = np.array([[.9, .05, .05], [.6, .3, .1], [.2, .7, .1],   # ant: right 0.9, right 0.6, wrong (bee 0.7)
@@ -212,7 +212,8 @@ def test_a_kill_during_evaluation_leaves_no_folder_that_looks_evaluated(tmp_path
     """metrics.json (what compare and the model card read) is removed when an evaluation starts and written last:
     an evaluation killed half-way (here: while writing its report) leaves a folder without it, never one mixing
     two evaluations or lacking its report; `evaluate` then redoes it."""
-    from imgclass.evaluation import evaluate as evaluate_module
+    import dataclasses
+    from imgclass.evaluation import tasks
     data = make_class_folders(tmp_path / "data", per_class=10)
     run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1, evaluate=True))
     test_dir = run.dir / "eval" / "test"
@@ -220,7 +221,8 @@ def test_a_kill_during_evaluation_leaves_no_folder_that_looks_evaluated(tmp_path
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what a kill leaves: everything written before this point, nothing after
-    monkeypatch.setattr(evaluate_module, "write_report", killed)
+    monkeypatch.setitem(tasks.EVALUATIONS, "single-label",
+                        dataclasses.replace(tasks.EVALUATIONS["single-label"], write_report=killed))
     with pytest.raises(KeyboardInterrupt):
         imgclass.evaluate(run.dir)
     assert not (test_dir / "metrics.json").exists()

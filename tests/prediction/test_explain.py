@@ -101,7 +101,8 @@ def test_explain_cli_writes_overlays(trained_run, tmp_path, capsys):
 
 
 def test_gallery_of_confident_mistakes_gains_heatmap_rows(trained_run):
-    from imgclass.evaluation.evaluate import _gallery_sets, _heatmap_overlays
+    from imgclass.evaluation.classes import gallery_sets as _gallery_sets
+    from imgclass.evaluation.evaluate import _heatmap_overlays
     predictor = imgclass.load(trained_run, device="cpu")
     size = predictor.pre.img_size
     images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)

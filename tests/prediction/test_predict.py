@@ -17,7 +17,7 @@ def test_predict_matches_training_path(trained_run):
     """predict decodes and preprocesses exactly as training did: same probabilities on the test split."""
     predictor = imgclass.load(trained_run, device="cpu")
     data_root = Path(config.resolve(trained_run / "config.yaml").data)
-    split = read_splits(trained_run / "splits.csv", data_root, predictor.classes)
+    split = read_splits(trained_run / "splits.csv", data_root, predictor.classes, predictor.task.label_kind)
     tensors = load_split(split.root, split.items["test"], predictor.pre, workers=1)
     model, _ = load_model(trained_run)
     logits = predict_logits(model, tensors.images, predictor.pre, 64, torch.device("cpu"))

@@ -7,7 +7,7 @@ import torch
 import imgclass
 from imgclass.evaluation.metrics import expected_calibration_error, uncalibrated
 from imgclass.models.inference import predict_logits
-from imgclass.training.calibrate import calibration_facts, fit_temperature
+from imgclass.models.calibration import calibration_facts, fit_temperature
 
 from helpers import FAST, make_class_folders
 
@@ -64,7 +64,7 @@ def test_platt_per_tag_equals_weighted_logistic_regression_and_keeps_the_ranking
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
     from imgclass.models.tasks import MultiLabel
-    from imgclass.training.calibrate import fit_tag_calibration, tag_calibration_facts
+    from imgclass.models.calibration import fit_tag_calibration, tag_calibration_facts
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(3000, 3, generator=g) * 1.5 + torch.tensor([-1.0, 0.0, -3.0])

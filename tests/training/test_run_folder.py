@@ -6,6 +6,7 @@ import threading
 import pytest
 
 import imgclass
+from imgclass.data.labels import CLASSES
 from imgclass.data.split import read_splits
 from imgclass.errors import DataError, UserError
 from imgclass.rundir import RunDir
@@ -42,10 +43,10 @@ def test_splits_csv_paths_outside_the_data_folder_are_refused(tmp_path, bad):
     csv_path = tmp_path / "splits.csv"
     csv_path.write_text(f"path,label,split\ncat/img0.png,cat,train\n{bad},cat,train\n")
     with pytest.raises(DataError, match="outside the data folder"):
-        read_splits(csv_path, tmp_path, ["cat"])
+        read_splits(csv_path, tmp_path, ["cat"], CLASSES)
     csv_path.write_text("path,label,split\ncat/img0.png,cat,holdout\n")
     with pytest.raises(DataError, match="names split 'holdout'"):
-        read_splits(csv_path, tmp_path, ["cat"])
+        read_splits(csv_path, tmp_path, ["cat"], CLASSES)
 
 
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):

@@ -260,8 +260,9 @@ class NumberLabels(LabelKind):
         warn: list[str] = []
         carved = carve([(rel, int(b)) for (rel, _), b in zip(pool, bins)], fractions, seed, warn,
                        [f"quantile bin {b + 1}" for b in range(int(bins.max()) + 1 if len(bins) else 0)])
-        items = {s: sorted(given[s] + [(rel, value[rel]) for rel, _ in carved[s]], key=lambda it: natural_key(it[0]))
-                 for s in SPLITS}
+        # (the pool holds the given training images: train is what carving left of it)
+        items = {s: sorted((given[s] if s != "train" else []) + [(rel, value[rel]) for rel, _ in carved[s]],
+                           key=lambda it: natural_key(it[0])) for s in SPLITS}
         return Split(root=found.root, classes=found.classes, items=items, kind=self,
                      excluded=list(found.excluded)), warn
 

@@ -74,7 +74,8 @@ def export_coreml(model: str | Path, out: str | Path | None = None, half: bool =
     converted.user_defined_metadata[META_KEY] = predictor.header.to_json()
     converted.user_defined_metadata[SOURCE_KEY] = file_sha256(model_path)
     checked = check_spec(converted.get_spec(), list(predictor.classes), size, classifier)
-    diff = _parity(converted, batch, expected, list(predictor.classes) if classifier else None, half)
+    diff = _parity(converted, batch, expected, list(predictor.classes) if classifier else None, half,
+                   predictor.task.answer_scale)
     with building_folder(out) as building:
         converted.save(str(building / "model.mlpackage"))
         (building / "model.mlpackage").rename(building / "staged")
@@ -117,8 +118,8 @@ def spec_class_labels(spec) -> list[str]:
     return []
 
 
-def _parity(converted, batch: torch.Tensor, expected: np.ndarray, classes: list[str] | None, half: bool
-            ) -> float | None:
+def _parity(converted, batch: torch.Tensor, expected: np.ndarray, classes: list[str] | None, half: bool,
+            scale: float = 1.0) -> float | None:
     """The probabilities' largest difference from PyTorch's on macOS; None elsewhere (Core ML cannot run).
     classes: a classifier's labels, in the model's order (its probabilities come as a dict)."""
     if sys.platform != "darwin":
@@ -130,4 +131,4 @@ def _parity(converted, batch: torch.Tensor, expected: np.ndarray, classes: list[
             rows.append([result["classLabel_probs"][c] for c in classes])
         else:
             rows.append(np.asarray(result["probabilities"])[0])
-    return check_parity("coreml", np.asarray(rows, dtype=np.float32), expected, half)
+    return check_parity("coreml", np.asarray(rows, dtype=np.float32), expected, half, scale)

@@ -29,7 +29,8 @@ from ..rundir import RunDir, best_epoch_phrase
 from ..prediction.graph import export_model
 from ..prediction.quantize import Int8Report, export_int8
 
-CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "pr_curves_tags", "ap_vs_frequency")
+CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "pr_curves_tags", "ap_vs_frequency",
+                "predicted_vs_true", "residuals")
 
 
 def export_hub(model: str | Path, out: str | Path, int8: tuple[float, int] | None = None
@@ -180,7 +181,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
               f"{best_epoch_phrase(res)}.",
               f"- Training time: {res.get('train_seconds', '?')} s on {res.get('device', '?')}.",
               f"- {predictor.task.calibration_text(h.temperature)}", ""]
-    lines += _results_section(m, facts.get("metrics_split"), figures)
+    lines += _results_section(m, facts.get("metrics_split"), figures, predictor.task.name)
     lines += _int8_section(int8)
     lines += ["## Limits", "",
               f"- Inputs are resized to {pre.img_size} px; detail finer than that is lost.",
@@ -210,13 +211,17 @@ def _int8_section(report: Int8Report | None) -> list[str]:
             f"Speeds measured on {_escape(report.cpu)}; int8 gains most on CPUs with VNNI or AMX.", ""]
 
 
-def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[str]) -> list[str]:
+def _results_section(m: dict[str, Any] | None, split: str | None, figures: list[str], task: str) -> list[str]:
+    """The card's results: the metrics of the evaluation's metrics.json that its task has (CARD_RESULTS)."""
     if not m:
         return ["## Results", "", "No evaluation in the run folder.", ""]
     lines = ["## Results", "", f"On the {split} split ({m['n']} images):", "", "| metric | value |", "|---|---|"]
-    if "per_tag" in m:  # several tags per image (evaluation/tags.py)
-        return lines + _tag_results(m, figures)
-    lines += [f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")
+    return lines + CARD_RESULTS[task](m, figures)
+
+
+def _class_results(m: dict[str, Any], figures: list[str]) -> list[str]:
+    """One class per image (or two levels): the headline metrics, each class's, the most confused pairs."""
+    lines = [f"| {k} | {m[k]:.4f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")
               if isinstance(m.get(k), (int, float))]
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {_escape(c)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
@@ -248,6 +253,21 @@ def _tag_results(m: dict[str, Any], figures: list[str]) -> list[str]:
     lines += [f"- {_escape(t)}: AP {per[t]['ap']:.3f} on {per[t]['support']} image(s)" for t in weak] or \
         ["- No tag could be scored on this split."]
     return lines + [""]
+
+
+def _number_results(m: dict[str, Any], figures: list[str]) -> list[str]:
+    """A number per image: the errors against the baseline of the training mean, and the largest error."""
+    lines = [f"| {name} | {m[k]:.4g} |" for name, k in (("MAE", "mae"), ("RMSE", "rmse"), ("R²", "r2"),
+                                                       ("Spearman", "spearman"), ("MAE of the training mean",
+                                                                                  "baseline_mae"))]
+    lines += [""] + [f"![{f}](figures/{f}.png)" for f in figures] + ["", "## Known failure modes", ""]
+    return lines + [f"- The largest error on this split: {m['max_error']:.4g}; the model's mean error (its bias) "
+                    f"{m['mean_error']:+.4g}.", ""]
+
+
+# The card's results per task (models/tasks), from the evaluation's metrics.json (evaluation/tasks.py writes it).
+CARD_RESULTS = {"single-label": _class_results, "two-level": _class_results, "multi-label": _tag_results,
+                "regression": _number_results}
 
 
 def _escape(text: str) -> str:

@@ -65,7 +65,7 @@ def export_tflite(model: str | Path, out: str | Path | None = None, half: bool =
         if not converted.is_file():
             raise UserError(f"onnx2tf wrote no {converted.name}: the TFLite conversion failed")
         _write_metadata(converted, {META_KEY: predictor.header.to_json(), SOURCE_KEY: file_sha256(model_path)})
-        diff = check_parity("tflite", run_tflite(converted, batch), expected, half)
+        diff = check_parity("tflite", run_tflite(converted, batch), expected, half, predictor.task.answer_scale)
         with staged_file(out) as staged:
             shutil.copyfile(converted, staged)
     return out, diff

@@ -72,10 +72,12 @@ def parity_reference(model: str | Path) -> tuple[Path, Predictor, torch.Tensor, 
     return model_path, predictor, batch, predictor.probabilities(batch).numpy()
 
 
-def check_parity(fmt: str, got: np.ndarray, expected: np.ndarray, half: bool = False) -> float:
+def check_parity(fmt: str, got: np.ndarray, expected: np.ndarray, half: bool = False, scale: float = 1.0) -> float:
     """The largest |probability difference| of an export from PyTorch; a UserError (nothing is kept) beyond the
-    tolerance (half: the looser one of float16 weights)."""
-    diff = float(np.abs(np.asarray(got) - expected).max())
+    tolerance (half: the looser one of float16 weights). scale: the task's unit of answer (models/tasks:
+    Task.answer_scale; 1 for probabilities, the labels' standard deviation for a number), so that a number of any
+    size is checked as closely as a probability."""
+    diff = float(np.abs(np.asarray(got) - expected).max()) / scale
     tolerance = HALF_PARITY_TOLERANCE if half else PARITY_TOLERANCE
     if not diff <= tolerance:
         raise UserError(f"{fmt} export failed parity: max |probability difference| {diff:.2e} > {tolerance}")
@@ -127,5 +129,5 @@ def export_model(model: str | Path, fmt: str = "onnx", out: str | Path | None = 
     header = predictor.header.to_json()
     with staged_file(out) as tmp:  # per process: serve's workers may export at once; kept only if parity holds
         got = _write_export(fmt, module, batch.float(), header, model_path, tmp)
-        diff = check_parity(fmt, got, expected)
+        diff = check_parity(fmt, got, expected, scale=predictor.task.answer_scale)
     return out, diff

@@ -53,5 +53,5 @@ def export_ir(model: str | Path, out: str | Path | None = None, half: bool = Fal
         with building_folder(out) as building:
             save_ir(convert(onnx_path), building, predictor.header.to_json(), file_sha256(model_path), half)
             got = OpenVinoEngine(building, predictor.pre.img_size)(batch).numpy()
-            diff = check_parity("openvino", got, expected, half)
+            diff = check_parity("openvino", got, expected, half, predictor.task.answer_scale)
     return out, diff

@@ -254,8 +254,7 @@ class Predictor:
         tags per image each answer also has "labels": the tags given at their thresholds. reject (True, or a
         threshold): each answer also has "unknown" (its score is below the threshold: none of the classes) and
         "score" (models/reject.py)."""
-        self.check_level(level)
-        top_k = self.task.check_top_k(top_k)
+        top_k = self.check_request(top_k, level, reject)
         rejection = self.rejection(reject)
         sources = list(sources)
         feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
@@ -268,8 +267,7 @@ class Predictor:
         """predict's answers for the images in WebDataset-style .tar shards (data/shards.py), read as a stream in
         order, `chunk` images' bytes held at a time; each named tar://MEMBER::SHARD."""
         from ..data.shards import shard_batches
-        self.check_level(level)
-        top_k = self.task.check_top_k(top_k)
+        top_k = self.check_request(top_k, level, reject)
         rejection = self.rejection(reject)
         out = Predictions(task=self.task)
         for names, items in shard_batches(shards, chunk):
@@ -299,6 +297,14 @@ class Predictor:
     def check_level(self, level: str) -> None:
         """A level this model's task does not answer is refused at once, before any image is read."""
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)
+
+    def check_request(self, top_k: int | None, level: str, reject: bool | float | None) -> int:
+        """What a prediction asks, checked before any work: the level, top_k (returned, None: the default) and
+        the rejection; a UserError naming the first the model's task cannot do."""
+        self.check_level(level)
+        top_k = self.task.check_top_k(top_k)
+        self.rejection(reject)
+        return top_k
 
     def needs_features(self, reject: bool | float | None) -> bool:
         """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""

@@ -204,8 +204,7 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int | None = None, 
     require("ray", "ray", "predict --ray")
     from .runtime import choose_runtime
     predictor = Predictor.load(model, "cpu", max_pixels)
-    predictor.check_level(level)
-    top_k = predictor.task.check_top_k(top_k)  # a bad --top-k, --reject: refused here, before Ray starts
+    top_k = predictor.check_request(top_k, level, reject)  # refused here, before Ray starts
     rejection = predictor.rejection(reject)
     from ..data.shards import shards_of
     shards = shards_of(list(inputs))

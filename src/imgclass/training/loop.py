@@ -18,6 +18,7 @@ checkpoint's epoch and needs no pickled generator state.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -105,7 +106,8 @@ class Trainer:
     epoch: int = 0                      # epochs completed
     step: int = 0                       # optimizer steps completed
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float = -1.0
+    best_val_acc: float = -math.inf     # the best validation score so far (the task's: higher is better; a number
+    #                                     per image scores minus its MAE, so no score is below every other)
     best_epoch: int = 0
     stop: bool = False
     stop_reason: str = ""
@@ -161,7 +163,7 @@ class Trainer:
         chosen among this phase's epochs (not when resuming inside the phase: its best so far stands)."""
         self.pre, self.train_data, self.val_data = pre, train_data, val_data
         if reset_best:
-            self.best_val_acc = -1.0
+            self.best_val_acc = -math.inf
 
     def epoch_order(self, gen: torch.Generator) -> torch.Tensor:
         """Indices of one epoch: a permutation, or class-balanced draws with replacement."""

@@ -118,6 +118,8 @@ class Task:
         return top_k
 
     # --- the model and training -------------------------------------------------------------------------
+    answer_scale: ClassVar[float] = 1.0  # the unit of its answers' differences (exports' parity, bf16's check)
+
     def probabilities(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """What the model answers: each class's probability, a softmax over the classes at the model file's
         temperature."""

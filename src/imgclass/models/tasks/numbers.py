@@ -81,6 +81,11 @@ class Regression(Task):
         """The number: mean + std * the model's output (N x 1); no temperature applies."""
         return logits[:, :1] * self.target_std + self.target_mean
 
+    @property
+    def answer_scale(self) -> float:
+        """A difference between two answers counts in standard deviations of the labels (exports' parity)."""
+        return self.target_std
+
     def _standard(self, y: torch.Tensor) -> torch.Tensor:
         return (y.float() - self.target_mean) / self.target_std
 
@@ -92,7 +97,7 @@ class Regression(Task):
 
     def correct(self, logits, y):
         """Minus the summed absolute error (train "accuracy" = this / images = minus the training MAE)."""
-        return -float((self.probabilities(logits.float())[:, 0] - y.to(logits.device).float()).abs().sum())
+        return -float((self.probabilities(logits.detach().float())[:, 0] - y.to(logits.device).float()).abs().sum())
 
     def score(self, logits, y):
         """(the Huber loss on standardised targets, minus the MAE in the labels' units)."""

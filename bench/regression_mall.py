@@ -1,0 +1,91 @@
+"""A number per image on real photos: plain `imgclass train DATA --labels labels.csv --regression --time-budget B`
+(the default: an ImageNet EfficientNet-Lite fine-tuned with one output, Huber loss on standardised targets) against
+two references measured in the same run on the same split:
+- predicting the training mean for every image (what any model must beat by a wide margin);
+- a ridge probe of the same frozen backbone: scikit-learn's Ridge on frozen EfficientNet-Lite0 features (224 px),
+  its alpha chosen on the validation split.
+
+    python bench/regression_mall.py --budget 5m
+
+Data: ../shared/datasets/mall_crowd_count.tar.gz (1,200 frames of one mall camera, the number of people in each).
+Consecutive frames are near-copies, so the split is by frame number, never at random (the labels CSV gets a split
+column): frames 1-1200 train, 1201-1600 validate, 1601-2000 test. Target: test MAE at least 10% below the probe's
+and far below the training mean's.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from common import machine, train_in_budget
+from transfer_time_to_accuracy import extract, lite0_features
+
+TRAIN_LAST, VAL_LAST = 1200, 1600  # frame numbers: train up to the first, validate up to the second, test the rest
+
+
+def labels_with_split(root: Path, out: Path) -> Path:
+    """labels.csv with a split column by frame number (the digits of the file name)."""
+    rows = list(csv.DictReader((root / "labels.csv").open()))
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "target", "split"])
+        for r in rows:
+            frame = int(re.sub(r"\D", "", Path(r["file"]).stem))
+            writer.writerow([r["file"], r["target"],
+                             "train" if frame <= TRAIN_LAST else "val" if frame <= VAL_LAST else "test"])
+    return out
+
+
+def ridge_probe(run: Path) -> tuple[float, float]:
+    """(test MAE, the alpha chosen on validation) of Ridge on frozen lite0 features of the run's own split."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import mean_absolute_error
+    feats, parts = lite0_features(run, ("train", "val", "test"))
+    y = {s: np.array([float(r["label"]) for r in rows]) for s, rows in parts.items()}
+    best = min((mean_absolute_error(y["val"], Ridge(alpha=a).fit(feats["train"], y["train"]).predict(feats["val"])), a)
+               for a in (0.1, 1.0, 10.0, 100.0, 1000.0))
+    alpha = best[1]
+    model = Ridge(alpha=alpha).fit(np.concatenate([feats["train"], feats["val"]]), np.concatenate([y["train"], y["val"]]))
+    return float(mean_absolute_error(y["test"], model.predict(feats["test"]))), alpha
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", default="5m")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `imgclass train` options")
+    args = ap.parse_args()
+    root = extract("mall_crowd_count.tar.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = labels_with_split(root, Path(tmp) / "labels.csv")
+        options = ["--labels", str(labels), "--label-column", "target", "--regression"] + args.extra
+        out, proc, wall = train_in_budget(root, args.budget, Path(tmp), options)
+        m = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+        results = json.loads((out / "results.json").read_text())
+        probe_mae, alpha = ridge_probe(out)
+    from imgclass.config import parse_duration
+    budget = parse_duration(args.budget)
+    choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")
+    print(f"date {date.today()}  machine: {machine()}")
+    print(f"command: imgclass train mall_crowd_count --labels labels.csv (split by frame) --label-column target "
+          f"--regression --time-budget {args.budget} {' '.join(args.extra)}")
+    print(choice)
+    print(f"wall clock {wall / 60:.2f} min (budget {budget / 60:.0f} min: {'MET' if wall <= budget else 'MISSED'}); "
+          f"{results['epochs_run']} epochs; test n={m['n']}")
+    print(f"{'':40s} {'test MAE':>9s} {'x imgclass':>10s}")
+    for name, mae in (("imgclass", m["mae"]), ("predict the training mean", m["baseline_mae"]),
+                      (f"ridge probe of lite0 (alpha {alpha:g})", probe_mae)):
+        print(f"{name:40s} {mae:9.3f} {mae / m['mae']:10.2f}")
+    print(f"imgclass: RMSE {m['rmse']:.3f}, R² {m['r2']:.3f}, Spearman {m['spearman']:.3f}")
+    beat = m["mae"] <= 0.9 * probe_mae and m["mae"] <= 0.5 * m["baseline_mae"]
+    print(f"target (MAE <= 0.9 x the probe's and <= 0.5 x the mean's): {'MET' if beat else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
