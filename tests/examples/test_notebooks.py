@@ -14,7 +14,8 @@ TINY = {"kaggle_cifar10.ipynb": {"PER_CLASS": 12, "EPOCHS": 1},
         "clothing_classifier.ipynb": {"PER_CLASS": 6, "SMALL": 32, "LARGE": 48, "EPOCHS_SMALL": 1,
                                       "EPOCHS_LARGE": 1},
         "phylum_family.ipynb": {"PER_FAMILY": 10, "EPOCHS": 1, "IMG_SIZE": 24},
-        "multilabel.ipynb": {"IMAGES": 60, "EPOCHS": 2, "IMG_SIZE": 16}}
+        "multilabel.ipynb": {"IMAGES": 60, "EPOCHS": 2, "IMG_SIZE": 16},
+        "regression.ipynb": {"IMAGES": 80, "EPOCHS": 2, "IMG_SIZE": 16}}
 DRAWS_BARS = {"kaggle_cifar10.ipynb", "clothing_classifier.ipynb"}  # phylum_family trains with verbose=False
 
 

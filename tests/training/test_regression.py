@@ -186,3 +186,15 @@ def test_a_regression_header_is_checked(number_run, tmp_path):
             ModelHeader.from_dict(broken, "m.safetensors")
     with pytest.raises(UserError, match="one number"):
         ModelHeader.from_dict({**raw, "classes": ["a", "b"]}, "m.safetensors")
+
+
+def test_compare_chooses_the_lowest_validation_mae(number_run, tmp_path, capsys):
+    run, data, labels = number_run
+    other = imgclass.train(data, labels=str(labels), label_column="target", regression=True, epochs=2,
+                           out=str(tmp_path / "short"), **{**SMALL, "evaluate": True})
+    assert main(["compare", str(run.dir), str(other.dir)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "val MAE" in header and "test R²" in header and "val accuracy" not in header
+    best = min((run, other), key=lambda r: r.metrics["val"]["mae"])
+    assert f"favours {best.dir} on validation MAE" in out

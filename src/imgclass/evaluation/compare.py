@@ -14,12 +14,13 @@ from ..modelfile import read_header, resolve_model_path
 from ..rundir import RunDir
 
 COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
-           "test macro F1", "test coarse accuracy"]
-TWO_LEVEL = ("strategy", "test coarse accuracy")
+           "test macro F1", "test coarse accuracy", "val MAE", "test MAE", "test R²"]
+# columns only some tasks fill (Task.compare_cells): shown when a run has them
+TASK_COLUMNS = ("strategy", "test coarse accuracy", "val MAE", "test MAE", "test R²")
 # config.yaml keys that never change what a run learns: where it writes, what it shows, how it decodes
 NOT_SETTINGS = {"out", "verbose", "tensorboard", "evaluate", "cache", "cache_dir", "stream", "workers", "device"}
 # columns where more is better: --sort orders them from the best down; any other column from the smallest up
-SCORES = {"val accuracy", "test accuracy", "test macro F1", "test coarse accuracy"}
+SCORES = {"val accuracy", "test accuracy", "test macro F1", "test coarse accuracy", "test R²"}
 
 
 class Comparison(list):
@@ -34,9 +35,12 @@ class Comparison(list):
 
     @property
     def columns(self) -> list[str]:
-        """Model, the differing settings, then the rest; the two-level columns only when a run has two levels."""
-        flat = all(r.get("strategy", "-") == "-" for r in self)
-        rest = [c for c in COLUMNS[2:] if not (flat and c in TWO_LEVEL)]
+        """Model, the differing settings, then the rest; a task's own columns (two levels' strategy, a number's MAE)
+        only when a run has them, and the class scores only when a run has classes."""
+        filled = {c for r in self for c, v in r.items() if v is not None and v != "-"}
+        classes = any("val accuracy" in r for r in self)  # (a run of a number per image has no such key)
+        rest = [c for c in COLUMNS[2:] if (c in filled if c in TASK_COLUMNS else
+                                          classes or c not in ("val accuracy", "test accuracy", "test macro F1"))]
         return COLUMNS[:2] + self.settings + rest
 
     def cells(self) -> list[list[str]]:
@@ -65,19 +69,14 @@ def compare_rows(runs: list[str | Path], sort: str | None = None) -> Comparison:
         rd = RunDir(run)
         header = read_header(resolve_model_path(run))
         results, cfg = rd.read_results(), rd.read_config_dict()
-        acc = {k: v.get("accuracy") for k, v in results.get("metrics", {}).items()}
-        f1 = coarse = None
-        m = rd.read_eval_metrics("test")
-        if m is not None:
-            f1, coarse = m["macro_f1"], m.get("coarse", {}).get("accuracy")
-        rows.append({"run": str(run), "model": header.arch.name,
-                     "strategy": header.task.variant or "-", "test coarse accuracy": coarse,
+        final = results.get("metrics", {})
+        rows.append({"run": str(run), "model": header.arch.name, "strategy": header.task.variant or "-",
                      "input size": header.img_size,
                      "epochs": f"{results.get('epochs_run', '?')}/"
                                f"{(results.get('plan') or {}).get('epochs', cfg.get('epochs', '?'))}",
                      "train time (min)": results.get("train_seconds", 0) / 60,
-                     "val accuracy": acc.get("val"), "val images": (results.get("metrics", {}).get("val") or {}).get("n"),
-                     "test accuracy": acc.get("test"), "test macro F1": f1})
+                     "val images": (final.get("val") or {}).get("n"),
+                     **header.task.compare_cells(final, rd.read_eval_metrics("test"))})
         configs.append(cfg)
         histories[str(run)] = rd.read_history() if rd.metrics.is_file() else []
     settings = differing_settings(configs)
@@ -118,6 +117,8 @@ def verdict(rows: list[dict[str, Any]]) -> str | None:
     """Which run the comparison favours: the best validation accuracy (choosing on the test split would
     make its score optimistic), by how much, whether that is beyond the noise of the validation split,
     and its test accuracy for the record."""
+    if any(r.get("val MAE") is not None for r in rows):  # a number per image: the lowest validation MAE
+        return _mae_verdict(rows)
     scored = sorted((r for r in rows if r.get("val accuracy") is not None), key=lambda r: -r["val accuracy"])
     if len(scored) < 2:
         return None if len(rows) < 2 else "no verdict: fewer than two runs have a validation split to choose on"
@@ -138,6 +139,19 @@ def verdict(rows: list[dict[str, Any]]) -> str | None:
                  else f" (beyond the noise of {n} validation images, about {200 * se:.1f} points)")
     return (f"favours {_label(best)} on validation accuracy {best['val accuracy']:.4f}, "
             f"{100 * margin:+.1f} points over {_label(second)}{noise}{test}")
+
+
+def _mae_verdict(rows: list[dict[str, Any]]) -> str | None:
+    """verdict for runs answering a number: the lowest validation MAE, by how much, its test MAE for the record."""
+    scored = sorted((r for r in rows if r.get("val MAE") is not None), key=lambda r: r["val MAE"])
+    if len(scored) < 2 or len(scored) < len(rows):
+        return None if len(rows) < 2 else "no verdict: the runs are not all scored on a validation MAE"
+    best, second = scored[0], scored[1]
+    if best["val MAE"] == second["val MAE"]:
+        return f"no verdict: {_label(best)} and {_label(second)} tie on validation MAE {best['val MAE']:.4g}"
+    test = "" if best.get("test MAE") is None else f"; its test MAE {best['test MAE']:.4g}"
+    return (f"favours {_label(best)} on validation MAE {best['val MAE']:.4g}, {second['val MAE'] - best['val MAE']:.3g} "
+            f"lower than {_label(second)}{test}")
 
 
 def _fmt(v: Any) -> str:

@@ -208,6 +208,13 @@ class Task:
         """One split's final scores, for the end of training."""
         return f"{name} accuracy {metrics['accuracy']:.4f} (n={metrics['n']})"
 
+    def compare_cells(self, final: dict[str, dict], test: dict[str, Any] | None) -> dict[str, Any]:
+        """compare's columns for a run: from its final scores per split (results.json) and its test evaluation
+        (metrics.json, None when it has none)."""
+        return {"val accuracy": (final.get("val") or {}).get("accuracy"),
+                "test accuracy": (final.get("test") or {}).get("accuracy"),
+                "test macro F1": None if test is None else test.get("macro_f1")}
+
     def headline(self, metrics: dict[str, Any]) -> str:
         """evaluate's one line of an evaluation's metrics.json."""
         return (f"accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "

@@ -96,6 +96,10 @@ class TwoLevel(Task):
         """Coarse-class probabilities: each parent's summed fine probabilities."""
         return coarse_probabilities(probs, self.parents, len(self.coarse_classes))
 
+    def compare_cells(self, final, test):
+        return {**super().compare_cells(final, test),
+                "test coarse accuracy": None if test is None else test.get("coarse", {}).get("accuracy")}
+
     def headline(self, metrics):
         return (super().headline(metrics) + f"; coarse accuracy {metrics['coarse']['accuracy']:.4f}, "
                 f"hierarchical consistency {metrics['hierarchical_consistency']:.4f}")

@@ -146,6 +146,10 @@ class Regression(Task):
         return (f"{name} MAE {metrics['mae']:.4g}, RMSE {metrics['rmse']:.4g}, R² {metrics['r2']:.3f} "
                 f"(n={metrics['n']})")
 
+    def compare_cells(self, final, test):
+        return {"val MAE": (final.get("val") or {}).get("mae"), "test MAE": (final.get("test") or {}).get("mae"),
+                "test R²": None if test is None else test.get("r2")}
+
     def headline(self, metrics):
         return (f"MAE {metrics['mae']:.4g}, RMSE {metrics['rmse']:.4g}, R² {metrics['r2']:.4f}, "
                 f"Spearman {metrics['spearman']:.4f}")
