@@ -69,12 +69,12 @@ def predict(model: str | Path | Predictor, inputs: Any, top_k: int | None = None
         model, runtime = Predictor.pretrained(str(model), device), None
     elif not isinstance(model, Predictor):
         model, runtime = load(model, device, max_pixels), runtime or "auto"
+    model.check_request(top_k, level, reject)  # refused before the inputs are listed or the runtime chosen
     # one path, one PIL image or one bytes object is one input (a string is not a sequence of inputs)
     items = [inputs] if isinstance(inputs, (str, Path, bytes)) or hasattr(inputs, "getpixel") else list(inputs)
     shards = shards_of(items)
     if all(isinstance(i, (str, Path)) for i in items) and not shards:
         items = expand_inputs(items)
-    model.check_request(top_k, level, reject)  # refused before the runtime is chosen or an image read
     if runtime is not None:  # the runtime for a job of this many images (shards: uncounted, as a long job), stated
         from .prediction.runtime import choose_runtime
         model.use(choose_runtime(model, runtime, precision, None if shards else len(items)))

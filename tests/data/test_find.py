@@ -46,6 +46,27 @@ def test_labels_csv_resolves_by_stem(tmp_path):
     assert len(found.items) == 30
 
 
+def test_a_split_column_of_a_labels_csv_is_honoured(tmp_path):
+    """issue 39: a one-class CSV's split column was silently ignored (only tags read it); the split made from it
+    keeps every given split and carves nothing from the images it names."""
+    from imgclass.data.labels import CLASSES, LabelSource
+    from imgclass.data.split import make_split
+    csv_path = make_labels_csv(tmp_path)
+    rows = csv_path.read_text().splitlines()
+    given = ["train" if i % 3 else "test" if i % 2 else "val" for i in range(len(rows) - 1)]
+    csv_path.write_text("\n".join([rows[0] + ",split"] + [f"{r},{s}" for r, s in zip(rows[1:], given)]) + "\n")
+    found = CLASSES.find(LabelSource(tmp_path / "images", csv_path))
+    assert "(split column)" in found.layout
+    by_id = {rel.rsplit(".", 1)[0]: split for rel, _, split in found.items}
+    assert [by_id[r.split(",")[0]] for r in rows[1:]] == given
+    split, _ = make_split(found, 0.1, 0.1, seed=0)
+    assert {s: sorted(rel.rsplit(".", 1)[0] for rel, _ in rows_) for s, rows_ in split.items.items()} == \
+        {s: sorted(r.split(",")[0] for r, g in zip(rows[1:], given) if g == s) for s in ("train", "val", "test")}
+    csv_path.write_text(rows[0] + ",split\n" + rows[1] + ",holdout\n")
+    with pytest.raises(DataError, match="split 'holdout' is not train, val or test"):
+        CLASSES.find(LabelSource(tmp_path / "images", csv_path))
+
+
 def test_labels_csv_no_match(tmp_path):
     csv_path = make_labels_csv(tmp_path)
     csv_path.write_text("id,label\nnope1,a\nnope2,b\n")

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import imgclass
@@ -69,3 +70,13 @@ def test_api_predict_takes_one_path_or_one_image(trained_run, tmp_path):
     assert len(by_str) == len(by_path) == len(by_pil) == 1
     assert by_str[0]["top_k"] == by_path[0]["top_k"] == by_pil[0]["top_k"]
     assert by_str == imgclass.predict(trained_run, [str(img)], top_k=2)
+
+
+def test_the_api_refuses_what_the_command_line_refuses(trained_run):
+    """issue 39: --top-k below 1 was refused by the command line only; imgclass.predict(top_k=0) silently answered
+    one label. The check lives in the library now, and runs before any image is read."""
+    from imgclass.errors import UserError
+    with pytest.raises(UserError, match="--top-k must be at least 1"):
+        imgclass.predict(trained_run, "no-such-image.png", top_k=0)
+    with pytest.raises(UserError, match="one level"):
+        imgclass.predict(trained_run, "no-such-image.png", level="coarse")

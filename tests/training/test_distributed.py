@@ -50,20 +50,25 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["processes"] == 2
 
 
-def test_two_process_ddp_with_tags_equals_single_process(tmp_path):
-    """Several tags per image under DDP: the same weights, and the validation mAP (which is no sum of per-shard
-    parts: the ranks gather their logits) equal to one process's."""
-    data, tags = make_tagged_folder(tmp_path / "set", n=48)
+def single_and_ddp(data, args: list[str], tmp_path) -> dict:
+    """The same training in one process and in two torchrun processes: {"single": run folder, "ddp": run folder}."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = ["--labels", str(tags), "--multi-label"] + ARGS
     runs = {}
     for name, launcher in (("single", [sys.executable, "-m", "imgclass"]),
                            ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                     "--nproc-per-node=2", "-m", "imgclass"])):
-        proc = subprocess.run(launcher + ["train", str(data), "--out", str(tmp_path / name)] + args, env=env,
+        proc = subprocess.run(launcher + ["train", str(data), "--out", str(tmp_path / name)] + args + ARGS, env=env,
                               capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = tmp_path / name
+    return runs
+
+
+def test_two_process_ddp_with_tags_equals_single_process(tmp_path):
+    """Several tags per image under DDP: the same weights, and the validation mAP (which is no sum of per-shard
+    parts: the ranks gather their logits) equal to one process's."""
+    data, tags = make_tagged_folder(tmp_path / "set", n=48)
+    runs = single_and_ddp(data, ["--labels", str(tags), "--multi-label"], tmp_path)
     a, b = weights(runs["single"]), weights(runs["ddp"])
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
@@ -140,3 +145,17 @@ def test_ddp_fine_tunes_a_pretrained_backbone(tmp_path):
     last = load_file(str(tmp_path / "r" / "checkpoints" / "last.safetensors"))
     assert torch.equal(last["model.backbone.conv_stem.weight"], state["conv_stem.weight"])
     assert (tmp_path / "r" / "head_metrics.csv").is_file()
+
+
+def test_two_process_ddp_with_a_number_per_image_equals_single_process(tmp_path):
+    """A number per image under DDP: the same weights and the same validation MAE as one process."""
+    from helpers import make_numbered_folder
+    data, labels = make_numbered_folder(tmp_path / "set", n=48)
+    runs = single_and_ddp(data, ["--labels", str(labels), "--label-column", "target", "--regression"], tmp_path)
+    a, b = weights(runs["single"]), weights(runs["ddp"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    import json
+    single, ddp = (json.loads((run / "results.json").read_text()) for run in runs.values())
+    assert ddp["processes"] == 2 and ddp["metrics"]["val"]["mae"] > 0
+    assert ddp["metrics"]["val"]["mae"] == pytest.approx(single["metrics"]["val"]["mae"], rel=1e-4)

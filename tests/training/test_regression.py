@@ -198,3 +198,14 @@ def test_compare_chooses_the_lowest_validation_mae(number_run, tmp_path, capsys)
     assert "val MAE" in header and "test R²" in header and "val accuracy" not in header
     best = min((run, other), key=lambda r: r.metrics["val"]["mae"])
     assert f"favours {best.dir} on validation MAE" in out
+
+
+@pytest.mark.slow  # a time budget's planning: measured steps, then the epochs that fit
+def test_a_time_budget_plans_a_number_per_image(tmp_path):
+    data, labels = make_numbered_folder(tmp_path, n=200, split_column=True)
+    run = imgclass.train(data, labels=str(labels), label_column="target", regression=True, time_budget="40s",
+                         out=str(tmp_path / "run"), verbose=False, tensorboard=False, workers=1)
+    results = json.loads((run.dir / "results.json").read_text())
+    m = run.evaluations["test"].metrics
+    assert results["time_budget"] == "40s" and results["epochs_run"] >= 1 and run.task.name == "regression"
+    assert m["mae"] < m["baseline_mae"]

@@ -141,6 +141,8 @@ def _case_args(case, tmp_path):
         args += ["--weights", str(_model_file_with_odd_stats(tmp_path)), "--head-epochs", "2"]
     if case == "budget":
         args += ["--time-budget", "10m"]
+    if case == "numbers":
+        args += ["--labels", str(tmp_path / "set" / "labels.csv"), "--label-column", "target", "--regression"]
     return args
 
 
@@ -160,9 +162,12 @@ def _model_file_with_odd_stats(tmp_path):
     return out
 
 
-@pytest.mark.parametrize("case", ["progressive", "weights", "budget"])
+@pytest.mark.parametrize("case", ["progressive", "weights", "budget", "numbers"])
 def test_resume_after_sigkill_is_exact(tmp_path, case):
     data = make_class_folders(tmp_path / "data", per_class=100)
+    if case == "numbers":  # a number per image (--regression): its standardisation and score resume alike
+        from helpers import make_numbered_folder
+        data, _ = make_numbered_folder(tmp_path / "set", n=300)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = _case_args(case, tmp_path)
     prefix = [sys.executable, "-c", PLANNED_MAIN] if case == "budget" else [sys.executable, "-m", "imgclass"]

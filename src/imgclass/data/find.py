@@ -192,6 +192,19 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], hierarchy: bool
     return Found(root=root, classes=classes, items=items, layout=layout, notes=notes)
 
 
+def read_labels_csv(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a labels CSV (a byte-order mark tolerated); refused when missing or empty."""
+    if not csv_path.is_file():
+        raise DataError(f"labels CSV not found: {csv_path}")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        header = list(reader.fieldnames or [])
+    if not header or not rows:
+        raise DataError(f"labels CSV is empty: {csv_path}")
+    return header, rows
+
+
 def csv_split_column(header: list[str]) -> str | None:
     """A labels CSV's split column (train/val/test per row), honoured by every kind of label; None if it has none."""
     return next((h for h in header if h.lower().strip() == "split"), None)

@@ -11,7 +11,6 @@ number; Split.items hold (relative path, label) as above.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -189,7 +188,8 @@ class NumberLabels(LabelKind):
     name = "numbers"
 
     def find(self, source: LabelSource):
-        from .find import Found, _pick_column, csv_split_column, resolve_ids, LABEL_COLUMNS, ID_COLUMNS, natural_key
+        from .find import (ID_COLUMNS, LABEL_COLUMNS, Found, _pick_column, csv_split_column, natural_key,
+                           read_labels_csv, resolve_ids, split_of_cell)
         if source.labels is None:
             raise DataError("a number per image is read from a labels CSV: give --labels CSV (and --label-column "
                             "naming the numbers' column)")
@@ -199,14 +199,7 @@ class NumberLabels(LabelKind):
         root, csv_path = Path(source.data).expanduser(), Path(source.labels).expanduser()
         if not root.is_dir():
             raise DataError(f"data path is not a folder: {root}")
-        if not csv_path.is_file():
-            raise DataError(f"labels CSV not found: {csv_path}")
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            rows = list(reader)
-        if not header or not rows:
-            raise DataError(f"labels CSV is empty: {csv_path}")
+        header, rows = read_labels_csv(csv_path)
         id_col = _pick_column(header, source.id_column, ID_COLUMNS, "id", csv_path, 0)
         col = _pick_column(header, source.label_column, LABEL_COLUMNS, "label", csv_path, 1)
         split_col = csv_split_column(header)
@@ -223,7 +216,6 @@ class NumberLabels(LabelKind):
                                 f"(--regression reads numbers)") from None
             if not math.isfinite(value):
                 raise DataError(f"{csv_path.name}, row {i + 2}: column '{col}' holds {cell}; a label must be finite")
-            from .find import split_of_cell
             values.append((ident, value, split_of_cell(r.get(split_col), csv_path, i) if split_col else None))
         paths, missing = resolve_ids(root, csv_path, [ident for ident, _, _ in values])
         items, seen = [], set()

@@ -19,7 +19,6 @@ reports of them.
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import itertools
 import json
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from .find import (ID_COLUMNS, LABEL_COLUMNS, SPLIT_NAMES, Found, _class_dirs, _pick_column, csv_split_column,
-                   list_images, natural_key, natural_sorted, resolve_ids, split_of_cell)
+                   list_images, natural_key, natural_sorted, read_labels_csv, resolve_ids, split_of_cell)
 
 LIST_SEPARATORS = (";", "|", ",")  # tried in this order; spaces only when none of them occurs in the column
 TAG_COLUMN_NAMES = ("tags", "tag", "labels", "label", "genres", "genre", "categories", "attributes")
@@ -94,14 +93,7 @@ def _literal_list(cell: str, where: str, row: int) -> list[str]:
 
 def _from_csv(root: Path, csv_path: Path, id_column: str | None, tag_column: str | None,
               tag_columns: str | None) -> Found:
-    if not csv_path.is_file():
-        raise DataError(f"labels CSV not found: {csv_path}")
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    if not header or not rows:
-        raise DataError(f"labels CSV is empty: {csv_path}")
+    header, rows = read_labels_csv(csv_path)
     id_col = _pick_column(header, id_column, ID_COLUMNS, "id", csv_path, 0)
     split_col = csv_split_column(header)
     if tag_columns:

@@ -18,6 +18,7 @@ from ..models.tasks import TwoLevel
 from ..prediction.predictor import Predictor
 from . import plots
 from .metrics import compute_metrics, expected_calibration_error, uncalibrated
+from .report import _pct
 
 
 def class_metrics(y: np.ndarray, probs: np.ndarray, predictor: Predictor, split: str, notes: list[str]) -> dict:
@@ -36,6 +37,15 @@ def two_level_metrics(y: np.ndarray, probs: np.ndarray, predictor: Predictor, sp
     metrics = class_metrics(y, probs, predictor, split, notes)
     metrics.update(hierarchy_metrics(y, probs, predictor.task, split, notes))
     return metrics
+
+
+def coarse_line(metrics: dict[str, Any]) -> str:
+    """The report's sentence on the coarse level of two-level labels (report.write_report's results_more)."""
+    c, sev = metrics["coarse"], metrics["mistake_severity"]
+    return (f" Coarse level ({len(c['classes'])} classes, strategy {metrics['hierarchy_strategy']}): accuracy "
+            f"{_pct(c['accuracy'])}, macro F1 {c['macro_f1']:.3f}; {_pct(metrics['hierarchical_consistency'])} "
+            f"of fine predictions sit under the predicted coarse class; of {sev['fine_errors']} fine errors "
+            f"{sev['within_coarse']} stay inside the right coarse class and {sev['across_coarse']} cross it.")
 
 
 def class_figures(tensors, y: np.ndarray, probs: np.ndarray, metrics: dict[str, Any], predictor: Predictor,

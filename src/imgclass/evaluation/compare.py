@@ -15,8 +15,9 @@ from ..rundir import RunDir
 
 COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
            "test macro F1", "test coarse accuracy", "val MAE", "test MAE", "test R²"]
-# columns only some tasks fill (Task.compare_cells): shown when a run has them
-TASK_COLUMNS = ("strategy", "test coarse accuracy", "val MAE", "test MAE", "test R²")
+# columns the runs' tasks fill (Task.compare_cells): each shown when a run's task gives it
+TASK_COLUMNS = ("val accuracy", "test accuracy", "test macro F1", "test coarse accuracy", "val MAE", "test MAE",
+                "test R²")
 # config.yaml keys that never change what a run learns: where it writes, what it shows, how it decodes
 NOT_SETTINGS = {"out", "verbose", "tensorboard", "evaluate", "cache", "cache_dir", "stream", "workers", "device"}
 # columns where more is better: --sort orders them from the best down; any other column from the smallest up
@@ -35,12 +36,11 @@ class Comparison(list):
 
     @property
     def columns(self) -> list[str]:
-        """Model, the differing settings, then the rest; a task's own columns (two levels' strategy, a number's MAE)
-        only when a run has them, and the class scores only when a run has classes."""
-        filled = {c for r in self for c, v in r.items() if v is not None and v != "-"}
-        classes = any("val accuracy" in r for r in self)  # (a run of a number per image has no such key)
-        rest = [c for c in COLUMNS[2:] if (c in filled if c in TASK_COLUMNS else
-                                          classes or c not in ("val accuracy", "test accuracy", "test macro F1"))]
+        """Model, the differing settings, then the rest: the scores the runs' tasks give (a class's accuracy, a
+        number's MAE), and the strategy only when a run has two levels."""
+        given = {c for r in self for c in r}
+        two_level = any(r.get("strategy", "-") != "-" for r in self)
+        rest = [c for c in COLUMNS[2:] if (c in given if c in TASK_COLUMNS else c != "strategy" or two_level)]
         return COLUMNS[:2] + self.settings + rest
 
     def cells(self) -> list[list[str]]:

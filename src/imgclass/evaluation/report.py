@@ -8,7 +8,7 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 from ..models.header import ModelHeader
@@ -89,14 +89,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
-def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext) -> list[str]:
-    """Paragraphs of the TL;DR, from the numbers of this run only: data, model, results, diagnosis."""
+def tldr(metrics: dict[str, Any], notes: list[str], ctx: RunContext,
+         results_more: Callable[[dict[str, Any]], str] = lambda metrics: "") -> list[str]:
+    """Paragraphs of the TL;DR, from the numbers of this run only: data, model, results (results_more: what a task
+    adds to them, two levels' coarse level), diagnosis."""
     acc = {k: v.get("accuracy") for k, v in ctx.results.get("metrics", {}).items()}
     acc[metrics["split"]] = metrics["accuracy"]
     paras = [_data_paragraph(metrics, ctx)]
     if ctx.header is not None:
         paras.append(_model_paragraph(ctx))
-    paras.append(_results_paragraph(metrics, acc))
+    paras.append(_results_paragraph(metrics, acc, results_more))
     paras += _diagnosis_paragraphs(metrics, notes, ctx, acc)
     return limit_words(paras, TLDR_WORD_LIMIT)
 
@@ -161,7 +163,8 @@ def run_ending(res: dict[str, Any], used: dict[str, Any]) -> str:
     return reason
 
 
-def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float]) -> str:
+def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float],
+                       results_more: Callable[[dict[str, Any]], str] = lambda metrics: "") -> str:
     per, split = metrics["per_class"], metrics["split"]
     weakest = sorted(per, key=lambda c: (per[c]["f1"], c))[:3]
     line = "**Results.** Accuracy " + ", ".join(f"{s} {_pct(acc[s])}" for s in ("train", "val", "test") if s in acc)
@@ -172,12 +175,7 @@ def _results_paragraph(metrics: dict[str, Any], acc: dict[str, float]) -> str:
     if confused:
         line += " Most confused: " + "; ".join(f"{p['true']} taken for {p['predicted']} {p['count']}x"
                                               for p in confused) + "."
-    if "coarse" in metrics:
-        c, sev = metrics["coarse"], metrics["mistake_severity"]
-        line += (f" Coarse level ({len(c['classes'])} classes, strategy {metrics['hierarchy_strategy']}): accuracy "
-                 f"{_pct(c['accuracy'])}, macro F1 {c['macro_f1']:.3f}; {_pct(metrics['hierarchical_consistency'])} "
-                 f"of fine predictions sit under the predicted coarse class; of {sev['fine_errors']} fine errors "
-                 f"{sev['within_coarse']} stay inside the right coarse class and {sev['across_coarse']} cross it.")
+    line += results_more(metrics)
     line += (f" Calibration: mean confidence {_pct(metrics['mean_confidence'])} against accuracy "
              f"{_pct(metrics['accuracy'])} (ECE {metrics['ece']:.3f}).")
     cal = metrics.get("calibration")
@@ -255,9 +253,10 @@ def inline_html(text: str) -> str:
 
 
 def write_report(out_dir: Path, metrics: dict[str, Any], notes: list[str], figures: dict[str, Path],
-                 ctx: RunContext) -> None:
+                 ctx: RunContext, results_more: Callable[[dict[str, Any]], str] = lambda metrics: "") -> None:
+    """report.md and report.html for classes (results_more: as tldr's)."""
     title = f"imgclass evaluation: {metrics['split']} split"
-    paras = tldr(metrics, notes, ctx)
+    paras = tldr(metrics, notes, ctx, results_more)
     per = metrics["per_class"]
     # Markdown
     md = [f"# {title}", "", "## TL;DR", ""]

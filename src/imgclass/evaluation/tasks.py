@@ -5,9 +5,10 @@ the task's entry here for the rest."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
-from .classes import class_figures, class_metrics, two_level_metrics, write_class_predictions
+from .classes import class_figures, class_metrics, coarse_line, two_level_metrics, write_class_predictions
 from .numbers import number_figures, number_metrics, write_number_predictions, write_number_report
 from .report import write_report
 from .tags import tag_evaluation_figures, tag_evaluation_metrics, write_tag_evaluation_predictions, write_tag_report
@@ -28,7 +29,8 @@ def _class_predictions(path, paths, y, probs, predictor):
 CLASSES = TaskEvaluation(class_metrics, _class_predictions, class_figures, write_report)
 EVALUATIONS: dict[str, TaskEvaluation] = {
     "single-label": CLASSES,
-    "two-level": TaskEvaluation(two_level_metrics, _class_predictions, class_figures, write_report),
+    "two-level": TaskEvaluation(two_level_metrics, _class_predictions, class_figures,
+                                partial(write_report, results_more=coarse_line)),
     "multi-label": TaskEvaluation(tag_evaluation_metrics, write_tag_evaluation_predictions, tag_evaluation_figures,
                                   write_tag_report),
     "regression": TaskEvaluation(number_metrics, write_number_predictions, number_figures, write_number_report),

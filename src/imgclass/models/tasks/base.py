@@ -52,6 +52,7 @@ DEFAULT_TOP_K = 3  # labels an answer lists unless asked (predict --top-k)
 class Task:
     name: ClassVar[str]
     levels: ClassVar[tuple[str, ...]] = ("fine",)  # the answers `views` gives (predict/submit --level)
+    level_refusal: ClassVar[str] = "this model has one level of labels (train with --hierarchy or --label-columns)"
     format_version: ClassVar[int] = 1             # the model-file format its entries need
     score_name: ClassVar[str] = "accuracy"        # what `score` measures (metrics.csv's val_acc holds it)
     train_score_name: ClassVar[str] = "accuracy"  # what `correct` counts (metrics.csv's train_acc)
@@ -225,7 +226,7 @@ class Task:
         """[(level, probabilities N x K, the K names)] for an answer at `level`: one view, or several for a
         level that combines them ("both")."""
         if level != "fine":
-            raise UserError("this model has one level of labels (train with --hierarchy or --label-columns)")
+            raise UserError(self.level_refusal)
         return [("fine", probs, list(classes))]
 
     def answers(self, probs: np.ndarray, classes, level: str, top_k: int) -> list[dict[str, Any]]:

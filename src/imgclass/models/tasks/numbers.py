@@ -48,6 +48,7 @@ class Regression(Task):
         "balanced_sampler": f"--balanced-sampler draws by class; {_NOT_A_CLASS} has none",
         "data_map": f"--map colours the images by class; {_NOT_A_CLASS} has none"}
     unreadable_answer: ClassVar[str] = "the training mean"
+    level_refusal: ClassVar[str] = "a number per image has one level (--level fine)"
 
     # --- the labels ---------------------------------------------------------------------------------------
     @classmethod
@@ -155,11 +156,6 @@ class Regression(Task):
                 f"Spearman {metrics['spearman']:.4f}")
 
     # --- its answers --------------------------------------------------------------------------------------
-    def views(self, probs, classes, level="fine"):
-        if level != "fine":
-            raise UserError("a number per image has one level (--level fine)")
-        return [("fine", probs, list(classes))]
-
     def answers(self, probs, classes, level, top_k):
         """{"value": the number} per image."""
         self.views(probs, classes, level)

@@ -40,6 +40,7 @@ class MultiLabel(Task):
         "timm_layout": "timm's layout is for one class per image",
         "data_map": "--map marks each class's mistakes; with several tags per image it is not drawn yet"}
     unreadable_answer: ClassVar[str] = "no tag"
+    level_refusal: ClassVar[str] = "several tags per image have one level (--level fine)"
 
     @classmethod
     def claims(cls, found) -> bool:
@@ -193,11 +194,6 @@ class MultiLabel(Task):
     def decisions(self, probs: np.ndarray) -> np.ndarray:
         """N x tags booleans: each tag given where its probability reaches its threshold."""
         return probs >= self.threshold_array(probs.shape[1])[None, :]
-
-    def views(self, probs, classes, level="fine"):
-        if level != "fine":
-            raise UserError("several tags per image have one level (--level fine)")
-        return [("fine", probs, list(classes))]
 
     def answers(self, probs, classes, level, top_k):
         """{"labels": the tags given, most probable first; "top_k": the k most probable tags}."""
