@@ -47,7 +47,9 @@ def ridge_probe(run: Path) -> tuple[float, float]:
     """(test MAE, the alpha chosen on validation) of Ridge on frozen lite0 features of the run's own split."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import mean_absolute_error
-    feats, parts = lite0_features(run, ("train", "val", "test"))
+    from imgclass.modelfile import read_header
+    resize = read_header(run / "model.safetensors").preprocessing.resize  # the run's own policy: a fair probe
+    feats, parts = lite0_features(run, ("train", "val", "test"), resize)
     y = {s: np.array([float(r["label"]) for r in rows]) for s, rows in parts.items()}
     best = min((mean_absolute_error(y["val"], Ridge(alpha=a).fit(feats["train"], y["train"]).predict(feats["val"])), a)
                for a in (0.1, 1.0, 10.0, 100.0, 1000.0))
@@ -76,6 +78,9 @@ def main() -> None:
     print(f"command: imgclass train mall_crowd_count --labels labels.csv (split by frame) --label-column target "
           f"--regression --time-budget {args.budget} {' '.join(args.extra)}")
     print(choice)
+    for line in proc.stderr.splitlines():  # what the budget planner chose, and the head stage's and each epoch's scores
+        if line.startswith(("time budget", "stage 1", "head ")) or " val " in line:
+            print("  " + line.strip()[:160])
     print(f"wall clock {wall / 60:.2f} min (budget {budget / 60:.0f} min: {'MET' if wall <= budget else 'MISSED'}); "
           f"{results['epochs_run']} epochs; test n={m['n']}")
     print(f"{'':40s} {'test MAE':>9s} {'x imgclass':>10s}")

@@ -39,7 +39,7 @@ def extract(archive: str) -> Path:
     return root
 
 
-def lite0_features(run: Path, splits: tuple[str, ...]) -> tuple[dict, dict]:
+def lite0_features(run: Path, splits: tuple[str, ...], resize: str = "crop") -> tuple[dict, dict]:
     """({split: N x 1280 frozen lite0 features}, {split: splits.csv rows}) of a run's images (224 px, float32,
     ImageNet preprocessing, no augmentation): what a linear probe of the backbone trains and scores on."""
     import numpy as np
@@ -51,7 +51,7 @@ def lite0_features(run: Path, splits: tuple[str, ...]) -> tuple[dict, dict]:
     net = timm.create_model("tf_efficientnet_lite0", num_classes=0)
     net.load_state_dict(pretrained_state("timm:tf_efficientnet_lite0")[0])
     net.eval()
-    pre = Preprocessing(img_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    pre = Preprocessing(img_size=224, resize=resize, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
     rows = list(csv.DictReader((run / "splits.csv").open()))
     feats, parts = {}, {}

@@ -51,6 +51,7 @@ def test_the_split_column_is_honoured_and_the_task_stored(number_run):
     assert header.task.name == "regression" and header.format_version == 4 and list(header.classes) == ["target"]
     assert header.task.target_mean == pytest.approx(np.mean(train)) and header.task.target_std == pytest.approx(np.std(train))
     assert header.calibration is None and header.reject is None     # nothing to calibrate, nothing to reject
+    assert header.preprocessing.resize == "stretch" and header.tta == "none"  # whole images; SMALL has no hflip
 
 
 def test_a_number_run_learns_and_scores_like_sklearn(number_run):
@@ -142,6 +143,9 @@ def test_training_and_evaluation_refuse_what_does_not_apply(number_run, tmp_path
                           (dict(class_weights="auto"), "--class-weights"), (dict(balanced_sampler=True), "--balanced")):
         with pytest.raises(UserError, match=says):
             imgclass.train(data, labels=str(labels), regression=True, out=str(tmp_path / "x"), **SMALL, **options)
+    cropped = imgclass.train(data, labels=str(labels), regression=True, resize="crop", epochs=1,
+                             out=str(tmp_path / "crop"), **SMALL)
+    assert read_header(cropped.model_path).preprocessing.resize == "crop"  # the user's choice stands
     with pytest.raises(DataError, match="exclude each other"):
         imgclass.train(data, labels=str(labels), regression=True, multi_label=True, out=str(tmp_path / "y"), **SMALL)
     with pytest.raises(DataError, match="labels CSV"):
@@ -209,3 +213,18 @@ def test_a_time_budget_plans_a_number_per_image(tmp_path):
     m = run.evaluations["test"].metrics
     assert results["time_budget"] == "40s" and results["epochs_run"] >= 1 and run.task.name == "regression"
     assert m["mae"] < m["baseline_mae"]
+
+
+def test_the_task_sets_its_defaults_where_the_user_chose_none(tmp_path):
+    """A number describes the whole image: resized whole (stretch), and answered as the mean over the image and its
+    mirror (flip TTA) where images may be flipped; an option the user gives wins."""
+    from imgclass.training.plan import plan_run
+    data, labels = make_numbered_folder(tmp_path, n=40)
+    plan = plan_run(data, labels=str(labels), regression=True, model="cnn")
+    assert (plan.cfg.resize, plan.cfg.tta) == ("stretch", "flip")
+    assert any("resized whole" in n and "--tta flip" in n for n in plan.notes)
+    assert plan_run(data, labels=str(labels), regression=True, model="cnn", hflip=False).cfg.tta == "none"
+    mine = plan_run(data, labels=str(labels), regression=True, model="cnn", resize="pad", tta="none")
+    assert (mine.cfg.resize, mine.cfg.tta) == ("pad", "none") and not any("resized whole" in n for n in mine.notes)
+    classes = plan_run(data, labels=str(labels), model="cnn", label_column="target")   # the numbers as classes
+    assert (classes.cfg.resize, classes.cfg.tta) == ("crop", "none")

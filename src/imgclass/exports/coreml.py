@@ -70,7 +70,7 @@ def export_coreml(model: str | Path, out: str | Path | None = None, half: bool =
         classifier_config=ct.ClassifierConfig(list(predictor.classes)) if classifier else None,
         convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
         compute_precision=ct.precision.FLOAT16 if half else ct.precision.FLOAT32)
-    converted.short_description = f"imgclass {predictor.header.arch.name}: {len(predictor.classes)} classes"
+    converted.short_description = f"imgclass {predictor.header.arch.name}: {predictor.task.answering(predictor.classes)}"
     converted.user_defined_metadata[META_KEY] = predictor.header.to_json()
     converted.user_defined_metadata[SOURCE_KEY] = file_sha256(model_path)
     checked = check_spec(converted.get_spec(), list(predictor.classes), size, classifier)

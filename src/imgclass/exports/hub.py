@@ -150,7 +150,7 @@ def model_card(predictor: Predictor, facts: dict[str, Any], figures: list[str], 
     cfg, res, m = facts.get("config", {}), facts.get("results", {}), facts.get("metrics")
     weights = h.weights or {}
     names = [_escape(c) for c in classes]  # a class name is data: never Markdown or HTML in the card
-    lines = [f"# {_escape(h.arch.name)} image classifier ({len(classes)} classes)", "",
+    lines = [f"# {_escape(h.arch.name)} image model ({_escape(predictor.task.answering(classes))})", "",
              "Trained with [imgclass](https://pypi.org/project/imgclass/). Files: `imgclass.safetensors` (imgclass), "
              "`model.onnx` (ONNX Runtime: float pixels 0..255, N x 3 x H x W, -> probabilities)"
              + (", `model.safetensors` + `config.json` (timm: `timm.create_model('local-dir:THIS_FOLDER', "

@@ -330,7 +330,7 @@ def create_app(model: str | Path | Predictor, runtime: str = "auto", precision: 
     score = _scorer(predictor, batcher, slots, slot_seconds, batching.max_wait_s, decode)
     model_name = header.arch.name
     app = FastAPI(title="imgclass", version=__version__,
-                  description=f"Image classification with {model_name} ({len(header.classes)} classes)")
+                  description=f"Images answered by {model_name} ({header.task.answering(header.classes)})")
     app.state.predictor, app.state.batcher = predictor, batcher
     page = resources.files("imgclass.serving").joinpath("page.html").read_text()
     _observe(app, requests, latency)

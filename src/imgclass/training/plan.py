@@ -124,6 +124,11 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     """Everything that follows from the resolved config and the split."""
     task = task_for_data(found, split, cfg)
     task.refuse(cfg, processes=cfg.devices > 1 or launched_by_torchrun())
+    if run is None:  # the task's own defaults, where the user chose nothing (a resumed run keeps its config)
+        chosen = {k: v for k, v in task.default_settings(cfg).items() if k not in explicit and getattr(cfg, k) != v}
+        if chosen:
+            cfg = dataclasses.replace(cfg, **chosen)
+            notes.append(task.defaults_note(chosen))
     if cfg.ema is not None and cfg.lookahead:  # both average the weights; the user's explicit choice wins
         if explicit is not None and "lookahead" in explicit:
             raise UserError("--ema and --lookahead both average the weights: use one of them")

@@ -64,7 +64,7 @@ class Run:
         from ..notebook import table
         rows = [(name, self.task.split_line(name, m)) for name, m in self.metrics.items()]
         return table(["split", "final scores"], rows,
-                     f"run {self.dir}: {self.config.model}, {len(self.classes)} classes, "
+                     f"run {self.dir}: {self.config.model}, {self.task.answering(self.classes)}, "
                      f"{len(self.history)} epoch(s); model file {self.model_path}")
 
 
@@ -328,7 +328,7 @@ def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch
         say(f"resuming {run.path} after epoch {trainer.epoch}/{cfg.epochs}")
     if cfg.verbose and main:
         data, hits = prep.data, prep.cache_hits
-        say(f"training {cfg.model} on {len(data['train'])} images ({len(plan.classes)} classes, {prep.pre.img_size}px, "
+        say(f"training {cfg.model} on {len(data['train'])} images ({plan.task.answering(plan.classes)}, {prep.pre.img_size}px, "
             f"{plan.found.layout}); val {len(data['val'])}, test {len(data['test'])}; device {device}"
             f"{' (bf16)' if trainer.bf16 else ''}{f'; {hits} split(s) from the cache' if hits else ''}; "
             f"run folder {run.path}")

@@ -65,6 +65,7 @@ class Task:
     unsupported: ClassVar[dict[str, str]] = {"threshold": "--threshold is for several tags per image (--multi-label)"}
     mix_targets: ClassVar[str] = "classes"        # how --mixup/--cutmix mix its labels: classes or tags
 
+
     # --- the labels ---------------------------------------------------------------------------------------
     @classmethod
     def claims(cls, found) -> bool:
@@ -97,6 +98,14 @@ class Task:
         """A UserError (one line) when this task cannot do `feature` (see `unsupported`)."""
         if feature in self.unsupported:
             raise UserError(self.unsupported[feature])
+
+    def default_settings(self, cfg: TrainConfig) -> dict[str, Any]:
+        """Settings this task gives a new run where the user gave none (TrainConfig field -> value)."""
+        return {}
+
+    def defaults_note(self, chosen: dict[str, Any]) -> str:
+        """The note saying which of its default_settings a run took, and why."""
+        return ""
 
     def refuse(self, cfg: TrainConfig, processes: bool) -> None:
         """A UserError for training options this task does not support (processes: several DDP processes)."""
@@ -191,6 +200,10 @@ class Task:
     def variant(self) -> str:
         """How this task's model answers, when it has several ways (compare's "strategy" column); "" if not."""
         return ""
+
+    def answering(self, classes) -> str:
+        """What the model answers, in a few words: "10 classes"."""
+        return f"{len(classes)} classes"
 
     def describe(self, classes) -> str | None:
         """A line for the start of training, or None."""

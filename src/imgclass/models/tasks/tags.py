@@ -242,6 +242,9 @@ class MultiLabel(Task):
                              "n": len(split_logits)}
         return Finished(metrics, probs, calibration, task)
 
+    def answering(self, classes):
+        return f"{len(classes)} tags"
+
     def split_line(self, name, metrics):
         return f"{name} mAP {metrics['map']:.4f}, exact match {metrics['accuracy']:.4f} (n={metrics['n']})"
 
