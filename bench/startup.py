@@ -19,6 +19,7 @@ CASES = [("python -c pass", ["-c", "pass"]),
          ("imgclass --help", ["-m", "imgclass", "--help"]),
          ("imgclass train --help", ["-m", "imgclass", "train", "--help"]),
          ("imgclass serve --help", ["-m", "imgclass", "serve", "--help"]),
+         ("imgclass export --help", ["-m", "imgclass", "export", "--help"]),
          ("import imgclass; imgclass.load (the API)", ["-c", "import imgclass; imgclass.load"])]
 
 

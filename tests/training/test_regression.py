@@ -228,3 +228,34 @@ def test_the_task_sets_its_defaults_where_the_user_chose_none(tmp_path):
     assert (mine.cfg.resize, mine.cfg.tta) == ("pad", "none") and not any("resized whole" in n for n in mine.notes)
     classes = plan_run(data, labels=str(labels), model="cnn", label_column="target")   # the numbers as classes
     assert (classes.cfg.resize, classes.cfg.tta) == ("crop", "none")
+
+
+@pytest.mark.slow  # two tune trials
+def test_tune_minimises_the_validation_mae(tmp_path, capsys):
+    """tune maximises the validation score, which for a number per image is minus its MAE: the best trial is the
+    one with the lowest validation MAE."""
+    import optuna
+    import yaml
+    data, labels = make_numbered_folder(tmp_path, n=80, split_column=True)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(["tune", str(data), "--labels", str(labels), "--label-column", "target", "--regression", "--trials",
+                 "2", "--space", str(space), "--storage", storage, "--out", str(tmp_path / "tune"), "--model", "cnn",
+                 "--model-args", "width=8,depth=2", "--img-size", "16", "--epochs", "2", "--workers", "1",
+                 "--no-evaluate"]) == 0
+    study = optuna.load_study(study_name="imgclass", storage=storage)
+    maes = [-t.value for t in study.trials]
+    assert all(m > 0 for m in maes) and -study.best_value == pytest.approx(min(maes))
+
+
+def test_the_top_stage_is_not_offered_to_a_number_per_image(tmp_path):
+    """It over-fitted there (models/tasks/numbers.py); --finetune top is refused in one line, and auto never picks it."""
+    from imgclass.training.top_stage import settings_reason
+    from imgclass.models.tasks import Regression
+    from imgclass.config import TrainConfig
+    assert "over-fits a number per image" in settings_reason(TrainConfig(), True, 1, False, Regression())
+    data, labels = make_numbered_folder(tmp_path, n=40)
+    with pytest.raises(UserError, match="--finetune top: the top stage"):
+        imgclass.train(data, labels=str(labels), regression=True, finetune="top", pretrained=True,
+                       model="timm:tf_efficientnet_lite0", out=str(tmp_path / "run"), verbose=False)

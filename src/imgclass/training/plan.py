@@ -139,7 +139,7 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
     spec = get_spec(cfg.model)
     sizes = config_mod.img_sizes(cfg.img_size) or [spec.default_img_size]
     transfer = cfg.pretrained or cfg.weights is not None
-    cfg = _finetune_stage(cfg, transfer, len(sizes), processes=cfg.devices > 1 or launched_by_torchrun())
+    cfg = _finetune_stage(cfg, transfer, len(sizes), processes=cfg.devices > 1 or launched_by_torchrun(), task=task)
     phases, end = [], 0
     for size, n in zip(sizes, config_mod.phase_epochs(cfg.epochs, len(sizes))):
         end += n
@@ -164,10 +164,11 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
                    normalisation=(recorded["mean"], recorded["std"]) if recorded and "mean" in recorded else None)
 
 
-def _finetune_stage(cfg: TrainConfig, transfer: bool, phases: int, processes: bool) -> TrainConfig:
-    """--finetune checked against the other options; `auto` without --time-budget is full fine-tuning (with a
-    budget the planner decides once it has measured a step: budget.choose_finetune)."""
-    if cfg.finetune == "top" and (why := settings_reason(cfg, transfer, phases, processes)):
+def _finetune_stage(cfg: TrainConfig, transfer: bool, phases: int, processes: bool, task: Task | None = None
+                    ) -> TrainConfig:
+    """--finetune checked against the other options and the task; `auto` without --time-budget is full fine-tuning
+    (with a budget the planner decides once it has measured a step: budget.choose_finetune)."""
+    if cfg.finetune == "top" and (why := settings_reason(cfg, transfer, phases, processes, task)):
         raise UserError(f"--finetune top: {why}")
     if cfg.finetune == "head" and (not transfer or cfg.head_epochs < 1):
         raise UserError("--finetune head keeps the head stage's model: it needs --pretrained or --weights, and "

@@ -444,7 +444,8 @@ def _top_stage_inputs(plan: RunPlan, prep: Prepared, device: torch.device, say: 
     if not prep.groups:
         return None, "no pretrained backbone"
     reason = top_stage.unavailable(prep.model, cfg, len(data["train"]) + len(data["val"]), prep.pre.img_size,
-                                   len(plan.phases), processes=cfg.devices > 1 or distributed.launched_by_torchrun())
+                                   len(plan.phases), processes=cfg.devices > 1 or distributed.launched_by_torchrun(),
+                                   task=plan.task)
     if reason:
         if cfg.finetune == "top":
             raise UserError(f"--finetune top: {reason}")

@@ -49,8 +49,11 @@ class TopInputs:
     seconds: float             # what computing them took
 
 
-def settings_reason(cfg, transfer: bool, phases: int, processes: bool) -> str:
-    """Why the run's settings rule out a top stage ("" when they do not): known before anything is decoded."""
+def settings_reason(cfg, transfer: bool, phases: int, processes: bool, task=None) -> str:
+    """Why the run's settings (or its task: models/tasks, Task.unsupported["top_stage"]) rule out a top stage (""
+    when they do not): known before anything is decoded."""
+    if task is not None and not task.supports("top_stage"):
+        return task.unsupported["top_stage"]
     return ("it fine-tunes pretrained weights: add --pretrained or --weights" if not transfer
             else "it trains on activations cached once, which several processes would not share" if processes
             else "--mixup/--cutmix mix images, not the cached activations" if cfg.mixup or cfg.cutmix
@@ -58,9 +61,10 @@ def settings_reason(cfg, transfer: bool, phases: int, processes: bool) -> str:
             else "")
 
 
-def unavailable(model: nn.Module, cfg, n_images: int, img_size: int, phases: int, processes: bool) -> str:
-    """Why this run cannot have a top stage ("" when it can): its settings, its model, the memory it would take."""
-    if reason := settings_reason(cfg, True, phases, processes):
+def unavailable(model: nn.Module, cfg, n_images: int, img_size: int, phases: int, processes: bool, task=None) -> str:
+    """Why this run cannot have a top stage ("" when it can): its settings and task, its model, the memory it would
+    take."""
+    if reason := settings_reason(cfg, True, phases, processes, task):
         return reason
     split = split_backbone(model)
     if split is None:

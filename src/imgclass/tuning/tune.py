@@ -267,7 +267,7 @@ def _figures(study, folder: Path) -> None:
 def summary_table(study_name: str, storage: str, top: int = 10) -> str:
     import optuna
     st = optuna.load_study(study_name=study_name, storage=storage)
-    rows = sorted(st.trials, key=lambda t: -(t.value if t.value is not None else -1))[:top]
+    rows = sorted(st.trials, key=lambda t: (t.value is None, -(t.value or 0.0)))[:top]  # best first, unscored last
     keys = sorted({k for t in rows for k in t.params})
     lines = ["  ".join(["trial", "state", "value"] + keys)]
     for t in rows:

@@ -61,7 +61,8 @@ class Task:
     #   reject: "none of these" (predict/submit/serve --reject);  threshold: one decision threshold for all tags;
     #   top_k: several ranked answers;  coreml_classifier: a Core ML classifier (labels inside the program);
     #   timm_layout: the hub export's timm files (a single linear classifier head);  mix: --mixup/--cutmix;
-    #   class_weights: --class-weights auto;  balanced_sampler: --balanced-sampler;  data_map: evaluate --map
+    #   class_weights: --class-weights auto;  balanced_sampler: --balanced-sampler;  data_map: evaluate --map;
+    #   top_stage: --finetune top (fine-tuning the top blocks on cached activations)
     unsupported: ClassVar[dict[str, str]] = {"threshold": "--threshold is for several tags per image (--multi-label)"}
     mix_targets: ClassVar[str] = "classes"        # how --mixup/--cutmix mix its labels: classes or tags
 

@@ -46,7 +46,14 @@ class Regression(Task):
         "mix": f"--mixup/--cutmix mix class labels; they are not supported for {_NOT_A_CLASS} yet",
         "class_weights": f"--class-weights weighs classes; {_NOT_A_CLASS} has none",
         "balanced_sampler": f"--balanced-sampler draws by class; {_NOT_A_CLASS} has none",
-        "data_map": f"--map colours the images by class; {_NOT_A_CLASS} has none"}
+        "data_map": f"--map colours the images by class; {_NOT_A_CLASS} has none",
+        # The top stage trains the top blocks on activations cached once, without augmentation: on a number per
+        # image it over-fitted. The mall set (bench/regression_mall.py, 5 min, machine A, 2026-12-07), test MAE
+        # (a ridge probe of lite0: 2.43): top stage, lite2 at 260 px 2.43, lite0 at 320 px 2.39 (train MAE 0.83);
+        # full fine-tuning, lite1 at 240 px 2.33 (2.24 with flip TTA), lite0 at 224 px 2.17. So --time-budget
+        # chooses between full fine-tuning and the head stage for it.
+        "top_stage": "the top stage (cached activations, no augmentation) over-fits a number per image: --finetune "
+                     "full or head"}
     unreadable_answer: ClassVar[str] = "the training mean"
 
     level_refusal: ClassVar[str] = "a number per image has one level (--level fine)"
