@@ -176,7 +176,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
     result = fingerprint(work.resolve())
-    args.out.write_text(json.dumps(result, indent=1, sort_keys=True))
+    text = json.dumps(result, indent=1, sort_keys=True).replace(str(work.resolve()), "<work>")  # any --work compares
+    args.out.write_text(text)
     print(f"fingerprint of {len(result)} checks written to {args.out}")
 
 
