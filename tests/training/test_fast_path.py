@@ -132,6 +132,8 @@ def test_precision_choice_and_effect(tmp_path, monkeypatch):
     from imgclass.models import inference
     from imgclass.training import device as run_mod
     cpu = torch.device("cpu")
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):  # (make test-other-cpu restricts the kernels)
+        monkeypatch.delenv(name, raising=False)
     assert run_mod.use_bf16("bf16", cpu) and not run_mod.use_bf16("fp32", cpu)
     for flags, native in (("fpu avx2 avx512f avx512_bf16 avx512vl", True), ("fpu avx2 avx512f avx512bw avx512vl", False),
                           ("fpu avx2 amx_bf16 amx_tile", True)):
@@ -139,6 +141,9 @@ def test_precision_choice_and_effect(tmp_path, monkeypatch):
         monkeypatch.setattr(Path, "read_text", lambda self, *a, f=flags, **k: f"model name\t: X\nflags\t\t: {f}\n")
         assert run_mod.use_bf16("auto", cpu) == native  # native bf16 (AVX512-BF16 or AMX): auto uses it
         assert inference.cpu_info() == ("X", frozenset(flags.split()))
+        with monkeypatch.context() as restricted:   # kernels kept below AVX-512, as on a CPU without it: emulated
+            restricted.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+            assert not run_mod.use_bf16("auto", cpu)
     monkeypatch.undo()
     inference.cpu_info.cache_clear()
     data = make_class_folders(tmp_path / "data", per_class=8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -56,8 +57,14 @@ def cpu_label() -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); others emulate it, slower than float32."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX) with kernels allowed to use it; others emulate
+    it, slower than float32. Kernels restricted below AVX-512 (ATEN_CPU_CAPABILITY=avx2 or default,
+    ONEDNN_MAX_CPU_ISA=AVX2: what `make test-other-cpu` sets to compute as a CPU without AVX-512 does) count as
+    without it, as such a CPU is: the flag alone then chose bf16 autocast on emulated kernels, which no real machine
+    runs (and whose results varied between two identical runs, 2026-12-07)."""
+    restricted = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("avx2", "default")
+                  or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("AVX2", "SSE", "AVX_")))
+    return not restricted and bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
 
 
 def scoring_batch(batch_size: int, img_size: int, device: torch.device) -> int:
