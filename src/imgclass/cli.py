@@ -409,11 +409,15 @@ def _print_predictions(results, fmt: str) -> None:
     from rich.table import Table
     table = Table()
     table.add_column("image", overflow="fold")  # full paths, folded rather than cut
-    for name in ("prediction", "probability", "top-k"):
+    columns = results.task.table_columns      # the task's: what an answer says, its probability, the rest
+    for name in columns:
         table.add_column(name)
     for image, label, probability, rest in results.summary_rows():
-        table.add_row(escape(image), "[red]error" if label is None else escape(label),
-                      "" if probability is None else f"{probability:.4f}", escape(rest))
+        if label is None:  # an error: its reason beside it, in the first column when there is no other
+            cells = ["[red]error: " + escape(rest)] if len(columns) == 1 else ["[red]error", "", escape(rest)]
+        else:
+            cells = [escape(label), "" if probability is None else f"{probability:.4f}", escape(rest)]
+        table.add_row(escape(image), *cells[:len(columns)])
     Console(width=max(100, Console().width)).print(table)
 
 

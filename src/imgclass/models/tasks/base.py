@@ -252,6 +252,8 @@ class Task:
         keyed.sort(key=lambda view: view[0] != "top_k")
         return [{key: top_labels(p[i], names, top_k) for key, p, names in keyed} for i in range(len(probs))]
 
+    table_columns: ClassVar[tuple[str, ...]] = ("prediction", "probability", "top-k")  # summary_row's, in a table
+
     def summary_row(self, answer: dict[str, Any]) -> tuple[str, float | None, str]:
         """(what an answer says, its probability or value, the rest of it): a row of predict's table."""
         best = answer["top_k"][0]

@@ -185,8 +185,10 @@ class Regression(Task):
         self.views(probs, classes, level)
         return [{"value": float(row[0])} for row in probs]
 
+    table_columns: ClassVar[tuple[str, ...]] = ("value",)  # the number alone
+
     def summary_row(self, answer):
-        return f"{answer['value']:.4g}", answer["value"], ""
+        return f"{answer['value']:.6g}", answer["value"], ""
 
     def csv_columns(self, answers):
         return ["value"], lambda answer: [f"{answer['value']:.9g}" if "value" in answer else ""]
