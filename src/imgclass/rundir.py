@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .config import resolve as resolve_config
 from .errors import UserError
 from .files import write_text_atomic
 
@@ -140,8 +141,7 @@ class RunDir:
     def data_root(self) -> Path | None:
         """The data folder the run was trained on, as its config.yaml names it (~ expanded); None when it names none.
         The one reader of it: evaluate, the parity images and int8's calibration all ask here."""
-        from .config import resolve  # deferred: a light module (the run folder's readers) stays light
-        data = resolve(self.config).data if self.config.is_file() else None
+        data = resolve_config(self.config).data if self.config.is_file() else None
         return Path(data).expanduser() if data else None
 
     def read_config_dict(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@ caller (predict, submit, evaluate, serving, export) decodes and resizes images t
 same way training did."""
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,8 +59,6 @@ class Predictions(list):
     def csv_text(self) -> str:
         """predict --format csv: image, unknown and score with --reject, the task's columns (tags given, ranked
         labels; or the number), error."""
-        import csv
-        import io
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         columns, cells = self.task.csv_columns(self)
@@ -254,10 +254,9 @@ class Predictor:
         tags per image each answer also has "labels": the tags given at their thresholds. reject (True, or a
         threshold): each answer also has "unknown" (its score is below the threshold: none of the classes) and
         "score" (models/reject.py)."""
-        top_k = self.check_request(top_k, level, reject)
-        rejection = self.rejection(reject)
+        top_k, rejection = self.check_request(top_k, level, reject)
         sources = list(sources)
-        feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
+        feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
         probs, errors = self.predict_proba(sources, batch_size, feats)
         names = [str(src) if isinstance(src, (str, Path)) else f"<image {i}>" for i, src in enumerate(sources)]
         return self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None)
@@ -267,11 +266,10 @@ class Predictor:
         """predict's answers for the images in WebDataset-style .tar shards (data/shards.py), read as a stream in
         order, `chunk` images' bytes held at a time; each named tar://MEMBER::SHARD."""
         from ..data.shards import shard_batches
-        top_k = self.check_request(top_k, level, reject)
-        rejection = self.rejection(reject)
+        top_k, rejection = self.check_request(top_k, level, reject)
         out = Predictions(task=self.task)
         for names, items in shard_batches(shards, chunk):
-            feats: list[np.ndarray] | None = [] if self.needs_features(reject) else None
+            feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
             probs, errors = self.predict_read(items, feats)
             out.extend(self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None))
         return out
@@ -298,13 +296,12 @@ class Predictor:
         """A level this model's task does not answer is refused at once, before any image is read."""
         self.task.views(np.zeros((0, len(self.classes)), np.float32), self.classes, level)
 
-    def check_request(self, top_k: int | None, level: str, reject: bool | float | None) -> int:
-        """What a prediction asks, checked before any work: the level, top_k (returned, None: the default) and
-        the rejection; a UserError naming the first the model's task cannot do."""
+    def check_request(self, top_k: int | None, level: str, reject: bool | float | None
+                      ) -> tuple[int, Rejection | None]:
+        """What a prediction asks, checked before any work: (top_k, None: the default; the rejection rule asked
+        for), or a UserError naming the first the model's task cannot do, the level first."""
         self.check_level(level)
-        top_k = self.task.check_top_k(top_k)
-        self.rejection(reject)
-        return top_k
+        return self.task.check_top_k(top_k), self.rejection(reject)
 
     def needs_features(self, reject: bool | float | None) -> bool:
         """Whether the rejection rule asked for scores images by their embeddings (a k-NN rule)."""

@@ -204,8 +204,7 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int | None = None, 
     require("ray", "ray", "predict --ray")
     from .runtime import choose_runtime
     predictor = Predictor.load(model, "cpu", max_pixels)
-    top_k = predictor.check_request(top_k, level, reject)  # refused here, before Ray starts
-    rejection = predictor.rejection(reject)
+    top_k, rejection = predictor.check_request(top_k, level, reject)  # refused here, before Ray starts
     from ..data.shards import shards_of
     shards = shards_of(list(inputs))
     paths = shards or ray_paths([str(i) for i in inputs])
