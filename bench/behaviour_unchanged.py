@@ -93,7 +93,7 @@ def imgclass(*args: str, cwd: Path) -> str:
 
 
 def prepare(work: Path) -> dict[str, str]:
-    from imgclass.digits_demo import write_digits
+    from imgclass.training.demo import write_digits
     digits = write_digits(work / "digits")
     tree = work / "digits-tree"  # two-level labels: <low|high>/<digit>/
     if not tree.is_dir():

@@ -35,7 +35,7 @@ def main() -> None:
         results = json.loads((out / "results.json").read_text())
         cfg = (out / "config.yaml").read_text()
     acc = results["metrics"]["test"]["accuracy"]
-    from imgclass.config import parse_duration
+    from imgclass.training.config import parse_duration
     budget = parse_duration(args.budget)
     print(f"date {date.today()}  machine: {machine()}")
     print(f"command: imgclass train CIFAR10 --time-budget {args.budget} {' '.join(args.extra)}")

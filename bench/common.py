@@ -39,7 +39,7 @@ def photo_model(path: Path, classes: int = 10) -> Path:
     """A model file of the photo default (EfficientNet-Lite0, its ImageNet backbone weights, 224 px, a new
     head of `classes` outputs): what a user's fine-tuned photo model costs to run, without training one."""
     from imgclass.data.preprocess import Preprocessing
-    from imgclass.modelfile import model_header, save_model
+    from imgclass.models.modelfile import model_header, save_model
     from imgclass.models import create_model
     from imgclass.models.header import Architecture
     from imgclass.models.pretrained import pretrained_state

@@ -82,9 +82,9 @@ def engines(run: Path, tmp: Path) -> tuple[dict, dict, dict]:
     import time
 
     import imgclass
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     from imgclass.models.inference import cpu_has_native_bf16
-    from imgclass.prediction.engines import OnnxEngine, OpenVinoEngine
+    from imgclass.inference.engines import OnnxEngine, OpenVinoEngine
     predictor = imgclass.load(run, device="cpu")
     size = predictor.pre.img_size
     found = {"torch float32": predictor.torch_engine(bf16=False)}
@@ -119,7 +119,7 @@ def engines(run: Path, tmp: Path) -> tuple[dict, dict, dict]:
 
 
 def accuracy(predictor, run: Path, found: dict) -> tuple[dict, int]:
-    from imgclass.prediction import quantize
+    from imgclass.inference import quantize
     root, rows = quantize.run_split(predictor, predictor.path, "test")
     answers, labels = {name: [] for name in found}, []
     for images, batch_labels in quantize.decoded(predictor, root, rows, batch=16):
@@ -131,7 +131,7 @@ def accuracy(predictor, run: Path, found: dict) -> tuple[dict, int]:
 
 
 def speed(found: dict, images: torch.Tensor) -> dict:
-    from imgclass.prediction.engines import images_per_second
+    from imgclass.inference.engines import images_per_second
     rates = {(name, b): 0.0 for name in found for b in (1, 16)}
     for _ in range(ROUNDS):  # interleaved, so a burst of load elsewhere does not favour one engine
         for name, engine in found.items():
@@ -148,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     import imgclass
     from imgclass.models.inference import cpu_label
-    from imgclass.prediction.graph import parity_batch
+    from imgclass.inference.graph import parity_batch
     print(machine())
     print(f"CPU: {cpu_label()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,10 +50,10 @@ def head_epoch_times(model_file: Path, data: Path, epochs: int = 3) -> tuple[flo
     from imgclass.data.cache import load_cached
     from imgclass.data.find import find_images
     from imgclass.data.split import make_split
-    from imgclass.modelfile import load_model
+    from imgclass.models.modelfile import load_model
     from imgclass.models.tasks import SINGLE_LABEL
     from imgclass.models.inference import compute_features
-    from imgclass.training.transfer import set_trainable, train_head
+    from imgclass.training.stages.transfer import set_trainable, train_head
     model, header = load_model(model_file)
     pre = header.preprocessing
     split, _ = make_split(find_images(data), 0.1, 0.0, 101)

@@ -65,7 +65,7 @@ def main() -> None:
         if args.keep:
             import shutil
             shutil.copytree(out, args.keep, dirs_exist_ok=True)
-    from imgclass.config import parse_duration
+    from imgclass.training.config import parse_duration
     budget = parse_duration(args.budget)
     choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")
     print(f"date {date.today()}  machine: {machine()}")

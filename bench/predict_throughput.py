@@ -35,9 +35,9 @@ def main() -> None:
     args = ap.parse_args()
     import imgclass
     from imgclass.data.preprocess import to_nchw
-    from imgclass.prediction import predictor as predictor_module
-    from imgclass.prediction.predictor import Predictor
-    from imgclass.prediction.runtime import choose_runtime
+    from imgclass.inference import predictor as predictor_module
+    from imgclass.inference.predictor import Predictor
+    from imgclass.inference.runtime import choose_runtime
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "photos"

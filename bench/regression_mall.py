@@ -47,7 +47,7 @@ def ridge_probe(run: Path) -> tuple[float, float]:
     """(test MAE, the alpha chosen on validation) of Ridge on frozen lite0 features of the run's own split."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import mean_absolute_error
-    from imgclass.modelfile import read_header
+    from imgclass.models.modelfile import read_header
     resize = read_header(run / "model.safetensors").preprocessing.resize  # the run's own policy: a fair probe
     feats, parts = lite0_features(run, ("train", "val", "test"), resize)
     y = {s: np.array([float(r["label"]) for r in rows]) for s, rows in parts.items()}
@@ -71,7 +71,7 @@ def main() -> None:
         m = json.loads((out / "eval" / "test" / "metrics.json").read_text())
         results = json.loads((out / "results.json").read_text())
         probe_mae, alpha = ridge_probe(out)
-    from imgclass.config import parse_duration
+    from imgclass.training.config import parse_duration
     budget = parse_duration(args.budget)
     choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")
     print(f"date {date.today()}  machine: {machine()}")

@@ -37,7 +37,7 @@ NAIVE = textwrap.dedent('''
     from flask import Flask, request, jsonify
     from PIL import Image
     import torchvision.transforms.functional as TF
-    from imgclass.modelfile import load_model
+    from imgclass.models.modelfile import load_model
     model, header = load_model(sys.argv[1])
     classes = list(header.classes)
     app = Flask(__name__)

@@ -30,9 +30,9 @@ def main() -> None:
     from imgclass.data.images import ImageTensors
     from imgclass.data.preprocess import Preprocessing
     from imgclass.models import create_model
-    from imgclass.training.loop import Trainer
-    from imgclass.training.optim import make_optimizer
-    from imgclass.training.device import use_bf16
+    from imgclass.training.loop.fit import Trainer
+    from imgclass.training.loop.optim import make_optimizer
+    from imgclass.training.loop.device import use_bf16
     bf16 = use_bf16(args.precision, torch.device("cpu"))
 
     g = torch.Generator().manual_seed(0)

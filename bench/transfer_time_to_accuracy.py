@@ -95,7 +95,7 @@ def main() -> None:
         probe_acc, probe_s = linear_probe(out, score_split)
     choice = next((line for line in proc.stderr.splitlines() if line.startswith("model auto")), "")
     acc = results["metrics"][score_split]["accuracy"]
-    from imgclass.config import parse_duration
+    from imgclass.training.config import parse_duration
     budget = parse_duration(args.budget)
     print(f"date {date.today()}  machine: {machine()}")
     print(f"command: imgclass train {args.dataset} --time-budget {args.budget} {' '.join(options + args.extra)}")

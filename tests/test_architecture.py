@@ -1,6 +1,7 @@
 """The layout the code promises (issues 15 and 25): no import cycles, packages in layers (README: code
 layout), and functions short enough to read. Checked on the source, imports inside functions included."""
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -14,9 +15,11 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """imgclass modules that `name` imports anywhere in its source (top level or inside functions).
-    `from . import x` of a submodule counts as importing the submodule, not its package."""
+def _imports(name: str, path: Path, modules: dict[str, Path], started: bool = True) -> set[str]:
+    """imgclass modules that `name` imports anywhere in its source (top level or inside functions), and those it
+    starts in another process (`python -m imgclass...`, or `-c` code importing imgclass): a re-entry through a
+    subprocess is an import too for the layers (started=False: imports alone, for the cycle check: a process that
+    starts another running its own module is no cycle). `from . import x` of a submodule counts as importing it."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -29,6 +32,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             targets = [t for t in subs if t in modules] + ([base] if any(t not in modules for t in subs) else [])
         elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
+        elif isinstance(node, ast.List) and started:
+            targets = _started(node)
         else:
             continue
         for target in targets:
@@ -39,13 +44,26 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def _graph() -> dict[str, set[str]]:
+def _started(node: ast.List) -> list[str]:
+    """The imgclass modules a command line written as a list starts: [..., "-m", "imgclass.x", ...] runs that
+    module (`-m imgclass` runs imgclass/__main__.py), [..., "-c", CODE, ...] whatever CODE imports."""
+    words = [e.value if isinstance(e, ast.Constant) and isinstance(e.value, str) else None for e in node.elts]
+    started = []
+    for flag, word in zip(words, words[1:]):
+        if flag == "-m" and word and word.split(".")[0] == "imgclass":
+            started.append(word + ".__main__" if word == "imgclass" else word)
+        elif flag == "-c" and word:
+            started += [m.group(1) for m in re.finditer(r"(?:from|import)\s+(imgclass[\w.]*)", word)]
+    return started
+
+
+def _graph(started: bool = True) -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imports(name, path, modules) for name, path in modules.items()}
+    return {name: _imports(name, path, modules, started) for name, path in modules.items()}
 
 
 def test_no_import_cycles():
-    graph, state, cycles = _graph(), {}, []
+    graph, state, cycles = _graph(started=False), {}, []
 
     def visit(node, trail):
         state[node] = "open"
@@ -61,48 +79,77 @@ def test_no_import_cycles():
     assert cycles == []
 
 
-def test_the_walk_sees_imports_inside_functions():
-    """The checker itself: a deferred import is an edge too (otherwise the test above could not fail)."""
+def test_the_walk_sees_imports_inside_functions_and_subprocesses():
+    """The checker itself: a deferred import is an edge too, and so is a module started in a child process
+    (otherwise the tests above and below could not fail)."""
     graph = _graph()
     assert "imgclass.evaluation.evaluate" in graph["imgclass.training.run"]     # imported inside a function
-    assert "imgclass.models.inference" in graph["imgclass.prediction.engines"]
+    assert "imgclass.models.inference" in graph["imgclass.inference.engines"]
+    assert "imgclass.training.worker" in graph["imgclass.training.run"]          # torchrun -m imgclass.training.worker
+    tree = ast.parse('cmd = [sys.executable, "-m", "imgclass", "train"]; c = ["python", "-c", "import imgclass.api"]')
+    lists = [n for n in ast.walk(tree) if isinstance(n, ast.List)]
+    assert [_started(n) for n in lists] == [["imgclass.__main__"], ["imgclass.api"]]
 
 
-# The packages in layers, lowest first: a module may import its own layer and the layers below, never one
-# above. The first layer is what every layer shares (errors, files, logging, the config, the run folder).
+# The packages in layers, lowest first: a module may import its own package and the layers below, never a layer
+# above nor another package of its own layer (exports and serving stand side by side, neither importing the
+# other). Training is layered inside too: its options, then the loop, the integrations (trackers, callbacks) and
+# the stages, then the run that puts them together.
 LAYERS = [
-    {"errors", "extras", "version", "files", "log", "config", "rundir", "notebook", "figures"},
+    {"core"},                  # errors, files, logging, the run folder, figures: what every layer shares
     {"data"},
-    {"models", "modelfile"},
-    {"prediction"},
+    {"models"},                # the networks, the model file, the tasks
+    {"inference"},             # a model file loaded into an engine; runtime choice; every graph export
+    {"prediction"},            # jobs over many images: submissions, shards, Ray, embeddings, explanations
     {"exports", "serving"},
-    {"evaluation", "curation"},
+    {"evaluation"},
+    {"curation"},
+    {"training.config"},
+    {"training.loop"},
+    {"training.integrations"},
+    {"training.stages"},
     {"training"},
     {"tuning"},
-    {"api", "digits_demo"},
-    {"cli", "__main__", ""},  # "": the package itself (imgclass/__init__.py, the lazy API)
+    {"requests"},              # each verb's options: one light dataclass per verb (api and cli build them)
+    {"api"},
+    {"cli"},
+    {"__main__", ""},          # "": the package itself (imgclass/__init__.py, the lazy API)
 ]
+TRAINING_PARTS = {"config", "loop", "integrations", "stages"}
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    if len(parts) > 1 and parts[0] == "training" and parts[1] in TRAINING_PARTS:
+        return f"training.{parts[1]}"
+    return parts[0] if parts else ""
 
 
 def layer_of(module: str) -> int:
-    part = module.split(".")[1] if "." in module else ""
-    found = [i for i, names in enumerate(LAYERS) if part in names]
+    found = [i for i, names in enumerate(LAYERS) if package_of(module) in names]
     assert found, f"{module} belongs to no layer: add it to LAYERS"
     return found[0]
 
 
-def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+def wrong_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a higher layer, or of another package of the same layer."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if layer_of(b) > layer_of(a) or layer_of(b) == layer_of(a) and package_of(b) != package_of(a))
 
 
 def test_packages_import_only_their_layer_and_below():
-    assert upward_imports(_graph()) == []
+    assert wrong_imports(_graph()) == []
 
 
-def test_the_layer_check_fails_on_an_upward_import():
-    """The checker itself: an import from a lower layer into a higher one is reported."""
-    graph = {"imgclass.data.find": {"imgclass.training.run"}, "imgclass.training.run": {"imgclass.data.find"}}
-    assert upward_imports(graph) == ["imgclass.data.find -> imgclass.training.run"]
+def test_the_layer_check_fails_on_an_upward_or_sideways_import():
+    """The checker itself: an import from a lower layer into a higher one, or between two packages of one layer,
+    is reported."""
+    graph = {"imgclass.data.find": {"imgclass.training.run"}, "imgclass.training.run": {"imgclass.data.find"},
+             "imgclass.serving.app": {"imgclass.exports.hub"},
+             "imgclass.training.loop.fit": {"imgclass.training.stages.budget", "imgclass.training.config"}}
+    assert wrong_imports(graph) == ["imgclass.data.find -> imgclass.training.run",
+                                    "imgclass.serving.app -> imgclass.exports.hub",
+                                    "imgclass.training.loop.fit -> imgclass.training.stages.budget"]
 
 
 def test_functions_are_short():

@@ -130,22 +130,21 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
 
 
 def test_serve_defaults_are_the_settings_defaults():
-    """serve's defaults are written once (serving/settings.py): the parser's are ServeSettings' own."""
+    """serve's defaults are written once (serving/settings.py): the parser holds none of its own, so a command
+    line without options is ServeSettings() itself."""
     from imgclass.cli import build_parser
+    from imgclass.core.options import from_args
     from imgclass.serving.settings import ServeSettings
     args = build_parser().parse_args(["serve", "run"])
-    d = ServeSettings()
-    assert (args.host, args.port, args.workers, args.max_upload_mb, args.max_batch, args.max_image_pixels,
-            args.max_decode_mb, args.max_batch_size, args.max_batch_delay_ms, args.max_queue) == (
-        d.host, d.port, d.workers, d.max_upload_mb, d.max_batch, d.max_pixels, d.max_decode_mb,
-        d.batching.max_batch_size, d.batching.max_delay_ms, d.batching.max_queue)
+    assert vars(args).keys() <= {"verb", "model", "api_key"}
+    assert from_args(ServeSettings, args) == ServeSettings()
 
 
 # What a verb may import besides imgclass.api: helpers that only print or parse (no work of the library).
-PRESENTATION = {"version.STARTED", "version.__version__", "config.parse_duration", "training.run.summary_lines",
+PRESENTATION = {"core.version.STARTED", "training.config.parse_duration", "training.run.summary_lines",
                 "evaluation.compare.compare_text", "tuning.tune.summary_table", "data.check_report.print_check",
-                "prediction.predictor.summary_rows", "tuning.sweep.parse_sweep", "models.get_spec",
-                "serving.settings.ServeSettings", "serving.batcher.Batching"}
+                "tuning.sweep.parse_sweep", "models.get_spec", "serving.settings.ServeSettings",
+                "exports.settings.ExportSettings"}
 
 
 def test_every_verb_calls_the_api_and_nothing_else_of_the_library():

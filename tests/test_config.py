@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from imgclass import config
-from imgclass.errors import UserError
+from imgclass.training import config
+from imgclass.core.errors import UserError
 
 
 def test_defaults_then_file_then_options(tmp_path):

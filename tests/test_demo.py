@@ -3,7 +3,7 @@ import json
 import pytest
 
 import imgclass
-from imgclass.digits_demo import write_digits
+from imgclass.training.demo import write_digits
 
 pytestmark = pytest.mark.slow  # trains the digits demo to 95%
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from imgclass.files import write_text_atomic
+from imgclass.core.files import write_text_atomic
 
 
 def test_write_is_all_or_nothing(tmp_path, monkeypatch):
@@ -25,7 +25,7 @@ def test_two_writers_never_share_a_temporary_file(tmp_path):
     `train --resume` processes, or two service workers, write one file together)."""
     import threading
 
-    from imgclass.files import temp_name, write_bytes_atomic
+    from imgclass.core.files import temp_name, write_bytes_atomic
     names, together = [], threading.Barrier(4)
 
     def name():  # four threads alive at once (a finished thread's id may be reused)

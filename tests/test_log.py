@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 import imgclass
-from imgclass import log
+from imgclass.core import log
 
 from helpers import make_class_folders
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgclass.errors import UserError
-from imgclass.modelfile import load_model, read_header
-from imgclass.prediction.predictor import Predictor
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import load_model, read_header
+from imgclass.inference.predictor import Predictor
 
 
 def test_round_trip_from_file_alone(trained_run, tmp_path):

@@ -43,7 +43,7 @@ def test_evaluation_report_is_isolated_in_an_iframe(trained_run, tmp_path):
 
 def test_bars_draw_on_a_terminal_and_in_jupyter_with_ipywidgets(monkeypatch):
     import sys
-    from imgclass.log import bars_visible
+    from imgclass.core.log import bars_visible
     assert bars_visible(Console(file=io.StringIO(), force_terminal=True))
     assert bars_visible(Console(file=io.StringIO(), force_jupyter=True))  # rich draws in an ipywidgets output
     assert not bars_visible(Console(file=io.StringIO(), force_jupyter=False, force_terminal=False))
@@ -54,7 +54,7 @@ def test_bars_draw_on_a_terminal_and_in_jupyter_with_ipywidgets(monkeypatch):
 
 def test_no_bars_and_no_warnings_in_jupyter_without_ipywidgets(monkeypatch, recwarn):
     import sys
-    from imgclass.training.callbacks import ProgressDisplay
+    from imgclass.training.loop.callbacks import ProgressDisplay
 
     class T:
         epoch, epochs, steps_per_epoch = 0, 2, 3

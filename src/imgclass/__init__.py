@@ -9,7 +9,7 @@ The Python API mirrors the command line (``imgclass VERB ...``)::
     imgclass.submit(run.dir, "test/", out="submission.csv")
     imgclass.evaluate(run.dir, split="test").metrics["macro_f1"]
 """
-from .version import STARTED, __version__  # noqa: F401  (first: the clock starts at import)
+from .core.version import STARTED, __version__  # noqa: F401  (first: the clock starts at import)
 
 # The API is imported on first use (PEP 562), so `import imgclass` stays light: no torch, scikit-learn,
 # matplotlib or web stack until a function is called (`imgclass.train` then imports what training needs).

@@ -6,7 +6,7 @@ import imgclass
 from imgclass.cli import main
 from imgclass.curation.index import EXACT_MAX, VectorIndex, load_index
 from imgclass.models.neighbours import exact_search, unit_rows
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 
 from helpers import make_class_folders
 

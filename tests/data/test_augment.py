@@ -114,8 +114,8 @@ def test_presets_draw_as_before_the_options(preset, total):
 
 
 def test_config_refuses_out_of_range_options():
-    from imgclass import config
-    from imgclass.errors import UserError
+    from imgclass.training import config
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match=r"rotate must be in \[0, 180\)"):
         config.resolve(rotate=200)
     with pytest.raises(UserError, match=r"zoom must be in \[0, 1\)"):
@@ -165,7 +165,7 @@ def test_mixup_and_cutmix_train(tmp_path, monkeypatch):
     assert all(math.isfinite(r["train_loss"]) for r in run.history)
     assert len(seen) >= 3 and all(t.shape[1] == 3 and torch.allclose(t.sum(1), torch.ones(len(t))) for _, t in seen)
     assert any((t.max(1).values < 1).any() for _, t in seen)      # targets really were mixed
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match="mixup takes a Beta"):
         imgclass.train(data, out=str(tmp_path / "bad"), **dict(FAST, mixup=0))
 
@@ -223,7 +223,7 @@ def test_cutout_blanks_one_square_per_image_inside_it():
         outside = torch.ones(32, 32, dtype=torch.bool)
         outside[top:top + 12, left:left + 12] = False
         assert torch.equal(img_a[:, outside], img_b[:, outside]) and not torch.equal(img_a, img_b)
-    from imgclass import config
-    from imgclass.errors import UserError
+    from imgclass.training import config
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match=r"cutout must be in \[0, 1\)"):
         config.resolve(cutout=1.5)

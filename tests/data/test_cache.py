@@ -228,7 +228,7 @@ def test_lr_find_honours_no_cache_and_stream(tmp_path):
     options.pop("evaluate")
     for flags in ({"cache": False}, {"stream": True}):
         cache_dir = tmp_path / f"cache-{next(iter(flags))}"
-        imgclass.lr_find(data, out=str(tmp_path / "lr.png"), cache_dir=str(cache_dir), **flags, **options)
+        imgclass.lr_find(data, plot=str(tmp_path / "lr.png"), cache_dir=str(cache_dir), **flags, **options)
         assert not cache_dir.exists() or not any(cache_dir.iterdir()), flags
-    imgclass.lr_find(data, out=str(tmp_path / "lr.png"), cache_dir=str(tmp_path / "cache"), **options)
+    imgclass.lr_find(data, plot=str(tmp_path / "lr.png"), cache_dir=str(tmp_path / "cache"), **options)
     assert list((tmp_path / "cache").glob("*.npy"))

@@ -7,7 +7,7 @@ import pytest
 import imgclass
 from imgclass.data.edits import apply_edits, read_paths
 from imgclass.data.labels import CLASSES, LabelSource
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 
 from helpers import FAST, make_class_folders
 

@@ -1,7 +1,7 @@
 import pytest
 
 from imgclass.data.find import find_images, natural_sorted
-from imgclass.errors import DataError
+from imgclass.core.errors import DataError
 
 from helpers import make_class_folders, make_labels_csv, make_split_folders
 

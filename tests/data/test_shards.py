@@ -10,7 +10,7 @@ from PIL import Image
 
 import imgclass
 from imgclass.data import shards as sh
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

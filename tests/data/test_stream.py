@@ -5,7 +5,7 @@ import torch
 from imgclass.data.images import load_split
 from imgclass.data.preprocess import Preprocessing
 from imgclass.data.stream import stream_split
-from imgclass.errors import DataError
+from imgclass.core.errors import DataError
 
 from helpers import make_class_folders
 

@@ -10,7 +10,7 @@ from PIL import Image
 from imgclass.cli import main
 from imgclass.data.check import check_dataset
 from imgclass.data.tags import multi_hot, multilabel_split, parse_tag_lists, read_tags, tag_statistics
-from imgclass.errors import DataError
+from imgclass.core.errors import DataError
 
 TAGS = ("red", "dress", "summer", "casual")
 PROBABILITY = (0.5, 0.4, 0.3, 0.15)

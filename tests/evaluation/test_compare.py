@@ -7,9 +7,9 @@ import pytest
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.evaluation.compare import Comparison, verdict
-from imgclass.rundir import RunDir
+from imgclass.core.rundir import RunDir
 
 from helpers import make_class_folders
 
@@ -73,7 +73,7 @@ def test_sort_and_unknown_column(lr_runs):
 
 def test_html_and_png_curves(lr_runs, tmp_path):
     page = tmp_path / "c.html"
-    rows = imgclass.compare([r.dir for r in lr_runs], html_out=page)
+    rows = imgclass.compare([r.dir for r in lr_runs], html=page)
     text = page.read_text()
     assert "data:image/png;base64," in text and "<th" in text and ">lr<" in text
     png = (tmp_path / "c_val_curves.png").read_bytes()

@@ -155,7 +155,7 @@ def test_evaluate_another_folder_from_a_labels_csv(evaluated_run, tmp_path):
     images copied out score what the run's own test evaluation scored."""
     from pathlib import Path
     rows = list(csv.DictReader(open(evaluated_run.dir / "eval" / "test" / "predictions.csv")))
-    data = Path(imgclass.config.resolve(evaluated_run.dir / "config.yaml").data)
+    data = Path(imgclass.training.config.resolve(evaluated_run.dir / "config.yaml").data)
     (tmp_path / "flat").mkdir()
     lines = ["id,label"]
     for i, row in enumerate(rows):
@@ -281,7 +281,7 @@ def test_the_map_marks_what_predict_reject_rejects(trained_run, tmp_path, monkey
     it once compared the highest probability with the k-NN rule's cosine threshold (issue 39)."""
     import dataclasses
     from imgclass.evaluation import plots
-    from imgclass.modelfile import load_model, save_model
+    from imgclass.models.modelfile import load_model, save_model
     with open(trained_run / "splits.csv", newline="") as fh:
         val = [trained_run.parent / "data" / r["path"] for r in csv.DictReader(fh) if r["split"] == "val"]
     scores = np.array([a["score"] for a in imgclass.predict(trained_run, val, reject=True, runtime="torch",

@@ -7,8 +7,8 @@ import torch
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.prediction.predictor import Predictor
+from imgclass.core.errors import UserError
+from imgclass.inference.predictor import Predictor
 
 
 def parity_of(printed: str) -> float:

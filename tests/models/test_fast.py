@@ -38,7 +38,7 @@ def test_tta_modes():
 
 def test_optimizer_groups_follow_airbench():
     from imgclass.models.fast import BatchNorm
-    from imgclass.training.optim import make_optimizer, set_lr
+    from imgclass.training.loop.optim import make_optimizer, set_lr
     m = FastNet(10, widths=(8, 16, 16))
     opt = make_optimizer(m, "sgd", 1.5, 1e-3, 0.85)
     plain, norm_biases, whiten_bias = opt.param_groups
@@ -64,7 +64,7 @@ def test_pooling_floors_like_airbench(tmp_path):
     m(torch.zeros(1, 3, 9, 9))
     assert sizes == [4, 2, 1]           # the smallest input it takes
     import imgclass
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     from helpers import make_class_folders
     data = make_class_folders(tmp_path / "d", per_class=4)
     with pytest.raises(UserError, match="needs inputs of at least 9 px, not 8"):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.models import create_model, list_models, register
 
 

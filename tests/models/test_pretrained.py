@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from imgclass.cli import main
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.models import pretrained
 from imgclass.models.pretrained import map_by_order, package_for, pretrained_state, read_checkpoint
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import imgclass
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.prediction.embed import Embeddings
 
 from helpers import make_class_folders

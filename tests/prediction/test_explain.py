@@ -78,7 +78,7 @@ def test_target_layer_is_the_last_spatial_map():
     assert target_layer(fast, 32) is fast.layers[3].act          # the last conv group's activation (3 x 3 at 32 px)
     cnn = create_model("cnn", num_classes=2, width=4, depth=2)
     assert isinstance(target_layer(cnn, 16), torch.nn.MaxPool2d)  # after the last conv pair, before global pooling
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match="no spatial feature map"):
         target_layer(create_model("mlp", num_classes=2, img_size=8, width=8), 8)
 

@@ -6,7 +6,7 @@ import torch
 
 import imgclass
 from imgclass.cli import main
-from imgclass.modelfile import read_onnx_header
+from imgclass.models.modelfile import read_onnx_header
 from imgclass.models.header import ModelHeader
 
 from helpers import FAST, make_class_folders
@@ -51,7 +51,7 @@ def test_export_parity_and_metadata(fast_run, tmp_path, fmt, capsys):
 
 
 def test_parity_failure_is_an_error(fast_run, tmp_path, monkeypatch, capsys):
-    from imgclass.prediction import graph
+    from imgclass.inference import graph
     monkeypatch.setattr(graph, "PARITY_TOLERANCE", -1.0)
     assert main(["export", str(fast_run.dir), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     assert "failed parity" in capsys.readouterr().err
@@ -63,7 +63,7 @@ def test_a_failed_export_leaves_no_file_behind(trained_run, tmp_path, monkeypatc
     failure, leaves neither the target nor a temporary file."""
     import onnxruntime
 
-    from imgclass.prediction.graph import export_model
+    from imgclass.inference.graph import export_model
 
     def broken(*args, **kwargs):
         raise OSError("No space left on device")

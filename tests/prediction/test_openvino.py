@@ -9,9 +9,9 @@ from PIL import Image
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import SOURCE_KEY, file_sha256, ir_metadata, read_ir_header
-from imgclass.prediction.predictor import Predictor
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import SOURCE_KEY, file_sha256, ir_metadata, read_ir_header
+from imgclass.inference.predictor import Predictor
 
 ov = pytest.importorskip("openvino", reason="the openvino extra (pip install 'imgclass[openvino]')")
 

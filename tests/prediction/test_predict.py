@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import imgclass
-from imgclass import config
+from imgclass.training import config
 from imgclass.data.images import load_split
 from imgclass.data.split import read_splits
-from imgclass.modelfile import load_model
+from imgclass.models.modelfile import load_model
 from imgclass.models.inference import predict_logits
 
 from helpers import tiny_image
@@ -75,7 +75,7 @@ def test_api_predict_takes_one_path_or_one_image(trained_run, tmp_path):
 def test_the_api_refuses_what_the_command_line_refuses(trained_run):
     """issue 39: --top-k below 1 was refused by the command line only; imgclass.predict(top_k=0) silently answered
     one label. The check lives in the library now, and runs before any image is read."""
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match="--top-k must be at least 1"):
         imgclass.predict(trained_run, "no-such-image.png", top_k=0)
     with pytest.raises(UserError, match="one level"):

@@ -10,12 +10,12 @@ from sklearn.metrics import accuracy_score
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import INT8_KEY, export_metadata
-from imgclass.prediction import quantize
-from imgclass.prediction.engines import OnnxEngine
-from imgclass.prediction.predictor import Predictor
-from imgclass.prediction.quantize import Int8Report
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import INT8_KEY, export_metadata
+from imgclass.inference import quantize
+from imgclass.inference.engines import OnnxEngine
+from imgclass.inference.predictor import Predictor
+from imgclass.inference.quantize import Int8Report
 
 # slow (calibration, and the test split scored twice: about 40 s), and kept out of the quick loop's one process:
 # with ONNX Runtime's and NNCF's quantization loaded in it, a later test died by SIGSEGV as it started Chromium
@@ -118,7 +118,7 @@ def test_int8_needs_the_run_folder_and_fits_only_some_formats(trained_run, tmp_p
 
 
 def test_auto_runs_int8_only_when_its_check_passed(trained_run, tmp_path, monkeypatch):
-    from imgclass.prediction import runtime as rt
+    from imgclass.inference import runtime as rt
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     monkeypatch.setenv(rt.RUNTIME_CACHE_ENV, str(cache))
@@ -141,8 +141,8 @@ def test_auto_runs_int8_only_when_its_check_passed(trained_run, tmp_path, monkey
 
 
 def test_hub_with_int8_states_both_models_in_the_card(trained_run, tmp_path, capsys):
-    from imgclass.modelfile import INT8_KEY, export_metadata
-    from imgclass.prediction.quantize import Int8Report
+    from imgclass.models.modelfile import INT8_KEY, export_metadata
+    from imgclass.inference.quantize import Int8Report
     out = tmp_path / "hub8"
     assert main(["export", str(trained_run), "--format", "hub", "--quantize", "int8", "--out", str(out)]) == 0
     assert "int8 (onnx): test accuracy" in capsys.readouterr().out

@@ -116,7 +116,7 @@ def test_parquet_submit_and_shards_on_ray_equal_one_process(trained_run, photos,
 
 
 def test_ray_refuses_what_it_cannot_do(trained_run, photos):
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match="writes Parquet"):
         imgclass.predict(trained_run, photos, ray=True, out="x.csv")
     with pytest.raises(UserError, match="--out is for --ray"):

@@ -9,9 +9,9 @@ import torch
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import load_model, save_model
-from imgclass.prediction.graph import export_model
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import load_model, save_model
+from imgclass.inference.graph import export_model
 from imgclass.models.inference import compute_features, predict_logits
 from imgclass.models.neighbours import unit_rows
 from imgclass.models.reject import BANK_KEY, K, Rejection, kth_similarity

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import SOURCE_KEY, file_sha256, onnx_metadata
-from imgclass.prediction import runtime as rt
-from imgclass.prediction.engines import OnnxEngine, TorchEngine
-from imgclass.prediction.predictor import Predictor
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import SOURCE_KEY, file_sha256, onnx_metadata
+from imgclass.inference import runtime as rt
+from imgclass.inference.engines import OnnxEngine, TorchEngine
+from imgclass.inference.predictor import Predictor
 
 
 @pytest.fixture()
@@ -96,7 +96,7 @@ def test_another_process_rebuilds_the_choice_without_the_pytorch_model(model_fil
 def test_a_changed_model_file_is_exported_afresh(model_file, trained_run):
     choose(Predictor.load(model_file, "cpu"), "onnx", images=5)
     old = onnx_metadata(cache_of(model_file) / "model.onnx", SOURCE_KEY)
-    from imgclass.modelfile import load_model, model_header, save_model
+    from imgclass.models.modelfile import load_model, model_header, save_model
     model, header = load_model(model_file)
     with torch.no_grad():
         next(model.parameters()).add_(0.01)                          # "retrained"
@@ -146,7 +146,7 @@ def test_a_small_job_remembers_the_bf16_check(model_file, monkeypatch):
 
 
 def test_auto_for_a_service_measures_picks_the_fastest_and_remembers(model_file, monkeypatch):
-    from imgclass.extras import available
+    from imgclass.core.extras import available
     monkeypatch.setattr(rt, "cpu_has_native_bf16", lambda: True)
     rates = {"onnx float32": 50.0, "openvino float32": 60.0, "torch float32": 80.0, "torch bf16": 120.0}
     timed = []
@@ -203,8 +203,8 @@ def test_evaluate_and_submit_take_the_runtime_too(trained_run, tmp_path, imgclas
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "*.onnx", "*.runtime.json"))
     from imgclass.evaluation.evaluate import evaluate
-    from imgclass.rundir import RunDir
-    from imgclass.config import resolve
+    from imgclass.core.rundir import RunDir
+    from imgclass.training.config import resolve
     test_dir = next(p for p in sorted(Path(resolve(RunDir(run).config).data).iterdir()) if p.is_dir())  # one class
     scores = {}
     for runtime, precision in (("torch", "float32"), ("onnx", "auto")):
@@ -246,8 +246,8 @@ def test_predict_on_a_read_only_run_folder_writes_nothing_beside_it(trained_run,
 def test_a_graph_planted_beside_the_model_never_runs(model_file, tmp_path, monkeypatch):
     """Whoever can write the model's folder must not choose the graph: an export of another model, tagged with
     this model file's SHA-256 (which anyone can compute), as MODEL.onnx and in the old runtime.json layout."""
-    from imgclass.modelfile import load_model, save_model
-    from imgclass.prediction.graph import export_model
+    from imgclass.models.modelfile import load_model, save_model
+    from imgclass.inference.graph import export_model
     model, header = load_model(model_file)
     with torch.no_grad():
         for param in model.parameters():
@@ -314,8 +314,8 @@ def test_two_services_starting_together_share_one_cache_entry(model_file):
     import os
     import subprocess
     import sys
-    code = ("import sys; from imgclass.prediction.predictor import Predictor; "
-            "from imgclass.prediction.runtime import choose_runtime; "
+    code = ("import sys; from imgclass.inference.predictor import Predictor; "
+            "from imgclass.inference.runtime import choose_runtime; "
             "p = Predictor.load(sys.argv[1], 'cpu'); print(choose_runtime(p, 'auto', images=None).note)")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(model_file)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(2)]

@@ -96,7 +96,7 @@ def test_chunked_upload_over_the_limit_is_a_json_413(client):
 
 
 def torch_predictor(run):
-    from imgclass.prediction.predictor import Predictor
+    from imgclass.inference.predictor import Predictor
     return Predictor.load(run, "cpu")
 
 
@@ -187,7 +187,7 @@ def test_api_key_guards_info_and_metrics_too(trained_run, monkeypatch):
 
 def test_api_key_comes_from_a_file_not_the_command_line(tmp_path):
     from imgclass.cli import build_parser
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     from imgclass.serving.app import read_api_key
     key = tmp_path / "key.txt"
     key.write_text("  correct-horse-battery  \nsecond line ignored\n")
@@ -323,7 +323,7 @@ def test_explain_needs_the_pytorch_model(trained_run, tmp_path):
     no gradients: 501."""
     with_model = local_client(create_app(trained_run, runtime="onnx"))
     assert with_model.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")}).status_code == 200
-    from imgclass.prediction.graph import export_model
+    from imgclass.inference.graph import export_model
     onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
     bare = local_client(create_app(onnx_file))
     r = bare.post("/explain", files={"file": ("cat.png", png_bytes(0), "image/png")})

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from imgclass.prediction.predictor import Predictor
+from imgclass.inference.predictor import Predictor
 from imgclass.serving.app import create_app
 from imgclass.serving.batcher import Batcher, Batching, QueueFull
 

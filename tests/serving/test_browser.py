@@ -107,7 +107,7 @@ def test_upload_page_answers_unknown_when_asked(trained_run, tmp_path):
     """The page's checkbox sends ?reject=true (again for the image shown): one below the model's threshold is shown
     as unknown."""
     import dataclasses
-    from imgclass.modelfile import load_model, save_model
+    from imgclass.models.modelfile import load_model, save_model
     _need_chromium()
     model, header = load_model(trained_run / "model.safetensors")
     strict = tmp_path / "strict.safetensors"

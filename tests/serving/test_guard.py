@@ -6,7 +6,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.serving.app import create_app
 from imgclass.serving.guard import allowed_host_names, host_name
 

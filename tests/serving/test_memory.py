@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgclass.data.preprocess import Preprocessing
-from imgclass.modelfile import model_header, save_model
+from imgclass.models.modelfile import model_header, save_model
 from imgclass.models.header import Architecture
 from imgclass.models import create_model
 from imgclass.serving.app import create_app

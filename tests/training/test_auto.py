@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 import imgclass
 from imgclass.cli import main
 from imgclass.data.labels import CLASSES, LabelSource
-from imgclass.errors import UserError
-from imgclass.modelfile import load_model, read_header
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import load_model, read_header
 from imgclass.models import pretrained
 from imgclass.models.pretrained import pretrained_state
-from imgclass.training import auto
+from imgclass.training.stages import auto
 
 from helpers import FAST, make_class_folders
 

@@ -36,7 +36,7 @@ def test_training_stores_the_temperature_and_every_command_applies_it(tmp_path, 
     data = make_class_folders(tmp_path / "data", per_class=20)
     run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=3, evaluate=True))
     predictor = imgclass.load(run.dir, device="cpu")
-    from imgclass.rundir import RunDir
+    from imgclass.core.rundir import RunDir
     results = RunDir(run.dir).read_results()
     t = results["calibration"]["temperature"]
     assert predictor.temperature == t and predictor.header.calibration["temperature"] == t and t != 1.0

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from imgclass.training.callbacks import Lookahead
+from imgclass.training.loop.callbacks import Lookahead
 
 
 def test_lookahead_pulls_to_the_average_and_ends_on_it():
@@ -56,7 +56,7 @@ def test_callbacks_declare_their_events():
     """issue 15: every callback subclasses Callback (events are its methods, named by the Event enum);
     anything else is refused when the loop is built, not when an event first reaches it."""
     import pytest
-    from imgclass.training.loop import Callback, Event, Trainer
+    from imgclass.training.loop.fit import Callback, Event, Trainer
     assert [e.value for e in Event] == ["before_fit", "before_epoch", "after_step", "before_validate",
                                         "after_epoch", "after_fit", "after_run", "run_failed"]
     assert all(callable(getattr(Callback, e.value)) for e in Event)
@@ -71,7 +71,7 @@ def test_callbacks_declare_their_events():
 
 
 def test_plateau_replay_cuts_after_patience_epochs_without_improvement():
-    from imgclass.training.callbacks import ReduceOnPlateau
+    from imgclass.training.loop.callbacks import ReduceOnPlateau
     cb = ReduceOnPlateau(patience=2, factor=0.5)
     rows = lambda losses: [{"val_loss": v} for v in losses]  # noqa: E731
     assert cb.replay(rows([1.0, 0.9, 0.95])) == 1.0                 # one epoch without improvement: not yet
@@ -83,7 +83,7 @@ def test_plateau_replay_cuts_after_patience_epochs_without_improvement():
 
 def test_plateau_schedule_lowers_the_rate_in_training(tmp_path, monkeypatch):
     import imgclass
-    from imgclass.training.loop import Trainer
+    from imgclass.training.loop.fit import Trainer
     from helpers import FAST, make_class_folders
     scripted = iter([1.0, 1.1, 1.2, 0.5, 0.6, 0.7, 0.8])
     monkeypatch.setattr(Trainer, "validate", lambda self: (next(scripted), 0.5))
@@ -92,14 +92,14 @@ def test_plateau_schedule_lowers_the_rate_in_training(tmp_path, monkeypatch):
                                                                  lr=0.01, plateau_patience=2, plateau_factor=0.5))
     assert [round(r["lr"], 6) for r in run.history] == [0.01] * 3 + [0.005] * 3 + [0.0025]
     import pytest
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     with pytest.raises(UserError, match="needs a validation split"):
         imgclass.train(data, out=str(tmp_path / "q"), **dict(FAST, schedule="plateau", val_split=0.0))
 
 
 def test_ema_weights_are_the_average_they_claim(tmp_path):
     import imgclass
-    from imgclass.training.loop import Callback
+    from imgclass.training.loop.fit import Callback
     from safetensors.torch import load_file
     from helpers import FAST, make_class_folders
 
@@ -131,7 +131,7 @@ def test_ema_weights_are_the_average_they_claim(tmp_path):
 
 def test_ema_replaces_a_recipes_lookahead_but_not_the_users(tmp_path):
     import pytest
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     from imgclass.training.plan import plan_run
     from helpers import make_class_folders
     data = make_class_folders(tmp_path / "data", per_class=6)
@@ -147,7 +147,7 @@ def test_tensorboard_events_never_load_tensorflow(tmp_path):
     (seconds, a gigabyte, and a crash when PyTorch's Triton loads after it). Checked in a fresh process."""
     import subprocess
     import sys
-    code = ("import sys; from pathlib import Path; from imgclass.training.callbacks import TensorBoard; "
+    code = ("import sys; from pathlib import Path; from imgclass.training.loop.callbacks import TensorBoard; "
             "tb = TensorBoard(Path(sys.argv[1])); tb.before_fit(None); tb.writer.add_scalar('loss', 1.5, 1); "
             "tb.after_fit(None); print('tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)

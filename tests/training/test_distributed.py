@@ -91,8 +91,8 @@ def test_each_rank_sees_its_own_shard():
     from imgclass.data.images import ImageTensors
     from imgclass.data.preprocess import Preprocessing
     from imgclass.models import create_model
-    from imgclass.training.distributed import Dist
-    from imgclass.training.loop import Trainer
+    from imgclass.training.loop.distributed import Dist
+    from imgclass.training.loop.fit import Trainer
 
     class FakeDist(Dist):
         def sum(self, *values):

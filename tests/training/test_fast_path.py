@@ -6,8 +6,8 @@ import torch
 import yaml
 
 import imgclass
-from imgclass.config import parse_duration
-from imgclass.modelfile import read_header
+from imgclass.training.config import parse_duration
+from imgclass.models.modelfile import read_header
 
 from helpers import make_class_folders
 
@@ -54,7 +54,7 @@ def test_a_budget_spent_before_training_stops_with_the_reason(tmp_path):
     """Not one epoch fits (here: 4 s, less than the reserve for the two reports): a clear error, not a model
     trained for no time (a GPU run with its budget spent decoding wrote a chance-level model)."""
     import pytest
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     data = make_class_folders(tmp_path / "data", per_class=10)
     with pytest.raises(UserError, match=r"--time-budget 4s: .* nothing would be trained\. Give a longer budget"):
         imgclass.train(data, out=str(tmp_path / "run"), time_budget="4s", verbose=False, tensorboard=False)
@@ -67,7 +67,7 @@ def test_parse_duration():
 
 def test_progressive_resizing(tmp_path):
     import csv
-    from imgclass.modelfile import load_model
+    from imgclass.models.modelfile import load_model
     data = make_class_folders(tmp_path / "data", per_class=10)
     run = imgclass.train(data, out=str(tmp_path / "run"), model="cnn", model_args={"width": 8, "depth": 2},
                          img_size="8,16", epochs=3, verbose=False, tensorboard=False, evaluate=False, workers=1)
@@ -78,16 +78,16 @@ def test_progressive_resizing(tmp_path):
     assert json.loads((run.dir / "results.json").read_text())["epochs_run"] == 3
     final = imgclass.load(run.dir / "checkpoints" / "last.safetensors")
     assert final.pre.img_size == 16                             # the last phase trained at 16 px
-    from imgclass.config import phase_epochs
+    from imgclass.training.config import phase_epochs
     assert phase_epochs(3, 2) == [1, 2] and phase_epochs(10, 3) == [3, 3, 4]
 
 
 def test_budget_widens_the_network_only_with_room_for_the_recipe():
-    from imgclass.config import TrainConfig
+    from imgclass.training.config import TrainConfig
     from imgclass.models import get_spec
     from imgclass.models.header import Architecture
     from imgclass.models.tasks import SINGLE_LABEL
-    from imgclass.training.budget import wider_model
+    from imgclass.training.stages.budget import wider_model
     spec, classes = get_spec("fast"), [str(i) for i in range(10)]
 
     def wider(epochs, **cfg):
@@ -130,7 +130,7 @@ def test_streaming_trains_exactly_like_the_cache(tmp_path, monkeypatch, imgclass
 def test_precision_choice_and_effect(tmp_path, monkeypatch):
     from pathlib import Path
     from imgclass.models import inference
-    from imgclass.training import device as run_mod
+    from imgclass.training.loop import device as run_mod
     cpu = torch.device("cpu")
     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):  # (make test-other-cpu restricts the kernels)
         monkeypatch.delenv(name, raising=False)
@@ -160,8 +160,8 @@ def test_precision_choice_and_effect(tmp_path, monkeypatch):
 def test_budget_picks_the_long_recipe_and_resume_keeps_it(tmp_path, monkeypatch, caplog):
     """A budget that fits 40+ epochs of the fast model gets its long recipe (4 px shifts, cutout), said in one
     line and recorded, so a run stopped after an epoch resumes with the same augmentation and ends identical."""
-    from imgclass.training import budget
-    from imgclass.training.loop import Callback
+    from imgclass.training.stages import budget
+    from imgclass.training.loop.fit import Callback
     from safetensors.torch import load_file
 
     class Crash(Callback):

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 import imgclass
 from imgclass.cli import main
 from imgclass.data.find import find_images
-from imgclass.errors import DataError
+from imgclass.core.errors import DataError
 from imgclass.models import create_model
 from imgclass.models.hierarchy import Hierarchical, coarse_probabilities
 

@@ -8,8 +8,8 @@ from imgclass.data.augment import BatchAugment
 from imgclass.data.images import ImageTensors
 from imgclass.data.preprocess import Preprocessing
 from imgclass.models import create_model
-from imgclass.training import loop as loop_module
-from imgclass.training.loop import Callback, Trainer
+from imgclass.training.loop import fit as loop_module
+from imgclass.training.loop.fit import Callback, Trainer
 
 STEPS_PER_EPOCH, PLANNED_EPOCHS = 4, 10
 
@@ -80,7 +80,7 @@ def test_a_budget_run_lands_its_schedule_at_any_speed(monkeypatch, schedule, spe
 
 def test_long_recipe_only_when_the_budget_fits_it_and_the_user_left_augmentation_alone():
     from imgclass.models import get_spec
-    from imgclass.training.budget import long_recipe
+    from imgclass.training.stages.budget import long_recipe
     fast = get_spec("fast")
     assert long_recipe(fast, 45, frozenset()) == {"translate": 1 / 8, "cutout": 0.375}
     assert long_recipe(fast, 39, frozenset()) == {}                      # the 10-epoch recipe's regime (measured)

@@ -3,7 +3,7 @@ import torch
 
 from imgclass.cli import main
 from imgclass.training import lr_find as lr_mod
-from imgclass.training.loop import Trainer
+from imgclass.training.loop.fit import Trainer
 
 from helpers import FAST, make_class_folders
 
@@ -58,7 +58,7 @@ def test_every_train_option_reaches_lr_finds_step(tmp_path, monkeypatch):
     assert weights is not None and torch.allclose(weights, torch.ones(3))   # balanced classes: weights of 1
     seen.clear()
     lr_mod.lr_find(data, out=tmp_path / "lr2.png", steps=2, **FAST)
-    from imgclass.config import TrainConfig
-    from imgclass.training.device import use_bf16
+    from imgclass.training.config import TrainConfig
+    from imgclass.training.loop.device import use_bf16
     default = (False, None, use_bf16("auto", torch.device("cpu")), TrainConfig().label_smoothing)
     assert seen[0] == default                                                 # the defaults, as train's

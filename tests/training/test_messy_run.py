@@ -54,7 +54,7 @@ def test_balanced_sampler_and_class_weights():
     from imgclass.data.images import ImageTensors
     from imgclass.data.preprocess import Preprocessing
     from imgclass.models import create_model
-    from imgclass.training.loop import Trainer
+    from imgclass.training.loop.fit import Trainer
 
     labels = torch.tensor([0] * 90 + [1] * 10)
     data = ImageTensors(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), labels, [""] * 100)

@@ -11,8 +11,8 @@ from sklearn import metrics as skm
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import read_header, read_onnx_header
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import read_header, read_onnx_header
 from imgclass.models.tasks import MultiLabel
 
 from helpers import assert_same_answers, local_client, make_tagged_folder
@@ -168,7 +168,7 @@ def test_options_a_tagged_run_refuses_and_mixup_it_takes(tmp_path):
 
 def test_an_interrupted_tagged_run_resumes_to_the_same_weights(tmp_path):
     from safetensors.torch import load_file
-    from imgclass.training.loop import Callback
+    from imgclass.training.loop.fit import Callback
 
     class Interrupt(Callback):
         order = 10
@@ -253,7 +253,7 @@ def test_evaluate_another_folder_from_a_tags_csv(tagged_run, tmp_path):
         assert got[key] == pytest.approx(own[key], abs=1e-4), key
     assert main(["evaluate", str(run.dir), str(tmp_path / "other"), "--tag-columns", "dot:stripe"]) == 2
     with pytest.raises(UserError, match="give its DATA folder"):
-        imgclass.evaluate(run.dir, labels=imgclass.api.LabelsCsv(tmp_path / "truth.csv"))
+        imgclass.evaluate(run.dir, labels=str(tmp_path / "truth.csv"))
 
 
 def test_one_threshold_for_every_tag_overrides_the_chosen_ones(tmp_path):

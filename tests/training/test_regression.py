@@ -14,8 +14,8 @@ import imgclass
 from imgclass.cli import main
 from imgclass.data.labels import NUMBERS, LabelSource
 from imgclass.data.split import make_split
-from imgclass.errors import DataError, UserError
-from imgclass.modelfile import read_header, read_onnx_header
+from imgclass.core.errors import DataError, UserError
+from imgclass.models.modelfile import read_header, read_onnx_header
 
 from helpers import local_client, make_numbered_folder
 
@@ -251,9 +251,9 @@ def test_tune_minimises_the_validation_mae(tmp_path, capsys):
 
 def test_the_top_stage_is_not_offered_to_a_number_per_image(tmp_path):
     """It over-fitted there (models/tasks/numbers.py); --finetune top is refused in one line, and auto never picks it."""
-    from imgclass.training.top_stage import settings_reason
+    from imgclass.training.stages.top_stage import settings_reason
     from imgclass.models.tasks import Regression
-    from imgclass.config import TrainConfig
+    from imgclass.training.config import TrainConfig
     assert "over-fits a number per image" in settings_reason(TrainConfig(), True, 1, False, Regression())
     data, labels = make_numbered_folder(tmp_path, n=40)
     with pytest.raises(UserError, match="--finetune top: the top stage"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from imgclass.training.checkpoint import load_checkpoint  # noqa: F401 (imported for coverage of the module)
-from imgclass.training.loop import Callback
+from imgclass.training.loop.checkpoint import load_checkpoint  # noqa: F401 (imported for coverage of the module)
+from imgclass.training.loop.fit import Callback
 
 from helpers import make_class_folders
 
@@ -72,12 +72,12 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
 # --- issue 14, item 7: resume is exact for progressive resizing, --weights FILE and --time-budget ----------
 
 # plan_budget measures the machine; fixed here so the uninterrupted and the killed run plan the same epochs
-PLANNED_MAIN = ("import sys, imgclass.training.budget as r; r.plan_budget = lambda *a, **k: (3, 1.0, 2.0); "
+PLANNED_MAIN = ("import sys, imgclass.training.stages.budget as r; r.plan_budget = lambda *a, **k: (3, 1.0, 2.0); "
                 "from imgclass.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def _checkpoint_epoch(path) -> int:
-    from imgclass.modelfile import read_header
+    from imgclass.models.modelfile import read_header
     try:
         return read_header(path).loop["epoch"]
     except Exception:  # noqa: BLE001 - not written yet
@@ -151,7 +151,7 @@ def _model_file_with_odd_stats(tmp_path):
 
     import imgclass
     from safetensors.torch import save_file
-    from imgclass.modelfile import read_header
+    from imgclass.models.modelfile import read_header
     data = make_class_folders(tmp_path / "start-data", per_class=6)
     run = imgclass.train(data, out=str(tmp_path / "start"), model="cnn", model_args={"width": 16, "depth": 2},
                          img_size="32", epochs=1, verbose=False, tensorboard=False, evaluate=False)

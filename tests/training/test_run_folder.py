@@ -8,8 +8,8 @@ import pytest
 import imgclass
 from imgclass.data.labels import CLASSES
 from imgclass.data.split import read_splits
-from imgclass.errors import DataError, UserError
-from imgclass.rundir import RunDir
+from imgclass.core.errors import DataError, UserError
+from imgclass.core.rundir import RunDir
 
 from helpers import FAST, make_class_folders
 

@@ -1,4 +1,4 @@
-"""The top stage of fine-tuning (training/top_stage.py): its split is the backbone's own forward, its cached
+"""The top stage of fine-tuning (training/stages/top_stage.py): its split is the backbone's own forward, its cached
 activations are the frozen bottom's output, it trains only the top blocks, the planner's choice, resume."""
 import pytest
 import torch
@@ -8,11 +8,11 @@ import imgclass
 from imgclass.cli import main
 from imgclass.data.images import ImageTensors
 from imgclass.data.preprocess import Preprocessing
-from imgclass.errors import UserError
+from imgclass.core.errors import UserError
 from imgclass.models import create_model
-from imgclass.training import budget
-from imgclass.training.loop import Callback
-from imgclass.training.top_stage import TopForward, bottom_activations, split_backbone
+from imgclass.training.stages import budget
+from imgclass.training.loop.fit import Callback
+from imgclass.training.stages.top_stage import TopForward, bottom_activations, split_backbone
 
 from helpers import make_class_folders
 

@@ -7,8 +7,8 @@ import yaml
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import load_model, read_header
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import load_model, read_header
 
 from helpers import FAST, make_class_folders, make_labels_csv, make_split_folders
 
@@ -122,7 +122,7 @@ def test_sgd_zoo_and_mlp_train(tmp_path):
 
 @pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop)])
 def test_adam_and_rmsprop_train(tmp_path, monkeypatch, name, cls):
-    from imgclass.training import optim
+    from imgclass.training.loop import optim
     made = []
     real = optim.optimizer_for
     monkeypatch.setattr(optim, "optimizer_for", lambda *a, **k: made.append(real(*a, **k)) or made[-1])

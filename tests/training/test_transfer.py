@@ -9,13 +9,13 @@ from safetensors.torch import save_file
 
 import imgclass
 from imgclass.cli import main
-from imgclass.errors import UserError
-from imgclass.modelfile import load_model
+from imgclass.core.errors import UserError
+from imgclass.models.modelfile import load_model
 from imgclass.models import create_model
 from imgclass.models import pretrained
-from imgclass.training import transfer
+from imgclass.training.stages import transfer
 from imgclass.models.inference import compute_features
-from imgclass.training.transfer import GradualUnfreeze, backbone_groups
+from imgclass.training.stages.transfer import GradualUnfreeze, backbone_groups
 
 from helpers import make_class_folders
 

@@ -149,7 +149,7 @@ def test_folds_partition_the_training_split(tmp_path):
     import pytest
     from imgclass.data.labels import CLASSES, LabelSource
     from imgclass.data.split import folds, make_split
-    from imgclass.errors import DataError
+    from imgclass.core.errors import DataError
     split, _ = make_split(CLASSES.find(LabelSource(make_class_folders(tmp_path / "data", per_class=11))), 0.1, 0.2, 101)
     parts = folds(split, 3, seed=5)
     train = sorted(split.items["train"])
@@ -191,7 +191,7 @@ def test_cv_scores_are_the_mean_of_the_folds(tmp_path, capsys):
 def test_sweep_one_setting_then_the_summary(tmp_path, capsys):
     import csv
     import pytest
-    from imgclass.errors import UserError
+    from imgclass.core.errors import UserError
     from imgclass.tuning.sweep import parse_sweep
     data = make_class_folders(tmp_path / "data", per_class=8)
     out = tmp_path / "sw"

@@ -16,27 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from ..data.check import CheckReport, recommendations
+from ..data.check import NEAR_COSINE, CheckReport, recommendations
 from ..data.find import Found
 from ..data.labels import CLASSES, LabelSource
 from ..data.split import SPLITS, Split, make_split
-from .. import log
-from ..errors import UserError
-from ..files import write_bytes_atomic, write_text_atomic
+from ..core import log
+from ..core.errors import UserError
+from ..core.files import write_bytes_atomic, write_text_atomic
 from ..evaluation.plots import data_map
-from ..figures import png_bytes
+from ..core.figures import png_bytes
 from ..prediction.embed import Embeddings, embed_rows
 from .gallery import Tile, write_gallery
 from .index import VectorIndex
 from .label_issues import find_label_issues, out_of_fold_probabilities
 from .similar import backbone
 
-# Cosine similarity of pooled features at which two images count as near-duplicates (and they must be each other's
-# nearest). Measured with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted copies: 80% centre crops
-# and 3/4-size JPEG q60 re-encodes): at 0.90 hymenoptera finds 58% of the copies and flags no distinct pair; on
-# fashion_hier's product photos (white backgrounds) 68% of the copies, but 33% of the images also have a different
-# product above 0.90 (5% above 0.95). No threshold separates them there: the pairs are listed most similar first.
-NEAR_COSINE = 0.90
 OUTLIER_SHARE = 0.01  # the images farthest from their nearest neighbours are marked on the map as outliers
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.decode import ImageDecodeError, open_rgb
 from ..evaluation.report import html_page
-from ..files import write_text_atomic
+from ..core.files import write_text_atomic
 
 THUMB = 160            # a thumbnail's longer side, px
 MAX_TILES = 2000       # thumbnails in one page at most (about 10 KB each): the rest are listed by name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models.neighbours import exact_search, unit_rows
 
 # Above this many vectors the approximate index answers. Measured on machine A (AMD EPYC, 2 cores, 1280-d vectors of

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..prediction.embed import EmbeddingModel, Embeddings, embed, embed_files, embedding_model, model_of
-from ..prediction.predictor import expand_inputs
+from ..inference.predictor import expand_inputs
 from .gallery import Tile, write_gallery
 from .index import load_index
 

@@ -27,8 +27,8 @@ from filelock import FileLock, Timeout
 
 from .images import ImageTensors, decode_in_chunks, label_tensor
 from .preprocess import Preprocessing
-from .. import log
-from ..files import temp_name, write_text_atomic
+from ..core import log
+from ..core.files import temp_name, write_text_atomic
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
 CHUNK = 4096       # files decoded at a time when filling the cache (bounded memory)

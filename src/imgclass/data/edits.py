@@ -8,7 +8,7 @@ import csv
 import dataclasses
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .find import Found
 
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -143,7 +143,7 @@ class TagLabels(LabelKind):
         return json.dumps([classes[t] for t in self.counted(label)], ensure_ascii=False)
 
     def parse(self, cell, classes, where):
-        from ..rundir import tags_of_cell
+        from ..core.rundir import tags_of_cell
         names = tags_of_cell(cell)
         if names is None:
             raise DataError(f"{where}: '{cell[:60]}' is not a list of tags")

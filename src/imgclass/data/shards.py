@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .find import IMAGE_EXTENSIONS, natural_key
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, UserError
-from ..files import write_text_atomic
+from ..core.errors import DataError, UserError
+from ..core.files import write_text_atomic
 from .find import Found, natural_key
 
 SPLITS = ("train", "val", "test")

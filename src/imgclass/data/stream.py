@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .images import ImageTensors, decode_in_chunks, label_tensor, decode_many
 from .preprocess import Preprocessing, to_nchw
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .find import (ID_COLUMNS, LABEL_COLUMNS, SPLIT_NAMES, Found, _class_dirs, _pick_column, csv_split_column,
                    list_images, natural_key, natural_sorted, read_labels_csv, resolve_ids, split_of_cell)
 

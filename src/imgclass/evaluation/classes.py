@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..files import write_text_atomic
+from ..core.errors import UserError
+from ..core.files import write_text_atomic
 from ..models.inference import compute_features
 from ..models.neighbours import unit_rows
 from ..models.tasks import TwoLevel
-from ..prediction.predictor import Predictor
+from ..inference.predictor import Predictor
 from . import plots
 from .metrics import compute_metrics, expected_calibration_error, uncalibrated
 from .report import _pct

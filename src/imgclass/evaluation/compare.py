@@ -9,9 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..modelfile import read_header, resolve_model_path
-from ..rundir import RunDir
+from ..core.errors import UserError
+from ..models.modelfile import read_header, resolve_model_path
+from ..core.rundir import RunDir
 
 COLUMNS = ["run", "model", "strategy", "input size", "epochs", "train time (min)", "val accuracy", "test accuracy",
            "test macro F1", "test coarse accuracy", "val MAE", "test MAE", "test R²"]
@@ -55,7 +55,7 @@ class Comparison(list):
         return validation_curves(self.histories)
 
     def _repr_html_(self) -> str:
-        from ..notebook import paragraphs, table
+        from ..core.notebook import paragraphs, table
         v = self.verdict()
         return table(self.columns, self.cells()) + (paragraphs([v]) if v else "")
 

@@ -14,12 +14,12 @@ import torch
 from ..data.images import load_split
 from ..data.labels import LabelSource
 from ..data.split import SPLITS, read_splits
-from .. import log
-from ..errors import DataError, UserError
-from ..files import write_bytes_atomic, write_text_atomic
-from ..modelfile import resolve_model_path
-from ..prediction.predictor import Predictor
-from ..rundir import RunDir
+from ..core import log
+from ..core.errors import DataError, UserError
+from ..core.files import write_bytes_atomic, write_text_atomic
+from ..models.modelfile import resolve_model_path
+from ..inference.predictor import Predictor
+from ..core.rundir import RunDir
 from . import plots
 from .report import RunContext
 from .tasks import EVALUATIONS
@@ -121,7 +121,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     labels: another folder's labels CSV (default: its class or tag subfolders);
     max_pixels: this command's pixel limit (the model file can only lower it); runtime and precision as
     prediction.runtime says (a given predictor keeps its own). Its notes go to the "imgclass" logger as
-    warnings (see imgclass.log) and into the report."""
+    warnings (see imgclass.core.log) and into the report."""
     if split not in EVAL_SPLITS:
         raise UserError(f"--split must be one of {', '.join(EVAL_SPLITS)}")
     given = predictor is not None
@@ -137,7 +137,7 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
         if not rows:
             raise DataError(f"no images in the {split} split to evaluate")
         if not given:
-            from ..prediction.runtime import choose_runtime
+            from ..inference.runtime import choose_runtime
             predictor.use(choose_runtime(predictor, runtime, precision, len(rows)))
         tensors = load_split(root, rows, predictor.pre)
         if len(tensors) == 0:

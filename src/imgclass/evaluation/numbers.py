@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from ..figures import new_figure
-from ..files import write_text_atomic
-from ..prediction.predictor import Predictor
+from ..core.figures import new_figure
+from ..core.files import write_text_atomic
+from ..inference.predictor import Predictor
 from . import plots
-from .report import RunContext, _model_paragraph, figure_sections_html, figure_sections_md, html_page, \
-    inline_html, limit_words, TLDR_WORD_LIMIT
+from .report import (RunContext, _model_paragraph, figure_sections_html, figure_sections_md, html_page, inline_html,
+                     limit_words, TLDR_WORD_LIMIT)
 
 LARGEST_ERRORS = 16  # images in the gallery of the largest errors (4 rows of 4)
 

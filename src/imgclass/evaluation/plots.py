@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from ..figures import new_figure
+from ..core.figures import new_figure
 from .metrics import reliability_bins
 
 

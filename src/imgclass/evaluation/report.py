@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 
 from ..models.header import ModelHeader
-from ..files import write_text_atomic
-from ..rundir import RunDir, best_epoch_phrase
+from ..core.files import write_text_atomic
+from ..core.rundir import RunDir, best_epoch_phrase
 
 TLDR_WORD_LIMIT = 500
 

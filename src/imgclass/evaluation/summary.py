@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import write_text_atomic
-from ..rundir import RunDir
+from ..core.files import write_text_atomic
+from ..core.rundir import RunDir
 from .compare import Comparison
-from ..figures import png_bytes
+from ..core.figures import png_bytes
 from .report import TLDR_WORD_LIMIT, inline_html, limit_words
 
 WEAK_CLASSES = 3      # how many of the chosen run's weakest classes the summary names

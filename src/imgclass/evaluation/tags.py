@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from ..files import write_text_atomic
-from ..figures import new_figure
+from ..core.files import write_text_atomic
+from ..core.figures import new_figure
 from .metrics import tag_ece
 from .report import (RunContext, TLDR_WORD_LIMIT, _model_paragraph, _pct, figure_sections_html, figure_sections_md,
                      html_page, inline_html, limit_words)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..extras import require
-from ..files import building_folder
-from ..modelfile import META_KEY, SOURCE_KEY, file_sha256
-from ..prediction.graph import InferenceModule, check_parity, default_export_path, parity_reference
+from ..core.errors import UserError
+from ..core.extras import require
+from ..core.files import building_folder
+from ..models.modelfile import META_KEY, SOURCE_KEY, file_sha256
+from ..inference.graph import InferenceModule, check_parity, default_export_path, parity_reference
 
 MAX_BATCH = 64  # the batch range of a probabilities-array model
 

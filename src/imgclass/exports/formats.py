@@ -2,14 +2,14 @@
 pixels 0..255 in, probabilities out; normalisation, TTA and calibration inside; class names and preprocessing
 in the file's metadata) and each checked before it is kept:
 
-  onnx, torchscript   parity with PyTorch in ONNX Runtime / TorchScript            (prediction/graph.py)
-  openvino            a folder (model.xml + model.bin), parity in OpenVINO          (prediction/openvino.py)
+  onnx, torchscript   parity with PyTorch in ONNX Runtime / TorchScript            (inference/graph.py)
+  openvino            a folder (model.xml + model.bin), parity in OpenVINO          (inference/openvino.py)
   tflite              parity in LiteRT's interpreter; NHWC input                     (export/tflite.py)
   coreml              an .mlpackage; the spec checked (parity needs macOS)          (export/coreml.py)
   triton              a Triton Inference Server model repository                    (export/triton.py)
   hub                 a folder to hand the model on, with its model card            (export/hub.py)
 
-`--quantize int8` (onnx, openvino) writes an int8 model only when it keeps its accuracy (prediction/quantize.py);
+`--quantize int8` (onnx, openvino) writes an int8 model only when it keeps its accuracy (inference/quantize.py);
 `--half` stores float16 weights (openvino, tflite; Core ML computes in float16) under a looser parity check.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..prediction.quantize import Int8Report
+from ..core.errors import UserError
+from ..inference.quantize import Int8Report
 from .settings import FORMATS, HALF_FORMATS, INT8_FORMATS, ExportSettings
 
 @dataclass(frozen=True)
@@ -46,10 +46,6 @@ def _refuse(fmt: str, settings: ExportSettings) -> None:
         raise UserError(f"--half is for --format {', '.join(HALF_FORMATS)}")
     if settings.half and settings.quantize:
         raise UserError("--half and --quantize int8 are two different exports: choose one")
-    if not settings.max_accuracy_drop >= 0:
-        raise UserError("--max-accuracy-drop must be 0 or more (points of accuracy)")
-    if settings.calibration_images < 1:
-        raise UserError("--calibration-images must be 1 or more")
 
 
 def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,
@@ -64,14 +60,14 @@ def export(model: str | Path, fmt: str = "onnx", out: str | Path | None = None,
         path, report = export_hub(model, out, int8)
         return Exported(path, None, ("model card: README.md", *(report.lines() if report else ())), report)
     if settings.quantize == "int8":
-        from ..prediction.quantize import export_int8
+        from ..inference.quantize import export_int8
         path, report = export_int8(model, fmt, out, settings.max_accuracy_drop, settings.calibration_images)
         return Exported(path, None, tuple(report.lines()), report)
     if fmt in ("onnx", "torchscript"):
-        from ..prediction.graph import export_model
+        from ..inference.graph import export_model
         return Exported(*export_model(model, fmt, out))
     if fmt == "openvino":
-        from ..prediction.openvino import export_ir
+        from ..inference.openvino import export_ir
         return Exported(*export_ir(model, out, settings.half))
     if fmt == "tflite":
         from .tflite import export_tflite

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..files import building_folder
-from ..modelfile import resolve_model_path
-from ..prediction.predictor import Predictor
-from ..rundir import RunDir, best_epoch_phrase
-from ..prediction.graph import export_model
-from ..prediction.quantize import Int8Report, export_int8
+from ..core.files import building_folder
+from ..models.modelfile import resolve_model_path
+from ..inference.predictor import Predictor
+from ..core.rundir import RunDir, best_epoch_phrase
+from ..inference.graph import export_model
+from ..inference.quantize import Int8Report, export_int8
 
 CARD_FIGURES = ("confusion_matrix", "reliability", "reliability_uncalibrated", "pr_curves_tags", "ap_vs_frequency",
                 "predicted_vs_true", "residuals")

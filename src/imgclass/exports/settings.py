@@ -3,8 +3,11 @@ exports/formats.py and by the command line."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from ..prediction.int8_defaults import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
+from ..core.errors import UserError
+from ..core.options import option
+from ..inference.defaults import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
 
 FORMATS = ("onnx", "torchscript", "openvino", "tflite", "coreml", "triton", "hub")
 HALF_FORMATS = ("openvino", "tflite", "coreml")
@@ -13,10 +16,17 @@ INT8_FORMATS = ("onnx", "openvino", "hub")  # hub: model.int8.onnx beside model.
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """How to export, beside the format."""
-    quantize: str | None = None          # "int8": static int8 (onnx, openvino), refused if accuracy drops
-    max_accuracy_drop: float = MAX_ACCURACY_DROP  # points an int8 model may lose on the test split
-    calibration_images: int = CALIBRATION_IMAGES   # training images int8 is calibrated on
-    half: bool = False                   # float16 weights (openvino, tflite) or float16 compute (coreml)
-    backend: str = "onnxruntime"         # triton: the repository's backend (onnxruntime or openvino)
-    name: str | None = None              # triton: the model's name in the repository (default: the run's)
+    """How to export, beside the format (the command line's options are generated from these fields)."""
+    quantize: Literal["int8"] | None = None  # onnx, openvino, hub: static int8 calibrated on the run's training
+    # images; refused if the test accuracy drops more than --max-accuracy-drop
+    max_accuracy_drop: float = option(MAX_ACCURACY_DROP, metavar="POINTS")  # int8: accuracy points it may lose
+    calibration_images: int = option(CALIBRATION_IMAGES, metavar="N")  # int8: training images to calibrate on
+    half: bool = False  # openvino, tflite: float16 weights (half the size); coreml: float16 compute
+    backend: Literal["onnxruntime", "openvino"] = "onnxruntime"  # triton: the repository's backend
+    name: str | None = None  # triton: the model's name in the repository [default: the run folder's]
+
+    def __post_init__(self) -> None:
+        if not self.max_accuracy_drop >= 0:
+            raise UserError("--max-accuracy-drop must be 0 or more (points of accuracy)")
+        if self.calibration_images < 1:
+            raise UserError("--calibration-images must be 1 or more")

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..extras import require, require_installed
-from ..files import staged_file
-from ..modelfile import META_KEY, SOURCE_KEY, file_sha256
+from ..core.errors import UserError
+from ..core.extras import require, require_installed
+from ..core.files import staged_file
+from ..models.modelfile import META_KEY, SOURCE_KEY, file_sha256
 from ..models.header import ModelHeader
-from ..prediction.graph import check_parity, default_export_path, export_model, parity_reference
+from ..inference.graph import check_parity, default_export_path, export_model, parity_reference
 
 PURPOSE = "TFLite export (onnx2tf, TensorFlow and LiteRT)"
 

@@ -16,13 +16,13 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import building_folder
+from ..core.errors import UserError
+from ..core.files import building_folder
 
 from ..models.header import ModelHeader
-from ..modelfile import read_header, resolve_model_path
-from ..prediction.graph import export_model
-from ..rundir import RunDir
+from ..models.modelfile import read_header, resolve_model_path
+from ..inference.graph import export_model
+from ..core.rundir import RunDir
 
 BACKENDS = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 MAX_BATCH_SIZE = 64
@@ -103,7 +103,7 @@ def export_triton(model: str | Path, out: str | Path, backend: str = "onnxruntim
         if backend == "onnxruntime":
             _, diff = export_model(model_path, "onnx", folder / "1" / BACKENDS[backend])
         else:
-            from ..prediction.openvino import export_ir
+            from ..inference.openvino import export_ir
             ir, diff = export_ir(model_path, repo / ".ir")
             for part in ("model.xml", "model.bin"):
                 shutil.move(str(ir / part), str(folder / "1" / part))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # --activation for the built-in networks; leaky_relu with PyTorch's default slope 0.01
 ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.preprocess import Preprocessing
-from ..errors import UserError
-from ..version import __version__
+from ..core.errors import UserError
+from ..core.version import __version__
 from .registry import check_args
 from .reject import Rejection
 from .tasks import SINGLE_LABEL, Task, task_from_header

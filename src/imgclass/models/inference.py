@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..errors import UserError
+from ..core.errors import UserError
 from .tta import tta_logits
 
 

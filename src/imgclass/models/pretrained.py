@@ -6,7 +6,7 @@
   They need no network, so they are what `imgclass train PHOTOS` starts from by default.
 - ``hub-cache``: timm's published weights already in the Hugging Face hub cache, and torchvision's
   in the torch hub cache (downloaded when a network is there; a clear one-line error offline).
-- ``file``: ``--weights FILE`` (read by training/transfer.py).
+- ``file``: ``--weights FILE`` (read by training/stages/transfer.py).
 
 Every file is read without executing pickled code: safetensors, or ``torch.load(weights_only=True)``.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .spec import ModelSpec
 from .zoo import zoo_spec
 

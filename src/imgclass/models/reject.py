@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .neighbours import exact_search, unit_rows
 
 UNKNOWN = "unknown"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Classifier
 from .spec import ModelSpec
 

@@ -25,13 +25,13 @@ from ..data.cache import load_cached
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.preprocess import Preprocessing, to_nchw
-from ..errors import UserError
-from ..extras import require
-from ..files import write_bytes_atomic
+from ..core.errors import UserError
+from ..core.extras import require
+from ..core.files import write_bytes_atomic
 from ..models.inference import compute_features, pick_device
 from ..models.neighbours import unit_rows
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
-from .predictor import Predictor, expand_inputs
+from ..inference.predictor import Predictor, expand_inputs
 
 FORMAT = "imgclass-embeddings"
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
-from .engines import TorchEngine
-from .predictor import Predictor
+from ..inference.engines import TorchEngine
+from ..inference.predictor import Predictor
 
 METHODS = ("gradcam", "eigencam")
 
@@ -68,7 +68,7 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
             method: str = "gradcam", device: str = "auto") -> list[dict[str, Any]]:
     """For each image: the heatmap of the predicted class (or of `label`) over the image, written to
     out/<image name>.png with the prediction and the chosen class's probability; returns one dict per image."""
-    from .predictor import expand_inputs
+    from ..inference.predictor import expand_inputs
     predictor = model if isinstance(model, Predictor) else Predictor.load(model, device)
     if label is not None and label not in predictor.classes:
         raise UserError(f"--class {label!r} is not one of the model's classes: {', '.join(predictor.classes[:10])}"
@@ -150,7 +150,7 @@ def overlays(predictor: Predictor, images: torch.Tensor, classes: list[int], met
 
 def heatmap_figure(image: np.ndarray, overlay: np.ndarray, title: str):
     """explain's picture: the image (H x W x 3) beside its heatmap overlay."""
-    from ..figures import new_figure  # deferred: matplotlib only when a picture is drawn
+    from ..core.figures import new_figure  # deferred: matplotlib only when a picture is drawn
     fig, axes = new_figure(1, 2, figsize=(7, 3.8))
     axes[0].imshow(image)
     axes[1].imshow(overlay)

@@ -32,10 +32,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import UserError
-from ..extras import require
-from ..files import staged_file
-from .predictor import Predictor, expand_inputs
+from ..core.errors import UserError
+from ..core.extras import require
+from ..core.files import staged_file
+from ..inference.predictor import Predictor, expand_inputs
 
 RAY_BATCH = 32  # images per actor call: enough to batch the model (Lite0's best is 8-16 on a CPU) and decoding
 REACH_SECONDS = 10  # how long a cluster's address may take to accept a connection before the job is refused
@@ -56,7 +56,7 @@ class Scorer:
     def __init__(self, model: str, kind: str, with_features: bool, max_pixels: int | None, threads: int):
         import torch
         torch.set_num_threads(threads)
-        from .runtime import load_chosen
+        from ..inference.runtime import load_chosen
         self.predictor = load_chosen(model, kind, max_pixels, with_model=with_features)
         self.with_features = with_features
 
@@ -122,7 +122,7 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
         raise UserError("--ray-workers must be at least 1")
     ray = require("ray", "ray", "--ray")
     require("ray.data", "ray", "--ray")
-    from .runtime import chosen_kind
+    from ..inference.runtime import chosen_kind
     kind = chosen_kind(predictor.engine)
     given = {form: p for p in paths for form in _ray_forms(p)}
     started_here = not ray.is_initialized()
@@ -202,7 +202,7 @@ def ray_predict(model: str | Path, inputs: list[str], top_k: int | None = None, 
     if out is not None and Path(out).suffix != ".parquet":
         raise UserError("--out with --ray writes Parquet: name a .parquet file")
     require("ray", "ray", "predict --ray")
-    from .runtime import choose_runtime
+    from ..inference.runtime import choose_runtime
     predictor = Predictor.load(model, "cpu", max_pixels)
     top_k, rejection = predictor.check_request(top_k, level, reject)  # refused here, before Ray starts
     from ..data.shards import shards_of

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.find import list_images, natural_key
-from .. import log
-from ..errors import UserError
-from ..files import write_text_atomic
-from .predictor import Predictor
+from ..core import log
+from ..core.errors import UserError
+from ..core.files import write_text_atomic
+from ..inference.predictor import Predictor
 
 if TYPE_CHECKING:
     from .ray_predict import RayJob
@@ -43,7 +43,7 @@ def submission_rows(predictor: Predictor, test_dir: str | Path, target: str = "i
     rejection = predictor.rejection(reject)
     files = _test_files(test_dir)
     if runtime is not None:
-        from .runtime import choose_runtime
+        from ..inference.runtime import choose_runtime
         predictor.use(choose_runtime(predictor, runtime, precision, len(files)))
     feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
     if ray is not None:

@@ -40,13 +40,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from .. import log
+from ..core import log
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models.reject import Rejection
-from ..prediction.predictor import Predictor
-from ..version import __version__
+from ..inference.predictor import Predictor
+from ..core.version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 from .guard import Guard, allowed_host_names
 from .limits import LIMITS
@@ -233,7 +233,7 @@ def load_predictor(model: str | Path | Predictor, runtime: str, precision: str, 
     A Predictor given as it is keeps its engine."""
     if isinstance(model, Predictor):
         return model
-    from ..prediction.runtime import choose_runtime
+    from ..inference.runtime import choose_runtime
     predictor = Predictor.load(Path(model).expanduser(), "cpu", max_pixels)
     predictor.use(choose_runtime(predictor, runtime, precision, images=None))
     return predictor
@@ -442,7 +442,7 @@ def app_from_env() -> FastAPI:
 def serve(model: str | Path, settings: ServeSettings = ServeSettings()) -> None:
     """Run the service for a model until stopped (uvicorn; several worker processes with settings.workers)."""
     import uvicorn
-    s = settings.checked()
+    s = settings
     names = allowed_host_names(s.host, s.allowed_hosts)
     log.info("answering requests whose Host is " + ("anything (--allowed-hosts '*')" if names is None else
                                                      ", ".join(sorted(names)) + " (--allowed-hosts adds names)"))

@@ -24,6 +24,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..core.options import option
+
 log = logging.getLogger("imgclass")
 
 if TYPE_CHECKING:  # numpy is imported when the first batch runs: `imgclass --help` reads BATCHING from here
@@ -36,10 +38,11 @@ class Batching:
     # 1 / 8 / 16 clients): batch 16, delay 0: 90 / 115 / 129; batch 16, delay 5 ms: 55 / 110 / 103; batch 8,
     # 2 ms: 70 / 118 / 126; batch 32, 10 ms: 40 / 126 / 124; batch 1 (no batching): 86 / 104 / 102. Images
     # that arrive while a batch runs queue up and form the next batch anyway, so waiting only adds latency.
-    max_batch_size: int = 16      # images scored in one model call at most
-    max_delay_ms: float = 0.0     # how long the oldest waiting image may wait for others to join its batch
-    max_queue: int = 256          # decoded images waiting at most (224 px: 150 kB each); more -> 503
-    max_wait_s: float = 60.0      # a request waits this long at most for its images' answers (then 504)
+    max_batch_size: int = 16      # dynamic batching: images scored in one model call at most
+    max_delay_ms: float = option(0.0, flags=("--max-batch-delay-ms",))  # dynamic batching: how long an image may
+    # wait for others to join its batch
+    max_queue: int = 256          # decoded images waiting at most (224 px: 150 kB each); more get 503
+    max_wait_s: float = option(60.0, cli=False)  # a request waits this long at most for its answers (then 504)
 
 
 BATCHING = Batching()

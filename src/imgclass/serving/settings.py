@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.options import option
+from ..inference.defaults import RuntimeChoice
 from .batcher import BATCHING, Batching
 from .limits import LIMITS, Limits
 
@@ -25,35 +27,37 @@ def default_concurrency() -> int:
 
 
 @dataclass(frozen=True)
-class ServeSettings:
-    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README)."""
-    host: str = "127.0.0.1"              # listening address: this machine only unless told otherwise
-    port: int = 8000
+class ServeSettings(RuntimeChoice):
+    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README),
+    checked when made. The command line's options are generated from these fields (core/options.py)."""
+    host: str = "127.0.0.1"              # address to listen on: this machine only unless told otherwise
+    port: int = 8000                     # the port
     workers: int = 1                     # processes, each batching on its own with its share of the cores
-    runtime: str = "auto"                # auto | torch | onnx | openvino (prediction.runtime)
-    precision: str = "auto"              # auto | float32 | bf16
     max_upload_mb: float = 10.0          # a request body's size at most (413 beyond)
-    api_key_file: str | None = None      # the key on its first line guards every path but the page and /health
-    cors: tuple[str, ...] = ()           # origins allowed by CORS and cross-site POSTs (none: CORS off)
-    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, 127.0.0.1, ::1 and --host ("*": any)
+    api_key_file: str | None = option(None, metavar="FILE")  # require the key on this file's first line in the
+    # X-API-Key header on every path but the page and /health (or set IMGCLASS_API_KEY; never on the command line,
+    # where ps shows it)
+    cors: tuple[str, ...] = option((), metavar="ORIGIN")  # allow these browser origins (CORS and cross-site POSTs;
+    # none: off)
+    allowed_hosts: tuple[str, ...] = option((), metavar="NAME")  # Host names answered besides localhost, 127.0.0.1,
+    # ::1 and --host, e.g. the machine's name when listening on 0.0.0.0 ('*': any; others get 400)
     max_batch: int = MAX_BATCH           # images in one /predict/batch request at most (413 beyond)
-    max_pixels: int = SERVE_MAX_PIXELS   # pixels an upload's header may claim (the model file can lower it)
+    max_pixels: int = option(SERVE_MAX_PIXELS, flags=("--max-image-pixels",))  # pixels an upload's header may
+    # claim (the model file can lower it)
     max_decode_mb: float = SERVE_MAX_DECODE_MB  # memory one upload's decode may take at its peak (400 beyond)
-    max_concurrent: int | None = None    # requests decoding at once (None: default_concurrency())
+    max_concurrent: int | None = option(None, shown_default="one per core, up to 4")  # requests decoding at once
     batching: Batching = BATCHING        # dynamic batching: batch size, delay, queue
-    limits: Limits = LIMITS              # connections, keep-alive, the body's time
+    limits: Limits = option(LIMITS, cli=False)  # connections, keep-alive, the body's time
 
-    def checked(self) -> "ServeSettings":
-        """These settings, or a UserError naming the first one out of range."""
+    def __post_init__(self) -> None:
+        """A UserError naming the first setting out of range."""
         for name in ("workers", "max_batch", "max_concurrent", "max_pixels", "max_decode_mb"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+                flag = "--max-image-pixels" if name == "max_pixels" else f"--{name.replace('_', '-')}"
+                raise UserError(f"{flag} must be at least 1")
         if self.batching.max_batch_size < 1 or self.batching.max_queue < 1:
             raise UserError("--max-batch-size and --max-queue must be at least 1")
         if self.batching.max_delay_ms < 0:
             raise UserError("--max-batch-delay-ms must be 0 or more")
         if not self.max_upload_mb > 0:
             raise UserError("--max-upload-mb must be more than 0")
-        return self
-
-

@@ -15,21 +15,21 @@ import torch.nn as nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import log
-from ..config import TrainConfig
+from ..core import log
+from .config import TrainConfig
 from ..data import cache
 from ..data.augment import BatchAugment, batch_mix, from_config as augment_from_config
 from ..data.images import ImageTensors, channel_stats, load_split
 from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split
 from ..data.stream import stream_split
-from ..errors import DataError, UserError
+from ..core.errors import DataError, UserError
 from ..models.pretrained import find_origin, pretrained_state
-from .device import use_bf16
-from .loop import Callback, Trainer
-from .optim import make_optimizer
+from .loop.device import use_bf16
+from .loop.fit import Callback, Trainer
+from .loop.optim import make_optimizer
 from .plan import RunPlan
-from .transfer import (apply_weights_file, backbone_preprocessing, classifiers, layerwise_optimizer, load_pretrained,
+from .stages.transfer import (apply_weights_file, backbone_preprocessing, classifiers, layerwise_optimizer, load_pretrained,
                        model_groups, weights_file_header)
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .. import log
-from ..errors import DataError
-from ..files import write_bytes_atomic
+from ..core import log
+from ..core.errors import DataError
+from ..core.files import write_bytes_atomic
 from .build import make_trainer, prepare
 from ..models.inference import pick_device
-from .optim import set_lr
+from .loop.optim import set_lr
 from .plan import plan_run
 
 

@@ -16,22 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import config as config_mod
-from ..config import TrainConfig
+from . import config as config_mod
+from .config import TrainConfig
 from ..data.edits import apply_edits
 from ..data.find import Found
 from ..data.labels import LabelSource, kind_of_options
 from ..data.split import Split, make_split, read_splits
-from ..errors import UserError
-from ..modelfile import read_header
+from ..core.errors import UserError
+from ..models.modelfile import read_header
 from ..models import get_spec
 from ..models.header import Architecture
 from ..models.tasks import Task, task_for_data
 from ..models.spec import ModelSpec
-from ..rundir import RunDir
-from .auto import resolve_new_run
-from .distributed import launched_by_torchrun
-from .top_stage import settings_reason
+from ..core.rundir import RunDir
+from .stages.auto import resolve_new_run
+from .loop.distributed import launched_by_torchrun
+from .stages.top_stage import settings_reason
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from ..data.augment import from_config as augment_from_config
 from ..data.images import load_split
 from ..data.preprocess import Preprocessing
-from ..errors import DataError, UserError
+from ..core.errors import DataError, UserError
 from .plan import plan_run
 
 

@@ -2,13 +2,16 @@
 
 plan (plan.py) -> run folder -> decode -> build the model -> head stage (fine-tuning) -> time budget
 (budget.py) -> fit each phase -> finalize (score, model file, evaluation). The files of the run folder
-are described in imgclass/rundir.py.
+are described in imgclass/core/rundir.py.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,32 +20,33 @@ from typing import Any, Callable
 import torch
 from rich.console import Console
 
-from .. import config as config_mod
-from .. import log
-from ..config import TrainConfig
+from . import config as config_mod
+from ..core import log
+from .config import TrainConfig
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
 from ..data.split import SPLITS, Split, write_splits
-from ..errors import UserError
-from ..modelfile import load_model, model_header, read_header, save_model
+from ..core.errors import UserError
+from ..models.modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
 from ..models.inference import compute_features, pick_device, predict_logits
 from ..models.reject import Rejection
 from ..models.tasks import SINGLE_LABEL, Finished, Task
-from ..prediction.predictor import Predictor
-from ..rundir import RunDir
-from . import budget, distributed, top_stage
-from .budget import GRADUAL_STEP_SHARE, train_score_n
+from ..inference.predictor import Predictor
+from ..core.rundir import RunDir
+from .stages import budget, top_stage
+from .loop import distributed
+from .stages.budget import GRADUAL_STEP_SHARE, train_score_n
 from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, make_trainer, prepare
-from .callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay, ReduceOnPlateau,
-                        TensorBoard)
-from .checkpoint import load_checkpoint, load_checkpoint_model
-from .device import use_bf16
-from .loop import Event, Trainer, forward_cached
-from .tracking import trackers
-from .user_callbacks import load_callbacks
+from .loop.callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay,
+                             ReduceOnPlateau, TensorBoard)
+from .loop.checkpoint import load_checkpoint, load_checkpoint_model
+from .loop.device import use_bf16
+from .loop.fit import Event, Trainer, forward_cached
+from .integrations.tracking import trackers
+from .integrations.user_callbacks import load_callbacks
 from .plan import RunPlan, plan_run
-from .transfer import GradualUnfreeze, layerwise_optimizer, set_backbones_trainable, train_head
+from .stages.transfer import GradualUnfreeze, layerwise_optimizer, set_backbones_trainable, train_head
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Run:
         return self.dir / "model.safetensors"
 
     def _repr_html_(self) -> str:  # a notebook cell showing a Run
-        from ..notebook import table
+        from ..core.notebook import table
         rows = [(name, self.task.split_line(name, m)) for name, m in self.metrics.items()]
         return table(["split", "final scores"], rows,
                      f"run {self.dir}: {self.config.model}, {self.task.answering(self.classes)}, "
@@ -72,10 +76,10 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
           console: Console | None = None, callbacks: list | None = None, started: float | None = None,
           split: Split | None = None, **options: Any) -> Run:
     """Train a classifier on a folder of images. Options are TrainConfig fields (see `imgclass train --help`);
-    callbacks: your Callback objects (training/user_callbacks.py; Optuna's pruning is one); started: the perf_counter time the time
+    callbacks: your Callback objects (training/integrations/user_callbacks.py; Optuna's pruning is one); started: the perf_counter time the time
     budget counts from (the command line passes its own start, so Python's start-up counts too); split:
     the files of each split instead of the seeded one (tune --cv's folds). Messages go to the "imgclass" logger
-    (see imgclass.log); console: where progress bars draw."""
+    (see imgclass.core.log); console: where progress bars draw."""
     started = min(started, time.perf_counter()) if started is not None else time.perf_counter()
     plan = plan_run(data, config, resume, started, log.info, split, **options)
     dd = distributed.setup(plan.cfg.device)  # one process, or this rank of a torchrun launch
@@ -84,7 +88,7 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
     run = _run_folder(plan, dd, say)
     plan = dataclasses.replace(plan, cfg=dataclasses.replace(plan.cfg, out=str(run.path)))
     if plan.cfg.devices > 1 and not dd.active:  # --devices N: torchrun N processes on the prepared folder
-        if distributed.launch(run.path, plan.cfg.devices) != 0:
+        if launch_workers(run.path, plan.cfg.devices) != 0:
             raise UserError(f"distributed training failed; the run folder is {run.path} (--resume continues it)")
         return load_run(run.path)
     # rank 0's own: the callbacks named in the config (--callback) and the tracker (--track); built before any work
@@ -523,6 +527,15 @@ def load_run(run_dir: Path) -> Run:
     header = read_header(run.model)
     return Run(dir=run.path, config=config_mod.resolve(run.config), classes=list(header.classes),
                history=run.read_history(), metrics=run.read_results()["metrics"], task=header.task)
+
+
+def launch_workers(run_dir: Path, devices: int) -> int:
+    """`--devices N` on one machine: torchrun N processes (training/worker.py) that start the prepared run folder."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+           "-m", "imgclass.training.worker", str(run_dir)]
+    # the workers start the prepared folder from its config: a fresh start (weights loaded, head stage run),
+    # not the continuation of a checkpoint
+    return subprocess.run(cmd, env={**os.environ, distributed.FRESH_START_ENV: "1"}).returncode
 
 
 def summary_lines(run: Run) -> list[str]:

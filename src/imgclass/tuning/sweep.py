@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import config as config_mod
-from ..errors import UserError
+from ..training import config as config_mod
+from ..core.errors import UserError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def sweep(data: str | Path | None, setting: str, values: list[Any], out: str | P
           config: str | Path | None = None, **options: Any) -> Sweep:
     from ..evaluation.compare import compare_rows
     from ..evaluation.summary import write_summary
-    from ..training import tracking
+    from ..training.integrations import tracking
     from ..training.run import train
     if setting not in config_mod.FIELD_NAMES or setting in ("data", "out"):
         raise UserError(config_mod.unknown_key_message(setting, "--sweep") if setting not in config_mod.FIELD_NAMES

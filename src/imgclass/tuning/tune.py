@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from .. import config as config_mod
+from ..training import config as config_mod
 from ..data.split import folds
-from ..errors import UserError
-from ..training.loop import Callback
+from ..core.errors import UserError
+from ..training.loop.fit import Callback
 from ..training.plan import RunPlan, plan_run
-from ..training import tracking
+from ..training.integrations import tracking
 from ..training.run import train
 
 SAMPLERS = ("tpe", "random", "grid")

@@ -8,15 +8,14 @@
 TASKS is the one registry: the model-file reader (`task_from_header`) and training (`task_for_data`, which asks each
 task whether it serves the data's labels) both read it. To add a task: a module here with a Task subclass, an entry
 in TASKS, the kind of label it reads (data/labels.py), its evaluation (evaluation/tasks.py) and the option that asks
-for it (config.py); nothing else asks which task a model has.
+for it (training/config.py); nothing else asks which task a model has.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ...config import TrainConfig
-from ...errors import DataError
-from .base import DEFAULT_TOP_K, Finished, Task, top_labels  # noqa: F401
+from ...core.errors import DataError
+from .base import DEFAULT_TOP_K, Finished, Task, TrainingSettings, top_labels  # noqa: F401
 from .classes import SingleLabel, TwoLevel
 from .numbers import Regression
 from .tags import MultiLabel
@@ -27,7 +26,7 @@ TASKS: dict[str, type[Task]] = {"single-label": SingleLabel, "two-level": TwoLev
                                 "regression": Regression}
 
 
-def task_for_data(found, split, cfg: TrainConfig) -> Task:
+def task_for_data(found, split, cfg: TrainingSettings) -> Task:
     """The task serving the labels found in a data folder (data.find.Found) and split."""
     for cls in TASKS.values():
         if cls.claims(found):

@@ -16,16 +16,15 @@ figures), registered under the task's `name`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...config import TrainConfig
 from ...data.labels import CLASSES, LabelKind
-from ...errors import UserError
+from ...core.errors import UserError
 from ..inference import probabilities as softmax_probabilities
 from ..registry import create_model
 
@@ -34,6 +33,19 @@ def top_labels(row: np.ndarray, names, k: int) -> list[dict[str, Any]]:
     """The k most probable labels of one probability row, best first (ties in class order)."""
     order = np.argsort(-row, kind="stable")[:max(1, min(k, len(names)))]
     return [{"label": names[j], "probability": float(row[j])} for j in order]
+
+
+class TrainingSettings(Protocol):
+    """The training settings a task reads (training/config.py's TrainConfig has them; the tasks sit below training,
+    so they name what they read here rather than import the training options)."""
+    hierarchy_strategy: str           # two-level labels: flat, two-stage or multi-head
+    threshold: float | None           # several tags: one decision threshold for every tag
+    mixup: float | None
+    cutmix: float | None
+    class_weights: str                # none or auto
+    balanced_sampler: bool
+    weights: str | None               # a local weight file to start from
+    hflip: bool                       # horizontal flips allowed in augmentation
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class Task:
         return False
 
     @classmethod
-    def from_data(cls, found, split, cfg: TrainConfig) -> "Task":
+    def from_data(cls, found, split, cfg: TrainingSettings) -> "Task":
         """This task for a data folder's labels and its split (a task may learn from the training labels)."""
         return cls()
 
@@ -100,7 +112,7 @@ class Task:
         if feature in self.unsupported:
             raise UserError(self.unsupported[feature])
 
-    def default_settings(self, cfg: TrainConfig) -> dict[str, Any]:
+    def default_settings(self, cfg: TrainingSettings) -> dict[str, Any]:
         """Settings this task gives a new run where the user gave none (TrainConfig field -> value)."""
         return {}
 
@@ -108,7 +120,7 @@ class Task:
         """The note saying which of its default_settings a run took, and why."""
         return ""
 
-    def refuse(self, cfg: TrainConfig, processes: bool) -> None:
+    def refuse(self, cfg: TrainingSettings, processes: bool) -> None:
         """A UserError for training options this task does not support (processes: several DDP processes)."""
         if cfg.threshold is not None:
             self.require("threshold")

@@ -8,11 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch.nn as nn
 
-from ...config import TrainConfig
 from ...data.labels import CLASSES
-from ...errors import UserError
+from ...core.errors import UserError
 from ..hierarchy import STRATEGIES, Hierarchical, coarse_probabilities
-from .base import Task
+from .base import Task, TrainingSettings
 
 THRESHOLD_REFUSAL = "--threshold takes a probability between 0 and 1, for several tags per image (--multi-label)"
 
@@ -48,7 +47,7 @@ class TwoLevel(Task):
         return found.kind is CLASSES and found.parents is not None
 
     @classmethod
-    def from_data(cls, found, split, cfg: TrainConfig) -> "TwoLevel":
+    def from_data(cls, found, split, cfg: TrainingSettings) -> "TwoLevel":
         return cls(cfg.hierarchy_strategy, tuple(found.coarse_classes), tuple(found.parents))
 
     @classmethod
@@ -77,7 +76,7 @@ class TwoLevel(Task):
     def head_loss(self, model, feats, y, label_smoothing):
         return model.head_loss(feats, y, label_smoothing)
 
-    def refuse(self, cfg: TrainConfig, processes: bool) -> None:
+    def refuse(self, cfg: TrainingSettings, processes: bool) -> None:
         if processes:
             raise UserError("two-level labels are not supported with several processes yet")
         super().refuse(cfg, processes)

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...config import TrainConfig
 from ...data.labels import NUMBERS, LabelKind
-from ...errors import UserError
-from .base import Finished, Task
+from ...core.errors import UserError
+from .base import Finished, Task, TrainingSettings
 
 HUBER_DELTA = 1.0  # in standard deviations of the training labels: errors beyond it count linearly
 
@@ -64,7 +63,7 @@ class Regression(Task):
         return found.kind is NUMBERS
 
     @classmethod
-    def from_data(cls, found, split, cfg: TrainConfig) -> "Regression":
+    def from_data(cls, found, split, cfg: TrainingSettings) -> "Regression":
         """Mean and standard deviation of the training split's numbers (a constant column keeps std 1)."""
         values = np.asarray([v for _, v in split.items["train"]], dtype=np.float64)
         std = float(values.std()) if len(values) > 1 else 0.0
@@ -142,7 +141,7 @@ class Regression(Task):
     def answering(self, classes):
         return f"a number per image: {classes[0]}"
 
-    def default_settings(self, cfg: TrainConfig) -> dict[str, Any]:
+    def default_settings(self, cfg: TrainingSettings) -> dict[str, Any]:
         """--resize stretch: the number describes the whole image (a count of people, the price of what is shown), and
         a centre crop cuts out part of what it counts. --tta flip where images may be flipped: a number averages
         well over two views. Measured on the mall set (bench/regression_mall.py, 5 min, lite1 at 240 px, machine A,

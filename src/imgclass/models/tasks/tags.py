@@ -10,10 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...config import TrainConfig
 from ...data.labels import TAGS, LabelKind
-from ...errors import UserError
-from .base import Finished, Task, _listed
+from ...core.errors import UserError
+from .base import Finished, Task, TrainingSettings, _listed
 from .classes import THRESHOLD_REFUSAL
 
 
@@ -133,7 +132,7 @@ class MultiLabel(Task):
         return float(average_precision_score(truth[:, present], np.asarray(probs)[:, present], average="macro")) \
             if present.any() else float("nan")
 
-    def refuse(self, cfg: TrainConfig, processes: bool) -> None:
+    def refuse(self, cfg: TrainingSettings, processes: bool) -> None:
         super().refuse(cfg, processes)
         if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
             raise UserError(THRESHOLD_REFUSAL)

@@ -20,14 +20,14 @@ import torch
 
 from .. import config as config_mod
 from ..config import TrainConfig
-from ..data.preprocess import Preprocessing
-from ..data.split import make_split
-from ..errors import UserError
-from ..models import get_spec
-from ..models import pretrained  # called through the module: tests stand in for installed weights
+from ...data.preprocess import Preprocessing
+from ...data.split import make_split
+from ...core.errors import UserError
+from ...models import get_spec
+from ...models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
-from ..models.inference import pick_device
-from .device import use_bf16
+from ...models.inference import pick_device
+from ..loop.device import use_bf16
 from .transfer import weights_file_header
 
 PHOTO_MIN_SIDE = 64  # median shorter side (px) from which images count as photos (CIFAR: 32, digits: 8)

@@ -9,13 +9,13 @@ import time
 import torch
 
 from ..config import TrainConfig
-from ..data.images import ImageTensors
-from ..data.preprocess import Preprocessing
-from ..models.header import Architecture
-from ..models.tasks import SINGLE_LABEL, Task
-from ..models.inference import scoring_batch
-from .device import use_bf16
-from .optim import make_optimizer
+from ...data.images import ImageTensors
+from ...data.preprocess import Preprocessing
+from ...models.header import Architecture
+from ...models.tasks import SINGLE_LABEL, Task
+from ...models.inference import scoring_batch
+from ..loop.device import use_bf16
+from ..loop.optim import make_optimizer
 
 
 TRAIN_SCORE_SAMPLE = 5000  # train accuracy is measured on at most this many images

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
-from ..data.preprocess import Preprocessing
-from ..modelfile import META_KEY, resolve_model_path
-from ..models.header import ModelHeader
-from ..models.tasks import Task
-from ..models.pretrained import read_checkpoint
-from .loop import Callback
-from .optim import optimizer_for
+from ...core.errors import UserError
+from ...data.preprocess import Preprocessing
+from ...models.modelfile import META_KEY, resolve_model_path
+from ...models.header import ModelHeader
+from ...models.tasks import Task
+from ...models.pretrained import read_checkpoint
+from ..loop.fit import Callback
+from ..loop.optim import optimizer_for
 
 
 def backbone_preprocessing(name: str) -> dict[str, Any] | None:

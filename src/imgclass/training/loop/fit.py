@@ -1,7 +1,7 @@
 """The training loop: short, top to bottom, with named events for callbacks.
 
 Events (in order): before_fit, before_epoch, after_step, before_validate, after_epoch, after_fit; after_run once
-at the end of train(), or run_failed when it ends by an exception (training/user_callbacks.py tells users how to
+at the end of train(), or run_failed when it ends by an exception (training/integrations/user_callbacks.py tells users how to
 write one).
 Callbacks read and write the Trainer's progress (epoch, step, done, history, stop...); tensors a callback
 must carry across --resume go in `extra_state` (saved in checkpoints). Code outside the loop changes a
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..data.augment import BatchAugment
-from ..data.images import ImageTensors
-from ..data.preprocess import Preprocessing
-from ..models.inference import predict_logits
-from ..models.tasks import SINGLE_LABEL, Task
+from ...data.augment import BatchAugment
+from ...data.images import ImageTensors
+from ...data.preprocess import Preprocessing
+from ...models.inference import predict_logits
+from ...models.tasks import SINGLE_LABEL, Task
 from .optim import lr_at, set_lr
 
 
@@ -132,7 +132,7 @@ class Trainer:
     def __post_init__(self) -> None:
         odd = [type(cb).__name__ for cb in self.callbacks if not isinstance(cb, Callback)]
         if odd:
-            raise TypeError(f"callbacks must subclass imgclass.training.loop.Callback: {', '.join(odd)}")
+            raise TypeError(f"callbacks must subclass imgclass.training.loop.fit.Callback: {', '.join(odd)}")
 
     def loop_state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_val_acc": self.best_val_acc,

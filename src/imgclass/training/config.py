@@ -16,8 +16,8 @@ import types
 
 import yaml
 
-from .errors import UserError
-from .files import write_text_atomic
+from ..core.errors import UserError
+from ..core.files import write_text_atomic
 
 
 @dataclass

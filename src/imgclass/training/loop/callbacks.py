@@ -20,12 +20,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import log
+from ...core import log
 from .checkpoint import save_checkpoint
-from .loop import Callback, Trainer
-from ..files import write_text_atomic
-from ..modelfile import save_model
-from ..models.header import ModelHeader
+from .fit import Callback, Trainer
+from ...core.files import write_text_atomic
+from ...models.modelfile import save_model
+from ...models.header import ModelHeader
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 

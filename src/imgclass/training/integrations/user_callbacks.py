@@ -18,7 +18,7 @@ The events, in order: before_fit, then per epoch before_epoch, after_step (each 
 after_epoch; after_fit; once at the end after_run, or run_failed. A run with staged fine-tuning fits more than once, so the
 fit events come once per phase. A callback named on the command line is recorded in the run's config.yaml, so
 `--resume` builds it again; one passed from Python is not (pass it again). MLflow and W&B tracking
-(`--track`) are such callbacks (training/tracking.py).
+(`--track`) are such callbacks (training/integrations/tracking.py).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .loop import Callback
+from ...core.errors import UserError
+from ..loop.fit import Callback
 
 
 def load_callbacks(specs: str | None) -> list[Callback]:

@@ -1,5 +1,5 @@
 """Experiment tracking: `imgclass train --track mlflow|wandb` (and tune, sweep). Each tracker is a Callback
-(training/user_callbacks.py says how to write one) that sends, from rank 0:
+(training/integrations/user_callbacks.py says how to write one) that sends, from rank 0:
 
 - at the first fit: the resolved config as parameters, and the run's name;
 - after every epoch: its row of metrics.csv (train_loss, train_acc, val_loss, val_acc, lr, seconds), at step
@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import log
-from ..extras import require
-from ..rundir import RunDir
-from .loop import Callback
+from ...core import log
+from ...core.extras import require
+from ...core.rundir import RunDir
+from ..loop.fit import Callback
 
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 GROUP_ENV = "IMGCLASS_TRACK_GROUP"  # tune and sweep name their study here: W&B's group, an MLflow tag
@@ -84,7 +84,7 @@ def finished_facts(run) -> tuple[dict[str, float], dict[str, str], list[Path]]:
     results = folder.read_results() if folder.results.is_file() else {}
     tags = {f"plan.{k}": str(v) for k, v in (results.get("plan") or {}).items()}
     try:
-        from ..modelfile import read_header
+        from ...models.modelfile import read_header
         weights = read_header(folder.model).weights or {}
     except Exception:  # noqa: BLE001 - no model file (evaluation-free runs still have one; be safe)
         weights = {}

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .rundir import RunDir
-from .training.run import Run, train
+from ..core.rundir import RunDir
+from .run import Run, train
 
 # The demo settings, chosen so the demo finishes in well under 2 minutes on 2 CPU cores
 # with test accuracy >= 95% (measured: see the README).

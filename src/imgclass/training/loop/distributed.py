@@ -9,8 +9,6 @@ shows progress. Nothing here is hand-made communication beyond torch.distributed
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +90,6 @@ def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def launch(run_dir: Path, devices: int) -> int:
-    """`--devices N` on one machine: torchrun N processes that start the prepared run folder."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-           "-m", "imgclass", "train", "--resume", str(run_dir)]
-    # the workers start the prepared folder from its config: a fresh start (weights loaded, head stage run),
-    # not the continuation of a checkpoint
-    return subprocess.run(cmd, env={**os.environ, FRESH_START_ENV: "1"}).returncode
 
 
 FRESH_START_ENV = "IMGCLASS_FRESH_START"

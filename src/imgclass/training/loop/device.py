@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.inference import cpu_has_native_bf16
+from ...models.inference import cpu_has_native_bf16
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

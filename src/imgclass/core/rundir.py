@@ -24,7 +24,6 @@ from typing import Any
 
 import yaml
 
-from .config import resolve as resolve_config
 from .errors import UserError
 from .files import write_text_atomic
 
@@ -141,7 +140,7 @@ class RunDir:
     def data_root(self) -> Path | None:
         """The data folder the run was trained on, as its config.yaml names it (~ expanded); None when it names none.
         The one reader of it: evaluate, the parity images and int8's calibration all ask here."""
-        data = resolve_config(self.config).data if self.config.is_file() else None
+        data = self.read_config_dict().get("data")
         return Path(data).expanduser() if data else None
 
     def read_config_dict(self) -> dict[str, Any]:

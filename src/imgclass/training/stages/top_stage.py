@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..data.images import ImageTensors
-from ..data.preprocess import Preprocessing
-from ..models.inference import scoring_batch
+from ...data.images import ImageTensors
+from ...data.preprocess import Preprocessing
+from ...models.inference import scoring_batch
 from .transfer import classifiers
 
 # Stages of the backbone's `blocks` trained on the cached maps (with conv_head and bn2 above them). Two of

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from ..data.split import read_splits
-from ..errors import UserError
-from ..extras import require
-from ..files import building_folder, staged_file
-from ..modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256, openvino_module
+from ..core.errors import UserError
+from ..core.extras import require
+from ..core.files import building_folder, staged_file
+from ..models.modelfile import INT8_KEY, META_KEY, SOURCE_KEY, file_sha256, openvino_module
 from ..models.inference import cpu_label
-from ..rundir import RunDir
+from ..core.rundir import RunDir
 from .engines import OnnxEngine, images_per_second
 from .graph import default_export_path, export_model, parity_reference
-from .int8_defaults import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
+from .defaults import CALIBRATION_IMAGES, MAX_ACCURACY_DROP
 from .predictor import Predictor
 
 SCORING_BATCH = 64        # test images decoded and scored at once by both models (memory stays flat)

@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from ..errors import UserError
-from ..modelfile import read_header, write_atomic
-from ..models.header import CHECKPOINT_FORMAT, ModelHeader
+from ...core.errors import UserError
+from ...models.modelfile import read_header, write_atomic
+from ...models.header import CHECKPOINT_FORMAT, ModelHeader
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -13,17 +13,17 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .data.preprocess import Preprocessing
-from .errors import UserError
-from .extras import require
-from .files import staged_file
-from .models.header import CHECKPOINT_FORMAT, Architecture, ModelHeader
-from .models.reject import BANK_KEY
-from .models.tasks import SINGLE_LABEL, Task
+from ..data.preprocess import Preprocessing
+from ..core.errors import UserError
+from ..core.extras import require
+from ..core.files import staged_file
+from .header import CHECKPOINT_FORMAT, Architecture, ModelHeader
+from .reject import BANK_KEY
+from .tasks import SINGLE_LABEL, Task
 
 META_KEY = "imgclass"
 SOURCE_KEY = "imgclass_source_sha256"  # an export's metadata: the SHA-256 of the model file it came from
-INT8_KEY = "imgclass_int8"              # an int8 export's metadata: its accuracy report (prediction/quantize.py)
+INT8_KEY = "imgclass_int8"              # an int8 export's metadata: its accuracy report (inference/quantize.py)
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -78,7 +78,7 @@ def onnx_metadata(path: str | Path, key: str) -> str | None:
     return next((prop.value for prop in graph.metadata_props if prop.key == key), None)
 
 
-IR_NAME = "model.xml"    # an OpenVINO export is a folder: model.xml + model.bin (prediction/openvino.py)
+IR_NAME = "model.xml"    # an OpenVINO export is a folder: model.xml + model.bin (inference/openvino.py)
 RT_SECTION = "imgclass"  # its rt_info keys: imgclass/header, imgclass/source_sha256, imgclass/int8 (the report)
 RT_KEYS = {SOURCE_KEY: "source_sha256", INT8_KEY: "int8"}  # an ONNX metadata key's name in rt_info
 

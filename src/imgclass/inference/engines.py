@@ -1,5 +1,5 @@
 """What turns decoded images into probabilities for a Predictor: eager PyTorch (float32, or under bf16
-autocast), ONNX Runtime running the exported graph, or OpenVINO running its IR (prediction/openvino.py). Each takes uint8 N x 3 x S x S images at the model's
+autocast), ONNX Runtime running the exported graph, or OpenVINO running its IR (inference/openvino.py). Each takes uint8 N x 3 x S x S images at the model's
 size and returns class probabilities with the model file's normalisation, test-time augmentation and
 softmax temperature, so they are interchangeable (prediction.runtime chooses one and checks parity)."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..errors import UserError
-from ..modelfile import ir_path, openvino_module
+from ..core.errors import UserError
+from ..models.modelfile import ir_path, openvino_module
 from ..models.inference import predict_logits, scoring_batch
 from ..models.tasks import SINGLE_LABEL, Task
 
@@ -40,7 +40,7 @@ class TorchEngine:
 
 class OnnxEngine:
     """The exported graph (pixels 0..255 -> probabilities) in ONNX Runtime on the CPU. precision: what the file
-    computes in, float32 or int8 (an int8 export: prediction/quantize.py)."""
+    computes in, float32 or int8 (an int8 export: inference/quantize.py)."""
     runtime = "onnx"
 
     def __init__(self, path: str | Path, img_size: int, threads: int | None = None, precision: str = "float32"):

@@ -16,9 +16,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..files import building_folder
-from ..modelfile import file_sha256
-from ..modelfile import INT8_KEY, IR_NAME, RT_KEYS, RT_SECTION, SOURCE_KEY, openvino_module as openvino
+from ..core.files import building_folder
+from ..models.modelfile import file_sha256
+from ..models.modelfile import INT8_KEY, IR_NAME, RT_KEYS, RT_SECTION, SOURCE_KEY, openvino_module as openvino
 from .engines import OpenVinoEngine
 from .graph import check_parity, default_export_path, export_model, parity_reference
 

@@ -39,18 +39,17 @@ from pathlib import Path
 
 import torch
 
-from .. import log
-from ..errors import UserError
-from ..extras import available
-from ..files import write_text_atomic
-from ..modelfile import (INT8_KEY, SOURCE_KEY, export_metadata, file_sha256, is_openvino_export,
-                         resolve_model_path)
+from ..core import log
+from ..core.errors import UserError
+from ..core.extras import available
+from ..core.files import write_text_atomic
+from ..models.modelfile import (INT8_KEY, SOURCE_KEY, export_metadata, file_sha256, is_openvino_export,
+                                resolve_model_path)
 from ..models.inference import cpu_has_native_bf16, cpu_info
 from .engines import Engine, OnnxEngine, OpenVinoEngine, images_per_second
 from .predictor import Predictor
+from .defaults import PRECISIONS, RUNTIMES
 
-RUNTIMES = ("auto", "torch", "onnx", "openvino")
-PRECISIONS = ("auto", "float32", "bf16")
 BF16_TOLERANCE = 0.05    # max |probability difference| bf16 autocast may show against float32 (and no top class
 #                          may change) on the run's test images; measured 0.018-0.024 on Lite0 at 224 px
 AUTO_ONNX_IMAGES = 1000  # with --runtime auto a job this large is worth the one-off export (Lite0: 12 s, paid back

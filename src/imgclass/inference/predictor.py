@@ -18,9 +18,9 @@ from PIL import Image
 from ..data.decode import ImageDecodeError
 from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import to_nchw
-from ..errors import UserError
-from ..modelfile import (INT8_KEY, export_metadata, ir_path, is_openvino_export, load_model, read_ir_header,
-                         read_onnx_header, resolve_model_path)
+from ..core.errors import UserError
+from ..models.modelfile import (INT8_KEY, export_metadata, ir_path, is_openvino_export, load_model, read_ir_header,
+                                read_onnx_header, resolve_model_path)
 from ..models.header import Architecture, ModelHeader
 from ..models.inference import compute_features, pick_device
 from ..models.pretrained import imagenet_preprocessing, timm_pretrained
@@ -72,7 +72,7 @@ class Predictions(list):
         return buf.getvalue()
 
     def _repr_html_(self) -> str:
-        from ..notebook import table
+        from ..core.notebook import table
         rows = [(image, "error" if label is None else label, p, rest) for image, label, p, rest in self.summary_rows()]
         return table(["image", "prediction", "probability", "next"], rows)
 

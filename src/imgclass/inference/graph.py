@@ -16,12 +16,12 @@ import torch
 import torch.nn as nn
 
 from ..data.preprocess import Preprocessing
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models.tasks import SINGLE_LABEL, Task
 from ..models.tta import tta_logits
-from ..rundir import RunDir
-from ..files import staged_file
-from ..modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
+from ..core.rundir import RunDir
+from ..core.files import staged_file
+from ..models.modelfile import META_KEY, SOURCE_KEY, file_sha256, resolve_model_path
 from .predictor import Predictor
 
 PARITY_TOLERANCE = 1e-4       # max |probability difference| of a float32 export from PyTorch
