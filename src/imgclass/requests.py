@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 from .core.errors import UserError
 from .core.options import option
-from .data.check import NEAR_COSINE, NEAR_DISTANCE
-from .data.decode import DEFAULT_MAX_PIXELS
+from .data.defaults import DEFAULT_MAX_PIXELS, NEAR_COSINE, NEAR_DISTANCE
 from .exports.settings import FORMATS
 from .inference.defaults import RuntimeChoice
 from .training.config import TrainConfig

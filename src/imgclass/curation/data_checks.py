@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.check import NEAR_COSINE, CheckReport, recommendations
+from ..data.check import CheckReport, recommendations
+from ..data.defaults import NEAR_COSINE
 from ..data.find import Found
 from ..data.labels import CLASSES, LabelSource
 from ..data.split import SPLITS, Split, make_split

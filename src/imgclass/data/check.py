@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb
+from .defaults import NEAR_DISTANCE
 from .find import IMAGE_EXTENSIONS
 from .labels import LabelSource, kind_of_options
 from .split import SPLITS, make_split
@@ -28,14 +29,7 @@ from .split import SPLITS, make_split
 FORMAT_EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "GIF": {".gif"}, "BMP": {".bmp"},
                      "WEBP": {".webp"}, "TIFF": {".tif", ".tiff"}, "MPO": {".jpg", ".jpeg"}}
 SMALL_SIDE = 32          # images with a shorter side are reported as very small
-NEAR_DISTANCE = 3        # perceptual-hash Hamming distance (of 64 bits) that counts as a near duplicate
 NEAR_MIN_SIDE = 16       # below this the perceptual hash is noise (on 8x8 digits, 4 bits matched different images)
-# check --embeddings: the cosine similarity of pooled features at which two images count as near-duplicates (and they must be each other's
-# nearest). Measured with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted copies: 80% centre crops
-# and 3/4-size JPEG q60 re-encodes): at 0.90 hymenoptera finds 58% of the copies and flags no distinct pair; on
-# fashion_hier's product photos (white backgrounds) 68% of the copies, but 33% of the images also have a different
-# product above 0.90 (5% above 0.95). No threshold separates them there: the pairs are listed most similar first.
-NEAR_COSINE = 0.90
 SIZE_BINS = [0, 32, 64, 128, 256, 512, 1024, 2048, 10**9]
 
 

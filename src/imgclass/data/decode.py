@@ -14,7 +14,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold
+from .defaults import DEFAULT_MAX_PIXELS
+
 ORIENTATION_TAG = 0x0112          # EXIF orientation: 1 (or none) needs no transposition
 
 
