@@ -77,3 +77,19 @@ def test_near_pairs_matches_brute_force():
     brute = sorted((i, j, bin(a ^ b).count("1")) for i, a in items for j, b in items
                    if i < j and bin(a ^ b).count("1") <= 3)
     assert _near_pairs(items, 3) == brute and len(brute) >= 20
+
+
+def test_names_that_look_like_markup_are_printed_as_text(tmp_path, capsys):
+    """issue 40, item 9: a file `a[/b].jpg` (folder `a[`, file `b].jpg`) and a class named like rich markup are
+    text in the printed report; rich raised MarkupError after the whole check had run, and `[link=...]` could dress
+    a name as a link."""
+    from helpers import png_bytes
+    data = tmp_path / "data"
+    for cls in ("[link=https:evil.example]cat", "a["):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            (data / cls / f"{i}.png").write_bytes(png_bytes(i, size=16))
+    (data / "a[" / "b].jpg").write_bytes(b"not an image")
+    assert main(["check", str(data)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a[/b].jpg: not an image" in out and "[link=https:evil.example]cat/0.png" in out

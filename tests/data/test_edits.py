@@ -59,3 +59,12 @@ def test_the_exclude_file_may_be_checks_label_issues_csv(tmp_path):
     assert read_paths(tmp_path / "issues.csv") == ["cat/img0.png", "dog/img1.png"]
     found = apply_edits(CLASSES.find(LabelSource(make_class_folders(tmp_path / "data", per_class=3))), exclude=tmp_path / "issues.csv")
     assert len(found.items) == 7 and found.excluded == [("cat/img0.png", "cat"), ("dog/img1.png", "dog")]
+
+
+def test_exclude_reads_back_the_paths_check_marked_for_spreadsheets(tmp_path):
+    """issue 40, item 10: check writes a path like `=x.png` as `'=x.png` (text in a spreadsheet); --exclude reads
+    the path it names."""
+    from imgclass.data.edits import read_paths
+    listed = tmp_path / "label_issues.csv"
+    listed.write_text("path,given_label\n'=cat/x.png,cat\n-dog/y.png,dog\n'plain.png,cat\n")
+    assert read_paths(listed) == ["=cat/x.png", "-dog/y.png", "'plain.png"]

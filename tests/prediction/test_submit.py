@@ -61,3 +61,20 @@ def test_a_failed_submission_keeps_the_last_good_one(trained_run, tmp_path, monk
         imgclass.submit(trained_run, data, out=out)
     assert out.read_text() == "ID,TARGET\n1,cat\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv", "test"]
+
+
+def test_names_never_become_spreadsheet_formulas(trained_run, tmp_path, capsys):
+    """issue 40, item 10: a test image named like a formula is text in submission.csv and in predict's CSV; an ID
+    that is a plain negative number stays as it is."""
+    rng = np.random.RandomState(3)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for stem in ("=HYPERLINK(1)", "-3", "@SUM(A1)"):
+        tiny_image(0, rng).save(folder / f"{stem}.png")
+    out = imgclass.submit(trained_run, folder, out=tmp_path / "sub.csv")
+    ids = [r[0] for r in csv.reader(out.open())][1:]
+    assert sorted(ids) == sorted(["'=HYPERLINK(1)", "-3", "'@SUM(A1)"])
+    from imgclass.cli import main
+    assert main(["predict", str(trained_run), str(folder), "--format", "csv", "--runtime", "torch"]) == 0
+    images = [r[0] for r in csv.reader(capsys.readouterr().out.splitlines())][1:]
+    assert all(not name.startswith(("=", "@")) for name in images) and len(images) == 3

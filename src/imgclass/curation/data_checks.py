@@ -23,6 +23,7 @@ from ..data.labels import CLASSES, LabelSource
 from ..data.split import SPLITS, Split, make_split
 from ..core import log
 from ..core.errors import UserError
+from ..core.spreadsheet import safe_cell
 from ..core.files import write_bytes_atomic, write_text_atomic
 from ..evaluation.plots import data_map
 from ..core.figures import png_bytes
@@ -123,7 +124,7 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: safe_cell(v) for k, v in row.items()} for row in rows)  # names never run as formulas
     return buffer.getvalue()
 
 

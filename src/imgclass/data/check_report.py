@@ -1,7 +1,10 @@
-"""Printing a CheckReport for people (the JSON form is CheckReport.to_dict)."""
+"""Printing a CheckReport for people (the JSON form is CheckReport.to_dict). Every name from the data (files,
+folders, classes, tags) is escaped before rich renders it: a file named `a[/b].jpg` is text, not markup (it raised
+MarkupError after the whole check had run), and `[link=...]` in a name cannot dress itself as a link."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .check import CheckReport
@@ -12,17 +15,17 @@ SHOW = 10  # items listed per section; the JSON has them all
 def print_check(r: CheckReport, console: Console | None = None) -> None:
     c = console or Console()
     kind = "tag" if r.tag_stats is not None else "class"
-    c.print(f"[bold]{r.root}[/]  ({r.layout}; {len(r.classes)} {kind}{'es' if kind == 'class' else 's'})",
+    c.print(f"[bold]{escape(str(r.root))}[/]  ({r.layout}; {len(r.classes)} {kind}{'es' if kind == 'class' else 's'})",
             highlight=False)
     for note in r.notes:
-        c.print(f"[yellow]note:[/] {note}", highlight=False)
+        c.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     table = Table(title=f"usable images per {kind}")
     splits = [s for s in ("train", "val", "test", "all") if sum(r.counts[s].values())]
     table.add_column(kind, overflow="fold")
     for s in splits:
         table.add_column(s, justify="right")
     for cls in r.classes:
-        table.add_row(cls, *(str(r.counts[s][cls]) for s in splits))
+        table.add_row(escape(cls), *(str(r.counts[s][cls]) for s in splits))
     table.add_row("[bold]imbalance (max/min)", *(f"{r.imbalance.get(s, 0):.1f}x" for s in splits))
     c.print(table)
     if r.tag_stats is not None:
@@ -33,7 +36,7 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
         for s in splits:
             coarse.add_column(s, justify="right")
         for cls in r.coarse_counts["all"]:
-            coarse.add_row(cls, *(str(r.coarse_counts[s][cls]) for s in splits))
+            coarse.add_row(escape(cls), *(str(r.coarse_counts[s][cls]) for s in splits))
         c.print(coarse)
     if r.sizes["min"]:
         c.print(f"sizes (w x h): min {r.sizes['min'][0]}x{r.sizes['min'][1]}, median "
@@ -50,7 +53,7 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
             return
         c.print(f"[bold]{title}[/] ({len(items)})", highlight=False)
         for item in items[:SHOW]:
-            c.print(f"  {item}", highlight=False, soft_wrap=True)
+            c.print(f"  {escape(item)}", highlight=False, soft_wrap=True)
         if len(items) > SHOW:
             c.print(f"  ... and {len(items) - SHOW} more (see --json)", highlight=False)
 
@@ -65,7 +68,7 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
     section("near duplicates by embedding", [f"{n['a']} ~ {n['b']} (similarity {n['similarity']:.3f})"
                                              for n in r.embedding_duplicates or []])
     for name, path in r.files.items():
-        c.print(f"{name.replace('_', ' ')}: {path}", highlight=False)
+        c.print(f"{name.replace('_', ' ')}: {escape(str(path))}", highlight=False)
     section("extension does not match content", r.extension_mismatch)
     section("EXIF-rotated (rotation is applied)", r.exif_rotated)
     section("very small images", r.small)
@@ -74,7 +77,7 @@ def print_check(r: CheckReport, console: Console | None = None) -> None:
     if r.recommendations:
         c.print("[bold]recommendations[/]")
         for rec in r.recommendations:
-            c.print(f"  - {rec}", highlight=False, soft_wrap=True)
+            c.print(f"  - {escape(rec)}", highlight=False, soft_wrap=True)
     else:
         c.print("[green]no problems found[/]")
 
@@ -89,8 +92,8 @@ def _print_tags(c: Console, stats: dict) -> None:
         for name in ("tag", "with", "images"):
             pairs.add_column(name, justify="right" if name == "images" else "left", overflow="fold")
         for p in stats["co_occurrence"]:
-            pairs.add_row(p["a"], p["b"], str(p["images"]))
+            pairs.add_row(escape(p["a"]), escape(p["b"]), str(p["images"]))
         c.print(pairs)
     if stats["rare"]:
-        c.print(f"[yellow]tags with fewer than 10 training images:[/] {', '.join(stats['rare'][:20])}"
+        c.print(f"[yellow]tags with fewer than 10 training images:[/] {escape(', '.join(stats['rare'][:20]))}"
                 + (" ..." if len(stats["rare"]) > 20 else ""), highlight=False)

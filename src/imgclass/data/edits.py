@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path, PurePosixPath
 
 from ..core.errors import DataError
+from ..core.spreadsheet import read_cell
 from .find import Found
 
 
@@ -25,7 +26,8 @@ def read_paths(file: str | Path) -> list[str]:
         raise DataError(f"cannot read {file}: {exc.strerror or exc}") from None
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and "path" in next(csv.reader([lines[0]])):
-        return [_norm(row["path"]) for row in csv.DictReader(lines) if (row.get("path") or "").strip()]
+        # read_cell: the path as given, where check wrote it behind a spreadsheet's text mark (core/spreadsheet.py)
+        return [_norm(read_cell(row["path"])) for row in csv.DictReader(lines) if (row.get("path") or "").strip()]
     return [_norm(line) for line in lines]
 
 
@@ -37,7 +39,8 @@ def read_relabels(file: str | Path) -> dict[str, str]:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
                 raise DataError(f"{file} needs the columns path,label (it has {', '.join(reader.fieldnames or [])})")
-            return {_norm(row["path"]): (row["label"] or "").strip() for row in reader if (row["path"] or "").strip()}
+            return {_norm(read_cell(row["path"])): read_cell((row["label"] or "").strip()) for row in reader
+                    if (row["path"] or "").strip()}
     except OSError as exc:
         raise DataError(f"cannot read {file}: {exc.strerror or exc}") from None
 

@@ -19,6 +19,7 @@ from ..data.decode import ImageDecodeError
 from ..data.find import is_image_file, list_images, natural_key
 from ..data.preprocess import to_nchw
 from ..core.errors import UserError
+from ..core.spreadsheet import safe_row
 from ..models.modelfile import (INT8_KEY, export_metadata, ir_path, is_openvino_export, load_model, read_ir_header,
                                 read_onnx_header, resolve_model_path)
 from ..models.header import Architecture, ModelHeader
@@ -68,7 +69,7 @@ class Predictions(list):
             rejected = ([str(r["unknown"]).lower(), f"{r['score']:.6f}"] if "unknown" in r else ["", ""]) \
                 if rejecting else []
             own = cells(r) if "error" not in r else [""] * len(columns)
-            writer.writerow([r["image"]] + rejected + own + [r.get("error", "")])
+            writer.writerow(safe_row([r["image"]] + rejected + own + [r.get("error", "")]))
         return buf.getvalue()
 
     def _repr_html_(self) -> str:

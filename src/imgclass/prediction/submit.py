@@ -11,6 +11,7 @@ import numpy as np
 from ..data.find import list_images, natural_key
 from ..core import log
 from ..core.errors import UserError
+from ..core.spreadsheet import safe_row
 from ..core.files import write_text_atomic
 from ..inference.predictor import Predictor
 
@@ -87,8 +88,8 @@ def write_submission(predictor: Predictor, test_dir: str | Path, out: str | Path
                                          target_column=target_column)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([id_column] + columns)
-    writer.writerows(rows)
+    writer.writerow(safe_row([id_column] + columns))
+    writer.writerows(safe_row(row) for row in rows)  # names as text in a spreadsheet, never formulas
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, buf.getvalue())  # a kill leaves the old file or the whole new one
