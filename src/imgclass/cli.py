@@ -15,7 +15,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .core.errors import UserError
 from .core.files import write_text_atomic

@@ -9,7 +9,7 @@ Light on purpose: building the parser imports this module, and it must not impor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 

@@ -50,14 +50,42 @@ def test_embeddings_files_round_trip_and_refuse_damage(trained_run, tmp_path):
     assert back.source == emb.source and back.preprocessing == emb.preprocessing
     rows = (tmp_path / "emb.csv").read_text()
     (tmp_path / "emb.csv").write_text(rows.replace("cat/img0.png", "../../etc/img0.png"))
-    with pytest.raises(UserError, match="outside the folder"):
+    with pytest.raises(UserError, match="not the files"):  # the header's digests name other files
+        Embeddings.load(tmp_path / "emb.npy")
+    meta = json.loads((tmp_path / "emb.json").read_text())
+    (tmp_path / "emb.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(UserError, match="outside the folder"):  # without digests (an older file): still checked
         Embeddings.load(tmp_path / "emb.npy")
     (tmp_path / "emb.csv").write_text(rows)
-    meta = json.loads((tmp_path / "emb.json").read_text())
-    meta["n"] = 11
-    (tmp_path / "emb.json").write_text(json.dumps(meta))
+    (tmp_path / "emb.json").write_text(json.dumps({**meta, "n": 11, "sha256": {}}))
     with pytest.raises(UserError, match="do not agree"):
         Embeddings.load(tmp_path / "emb.npy")
+
+
+def test_a_re_embed_killed_half_way_is_refused_not_read_with_the_old_header(trained_run, tmp_path):
+    """issue 40, item 11: embedding again with another model and being killed after the new .npy (before the new
+    .json) left new vectors beside the old header with the same row count: queries were embedded with the old
+    header's model without a word. The header holds the digests of the files written with it."""
+    data = make_class_folders(tmp_path / "data", per_class=3)
+    first = imgclass.embed(trained_run, data, out=tmp_path / "emb.npy")
+    old_json = (tmp_path / "emb.json").read_bytes()
+    other = Embeddings(first.vectors[:, ::-1].copy(), first.paths, first.labels, first.root, "another-model.safetensors",
+                       False, first.preprocessing, first.skipped)
+    other.save(tmp_path / "emb.npy")
+    (tmp_path / "emb.json").write_bytes(old_json)  # as a kill before the last file would leave them
+    with pytest.raises(UserError, match="embed again"):
+        Embeddings.load(tmp_path / "emb.npy")
+
+
+def test_a_parquet_file_gets_the_same_checks(trained_run, tmp_path):
+    """issue 40, item 6: the Parquet reader skipped the .npy reader's checks (paths outside the folder)."""
+    pytest.importorskip("pyarrow")
+    emb = imgclass.embed(trained_run, make_class_folders(tmp_path / "data", per_class=2))
+    bad = Embeddings(emb.vectors, ("../../etc/passwd",) + emb.paths[1:], emb.labels, emb.root, emb.source,
+                     emb.pretrained, emb.preprocessing, emb.skipped)
+    bad.save(tmp_path / "e.parquet")
+    with pytest.raises(UserError, match="outside the folder"):
+        Embeddings.load(tmp_path / "e.parquet")
 
 
 def test_embed_a_folder_without_labels_and_the_api_refusals(trained_run, tmp_path):

@@ -1,5 +1,7 @@
 """Heatmaps: for images whose class is decided by a patch in one corner, the explanation peaks in that corner
 (the fast network and a timm backbone); the target layer; explain through the CLI and the evaluation's gallery."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,15 @@ def test_gallery_of_confident_mistakes_gains_heatmap_rows(trained_run):
     from imgclass.models import create_model
     mlp.model = create_model("mlp", num_classes=3, img_size=size, width=8)
     assert _heatmap_overlays(mlp) is None                          # no spatial map: no heatmap row
+
+
+def test_two_images_with_one_name_get_two_overlays(trained_run, tmp_path):
+    """issue 40, item 11: overlays were named by the image's stem alone, so a/x.png's overlay was overwritten by
+    b/x.png's (and written in place)."""
+    for folder, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (16, 16), colour).save(tmp_path / folder / "x.png")
+    results = imgclass.explain(trained_run, [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"], out=tmp_path / "ex")
+    heatmaps_written = [r["heatmap"] for r in results]
+    assert len(set(heatmaps_written)) == 2 and all(Path(h).is_file() for h in heatmaps_written)
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["x-2.png", "x.png"]

@@ -3,6 +3,8 @@ no global state and no backend switch, so a notebook keeps its backend (and its 
 closing, and a notebook still shows them inline."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -22,6 +24,16 @@ def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 110, tight: bool = False) -> Path:
+    """Write a figure to path, its format from the suffix (PNG without one), atomically: a kill leaves the old
+    file or the new one (a half-written PNG would otherwise stay under the name)."""
+    from .files import staged_file
+    path = Path(path)
+    with staged_file(path) as tmp:
+        figure.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=dpi, bbox_inches="tight" if tight else None)
+    return path
 
 
 def new_figure(*args, figsize, **kwargs) -> tuple[Figure, Any]:

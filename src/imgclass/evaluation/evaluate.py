@@ -3,7 +3,6 @@ figures and a written report (report.html, report.md) in <run>/eval/<split>/ or 
 from __future__ import annotations
 
 import html
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,8 @@ from ..data.labels import LabelSource
 from ..data.split import SPLITS, read_splits
 from ..core import log
 from ..core.errors import DataError, UserError
-from ..core.files import write_bytes_atomic, write_text_atomic
+from ..core.figures import save_figure
+from ..core.files import write_text_atomic
 from ..models.modelfile import resolve_model_path
 from ..inference.predictor import Predictor
 from ..core.rundir import RunDir
@@ -187,8 +187,5 @@ def _saved(figures: dict[str, Any], folder: Path) -> dict[str, Path]:
     """Each figure as folder/<name>.png, written atomically (a figure half-written by a kill is never left)."""
     files = {}
     for name, fig in figures.items():
-        files[name] = folder / f"{name}.png"
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=110)
-        write_bytes_atomic(files[name], png.getvalue())
+        files[name] = save_figure(fig, folder / f"{name}.png")
     return files

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.files import write_text_atomic
+from ..core.files import write_bytes_atomic, write_text_atomic
 from ..core.rundir import RunDir
 from .compare import Comparison
 from ..core.figures import png_bytes
@@ -114,7 +114,7 @@ def write_summary(rows: Comparison, out_dir: str | Path) -> Path:
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     png = png_bytes(rows.curves())
-    (out / "val_curves.png").write_bytes(png)
+    write_bytes_atomic(out / "val_curves.png", png)
     paras = tldr(rows)
     md = ["# imgclass: runs compared", "", "## TL;DR", ""] + [p + "\n" for p in paras]
     md += ["## The runs", "", "| " + " | ".join(rows.columns) + " |", "|" + " --- |" * len(rows.columns)]

@@ -12,6 +12,7 @@ Parquet file instead (the `parquet` extra: pyarrow).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -102,9 +103,14 @@ class Embeddings:
         writer = csv.writer(rows, lineterminator="\n")
         writer.writerow(["path", "label"])
         writer.writerows(zip(self.paths, self.labels))
-        _write_file(base.with_suffix(".npy"), buffer.getvalue())
-        _write_file(base.with_suffix(".csv"), rows.getvalue().encode())
-        _write_file(base.with_suffix(".json"), json.dumps(self.meta(), indent=1).encode())  # last: it names n
+        npy, table = buffer.getvalue(), rows.getvalue().encode()
+        _write_file(base.with_suffix(".npy"), npy)
+        _write_file(base.with_suffix(".csv"), table)
+        # last, with the digests of the other two: a kill between the three files (re-embedding with another model
+        # over an old set) leaves files that load refuses, never new vectors read with the old header's model
+        meta = {**self.meta(), "sha256": {"npy": hashlib.sha256(npy).hexdigest(),
+                                          "csv": hashlib.sha256(table).hexdigest()}}
+        _write_file(base.with_suffix(".json"), json.dumps(meta, indent=1).encode())
         return base.with_suffix(".npy")
 
     @classmethod
@@ -116,23 +122,34 @@ class Embeddings:
         base = path.with_suffix("") if path.suffix in (".npy", ".csv", ".json") else path
         try:
             meta = json.loads(base.with_suffix(".json").read_text())
-            vectors = np.load(base.with_suffix(".npy"), allow_pickle=False)
-            with open(base.with_suffix(".csv"), newline="") as fh:
-                rows = list(csv.reader(fh))[1:]
+            npy, table = base.with_suffix(".npy").read_bytes(), base.with_suffix(".csv").read_bytes()
+            vectors = np.load(io.BytesIO(npy), allow_pickle=False)
+            rows = list(csv.reader(io.StringIO(table.decode("utf-8"))))[1:]
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read the embeddings {base}.npy/.csv/.json: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise UserError(f"{base}.json is not an imgclass embeddings file")
-        if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(rows) or meta.get("n") != len(rows):
-            raise UserError(f"{base}: the vectors ({vectors.shape}), the rows ({len(rows)}) and the header "
-                            f"({meta.get('n')}) do not agree; embed again")
-        outside = next((r[0] for r in rows if PurePosixPath(r[0]).is_absolute() or ".." in PurePosixPath(r[0]).parts),
-                       None)
-        if outside is not None:  # the galleries read these files: they must stay inside the folder embedded
-            raise UserError(f"{base}.csv names '{outside}', outside the folder it describes: refused")
-        return cls(vectors, tuple(r[0] for r in rows), tuple(r[1] if len(r) > 1 else "" for r in rows),
-                   str(meta.get("root", "")), str(meta.get("source", "")), bool(meta.get("pretrained")),
-                   dict(meta.get("preprocessing") or {}), tuple(tuple(s) for s in meta.get("skipped", [])))
+        digests = meta.get("sha256") or {}
+        if digests and (digests.get("npy") != hashlib.sha256(npy).hexdigest()
+                        or digests.get("csv") != hashlib.sha256(table).hexdigest()):
+            raise UserError(f"{base}.npy/.csv are not the files {base}.json was written with (an embed stopped "
+                            f"half-way over an older set?): embed again")
+        return _checked(cls, vectors, [r[0] for r in rows], [r[1] if len(r) > 1 else "" for r in rows], meta, base)
+
+
+def _checked(cls, vectors: np.ndarray, paths: list, labels: list, meta: dict, name: Path) -> "Embeddings":
+    """Embeddings from a file's parts, once they agree (every format's reader passes here)."""
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or len(vectors) != len(paths) or meta.get("n") != len(paths):
+        raise UserError(f"{name}: the vectors ({vectors.shape}), the rows ({len(paths)}) and the header "
+                        f"({meta.get('n')}) do not agree; embed again")
+    if not all(isinstance(p, str) for p in paths) or not all(isinstance(label, str) for label in labels):
+        raise UserError(f"{name}: paths and labels must be text; embed again")
+    outside = next((p for p in paths if PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts), None)
+    if outside is not None:  # the galleries read these files: they must stay inside the folder embedded
+        raise UserError(f"{name} names '{outside}', outside the folder it describes: refused")
+    return cls(vectors, tuple(paths), tuple(labels), str(meta.get("root", "")), str(meta.get("source", "")),
+               bool(meta.get("pretrained")), dict(meta.get("preprocessing") or {}),
+               tuple(tuple(s) for s in meta.get("skipped", [])))
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -159,15 +176,20 @@ def _write_parquet(emb: Embeddings, out: Path) -> None:
 
 def _read_parquet(path: Path) -> Embeddings:
     pa = _pyarrow()
-    table = pa.parquet.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(FORMAT.encode(), b"{}"))
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not an imgclass embeddings file")
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
-    return Embeddings(vectors.reshape(table.num_rows, -1), tuple(table.column("path").to_pylist()),
-                      tuple(table.column("label").to_pylist()), str(meta.get("root", "")), str(meta.get("source", "")),
-                      bool(meta.get("pretrained")), dict(meta.get("preprocessing") or {}),
-                      tuple(tuple(s) for s in meta.get("skipped", [])))
+    try:
+        table = pa.parquet.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(FORMAT.encode(), b"{}"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UserError(f"{path} is not an imgclass embeddings file")
+        flat = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
+        dim = int(meta.get("dim", 0))
+        if dim < 1 or flat.size != dim * table.num_rows:
+            raise UserError(f"{path}: {flat.size} numbers are not {table.num_rows} vectors of {dim}; embed again")
+        paths, labels = table.column("path").to_pylist(), table.column("label").to_pylist()
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        raise UserError(f"cannot read the embeddings {path}: {exc}") from None
+    # the same checks as the .npy files' (issue 40, item 6: the Parquet reader skipped them)
+    return _checked(Embeddings, flat.reshape(table.num_rows, dim), paths, labels, meta, path)
 
 
 def _rows(data: str | Path, labelled: bool) -> tuple[Path, list[tuple[str, int]], list[str]]:

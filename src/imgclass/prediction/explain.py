@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import UserError
+from ..core.figures import save_figure
 from ..data.decode import ImageDecodeError
 from ..data.preprocess import to_nchw
 from ..inference.engines import TorchEngine
@@ -67,7 +68,8 @@ def heatmaps(predictor: Predictor, images: torch.Tensor, classes: list[int], met
 def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None, out: str | Path = "explain",
             method: str = "gradcam", device: str = "auto") -> list[dict[str, Any]]:
     """For each image: the heatmap of the predicted class (or of `label`) over the image, written to
-    out/<image name>.png with the prediction and the chosen class's probability; returns one dict per image."""
+    out/<image name>.png (STEM-2.png for a second image of that name) with the prediction and the chosen class's
+    probability; returns one dict per image."""
     from ..inference.predictor import expand_inputs
     predictor = model if isinstance(model, Predictor) else Predictor.load(model, device)
     if label is not None and label not in predictor.classes:
@@ -76,7 +78,7 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
     paths = expand_inputs(inputs)
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, written = [], set()
     for path in paths:
         try:  # the model file's decode and resize, as predict does
             images = to_nchw(predictor.pre.load(path)[None])
@@ -86,13 +88,24 @@ def explain(model: str | Path | Predictor, inputs: Any, label: str | None = None
         probs = predictor.probabilities(images)[0]
         top = int(probs.argmax())
         chosen = predictor.classes.index(label) if label is not None else top
-        target = out_dir / f"{Path(str(path)).stem}.png"
-        heatmap_figure(images[0].permute(1, 2, 0).numpy(), overlays(predictor, images, [chosen], method)[0],
-                       f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
-                       f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})").savefig(target, dpi=110)
+        target = _unused_name(out_dir, Path(str(path)).stem, written)
+        save_figure(heatmap_figure(images[0].permute(1, 2, 0).numpy(), overlays(predictor, images, [chosen], method)[0],
+                                   f"predicted {predictor.classes[top]} {float(probs[top]):.2f}; heatmap of "
+                                   f"{predictor.classes[chosen]} {float(probs[chosen]):.2f} ({method})"), target)
         results.append({"image": str(path), "prediction": predictor.classes[top], "probability": float(probs[top]),
                         "explained": predictor.classes[chosen], "heatmap": str(target)})
     return results
+
+
+def _unused_name(folder: Path, stem: str, written: set[str]) -> Path:
+    """STEM.png, or STEM-2.png, STEM-3.png... when this call already wrote that name (two images with one stem in
+    different folders each get their own overlay)."""
+    name, n = f"{stem}.png", 1
+    while name in written:
+        n += 1
+        name = f"{stem}-{n}.png"
+    written.add(name)
+    return folder / name
 
 
 class ExplainBusy(Exception):

@@ -4,7 +4,6 @@ shows where the loss falls fastest, and the suggestion is the rate at the minimu
 smoothed loss divided by 10 (fastai's "minimum/10" rule)."""
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from ..core import log
 from ..core.errors import DataError
-from ..core.files import write_bytes_atomic
+from ..core.figures import save_figure
 from .build import make_trainer, prepare
 from ..models.inference import pick_device
 from .loop.optim import set_lr
@@ -76,7 +75,5 @@ def lr_find(data: str | Path, out: str | Path = "lr_find.png", start_lr: float =
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=110)
-    write_bytes_atomic(out, png.getvalue())
+    save_figure(fig, out)
     return LRFind(lrs, losses, suggestion, out)

@@ -12,6 +12,7 @@ from ..data.augment import from_config as augment_from_config
 from ..data.images import load_split
 from ..data.preprocess import Preprocessing
 from ..core.errors import DataError, UserError
+from ..core.figures import save_figure
 from .plan import plan_run
 
 
@@ -40,8 +41,7 @@ def augment_preview(data: str | Path, out: str | Path = "augment_preview.png", i
     figure = gallery_rows(grid, f"augment {cfg.augment}: {settings}", len(x))
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    return out
+    return save_figure(figure, out, dpi=100)
 
 
 def _hwc(batch: torch.Tensor) -> list:

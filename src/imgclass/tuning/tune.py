@@ -20,6 +20,8 @@ import yaml
 from ..training import config as config_mod
 from ..data.split import folds
 from ..core.errors import UserError
+from ..core.figures import save_figure
+from ..core.files import write_text_atomic
 from ..training.loop.fit import Callback
 from ..training.plan import RunPlan, plan_run
 from ..training.integrations import tracking
@@ -203,7 +205,8 @@ def tune(data: str | Path, trials: int = 10, sampler: str = "tpe", space: str | 
     if best_cfg.get("head") == "none":
         best_cfg["head"] = None
     best_file = out / "best.yaml"
-    best_file.write_text(yaml.safe_dump({k: v for k, v in best_cfg.items()}, sort_keys=False))
+    # best.yaml is the next command's input (train --config): a kill leaves the old file or the new one
+    write_text_atomic(best_file, yaml.safe_dump({k: v for k, v in best_cfg.items()}, sort_keys=False))
     _write_trials(st, out / "trials.csv")
     _figures(st, out / "figures")
     return TuneResult(name, storage, best.value, best.params, best_file, len(st.trials))
@@ -228,17 +231,19 @@ def _open_study(name: str, storage: str, sampler: str, pruner: str, search: dict
 def _write_trials(study, path: Path) -> None:
     """trials.csv (optuna's trials_dataframe would need pandas just for this)."""
     import csv
+    import io
     keys = sorted({k for t in study.trials for k in t.params})
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["number", "state", "value", "seconds", "run", "fold_scores", "fold_std"] + keys)
-        for t in study.trials:
-            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
-            scores = t.user_attrs.get("fold_scores") or []
-            spread = statistics.pstdev(scores) if len(scores) > 1 else ""  # over the folds run (--cv)
-            w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value, seconds,
-                        t.user_attrs.get("run", ""), ";".join(f"{s:.6g}" for s in scores), spread]
-                       + [t.params.get(k, "") for k in keys])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["number", "state", "value", "seconds", "run", "fold_scores", "fold_std"] + keys)
+    for t in study.trials:
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+        scores = t.user_attrs.get("fold_scores") or []
+        spread = statistics.pstdev(scores) if len(scores) > 1 else ""  # over the folds run (--cv)
+        w.writerow([t.number, t.state.name.lower(), "" if t.value is None else t.value, seconds,
+                    t.user_attrs.get("run", ""), ";".join(f"{s:.6g}" for s in scores), spread]
+                   + [t.params.get(k, "") for k in keys])
+    write_text_atomic(path, buf.getvalue())
 
 
 def _figures(study, folder: Path) -> None:
@@ -252,13 +257,13 @@ def _figures(study, folder: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         ax = vis.plot_optimization_history(study)
-        ax.figure.savefig(folder / "optimization_history.png", dpi=110, bbox_inches="tight")
+        save_figure(ax.figure, folder / "optimization_history.png", tight=True)
         plt.close(ax.figure)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
             try:
                 ax = vis.plot_param_importances(study)
-                ax.figure.savefig(folder / "param_importances.png", dpi=110, bbox_inches="tight")
+                save_figure(ax.figure, folder / "param_importances.png", tight=True)
                 plt.close(ax.figure)
             except (RuntimeError, ValueError):
                 pass  # importances need variation in both parameters and results
