@@ -72,3 +72,24 @@ def test_the_graph_index_agrees_with_exact_search_and_is_saved_once(tmp_path):
     assert index.kind == "hnsw" and len(saved) == 1
     again = load_index(big, tmp_path / "emb.npy", queries=5)  # once saved, the graph answers
     assert again.kind == "hnsw" and np.array_equal(again.search(big[:5], 3)[0], index.search(big[:5], 3)[0])
+
+
+def test_a_damaged_or_foreign_saved_graph_is_built_again_not_used(tmp_path, monkeypatch, imgclass_log):
+    """issue 40, item 7: the graph was written in place under its final name and loaded unchecked: a kill (or two
+    `similar` runs) left a truncated graph that later runs loaded, and a graph of other keys named wrong images."""
+    from imgclass.curation import index as index_module
+    monkeypatch.setattr(index_module, "EXACT_MAX", 50)
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    built = load_index(vectors, tmp_path / "emb.npy", queries=200)
+    saved, = tmp_path.glob("emb.*.usearch")
+    assert built.kind == "hnsw" and not list(tmp_path.glob("*.tmp*"))  # no temporary file left beside it
+    saved.write_bytes(saved.read_bytes()[:100])  # cut, as a kill mid-write left it
+    again = load_index(vectors, tmp_path / "emb.npy", queries=5)
+    assert again.kind == "exact" and any("building the similarity graph again" in m for _, m in imgclass_log)
+    other = index_module.VectorIndex(vectors[:120], "hnsw")  # a graph of 120 keys under the 200 vectors' name
+    other.graph.save(str(saved))
+    rebuilt = load_index(vectors, tmp_path / "emb.npy", queries=200)
+    assert rebuilt.kind == "hnsw" and len(rebuilt.graph) == 200
+    keys, _ = rebuilt.search(vectors[:10], 1)
+    assert (keys[:, 0] == np.arange(10)).all()

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import UserError
+from ..core.files import staged_file
 from ..models.neighbours import exact_search, unit_rows
 
 # Above this many vectors the approximate index answers. Measured on machine A (AMD EPYC, 2 cores, 1280-d vectors of
@@ -48,8 +50,10 @@ class VectorIndex:
     def save(self, path: Path, source_digest: str) -> None:
         """The HNSW graph beside its embeddings file (exact search needs nothing saved), with the digest of the
         vectors it indexes in its name, so a graph of older embeddings is never used."""
-        if self.graph is not None:
-            self.graph.save(str(graph_path(path, source_digest)))
+        if self.graph is not None:  # under a temporary name, then renamed: a kill or a second `similar` writing the
+            # same graph never leaves a truncated one under the name later runs load
+            with staged_file(graph_path(path, source_digest)) as tmp:
+                self.graph.save(str(tmp))
 
 
 def vectors_digest(vectors: np.ndarray) -> str:
@@ -76,6 +80,21 @@ def _build_graph(vectors: np.ndarray):
     return index
 
 
+def _restored(saved: Path, n: int):
+    """The saved graph, when it loads and indexes exactly keys 0..n-1 (a damaged or foreign file is set aside with a
+    warning and the graph built again: its keys index the paths, and a wrong key would name the wrong image)."""
+    try:
+        graph = _usearch().restore(str(saved))
+        ok = graph is not None and len(graph) == n and bool(np.all(graph.contains(np.arange(n, dtype=np.uint64))))
+    except Exception as exc:  # noqa: BLE001 - whatever usearch raises on a damaged file, the answer is to rebuild
+        log.warning(f"{saved}: cannot be read ({exc}); building the similarity graph again")
+        return None
+    if not ok:
+        log.warning(f"{saved} does not index these {n} embeddings; building the similarity graph again")
+        return None
+    return graph
+
+
 def load_index(vectors: np.ndarray, embeddings_file: Path | None, queries: int) -> VectorIndex:
     """The search over an embeddings file's vectors for this many queries: its saved HNSW graph when there is one,
     else exact, unless the set is large and the queries many enough to pay for building (and saving) a graph."""
@@ -84,7 +103,9 @@ def load_index(vectors: np.ndarray, embeddings_file: Path | None, queries: int) 
     digest = vectors_digest(vectors)
     saved = graph_path(embeddings_file, digest) if embeddings_file is not None else None
     if saved is not None and saved.is_file():
-        return VectorIndex(vectors, "hnsw", _usearch().restore(str(saved)))
+        graph = _restored(saved, len(vectors))
+        if graph is not None:
+            return VectorIndex(vectors, "hnsw", graph)
     if queries < len(vectors) // 4:
         return VectorIndex(vectors, "exact")
     index = VectorIndex(vectors, "hnsw")
