@@ -114,3 +114,90 @@ def test_any_fsspec_url_and_the_command_line(trained_run, shard_set, capsys):
     import json
     assert main(["predict", str(trained_run), local, "--format", "json", "--runtime", "torch"]) == 0
     assert [a["image"] for a in json.loads(capsys.readouterr().out)] == [a["image"] for a in here]
+
+
+def _png(colour=(200, 10, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _header(name: bytes, size: int, kind: bytes) -> bytes:
+    """One ustar header block, its checksum right (what a crafted shard would hold)."""
+    block = bytearray(512)
+    block[:len(name)] = name
+    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    block[124:136] = f"{size:011o}\0".encode()
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:263], block[263:265] = b"ustar\0", b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    return bytes(block)
+
+
+def test_names_from_pax_and_gnu_headers_are_read_as_tarfile_writes_them(tmp_path):
+    """The reader (data/shards.py, in place of tarfile's streaming mode) reads what tarfile writes: long names in pax
+    and in GNU headers, gzip, directories and other members skipped."""
+    long = "a" * 120 + "/" + "b" * 110 + ".png"
+    for fmt, suffix in ((tarfile.PAX_FORMAT, ".tar"), (tarfile.GNU_FORMAT, ".tar.gz")):
+        path = tmp_path / f"s{fmt}{suffix}"
+        with tarfile.open(path, "w:gz" if suffix == ".tar.gz" else "w", format=fmt) as tar:
+            dir_info = tarfile.TarInfo("x")
+            dir_info.type = tarfile.DIRTYPE
+            tar.addfile(dir_info)
+            add(tar, long, _png())
+            add(tar, "x/label.cls", b"3")
+            add(tar, "x/é.jpg", _png((0, 0, 255)))
+        got = list(sh.shard_images(str(path)))
+        assert [name for name, _ in got] == [sh.member_url(str(path), long), sh.member_url(str(path), "x/é.jpg")]
+        assert all(isinstance(data, bytes) and data[:4] == b"\x89PNG" for _, data in got)
+
+
+def test_a_pax_header_bomb_fails_its_row_without_reading_it(tmp_path):
+    """issue 40, item 1: a pax header claiming 512 MiB (zeros, a few hundred kB gzipped) was read whole by tarfile
+    before the loop saw a member; here it is refused by its size, with tracemalloc's peak far below it."""
+    import gzip
+    import tracemalloc
+    claimed = 512 * 2**20
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz:
+        gz.write(_header(b"ok.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512))
+        gz.write(_header(b"././@PaxHeader", claimed, b"x"))
+        zeros = bytes(2**20)
+        for _ in range(claimed // len(zeros)):
+            gz.write(zeros)
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(raw.getvalue())
+    tracemalloc.start()
+    got = list(sh.shard_images(str(bomb)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got[0][0] == sh.member_url(str(bomb), "ok.png") and isinstance(got[0][1], bytes)
+    assert got[1][0] == str(bomb) and "pax header of 536870912 bytes" in got[1][1] and len(got) == 2
+    assert peak < 64 * 2**20
+
+
+def test_an_invalid_header_after_the_first_member_is_an_error_row(tmp_path):
+    """issue 40, item 8: tarfile ended the stream without a word at an invalid header after the first member."""
+    good = _header(b"a.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512)
+    broken = bytearray(_header(b"b.png", len(_png()), b"0"))
+    broken[0:1] = b"z"  # the checksum no longer matches
+    path = tmp_path / "damaged.tar"
+    path.write_bytes(good + bytes(broken) + _png() + bytes(1024))
+    got = list(sh.shard_images(str(path)))
+    assert got[0][0] == sh.member_url(str(path), "a.png") and isinstance(got[0][1], bytes)
+    assert got[1] == (str(path), got[1][1]) and "damaged after its last readable member" in got[1][1]
+    assert "checksum" in got[1][1] and len(got) == 2
+
+
+def test_a_chunk_holds_a_bounded_number_of_bytes(tmp_path):
+    """issue 40, item 1: 256 members of up to 64 MiB made a 16 GiB chunk; a chunk now ends at max_bytes too."""
+    path = tmp_path / "big.tar"
+    members = [bytes(300_000) for _ in range(10)]
+    with tarfile.open(path, "w") as tar:
+        for k, data in enumerate(members):
+            add(tar, f"{k}.png", data)
+    chunks = list(sh.shard_batches([str(path)], size=256, max_bytes=1_000_000))
+    assert [len(names) for names, _ in chunks] == [4, 4, 2]
+    assert all(sum(len(i) for i in items) < 1_000_000 + 300_000 for _, items in chunks)
