@@ -108,3 +108,32 @@ def test_a_model_file_cannot_raise_the_pixel_limit(trained_run, tmp_path):
     assert Predictor.load(low, "cpu").pre.max_pixels == 100                        # a file may lower it
     result = Predictor.load(low, "cpu").predict([trained_run / "model.safetensors"])  # not even an image
     assert "error" in result[0]
+
+
+def test_a_header_asking_for_a_huge_network_is_refused_without_building_it(tmp_path, monkeypatch):
+    """issue 40, item 2: a 600-byte file whose header asked for an mlp of width 40,000 and depth 30 was built in full
+    (about 190 GB) before any tensor shape was compared. It is now refused from shapes alone: the network is only
+    ever built on the meta device (no memory). (Width 4,000 here: what the old code built stays affordable.)"""
+    from safetensors.torch import save_file
+
+    from imgclass.data.preprocess import Preprocessing
+    from imgclass.models import registry
+    from imgclass.models.header import Architecture
+    from imgclass.models.modelfile import model_header, save_model
+    arch = Architecture("mlp", {"width": 8, "depth": 1})
+    small = tmp_path / "small.safetensors"
+    save_model(small, registry.create_model("mlp", num_classes=2, width=8, depth=1),
+               model_header(arch, ["a", "b"], Preprocessing(img_size=8)))
+    header = read_header(small).to_dict()
+    header["arch"]["args"] = {"width": 4000, "depth": 3}
+    crafted = tmp_path / "crafted.safetensors"
+    save_file({"x": torch.zeros(1)}, str(crafted), metadata={"imgclass": json.dumps(header)})
+    assert crafted.stat().st_size < 2000
+    from imgclass.models.tasks import base
+    devices = []
+    monkeypatch.setattr(base, "create_model", lambda *a, **k: devices.append(torch.empty(0).device.type)
+                        or registry.create_model(*a, **k))
+    with pytest.raises(UserError, match="tensors are not the file's"):
+        load_model(crafted)
+    assert devices == ["meta"]
+    assert load_model(small)[0] is not None and devices == ["meta", "meta", "cpu"]

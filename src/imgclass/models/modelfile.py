@@ -169,10 +169,36 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
+def _check_shapes(file: Path, header: ModelHeader) -> None:
+    """Refuse a file whose header asks for a network other than the tensors it holds, before building it: the
+    network is built on PyTorch's meta device (shapes only, no memory) and its tensors' shapes compared with the
+    file's (safetensors reads them from the file's own header). A 600-byte file whose header asked for an mlp of
+    width 40,000 and depth 30 was built in full first (about 190 GB); a real model's memory is then bounded by the
+    size of its file."""
+    try:
+        with torch.device("meta"):
+            skeleton = header.task.build(header.arch, header.classes)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - arguments the architecture cannot build from
+        raise UserError(f"{file}: its header describes a network that cannot be built ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(file), framework="pt") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys() if k != BANK_KEY}
+    prefix = "model."
+    if header.format == CHECKPOINT_FORMAT and any(k.startswith(prefix) for k in stored):
+        stored = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)}
+    if stored != expected:
+        differ = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored[k] != expected[k]]
+        raise UserError(f"{file}: its header describes a network whose tensors are not the file's ({len(expected)} "
+                        f"expected, {len(stored)} stored; first difference: {differ[0]}): refused")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelHeader]:
     """Rebuild the model from its file alone; returns (model in eval mode, header)."""
     file = resolve_model_path(path)
     header = read_header(file)
+    _check_shapes(file, header)  # before anything is allocated: the network the header asks for is the file's
     model = header.task.build(header.arch, header.classes)
     tensors = load_file(str(file))
     bank = tensors.pop(BANK_KEY, None)
