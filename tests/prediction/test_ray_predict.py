@@ -132,3 +132,17 @@ def test_ray_refuses_bad_options_in_one_line(trained_run, photos, options, messa
                            "--ray", *options], capture_output=True, text=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and last.startswith(f"imgclass: error: {message}"), done.stderr[-2000:]
+
+
+def test_without_address_ray_starts_its_own_whatever_the_environment_says(trained_run, photos):
+    """issue 40, item 3: with no --address, ray.init(address=None) attached to RAY_ADDRESS (here a port nothing
+    answers at), to any Ray already running, or to a stale cluster file's; predict --ray now starts a Ray of its
+    own, and says in one line that Ray's services listen on the network while it runs."""
+    import os
+    done = subprocess.run([sys.executable, "-m", "imgclass", "predict", str(trained_run), str(photos / "0.png"),
+                           "--ray", "--ray-workers", "1", "--runtime", "torch", "--format", "json"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(json.loads(done.stdout)) == 1
+    assert "starts a private Ray" in " ".join(done.stderr.split())

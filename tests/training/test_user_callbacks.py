@@ -113,3 +113,19 @@ def test_a_bad_callback_is_refused_before_any_work(data, tmp_path, spec, message
     assert main(["train", str(data), "--out", str(out), "--callback", spec, "--no-verbose"]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "model.safetensors").exists() and not (out / "metrics.csv").exists()
+
+
+def test_a_callback_named_by_a_config_file_is_said_and_leaves_sys_path_as_it_was(tmp_path, monkeypatch,
+                                                                                    imgclass_log):
+    """issue 40, item 5: a `callback:` in a config file ran code with no log line, and the module:Class form left the
+    current folder first on sys.path for the rest of the process (a file there could shadow later imports)."""
+    import sys
+
+    from imgclass.training.integrations.user_callbacks import load_callbacks
+    (tmp_path / "cwd_hooks.py").write_text("import imgclass\nclass Hook(imgclass.Callback):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    hooks = load_callbacks("cwd_hooks:Hook")
+    assert type(hooks[0]).__name__ == "Hook" and sys.path == before
+    assert any("running the code of cwd_hooks" in message for _, message in imgclass_log)

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import UserError
 from ..core.extras import require
 from ..core.files import staged_file
@@ -131,7 +132,12 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
     started_here = not ray.is_initialized()
     if started_here:
         _check_reachable(address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        if address is None:
+            log.warning(PRIVATE_RAY_NOTE)
+        # "local": a Ray of this job's own. With address=None Ray would attach to RAY_ADDRESS, to a Ray already
+        # running on this machine, or to the cluster a stale ray_current_cluster file names (and then fail on
+        # num_cpus); "local" alone starts a new one whatever the environment says.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False,
                  **({} if address else {"num_cpus": os.cpu_count() or 1}))
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -157,6 +163,13 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
     finally:
         if started_here:
             ray.shutdown()
+
+
+# Ray 2.60 binds its own services (GCS, raylet, object manager) to every network interface, even when told that the
+# node's address is 127.0.0.1 (it resolves loopback to the machine's address), and they take no password: said once
+# at the start of every job that starts its own Ray, and in the README's Security section.
+PRIVATE_RAY_NOTE = ("--ray without --address starts a private Ray on this machine for this job; Ray's own services "
+                    "listen on this machine's network interfaces, unauthenticated, until the job ends")
 
 
 def _check_reachable(address: str | None) -> None:

@@ -27,6 +27,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from ...core import log
 from ...core.errors import UserError
 from ..loop.fit import Callback
 
@@ -40,6 +41,9 @@ def _build(spec: str) -> Callback:
     where, sep, name = spec.rpartition(":")
     if not sep or not where or not name.isidentifier():
         raise UserError(f"--callback {spec!r}: expected module:Class or path/to/file.py:Class")
+    # said every time: a config file (--config, a run's config.yaml on --resume, tune's best.yaml) can name a
+    # callback, and loading it runs its code
+    log.warning(f"--callback {spec}: running the code of {where} (named by the options or a config file)")
     module = _module_from_file(Path(where), spec) if where.endswith(".py") else _module(where, spec)
     cls = getattr(module, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Callback)):
@@ -51,13 +55,18 @@ def _build(spec: str) -> Callback:
 
 
 def _module(name: str, spec: str):
-    # like `python -m` and uvicorn: a module in the current folder is importable by name
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+    # like `python -m` and uvicorn: a module in the current folder is importable by name, for this import alone
+    # (left first on sys.path, a file there could shadow every later import of the process)
+    added = "" not in sys.path and str(Path.cwd()) not in sys.path
+    if added:
         sys.path.insert(0, str(Path.cwd()))
     try:
         return importlib.import_module(name)
     except ImportError as exc:
         raise UserError(f"--callback {spec!r}: cannot import {name} ({exc})") from None
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
 
 
 def _module_from_file(path: Path, spec: str):
