@@ -129,3 +129,36 @@ def test_reject_is_refused_where_it_cannot_apply(trained_run, tmp_path):
     onnx_file, _ = export_model(trained_run, "onnx", tmp_path / "m.onnx")
     with pytest.raises(UserError, match="ONNX"):
         imgclass.load(onnx_file).rejection(True)
+
+
+def test_the_reject_pass_of_the_service_holds_a_decoding_slot(strict_model):
+    """issue 40, item 4: `?reject=true`'s extra backbone pass ran outside the decoding slots (up to 40 threads at once,
+    each with torch's own threads, past the README's memory bound); with --max-concurrent 1 it now runs one at a
+    time."""
+    import threading
+    import time
+
+    path, sure, _ = strict_model
+    predictor = imgclass.load(path)
+    inside, most, lock = [0], [0], threading.Lock()
+    real = predictor.features
+
+    def counted(images):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return real(images)
+        finally:
+            with lock:
+                inside[0] -= 1
+    predictor.features = counted
+    app = create_app(predictor, max_concurrent=1)
+
+    with local_client(app) as client:  # requests from 6 threads reach the one app at once
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: client.post("/predict?reject=true", files={
+                "file": ("x.png", sure.read_bytes(), "image/png")}).status_code, range(6)))
+    assert codes == [200] * 6 and most[0] == 1

@@ -277,9 +277,12 @@ def _scorer(predictor: Predictor, batcher: Batcher, slots: asyncio.Semaphore, sl
                 future.cancel()
             raise HTTPException(504, f"no answer from the model within {max_wait_s:g} s") from None
         pixels = [d for d in decoded if not isinstance(d, dict)]
-        feats = iter(await run_in_threadpool(  # ?reject=true with a k-NN rule: one more backbone pass, these images
-            lambda: predictor.features(to_nchw(np.stack(pixels))).numpy())) \
-            if rejection is not None and rejection.needs_features and pixels else None
+        feats = None
+        if rejection is not None and rejection.needs_features and pixels:
+            # ?reject=true with a k-NN rule: one more backbone pass over these images, in a decoding slot like the
+            # decode (outside one, 40 threads could each run it with torch's own threads: past --max-concurrent)
+            async with _slot(slots, slot_seconds, "every decoding slot is taken"):
+                feats = iter(await run_in_threadpool(lambda: predictor.features(to_nchw(np.stack(pixels))).numpy()))
         out = []
         for item in decoded:
             if isinstance(item, dict):
