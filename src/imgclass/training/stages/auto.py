@@ -126,6 +126,13 @@ def resolve_new_run(found, explicit: dict[str, Any], options: dict[str, Any], co
         options["img_size"] = choose_img_size(found, name, spec.default_img_size)
     options["model"] = name
     transfer = {**explicit, **options}.get("pretrained") or explicit.get("weights") is not None
+    if not transfer and ":" in name and say is not None:  # a zoo network named without weights: never in silence
+        origin = pretrained.find_origin(name)
+        say(f"{name} starts from random weights (no --pretrained, no --weights): "
+            + (f"--pretrained would start from its ImageNet weights, installed here ({origin.location})"
+               if origin is not None else "its published weights are not available offline here, so --pretrained "
+               "would need them in the hub cache")
+            + "; from nothing, a photo model needs many epochs")
     return config_mod.resolve(config, recipe=TRANSFER_RECIPE if transfer else spec.recipe, **options)
 
 
