@@ -15,7 +15,7 @@ from imgclass.core.errors import UserError
 from imgclass.models.modelfile import read_header, read_onnx_header
 from imgclass.models.tasks import MultiLabel
 
-from helpers import assert_same_answers, local_client, make_tagged_folder
+from helpers import FAST, assert_same_answers, local_client, make_tagged_folder
 
 TAGS = ("dot", "red", "stripe")
 
@@ -267,3 +267,41 @@ def test_one_threshold_for_every_tag_overrides_the_chosen_ones(tmp_path):
     assert {v["threshold"] for v in m["per_tag"].values()} == {0.3}
     with pytest.raises(UserError, match="--threshold takes a probability"):
         imgclass.train(data, out=str(tmp_path / "bad"), threshold=1.5, **options)
+
+
+def test_a_tag_with_no_training_image_is_left_out_and_the_run_completes(tmp_path, imgclass_log):
+    """issue 40, item 17: a long-tailed tag set with its own split (a genre seen once in val and once in test, never
+    in train) refused to train ("class(es) Reality-TV have no usable training image"). The tag is left out of the
+    model with one note; its images stay, with their other tags."""
+    data, labels = make_tagged_folder(tmp_path, n=60)
+    rows = labels.read_text().splitlines()
+    split = ["train"] * 40 + ["val"] * 10 + ["test"] * 10
+    out = [rows[0] + ",split"]
+    for i, (row, where) in enumerate(zip(rows[1:], split)):
+        name, tags = row.split(",", 1)
+        tags = tags.strip('"')
+        if i in (45, 55):  # one val image and one test image carry the rare tag
+            tags = ";".join(filter(None, [tags, "Reality-TV"]))
+        out.append(f'{name},"{tags}",{where}')
+    labels.write_text("\n".join(out) + "\n")
+    run = imgclass.train(data, labels=str(labels), multi_label=True, out=str(tmp_path / "run"), **dict(FAST, epochs=1))
+    assert "Reality-TV" not in run.classes and set(run.classes) == {"red", "stripe", "dot"}
+    assert any("left out of the model" in m and "Reality-TV" in m for _, m in imgclass_log)
+    splits = (run.dir / "splits.csv").read_text()
+    assert splits.count("\n") - 1 == 60  # every image stays
+    report = (run.dir / "eval" / "test" / "report.md")
+    assert not report.exists() or "Reality-TV" in report.read_text()  # FAST skips evaluation; when run, it says so
+    ev = imgclass.evaluate(run.dir, split="test", out=tmp_path / "ev")
+    assert any("Reality-TV" in note for note in ev.notes)
+
+
+def test_a_class_with_no_training_image_is_left_out_and_the_run_completes(tmp_path, imgclass_log):
+    """issue 40, item 17, one class per image: a class found only in val and test leaves the run (its images too)."""
+    from helpers import make_split_folders
+    data = make_split_folders(tmp_path / "data", classes=("a", "b"))
+    for split in ("val", "test"):
+        (data / split / "rare").mkdir()
+        (data / split / "rare" / "x.png").write_bytes((data / split / "a").iterdir().__next__().read_bytes())
+    run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1))
+    assert run.classes == ["a", "b"]
+    assert any("left out of the model" in m and "rare" in m and "2 val/test image(s)" in m for _, m in imgclass_log)

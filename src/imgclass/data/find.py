@@ -174,11 +174,8 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], hierarchy: bool
     for folder in labelled.values():
         names.update(d.name for d in _class_dirs(folder))
     classes = natural_sorted(names)
-    if "train" in labelled:
-        train_names = {d.name for d in _class_dirs(labelled["train"])}
-        extra = sorted(names - train_names)
-        if extra:
-            raise DataError(f"classes {', '.join(extra)} appear in val/test but not in train/")
+    # a class found in val/ or test/ but not in train/ is kept here (check counts it); training leaves it out of the
+    # model with a note (data/split.py: leave_out_untrained), as it does a tag with no training image
     given = [s for s in ("val", "test") if s in labelled]
     layout = "split folders (" + ", ".join(["train"] + given) + ")"
     if hierarchy:

@@ -94,6 +94,11 @@ class LabelKind:
         """What check reports of these labels beyond the counts per class (None: nothing)."""
         return None
 
+    def kept(self, label: Any, keep: list[int]) -> Any:
+        """A label once only the classes `keep` (old indices, in order) remain: None when its image leaves the run
+        (one class per image: its class left)."""
+        return keep.index(label) if label in keep else None
+
 
 class ClassLabels(LabelKind):
     """One class per image (two-level labels too: their fine classes, with Found.parents)."""
@@ -137,6 +142,10 @@ class TagLabels(LabelKind):
 
     def held(self, found_label, n_classes):
         return tuple(int(i in found_label) for i in range(n_classes))
+
+    def kept(self, label, keep):
+        """The image stays, with its other tags (none left: an untagged image, which teaches 'none of these')."""
+        return tuple(label[i] for i in keep)
 
     def cell(self, label, classes):
         """A JSON list of the tag names (any tag name survives it; byte-stable)."""

@@ -45,6 +45,27 @@ class Split:
         return out
 
 
+def leave_out_untrained(split: Split, two_level: bool = False) -> tuple[Split, list[str]]:
+    """The split without the classes (tags) that have no training image while others have some: such a class cannot
+    be learnt, and a long tail makes them common (movie genres: one seen once in val and once in test, never in
+    train). Its images leave val and test (with several tags, only the tag leaves: they keep their others); one
+    note says which. Two-level labels keep them (their coarse classes hang on the fine ones) and are refused at
+    decoding as before."""
+    counts = split.counts().get("train") or []
+    empty = [i for i, n in enumerate(counts) if n == 0]
+    if not empty or len(empty) == len(counts) or two_level:
+        return split, []
+    keep = [i for i in range(len(counts)) if i not in empty]
+    items = {name: [(rel, new) for rel, label in rows if (new := split.kind.kept(label, keep)) is not None]
+             for name, rows in split.items.items()}
+    names = [split.classes[i] for i in empty]
+    gone = sum(len(rows) for rows in split.items.values()) - sum(len(rows) for rows in items.values())
+    note = (f"left out of the model, with no training image to learn from: {', '.join(names[:10])}"
+            f"{' ...' if len(names) > 10 else ''}" + (f"; their {gone} val/test image(s) leave the run too" if gone else
+                                                      "; their images stay, with their other labels"))
+    return Split(split.root, [split.classes[i] for i in keep], items, split.kind, list(split.excluded)), [note]
+
+
 def carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
            warn: list[str], classes: list[str]) -> dict[str, list[tuple[str, int]]]:
     """Split a pool per class: each wanted split gets round(n * fraction), at least 1."""

@@ -129,7 +129,10 @@ def evaluate(model: str | Path, data: str | Path | None = None, split: str = "te
     if data_map:
         predictor.task.require("data_map")
     classes = predictor.classes
-    notes: list[str] = []
+    run = RunDir.of_model(model) if data is None else None
+    # the run's own notes on its data (a class or tag left out of the model, a split too small...) belong in the
+    # report of its own splits: they say what the numbers cover
+    notes: list[str] = list(run.read_results().get("data_notes", [])) if run is not None else []
     if precomputed is not None:
         tensors, probs = precomputed
     else:

@@ -21,7 +21,7 @@ from .config import TrainConfig
 from ..data.edits import apply_edits
 from ..data.find import Found
 from ..data.labels import LabelSource, kind_of_options
-from ..data.split import Split, make_split, read_splits
+from ..data.split import Split, leave_out_untrained, make_split, read_splits
 from ..core.errors import UserError
 from ..models.modelfile import read_header
 from ..models import get_spec
@@ -100,11 +100,12 @@ def plan_run(data: str | Path | None = None, config: str | Path | None = None, r
         cfg = resolve_new_run(found, explicit, options, config, started, say)
         if split is None:
             split, notes = make_split(found, cfg.val_split, cfg.test_split, cfg.seed)
-        elif split.classes != found.classes:
+        elif not set(split.classes) <= set(found.classes):  # a fold of a plan's split: its classes, maybe fewer
             raise UserError("the given split's classes are not those of the data")
         else:
             notes = []
-    return _decide(cfg, found, split, explicit, run, list(notes))
+    split, left_out = leave_out_untrained(split, two_level=bool(found.parents))  # the same on --resume
+    return _decide(cfg, found, split, explicit, run, list(notes) + left_out)
 
 
 def _find(values: dict[str, Any], edits: bool = True) -> Found:

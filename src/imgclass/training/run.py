@@ -377,6 +377,7 @@ def _finalize_stage(plan: RunPlan, run: RunDir, trainer: Trainer, final: Prepare
     header = dataclasses.replace(header_for(plan, final.pre, final.weights_origin, {**metrics, **facts}, calibration),
                                  reject=_rejection(plan, feats, say))
     save_model(run.model, best, header)
+    facts["data_notes"] = list(plan.notes)  # results.json only: the evaluation reports show them
     run.write_results({"metrics": metrics, **facts})
     result = Run(dir=run.path, config=cfg, classes=plan.classes, history=trainer.history, metrics=metrics,
                  task=plan.task)
