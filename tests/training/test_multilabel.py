@@ -78,7 +78,8 @@ def test_a_tagged_run_learns_stores_its_thresholds_and_scores_like_sklearn(tagge
     assert m["label_ranking_average_precision"] == pytest.approx(skm.label_ranking_average_precision_score(y, p))
     assert m["coverage_error"] == pytest.approx(skm.coverage_error(y, p))
     for key, decided in (("at_thresholds", given), ("at_0.5", p >= 0.5)):
-        assert m[key]["macro_f1"] == pytest.approx(skm.f1_score(y, decided, average="macro", zero_division=0))
+        assert m[key]["macro_f1"] == pytest.approx(skm.f1_score(y, decided, average="macro", zero_division=0,
+                                                                labels=np.flatnonzero(present)))
         assert m[key]["samples_f1"] == pytest.approx(skm.f1_score(y, decided, average="samples", zero_division=0))
         assert m[key]["subset_accuracy"] == pytest.approx(skm.accuracy_score(y, decided))
         assert m[key]["hamming_loss"] == pytest.approx(skm.hamming_loss(y, decided))
@@ -305,3 +306,16 @@ def test_a_class_with_no_training_image_is_left_out_and_the_run_completes(tmp_pa
     run = imgclass.train(data, out=str(tmp_path / "run"), **dict(FAST, epochs=1))
     assert run.classes == ["a", "b"]
     assert any("left out of the model" in m and "rare" in m and "2 val/test image(s)" in m for _, m in imgclass_log)
+
+
+def test_macro_f1_and_map_average_the_same_tags():
+    """issue 40, item 16: a tag with no positive image in the split was skipped by mAP but counted as 0 by macro F1;
+    both now average the tags present (scikit-learn's numbers over those tags)."""
+    from imgclass.evaluation.tags import tag_metrics
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    probs = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.2], [0.7, 0.6, 0.3], [0.1, 0.1, 0.4]])
+    m, notes = tag_metrics(y, probs, ["a", "b", "never"], np.full(3, 0.5), "test")
+    decided = probs >= 0.5
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y[:, :2], decided[:, :2], average="macro"))
+    assert m["macro_f1"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
+    assert any("never" in n for n in notes)

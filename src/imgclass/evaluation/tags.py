@@ -1,7 +1,9 @@
 """The evaluation of a model with several tags per image (models/task.MultiLabel): every number is
 scikit-learn's, recomputable from predictions.csv (the tags, the tags given at the model's thresholds and each
 tag's probability), each threshold-dependent one both at the model's per-tag thresholds (chosen on
-validation) and at a plain 0.5 for comparison.
+validation) and at a plain 0.5 for comparison. The macro averages (mAP, macro F1) average the same tags: those with
+at least one image in the split (scikit-learn's `labels=` for F1); a tag without one is named in a note, since its
+AP is undefined and its F1 would only count as 0.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
             "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
             "support": int(support[j]), "threshold": float(thresholds[j]),
             "ece": tag_ece(y[:, j], probs[:, j])}
-    at_thresholds = _decision_metrics(y, decided)
+    at_thresholds = _decision_metrics(y, decided, present)
     metrics = {
         "split": split, "task": "multi-label", "n": int(len(y)), "classes": list(names),
         "map": float(skm.average_precision_score(y[:, present], probs[:, present], average="macro"))
@@ -58,7 +60,7 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
         "coverage_error": float(skm.coverage_error(y, probs)),
         # the shared keys (compare, tune, the model card): exact-match accuracy and macro F1 at the thresholds
         "accuracy": at_thresholds["subset_accuracy"], "macro_f1": at_thresholds["macro_f1"],
-        "at_thresholds": at_thresholds, "at_0.5": _decision_metrics(y, probs >= 0.5),
+        "at_thresholds": at_thresholds, "at_0.5": _decision_metrics(y, probs >= 0.5, present),
         "per_tag": per_tag,
         "untagged": int((y.sum(1) == 0).sum()),
         "tags_per_image": {"true": float(y.sum(1).mean()), "predicted": float(decided.sum(1).mean())},
@@ -72,9 +74,12 @@ def tag_metrics(y: np.ndarray, probs: np.ndarray, names: list[str], thresholds: 
     return metrics, notes
 
 
-def _decision_metrics(y: np.ndarray, decided: np.ndarray) -> dict[str, float]:
+def _decision_metrics(y: np.ndarray, decided: np.ndarray, present: np.ndarray) -> dict[str, float | None]:
+    """The threshold-dependent numbers; macro F1 over the tags present in the split, as mAP."""
+    averaged = np.flatnonzero(present)
     return {"micro_f1": float(skm.f1_score(y, decided, average="micro", zero_division=0)),
-            "macro_f1": float(skm.f1_score(y, decided, average="macro", zero_division=0)),
+            "macro_f1": float(skm.f1_score(y, decided, average="macro", labels=averaged, zero_division=0))
+            if len(averaged) else None,
             "samples_f1": float(skm.f1_score(y, decided, average="samples", zero_division=0)),
             "subset_accuracy": float(skm.accuracy_score(y, decided)),
             "hamming_loss": float(skm.hamming_loss(y, decided))}
