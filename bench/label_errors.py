@@ -114,7 +114,7 @@ def main() -> None:
         emb = imgclass.embed("timm:tf_efficientnet_lite0", tmp / "noisy", pretrained=True)
         names = sorted(set(emb.labels))
         y = np.array([names.index(label) for label in emb.labels])
-        quality = get_label_quality_scores(y, out_of_fold_probabilities(emb.vectors, y, seed=101))
+        quality = get_label_quality_scores(y, out_of_fold_probabilities(emb.vectors, y, seed=101).probs)
         train_rows = [i for i, p in enumerate(emb.paths) if p.startswith("train/")]
         n_top = len(flips)
         top_quality = {emb.paths[i] for i in sorted(train_rows, key=lambda i: quality[i])[:n_top]}

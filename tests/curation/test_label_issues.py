@@ -66,7 +66,7 @@ def test_out_of_fold_probabilities_are_scikit_learns(tmp_path):
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
     x = rng.standard_normal((60, 8)) + y[:, None]
-    probs = out_of_fold_probabilities(x, y, folds=5, seed=3)
+    probs = out_of_fold_probabilities(x, y, folds=5, seed=3).probs
     want = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300)), x, y,
                              cv=StratifiedKFold(5, shuffle=True, random_state=3), method="predict_proba")
     np.testing.assert_allclose(probs, want, atol=1e-10)
@@ -97,3 +97,19 @@ def test_near_duplicates_by_embedding_and_their_leakage():
     assert [(p["a"], p["b"]) for p in near] == [("c/1.png", "c/4.png")] and near[0]["similarity"] > 0.99
     assert leakage == [{"a": "c/1.png", "a_split": "train", "b": "c/4.png", "b_split": "val",
                         "kind": f"embedding ({near[0]['similarity']:.3f})"}]
+
+
+def test_a_class_smaller_than_the_folds_is_said_and_a_single_image_is_not_judged():
+    """issue 40, item 14: with a class of 3 images the folds fell to 3 while the note said 5, and a class of one
+    image got probability 0 out of fold and topped every ranking; scikit-learn's warnings reached the user."""
+    import warnings
+    rng = np.random.default_rng(4)
+    y = np.concatenate([np.repeat([0, 1], 30), [2, 2, 2], [3]])
+    x = rng.standard_normal((len(y), 8)) + 3 * y[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reaches the user
+        oof = out_of_fold_probabilities(x, y, folds=5, seed=0)
+    assert oof.folds == 3 and not oof.judged[-1] and oof.judged[:-1].all()
+    assert np.isnan(oof.probs[-1]).all() and np.allclose(oof.probs[:-1].sum(1), 1)
+    found = find_label_issues(oof.probs, y)
+    assert len(y) - 1 not in {i.index for i in found}

@@ -88,11 +88,16 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
 
 def _label_issues(emb: Embeddings, labels: np.ndarray, split_of: dict[str, str], classes: list[str], folds: int,
                   seed: int, notes: list[str]) -> list[dict[str, Any]]:
-    probs = out_of_fold_probabilities(emb.vectors, labels, folds, seed)
-    accuracy = float((probs.argmax(1) == labels).mean())
-    found = find_label_issues(probs, labels)
-    notes.append(f"label issues: a linear head in {folds} folds on the embeddings answers {accuracy:.1%} of the "
+    oof = out_of_fold_probabilities(emb.vectors, labels, folds, seed)
+    judged = oof.judged
+    accuracy = float((oof.probs[judged].argmax(1) == labels[judged]).mean())
+    found = find_label_issues(oof.probs, labels)
+    notes.append(f"label issues: a linear head in {oof.folds} folds on the embeddings answers {accuracy:.1%} of the "
                  f"given labels out of fold; confident learning (cleanlab) flags {len(found)} image(s)")
+    if not judged.all():
+        alone = sorted({classes[i] for i in labels[~judged]})
+        notes.append(f"label issues: {int((~judged).sum())} image(s) not judged: their class has a single image "
+                     f"({', '.join(alone[:10])}{' ...' if len(alone) > 10 else ''}), so no fold could learn it")
     return [{"path": emb.paths[i.index], "split": split_of.get(emb.paths[i.index], ""), "given_label": classes[i.given],
              "suggested_label": classes[i.suggested], "quality": round(i.quality, 4),
              "given_probability": round(i.given_probability, 4),

@@ -16,28 +16,40 @@ from ..core.errors import UserError
 FOLDS = 5
 
 
+@dataclass(frozen=True)
+class OutOfFold:
+    """Out-of-fold probabilities and what they cover."""
+    probs: np.ndarray      # N x C (C: labels.max() + 1); the rows of images not judged are NaN
+    folds: int             # the folds used (fewer than asked when a class has fewer images than folds)
+    judged: np.ndarray     # N bools: the images whose class has two images or more
+
+
 def out_of_fold_probabilities(vectors: np.ndarray, labels: np.ndarray, folds: int = FOLDS, seed: int = 0
-                              ) -> np.ndarray:
-    """N x C probabilities, each row from the head fitted on the folds its image is not in (C: labels.max() + 1)."""
+                              ) -> OutOfFold:
+    """Each judged image's class probabilities from the head fitted on the folds it is not in. An image whose class
+    has a single image cannot be judged: the folds that leave it out have never seen its class, which would get
+    probability 0 and top every ranking; such images are left unjudged (NaN rows), and the caller says so."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     counts = np.bincount(labels)
-    present = counts[counts > 0]
-    if len(present) < 2:
-        raise UserError("label issues need at least two classes with images")
+    kept = np.flatnonzero(counts >= 2)
+    if len(kept) < 2:
+        raise UserError("label issues need at least two classes with two images or more")
+    judged = np.isin(labels, kept)
     # a class with fewer images than folds cannot be in every fold's training part: fewer folds, at least 2
-    folds = int(max(2, min(folds, present.min()))) if present.min() >= 2 else 2
+    folds = int(max(2, min(folds, counts[kept].min())))
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     import warnings
-    with warnings.catch_warnings():  # "the least populated class has only 1 member": handled, said by the caller
-        warnings.simplefilter("ignore", UserWarning)
-        probs = cross_val_predict(head, vectors, labels, cv=cv, method="predict_proba")
-    full = np.zeros((len(labels), len(counts)), dtype=np.float64)
-    full[:, np.flatnonzero(counts)] = probs  # predict_proba's columns: the classes present, in order
-    return full
+    with warnings.catch_warnings():  # convergence and numerical warnings of the fit: the folds are said instead
+        warnings.simplefilter("ignore")
+        probs = cross_val_predict(head, vectors[judged], labels[judged], cv=cv, method="predict_proba")
+    full = np.full((len(labels), len(counts)), np.nan)
+    full[judged] = 0.0
+    full[np.ix_(np.flatnonzero(judged), kept)] = probs  # predict_proba's columns: the classes fitted, in order
+    return OutOfFold(full, folds, judged)
 
 
 @dataclass(frozen=True)
@@ -51,13 +63,18 @@ class LabelIssue:
 
 
 def find_label_issues(probs: np.ndarray, labels: np.ndarray) -> list[LabelIssue]:
-    """The images confident learning flags (cleanlab's default filter, prune_by_noise_rate), most suspect first."""
+    """The images confident learning flags (cleanlab's default filter, prune_by_noise_rate), most suspect first;
+    rows of NaN (images not judged) take no part."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
     from cleanlab.rank import get_label_quality_scores
-    flagged = cleanlab_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    quality = get_label_quality_scores(labels, probs)
-    return [LabelIssue(int(i), int(labels[i]), int(probs[i].argmax()), float(quality[i]), float(probs[i, labels[i]]),
-                       float(probs[i].max())) for i in flagged]
+    rows = np.flatnonzero(~np.isnan(probs).any(1))
+    classes = np.unique(labels[rows])
+    local = np.searchsorted(classes, labels[rows])  # cleanlab wants the classes it sees numbered 0..K-1
+    sub = probs[np.ix_(rows, classes)]
+    flagged = cleanlab_issues(local, sub, return_indices_ranked_by="self_confidence")
+    quality = get_label_quality_scores(local, sub)
+    return [LabelIssue(int(rows[i]), int(labels[rows[i]]), int(classes[sub[i].argmax()]), float(quality[i]),
+                       float(sub[i, local[i]]), float(sub[i].max())) for i in flagged]
 
 
 def top_losses(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
