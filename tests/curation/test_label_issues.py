@@ -94,7 +94,7 @@ def test_near_duplicates_by_embedding_and_their_leakage():
     emb = Embeddings(vectors, tuple(f"c/{i}.png" for i in range(6)), ("c",) * 6, "/data", "test")
     split_of = {f"c/{i}.png": ("val" if i == 4 else "train") for i in range(6)}
     near, leakage = _near_duplicates(emb, VectorIndex(vectors), split_of, 0.9)
-    assert [(p["a"], p["b"]) for p in near] == [("c/1.png", "c/4.png")] and near[0]["similarity"] > 0.99
+    assert [(p["a"], p["b"], p["group"]) for p in near] == [("c/1.png", "c/4.png", 1)] and near[0]["similarity"] > 0.99
     assert leakage == [{"a": "c/1.png", "a_split": "train", "b": "c/4.png", "b_split": "val",
                         "kind": f"embedding ({near[0]['similarity']:.3f})"}]
 
@@ -113,3 +113,18 @@ def test_a_class_smaller_than_the_folds_is_said_and_a_single_image_is_not_judged
     assert np.isnan(oof.probs[-1]).all() and np.allclose(oof.probs[:-1].sum(1), 1)
     found = find_label_issues(oof.probs, y)
     assert len(y) - 1 not in {i.index for i in found}
+
+
+def test_three_near_copies_are_one_group_and_every_leak_is_listed():
+    """issue 40, item 13: near-duplicates were mutual nearest neighbours only: of three near-copies one was never
+    listed, so a train/test leak through the third copy was silent."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((8, 32)).astype(np.float32)
+    vectors[5] = vectors[2] + 0.010 * rng.standard_normal(32)
+    vectors[6] = vectors[2] + 0.012 * rng.standard_normal(32)
+    emb = Embeddings(vectors, tuple(f"c/{i}.png" for i in range(8)), ("c",) * 8, "/data", "test")
+    split_of = {f"c/{i}.png": {6: "test"}.get(i, "train") for i in range(8)}
+    near, leakage = _near_duplicates(emb, VectorIndex(vectors), split_of, 0.9)
+    assert {(p["a"], p["b"]) for p in near} == {("c/2.png", "c/5.png"), ("c/2.png", "c/6.png"), ("c/5.png", "c/6.png")}
+    assert {p["group"] for p in near} == {1}
+    assert {(l["a"], l["b"]) for l in leakage} == {("c/2.png", "c/6.png"), ("c/5.png", "c/6.png")}

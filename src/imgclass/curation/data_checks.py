@@ -33,6 +33,8 @@ from .index import VectorIndex
 from .label_issues import find_label_issues, out_of_fold_probabilities
 from .similar import backbone
 
+NEAR_K = 8  # nearest others searched per image for near-duplicates (a group of copies larger than this is still
+#            joined, through its members' own neighbours)
 OUTLIER_SHARE = 0.01  # the images farthest from their nearest neighbours are marked on the map as outliers
 
 
@@ -79,10 +81,12 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
     labels = np.array([found.classes.index(x) for x in emb.labels])
     notes = [f"{len(emb)} images embedded by {em.source} ({emb.vectors.shape[1]} features)"]
     index = VectorIndex(emb.vectors)
-    nearest = index.search(emb.vectors, 1, exclude_self=True)  # every image's nearest other: once, for all below
+    # every image's NEAR_K nearest others: once, for all below
+    nearest = index.search(emb.vectors, min(NEAR_K, len(emb) - 1), exclude_self=True) if len(emb) > 1 else None
     issues = _label_issues(emb, labels, split_of, found.classes, folds, seed, notes) if label_issues else None
     near, leakage = _near_duplicates(emb, index, split_of, near_cosine, nearest)
-    files = _write_findings(out, emb, labels, found.classes, issues, near, nearest[1], near_cosine, notes)
+    first = nearest[1][:, 0] if nearest is not None else np.zeros(len(emb), np.float32)
+    files = _write_findings(out, emb, labels, found.classes, issues, near, first, near_cosine, notes)
     return Findings(issues or [], near, leakage, notes, files)
 
 
@@ -107,21 +111,38 @@ def _label_issues(emb: Embeddings, labels: np.ndarray, split_of: dict[str, str],
 def _near_duplicates(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float,
                      found: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Mutual nearest neighbours at least near_cosine alike, most similar first; those in different splits leak.
-    found: each image's nearest other image and similarity, when already searched."""
+    """Every pair among each image's NEAR_K nearest at least near_cosine alike, most similar first, each with its group
+    (the copies that hang together: three near-copies are three pairs of one group, so a leak through the third copy
+    is listed too); pairs in different splits leak. found: each image's nearest others and similarities, when
+    already searched."""
     if len(emb) < 2:
         return [], []
-    nearest, sims = found if found is not None else index.search(emb.vectors, 1, exclude_self=True)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    nearest, sims = found if found is not None else index.search(emb.vectors, min(NEAR_K, len(emb) - 1),
+                                                                 exclude_self=True)
+    pairs: dict[tuple[int, int], float] = {}
+    for i, (row, row_sims) in enumerate(zip(nearest.tolist(), sims.tolist())):
+        for j, s in zip(row, row_sims):
+            if s >= near_cosine and i != j:
+                key = (min(i, j), max(i, j))
+                pairs[key] = max(pairs.get(key, -1.0), s)
+    if not pairs:
+        return [], []
+    ends = np.array(list(pairs), dtype=np.int64)
+    graph = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(emb), len(emb)))
+    _, group_of = connected_components(graph, directed=False)
+    numbered: dict[int, int] = {}  # groups numbered from 1 in order of their most similar pair
     near, leakage = [], []
-    for i, (j, s) in enumerate(zip(nearest[:, 0].tolist(), sims[:, 0].tolist())):
-        if i < j and s >= near_cosine and nearest[j, 0] == i:
-            a, b = emb.paths[i], emb.paths[j]
-            pair = {"a": a, "a_split": split_of.get(a, ""), "b": b, "b_split": split_of.get(b, ""),
-                    "similarity": round(float(s), 4)}
-            near.append(pair)
-            if pair["a_split"] != pair["b_split"]:
-                leakage.append({**{k: v for k, v in pair.items() if k != "similarity"}, "kind": f"embedding ({s:.3f})"})
-    near.sort(key=lambda p: -p["similarity"])
+    for (i, j), s in sorted(pairs.items(), key=lambda item: -item[1]):
+        group = numbered.setdefault(int(group_of[i]), len(numbered) + 1)
+        a, b = emb.paths[i], emb.paths[j]
+        pair = {"a": a, "a_split": split_of.get(a, ""), "b": b, "b_split": split_of.get(b, ""),
+                "similarity": round(float(s), 4), "group": group}
+        near.append(pair)
+        if pair["a_split"] != pair["b_split"]:
+            leakage.append({**{k: v for k, v in pair.items() if k not in ("similarity", "group")},
+                            "kind": f"embedding ({s:.3f})"})
     return near, leakage
 
 
@@ -144,10 +165,11 @@ def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: lis
                                                                        "quality", "given_probability",
                                                                        "suggested_probability"]))
     files["near_duplicates"] = str(out / "near_duplicates.csv")
-    write_text_atomic(out / "near_duplicates.csv", _csv_text(near, ["a", "a_split", "b", "b_split", "similarity"]))
+    write_text_atomic(out / "near_duplicates.csv", _csv_text(near, ["group", "a", "a_split", "b", "b_split",
+                                                                    "similarity"]))
     issues = issues or []
     position = {p: i for i, p in enumerate(emb.paths)}
-    distance = 1 - nearest_similarity[:, 0] if len(emb) > 1 else np.zeros(len(emb))
+    distance = 1 - nearest_similarity if len(emb) > 1 else np.zeros(len(emb))
     n_out = max(1, int(round(OUTLIER_SHARE * len(emb))))
     outliers = set(np.argsort(-distance, kind="stable")[:n_out].tolist())
     png = png_bytes(data_map(emb.normalized(), labels, classes, {"suspected label error": {position[i["path"]]
@@ -166,7 +188,7 @@ def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: lis
                                                              f"{1 - distance[i]:.3f}")])
              for n, i in enumerate(sorted(outliers, key=lambda i: -distance[i]))]
     intro = notes + [f"{len(issues)} suspected label error(s) (most suspect first), {len(near)} near-duplicate pair(s) "
-                     f"at cosine similarity >= {near_cosine} (mutual nearest neighbours), the {n_out} outlier(s) "
+                     f"at cosine similarity >= {near_cosine} (among each image's {NEAR_K} nearest, in groups), the {n_out} outlier(s) "
                      f"farthest from any other image. The galleries show the first 300 of each."]
     files["report"] = str(write_gallery(out / "check_report.html", "imgclass check: what the embeddings show", intro,
                                         rows, {"map of the data": png}))

@@ -3,8 +3,8 @@ requests read them here: `imgclass --help` loads no numpy or Pillow)."""
 
 DEFAULT_MAX_PIXELS = 89_478_485  # pixels an image's header may claim: Pillow's own warning threshold
 NEAR_DISTANCE = 3        # perceptual-hash Hamming distance (of 64 bits) that counts as a near duplicate
-# check --embeddings: the cosine similarity of pooled features at which two images count as near-duplicates (and
-# they must be each other's nearest). Measured with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted
+# check --embeddings: the cosine similarity of pooled features at which two images count as near-duplicates.
+# Measured (then on mutual nearest neighbours; since issue 40 every pair among each image's 8 nearest counts) with EfficientNet-Lite0's ImageNet features (2026-12-02, 40 planted
 # copies: 80% centre crops and 3/4-size JPEG q60 re-encodes): at 0.90 hymenoptera finds 58% of the copies and flags
 # no distinct pair; on fashion_hier's product photos (white backgrounds) 68% of the copies, but 33% of the images
 # also have a different product above 0.90 (5% above 0.95). No threshold separates them there: the pairs are listed
