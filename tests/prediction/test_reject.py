@@ -162,3 +162,21 @@ def test_the_reject_pass_of_the_service_holds_a_decoding_slot(strict_model):
             codes = list(pool.map(lambda _: client.post("/predict?reject=true", files={
                 "file": ("x.png", sure.read_bytes(), "image/png")}).status_code, range(6)))
     assert codes == [200] * 6 and most[0] == 1
+
+
+def test_the_bank_keeps_every_class_with_at_least_k_images():
+    """issue 40, item 15: the bank was the final scoring's random train sample, not stratified: a class with fewer
+    than K images in it always found its K-th neighbour in another class and was rejected more often."""
+    from imgclass.data.split import stratified_sample
+    from imgclass.models.reject import BANK_MAX, K, Rejection
+    strata = np.array([0] * 9000 + [1] * 40)  # a rare class: 40 of 9,040
+    keep = stratified_sample(strata, 1000, K, seed=0)
+    assert len(keep) == 1000 and np.sum(strata[keep] == 1) >= K and len(set(keep.tolist())) == 1000
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((len(strata), 16)).astype(np.float32)
+    rejection = Rejection.fit(feats[:50], feats, strata=strata, seed=1)
+    assert len(rejection.bank) == BANK_MAX
+    in_bank = {tuple(np.round(r, 2)) for r in rejection.bank[:, :4]}
+    rare = {tuple(np.round(r, 2)) for r in (feats[strata == 1] / np.linalg.norm(feats[strata == 1], axis=1,
+                                                                                  keepdims=True))[:, :4]}
+    assert len(in_bank & rare) >= K

@@ -66,6 +66,19 @@ def leave_out_untrained(split: Split, two_level: bool = False) -> tuple[Split, l
     return Split(split.root, [split.classes[i] for i in keep], items, split.kind, list(split.excluded)), [note]
 
 
+def stratified_sample(strata: np.ndarray, n: int, least: int, seed: int) -> np.ndarray:
+    """n of the rows (sorted indices; a few more where the strata need them), seeded: each stratum keeps at least
+    `least` rows where it has them, the rest drawn at random from all."""
+    strata = np.asarray(strata)
+    order = np.random.default_rng(seed).permutation(len(strata))
+    chosen = np.zeros(len(strata), dtype=bool)
+    for value in np.unique(strata):
+        chosen[order[strata[order] == value][:least]] = True
+    rest = order[~chosen[order]][:max(0, n - int(chosen.sum()))]
+    chosen[rest] = True
+    return np.flatnonzero(chosen)
+
+
 def carve(rel_labels: list[tuple[str, int]], fractions: dict[str, float], seed: int,
            warn: list[str], classes: list[str]) -> dict[str, list[tuple[str, int]]]:
     """Split a pool per class: each wanted split gets round(n * fraction), at least 1."""

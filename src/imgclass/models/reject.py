@@ -1,8 +1,9 @@
 """"None of these": a model may answer `unknown` for an image unlike anything it was trained on. The score is the
 cosine similarity of the image's embedding (the pooled features its head classifies from) to its k-th nearest
 training image's; the threshold is set on the validation split so that a chosen share of in-distribution images
-(acceptance, 95% by default) is still answered. Threshold and training embeddings (a seeded sample of at most
-BANK_MAX, float16) are stored in the model file; predict, submit and serve apply them only when asked (--reject,
+(acceptance, 95% by default) is still answered. Threshold and training embeddings (those of the training images
+scored at the end of training: a seeded sample stratified by class, at least K of each class where it has them; at
+most BANK_MAX, cut keeping the classes' shares; float16) are stored in the model file; predict, submit and serve apply them only when asked (--reject,
 ?reject=true), and evaluate --map marks what they would reject, all through `Rejection.decide`, so they agree.
 
 Why k-NN: `python bench/unknowns.py` (bench/RESULTS.md, machine A, 2026-12-02; trained on hymenoptera, 600
@@ -57,12 +58,14 @@ class Rejection:
 
     @classmethod
     def fit(cls, val_feats: np.ndarray, train_feats: np.ndarray, acceptance: float = DEFAULT_ACCEPTANCE,
-            seed: int = 0) -> "Rejection":
-        """The k-NN rule: a seeded sample of at most BANK_MAX training embeddings, and the threshold that accepts
-        `acceptance` of the validation images."""
+            seed: int = 0, strata: np.ndarray | None = None) -> "Rejection":
+        """The k-NN rule: at most BANK_MAX training embeddings (a seeded sample; with strata, the training images'
+        classes, each class keeps at least K), and the threshold that accepts `acceptance` of the validation
+        images."""
         keep = np.arange(len(train_feats))
         if len(keep) > BANK_MAX:
-            keep = np.sort(np.random.default_rng(seed).choice(len(keep), BANK_MAX, replace=False))
+            from ..data.split import stratified_sample
+            keep = stratified_sample(strata if strata is not None else np.zeros(len(keep)), BANK_MAX, K, seed)
         bank = unit_rows(train_feats[keep]).astype(np.float16).astype(np.float32)  # as the file will hold it
         scores = kth_similarity(bank, val_feats, K)
         return cls(_threshold(scores, acceptance), acceptance, "knn", min(K, len(bank)), len(val_feats), bank)

@@ -25,12 +25,12 @@ from ..core import log
 from .config import TrainConfig
 from ..data.images import ImageTensors
 from ..data.preprocess import Preprocessing
-from ..data.split import SPLITS, Split, write_splits
+from ..data.split import SPLITS, Split, stratified_sample, write_splits
 from ..core.errors import UserError
 from ..models.modelfile import load_model, model_header, read_header, save_model
 from ..models.header import ModelHeader
 from ..models.inference import compute_features, pick_device, predict_logits
-from ..models.reject import Rejection
+from ..models.reject import K as REJECT_K, Rejection
 from ..models.tasks import SINGLE_LABEL, Finished, Task
 from ..inference.predictor import Predictor
 from ..core.rundir import RunDir
@@ -477,7 +477,7 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
     labels: dict[str, torch.Tensor] = {}
     feats: dict[str, Any] = {}
     for name in SPLITS:
-        part = _to_score(data, name, cfg.seed)
+        part = _to_score(data, name, cfg.seed, task)
         if len(part):  # (train and val's features: what the rejection's k-NN rule is made of)
             recorded = [] if name in ("train", "val") and task.supports("reject") else None
             logits[name] = predict_logits(model, part.images, pre, max(cfg.batch_size, 256), device, cfg.tta,
@@ -485,15 +485,22 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             labels[name] = part.labels
             if recorded:
                 feats[name] = torch.cat(recorded).numpy()
+                if name == "train":  # the bank keeps the classes' shares when it is cut to BANK_MAX
+                    feats["train_strata"] = task.label_kind.strata(
+                        [tuple(x) if isinstance(x, list) else x for x in part.labels.tolist()])
     return task.finish(logits, labels, cfg.calibrate, cfg.threshold, say), feats
 
 
-def _to_score(data: dict[str, ImageTensors], name: str, seed: int) -> ImageTensors:
+def _to_score(data: dict[str, ImageTensors], name: str, seed: int, task: Task) -> ImageTensors:
     """A split to score at the end: the whole of val and test; of train a seeded sample (train_score_n), which
-    shows over- or under-fitting as well as the whole would, at a fraction of the time (and of the budget)."""
+    shows over- or under-fitting as well as the whole would, at a fraction of the time (and of the budget). The
+    sample is stratified as the task's labels are (each class keeps at least REJECT_K images where it has them):
+    the rejection's training embeddings come from it, and a class with fewer than REJECT_K of them there would
+    always find its k-th neighbour in another class, and be rejected more often."""
     part = data[name]
     if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
-        keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:sample]
+        strata = task.label_kind.strata([tuple(x) if isinstance(x, list) else x for x in part.labels.tolist()])
+        keep = torch.from_numpy(stratified_sample(strata, sample, REJECT_K, seed))
         part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
                             paths=[part.paths[i] for i in keep.tolist()])
     return part
@@ -506,7 +513,8 @@ def _rejection(plan: RunPlan, feats: dict[str, Any], say: Callable[..., None]) -
     already means none)."""
     if "val" not in feats or "train" not in feats:
         return None
-    rejection = Rejection.fit(feats["val"], feats["train"], plan.cfg.reject_acceptance, plan.cfg.seed)
+    rejection = Rejection.fit(feats["val"], feats["train"], plan.cfg.reject_acceptance, plan.cfg.seed,
+                              feats.get("train_strata"))
     say(f"rejection (predict --reject): {rejection.describe()}")
     return rejection
 
