@@ -151,9 +151,9 @@ def test_only_accepted_formats_and_a_memory_bound(tmp_path):
     from imgclass.data.decode import decode_bytes
     buf = io.BytesIO()
     Image.new("RGB", (20, 20), (9, 9, 9)).save(buf, "PPM")
-    assert open_rgb(buf.getvalue()).size == (20, 20)                     # any format Pillow knows, by default
-    with pytest.raises(ImageDecodeError, match="not an image of an accepted format"):
-        open_rgb(buf.getvalue(), formats=("JPEG", "PNG"))
+    with pytest.raises(ImageDecodeError, match="not an image of an accepted format"):  # issue 40, item 6: only
+        open_rgb(buf.getvalue())                                              # IMAGE_FORMATS, whatever the name
+    assert open_rgb(buf.getvalue(), formats=("PPM",)).size == (20, 20)
     png = io.BytesIO()
     Image.new("RGBA", (2000, 2000)).save(png, "PNG")
     assert decode_bytes(2000, 2000, "RGBA", False) > 32 * 2 ** 20

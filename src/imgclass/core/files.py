@@ -73,3 +73,31 @@ def building_folder(out: Path, mode: int = 0o755) -> Iterator[Path]:
             raise UserError(f"{out} was filled while the export ran: nothing was overwritten") from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
+
+
+def private_folder(path: Path, others_may_read: bool = False) -> bool:
+    """Make `path` (and any missing folder above it, each mode 0700) and say whether it is this user's alone: the
+    folder and every folder it hangs from are real folders (not links) that no one else can change, a folder that
+    others may write only with the sticky bit (as /tmp: they cannot rename what is not theirs); the folder itself
+    readable by no one else unless others_may_read. A cache in a folder
+    that fails this (a shared $XDG_CACHE_HOME, a parent another user owns) is not used: someone else could swap a
+    folder on the way and substitute what is read from it, or what is removed."""
+    import stat
+    path = Path(os.path.abspath(path))
+    try:
+        missing = [p for p in [path, *path.parents] if not os.path.lexists(p)]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700)
+        me = os.getuid()
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me or st.st_mode & (0o022 if others_may_read else 0o077):
+            return False
+        for folder in path.parents:
+            st = folder.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (me, 0):
+                return False
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                return False
+    except OSError:
+        return False
+    return True

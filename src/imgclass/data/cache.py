@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from .images import ImageTensors, decode_in_chunks, label_tensor
+from .images import ImageTensors, decode_in_chunks, label_tensor, load_split
 from .preprocess import Preprocessing
 from ..core import log
-from ..core.files import temp_name, write_text_atomic
+from ..core.files import private_folder, temp_name, write_text_atomic
 
 CACHE_VERSION = 2  # 2: one row per listed file, the good ones first
 CHUNK = 4096       # files decoded at a time when filling the cache (bounded memory)
@@ -100,6 +100,11 @@ def load_cached(root: Path, rows: list[tuple[str, int]], pre: Preprocessing, cac
     """(tensors, hit). On a miss the split is decoded (in a thread pool) and written to the cache, under
     the entry's lock; a damaged entry is discarded with a one-line warning and rebuilt."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    # a cache someone else can change could hand back their pixels for ours (its files are the owner's to read alone)
+    if not private_folder(cache_dir, others_may_read=True):
+        (on_warning or log.warning)(f"the decoded-image cache {cache_dir} is not this user's alone (it, or a folder "
+                                    f"above it, is a link or others may write it): decoding in memory instead")
+        return load_split(root, rows, pre, workers, on_progress=on_progress), False
     key = cache_key(root, rows, pre)
     hit = _mapped(cache_dir, key, rows, pre, on_warning)
     if hit is not None:

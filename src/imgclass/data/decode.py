@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .defaults import DEFAULT_MAX_PIXELS
+from .defaults import DEFAULT_MAX_PIXELS, IMAGE_FORMATS
 
 ORIENTATION_TAG = 0x0112          # EXIF orientation: 1 (or none) needs no transposition
 
@@ -104,13 +104,13 @@ def _converted(img: Image.Image, top: float | None) -> Image.Image:
 
 
 def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] = IMAGE_FORMATS,
              max_bytes: int | None = None) -> Image.Image:
     """Open, check and convert one image to RGB. Raises ImageDecodeError with a reason.
 
     draft_size lets JPEGs decode at a reduced scale (Pillow's draft mode) when the
     target side is much smaller than the file, which is several times faster. formats: the only Pillow formats
-    opened (None: any; the service passes UPLOAD_FORMATS); max_bytes: refuse an image whose decode would take
+    opened (data/defaults.py's IMAGE_FORMATS, whatever the file's name); max_bytes: refuse an image whose decode would take
     more memory than this at its peak (decode_bytes), before decoding it.
     """
     if isinstance(source, (bytes, bytearray)):
@@ -124,9 +124,7 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except UnidentifiedImageError:
-        if formats is not None:
-            raise ImageDecodeError(f"not an image of an accepted format ({', '.join(formats)})") from None
-        raise ImageDecodeError("not an image (Pillow cannot identify it)") from None
+        raise ImageDecodeError(f"not an image of an accepted format ({', '.join(formats)})") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise OSError, ValueError, SyntaxError,

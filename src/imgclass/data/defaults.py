@@ -1,6 +1,12 @@
 """The data layer's limits and thresholds that options show as defaults, light to import (the command line's
 requests read them here: `imgclass --help` loads no numpy or Pillow)."""
 
+# The image formats imgclass decodes, everywhere (training, predict, shards, Ray, the service, thumbnails): those of
+# the file extensions it looks for (data/find.py); camera JPEGs with a second picture (MPO) open through JPEG's
+# opener. Pillow opens dozens
+# more (EPS runs Ghostscript where it is installed; PSD, FITS, ...): a file of another format, whatever its name,
+# is refused with its reason.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DEFAULT_MAX_PIXELS = 89_478_485  # pixels an image's header may claim: Pillow's own warning threshold
 NEAR_DISTANCE = 3        # perceptual-hash Hamming distance (of 64 bits) that counts as a near duplicate
 # check --embeddings: the cosine similarity of pooled features at which two images count as near-duplicates.

@@ -68,14 +68,12 @@ class Preprocessing:
             return img.resize(size, RESAMPLE)
         raise ValueError(f"unknown resize policy {self.resize!r}")
 
-    def load(self, source: str | Path | bytes | BinaryIO | Image.Image, formats: tuple[str, ...] | None = None,
-             max_bytes: int | None = None) -> np.ndarray:
-        """Decode + resize one image into a uint8 HxWx3 array (formats, max_bytes: decode.open_rgb's limits)."""
+    def load(self, source: str | Path | bytes | BinaryIO | Image.Image, max_bytes: int | None = None) -> np.ndarray:
+        """Decode + resize one image into a uint8 HxWx3 array (max_bytes: decode.open_rgb's memory limit)."""
         if isinstance(source, Image.Image):
             img = to_rgb(ImageOps.exif_transpose(source))
         else:
-            img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels, formats=formats,
-                           max_bytes=max_bytes)
+            img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels, max_bytes=max_bytes)
         return np.asarray(self.fit(img), dtype=np.uint8)
 
     # -- batches ---------------------------------------------------------------

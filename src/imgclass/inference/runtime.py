@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 from ..core import log
 from ..core.errors import UserError
 from ..core.extras import available
-from ..core.files import write_text_atomic
+from ..core.files import private_folder, write_text_atomic
 from ..models.modelfile import (INT8_KEY, SOURCE_KEY, export_metadata, file_sha256, is_openvino_export,
                                 resolve_model_path)
 from ..models.inference import cpu_has_native_bf16, cpu_info
@@ -79,18 +78,10 @@ def runtime_cache_root() -> Path:
 
 def private_dir(digest: str) -> Path | None:
     """This model file's folder in the runtime cache (made mode 0700), or None when it cannot be made or is not
-    this user's alone (a link, another owner, group or world access): then nothing is read from it or kept."""
+    this user's alone, it or any folder above it (core.files.private_folder): then nothing is read from it or
+    kept."""
     path = runtime_cache_root() / digest
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.mkdir(exist_ok=True, mode=0o700)
-        for folder in (path.parent, path):
-            st = folder.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-                return None
-    except OSError:
-        return None
-    return path
+    return path if private_folder(path) else None
 
 
 def machine_key() -> str:

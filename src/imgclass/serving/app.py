@@ -50,7 +50,7 @@ from ..core.version import __version__
 from .batcher import BATCHING, Batcher, Batching, QueueFull
 from .guard import Guard, allowed_host_names
 from .limits import LIMITS
-from .settings import (MAX_BATCH, SERVE_MAX_DECODE_MB, SERVE_MAX_PIXELS, UPLOAD_FORMATS, ServeSettings,
+from .settings import (MAX_BATCH, SERVE_MAX_DECODE_MB, SERVE_MAX_PIXELS, ServeSettings,
                        default_concurrency)
 
 
@@ -172,12 +172,13 @@ def _observe(app: FastAPI, requests: Counter, latency: Histogram) -> None:
 
 
 def decode_upload(predictor: Predictor, blob: bytes, max_decode_bytes: int = SERVE_MAX_DECODE_MB << 20) -> Any:
-    """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}: only the
-    UPLOAD_FORMATS are opened, and an image whose decode would take more than max_decode_bytes is refused unread."""
+    """The image at the model's size (H x W x 3 uint8), or {"error": reason, "status": 400|415}: only
+    data/defaults.py's IMAGE_FORMATS are opened (as everywhere), and an image whose decode would take more than
+    max_decode_bytes is refused unread."""
     if not blob:
         return {"error": "empty file", "status": 400}
     try:
-        return predictor.pre.load(blob, formats=UPLOAD_FORMATS, max_bytes=max_decode_bytes)
+        return predictor.pre.load(blob, max_bytes=max_decode_bytes)
     except ImageDecodeError as exc:
         reason = str(exc)
         return {"error": reason, "status": 415 if reason.startswith(("not an image", "cannot open")) else 400}

@@ -15,8 +15,6 @@ SERVE_MAX_PIXELS = 30_000_000  # pixels an uploaded image may claim: a 24-megapi
 #                               (training's limit is 89M)
 SERVE_MAX_DECODE_MB = 300      # memory one upload's decode may take at its peak (data.decode.decode_bytes): every
 #                               format at 30 MP fits (measured peaks: RGB PNG 120 MB, RGBA 250 MB, JPEG 5 MB)
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # the decoders an upload reaches; others get 415
-#                               (Pillow opens dozens: EPS runs Ghostscript where it is installed, PSD, FITS, ...)
 MAX_BATCH = 64      # images per /predict/batch request: more get a JSON 413
 
 
