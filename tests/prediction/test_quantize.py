@@ -82,6 +82,7 @@ def _worse(real):
 
 
 def test_an_int8_model_that_loses_accuracy_is_refused(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(quantize.IN_PROCESS_ENV, "1")  # the stand-in quantizer lives in this process
     monkeypatch.setattr(quantize, "quantize_onnx", _worse(quantize.quantize_onnx))
     out = tmp_path / "refused.onnx"
     assert main(["export", str(trained_run), "--quantize", "int8", "--out", str(out)]) == 2
@@ -130,6 +131,7 @@ def test_auto_runs_int8_only_when_its_check_passed(trained_run, tmp_path, monkey
     assert note.startswith("runtime: onnx int8 (fastest measured")
     assert "onnx int8" in rt.choose_runtime(p, "auto", images=None).note  # and a service then uses it
     # the same model whose int8 lost its accuracy: refused, remembered, and never run
+    monkeypatch.setenv(quantize.IN_PROCESS_ENV, "1")  # the stand-in quantizer lives in this process
     monkeypatch.setattr(quantize, "quantize_onnx", _worse(quantize.quantize_onnx))
     for folder in cache.iterdir():
         import shutil
@@ -152,3 +154,17 @@ def test_hub_with_int8_states_both_models_in_the_card(trained_run, tmp_path, cap
     assert f"| float32 (model.onnx) | {report.float_score:.4f} | {report.float_bytes / 1e6:.1f} |" in card
     assert f"| int8 (model.int8.onnx) | {report.int8_score:.4f} | {report.int8_bytes / 1e6:.1f} |" in card
     assert f"Speeds measured on {report.cpu.split(' (')[0]}" in card          # the CPU named
+
+
+def test_quantization_runs_in_a_child_process(trained_run, tmp_path):
+    """issue 40, item 20: with NNCF's and ONNX Runtime's quantization loaded, a long process died by SIGSEGV later as
+    it started a child process; the caller's process now never loads them (the work runs in a child of its own)."""
+    import subprocess
+    import sys
+    code = (f"import sys; from imgclass.inference import quantize; "
+            f"path, report = quantize.export_int8({str(trained_run)!r}, 'onnx', {str(tmp_path / 'q.onnx')!r}); "
+            f"print(path.is_file(), report.passed, "
+            f"sorted(m for m in sys.modules if m.startswith(('onnxruntime.quantization', 'nncf'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True True []"
