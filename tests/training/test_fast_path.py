@@ -189,3 +189,25 @@ def test_budget_picks_the_long_recipe_and_resume_keeps_it(tmp_path, monkeypatch,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     mine = imgclass.train(data, out=str(tmp_path / "mine"), translate=0.0625, **opts)  # the user's augmentation stands
     assert mine.config.cutout is None and mine.config.translate == 0.0625
+
+
+def test_a_compiled_run_is_planned_from_a_compiled_step(monkeypatch):
+    """issue 40, item 18: the budget's step probe timed an uncompiled copy while the run trained a compiled model,
+    so a compiled run was planned at eager speed and left much of its budget unused; the probe now goes through
+    torch.compile as the run does, and its compilation is a one-off the plan reserves."""
+    import dataclasses
+
+    import torch
+
+    from imgclass.models.registry import create_model
+    from imgclass.training.config import TrainConfig
+    from imgclass.training.stages import budget
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, **_: compiled.append(module) or module)
+    model = create_model("cnn", num_classes=3, width=8, depth=2)
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    cfg = TrainConfig()
+    per_image, one_off = budget.step_seconds(model, x, y, cfg, torch.device("cpu"))
+    assert compiled == [] and per_image > 0 and one_off >= 0
+    budget.step_seconds(model, x, y, dataclasses.replace(cfg, compile=True), torch.device("cpu"), compiled=True)
+    assert len(compiled) == 1 and compiled[0] is not model  # a copy, compiled as the run's model will be

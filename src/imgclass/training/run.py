@@ -259,7 +259,7 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
     if top is not None:
         forward = top_stage.TopForward(prep.model, top.split)
         x, y = top.train.images[:cfg.batch_size].float(), top.train.labels[:cfg.batch_size]
-        top_epoch = (budget.step_seconds(forward, x, y, cfg, device, plan.task) * len(top.train)
+        top_epoch = (budget.step_seconds(forward, x, y, cfg, device, plan.task)[0] * len(top.train)
                      + budget.eval_seconds(forward, x, device) * len(top.val))
         top_epochs = left / top_epoch
     if cfg.finetune == "top":  # (_top_stage_inputs refused a top stage this run cannot have)

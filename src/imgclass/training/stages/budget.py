@@ -80,7 +80,8 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     batch = min(cfg.batch_size, len(data), scoring_batch(cfg.batch_size, pre.img_size, device))
     x = pre.normalize(data.images[:batch].to(device)).contiguous(memory_format=torch.channels_last)
     y = data.labels[:batch].to(device)
-    per_image = step_share * step_seconds(model, x, y, cfg, device, task)
+    per_image, one_off = step_seconds(model, x, y, cfg, device, task, compiled=cfg.compile)
+    per_image *= step_share
     # Scoring passes, timed as they run: float32, eval mode, no autograd (per-epoch validation without TTA,
     # the final scoring with it). Estimating them as a share of the training step undercounted them under bf16.
     eval_image = eval_seconds(model, x, device)
@@ -93,6 +94,8 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     # each for 2-10 classes on 2 cores)
     n_classes = n_classes if n_classes is not None else int(data.labels.max() + 1)
     reserve = 1.25 * eval_image * eval_n * passes + reports * (3.0 + 0.1 * n_classes)
+    if cfg.compile:  # the run compiles its model in its first epoch and again for scoring in eval mode: each counted
+        reserve += 2 * one_off  # at the probe's compilation (an upper bound: inductor's cache serves part of it)
     # Rounded up: the deadline cuts the last epoch short and the schedule anneals against the clock, so
     # the run uses the whole budget (rounding down left up to an epoch unused: 1.5 of 15 minutes measured).
     epochs = math.ceil(max(0.0, seconds_left - reserve) / epoch_seconds)
@@ -100,26 +103,30 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
 
 
 def step_seconds(forward, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                 task: Task = SINGLE_LABEL) -> float:
-    """Seconds per image of a training step (the task's loss, backward, the optimizer) of a copy of `forward` on
-    the batch x: the best of three after a first step that pays one-off costs."""
+                 task: Task = SINGLE_LABEL, compiled: bool = False) -> tuple[float, float]:
+    """(seconds per image of a training step, one-off seconds): the step (the task's loss, backward, the optimizer)
+    of a copy of `forward` on the batch x, the best of three after a first step that pays one-off costs; compiled:
+    the copy goes through torch.compile as the run's model will, so the step timed is the compiled one and the
+    one-off is its compilation (timed on an uncompiled copy, a compiled run was planned at eager speed and left
+    much of its budget unused)."""
     import copy
     probe = copy.deepcopy(forward).train()
+    step = torch.compile(probe) if compiled else probe
     opt = make_optimizer(probe, cfg.optimizer, 1e-6, 0.0, cfg.momentum)
     times = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg.precision, device))
-    for i in range(4):
+    for _ in range(4):
         started = time.perf_counter()
         with autocast:
-            loss, _ = task.loss(probe, probe, x, y, y, 0.0, None)
+            loss, _ = task.loss(probe, step, x, y, y, 0.0, None)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i:  # the first step pays one-off costs
-            times.append(time.perf_counter() - started)
-    return min(times) / len(x)
+        times.append(time.perf_counter() - started)
+    best = min(times[1:])  # the first step pays one-off costs
+    return best / len(x), max(0.0, times[0] - best)
 
 
 def eval_seconds(forward, x: torch.Tensor, device: torch.device) -> float:
