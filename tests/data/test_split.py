@@ -34,3 +34,20 @@ def test_missing_val_carved_from_train(tmp_path):
     assert counts["test"] == [3, 3, 3]          # given test split kept as is
     assert counts["val"] == [2, 2, 2]           # 20% of 10 train images per class
     assert counts["train"] == [8, 8, 8]
+
+
+def test_a_stratified_sample_keeps_every_class_and_every_tag():
+    """The final scoring's train sample (and the rejection bank): each class, or each tag of a 0/1 matrix, keeps at
+    least `least` rows where it has them."""
+    import numpy as np
+    from imgclass.data.split import stratified_sample
+    classes = np.array([0] * 500 + [1] * 12)
+    keep = stratified_sample(classes, 50, 10, seed=0)
+    assert len(keep) == 50 and (classes[keep] == 1).sum() >= 10
+    tags = np.zeros((500, 3), dtype=int)
+    tags[:, 0] = 1
+    tags[:15, 1] = 1
+    tags[-11:, 2] = 1
+    keep = stratified_sample(tags, 40, 10, seed=1)
+    assert len(keep) == 40 and tags[keep, 1].sum() >= 10 and tags[keep, 2].sum() >= 10
+    assert np.array_equal(keep, stratified_sample(tags, 40, 10, seed=1))  # seeded

@@ -68,12 +68,15 @@ def leave_out_untrained(split: Split, two_level: bool = False) -> tuple[Split, l
 
 def stratified_sample(strata: np.ndarray, n: int, least: int, seed: int) -> np.ndarray:
     """n of the rows (sorted indices; a few more where the strata need them), seeded: each stratum keeps at least
-    `least` rows where it has them, the rest drawn at random from all."""
+    `least` rows where it has them, the rest drawn at random from all. strata: one value per row (a class, a
+    quantile bin), or a 0/1 matrix (several tags: each tag keeps `least` of the rows that carry it)."""
     strata = np.asarray(strata)
     order = np.random.default_rng(seed).permutation(len(strata))
+    members = ([strata[:, j] > 0 for j in range(strata.shape[1])] if strata.ndim == 2
+               else [strata == value for value in np.unique(strata)])
     chosen = np.zeros(len(strata), dtype=bool)
-    for value in np.unique(strata):
-        chosen[order[strata[order] == value][:least]] = True
+    for member in members:
+        chosen[order[member[order]][:least]] = True
     rest = order[~chosen[order]][:max(0, n - int(chosen.sum()))]
     chosen[rest] = True
     return np.flatnonzero(chosen)
