@@ -15,6 +15,13 @@ are compared only between runs made where they were made. About a minute on 2 co
 
 Also several tags per image (a tags CSV over the digits: even, low, loop) and submit for each label structure.
 
+Known, intended differences against commits before issue 40's fixes (0c68820 and earlier): the final scoring's train
+sample is stratified (each class, tag or number bin keeps at least 10 images where it has them), so a run whose
+train split is sampled (more images than max(1000, validation)) reports a train score on another sample and stores
+another rejection bank and threshold; with several tags, macro F1 averages only the tags present in the split (as
+mAP); results.json holds the run's data notes. Against commits before the folders of issue 39 (items 3 and 4):
+none (0c68820 against 9b7da86 plus f93772a: identical, measured 2026-12-07).
+
 Known, intended differences against commits before issue 39 (the task seam): none in any tensor, header, metric,
 answer or submission here; evaluate --map now marks the images predict --reject rejects (it compared the highest
 probability with the k-NN rule's cosine threshold), which only its figure shows. Known, intended difference against
