@@ -93,3 +93,19 @@ def test_a_damaged_or_foreign_saved_graph_is_built_again_not_used(tmp_path, monk
     assert rebuilt.kind == "hnsw" and len(rebuilt.graph) == 200
     keys, _ = rebuilt.search(vectors[:10], 1)
     assert (keys[:, 0] == np.arange(10)).all()
+
+
+def test_a_gallery_shows_only_images_inside_the_embedded_folder(tmp_path):
+    """issue 40, item 6: an embeddings file names its folder itself (its JSON's root); a link out of that folder,
+    or a folder that is not there, shows the caption alone, so a crafted file cannot copy other images on this
+    machine into the HTML page."""
+    from imgclass.curation.similar import _inside
+    root = tmp_path / "data"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.png").write_bytes(b"x")
+    elsewhere = tmp_path / "private.png"
+    elsewhere.write_bytes(b"y")
+    (root / "cat" / "link.png").symlink_to(elsewhere)
+    assert _inside(root.resolve(), "cat/a.png") == (root / "cat" / "a.png").resolve()
+    assert _inside(root.resolve(), "cat/link.png") is None
+    assert _inside((tmp_path / "gone").resolve(), "cat/a.png") is None

@@ -58,11 +58,22 @@ def similar(index_or_data: str | Path, queries: list[str | Path], k: int = 8, ou
             {"path": emb.paths[j], "label": emb.labels[j], "similarity": float(s)}
             for j, s in zip(found[0][row].tolist(), found[1][row].tolist())]}
     if out is not None:
-        root = Path(emb.root)
+        root = Path(emb.root).expanduser().resolve()
         rows = [(f"{r['query']}: " + (r["error"] if "error" in r else f"{len(r['neighbours'])} nearest"),
-                 [Tile(Path(r["query"]), "query")] + [Tile(root / n["path"], f"{n['similarity']:.3f} {n['label']} "
-                                                                             f"{n['path']}")
+                 [Tile(Path(r["query"]), "query")] + [Tile(_inside(root, n["path"]), f"{n['similarity']:.3f} "
+                                                                                    f"{n['label']} {n['path']}")
                                                       for n in r.get("neighbours", [])]) for r in results]
         write_gallery(Path(out).expanduser(), "imgclass similar",
-                      [f"{len(emb)} images embedded by {emb.source}; cosine similarity, best first"], rows)
+                      [f"{len(emb)} images embedded by {emb.source}; cosine similarity, best first; thumbnails "
+                       f"read from {root}"], rows)
     return results
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """The image a neighbour names, when it really lies in the embedded folder (a link out of it, or a folder that
+    is not there, shows the caption alone): an embeddings file names its folder itself, and a gallery must not
+    become a way to copy any image on this machine into an HTML page."""
+    if not root.is_dir():
+        return None
+    path = (root / relative).resolve()
+    return path if path.is_relative_to(root) else None

@@ -26,6 +26,7 @@ from ..data.cache import load_cached
 from ..data.find import find_images
 from ..data.images import load_split
 from ..data.preprocess import Preprocessing, to_nchw
+from ..core import log
 from ..core.errors import UserError
 from ..core.extras import require
 from ..core.files import write_bytes_atomic
@@ -259,5 +260,7 @@ def embed_files(em: EmbeddingModel, sources: list[str | Path | bytes], chunk: in
 
 
 def model_of(emb: Embeddings, device: str = "auto") -> EmbeddingModel:
-    """The model that computed an embeddings file (to embed queries the same way)."""
+    """The model that computed an embeddings file (to embed queries the same way). The file names it, so the
+    model loaded is said in a line (a model file loads as any does: safetensors, its header checked and bounded)."""
+    log.info(f"embedding the queries with {emb.source}, the model that computed these embeddings (their file says)")
     return embedding_model(emb.source, emb.pretrained, device)
