@@ -168,3 +168,30 @@ def test_quantization_runs_in_a_child_process(trained_run, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "True True []"
+
+
+def test_int8_weights_are_seven_bit_so_no_cpu_saturates(trained_run, tmp_path):
+    """issue 40, item 19: on x86 CPUs without VNNI, pairs of u8 x s8 products are summed into 16 bits and saturate
+    with full-range weights (3.23 test points lost on an AMD EPYC without VNNI). Every quantized weight now lies in
+    -64..64 (ONNX Runtime's reduce_range, symmetric), where a pair cannot overflow: 2 x 255 x 64 = 32,640 < 32,767."""
+    import onnx
+    from onnx import numpy_helper
+    out, report = quantize.export_int8(trained_run, "onnx", tmp_path / "q.onnx")
+    graph = onnx.load(str(out)).graph
+    weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and all(w.min() >= -64 and w.max() <= 64 for w in weights)
+    assert 2 * 255 * max(int(abs(w).max()) for w in weights) < 2**15 and report.passed
+
+
+def test_an_int8_file_checked_on_another_cpu_says_so(trained_run, tmp_path, imgclass_log):
+    """issue 40, item 19: a model quantized and checked on one CPU kind (shared through a hub folder) ran on another
+    without a word; loading it now says where its accuracy was checked, and auto declines such a cached file."""
+    import onnx
+    out, _ = quantize.export_int8(trained_run, "onnx", tmp_path / "q.onnx")
+    model = onnx.load(str(out))
+    for prop in model.metadata_props:
+        if prop.key == INT8_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), "cpu": "Another CPU (no VNNI, AMX or native bf16)"})
+    onnx.save(model, str(out))
+    Predictor.load(out, "cpu")
+    assert any("checked on Another CPU" in m for _, m in imgclass_log)

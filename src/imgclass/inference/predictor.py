@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,17 +132,15 @@ class Predictor:
         if is_openvino_export(path):  # an OpenVINO export (its folder or model.xml): OpenVINO, no PyTorch model
             file = ir_path(path)
             header = read_ir_header(file)
-            precision = "int8" if export_metadata(file, INT8_KEY) else "float32"
             predictor = cls(None, header, torch.device("cpu"), max_pixels,
-                            OpenVinoEngine(file, header.img_size, precision))
+                            OpenVinoEngine(file, header.img_size, _precision_of(file)))
             predictor.path = file
             return predictor
         file = Path(path) if Path(path).suffix == ".onnx" else resolve_model_path(path)
         if file.suffix == ".onnx":  # an exported graph: ONNX Runtime, no PyTorch model (no heatmaps)
             header = read_onnx_header(file)
-            precision = "int8" if export_metadata(file, INT8_KEY) else "float32"
             predictor = cls(None, header, torch.device("cpu"), max_pixels,
-                            OnnxEngine(file, header.img_size, precision=precision))
+                            OnnxEngine(file, header.img_size, precision=_precision_of(file)))
         else:
             model, header = load_model(file, dev)
             predictor = cls(model, header, dev, max_pixels)
@@ -320,6 +319,21 @@ class Predictor:
             answers = rejection.mark(answers, probs, features)
         return Predictions(({"image": name, "error": error} if error is not None else {"image": name, **answer}
                             for name, error, answer in zip(names, errors, answers)), self.task)
+
+
+def _precision_of(export: Path) -> str:
+    """int8 or float32, as an export's metadata says; an int8 export checked on another kind of CPU says so in a
+    line (its accuracy was measured there: `export --quantize int8` again here checks it on this one)."""
+    report = export_metadata(export, INT8_KEY)
+    if not report:
+        return "float32"
+    from ..core import log
+    from ..models.inference import cpu_label
+    checked_on = json.loads(report).get("cpu") if report.startswith("{") else None
+    if checked_on and checked_on != cpu_label():
+        log.warning(f"{export}: this int8 model's accuracy was checked on {checked_on}, not on this {cpu_label()}; "
+                    f"export it with --quantize int8 here to check it on this CPU")
+    return "int8"
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

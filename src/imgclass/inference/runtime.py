@@ -44,7 +44,7 @@ from ..core.extras import available
 from ..core.files import private_folder, write_text_atomic
 from ..models.modelfile import (INT8_KEY, SOURCE_KEY, export_metadata, file_sha256, is_openvino_export,
                                 resolve_model_path)
-from ..models.inference import cpu_has_native_bf16, cpu_info
+from ..models.inference import cpu_has_native_bf16, cpu_info, cpu_label
 from .engines import Engine, OnnxEngine, OpenVinoEngine, images_per_second
 from .predictor import Predictor
 from .defaults import PRECISIONS, RUNTIMES
@@ -250,6 +250,10 @@ def _int8_exports(model_path: Path, digest: str, folder: Path | None, saved: dic
             continue
         from .quantize import Int8Report
         report = Int8Report.from_json(export_metadata(path, INT8_KEY)) if path is not None else None
+        if report is not None and report.passed and report.cpu != cpu_label():
+            # a runtime cache shared between machines (a network home): checked on another CPU kind, not here
+            log.info(f"runtime: {kind} was checked on {report.cpu}, not on this {cpu_label()}: not a candidate")
+            continue
         if report is not None and report.passed:
             found[kind] = path
     return found
