@@ -322,15 +322,16 @@ class Predictor:
 
 
 def _precision_of(export: Path) -> str:
-    """int8 or float32, as an export's metadata says; an int8 export checked on another kind of CPU says so in a
-    line (its accuracy was measured there: `export --quantize int8` again here checks it on this one)."""
+    """int8 or float32, as an export's metadata says; an 8-bit int8 export checked on another kind of CPU says so
+    in a line (its accuracy was measured there: `export --quantize int8` again here checks it on this one)."""
     report = export_metadata(export, INT8_KEY)
     if not report:
         return "float32"
     from ..core import log
     from ..models.inference import cpu_label
-    checked_on = json.loads(report).get("cpu") if report.startswith("{") else None
-    if checked_on and checked_on != cpu_label():
+    facts = json.loads(report) if report.startswith("{") else {}
+    checked_on = facts.get("cpu")
+    if facts.get("weight_bits", 8) == 8 and checked_on and checked_on != cpu_label():  # 7 bits hold everywhere
         log.warning(f"{export}: this int8 model's accuracy was checked on {checked_on}, not on this {cpu_label()}; "
                     f"export it with --quantize int8 here to check it on this CPU")
     return "int8"

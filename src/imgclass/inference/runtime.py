@@ -250,7 +250,7 @@ def _int8_exports(model_path: Path, digest: str, folder: Path | None, saved: dic
             continue
         from .quantize import Int8Report
         report = Int8Report.from_json(export_metadata(path, INT8_KEY)) if path is not None else None
-        if report is not None and report.passed and report.cpu != cpu_label():
+        if report is not None and report.passed and report.weight_bits == 8 and report.cpu != cpu_label():
             # a runtime cache shared between machines (a network home): checked on another CPU kind, not here
             log.info(f"runtime: {kind} was checked on {report.cpu}, not on this {cpu_label()}: not a candidate")
             continue
