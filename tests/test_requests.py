@@ -139,3 +139,14 @@ def test_one_request_through_the_api_and_the_command_line_gives_the_same_answers
     imgclass.submit(request=sub)
     assert cli.main(["submit", *to_argv(dataclasses.replace(sub, out=str(tmp_path / "cli.csv")))]) == 0
     assert (tmp_path / "api.csv").read_text() == (tmp_path / "cli.csv").read_text()
+
+
+def test_help_texts_are_the_fields_own_comments():
+    """A field's help is its comment and the comment-only lines under it, never the section heading that follows
+    (`# --- images ---` was appended to --seed's help)."""
+    from imgclass.core.options import field_help
+    from imgclass.training.config import TrainConfig
+    helps = field_help(TrainConfig)
+    assert helps["seed"] == "seeds the split, initialisation, shuffling, augmentation and dropout"
+    assert not [name for name, text in helps.items() if "---" in text]
+    assert field_help(PredictRequest)["runtime"].endswith("openvino needs the openvino extra")  # from its base

@@ -60,7 +60,7 @@ def field_help(cls: type) -> dict[str, str]:
                 helps[last] = m.group(2).strip()
             continue
         more = re.match(r"\s+#\s*(.*)$", line)
-        if more and last in helps:
+        if more and last in helps and not more.group(1).startswith("---"):  # "# --- images ---": a section heading
             helps[last] += " " + more.group(1).strip()
         else:
             last = None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..data.check import CheckReport, recommendations
-from ..data.defaults import NEAR_COSINE
+from ..data.defaults import NEAR_COSINE, SPLIT_SEED, TEST_SPLIT, VAL_SPLIT
 from ..data.find import Found
 from ..data.labels import CLASSES, LabelSource
 from ..data.split import SPLITS, Split, make_split
@@ -50,8 +50,9 @@ class Findings:
 def add_embedding_checks(report: CheckReport, data: str | Path, out: str | Path = "check_report",
                          model: str | Path | None = None, label_issues: bool = True, near_cosine: float = NEAR_COSINE,
                          labels: str | Path | None = None, id_column: str | None = None, label_column: str | None = None,
-                         hierarchy: bool = False, label_columns: str | None = None, val_split: float = 0.1,
-                         test_split: float = 0.1, seed: int = 101, device: str = "auto", **_: Any) -> CheckReport:
+                         hierarchy: bool = False, label_columns: str | None = None, val_split: float = VAL_SPLIT,
+                         test_split: float = TEST_SPLIT, seed: int = SPLIT_SEED, device: str = "auto", **_: Any
+                         ) -> CheckReport:
     """The report with what the embeddings show added (its leakage, notes and recommendations updated)."""
     if report.tag_stats is not None:
         raise UserError("--label-issues and --embeddings take one label per image (or two levels) for now")

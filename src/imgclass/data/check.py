@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb
-from .defaults import NEAR_DISTANCE
+from .defaults import NEAR_DISTANCE, SPLIT_SEED, TEST_SPLIT, VAL_SPLIT
 from .find import IMAGE_EXTENSIONS
 from .labels import LabelSource, kind_of_options
 from .split import SPLITS, make_split
@@ -149,7 +149,7 @@ class CheckReport:
 
 def check_dataset(data: str | Path, labels: str | Path | None = None, id_column: str | None = None,
                   label_column: str | None = None, hierarchy: bool = False, label_columns: str | None = None,
-                  val_split: float = 0.1, test_split: float = 0.1, seed: int = 101,
+                  val_split: float = VAL_SPLIT, test_split: float = TEST_SPLIT, seed: int = SPLIT_SEED,
                   workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, near_distance: int = NEAR_DISTANCE,
                   on_progress: Callable[[int, int], None] | None = None, multi_label: bool = False,
                   tag_columns: str | None = None) -> CheckReport:

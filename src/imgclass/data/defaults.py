@@ -7,6 +7,9 @@ requests read them here: `imgclass --help` loads no numpy or Pillow)."""
 # more (EPS runs Ghostscript where it is installed; PSD, FITS, ...): a file of another format, whatever its name,
 # is refused with its reason.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+VAL_SPLIT = 0.1         # share of each class held out for validation when the layout gives no val folder
+TEST_SPLIT = 0.1        # ... and for the test when it gives no test folder
+SPLIT_SEED = 101        # the seed of that split (train's --seed, which seeds the rest of a run too)
 DEFAULT_MAX_PIXELS = 89_478_485  # pixels an image's header may claim: Pillow's own warning threshold
 NEAR_DISTANCE = 3        # perceptual-hash Hamming distance (of 64 bits) that counts as a near duplicate
 # check --embeddings: the cosine similarity of pooled features at which two images count as near-duplicates.

@@ -17,6 +17,7 @@ import types
 import yaml
 
 from ..core.errors import UserError
+from ..data.defaults import SPLIT_SEED, TEST_SPLIT, VAL_SPLIT
 from ..core.files import write_text_atomic
 
 
@@ -36,9 +37,9 @@ class TrainConfig:
     regression: bool = False         # a number per image (age, price, a count): --labels CSV whose --label-column holds numbers
     exclude: str | None = None       # a file of images to leave out (a CSV with a path column, e.g. check's label_issues.csv, or one path per line)
     relabel: str | None = None       # a CSV path,label of corrected labels (paths relative to DATA); the files stay where they are
-    val_split: float = 0.1           # share of each class held out for validation when no val folder is given
-    test_split: float = 0.1          # share of each class held out for the final test when no test folder is given
-    seed: int = 101                  # seeds the split, initialisation, shuffling, augmentation and dropout
+    val_split: float = VAL_SPLIT     # share of each class held out for validation when no val folder is given
+    test_split: float = TEST_SPLIT   # share of each class held out for the final test when no test folder is given
+    seed: int = SPLIT_SEED           # seeds the split, initialisation, shuffling, augmentation and dropout
     # --- images ---------------------------------------------------------------
     img_size: int | str | None = None  # square input side in pixels (default: from the model/data); "150,299": progressive resizing
     resize: Literal["crop", "pad", "stretch"] = "crop"  # crop: short side then centre crop; pad: long side then pad; stretch: ignore aspect
