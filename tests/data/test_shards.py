@@ -192,12 +192,14 @@ def test_an_invalid_header_after_the_first_member_is_an_error_row(tmp_path):
 
 
 def test_a_chunk_holds_a_bounded_number_of_bytes(tmp_path):
-    """issue 40, item 1: 256 members of up to 64 MiB made a 16 GiB chunk; a chunk now ends at max_bytes too."""
+    """issue 40, item 1: 256 members of up to 64 MiB made a 16 GiB chunk; a chunk now ends before the member that
+    would take it over max_bytes."""
     path = tmp_path / "big.tar"
     members = [bytes(300_000) for _ in range(10)]
     with tarfile.open(path, "w") as tar:
         for k, data in enumerate(members):
             add(tar, f"{k}.png", data)
     chunks = list(sh.shard_batches([str(path)], size=256, max_bytes=1_000_000))
-    assert [len(names) for names, _ in chunks] == [4, 4, 2]
-    assert all(sum(len(i) for i in items) < 1_000_000 + 300_000 for _, items in chunks)
+    assert [len(names) for names, _ in chunks] == [3, 3, 3, 1]
+    assert all(sum(len(i) for i in items) <= 1_000_000 for _, items in chunks)
+    assert [len(c) for c in sh.bounded_chunks([("a", bytes(2_000_000)), ("b", "why"), ("c", b"x")], 2, 1000)] == [1, 2]

@@ -8,8 +8,10 @@ grayscale is replicated to three channels. Images whose header claims more than
 from __future__ import annotations
 
 import io
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -59,6 +61,58 @@ def decode_bytes(width: int, height: int, mode: str, oriented: bool) -> int:
     return int(pixels * (decoded + (0 if mode == "RGB" else 4)) * 1.05) + min(pixels, BAND_PIXELS) * BAND_TEMPORARIES
 
 
+# Bytes that the decodes of one process may hold at once (every thread's decode_bytes, plus the copy a resize makes).
+# Threads decode in parallel (predict's DECODE_WORKERS, check's one per core, the cache's pool): without a bound, a
+# shard of 48-megapixel PNGs took 2.17 GB of peak RSS with four decode threads, where issue 40 asks under 2 GB
+# (bench/bad_shards_memory.py, 2026-12-07); an image needing more than the whole budget decodes alone.
+DECODE_BUDGET_BYTES = 512 * 2**20
+
+
+class DecodeBudget:
+    """A byte budget shared by the threads that decode (a semaphore weighted by bytes). Each decode takes its
+    bytes once, before its pixels are decoded, and gives them back when its caller is done with the full-size
+    picture; taking once per hold is what makes it free of deadlock."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.free = total
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self) -> Iterator["Reservation"]:
+        reservation = Reservation(self)
+        try:
+            yield reservation
+        finally:
+            if reservation.held:
+                with self._changed:
+                    self.free += reservation.held
+                    self._changed.notify_all()
+
+    def _take(self, n: int) -> int:
+        n = min(n, self.total)
+        with self._changed:
+            self._changed.wait_for(lambda: self.free >= n)
+            self.free -= n
+        return n
+
+
+class Reservation:
+    """One decode's share of a DecodeBudget, taken once (take) and given back as its hold ends."""
+
+    def __init__(self, budget: DecodeBudget):
+        self.budget = budget
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held:
+            raise RuntimeError("a reservation is taken once (a second take while holding could deadlock)")
+        self.held = self.budget._take(n)
+
+
+DECODE_BUDGET = DecodeBudget(DECODE_BUDGET_BYTES)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB (used for files here, and for PIL images given directly), a band of rows at a
     time for large images (the result equals converting the whole image at once)."""
@@ -105,13 +159,14 @@ def _converted(img: Image.Image, top: float | None) -> Image.Image:
 
 def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, formats: tuple[str, ...] = IMAGE_FORMATS,
-             max_bytes: int | None = None) -> Image.Image:
+             max_bytes: int | None = None, reservation: Reservation | None = None) -> Image.Image:
     """Open, check and convert one image to RGB. Raises ImageDecodeError with a reason.
 
     draft_size lets JPEGs decode at a reduced scale (Pillow's draft mode) when the
     target side is much smaller than the file, which is several times faster. formats: the only Pillow formats
     opened (data/defaults.py's IMAGE_FORMATS, whatever the file's name); max_bytes: refuse an image whose decode would take
-    more memory than this at its peak (decode_bytes), before decoding it.
+    more memory than this at its peak (decode_bytes), before decoding it. reservation: the caller's share of
+    DECODE_BUDGET, held until it has resized the picture (without one, the budget is held for the decode alone).
     """
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
@@ -143,16 +198,27 @@ def open_rgb(source: str | Path | bytes | BinaryIO, draft_size: int | None = Non
         if max_bytes is not None and (need := decode_bytes(*img.size, img.mode, oriented)) > max_bytes:
             raise ImageDecodeError(f"image too large to decode here: {img.size[0]}x{img.size[1]} {img.mode} needs "
                                    f"about {need / 2 ** 20:,.0f} MB, over the limit of {max_bytes / 2 ** 20:,.0f} MB")
-        img.load()  # decode now so truncation errors surface here
-        if oriented:
-            img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        if reservation is None:
+            with DECODE_BUDGET.hold() as own:
+                return _decoded(img, oriented, own)
+        return _decoded(img, oriented, reservation)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the same for pixel data that breaks a decoder
         raise ImageDecodeError(_reason("cannot decode", exc)) from None
+
+
+def _decoded(img: Image.Image, oriented: bool, reservation: Reservation) -> Image.Image:
+    """The pixels of an opened image as RGB, once its bytes are reserved: decode_bytes, and a copy of the picture
+    for the caller's resize (ImageOps.fit crops a copy at most the image's size)."""
+    width, height = img.size
+    reservation.take(decode_bytes(width, height, img.mode, oriented) + 3 * width * height)
+    img.load()  # decode now so truncation errors surface here
+    if oriented:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
 
 
 def _reason(what: str, exc: Exception) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .decode import DEFAULT_MAX_PIXELS, open_rgb, to_rgb
+from .decode import DECODE_BUDGET, DEFAULT_MAX_PIXELS, open_rgb, to_rgb
 
 RESAMPLE = Image.Resampling.BICUBIC
 
@@ -69,12 +69,14 @@ class Preprocessing:
         raise ValueError(f"unknown resize policy {self.resize!r}")
 
     def load(self, source: str | Path | bytes | BinaryIO | Image.Image, max_bytes: int | None = None) -> np.ndarray:
-        """Decode + resize one image into a uint8 HxWx3 array (max_bytes: decode.open_rgb's memory limit)."""
+        """Decode + resize one image into a uint8 HxWx3 array (max_bytes: decode.open_rgb's memory limit). The
+        full-size picture is held within the process's decode budget (decode.DECODE_BUDGET) until it is resized."""
         if isinstance(source, Image.Image):
-            img = to_rgb(ImageOps.exif_transpose(source))
-        else:
-            img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels, max_bytes=max_bytes)
-        return np.asarray(self.fit(img), dtype=np.uint8)
+            return np.asarray(self.fit(to_rgb(ImageOps.exif_transpose(source))), dtype=np.uint8)
+        with DECODE_BUDGET.hold() as reservation:
+            img = open_rgb(source, draft_size=self.img_size, max_pixels=self.max_pixels, max_bytes=max_bytes,
+                           reservation=reservation)
+            return np.asarray(self.fit(img), dtype=np.uint8)
 
     # -- batches ---------------------------------------------------------------
     def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:

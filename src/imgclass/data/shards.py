@@ -19,11 +19,12 @@ import glob
 import gzip
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 from ..core.errors import UserError
 from .find import IMAGE_EXTENSIONS, natural_key
 
+T = TypeVar("T")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_MEMBER_BYTES = 64 * 2**20  # an image member larger than this fails its own row unread (a 24-megapixel JPEG
 #                                is about 10 MB; a member this large is not a photo, and would be held in memory)
@@ -241,21 +242,36 @@ def shard_images(shard: str) -> Iterator[tuple[str, bytes | str]]:
                 yield shard, f"the shard is damaged {where}: {reason}"
 
 
+def bounded_chunks(members: Iterable[T], size: int, max_bytes: int | None = None,
+                   item: Callable[[T], bytes | str] = lambda member: member[1]) -> Iterator[list[T]]:
+    """Members in order, `size` at a time, a chunk ending before the member that would take its bytes over
+    max_bytes (default MAX_CHUNK_BYTES; a member alone holds at most MAX_MEMBER_BYTES): what predict and Ray's
+    tasks hold at once. item: a member's bytes, or why it cannot be read (a str, which holds none)."""
+    limit = MAX_CHUNK_BYTES if max_bytes is None else max_bytes
+    chunk: list[T] = []
+    held = 0
+    for member in members:
+        data = item(member)
+        n = len(data) if isinstance(data, bytes) else 0
+        if chunk and held + n > limit:
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(member)
+        held += n
+        if len(chunk) == size:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
 def shard_batches(shards: list[str], size: int, max_bytes: int | None = None
                   ) -> Iterator[tuple[list[str], list[bytes | str]]]:
-    """The images of the shards in order, `size` at a time or fewer once they hold max_bytes (default
-    MAX_CHUNK_BYTES): (names, bytes or why each cannot be read)."""
-    limit = MAX_CHUNK_BYTES if max_bytes is None else max_bytes
-    names: list[str] = []
-    items: list[bytes | str] = []
-    held = 0
-    for shard in shards:
-        for name, item in shard_images(shard):
-            names.append(name)
-            items.append(item)
-            held += len(item) if isinstance(item, bytes) else 0
-            if len(names) == size or held >= limit:
-                yield names, items
-                names, items, held = [], [], 0
-    if names:
-        yield names, items
+    """The images of the shards in order, in bounded_chunks: (names, bytes or why each cannot be read). The
+    caller lets go of a chunk before asking for the next, or two are held."""
+    members = (pair for shard in shards for pair in shard_images(shard))
+    for chunk in bounded_chunks(members, size, max_bytes):
+        names, items = zip(*chunk)
+        del chunk
+        yield list(names), list(items)
+        del names, items  # held here, they would stay while the next chunk is read

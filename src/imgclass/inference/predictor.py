@@ -272,6 +272,7 @@ class Predictor:
             feats: list[np.ndarray] | None = [] if rejection is not None and rejection.needs_features else None
             probs, errors = self.predict_read(items, feats)
             out.extend(self.answer(names, probs, errors, top_k, level, rejection, feats[0] if feats else None))
+            del items  # this chunk's bytes go before the next is read: one chunk held at a time
         return out
 
     def predict_read(self, items: list[bytes | str], features: list | None = None, batch_size: int = 64

@@ -76,22 +76,17 @@ class Scorer:
 
 
 def read_shards(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    """A Ray task's work for shards: the images of its shards, RAY_BATCH at a time (fewer once they hold
-    MAX_CHUNK_BYTES), each with its bytes (or why it
+    """A Ray task's work for shards: the images of its shards, RAY_BATCH at a time (data/shards.py's
+    bounded_chunks), each with its bytes (or why it
     cannot be read) and its place in the job (shard index x 2^32 + member index), read as a stream."""
-    from ..data.shards import MAX_CHUNK_BYTES, shard_images
-    rows: list[tuple[str, bytes, str, int]] = []
-    held = 0
-    for shard, index in zip(batch["shard"], batch["index"]):
-        for k, (name, item) in enumerate(shard_images(str(shard))):
-            rows.append((name, item if isinstance(item, bytes) else b"", "" if isinstance(item, bytes) else item,
-                         int(index) * 2**32 + k))
-            held += len(item) if isinstance(item, bytes) else 0
-            if len(rows) == RAY_BATCH or held >= MAX_CHUNK_BYTES:  # 32 members of 64 MiB would be 2 GiB a task
-                yield _columns(rows)
-                rows, held = [], 0
-    if rows:
-        yield _columns(rows)
+    from ..data.shards import bounded_chunks, shard_images
+    rows = ((name, item if isinstance(item, bytes) else b"", "" if isinstance(item, bytes) else item,
+             int(index) * 2**32 + k)
+            for shard, index in zip(batch["shard"], batch["index"])
+            for k, (name, item) in enumerate(shard_images(str(shard))))
+    # bytes or why, of each row: 32 members of 64 MiB would be 2 GiB a task
+    for chunk in bounded_chunks(rows, RAY_BATCH, item=lambda row: row[1] or row[2]):
+        yield _columns(chunk)
 
 
 def _columns(rows: list[tuple[str, bytes, str, int]]) -> dict[str, np.ndarray]:
