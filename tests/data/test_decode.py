@@ -178,3 +178,44 @@ def test_a_30_megapixel_decode_stays_within_its_estimate(tmp_path, mode):
     peak, estimate = map(int, subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                                              check=True).stdout.split())
     assert peak <= estimate and peak < 300 * 2 ** 20, (peak, estimate)
+
+
+def test_decodes_share_a_byte_budget(monkeypatch):
+    """issue 40: four decode threads each holding a 48-megapixel picture took predict past 2 GB; decodes now
+    reserve their bytes (decode_bytes and the resize copy) from one budget, and an image larger than the whole
+    budget decodes alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from imgclass.data import decode as dec
+    from imgclass.data.preprocess import Preprocessing
+    budget = dec.DecodeBudget(dec.decode_bytes(600, 400, "RGB", False) + 3 * 600 * 400 + 10)
+    monkeypatch.setattr(dec, "DECODE_BUDGET", budget)
+    import imgclass.data.preprocess as pre_module
+    monkeypatch.setattr(pre_module, "DECODE_BUDGET", budget)
+    holders, most, lock = [0], [0], threading.Lock()
+    real = dec._decoded
+
+    def counting(img, oriented, reservation):
+        out = real(img, oriented, reservation)  # taken its bytes, decoded: now it holds them
+        with lock:
+            holders[0] += 1
+            most[0] = max(most[0], holders[0])
+        import time
+        time.sleep(0.02)
+        with lock:
+            holders[0] -= 1
+        return out
+    monkeypatch.setattr(dec, "_decoded", counting)
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 400), (1, 2, 3)).save(buf, "PNG")
+    pre = Preprocessing(img_size=32)
+    with ThreadPoolExecutor(4) as pool:
+        arrays = list(pool.map(pre.load, [buf.getvalue()] * 8))
+    assert most[0] == 1 and budget.free == budget.total and all(a.shape == (32, 32, 3) for a in arrays)
+    small = dec.DecodeBudget(10)
+    with small.hold() as reservation:
+        reservation.take(10**9)  # more than the whole budget: takes all of it, never waits for ever
+        assert small.free == 0
+        with pytest.raises(RuntimeError):
+            reservation.take(1)
+    assert small.free == 10
