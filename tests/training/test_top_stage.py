@@ -12,6 +12,7 @@ from imgclass.core.errors import UserError
 from imgclass.models import create_model
 from imgclass.training.stages import budget
 from imgclass.training.loop.fit import Callback
+from imgclass.training.stages import top_stage
 from imgclass.training.stages.top_stage import TopForward, bottom_activations, split_backbone
 
 from helpers import make_class_folders
@@ -67,6 +68,51 @@ def test_cached_activations_are_the_frozen_bottoms_output():
     assert torch.equal(acts.labels, data.labels) and acts.paths == data.paths
 
 
+def test_the_top_stages_views_differ_and_the_loop_draws_among_them():
+    """issue 41, item 2: the top stage trained on maps cached from the plain images, so the --augment preset's shift
+    never reached it. Its extra views are the images under random draws of the augmentation at the input: view 0 is
+    the plain cache, every view differs from every other, the same seed gives the same views (resume), and an epoch
+    draws different views for different images."""
+    from imgclass.data.augment import BatchAugment
+    torch.manual_seed(0)
+    model = create_model(ARCH, num_classes=3)
+    split = split_backbone(model)
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    images = torch.stack([torch.stack([(xx * (3 + i) + yy * c) % 256 for c in range(3)]) for i in range(6)]).to(torch.uint8)
+    pre = Preprocessing(img_size=48, mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = ImageTensors(images=images, labels=torch.arange(6) % 3, paths=[f"{i}.png" for i in range(6)])
+    plain = bottom_activations(split, data, pre, 4, torch.device("cpu"), bf16=False)
+    augment = BatchAugment("light", hflip=True)
+    views = top_stage.augmented_views(split, data, plain, pre, augment, 3, 4, torch.device("cpu"), False, seed=5)
+    assert views.images.shape == (6, 3, *plain.images.shape[1:]) and views.images.dtype == torch.bfloat16
+    assert torch.equal(views.images[:, 0], plain.images)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        for i in range(6):  # every image's views differ from one another
+            assert (views.images[i, a].float() - views.images[i, b].float()).abs().mean() > 1e-3, (i, a, b)
+    again = top_stage.augmented_views(split, data, plain, pre, augment, 3, 4, torch.device("cpu"), False, seed=5)
+    assert torch.equal(again.images, views.images)
+    assert top_stage.augmented_views(split, data, plain, pre, augment, 1, 4, torch.device("cpu"), False, 5) is plain
+    assert top_stage.views_that_fit(100.0, 10.0, 1000, 1000, BatchAugment("none", hflip=False)) == 1
+    assert top_stage.views_that_fit(100.0, 10.0, 1000, 1000, augment) == top_stage.MAX_VIEWS  # 35 s: 3 more views
+    assert top_stage.views_that_fit(100.0, 20.0, 1000, 1000, augment) == 2                    # 35 s: 1 more view
+    from imgclass.training.loop import fit as loop_module
+    seen = []
+    trainer = loop_module.Trainer(
+        model=model, optimizer=torch.optim.SGD(split.groups[0].parameters(), lr=0.0), train_data=views,
+        val_data=None, pre=pre, augment=BatchAugment("none", hflip=False), epochs=1, batch_size=6, peak_lr=0.0,
+        warmup_epochs=0, label_smoothing=0, seed=0, device=torch.device("cpu"), cached_inputs=True,
+        train_forward=TopForward(model, split))
+    real_loss = trainer.task.loss
+    trainer.task = type("T", (), {"loss": lambda self, m, f, x, *a: (seen.append(x.clone()), real_loss(m, f, x, *a))[1],
+                                  "correct": lambda self, logits, y: 0, "score": trainer.task.score})()
+    trainer.fit()
+    drawn = seen[0]
+    found = [[(i, v) for i in range(6) for v in range(3) if torch.equal(row.to(torch.bfloat16), views.images[i, v])]
+             for row in drawn]  # (the epoch's order is shuffled: each row is looked for among every image's views)
+    assert all(len(f) == 1 for f in found) and sorted(f[0][0] for f in found) == list(range(6))
+    assert len({f[0][1] for f in found}) > 1  # one view of each image, not the same view for all
+
+
 def test_top_stage_trains_only_the_top(tmp_path, lite0_weights):
     data = make_class_folders(tmp_path / "data", per_class=10)
     run = imgclass.train(data, out=str(tmp_path / "run"), weights=str(lite0_weights), **OPTS)
@@ -113,7 +159,7 @@ class _Crash(Callback):
             raise KeyboardInterrupt
 
 
-def test_budget_picks_the_top_stage_and_resume_is_exact(tmp_path, lite0_weights, monkeypatch, caplog):
+def test_budget_picks_the_top_stage_and_resume_is_exact(tmp_path, lite0_weights, monkeypatch, imgclass_log):
     """--time-budget with --finetune auto: the planner's choice (pinned here) is said in one line, recorded, and a
     run stopped after its first top-stage epoch resumes to the same weights as one never stopped."""
     monkeypatch.setattr(budget, "plan_budget", lambda *a, **k: (3, 1.0, 2.0))
@@ -121,9 +167,8 @@ def test_budget_picks_the_top_stage_and_resume_is_exact(tmp_path, lite0_weights,
     monkeypatch.setattr(budget, "TOP_MAX_EPOCHS", 3)
     data = make_class_folders(tmp_path / "data", per_class=10)
     opts = dict(OPTS, finetune="auto", time_budget="10m", weights=str(lite0_weights), epochs=6)
-    caplog.set_level("INFO", logger="imgclass")
     full = imgclass.train(data, out=str(tmp_path / "full"), **opts)
-    said = [r.getMessage() for r in caplog.records if "the top stage" in r.getMessage()]
+    said = [m for _, m in imgclass_log if "the top stage" in m]
     assert len(said) == 1 and "pinned by the test" in said[0] and "--finetune full|top|head" in said[0]
     assert len(full.history) == 3
     with pytest.raises(KeyboardInterrupt):

@@ -29,6 +29,7 @@ from .loop.device import use_bf16
 from .loop.fit import Callback, Trainer
 from .loop.optim import make_optimizer
 from .plan import RunPlan
+from .stages import budget
 from .stages.transfer import (apply_weights_file, backbone_preprocessing, classifiers, layerwise_optimizer, load_pretrained,
                        model_groups, weights_file_header)
 
@@ -120,7 +121,8 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                    class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
                    deadline=deadline, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
-                   plan=plan.record, task=plan.task, run_dir=Path(cfg.out) if cfg.out else None)
+                   plan={**plan.record, **({"epochs_max": budget.TOP_MAX_EPOCHS} if cached_inputs else {})},
+                   task=plan.task, run_dir=Path(cfg.out) if cfg.out else None)
 
 
 def init_from_data(model, train: ImageTensors, pre: Preprocessing, seed: int) -> None:

@@ -70,6 +70,7 @@ class TrainConfig:
     weights: str | None = None       # start from a local file: .safetensors/.pth state dict, or an imgclass model file
     head_epochs: int = 30            # with weights: stage 1, the head alone on cached backbone features (no augmentation; ms an epoch)
     finetune: Literal["auto", "full", "top", "head"] = "auto"  # stage 2: full (the whole backbone, see unfreeze), top (its top blocks on cached activations of the frozen bottom: ~5x faster epochs), head (none: the head stage's model); auto: --time-budget picks by the epochs that fit, else full
+    top_views: int | None = None     # stage 2 top: augmented views of each training image (the --augment preset at the input; each view's bottom activations cached once, one drawn per image and epoch); default: --time-budget chooses, else 1
     unfreeze: Literal["gradual", "all", "none"] = "gradual"  # stage 2: unfreeze from the top one group at a time, all at once, or never
     layer_lr_decay: float = 0.7      # stage 2: each backbone group below the head learns this much slower
     bn_stats_frozen: bool = True     # stage 2: backbone batch norms keep their pretrained statistics (scale/shift still learn)
@@ -238,6 +239,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError("epochs must be at least 1")
     if cfg.batch_size < 1:
         raise UserError("batch_size must be at least 1")
+    if cfg.top_views is not None and not 1 <= cfg.top_views <= 16:
+        raise UserError("top_views must be between 1 and 16")
     sizes = img_sizes(cfg.img_size)
     if sizes is not None and not all(1 <= s <= 4096 for s in sizes):
         raise UserError("img_size must be between 1 and 4096 pixels")

@@ -34,6 +34,11 @@ from .loop.distributed import launched_by_torchrun
 from .stages.top_stage import settings_reason
 
 
+# The settings a run decides beyond config.yaml (the budget's epochs and stage, the recipe's width and augmentation),
+# saved in checkpoints and results.json (RunPlan.record) and given back to a resumed run.
+RECORDED_SETTINGS = ("epochs", "batch_size", "model_args", "finetune", "translate", "cutout", "top_views")
+
+
 @dataclass(frozen=True)
 class RunPlan:
     cfg: TrainConfig                      # every setting, resolved (cfg.lr/batch_size as decided below)
@@ -58,9 +63,7 @@ class RunPlan:
     @property
     def record(self) -> dict[str, Any]:
         """What the run decided beyond config.yaml, saved in checkpoints and results.json for --resume."""
-        return {"epochs": self.cfg.epochs, "batch_size": self.cfg.batch_size, "lr": self.lr,
-                "model_args": self.cfg.model_args, "finetune": self.cfg.finetune, "translate": self.cfg.translate,
-                "cutout": self.cfg.cutout}
+        return {"lr": self.lr, **{k: getattr(self.cfg, k) for k in RECORDED_SETTINGS}}
 
     def with_settings(self, **settings: Any) -> "RunPlan":
         """The plan with a planner's settings (the fine-tuning stage, the long recipe's augmentation): a new plan."""
@@ -152,8 +155,7 @@ def _decide(cfg: TrainConfig, found: Found, split: Split, explicit: dict | None,
         config_mod.TRANSFER_LR_FACTOR if transfer else 1.0)
     recorded = _recorded(run) if run is not None else None
     if recorded is not None:  # a resumed run: what its checkpoint says it decided
-        fields = {k: recorded[k] for k in ("epochs", "batch_size", "model_args", "finetune", "translate", "cutout")
-                  if k in recorded}
+        fields = {k: recorded[k] for k in RECORDED_SETTINGS if k in recorded}
         cfg, lr = dataclasses.replace(cfg, **fields), recorded.get("lr", lr)
     elif run is None and "batch_size" not in explicit and spec.recipe.get("batch_size"):
         cfg, lr = _small_folder_batch(cfg, lr, len(split.items["train"]), notes)

@@ -41,6 +41,7 @@ from .build import Prepared, decode_splits, init_from_data, make_optimizer_for, 
 from .loop.callbacks import (EMA, BestModel, Checkpoint, EarlyStopping, Lookahead, MetricsCSV, ProgressDisplay,
                              ReduceOnPlateau, TensorBoard)
 from .loop.checkpoint import load_checkpoint, load_checkpoint_model
+from ..data.augment import from_config as augment_from_config
 from .loop.device import use_bf16
 from .loop.fit import Event, Trainer, forward_cached
 from .integrations.tracking import trackers
@@ -268,12 +269,21 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
         stage, why = budget.choose_finetune(full_epochs, top_epochs, no_top)
         if stage == "head" and cfg.head_epochs < 1:  # no head stage to keep: what fits of full fine-tuning
             stage, why = "full", f"{why}, and --head-epochs 0 leaves no head stage to keep"
+    views, views_text = 1, ""
+    if stage == "top":  # the time its augmented views take comes out of its epochs
+        view_seconds = top.seconds * len(top.train) / max(1, len(top.train) + len(top.val))
+        views = cfg.top_views or top_stage.views_that_fit(left, view_seconds, top.train.images.nbytes,
+                                                          top.train.images.nbytes + top.val.images.nbytes,
+                                                          augment_from_config(cfg))
+        top_epochs = max(0.0, left - (views - 1) * view_seconds) / top_epoch
+        views_text = (f" with {views} views of each training image (--augment {cfg.augment} at the input, cached in "
+                      f"~{(views - 1) * view_seconds:.0f}s)" if views > 1 else "")
     epochs = {"full": math.ceil(full_epochs), "top": min(budget.TOP_MAX_EPOCHS, math.ceil(top_epochs or 0)),
               "head": 0}[stage]
     what = {"full": "full fine-tuning of the backbone", "top": "the top stage (the top blocks on cached activations "
-            "of the frozen bottom)", "head": "the head on frozen features alone"}[stage]
+            f"of the frozen bottom{views_text})", "head": "the head on frozen features alone"}[stage]
     say(f"time budget {cfg.time_budget}: {what}, {why}; --finetune full|top|head chooses")
-    return plan.with_settings(finetune=stage), max(1, epochs) if stage != "head" else 0, \
+    return plan.with_settings(finetune=stage, top_views=views), max(1, epochs) if stage != "head" else 0, \
         top_epoch if stage == "top" else full_epoch
 
 
@@ -299,6 +309,14 @@ def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch
     cfg, main = plan.cfg, dd.main
     forward = None
     if top is not None:  # only the top's groups learn (layer-wise rates among them); the bottom stays frozen
+        if (cfg.top_views or 1) > 1:
+            started = time.perf_counter()
+            train = top_stage.augmented_views(top.split, prep.data["train"], top.train, prep.pre,
+                                              augment_from_config(cfg), cfg.top_views, max(cfg.batch_size, 256),
+                                              device, use_bf16(cfg.precision, device), cfg.seed)
+            say(f"top stage: {cfg.top_views - 1} augmented view(s) of {len(train)} training images cached in "
+                f"{time.perf_counter() - started:.1f}s")
+            top = dataclasses.replace(top, train=train)
         set_backbones_trainable(prep.model, False)
         optimizer = layerwise_optimizer(prep.model, top.split.groups, cfg.optimizer, plan.lr, plan.weight_decay,
                                         cfg.momentum, cfg.layer_lr_decay)

@@ -40,6 +40,11 @@ from .optim import lr_at, set_lr
 # schedule. At 0 the first step was already "late" (by_clock > 0 = by_steps) and every budget run's
 # learning rates depended on timing; 2% of a 15-minute budget is 18 s.
 CLOCK_SLACK = 0.02
+# Under a budget the plan grows when epochs run faster than planned, up to this many times the planned epochs (the
+# planner's epochs come from a measured step: more than half again means its estimate was far off, and a longer
+# schedule than that is no longer the one chosen), and only once this share of its steps more fit.
+GROWTH_LIMIT = 1.5
+GROW_SHARE = 0.02
 
 
 class Event(str, Enum):
@@ -118,6 +123,8 @@ class Trainer:
     clock: float = 0.0                  # seconds of training used so far, across phases and resumes
     plan: dict[str, Any] = field(default_factory=dict)  # choices made from the data and the clock, for --resume
     last_tick: float | None = None      # when this process's previous fit() ended (not saved)
+    epoch_cost: tuple[float, int, float] | None = None  # the last epoch this process trained: (seconds of its steps,
+    #                                                     its steps, seconds after them: validation, checkpoint)
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict)  # callbacks' tensors, saved in checkpoints
 
     @property
@@ -187,23 +194,49 @@ class Trainer:
         by_clock = (self.clock / self.time_allowed - CLOCK_SLACK) / (1.0 - CLOCK_SLACK)
         return max(by_steps, by_clock)
 
-    def _fit_plan_to_budget(self) -> bool:
-        """Under a time budget, at an epoch's start: when the planned epochs left no longer fit in the budget's time
-        left (an epoch's cost measured on the clock so far, validation and checkpoints included), cut the plan to
-        the epochs that fit, so the schedule, which follows the steps, anneals at the end of the last of them.
-        (Cut by the deadline instead, a run on a machine faster or slower than planned stopped with the learning
-        rate still at 8% of its peak: the clock's share lags by the time between an epoch's last step and the
-        next epoch's start.) The new plan is kept in `plan`, so --resume continues it exactly. True if cut."""
+    @property
+    def total_steps(self) -> int:
+        """The optimizer steps the run plans (its schedule's length): its epochs', or what the clock replanned,
+        which can end inside an epoch."""
+        return int(self.plan.get("steps", self.epochs * self.steps_per_epoch))
+
+    def _fit_plan_to_clock(self) -> bool:
+        """Under a time budget, at an epoch's start: the steps that fit in the time left, at the speed of the last
+        epoch this process trained (its steps, then its validation and checkpoint; after a resume, the run's average
+        epoch so far), become the plan, so the schedule, which follows the steps, anneals at the last of them and
+        the run ends within a step of its deadline. The plan adapts both ways: cut when epochs run slower than
+        planned, grown again when they run faster (up to GROWTH_LIMIT times the planned epochs, or the plan's
+        epochs_max: the top stage's TOP_MAX_EPOCHS), so a few slow epochs (another process on the
+        machine) no longer shorten the run for good. A partial last epoch still validates. Growth waits until
+        GROW_SHARE more steps fit, so small changes of speed leave the schedule alone. (Cut by the deadline
+        instead, a run on a machine faster or slower than planned stopped with the learning rate still at 8% of
+        its peak: the clock's share lags by the time between an epoch's last step and the next epoch's start.)
+        The new plan is kept in `plan`, so --resume continues it exactly. True if it changed."""
         if self.time_allowed is None or self.epoch == 0 or self.clock <= 0 or (self.dist is not None
                                                                                 and self.dist.active):
             return False  # (with several processes the ranks' clocks differ: they keep the plan and the deadline)
-        per_epoch = self.clock / self.epoch
-        fit = self.epoch + max(1, int((self.time_allowed - self.clock) / per_epoch))
-        if fit >= self.epochs:
+        spe = self.steps_per_epoch
+        if self.epoch_cost is not None:
+            steps_seconds, steps, between = self.epoch_cost
+            per_step = steps_seconds / max(1, steps)
+        else:
+            per_step, between = self.clock / max(1, self.step), 0.0
+        per_epoch = spe * per_step + between
+        left = self.time_allowed - self.clock
+        whole = int(max(0.0, left) // per_epoch)
+        rest = left - whole * per_epoch - between          # a partial last epoch validates too
+        partial = min(spe - 1, int(rest // per_step)) if rest > per_step else 0
+        cap = self.plan.get("epochs_max") or math.floor(GROWTH_LIMIT * self.plan.get("epochs_planned", self.epochs))
+        fit = min(max(self.step + 1, self.step + whole * spe + partial), max(self.total_steps, cap * spe))
+        total = self.total_steps
+        if fit == total or total < fit < total + max(1, GROW_SHARE * total):
             return False
-        self.stop_reason = f"time budget: {fit} of {self.plan.get('epochs_planned', self.epochs)} planned epochs fit"
-        self.plan = {**self.plan, "epochs": fit, "epochs_planned": self.plan.get("epochs_planned", self.epochs)}
-        self.epochs = fit
+        planned = self.plan.get("epochs_planned", self.epochs)
+        epochs = -(-fit // spe)
+        shown = f"{fit / spe:.1f}".removesuffix(".0")
+        self.stop_reason = f"time budget: {shown} of {planned} planned epochs fit"
+        self.plan = {**self.plan, "epochs": epochs, "steps": fit, "epochs_planned": planned}
+        self.epochs = epochs
         return True
 
     def _tick(self, since: float) -> float:
@@ -236,6 +269,8 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         target = y
         if self.cached_inputs:  # a frozen bottom's maps: flipped like the images they came from, nothing else
+            if x.ndim == 5:  # several cached views of each image (augmented at the input): one drawn per image
+                x = x[torch.arange(len(x)), torch.randint(0, x.shape[1], (len(x),), generator=gen).to(x.device)]
             x = self.augment.flip_only(x.float(), gen, flips, self.epoch)
         else:
             x = self.augment(x.float().div_(255.0), gen, flips, self.epoch)
@@ -256,7 +291,6 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> None:
         """Train until the planned epochs are done, the run is stopped, or (a progressive-resizing phase)
         after epoch stop_at."""
-        total = self.epochs * self.steps_per_epoch  # the whole run, across progressive-resizing phases
         warmup = self.warmup_epochs / self.epochs if self.schedule in ("cosine", "plateau") else 0.0
         flip_parity = torch.randint(0, 2, (len(self.train_data),), generator=torch.Generator().manual_seed(self.seed))
         ticked = time.perf_counter()
@@ -267,9 +301,16 @@ class Trainer:
         if self.last_tick is not None:  # a later phase: decoding at the next size counted against the budget too
             ticked = self._tick(self.last_tick)
         self.event(Event.BEFORE_FIT)
+        total = self.total_steps  # the whole run, across progressive-resizing phases
+        self.epoch_cost = None  # a new phase (another image size) or a resumed run: no epoch measured here yet
+        steps_ended = None  # the clock when this process's last epoch's steps ended
         while self.epoch < min(self.epochs, stop_at or self.epochs) and not self.stop:
-            if self._fit_plan_to_budget():
-                total = self.epochs * self.steps_per_epoch  # the schedule now ends with the last epoch that fits
+            ticked = self._tick(ticked)  # the last epoch's checkpoint and callbacks count too
+            if steps_ended is not None and self.epoch_cost is not None:
+                self.epoch_cost = (self.epoch_cost[0], self.epoch_cost[1], self.clock - steps_ended)
+            if self._fit_plan_to_clock():
+                total = self.total_steps  # the schedule now ends with the last step that fits
+            epoch_clock, epoch_step = self.clock, self.step
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout and model-internal randomness
             self.model.train()
@@ -286,6 +327,8 @@ class Trainer:
             fetched = images.batches(chunks) if hasattr(images, "batches") else (images[idx] for idx in chunks)
             for idx, x in zip(chunks, fetched):
                 ticked = self._tick(ticked)
+                if self.step >= total:  # the plan's last step came inside this epoch (the clock replanned it)
+                    break
                 done = self.progress(total)
                 if done >= 1.0 and self.time_allowed is not None:
                     self.stop, self.stop_reason = True, "time budget reached"
@@ -299,6 +342,9 @@ class Trainer:
                 loss_sum += self.batch_loss * len(y)
                 correct += self.task.correct(logits, y)
                 self.event(Event.AFTER_STEP)
+            ticked = self._tick(ticked)
+            steps_ended = self.clock
+            self.epoch_cost = (self.clock - epoch_clock, self.step - epoch_step, 0.0)
             if self.dist is not None:
                 loss_sum, correct, seen = self.dist.sum(loss_sum, correct, seen)
             if seen == 0 and self.stop:  # the deadline came before the epoch's first step: no epoch to record
