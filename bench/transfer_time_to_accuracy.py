@@ -100,6 +100,10 @@ def main() -> None:
     print(f"date {date.today()}  machine: {machine()}")
     print(f"command: imgclass train {args.dataset} --time-budget {args.budget} {' '.join(options + args.extra)}")
     print(choice)
+    for line in proc.stderr.splitlines():  # what the budget chose for the stages, and the best epoch
+        if line.strip().startswith(("time budget", "top stage", "activations of the backbone")):
+            print("  " + line.strip())
+    print(f"  best epoch {results.get('best_epoch')} (0: the head stage's model); stop: {results.get('stop_reason')}")
     print(f"{score_split} accuracy {acc:.4f} (n={results['metrics'][score_split]['n']}; target {args.target:.2f}: "
           f"{'MET' if acc >= args.target else 'MISSED'}); wall clock {wall / 60:.2f} min incl. start-up, decoding "
           f"and report (budget {budget / 60:.0f} min: {'MET' if wall <= budget else 'MISSED'}); "

@@ -276,8 +276,8 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
                                                           top.train.images.nbytes + top.val.images.nbytes,
                                                           augment_from_config(cfg))
         top_epochs = max(0.0, left - (views - 1) * view_seconds) / top_epoch
-        views_text = (f" with {views} views of each training image (--augment {cfg.augment} at the input, cached in "
-                      f"~{(views - 1) * view_seconds:.0f}s)" if views > 1 else "")
+        views_text = (f"; {views} views of each training image: --augment {cfg.augment} at the input, cached in "
+                      f"~{(views - 1) * view_seconds:.0f}s" if views > 1 else "")
     epochs = {"full": math.ceil(full_epochs), "top": min(budget.TOP_MAX_EPOCHS, math.ceil(top_epochs or 0)),
               "head": 0}[stage]
     what = {"full": "full fine-tuning of the backbone", "top": "the top stage (the top blocks on cached activations "

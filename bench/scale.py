@@ -1,0 +1,118 @@
+"""Cost that grows linearly (issue 41, item 5): images/s and peak RSS of check, one training epoch from the
+decoded cache, predict and embed, for N small JPEGs, N from 10,000 up.
+
+    .venv/bin/python bench/scale.py --sizes 10000 100000 300000 [--work DIR]
+
+Each N is a fresh folder of 10 class folders of 32 x 32 JPEGs (smooth gradients, distinct per image), written once
+under --work (default ~/.cache/imgclass-bench/scale). Each command runs in its own process under /usr/bin/time -v:
+- check: `imgclass check ROOT --json J` (decodes every file, hashes, sizes);
+- train epoch: `imgclass train ROOT --model fast --img-size 32 --epochs 1 --no-evaluate --cache-dir C` twice, the
+  second from the decoded cache; its epoch's seconds from metrics.csv (images/s over the training split), its RSS
+  the whole process's;
+- predict: `imgclass predict RUN ROOT --format csv --runtime torch > /dev/null` with the second run's model;
+- embed: `imgclass embed RUN ROOT --out E.npy`.
+Targets: images/s within 20% from the smallest N to the largest for each command; peak RSS of predict and embed
+within 20% across N. The table prints each against the smallest N's.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH_DIR, machine  # noqa: E402
+
+CLASSES = 10
+
+
+def write_set(root: Path, n: int) -> Path:
+    """n JPEGs of 32 x 32 in CLASSES folders (kept between runs: a marker file says the set is whole)."""
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    rng = np.random.RandomState(n)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for c in range(CLASSES):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a, b, base = rng.uniform(1, 8, 3), rng.uniform(1, 8, 3), rng.randint(0, 256, 3)
+        img = np.stack([(xx * a[k] + yy * b[k] + base[k]) % 256 for k in range(3)], -1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90)
+        (root / f"class{i % CLASSES}" / f"{i:07d}.jpg").write_bytes(buf.getvalue())
+    done.write_text(str(n))
+    return root
+
+
+def timed(command: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GB) of one command in its own process."""
+    started = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *command], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    rss = next(int(line.split(":")[1]) for line in done.stderr.splitlines() if "Maximum resident" in line)
+    return wall, rss / 1e6
+
+
+def measure(root: Path, n: int, work: Path) -> dict[str, tuple[float, float]]:
+    """{command: (images/s, peak RSS GB)} for one N."""
+    cli = [sys.executable, "-m", "imgclass"]
+    out: dict[str, tuple[float, float]] = {}
+    wall, rss = timed(cli + ["check", str(root), "--json", str(work / "check.json")])
+    out["check"] = (n / wall, rss)
+    cache = work / "cache"
+    train = cli + ["train", str(root), "--model", "fast", "--img-size", "32", "--epochs", "1", "--no-evaluate",
+                   "--cache-dir", str(cache), "--no-tensorboard"]
+    timed(train + ["--out", str(work / "first")])
+    _, rss = timed(train + ["--out", str(work / "run")])
+    rows = list(csv.DictReader((work / "run" / "metrics.csv").open()))
+    trained = sum(1 for row in csv.DictReader((work / "run" / "splits.csv").open()) if row["split"] == "train")
+    out["train epoch (cached)"] = (trained / float(rows[-1]["seconds"]), rss)
+    with open(os.devnull, "w") as null:
+        wall, rss = timed(cli + ["predict", str(work / "run"), str(root), "--format", "csv", "--runtime", "torch"],
+                          stdout=null)
+    out["predict"] = (n / wall, rss)
+    wall, rss = timed(cli + ["embed", str(work / "run"), str(root), "--out", str(work / "emb.npy")])
+    out["embed"] = (n / wall, rss)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 300_000])
+    parser.add_argument("--work", type=Path, default=BENCH_DIR / "scale")
+    args = parser.parse_args()
+    print(machine())
+    results: dict[int, dict[str, tuple[float, float]]] = {}
+    for n in args.sizes:
+        started = time.perf_counter()
+        root = write_set(args.work / f"set-{n}", n)
+        made = time.perf_counter() - started
+        work = args.work / f"work-{n}"
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+        work.mkdir(parents=True)
+        results[n] = measure(root, n, work)
+        print(f"N={n:,}: set ready in {made:.0f}s; " + "; ".join(
+            f"{k} {v[0]:,.0f} img/s {v[1]:.2f} GB" for k, v in results[n].items()), flush=True)
+    first = args.sizes[0]
+    print(f"\n| command | N | images/s | x N={first:,} | peak RSS GB | x N={first:,} |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for command in results[first]:
+        for n in args.sizes:
+            speed, rss = results[n][command]
+            base_speed, base_rss = results[first][command]
+            print(f"| {command} | {n:,} | {speed:,.0f} | {speed / base_speed:.2f} | {rss:.2f} | {rss / base_rss:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
