@@ -43,8 +43,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from common import DATASETS  # noqa: E402 - this folder's shared helpers (the data folder, IMGCLASS_DATASETS)
+
 HERE = Path(__file__).resolve().parent
-DATASETS = Path(os.environ.get("IMGCLASS_DATASETS", HERE.parent.parent / "shared" / "datasets"))
 
 RUNS = {
     "digits-fast": ["{digits}", "--no-hflip", "--epochs", "3"],

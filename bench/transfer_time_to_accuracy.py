@@ -21,7 +21,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from common import ARCHIVE, BENCH_DIR, machine, train_in_budget
+from common import BENCH_DIR, DATASETS, machine, train_in_budget
 
 SETS = {"hymenoptera": ("hymenoptera.tar.gz", "val", []),
         "fashion": ("fashion_hier.tar.gz", "test", ["--labels", "{root}/labels.csv", "--label-column", "subCategory"])}
@@ -30,7 +30,7 @@ SETS = {"hymenoptera": ("hymenoptera.tar.gz", "val", []),
 def extract(archive: str) -> Path:
     root = BENCH_DIR / archive.split(".")[0]
     if not root.is_dir():
-        src = ARCHIVE.parent / archive
+        src = DATASETS / archive
         if not src.is_file():
             raise SystemExit(f"archive not found at {src}")
         root.mkdir(parents=True)
