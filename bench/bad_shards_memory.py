@@ -26,7 +26,9 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import machine, photo_jpeg, photo_model  # noqa: E402
+from helpers import tar_header  # noqa: E402 - the crafted tar header the shard tests use
 
 LIMIT = 2 * 10**9
 
@@ -35,20 +37,6 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
-
-
-def header(name: bytes, size: int, kind: bytes) -> bytes:
-    """One ustar header block with a right checksum (what a crafted shard holds)."""
-    block = bytearray(512)
-    block[:len(name)] = name
-    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
-    block[124:136] = f"{size:011o}\0".encode()
-    block[136:148] = b"00000000000\0"
-    block[156:157] = kind
-    block[257:263], block[263:265] = b"ustar\0", b"00"
-    block[148:156] = b" " * 8
-    block[148:156] = f"{sum(block):06o}\0 ".encode()
-    return bytes(block)
 
 
 def write_shards(folder: Path) -> int:
@@ -60,8 +48,8 @@ def write_shards(folder: Path) -> int:
         for k, data in enumerate(good):
             add(tar, f"{k:04d}.jpg", data)
     with gzip.open(folder / "bomb.tar.gz", "wb", compresslevel=1) as gz:
-        gz.write(header(b"ok.jpg", len(good[0]), b"0") + good[0] + bytes(-len(good[0]) % 512))
-        gz.write(header(b"././@PaxHeader", 2**30, b"x"))
+        gz.write(tar_header(b"ok.jpg", len(good[0]), b"0") + good[0] + bytes(-len(good[0]) % 512))
+        gz.write(tar_header(b"././@PaxHeader", 2**30, b"x"))
         zeros = bytes(2**20)
         for _ in range(2**10):
             gz.write(zeros)

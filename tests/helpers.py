@@ -175,3 +175,18 @@ def make_numbered_folder(root, n=120, seed=0, size=16, split_column=False):
         writer.writerow(["file", "target"] + (["split"] if split_column else []))
         writer.writerows(rows)
     return data, labels
+
+
+def tar_header(name: bytes, size: int, kind: bytes) -> bytes:
+    """One ustar header block with a right checksum: what a crafted shard holds (a pax header claiming any size,
+    a member cut short). Used by tests/data/test_shards.py and bench/bad_shards_memory.py."""
+    block = bytearray(512)
+    block[:len(name)] = name
+    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    block[124:136] = f"{size:011o}\0".encode()
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:263], block[263:265] = b"ustar\0", b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    return bytes(block)

@@ -12,6 +12,8 @@ import imgclass
 from imgclass.data import shards as sh
 from imgclass.core.errors import UserError
 
+from helpers import tar_header
+
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
@@ -122,20 +124,6 @@ def _png(colour=(200, 10, 10)) -> bytes:
     return buf.getvalue()
 
 
-def _header(name: bytes, size: int, kind: bytes) -> bytes:
-    """One ustar header block, its checksum right (what a crafted shard would hold)."""
-    block = bytearray(512)
-    block[:len(name)] = name
-    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
-    block[124:136] = f"{size:011o}\0".encode()
-    block[136:148] = b"00000000000\0"
-    block[156:157] = kind
-    block[257:263], block[263:265] = b"ustar\0", b"00"
-    block[148:156] = b" " * 8
-    block[148:156] = f"{sum(block):06o}\0 ".encode()
-    return bytes(block)
-
-
 def test_names_from_pax_and_gnu_headers_are_read_as_tarfile_writes_them(tmp_path):
     """The reader (data/shards.py, in place of tarfile's streaming mode) reads what tarfile writes: long names in pax
     and in GNU headers, gzip, directories and other members skipped."""
@@ -162,8 +150,8 @@ def test_a_pax_header_bomb_fails_its_row_without_reading_it(tmp_path):
     claimed = 512 * 2**20
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz:
-        gz.write(_header(b"ok.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512))
-        gz.write(_header(b"././@PaxHeader", claimed, b"x"))
+        gz.write(tar_header(b"ok.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512))
+        gz.write(tar_header(b"././@PaxHeader", claimed, b"x"))
         zeros = bytes(2**20)
         for _ in range(claimed // len(zeros)):
             gz.write(zeros)
@@ -180,8 +168,8 @@ def test_a_pax_header_bomb_fails_its_row_without_reading_it(tmp_path):
 
 def test_an_invalid_header_after_the_first_member_is_an_error_row(tmp_path):
     """issue 40, item 8: tarfile ended the stream without a word at an invalid header after the first member."""
-    good = _header(b"a.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512)
-    broken = bytearray(_header(b"b.png", len(_png()), b"0"))
+    good = tar_header(b"a.png", len(_png()), b"0") + _png() + bytes(-len(_png()) % 512)
+    broken = bytearray(tar_header(b"b.png", len(_png()), b"0"))
     broken[0:1] = b"z"  # the checksum no longer matches
     path = tmp_path / "damaged.tar"
     path.write_bytes(good + bytes(broken) + _png() + bytes(1024))
