@@ -170,18 +170,11 @@ def augmented_views(split: TopSplit, images: ImageTensors, plain: ImageTensors, 
     computes the same views). With one view, plain as it is."""
     if views <= 1:
         return plain
-    split.bottom.eval()
     gen = torch.Generator().manual_seed(seed * 7_919 + 17)
     out = torch.empty((len(plain), views, *plain.images.shape[1:]), dtype=torch.bfloat16)
     out[:, 0] = plain.images
-    batch_size = scoring_batch(batch_size, images.images.shape[-1], device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for view in range(1, views):
-        for s in range(0, len(images), batch_size):
-            x = augment(images.images[s:s + batch_size].float().div_(255.0), gen, epoch=view)
-            x = pre.standardize(x.to(device)).contiguous(memory_format=torch.channels_last)
-            with autocast:
-                out[s:s + batch_size, view] = split.bottom(x).to(torch.bfloat16).cpu()
+        out[:, view] = _bottom_maps(split, images.images, pre, batch_size, device, bf16, augment, gen, view)
     return ImageTensors(images=out, labels=plain.labels, paths=plain.paths)
 
 
@@ -190,17 +183,28 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def _bottom_maps(split: TopSplit, images: torch.Tensor, pre: Preprocessing, batch_size: int, device: torch.device,
+                 bf16: bool, augment: BatchAugment | None = None, gen: torch.Generator | None = None,
+                 epoch: int = 0) -> torch.Tensor:
+    """The frozen bottom's output (bf16, on the CPU) for uint8 NCHW images, batch by batch in inference mode (batch
+    norms use their pretrained statistics); each batch under `augment` at the input when one is given."""
+    split.bottom.eval()
+    out = []
+    batch_size = scoring_batch(batch_size, images.shape[-1], device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    for s in range(0, len(images), batch_size):
+        x = images[s:s + batch_size].float().div_(255.0)
+        if augment is not None:
+            x = augment(x, gen, epoch=epoch)
+        x = pre.standardize(x.to(device)).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out.append(split.bottom(x).to(torch.bfloat16).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.bfloat16)
+
+
 def bottom_activations(split: TopSplit, data: ImageTensors, pre: Preprocessing, batch_size: int,
                        device: torch.device, bf16: bool) -> ImageTensors:
     """The frozen bottom's output for every image of a split, once, stored in bf16 on the CPU (eval mode: batch
     norms use their pretrained statistics). Same labels and paths as the images."""
-    split.bottom.eval()
-    out = []
-    batch_size = scoring_batch(batch_size, data.images.shape[-1], device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for s in range(0, len(data), batch_size):
-        x = pre.normalize(data.images[s:s + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            out.append(split.bottom(x).to(torch.bfloat16).cpu())
-    acts = torch.cat(out) if out else torch.empty(0, dtype=torch.bfloat16)
-    return ImageTensors(images=acts, labels=data.labels, paths=data.paths)
+    return ImageTensors(images=_bottom_maps(split, data.images, pre, batch_size, device, bf16), labels=data.labels,
+                        paths=data.paths)
