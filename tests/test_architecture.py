@@ -110,6 +110,7 @@ LAYERS = [
     {"training.stages"},
     {"training"},
     {"tuning"},
+    {"workbench"},             # imgclass app: the local web app over runs (reads runs; serves; reviews labels)
     {"requests"},              # each verb's options: one light dataclass per verb (api and cli build them)
     {"api"},
     {"cli"},

@@ -19,7 +19,7 @@ from .data.shards import shards_of
 from .evaluation.evaluate import Evaluation, LabelsCsv, evaluate as evaluate_split  # noqa: F401  (re-exported)
 from .inference.predictor import Predictor, expand_inputs
 from .prediction.submit import write_submission
-from .requests import (CheckRequest, CompareRequest, DemoRequest, EmbedRequest, EvaluateRequest, ExplainRequest, ExportRequest,
+from .requests import (AppRequest, CheckRequest, CompareRequest, DemoRequest, EmbedRequest, EvaluateRequest, ExplainRequest, ExportRequest,
                        PredictRequest, PreviewRequest, LrFindRequest, SimilarRequest, SubmitRequest, TuneRequest,
                        paths)
 from .training.loop.fit import Callback, Event  # noqa: F401  (re-exported: your callbacks, training/integrations/user_callbacks.py)
@@ -261,6 +261,13 @@ def serve(model: str | Path, settings=None, **options: Any) -> None:
     from .serving.app import serve as run_service
     from .serving.settings import ServeSettings
     run_service(model, settings if settings is not None else make_request(ServeSettings, (), None, **options))
+
+
+def app(*args: Any, request: AppRequest | None = None, **options: Any) -> None:
+    """`imgclass app`: the workbench, a local web app over a folder of runs, until stopped (an AppRequest, or its
+    fields: runs, data, label_issues, host, port, open_browser). It prints its URL, which carries a one-time token."""
+    from .workbench.serve import run_workbench
+    run_workbench(make_request(AppRequest, args, request, **options))
 
 
 def tune(*args: Any, request: TuneRequest | None = None, **options: Any):

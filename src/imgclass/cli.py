@@ -21,7 +21,7 @@ from .core.errors import UserError
 from .core.files import write_text_atomic
 from .core.options import add_options, from_args
 from .core.version import __version__
-from .requests import (CacheRequest, CheckRequest, CompareRequest, DemoRequest, EmbedRequest, EvaluateRequest,
+from .requests import (AppRequest, CacheRequest, CheckRequest, CompareRequest, DemoRequest, EmbedRequest, EvaluateRequest,
                        ExplainRequest, ExportRequest, LrFindRequest, ModelsRequest, PredictRequest, PreviewRequest,
                        SimilarRequest, SubmitRequest, TrainRequest, TuneRequest)
 from .training.config import FIELD_NAMES, TrainConfig
@@ -239,6 +239,11 @@ def _serve(args: argparse.Namespace) -> int | None:
     api.serve(args.model, settings)
 
 
+def _app(args: argparse.Namespace) -> int | None:
+    from . import api
+    api.app(request=_request(AppRequest, args))
+
+
 def _models(args: argparse.Namespace) -> int | None:
     from . import api
     r = _request(ModelsRequest, args)
@@ -334,6 +339,8 @@ COMMANDS = {
                _export_options, _export),
     "serve": ("a web service with an upload page (FastAPI + uvicorn)",
               _serve_options, _serve),
+    "app": ("the workbench: runs, mistakes and label review in a local web page",
+            _plain(AppRequest), _app),
     "models": ("list model names",
                _plain(ModelsRequest), _models),
     "cache": ("the decoded-image cache: its entries and sizes (info), or clear it",

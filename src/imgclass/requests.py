@@ -221,6 +221,22 @@ class CompareRequest:
 
 
 @dataclass(frozen=True)
+class AppRequest:
+    runs: str = option("runs", positional=True, nargs="?")  # the folder of runs to show (any depth: sweeps and tune
+    # trials nest them) [default: runs]
+    data: str | None = None  # the data folder, when the runs' config.yaml names one that is not where it was
+    label_issues: str | None = option(None, metavar="CSV")  # suspects from `imgclass check --label-issues`
+    # (label_issues.csv) for the label review, instead of finding them in the workbench
+    host: str = "127.0.0.1"  # the address to listen on (another than this machine's is reachable by others)
+    port: int = 8765  # the port to listen on
+    open_browser: bool = option(False, flags=("--open",))  # open the URL in this machine's browser
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError("--port is a number between 1 and 65535")
+
+
+@dataclass(frozen=True)
 class ExportRequest:
     model: Any = option(positional=True)  # run folder or model.safetensors
     format: Literal[FORMATS] = "onnx"  # onnx, torchscript; openvino (extra), tflite (extra), coreml (extra): for devices;

@@ -165,7 +165,10 @@ class TagLabels(LabelKind):
         return [i for i, on in enumerate(label) if on]
 
     def relabel(self, text, classes, where):
-        raise DataError("--relabel takes one label per image; for several tags per image edit the labels CSV")
+        """A JSON list of tag names (as splits.csv and the workbench's review write them): the image's tags become
+        these, held as read_tags holds them (the tags' indices)."""
+        held = self.parse(text, classes, Path(str(where)))
+        return tuple(i for i, on in enumerate(held) if on)
 
     def to_model(self, found, classes):
         index = _model_index(found, classes)
