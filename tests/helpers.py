@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import csv
 from pathlib import Path
 
@@ -190,3 +191,21 @@ def tar_header(name: bytes, size: int, kind: bytes) -> bytes:
     block[148:156] = b" " * 8
     block[148:156] = f"{sum(block):06o}\0 ".encode()
     return bytes(block)
+
+
+# Chromium for the end-to-end tests in a real browser (the upload page's, the workbench's): Debian's, installed by
+# `make test` when it may; without it those tests are skipped with the command that enables them, and in CI
+# (IMGCLASS_REQUIRE_BROWSER=1) a missing browser fails.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ENABLE_CHROMIUM = "sudo apt-get install chromium (or run `make test` as root)"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def need_chromium() -> None:
+    import os
+    import pytest
+    if CHROMIUM is None:
+        if os.environ.get("IMGCLASS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Chromium is required here (IMGCLASS_REQUIRE_BROWSER=1) and not installed: {ENABLE_CHROMIUM}")
+        pytest.skip(f"Chromium is not installed; {ENABLE_CHROMIUM} enables this test")

@@ -1,29 +1,13 @@
 """End to end in a real browser: Playwright drives Debian's Chromium (installed by `make test` when it may)
 to open the upload page, upload an image and read the predicted label. Without Chromium the test is
 skipped with the command that enables it; in CI (IMGCLASS_REQUIRE_BROWSER=1) a missing browser fails."""
-import os
-import shutil
 
 import numpy as np
-import pytest
 
 import imgclass
 from imgclass.serving.app import create_app
 
-from helpers import make_tagged_folder, running_server, tiny_image
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ENABLE = "sudo apt-get install chromium (or run `make test` as root)"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _need_chromium() -> None:
-    if CHROMIUM is None:
-        if os.environ.get("IMGCLASS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"Chromium is required here (IMGCLASS_REQUIRE_BROWSER=1) and not installed: {ENABLE}")
-        pytest.skip(f"Chromium is not installed; {ENABLE} enables this test")
-
+from helpers import CHROMIUM, FLAGS, make_tagged_folder, need_chromium as _need_chromium, running_server, tiny_image
 
 def _in_chromium(model, act, address="/", prepare=None, **options):
     """Serve `model` (create_app's options) on a free port, open the upload page at `address` in Chromium, and
