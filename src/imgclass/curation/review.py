@@ -5,7 +5,7 @@ Suspects are found as `check --label-issues` finds them: every image of the run 
 ImageNet backbone that installs with imgclass (not by the run's own model, whose features were fitted to the very
 labels under suspicion), then out-of-fold answers of a linear model on the embeddings, per task:
 - one class (or two levels): multinomial logistic regression, ranked by confident learning (cleanlab);
-- tags: one-vs-rest logistic regression, ranked by cleanlab's `multi_label=True` (an image is suspect when its
+- tags: one-vs-rest logistic regression, ranked by cleanlab's multi-label confident learning (an image is suspect when its
   given tags are much less probable than such confusions are across the set); suggested: the tags over 0.5;
 - a number: ridge regression; suspects are the largest out-of-fold residuals beyond SUSPECT_RESIDUAL robust standard
   deviations (1.4826 x the median absolute residual), suggested: the out-of-fold prediction.
@@ -49,8 +49,8 @@ def _class_suspects(vectors: np.ndarray, cells: list[str]) -> list[dict[str, Any
 
 
 def _tag_suspects(vectors: np.ndarray, cells: list[str]) -> list[dict[str, Any]]:
-    from cleanlab.filter import find_label_issues as cleanlab_issues
-    from cleanlab.rank import get_label_quality_scores
+    from cleanlab.multilabel_classification.filter import find_label_issues as cleanlab_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, cross_val_predict
     from sklearn.multiclass import OneVsRestClassifier
@@ -65,8 +65,8 @@ def _tag_suspects(vectors: np.ndarray, cells: list[str]) -> list[dict[str, Any]]
     probs = cross_val_predict(head, vectors, y, cv=KFold(min(FOLDS, len(y)), shuffle=True, random_state=0),
                               method="predict_proba")
     labels = [[names.index(t) for t in g] for g in given]
-    flagged = cleanlab_issues(labels, probs, multi_label=True, return_indices_ranked_by="self_confidence")
-    quality = get_label_quality_scores(labels, probs, multi_label=True) if len(flagged) else []
+    flagged = cleanlab_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    quality = get_label_quality_scores(labels, probs) if len(flagged) else []
     return [{"index": int(i), "suggested_label": json.dumps([n for n, p in zip(names, probs[i]) if p >= TAG_GIVEN],
                                                             ensure_ascii=False),
              "quality": round(float(quality[i]), 4)} for i in flagged]
