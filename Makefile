@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-other-cpu browser clean
+.PHONY: install demo test test-other-cpu browser docs clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,15 @@ NO_KERNELS := --ignore=tests/prediction/test_quantize.py --ignore=tests/data --i
 test-other-cpu: install $(VENV)/.installed-extras
 	ATEN_CPU_CAPABILITY=$(OTHER_CPU) ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 	  $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile -m "not slow" $(NO_KERNELS)
+
+# The documentation site from docs/ (mkdocs.yml) into site/, offline, with --strict: a broken link, a missing page or
+# an API reference that no longer resolves fails the build. The CLI reference is generated from the parser (docs/hooks.py).
+$(VENV)/.installed-docs: $(VENV)/.installed pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,lite,docs]'
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Debian's Chromium for the end-to-end test of the upload page: installed when missing and this user may
 # (root, or sudo without a password); otherwise that one test is skipped and says how to enable it.

@@ -94,7 +94,7 @@ def test_help_lists_every_verb(capsys):
 
 
 VERBS = ["train", "tune", "lr-find", "augment-preview", "explain", "predict", "submit", "check", "evaluate", "compare",
-         "export", "serve", "models", "demo", "cache", "embed", "similar"]
+         "export", "serve", "models", "demo", "cache", "embed", "similar", "app"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

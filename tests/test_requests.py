@@ -10,7 +10,7 @@ from imgclass import api, cli
 from imgclass.core.errors import UserError
 from imgclass.core.options import from_args, to_argv
 from imgclass.exports.settings import ExportSettings
-from imgclass.requests import (CacheRequest, CheckRequest, CompareRequest, DemoRequest, EmbedRequest,
+from imgclass.requests import (AppRequest, CacheRequest, CheckRequest, CompareRequest, DemoRequest, EmbedRequest,
                                EvaluateRequest, ExplainRequest, ExportRequest, LrFindRequest, ModelsRequest,
                                PredictRequest, PreviewRequest, SimilarRequest, SubmitRequest, TrainRequest,
                                TuneRequest)
@@ -19,6 +19,7 @@ from imgclass.serving.settings import ServeSettings
 
 # One request per verb with every option away from its default (so each one's flag, type and parse are exercised).
 EXAMPLES = {
+    "app": AppRequest(runs="r", data="d", label_issues="li.csv", host="::1", port=9999, open_browser=True),
     "predict": PredictRequest(model="run", inputs=("a.png", "b/"), top_k=2, level="both", device="cpu",
                               out="x.parquet", ray=True, address="auto", ray_workers=3, reject=True,
                               reject_threshold=0.25, runtime="onnx", precision="float32", max_pixels=1000),

@@ -285,7 +285,7 @@ class TuneRequest(TrainingVerb):
     # none for grid, else median]
     cv: int | None = option(None, metavar="K")  # K-fold cross-validation inside the training split: a trial
     # scores the mean of its K folds
-    space: str | None = None  # YAML search space replacing the default (see README)
+    space: str | None = None  # YAML search space replacing the default (see docs/training.md)
     storage: str | None = None  # SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]
     study: str | None = None  # study name [default: imgclass]
 

@@ -162,7 +162,7 @@ def scored_batches(predictor: Predictor, paths: list[str], with_features: bool =
 
 # Ray 2.60 binds its own services (GCS, raylet, object manager) to every network interface, even when told that the
 # node's address is 127.0.0.1 (it resolves loopback to the machine's address), and they take no password: said once
-# at the start of every job that starts its own Ray, and in the README's Security section.
+# at the start of every job that starts its own Ray, and in docs/security.md.
 PRIVATE_RAY_NOTE = ("--ray without --address starts a private Ray on this machine for this job; Ray's own services "
                     "listen on this machine's network interfaces, unauthenticated, until the job ends")
 

@@ -26,7 +26,7 @@ def default_concurrency() -> int:
 
 @dataclass(frozen=True)
 class ServeSettings(RuntimeChoice):
-    """What `imgclass serve` takes besides the model: one commented field per option (see Security in the README),
+    """What `imgclass serve` takes besides the model: one commented field per option (see docs/security.md),
     checked when made. The command line's options are generated from these fields (core/options.py)."""
     host: str = "127.0.0.1"              # address to listen on: this machine only unless told otherwise
     port: int = 8000                     # the port

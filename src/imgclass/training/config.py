@@ -30,7 +30,7 @@ class TrainConfig:
     label_column: str | None = None  # CSV column holding the class (default: auto-detect label/class/target/category)
     hierarchy: bool = False          # two-level labels from nested folders DATA/<coarse>/<fine>/*
     label_columns: str | None = None  # two-level labels from the CSV: "coarse,fine" columns, e.g. phylum,family
-    hierarchy_strategy: Literal["flat", "two-stage", "multi-head"] = "flat"  # how two-level labels are learnt (see README)
+    hierarchy_strategy: Literal["flat", "two-stage", "multi-head"] = "flat"  # how two-level labels are learnt (see docs/tasks.md)
     multi_label: bool = False        # several tags per image: a CSV column of tag lists (--label-column), or DATA/<tag>/* copies
     tag_columns: str | None = None   # several tags per image from 0/1 (or attribute) CSV columns: "A,B,C" or a range "A:D"
     threshold: float | None = None   # several tags per image: one decision threshold for every tag (default: chosen per tag on validation)

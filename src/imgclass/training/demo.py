@@ -11,7 +11,7 @@ from ..core.rundir import RunDir
 from .run import Run, train
 
 # The demo settings, chosen so the demo finishes in well under 2 minutes on 2 CPU cores
-# with test accuracy >= 95% (measured: see the README).
+# with test accuracy >= 95% (measured: see docs/getting-started.md).
 DEMO_OPTIONS = dict(model="cnn", img_size=16, epochs=12, batch_size=64, augment="light", hflip=False,
                     resize="stretch", seed=101)
 

@@ -20,7 +20,6 @@ they are listed in the run's splits.csv and lie inside its data folder: no path 
 otherwise."""
 from __future__ import annotations
 
-import csv
 import hmac
 import secrets
 import threading
@@ -277,8 +276,3 @@ def _data_url(png: bytes) -> str:
     import base64
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
-
-def read_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader), list(reader.fieldnames or [])

@@ -5,6 +5,7 @@ neighbours), and the label review's suspects and decisions. Every name from a re
 the runs' files list."""
 from __future__ import annotations
 
+import csv
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -95,7 +96,6 @@ class Workbench:
         with self._lock:
             kept = self._cells.get((run.name, split))
             if kept is None or kept[0] != stamp:
-                from .app import read_rows
                 rows, columns = read_rows(file)
                 kept = stamp, rows, EVALUATIONS[run.task.name].cells(rows, columns)
                 self._cells[(run.name, split)] = kept
@@ -200,3 +200,10 @@ def _item(row: dict[str, str]) -> dict[str, Any]:
     return {"path": row["path"], "fields": {k: v for k, v in row.items() if not k.startswith("prob_")},
             "top": [{"label": n, "probability": round(p, 4)} for n, p in probs]}
 
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """A CSV's rows and its columns."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader), list(reader.fieldnames or [])

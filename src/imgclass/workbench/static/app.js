@@ -201,7 +201,7 @@ async function showReview(run) {
     return;
   }
   let at = Math.max(0, state.suspects.findIndex((s) => !s.decision));
-  const card = h("div", {id: "review-card"}), side = h("div");
+  const card = h("div", {id: "review-card"}), side = h("div", {class: "gallery", id: "neighbours"});
   const command = h("pre", {id: "next-command"});
   main.replaceChildren(h("h1", {}, "Label review: " + run),
     h("p", {class: "keys"}, h("kbd", {}, "k"), " keep · ", h("kbd", {}, "r"), " relabel to the suggestion · ",
