@@ -8,7 +8,7 @@ import pytest
 
 import imgclass
 from imgclass.cli import main
-from imgclass.curation.data_checks import _near_duplicates
+from imgclass.curation.data_checks import near_duplicate_pairs
 from imgclass.curation.index import VectorIndex
 from imgclass.curation.label_issues import find_label_issues, out_of_fold_probabilities, top_losses
 from imgclass.prediction.embed import Embeddings
@@ -87,13 +87,13 @@ def test_cleanlab_ranking_and_the_top_losses_baseline():
     assert list(top_losses(probs, labels, 2)) == list(np.argsort(-loss)[:2])
 
 
-def test_near_duplicates_by_embedding_and_their_leakage():
+def testnear_duplicate_pairs_by_embedding_and_their_leakage():
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((6, 32)).astype(np.float32)
     vectors[4] = vectors[1] + 0.01 * rng.standard_normal(32)  # a near copy of image 1
     emb = Embeddings(vectors, tuple(f"c/{i}.png" for i in range(6)), ("c",) * 6, "/data", "test")
     split_of = {f"c/{i}.png": ("val" if i == 4 else "train") for i in range(6)}
-    near, leakage = _near_duplicates(emb, VectorIndex(vectors), split_of, 0.9)
+    near, leakage = near_duplicate_pairs(emb, VectorIndex(vectors), split_of, 0.9)
     assert [(p["a"], p["b"], p["group"]) for p in near] == [("c/1.png", "c/4.png", 1)] and near[0]["similarity"] > 0.99
     assert leakage == [{"a": "c/1.png", "a_split": "train", "b": "c/4.png", "b_split": "val",
                         "kind": f"embedding ({near[0]['similarity']:.3f})"}]
@@ -124,7 +124,7 @@ def test_three_near_copies_are_one_group_and_every_leak_is_listed():
     vectors[6] = vectors[2] + 0.012 * rng.standard_normal(32)
     emb = Embeddings(vectors, tuple(f"c/{i}.png" for i in range(8)), ("c",) * 8, "/data", "test")
     split_of = {f"c/{i}.png": {6: "test"}.get(i, "train") for i in range(8)}
-    near, leakage = _near_duplicates(emb, VectorIndex(vectors), split_of, 0.9)
+    near, leakage = near_duplicate_pairs(emb, VectorIndex(vectors), split_of, 0.9)
     assert {(p["a"], p["b"]) for p in near} == {("c/2.png", "c/5.png"), ("c/2.png", "c/6.png"), ("c/5.png", "c/6.png")}
     assert {p["group"] for p in near} == {1}
     assert {(l["a"], l["b"]) for l in leakage} == {("c/2.png", "c/6.png"), ("c/5.png", "c/6.png")}

@@ -75,3 +75,16 @@ def test_suspects_round_trip_and_tags_can_be_relabelled(tmp_path):
     write_suspects(tmp_path / "s.csv", rows)
     assert read_suspects(tmp_path / "s.csv")[0]["given_label"] == "=1+1"
     assert TAGS.relabel('["dot", "red"]', ["red", "stripe", "dot"], "relabel.csv") == (0, 2)
+
+
+def test_near_copies_are_reviewed_too_leakage_first():
+    from imgclass.curation.review import _copies
+    from imgclass.prediction.embed import Embeddings
+    x = _features(40, dims=16)
+    x[7], x[30] = x[3] + 1e-3, x[12] + 1e-3                      # 3~7 in one split; 12~30 across two
+    paths = tuple(f"{k}.png" for k in range(40))
+    split_of = {p: ("test" if p == "30.png" else "train") for p in paths}
+    emb = Embeddings(x, paths, tuple("a" for _ in paths), "/data", "test")
+    found = _copies(emb, split_of, 0.99)
+    assert [(s["reason"], {s["path"], s["other"]}) for s in found] == [("leakage", {"12.png", "30.png"}),
+                                                                       ("near-duplicate", {"3.png", "7.png"})]

@@ -161,3 +161,28 @@ def test_try_it_answers_as_the_service_does(client, runs_folder):
     assert shown.json()["top_k"][0]["label"] == expected["label"]
     assert shown.json()["top_k"][0]["probability"] == pytest.approx(expected["probability"], abs=2e-3)
     assert client.get("/try/nope/info").status_code == 404
+
+
+def test_thumbnails_are_made_once_and_the_cache_stays_bounded(tmp_path, runs_folder):
+    from imgclass.workbench.thumbs import Thumbnails
+    _, data = runs_folder
+    folder = tmp_path / "thumbs"
+    thumbs = Thumbnails(folder, max_bytes=10**9)
+    first = thumbs.jpeg(data / "cat" / "img0.png")
+    kept = list(folder.glob("*/*.jpg"))
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+    kept[0].write_bytes(b"kept")                                  # the second call reads the cache, not the image
+    assert thumbs.jpeg(data / "cat" / "img0.png") == b"kept"
+    for n in range(1, 8):
+        thumbs.jpeg(data / "dog" / f"img{n}.png")
+    size = sum(f.stat().st_size for f in folder.glob("*/*.jpg"))
+    thumbs.max_bytes = size // 2
+    thumbs.prune()
+    assert 0 < sum(f.stat().st_size for f in folder.glob("*/*.jpg")) <= size // 2
+
+
+def test_the_page_puts_server_text_in_as_text():
+    """Every name on the page is set with textContent or an attribute (app.js's h()), never parsed as HTML."""
+    from importlib import resources
+    script = resources.files("imgclass.workbench").joinpath("static/app.js").read_text()
+    assert not any(s in script for s in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"))

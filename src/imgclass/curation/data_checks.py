@@ -85,7 +85,7 @@ def embedding_checks(found: Found, split: Split, out: str | Path, model: str | P
     # every image's NEAR_K nearest others: once, for all below
     nearest = index.search(emb.vectors, min(NEAR_K, len(emb) - 1), exclude_self=True) if len(emb) > 1 else None
     issues = _label_issues(emb, labels, split_of, found.classes, folds, seed, notes) if label_issues else None
-    near, leakage = _near_duplicates(emb, index, split_of, near_cosine, nearest)
+    near, leakage = near_duplicate_pairs(emb, index, split_of, near_cosine, nearest)
     first = nearest[1][:, 0] if nearest is not None else np.zeros(len(emb), np.float32)
     files = _write_findings(out, emb, labels, found.classes, issues, near, first, near_cosine, notes)
     return Findings(issues or [], near, leakage, notes, files)
@@ -109,7 +109,7 @@ def _label_issues(emb: Embeddings, labels: np.ndarray, split_of: dict[str, str],
              "suggested_probability": round(i.suggested_probability, 4)} for i in found]
 
 
-def _near_duplicates(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float,
+def near_duplicate_pairs(emb: Embeddings, index: VectorIndex, split_of: dict[str, str], near_cosine: float,
                      found: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every pair among each image's NEAR_K nearest at least near_cosine alike, most similar first, each with its group

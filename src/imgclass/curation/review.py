@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.errors import UserError
+from ..data.defaults import NEAR_COSINE
 from ..core.files import write_text_atomic
 from ..core.spreadsheet import safe_cell
 from .label_issues import FOLDS, find_label_issues, out_of_fold_probabilities
@@ -93,10 +94,12 @@ SUSPECTS: dict[str, Callable[[np.ndarray, list[str]], list[dict[str, Any]]]] = {
     "regression": _number_suspects}
 
 
-def find_suspects(task_name: str, root: Path, rows: list[dict[str, str]], device: str = "auto"
-                  ) -> list[dict[str, Any]]:
-    """Suspected label errors among splits.csv's rows (path, label, split) of images under root: path, split,
-    given_label, suggested_label, quality (lower: more suspect), most suspect first."""
+def find_suspects(task_name: str, root: Path, rows: list[dict[str, str]], device: str = "auto",
+                  near_cosine: float = NEAR_COSINE) -> list[dict[str, Any]]:
+    """What a label review goes through, from splits.csv's rows (path, label, split) of images under root: the
+    suspected label errors (reason "label": path, split, given_label, suggested_label, quality, lower is more
+    suspect; most suspect first), then the near-duplicate pairs (reason "leakage" across splits, "near-duplicate"
+    within one; other: the first copy; quality: their similarity)."""
     from ..prediction.embed import embed_rows
     from .similar import backbone
     rows = [r for r in rows if r["split"] != "excluded"]
@@ -105,8 +108,22 @@ def find_suspects(task_name: str, root: Path, rows: list[dict[str, str]], device
     emb = embed_rows(em, root, [(r["path"], cells.index(r["label"])) for r in rows], cells)
     split_of = {r["path"]: r["split"] for r in rows}
     found = SUSPECTS[task_name](emb.vectors, list(emb.labels))
-    return [{"path": emb.paths[s["index"]], "split": split_of[emb.paths[s["index"]]],
-             "given_label": emb.labels[s["index"]], **{k: v for k, v in s.items() if k != "index"}} for s in found]
+    labels = [{"path": emb.paths[s["index"]], "split": split_of[emb.paths[s["index"]]], "reason": "label",
+               "given_label": emb.labels[s["index"]], **{k: v for k, v in s.items() if k != "index"}} for s in found]
+    return labels + _copies(emb, split_of, near_cosine)
+
+
+def _copies(emb, split_of: dict[str, str], near_cosine: float) -> list[dict[str, Any]]:
+    """Near-duplicate pairs (check --embeddings' rule: curation/data_checks.py), copies in two splits (leakage)
+    first: each a suspect whose decision is about its second image (exclude: drop this copy)."""
+    from .data_checks import near_duplicate_pairs
+    from .index import VectorIndex
+    pairs, _ = near_duplicate_pairs(emb, VectorIndex(emb.vectors), split_of, near_cosine)
+    label_of = dict(zip(emb.paths, emb.labels))
+    pairs.sort(key=lambda p: (p["a_split"] == p["b_split"], -p["similarity"]))
+    return [{"path": p["b"], "split": p["b_split"], "given_label": label_of[p["b"]], "suggested_label": "",
+             "quality": p["similarity"], "reason": ("leakage" if p["a_split"] != p["b_split"] else "near-duplicate"),
+             "other": p["a"], "other_split": p["a_split"]} for p in pairs]
 
 
 def read_suspects(file: str | Path) -> list[dict[str, Any]]:

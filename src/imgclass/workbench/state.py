@@ -20,7 +20,7 @@ from .thumbs import Thumbnails
 
 RESCAN_SECONDS = 2.0   # the runs folder is searched again at most this often (a new run appears by itself)
 SUSPECTS_FILE = "suspects.csv"  # in the run's review folder: the suspects found, so a restart does not embed again
-SUGGESTION_FIELDS = ("path", "split", "given_label", "suggested_label", "quality")
+SUGGESTION_FIELDS = ("path", "split", "given_label", "suggested_label", "quality", "reason", "other", "other_split")
 
 
 class NotFound(UserError):

@@ -215,8 +215,11 @@ async function showReview(run) {
     const d = s.decision;
     card.replaceChildren(h("img", {class: "big", src: thumb(run, s.path), alt: s.path}),
       h("p", {id: "suspect", "data-path": s.path}, `${at + 1} of ${state.suspects.length} · ${s.path} (${s.split})`),
-      h("p", {}, "given ", h("b", {}, s.given_label), " · suggested ", h("b", {}, s.suggested_label),
-        ` · quality ${s.quality}`),
+      s.other ? h("div", {}, h("p", {}, `${s.reason === "leakage" ? "the same image in another split (leakage)" : "a near-duplicate"}`
+                                         + ` of ${s.other} (${s.other_split}), similarity ${s.quality}: x drops this copy`),
+                  h("img", {class: "tile", src: thumb(run, s.other), alt: s.other}), h("p", {}, "label ", h("b", {}, s.given_label)))
+              : h("p", {}, "given ", h("b", {}, s.given_label), " · suggested ", h("b", {}, s.suggested_label),
+                  ` · quality ${s.quality}`),
       h("p", {id: "decision", class: d ? "decision-" + d.action : "muted"},
         d ? `decided: ${d.action}${d.label ? " to " + d.label : ""}` : "not decided"),
       h("p", {}, h("select", {id: "any-label"}, h("option", {value: ""}, "relabel to…"),
@@ -241,7 +244,7 @@ async function showReview(run) {
     const s = state.suspects[at];
     if (!s) return;
     if (e.key === "k") decide("keep");
-    else if (e.key === "r") decide("relabel", s.suggested_label);
+    else if (e.key === "r" && s.suggested_label) decide("relabel", s.suggested_label);
     else if (e.key === "x") decide("exclude");
     else if (e.key === "u") undo();
     else if (e.key === "ArrowRight" || e.key === "j") { at = Math.min(at + 1, state.suspects.length - 1); draw(); }
