@@ -48,7 +48,7 @@ def shoot(runs: Path) -> None:
     IMAGES.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/?token={TOKEN}")
         page.wait_for_selector("#runs-table tr[data-run]")
         page.screenshot(path=str(IMAGES / "runs.png"))

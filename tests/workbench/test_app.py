@@ -186,3 +186,37 @@ def test_the_page_puts_server_text_in_as_text():
     from importlib import resources
     script = resources.files("imgclass.workbench").joinpath("static/app.js").read_text()
     assert not any(s in script for s in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"))
+
+
+def test_imgclass_app_prints_a_url_whose_token_opens_the_runs(runs_folder):
+    """The verb as a user starts it: `imgclass app RUNS --port P` prints the URL with its token; that URL's cookie
+    lists the runs; the server listens on 127.0.0.1 only."""
+    import re
+    import subprocess
+    import sys
+    import time
+    import httpx
+    from helpers import free_port
+    runs, _ = runs_folder
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "imgclass", "app", str(runs), "--port", str(port)],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.time() + 120
+        while "token=" not in line and time.time() < deadline:
+            line = process.stderr.readline()
+        url = re.search(r"http://\S+", line).group(0)
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+        for _ in range(100):
+            try:
+                with httpx.Client(follow_redirects=True) as client:
+                    client.get(url)
+                    names = sorted(r["name"] for r in client.get(f"http://127.0.0.1:{port}/api/runs").json()["runs"])
+                break
+            except httpx.ConnectError:
+                time.sleep(0.2)
+        assert names == ["long", "short"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
