@@ -35,6 +35,7 @@ from .similar import backbone
 
 NEAR_K = 8  # nearest others searched per image for near-duplicates (a group of copies larger than this is still
 #            joined, through its members' own neighbours)
+SHOWN_AT_MOST = 300  # of each kind of finding, in check's gallery and in the workbench's review (most telling first)
 OUTLIER_SHARE = 0.01  # the images farthest from their nearest neighbours are marked on the map as outliers
 
 
@@ -181,16 +182,16 @@ def _write_findings(out: Path, emb: Embeddings, labels: np.ndarray, classes: lis
     rows = [(f"suspected label error {n + 1}: given {i['given_label']}, suggested {i['suggested_label']}",
              [Tile(root / i["path"], f"{i['path']} ({i['split']}): given {i['given_label']} "
                                      f"p={i['given_probability']:.2f}, suggested {i['suggested_label']} "
-                                     f"p={i['suggested_probability']:.2f}")]) for n, i in enumerate(issues[:300])]
+                                     f"p={i['suggested_probability']:.2f}")]) for n, i in enumerate(issues[:SHOWN_AT_MOST])]
     rows += [(f"near-duplicates, similarity {p['similarity']:.3f}",
               [Tile(root / p["a"], f"{p['a']} ({p['a_split']})"), Tile(root / p["b"], f"{p['b']} ({p['b_split']})")])
-             for p in near[:300]]
+             for p in near[:SHOWN_AT_MOST]]
     rows += [(f"outlier {n + 1}", [Tile(root / emb.paths[i], f"{emb.paths[i]}: {emb.labels[i]}, nearest similarity "
                                                              f"{1 - distance[i]:.3f}")])
              for n, i in enumerate(sorted(outliers, key=lambda i: -distance[i]))]
     intro = notes + [f"{len(issues)} suspected label error(s) (most suspect first), {len(near)} near-duplicate pair(s) "
                      f"at cosine similarity >= {near_cosine} (among each image's {NEAR_K} nearest, in groups), the {n_out} outlier(s) "
-                     f"farthest from any other image. The galleries show the first 300 of each."]
+                     f"farthest from any other image. The galleries show the first {SHOWN_AT_MOST} of each."]
     files["report"] = str(write_gallery(out / "check_report.html", "imgclass check: what the embeddings show", intro,
                                         rows, {"map of the data": png}))
     return files

@@ -115,15 +115,17 @@ def find_suspects(task_name: str, root: Path, rows: list[dict[str, str]], device
 
 def _copies(emb, split_of: dict[str, str], near_cosine: float) -> list[dict[str, Any]]:
     """Near-duplicate pairs (check --embeddings' rule: curation/data_checks.py), copies in two splits (leakage)
-    first: each a suspect whose decision is about its second image (exclude: drop this copy)."""
-    from .data_checks import near_duplicate_pairs
+    first, then the most similar, SHOWN_AT_MOST of them as check's gallery shows (a set of look-alike images, such
+    as small digits, can hold thousands of pairs): each a suspect whose decision is about its second image
+    (exclude: drop this copy)."""
+    from .data_checks import SHOWN_AT_MOST, near_duplicate_pairs
     from .index import VectorIndex
     pairs, _ = near_duplicate_pairs(emb, VectorIndex(emb.vectors), split_of, near_cosine)
     label_of = dict(zip(emb.paths, emb.labels))
     pairs.sort(key=lambda p: (p["a_split"] == p["b_split"], -p["similarity"]))
     return [{"path": p["b"], "split": p["b_split"], "given_label": label_of[p["b"]], "suggested_label": "",
              "quality": p["similarity"], "reason": ("leakage" if p["a_split"] != p["b_split"] else "near-duplicate"),
-             "other": p["a"], "other_split": p["a_split"]} for p in pairs]
+             "other": p["a"], "other_split": p["a_split"]} for p in pairs[:SHOWN_AT_MOST]]
 
 
 def read_suspects(file: str | Path) -> list[dict[str, Any]]:
