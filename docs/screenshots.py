@@ -2,8 +2,8 @@
 
     .venv/bin/python docs/screenshots.py [RUNS_FOLDER]
 
-Without a folder, two demo runs are trained first (`imgclass demo`, about a minute on 2 cores) in a temporary
-folder. Needs Chromium (`sudo apt-get install chromium`) and Playwright (the dev extra)."""
+Without a folder, the demo run and a 3-epoch run of the same digits are trained first (about a minute on 2
+cores) in a temporary folder. Needs Chromium (`sudo apt-get install chromium`) and Playwright (the dev extra)."""
 from __future__ import annotations
 
 import os
@@ -21,9 +21,11 @@ TOKEN = "screenshot-token-0123456789"
 
 
 def demo_runs(folder: Path) -> Path:
-    for name in ("demo-1", "demo-2"):
-        subprocess.run([sys.executable, "-m", "imgclass", "demo", "--out", str(folder / "runs" / name)],
-                       cwd=folder, check=True)
+    subprocess.run([sys.executable, "-m", "imgclass", "demo", "--out", str(folder / "runs" / "demo")], cwd=folder,
+                   check=True)
+    subprocess.run([sys.executable, "-m", "imgclass", "train", "demo-data/digits", "--out", str(folder / "runs" / "demo-3-epochs"),
+                    "--model", "cnn", "--img-size", "16", "--resize", "stretch", "--no-hflip", "--epochs", "3"],
+                   cwd=folder, check=True)
     return folder / "runs"
 
 
@@ -53,6 +55,12 @@ def shoot(runs: Path) -> None:
         page.wait_for_selector("#runs-table tr[data-run]")
         page.screenshot(path=str(IMAGES / "runs.png"))
         name = page.eval_on_selector("#runs-table tr[data-run]", "r => r.dataset.run")
+        for box in page.query_selector_all("#runs-table .pick"):
+            box.check()
+        page.click("#compare-button")
+        page.wait_for_selector("#per-class")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(IMAGES / "compare.png"))
         page.goto(f"{url}/#/run/{name}/test")
         page.wait_for_selector("#matrix")
         page.click("#matrix td.cell.off")
