@@ -20,3 +20,13 @@ def runs_folder(tmp_path_factory):
     for name, epochs in (("short", 2), ("long", 4)):
         imgclass.train(data, out=str(root / "runs" / name), **dict(FAST, epochs=epochs, evaluate=True))
     return root / "runs", data
+
+
+@pytest.fixture
+def own_runs(runs_folder, tmp_path):
+    """(a copy of the runs folder for this test alone, data folder): for tests that write review decisions, which
+    must not meet another test's, whichever process and order the tests run in."""
+    import shutil
+    runs, data = runs_folder
+    shutil.copytree(runs, tmp_path / "runs", ignore=shutil.ignore_patterns("review"))
+    return tmp_path / "runs", data

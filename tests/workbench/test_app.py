@@ -33,8 +33,8 @@ def _predictions(run, split="test"):
         return list(csv.DictReader(fh))
 
 
-def test_every_request_needs_the_token_and_a_change_the_same_origin(runs_folder):
-    runs, _ = runs_folder
+def test_every_request_needs_the_token_and_a_change_the_same_origin(own_runs):
+    runs, _ = own_runs
     c = local_client(create_workbench(runs, token=TOKEN))
     assert c.get("/api/runs").status_code == 401
     assert c.get("/").status_code == 401
@@ -118,9 +118,9 @@ def test_heatmap_and_neighbours_of_an_image(client):
     assert [n["similarity"] for n in near] == sorted((n["similarity"] for n in near), reverse=True)
 
 
-def test_review_decisions_become_the_files_train_reads(runs_folder, tmp_path):
+def test_review_decisions_become_the_files_train_reads(own_runs, tmp_path):
     """Three decisions, saved as they are made; a new workbench resumes them; train --relabel/--exclude uses them."""
-    runs, data = runs_folder
+    runs, data = own_runs
     app = create_workbench(runs, token=TOKEN)
     c = local_client(app)
     c.cookies.set(COOKIE, TOKEN)

@@ -20,10 +20,10 @@ def _rows(file):
         return list(csv.DictReader(fh))
 
 
-def test_the_workbench_in_chromium(runs_folder, tmp_path):
+def test_the_workbench_in_chromium(own_runs, tmp_path):
     need_chromium()
     from playwright.sync_api import sync_playwright
-    runs, data = runs_folder
+    runs, data = own_runs
     predictions = _rows(runs / "short" / "eval" / "test" / "predictions.csv")
     with running_server(create_workbench(runs, token=TOKEN)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
