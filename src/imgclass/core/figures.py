@@ -26,6 +26,12 @@ def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def png_data_url(png: bytes) -> str:
+    """PNG bytes as a data: URL, for a page that must work offline with its images inside it."""
+    import base64
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def save_figure(figure: Figure, path: str | Path, dpi: int = 110, tight: bool = False) -> Path:
     """Write a figure to path, its format from the suffix (PNG without one), atomically: a kill leaves the old
     file or the new one (a half-written PNG would otherwise stay under the name)."""

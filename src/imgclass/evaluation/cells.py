@@ -19,6 +19,7 @@ class Cells:
     view: dict[str, Any]                       # what the page draws; view["kind"]: matrix, tags or scatter
     members: dict[str, list[int]] = field(default_factory=dict)  # a cell's key -> its rows, in the order shown
     titles: dict[str, str] = field(default_factory=dict)         # a cell's key -> what its images are, in words
+    lists: tuple[str, ...] = ()                                  # the keys offered as lists beside the picture
 
     def rows(self, key: str) -> list[int] | None:
         """The rows behind one cell, or None for a key this picture has no cell for."""
@@ -57,7 +58,8 @@ def class_cells(rows: list[dict[str, str]], fieldnames: list[str]) -> Cells:
         members[f"unsure:{i}"] = sorted(cells.get(f"cell:{i}:{i}", []), key=lambda k: confidence[k])
         titles[f"unsure:{i}"] = f"{c}: the least confident right answers"
     view = {"kind": "matrix", "classes": classes, "counts": counts}
-    return Cells(view, members, titles)
+    lists = tuple(f"{what}:{i}" for i in range(n) for what in ("wrong", "unsure"))
+    return Cells(view, members, titles, lists)
 
 
 def tag_cells(rows: list[dict[str, str]], fieldnames: list[str]) -> Cells:
@@ -92,7 +94,8 @@ def number_cells(rows: list[dict[str, str]], fieldnames: list[str]) -> Cells:
     titles = {f"point:{k}": f"{rows[k]['path']}: true {truth[k]:g}, predicted {pred[k]:.3g}" for _, _, k in points}
     members["errors"] = sorted(range(len(rows)), key=lambda k: -abs(pred[k] - truth[k]))
     titles["errors"] = "the largest errors"
-    return Cells({"kind": "scatter", "points": points, "shown": len(points), "rows": len(rows)}, members, titles)
+    return Cells({"kind": "scatter", "points": points, "shown": len(points), "rows": len(rows)}, members, titles,
+                 ("errors",))
 
 
 # What a comparison of runs shows per class or tag (the workbench's "per-class differences"), from metrics.json:

@@ -2,7 +2,6 @@
 the choice made on validation accuracy (test shown, never used to choose), overlaid validation curves."""
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UserError
+from ..core.figures import png_data_url
 from ..models.modelfile import read_header, resolve_model_path
 from ..core.rundir import RunDir
 
@@ -174,7 +174,7 @@ def compare_html(rows: Comparison, curves_png: bytes | None = None) -> str:
     """A page holding the notebook's table (inline styles, so it reads the same in both) and the overlaid
     validation curves, embedded so the one file works offline."""
     img = ("" if curves_png is None else "<h2>Validation curves</h2><img style='max-width:100%' alt='validation "
-           f"curves' src='data:image/png;base64,{base64.b64encode(curves_png).decode('ascii')}'>")
+           f"curves' src='{png_data_url(curves_png)}'>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass compare</title></head>"
             f"<body style='font-family:sans-serif'><h1>{html.escape(str(len(rows)))} runs compared</h1>"
             f"{rows._repr_html_()}{img}</body></html>")

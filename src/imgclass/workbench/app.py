@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.datastructures import Headers
 
 from ..core.errors import UserError
-from ..core.figures import png_bytes
+from ..core.figures import png_bytes, png_data_url
 from ..data.decode import ImageDecodeError
 from ..evaluation.compare import compare_rows
 from ..evaluation.tasks import EVALUATIONS
@@ -169,7 +169,7 @@ def _run_routes(app: FastAPI, bench) -> None:
         picked = [bench.run(n) for n in run]
         table = compare_rows([r.folder.path for r in picked])
         return {"columns": table.columns, "cells": table.cells(), "verdict": table.verdict(),
-                "curves": _data_url(png_bytes(table.curves())), "per_class": _per_class(picked)}
+                "curves": png_data_url(png_bytes(table.curves())), "per_class": _per_class(picked)}
 
     @app.get("/api/run")
     async def one_run(run: str) -> dict[str, Any]:
@@ -191,8 +191,7 @@ def _run_routes(app: FastAPI, bench) -> None:
     @app.get("/api/cells")
     async def cells(run: str, split: str) -> dict[str, Any]:
         found = bench.cells(bench.run(run), split)
-        return {"view": found.view, "titles": found.titles if found.view["kind"] != "scatter" else
-                {"errors": found.titles["errors"]}}
+        return {"view": found.view, "lists": {key: found.titles[key] for key in found.lists}}
 
     @app.get("/api/gallery")
     async def gallery(run: str, split: str, key: str, offset: int = 0, limit: int = 48) -> dict[str, Any]:
@@ -270,9 +269,4 @@ def _per_class(runs: list[Run]) -> dict[str, Any]:
         name, scores[r.name] = EVALUATIONS[r.task.name].item_scores(metrics)
     items = sorted({i for s in scores.values() for i in s})
     return {"score": name, "items": items, "runs": {n: [s.get(i) for i in items] for n, s in scores.items()}}
-
-
-def _data_url(png: bytes) -> str:
-    import base64
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 

@@ -106,21 +106,20 @@ async function showRun(name, split) {
 }
 
 async function showSplit(view, run, split, r) {
-  const {view: picture, titles} = await api("/api/cells?" + q({run, split}));
+  const {view: picture, lists} = await api("/api/cells?" + q({run, split}));
   const gallery = h("div", {id: "gallery-box"});
   const open = (key) => showGallery(gallery, run, split, key, 0);
   const metrics = r.metrics[split] || {};
   const headline = Object.entries(metrics).filter(([, v]) => typeof v === "number").slice(0, 8)
     .map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
-  view.replaceChildren(h("p", {class: "muted"}, headline), drawPicture(picture, titles, open),
-    h("div", {class: "lists"}, ...Object.entries(titles).filter(([k]) => !k.startsWith("cell:") && !/^(tp|fp|fn):/.test(k))
-      .map(([k, t]) => h("button", {"data-key": k, onclick: () => open(k)}, t))),
+  view.replaceChildren(h("p", {class: "muted"}, headline), drawPicture(picture, open),
+    h("div", {class: "lists"}, ...Object.entries(lists).map(([k, t]) => h("button", {"data-key": k, onclick: () => open(k)}, t))),
     gallery,
     h("h2", {}, "Figures"), h("div", {class: "figs"}, ...(r.figures[split] || []).map((f) =>
       h("img", {src: "/api/figure?" + q({run, split, name: f}), alt: f, title: f, loading: "lazy"}))));
 }
 
-function drawPicture(p, titles, open) {
+function drawPicture(p, open) {
   if (p.kind === "matrix") {
     const n = p.classes.length;
     return h("table", {class: "matrix", id: "matrix"},
