@@ -111,13 +111,16 @@ def test_a_full_queue_answers_503_json_with_retry_after(trained_run):
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(client.post, "/predict", files={"file": ("x.png", png_bytes(0), "image/png")})
                    for _ in range(6)]
-        time.sleep(1.0)                   # one in the model, two queued, the rest refused at once
+        time.sleep(1.0)                   # two queued (and one in the model if the batcher took it first)
         refused = [f.result() for f in futures if f.done()]
         gate.set()
         answered = [f.result() for f in futures]
     assert refused and all(r.status_code == 503 for r in refused)
     assert refused[0].headers["retry-after"] == "1" and "busy" in refused[0].json()["detail"]
-    assert sum(r.status_code == 200 for r in answered) == 3
+    assert sorted({r.status_code for r in answered}) == [200, 503]
+    # The queue holds two; whether a third fits depends on whether the batcher thread took the first image out
+    # before the others arrived (CI once saw it not scheduled in time under a loaded 2-core runner: 2 answered).
+    assert sum(r.status_code == 200 for r in answered) in (2, 3)
 
 
 def test_a_waiter_that_gave_up_does_not_stop_the_batcher():
