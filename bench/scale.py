@@ -13,6 +13,11 @@ under --work (default ~/.cache/imgclass-bench/scale). Each command runs in its o
 - embed: `imgclass embed RUN ROOT --out E.npy`.
 Targets: images/s within 20% from the smallest N to the largest for each command; peak RSS of predict and embed
 within 20% across N. The table prints each against the smallest N's.
+
+A command's wall clock holds a fixed start-up (Python, torch, the model: 3-8 s) that a larger N spreads thinner, so
+whole-command images/s rises with N. The steady state is also printed: check, predict and embed run once more on a
+set of SMALL_N images in the same N's work, and (N - SMALL_N) / (wall at N - wall at SMALL_N) is what each further
+image costs, start-up cancelled (the epoch's own images/s is timed inside the loop already).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, machine  # noqa: E402
 
 CLASSES = 10
+SMALL_N = 1_000  # the set whose wall clock stands for a command's start-up (steady state: the difference to it)
 
 
 def write_set(root: Path, n: int) -> Path:
@@ -64,12 +70,19 @@ def timed(command: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float]:
     return wall, rss / 1e6
 
 
-def measure(root: Path, n: int, work: Path) -> dict[str, tuple[float, float]]:
-    """{command: (images/s, peak RSS GB)} for one N."""
+def measure(root: Path, n: int, work: Path, small: Path) -> dict[str, tuple[float, float]]:
+    """{command: (images/s, peak RSS GB)} for one N, with "... steady" rows: images/s beyond start-up (the
+    difference to the same command on the SMALL_N set)."""
     cli = [sys.executable, "-m", "imgclass"]
     out: dict[str, tuple[float, float]] = {}
-    wall, rss = timed(cli + ["check", str(root), "--json", str(work / "check.json")])
-    out["check"] = (n / wall, rss)
+
+    def both(command: str, args, stdout=subprocess.DEVNULL) -> None:
+        wall, rss = timed(cli + args(root), stdout=stdout)
+        small_wall, _ = timed(cli + args(small), stdout=stdout)
+        out[command] = (n / wall, rss)
+        out[f"{command} steady"] = ((n - SMALL_N) / max(1e-9, wall - small_wall), rss)
+
+    both("check", lambda folder: ["check", str(folder), "--json", str(work / "check.json")])
     cache = work / "cache"
     train = cli + ["train", str(root), "--model", "fast", "--img-size", "32", "--epochs", "1", "--no-evaluate",
                    "--cache-dir", str(cache), "--no-tensorboard"]
@@ -79,11 +92,9 @@ def measure(root: Path, n: int, work: Path) -> dict[str, tuple[float, float]]:
     trained = sum(1 for row in csv.DictReader((work / "run" / "splits.csv").open()) if row["split"] == "train")
     out["train epoch (cached)"] = (trained / float(rows[-1]["seconds"]), rss)
     with open(os.devnull, "w") as null:
-        wall, rss = timed(cli + ["predict", str(work / "run"), str(root), "--format", "csv", "--runtime", "torch"],
-                          stdout=null)
-    out["predict"] = (n / wall, rss)
-    wall, rss = timed(cli + ["embed", str(work / "run"), str(root), "--out", str(work / "emb.npy")])
-    out["embed"] = (n / wall, rss)
+        both("predict", lambda folder: ["predict", str(work / "run"), str(folder), "--format", "csv", "--runtime",
+                                        "torch"], stdout=null)
+    both("embed", lambda folder: ["embed", str(work / "run"), str(folder), "--out", str(work / "emb.npy")])
     return out
 
 
@@ -94,6 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     results: dict[int, dict[str, tuple[float, float]]] = {}
+    small = write_set(args.work / f"set-{SMALL_N}", SMALL_N)
     for n in args.sizes:
         started = time.perf_counter()
         root = write_set(args.work / f"set-{n}", n)
@@ -101,7 +113,7 @@ def main() -> None:
         work = args.work / f"work-{n}"
         subprocess.run(["rm", "-rf", str(work)], check=True)
         work.mkdir(parents=True)
-        results[n] = measure(root, n, work)
+        results[n] = measure(root, n, work, small)
         print(f"N={n:,}: set ready in {made:.0f}s; " + "; ".join(
             f"{k} {v[0]:,.0f} img/s {v[1]:.2f} GB" for k, v in results[n].items()), flush=True)
     first = args.sizes[0]

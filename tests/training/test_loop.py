@@ -114,6 +114,31 @@ def test_a_slowdown_no_longer_shortens_the_run_for_good(monkeypatch):
     assert t.step == t.total_steps and work.steps[-1][0] >= (t.step - 1) / t.step - 1e-9
 
 
+@pytest.mark.parametrize("cached_inputs", [False, True])
+def test_a_slower_validation_than_planned_moves_the_deadline_earlier(monkeypatch, cached_inputs):
+    """issue 41, item 3: the final scoring's reserve re-measured from validation passes. Reserved 2 s, at 3 s of
+    scoring per second of validation: validation passes of 1 s (from the second on: the first pays one-off costs)
+    need 3 s, then 2 s passes need 6 s, so the deadline moves 4 s earlier in all and the run ends there; faster
+    passes never move it later; the top stage (validation on cached activations) keeps its deadline."""
+    clock = FakeTime()
+    monkeypatch.setattr(loop_module, "time", clock)
+    work = Work(clock, step=1.0, between=0.0)
+    budget = PLANNED_EPOCHS * (STEPS_PER_EPOCH * 1.0 + 1.0)
+    t = trainer([work], deadline=clock.now + budget, schedule="cosine")
+    t.scoring, t.cached_inputs = (2.0, 3.0), cached_inputs
+    passes = iter([5.0, 1.0, 1.0, 0.5, 2.0] + [0.5] * 50)  # the first (one-off costs) must not count
+
+    def validate():
+        clock.now += next(passes)
+        return 0.5, 0.5
+    monkeypatch.setattr(t, "validate", validate)
+    t.fit()
+    used, moved = clock.now - 1000.0, 0.0 if cached_inputs else 4.0
+    assert t.scoring == ((2.0, 3.0) if cached_inputs else (6.0, 3.0))
+    assert t.deadline == pytest.approx(1000.0 + budget - moved)
+    assert 0.97 * (budget - moved) <= used <= budget - moved + 2.0, (used, budget, moved)  # (2 s: one validation)
+
+
 def test_long_recipe_only_when_the_budget_fits_it_and_the_user_left_augmentation_alone():
     from imgclass.models import get_spec
     from imgclass.training.stages.budget import long_recipe

@@ -101,11 +101,11 @@ def make_optimizer_for(plan: RunPlan, model: nn.Module, groups: list) -> torch.o
 
 def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks: list[Callback],
                  deadline: float | None = None, dist=None, train_forward: nn.Module | None = None,
-                 cached_inputs: bool = False) -> Trainer:
+                 cached_inputs: bool = False, scoring: tuple[float, float] | None = None) -> Trainer:
     """The loop over a prepared model with every training setting of the plan (augmentation, mixup/cutmix,
     class weights, label smoothing, schedule, bf16). cached_inputs: prep's train and val hold a frozen bottom's
     activations (the top stage), which train_forward scores; of the augmentation only the flips apply to them
-    (BatchAugment.flip_only)."""
+    (BatchAugment.flip_only). scoring: the budget's reserve for the final scoring (Trainer.scoring)."""
     cfg = plan.cfg
     augment = augment_from_config(cfg)
     if cached_inputs:
@@ -120,7 +120,7 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
                    batch_size=cfg.batch_size, peak_lr=plan.lr, warmup_epochs=cfg.warmup_epochs,
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                    class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
-                   deadline=deadline, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
+                   deadline=deadline, scoring=scoring, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
                    plan={**plan.record, **({"epochs_max": budget.TOP_MAX_EPOCHS} if cached_inputs else {})},
                    task=plan.task, run_dir=Path(cfg.out) if cfg.out else None)
 

@@ -105,16 +105,16 @@ def train(data: str | Path | None = None, *, config: str | Path | None = None, r
                     if prep.groups and fresh and plan.cfg.head_epochs > 0 else None)
             if prep.groups and plan.cfg.unfreeze == "none":  # a truly frozen base (after the head stage, which unfreezes)
                 set_backbones_trainable(prep.model, False)
-            deadline = None
+            deadline, scoring = None, None
             if plan.cfg.time_budget is not None and fresh:
-                plan, prep, deadline = _budget_stage(plan, prep, device, started, say, top, no_top)
+                plan, prep, deadline, scoring = _budget_stage(plan, prep, device, started, say, top, no_top)
             if plan.cfg.finetune == "head":  # the head stage's model is the run's (--finetune head, or the budget's pick)
                 plan = plan.with_epochs(0)
             if plan.cfg.finetune == "top" and top is None:  # resumed: the same activations again, from the same bottom
                 load_checkpoint_model(run.last, prep.model)
                 top, _ = _top_stage_inputs(plan, prep, device, say)
             trainer = _trainer_stage(plan, prep, run, dd, device, console, fresh, head, deadline, callbacks,
-                                     say, top if plan.cfg.finetune == "top" else None)
+                                     say, top if plan.cfg.finetune == "top" else None, scoring)
             pre, data = _fit_stage(plan, prep, trainer, dd, say)
             if not dd.main:  # rank 0 alone scores, evaluates and writes the model file; the others wait for it
                 dd.barrier()  # leaving early made a rank abort in gloo's teardown while rank 0 still held the store
@@ -200,7 +200,8 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
     """--time-budget: the epochs that fit, from a step measured here; for a pretrained backbone under --finetune
     auto which stage fine-tunes it (full, top, head: from the epochs each fits; no_top: why there are no top-stage
     inputs); for a model with a recipe the widest network that still fits the recipe's epochs. Returns (a new plan,
-    what to train, the deadline)."""
+    what to train, the deadline, (the final scoring's reserve, its seconds per second of validation): what the loop
+    re-measures it with)."""
     cfg, data, pre = plan.cfg, prep.data, prep.pre
     seconds = config_mod.parse_duration(cfg.time_budget)
     eval_n = len(data["val"]) + len(data["test"]) + train_score_n(len(data["train"]), len(data["val"]))
@@ -232,12 +233,14 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
             f"recipe's: its long recipe against over-fitting ({', '.join(f'{k} {v:g}' for k, v in long.items())}); "
             f"--augment/--translate/--cutout choose")
     deadline = _deadline(started, seconds, reserve)
+    scoring = (max(0.0, reserve - budget.report_seconds(reports, len(plan.classes))),
+               budget.scoring_share(eval_n, len(data["val"]), cfg.tta, Trainer.val_tta))
     if plan.cfg.finetune == "head":  # the head stage's model is the run's: nothing more to fit
-        return plan, prep, deadline
+        return plan, prep, deadline, scoring
     _check_room(deadline, started, prep.decode_seconds, cfg.time_budget, per_epoch, reserve)
     say(f"time budget {cfg.time_budget}: {epochs} epoch(s) of ~{per_epoch:.0f}s planned from a measured "
         f"step time; {reserve:.0f}s kept for the final scoring and report")
-    return plan, prep, deadline
+    return plan, prep, deadline, scoring
 
 
 def _deadline(started: float, seconds: float, reserve: float) -> float:
@@ -303,9 +306,11 @@ def _check_room(deadline: float, started: float, decode_seconds: float, budget_t
 
 def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch.device, console: Console,
                    fresh: bool, head: tuple[float, float] | None, deadline: float | None, extra_callbacks: list,
-                   say: Callable[..., None], top: top_stage.TopInputs | None = None) -> Trainer:
+                   say: Callable[..., None], top: top_stage.TopInputs | None = None,
+                   scoring: tuple[float, float] | None = None) -> Trainer:
     """The loop with its callbacks; resumed from the last checkpoint, or seeded with the head stage. top: the top
-    stage's inputs, when it is the run's fine-tuning stage (the loop then trains the top blocks on them)."""
+    stage's inputs, when it is the run's fine-tuning stage (the loop then trains the top blocks on them); scoring:
+    the budget's reserve for the final scoring, which the loop re-measures (Trainer.scoring)."""
     cfg, main = plan.cfg, dd.main
     forward = None
     if top is not None:  # only the top's groups learn (layer-wise rates among them); the bottom stays frozen
@@ -338,7 +343,7 @@ def _trainer_stage(plan: RunPlan, prep: Prepared, run: RunDir, dd, device: torch
         callbacks.append(GradualUnfreeze(prep.groups, "all" if top else cfg.unfreeze, cfg.bn_stats_frozen))
     trainer = make_trainer(plan, prep, device, callbacks, deadline, dd,
                            forward or _train_forward(prep.model, cfg, dd, device, bool(prep.groups)),
-                           cached_inputs=top is not None)
+                           cached_inputs=top is not None, scoring=scoring)
     if head is not None and not math.isnan(head[1]) and fresh:
         # the head stage's model is "epoch 0": fine-tuning must beat it on validation to replace it, so the
         # model file is never worse on val than the head on frozen features (a linear probe, in effect)

@@ -27,6 +27,7 @@ from ...models import get_spec
 from ...models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
 from ...models.inference import pick_device
+from ...models.tta import TTA_PASSES
 from ..loop.device import use_bf16
 from .transfer import weights_file_header
 
@@ -210,7 +211,7 @@ def plan_backbone(found, explicit: dict[str, Any], installed: list[tuple[str, in
     bf16 = use_bf16(explicit.get("precision", defaults.precision), device)
     base = measure_lite0(bf16)
     base_flops = _flops("timm:tf_efficientnet_lite0", 224)
-    passes = {"none": 1, "flip": 2, "flip_translate": 6}[explicit.get("tta", defaults.tta)]
+    passes = TTA_PASSES[explicit.get("tta", defaults.tta)]
     candidates = list(installed) + [("timm:tf_efficientnet_lite0", s) for s in SMALLER_LITE0_SIZES]
     plans = []
     for name, size in candidates:

@@ -14,6 +14,7 @@ from ...data.preprocess import Preprocessing
 from ...models.header import Architecture
 from ...models.tasks import SINGLE_LABEL, Task
 from ...models.inference import scoring_batch
+from ...models.tta import TTA_PASSES
 from ..loop.device import use_bf16
 from ..loop.optim import make_optimizer
 
@@ -68,6 +69,22 @@ def wider_model(spec, cfg: TrainConfig, arch: Architecture, classes, task: Task,
 GRADUAL_STEP_SHARE = 0.75
 
 
+SCORING_MARGIN = 1.25  # the final scoring's reserve over its estimated seconds
+
+
+def scoring_share(eval_n: int, val_n: int, tta: str, val_tta: str) -> float:
+    """Seconds the final scoring is reserved (SCORING_MARGIN included) per second of a per-epoch validation pass:
+    the same model in eval mode on eval_n images with the run's TTA against val_n with the validation's. The loop
+    re-measures the reserve from each validation it times (Trainer.scoring)."""
+    return SCORING_MARGIN * eval_n * TTA_PASSES[tta] / max(1, val_n * TTA_PASSES[val_tta])
+
+
+def report_seconds(reports: int, n_classes: int) -> float:
+    """The budget's reserve for the figures and a report per evaluated split (measured: 2.5-4 s each for 2-10
+    classes on 2 cores)."""
+    return reports * (3.0 + 0.1 * n_classes)
+
+
 def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preprocessing, cfg: TrainConfig,
                  device: torch.device, seconds_left: float, step_share: float = 1.0,
                  reports: int = 2, task: Task = SINGLE_LABEL, n_classes: int | None = None) -> tuple[int, float, float]:
@@ -85,15 +102,14 @@ def plan_budget(model, data: ImageTensors, val_n: int, eval_n: int, pre: Preproc
     # Scoring passes, timed as they run: float32, eval mode, no autograd (per-epoch validation without TTA,
     # the final scoring with it). Estimating them as a share of the training step undercounted them under bf16.
     eval_image = eval_seconds(model, x, device)
-    passes = {"none": 1, "flip": 2, "flip_translate": 6}[cfg.tta]
+    passes = TTA_PASSES[cfg.tta]
     # Augmentation and batch assembly are left out on purpose: an optimistic epoch time plans a few too many
     # epochs, which the deadline trims while the schedule follows the clock. (With a 1.1 margin for them
     # the 60-minute CIFAR run planned 111 s an epoch, ran 97 s, and left 6 minutes unused.)
     epoch_seconds = per_image * len(data) + eval_image * val_n
-    # final scoring with a 25% margin, then figures and a report per evaluated split (measured: 2.5-4 s
-    # each for 2-10 classes on 2 cores)
+    # final scoring with a 25% margin, then figures and a report per evaluated split
     n_classes = n_classes if n_classes is not None else int(data.labels.max() + 1)
-    reserve = 1.25 * eval_image * eval_n * passes + reports * (3.0 + 0.1 * n_classes)
+    reserve = SCORING_MARGIN * eval_image * eval_n * passes + report_seconds(reports, n_classes)
     if cfg.compile:  # the run compiles its model in its first epoch and again for scoring in eval mode: each counted
         reserve += 2 * one_off  # at the probe's compilation (an upper bound: inductor's cache serves part of it)
     # Rounded up: the deadline cuts the last epoch short and the schedule anneals against the clock, so
