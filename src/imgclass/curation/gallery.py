@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data.decode import ImageDecodeError, open_rgb
 from ..evaluation.report import html_page
+from ..core.figures import png_data_url
 from ..core.files import write_text_atomic
 
 THUMB = 160            # a thumbnail's longer side, px
@@ -40,7 +41,7 @@ def write_gallery(out: Path, title: str, intro: list[str], rows: list[tuple[str,
     body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p>{html.escape(p)}</p>" for p in intro]
     for name, png in (figures or {}).items():
         body.append(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
-                    f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>")
+                    f"src='{png_data_url(png)}'>")
     shown = 0
     for heading, tiles in rows:
         body.append(f"<h3>{html.escape(heading)}</h3><div class='row'>")

@@ -3,7 +3,6 @@
 on how to read it. The HTML embeds its figures, so it is one file that opens offline."""
 from __future__ import annotations
 
-import base64
 import html
 import math
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any, Callable
 
 
 from ..models.header import ModelHeader
+from ..core.figures import png_data_url
 from ..core.files import write_text_atomic
 from ..core.rundir import RunDir, best_epoch_phrase
 
@@ -310,9 +310,8 @@ def figure_sections_html(figures: dict[str, Path]) -> list[str]:
     """The same in HTML, each PNG embedded (base64) so the one file works offline."""
     body = ["<h2>Figures</h2>"]
     for name, path in figures.items():
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
         body += [f"<h3>{name.replace('_', ' ')}</h3><p class='guide'>{html.escape(FIGURE_GUIDE.get(name, ''))}</p>",
-                 f"<img alt='{name}' src='data:image/png;base64,{data}'>"]
+                 f"<img alt='{name}' src='{png_data_url(path.read_bytes())}'>"]
     return body
 
 

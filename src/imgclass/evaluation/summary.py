@@ -4,7 +4,6 @@ its test result, its weakest classes, next steps), the comparison table and the 
 curves, as report.md and a self-contained report.html."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from ..core.files import write_bytes_atomic, write_text_atomic
 from ..core.rundir import RunDir
 from .compare import Comparison
-from ..core.figures import png_bytes
+from ..core.figures import png_bytes, png_data_url
 from .report import TLDR_WORD_LIMIT, inline_html, limit_words
 
 WEAK_CLASSES = 3      # how many of the chosen run's weakest classes the summary names
@@ -122,10 +121,9 @@ def write_summary(rows: Comparison, out_dir: str | Path) -> Path:
     md += ["", "## Validation curves", "", "![validation curves](val_curves.png)", ""]
     write_text_atomic(out / "report.md", "\n".join(md))
 
-    image = base64.b64encode(png).decode("ascii")
     body = (["<h1>imgclass: runs compared</h1><h2>TL;DR</h2>"] + [f"<p>{inline_html(p)}</p>" for p in paras]
             + ["<h2>The runs</h2>", rows._repr_html_(), "<h2>Validation curves</h2>",
-               f"<img style='max-width:100%' alt='validation curves' src='data:image/png;base64,{image}'>"])
+               f"<img style='max-width:100%' alt='validation curves' src='{png_data_url(png)}'>"])
     write_text_atomic(out / "report.html", "<!DOCTYPE html><html><head><meta charset='utf-8'><title>imgclass: runs "
                       "compared</title></head><body style='font-family:system-ui,sans-serif;"
                       f"max-width:1100px;margin:2em auto'>{''.join(body)}</body></html>")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 TTA_MODES = ("none", "flip", "flip_translate")
 TTA_PASSES = {"none": 1, "flip": 2, "flip_translate": 6}  # forward passes per image each mode costs
+TTA_WIDEST = {"none": 1, "flip": 2, "flip_translate": 4}  # copies of each image in tta_logits' largest forward pass
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:

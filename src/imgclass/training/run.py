@@ -509,9 +509,13 @@ def _score_splits(model, data: dict[str, ImageTensors], pre: Preprocessing, cfg:
             if recorded:
                 feats[name] = torch.cat(recorded).numpy()
                 if name == "train":  # the bank keeps the classes' shares when it is cut to BANK_MAX
-                    feats["train_strata"] = task.label_kind.strata(
-                        [tuple(x) if isinstance(x, list) else x for x in part.labels.tolist()])
+                    feats["train_strata"] = _strata(task, part.labels)
     return task.finish(logits, labels, cfg.calibrate, cfg.threshold, say), feats
+
+
+def _strata(task: Task, labels: torch.Tensor):
+    """The task's strata (its label kind's) of a split's label tensor (a tag row becomes a tuple)."""
+    return task.label_kind.strata([tuple(x) if isinstance(x, list) else x for x in labels.tolist()])
 
 
 def _to_score(data: dict[str, ImageTensors], name: str, seed: int, task: Task) -> ImageTensors:
@@ -522,8 +526,7 @@ def _to_score(data: dict[str, ImageTensors], name: str, seed: int, task: Task) -
     always find its k-th neighbour in another class, and be rejected more often."""
     part = data[name]
     if name == "train" and len(part) > (sample := train_score_n(len(part), len(data["val"]))):
-        strata = task.label_kind.strata([tuple(x) if isinstance(x, list) else x for x in part.labels.tolist()])
-        keep = torch.from_numpy(stratified_sample(strata, sample, REJECT_K, seed))
+        keep = torch.from_numpy(stratified_sample(_strata(task, part.labels), sample, REJECT_K, seed))
         part = ImageTensors(images=part.images[keep], labels=part.labels[keep],
                             paths=[part.paths[i] for i in keep.tolist()])
     return part
