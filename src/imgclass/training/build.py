@@ -120,7 +120,8 @@ def make_trainer(plan: RunPlan, prep: Prepared, device: torch.device, callbacks:
                    batch_size=cfg.batch_size, peak_lr=plan.lr, warmup_epochs=cfg.warmup_epochs,
                    label_smoothing=cfg.label_smoothing, seed=cfg.seed, device=device, callbacks=callbacks,
                    class_weights=class_weights, balanced_sampler=cfg.balanced_sampler, schedule=cfg.schedule,
-                   deadline=deadline, scoring=scoring, dist=dist, train_forward=train_forward, bf16=use_bf16(cfg.precision, device),
+                   deadline=deadline, scoring=scoring, dist=dist, train_forward=train_forward,
+                   bf16=use_bf16(cfg.precision, device),
                    plan={**plan.record, **({"epochs_max": budget.TOP_MAX_EPOCHS} if cached_inputs else {})},
                    task=plan.task, run_dir=Path(cfg.out) if cfg.out else None)
 

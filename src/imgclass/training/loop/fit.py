@@ -244,8 +244,8 @@ class Trainer:
 
     def _reserve_from_validation(self, seconds: float) -> None:
         """The final scoring's reserve re-measured from a validation pass of `seconds` (the same model, eval mode, on
-        images; not the first in a process): where it needs more than was reserved, the deadline and the time allowed move earlier by the
-        difference (kept in time_allowed, so a resumed run keeps it). Only earlier: the plan's own measurement
+        images; not the first in a process): where it needs more than was reserved, the deadline and the time
+        allowed move earlier by the difference (kept in time_allowed, so a resumed run keeps it). Only earlier: the plan's own measurement
         stands when validation was faster. Two 5-minute runs on machine A (2026-12-07; a number per image, tags)
         ended 8-11 s past their budget with the reserve measured once before training (47 s reserved, 57 s used)."""
         if (self.scoring is None or self.deadline is None or self.cached_inputs
