@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common import machine, train_in_budget
-from transfer_time_to_accuracy import extract, lite0_features
+from transfer_time_to_accuracy import extract, frozen_features
 
 OPTIONS = ["--labels", "{root}/labels.csv", "--id-column", "file_path", "--tag-columns", "gender,baseColour,usage"]
 
@@ -36,7 +36,7 @@ def probe(run: Path, tags: list[str]) -> tuple[dict, float]:
     from imgclass.evaluation.tags import tag_metrics
     from imgclass.models.tasks import MultiLabel
     started = time.perf_counter()
-    feats, parts = lite0_features(run, ("train", "val", "test"))
+    feats, parts, _ = frozen_features(run, ("train", "val", "test"))
     y = {s: np.array([[t in json.loads(r["label"]) for t in tags] for r in rows], dtype=int) for s, rows in parts.items()}
     trainable = y["train"].sum(0) > 0          # a tag without a training positive: the probe says 0 for it
     clf = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=1.0)).fit(feats["train"], y["train"][:, trainable])

@@ -39,19 +39,29 @@ def extract(archive: str) -> Path:
     return root
 
 
-def lite0_features(run: Path, splits: tuple[str, ...], resize: str = "crop") -> tuple[dict, dict]:
-    """({split: N x 1280 frozen lite0 features}, {split: splits.csv rows}) of a run's images (224 px, float32,
-    ImageNet preprocessing, no augmentation): what a linear probe of the backbone trains and scores on."""
+def frozen_features(run: Path, splits: tuple[str, ...], resize: str = "crop", own_backbone: bool = False
+                    ) -> tuple[dict, dict, str]:
+    """({split: N x D frozen backbone features}, {split: splits.csv rows}, what was probed) of a run's images (float32,
+    no augmentation): what a linear probe of the backbone trains and scores on. By default EfficientNet-Lite0 at 224
+    px with `resize`; with own_backbone, the run's own pretrained backbone with the run's own preprocessing (size,
+    resize, mean and std from its model file), so the probe and the model see the same pixels."""
     import numpy as np
     import timm
     import torch
     import yaml
     from imgclass.data.preprocess import Preprocessing
+    from imgclass.models.modelfile import read_header
     from imgclass.models.pretrained import pretrained_state
-    net = timm.create_model("tf_efficientnet_lite0", num_classes=0)
-    net.load_state_dict(pretrained_state("timm:tf_efficientnet_lite0")[0])
+    name, pre = "timm:tf_efficientnet_lite0", Preprocessing(img_size=224, resize=resize, mean=(0.5, 0.5, 0.5),
+                                                            std=(0.5, 0.5, 0.5))
+    if own_backbone:
+        header = read_header(run / "model.safetensors")
+        if not header.arch.name.startswith("timm:"):
+            raise SystemExit(f"the run's model {header.arch.name} has no pretrained backbone to probe")
+        name, pre = header.arch.name, header.preprocessing
+    net = timm.create_model(name.removeprefix("timm:"), num_classes=0)
+    net.load_state_dict(pretrained_state(name)[0])
     net.eval()
-    pre = Preprocessing(img_size=224, resize=resize, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     root = Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
     rows = list(csv.DictReader((run / "splits.csv").open()))
     feats, parts = {}, {}
@@ -63,7 +73,7 @@ def lite0_features(run: Path, splits: tuple[str, ...], resize: str = "crop") -> 
                 x = torch.from_numpy(np.stack([pre.load(root / r["path"]) for r in part[i:i + 16]])).permute(0, 3, 1, 2)
                 out.append(net(pre.normalize(x)).numpy())
             feats[split], parts[split] = np.concatenate(out), part
-    return feats, parts
+    return feats, parts, f"{name.removeprefix('timm:tf_efficientnet_')} at {pre.img_size} px"
 
 
 def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
@@ -71,7 +81,7 @@ def linear_probe(run: Path, score_split: str) -> tuple[float, float]:
     train split, scored on score_split."""
     from sklearn.linear_model import LogisticRegression
     started = time.perf_counter()
-    feats, parts = lite0_features(run, ("train", score_split))
+    feats, parts, _ = frozen_features(run, ("train", score_split))
     labels = {s: [r["label"] for r in rows] for s, rows in parts.items()}
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(feats["train"], labels["train"])
     acc = float(clf.score(feats[score_split], labels[score_split]))
