@@ -119,7 +119,8 @@ def test_a_slower_validation_than_planned_moves_the_deadline_earlier(monkeypatch
     """issue 41, item 3: the final scoring's reserve re-measured from validation passes. Reserved 2 s, at 3 s of
     scoring per second of validation: validation passes of 1 s (from the second on: the first pays one-off costs)
     need 3 s, then 2 s passes need 6 s, so the deadline moves 4 s earlier in all and the run ends there; faster
-    passes never move it later; the top stage (validation on cached activations) keeps its deadline."""
+    passes after the first timed one never move it later; the top stage (validation on cached activations) keeps
+    its deadline."""
     clock = FakeTime()
     monkeypatch.setattr(loop_module, "time", clock)
     work = Work(clock, step=1.0, between=0.0)
@@ -137,6 +138,28 @@ def test_a_slower_validation_than_planned_moves_the_deadline_earlier(monkeypatch
     assert t.scoring == ((2.0, 3.0) if cached_inputs else (6.0, 3.0))
     assert t.deadline == pytest.approx(1000.0 + budget - moved)
     assert 0.97 * (budget - moved) <= used <= budget - moved + 2.0, (used, budget, moved)  # (2 s: one validation)
+
+
+def test_a_faster_first_timed_validation_gives_the_reserve_back_to_training(monkeypatch):
+    """The first timed validation pass replaces the plan's reserve either way: reserved 2 s, at 3 s of scoring per
+    second of validation, passes of 0.5 s need 1.5 s, so the deadline moves 0.5 s later and the run trains up to it
+    (a mall run kept 53-62 s and ended 42 s before its 5-minute budget when the reserve could only grow)."""
+    clock = FakeTime()
+    monkeypatch.setattr(loop_module, "time", clock)
+    work = Work(clock, step=1.0, between=0.0)
+    budget = PLANNED_EPOCHS * (STEPS_PER_EPOCH * 1.0 + 1.0)
+    t = trainer([work], deadline=clock.now + budget, schedule="cosine")
+    t.scoring = (2.0, 3.0)
+    passes = iter([5.0] + [0.5] * 50)
+
+    def validate():
+        clock.now += next(passes)
+        return 0.5, 0.5
+    monkeypatch.setattr(t, "validate", validate)
+    t.fit()
+    assert t.scoring == (1.5, 3.0)
+    assert t.deadline == pytest.approx(1000.0 + budget + 0.5)
+    assert t.time_allowed == pytest.approx(budget + 0.5)
 
 
 def test_long_recipe_only_when_the_budget_fits_it_and_the_user_left_augmentation_alone():

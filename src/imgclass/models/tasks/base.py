@@ -45,6 +45,7 @@ class TrainingSettings(Protocol):
     class_weights: str                # none or auto
     balanced_sampler: bool
     weights: str | None               # a local weight file to start from
+    pretrained: bool                  # start from published weights (with weights: a backbone to fine-tune)
     hflip: bool                       # horizontal flips allowed in augmentation
 
 

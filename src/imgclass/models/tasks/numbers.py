@@ -144,14 +144,20 @@ class Regression(Task):
     def default_settings(self, cfg: TrainingSettings) -> dict[str, Any]:
         """--resize stretch: the number describes the whole image (a count of people, the price of what is shown), and
         a centre crop cuts out part of what it counts. --tta flip where images may be flipped: a number averages
-        well over two views. Measured on the mall set (bench/regression_mall.py, 5 min, lite1 at 240 px, machine A,
-        2026-12-07): test MAE 2.60 with crop, 2.33 with stretch (a ridge probe of lite0's features 2.81 and 2.43),
-        2.24 with flip TTA on top."""
-        return {"resize": "stretch", **({"tta": "flip"} if cfg.hflip else {})}
+        well over two views. --unfreeze all: a number often hangs on small details (people a few pixels tall) that
+        the backbone's lower groups must learn to see, and gradual unfreezing leaves them frozen for most of a short
+        run. Measured on the mall set (bench/regression_mall.py, 5 min, lite1 at 240 px, machine A): test MAE 2.60
+        with crop, 2.33 with stretch (a ridge probe of lite0's features 2.81 and 2.43), 2.24 with flip TTA on top
+        (2026-12-07); 2.21-2.24 in four runs with gradual unfreezing, 2.18 with all groups unfrozen from the start
+        (4 epochs of 58 s against 7 of ~30 s; 2026-12-08)."""
+        fine_tuning = cfg.pretrained or cfg.weights is not None
+        return {"resize": "stretch", **({"unfreeze": "all"} if fine_tuning else {}),
+                **({"tta": "flip"} if cfg.hflip else {})}
 
     def defaults_note(self, chosen):
         why = {"resize": "images are resized whole (--resize stretch), not centre-cropped: the number describes the "
-                         "whole image", "tta": "each answer averages the image and its mirror (--tta flip)"}
+                         "whole image", "tta": "each answer averages the image and its mirror (--tta flip)",
+               "unfreeze": "the whole backbone fine-tunes from the start (--unfreeze all)"}
         return "a number per image: " + "; ".join(why[k] for k in chosen) + " (the options choose otherwise)"
 
     def describe(self, classes) -> str:
