@@ -63,6 +63,24 @@ def test_budget_picks_the_variant_from_measured_costs(tmp_path, monkeypatch):
     assert short[:2] == (LITE0, 128) and "short" in short[2]
 
 
+def test_the_backbone_is_planned_with_the_task_s_own_settings(tmp_path, monkeypatch):
+    """A number per image fine-tunes every group from the start and scores with flip TTA (its task's defaults):
+    `--model auto` plans its epochs with those, as if the options had said so, not with gradual unfreezing and no
+    TTA (planned so, its epochs ran 1.7x longer than estimated and lite2 got 3.4 epochs on the mall set)."""
+    import time
+    from imgclass.data.labels import NUMBERS
+    from helpers import make_numbered_folder
+    data, labels = make_numbered_folder(tmp_path, n=60)
+    found = NUMBERS.find(LabelSource(data, str(labels), None, "target", None, False, None))
+    monkeypatch.setattr(auto, "measure_lite0", lambda bf16: {"score": 0.01, "feature": 0.01, "train": 0.05})
+    monkeypatch.setattr(auto, "_decode_seconds", lambda found, size: 0.0)
+    installed = [(m, s) for m, s in auto.LITE]
+
+    def planned(options):
+        return auto.plan_backbone(found, {"time_budget": "1h", **options}, installed, 3600, time.perf_counter())[2]
+    assert planned({}) == planned({"unfreeze": "all", "tta": "flip"}) != planned({"unfreeze": "gradual", "tta": "none"})
+
+
 def test_default_train_on_photos_fine_tunes_imagenet_weights(tmp_path, capsys):
     """Plain `imgclass train PHOTOS` (small sizes for speed): lite0 from the installed package, recorded in
     the model file and the report; with --unfreeze none the base is truly frozen: every backbone tensor,

@@ -26,12 +26,17 @@ TASKS: dict[str, type[Task]] = {"single-label": SingleLabel, "two-level": TwoLev
                                 "regression": Regression}
 
 
-def task_for_data(found, split, cfg: TrainingSettings) -> Task:
-    """The task serving the labels found in a data folder (data.find.Found) and split."""
+def task_class_for(found) -> type[Task]:
+    """The kind of task serving the labels found in a data folder (data.find.Found)."""
     for cls in TASKS.values():
         if cls.claims(found):
-            return cls.from_data(found, split, cfg)
+            return cls
     raise DataError(f"no task serves the labels found in {found.root} ({found.kind.name})")
+
+
+def task_for_data(found, split, cfg: TrainingSettings) -> Task:
+    """The task serving the labels found in a data folder (data.find.Found) and split."""
+    return task_class_for(found).from_data(found, split, cfg)
 
 
 def task_from_header(entry: Any, classes, bad, task: Any = None) -> Task:

@@ -113,8 +113,10 @@ class Task:
         if feature in self.unsupported:
             raise UserError(self.unsupported[feature])
 
-    def default_settings(self, cfg: TrainingSettings) -> dict[str, Any]:
-        """Settings this task gives a new run where the user gave none (TrainConfig field -> value)."""
+    @classmethod
+    def default_settings(cls, cfg: TrainingSettings) -> dict[str, Any]:
+        """Settings this task gives a new run where the user gave none (TrainConfig field -> value). A class method:
+        `--model auto` reads them before the task is built, to plan with what the run will use."""
         return {}
 
     def defaults_note(self, chosen: dict[str, Any]) -> str:

@@ -141,7 +141,8 @@ class Regression(Task):
     def answering(self, classes):
         return f"a number per image: {classes[0]}"
 
-    def default_settings(self, cfg: TrainingSettings) -> dict[str, Any]:
+    @classmethod
+    def default_settings(cls, cfg: TrainingSettings) -> dict[str, Any]:
         """--resize stretch: the number describes the whole image (a count of people, the price of what is shown), and
         a centre crop cuts out part of what it counts. --tta flip where images may be flipped: a number averages
         well over two views. --unfreeze all: a number often hangs on small details (people a few pixels tall) that

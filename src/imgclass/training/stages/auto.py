@@ -12,6 +12,7 @@ It always says in one line what it chose, why, and how to choose otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from ...data.preprocess import Preprocessing
 from ...data.split import make_split
 from ...core.errors import UserError
 from ...models import get_spec
+from ...models.tasks import task_class_for
 from ...models import pretrained  # called through the module: tests stand in for installed weights
 from .budget import TRAIN_SCORE_SAMPLE
 from ...models.inference import pick_device
@@ -211,14 +213,20 @@ def plan_backbone(found, explicit: dict[str, Any], installed: list[tuple[str, in
     bf16 = use_bf16(explicit.get("precision", defaults.precision), device)
     base = measure_lite0(bf16)
     base_flops = _flops("timm:tf_efficientnet_lite0", 224)
-    passes = TTA_PASSES[explicit.get("tta", defaults.tta)]
+    # what the run will use: the options, else the task's defaults for a fine-tuned backbone, else TrainConfig's
+    # (a number per image unfreezes every group and scores with flip TTA: planned as gradual, its epochs ran 1.7x
+    # longer than estimated and lite2 got 3.4 epochs where lite1 gets 4-7; mall set, 2026-12-08)
+    tuned = dataclasses.replace(defaults, pretrained=True, hflip=explicit.get("hflip", defaults.hflip))
+    chosen = {**task_class_for(found).default_settings(tuned), **explicit}
+    passes = TTA_PASSES[chosen.get("tta", defaults.tta)]
+    backward_share = 0.6 if chosen.get("unfreeze", defaults.unfreeze) == "gradual" else 1.0
     candidates = list(installed) + [("timm:tf_efficientnet_lite0", s) for s in SMALLER_LITE0_SIZES]
     plans = []
     for name, size in candidates:
         k = _flops(name, size) / base_flops
         score, feature, train = (base[key] * k for key in ("score", "feature", "train"))
         # gradual unfreezing trains the top groups first: on average about 60% of the backward pass
-        step = feature + 0.6 * (train - feature)
+        step = feature + backward_share * (train - feature)
         fixed = (_decode_seconds(found, size) + feature * (n["train"] + n["val"])
                  + score * passes * (n["val"] + n["test"] + min(n["train"], TRAIN_SCORE_SAMPLE))
                  + 10.0 + 0.02 * budget)  # the report, start-up, and the deadline's 2% spare
