@@ -1,6 +1,7 @@
-"""The reference for the CIFAR-10 benches: airbench94's own recipe (Keller Jordan, github.com/KellerJordan/cifar10-airbench,
-airbench94.py: 94.01% mean test accuracy in 3.83 s on an A100) written out again for the CPU, trained on the same
-lossless PNGs and scored on the same 10,000 test images as `imgclass train`, on the same machine.
+"""The reference for the CIFAR-10 benches: airbench94's own recipe (Keller Jordan,
+github.com/KellerJordan/cifar10-airbench, airbench94.py: 94.01% mean test accuracy in 3.83 s on an A100) written
+out again for the CPU, trained on the same lossless PNGs and scored on the same 10,000 test images as `imgclass
+train`, on the same machine.
 
     python bench/airbench94_reference.py            # alone
     python bench/cifar_time_to_accuracy.py --budget 15m --target 0.925 --airbench94   # beside imgclass
@@ -116,7 +117,8 @@ def triangle(step: int, total: int, start: float = 0.2, peak_at: float = 0.23, e
 
 
 def tta_logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """airbench's TTA level 2: 1/2 the mirror-averaged image, 1/4 each of the one-pixel shifts up-left and down-right."""
+    """airbench's TTA level 2: 1/2 the mirror-averaged image, 1/4 each of its one-pixel shifts up-left and
+    down-right."""
     def mirrored(x):
         return 0.5 * net(x) + 0.5 * net(x.flip(-1))
     padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
@@ -142,7 +144,8 @@ def train_and_score(data: Path, bf16: bool, seed: int = 0) -> dict:
     lr, wd = LR / momentum_scale, WEIGHT_DECAY * BATCH / momentum_scale
     norm_biases = [p for m in net.modules() if isinstance(m, Norm) for p in m.parameters() if p.requires_grad]
     others = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in norm_biases)]
-    optimizer = torch.optim.SGD([{"params": norm_biases, "lr": lr * BIAS_SCALER, "weight_decay": wd / (lr * BIAS_SCALER)},
+    bias_lr = lr * BIAS_SCALER
+    optimizer = torch.optim.SGD([{"params": norm_biases, "lr": bias_lr, "weight_decay": wd / bias_lr},
                                  {"params": others, "lr": lr, "weight_decay": wd / lr}],
                                 momentum=MOMENTUM, nesterov=True)
     base_lrs = [g["lr"] for g in optimizer.param_groups]

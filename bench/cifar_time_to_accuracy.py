@@ -57,8 +57,8 @@ def main() -> None:
         print(f"airbench94's recipe, same machine and data ({'bf16' if ref['bf16'] else 'float32'}, {ref['epochs']} "
               f"epochs on all 50,000 training images): test accuracy {ref['accuracy']:.4f} in {ref_wall / 60:.1f} min "
               f"(decode {ref['decode_s']:.0f}s, train {ref['train_s']:.0f}s, score {ref['score_s']:.0f}s)")
-        print(f"imgclass / airbench94: wall clock {wall / ref_wall:.2f}x, accuracy {100 * (acc - ref['accuracy']):+.2f} "
-              "points")
+        print(f"imgclass / airbench94: wall clock {wall / ref_wall:.2f}x, accuracy "
+              f"{100 * (acc - ref['accuracy']):+.2f} points")
 
 
 if __name__ == "__main__":
