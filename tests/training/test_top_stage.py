@@ -113,6 +113,27 @@ def test_the_top_stages_views_differ_and_the_loop_draws_among_them():
     assert len({f[0][1] for f in found}) > 1  # one view of each image, not the same view for all
 
 
+def test_the_views_estimate_counts_the_augmentation_itself():
+    """Each augmented view costs the augmentation at the input as well as the bottom's forward pass: augment_seconds
+    times it per image (after a first call that pays one-off costs), and nothing when there is no augmentation."""
+    import time
+
+    class Slow:
+        active = True
+        calls = 0
+
+        def __call__(self, x, gen, epoch=0):
+            Slow.calls += 1
+            time.sleep(0.5 if Slow.calls == 1 else 0.032)   # the first call pays one-off costs
+            return x
+
+    images = torch.zeros(40, 3, 8, 8, dtype=torch.uint8)
+    per_image = top_stage.augment_seconds(images, Slow(), batch_size=32)
+    assert Slow.calls == 2 and 0.032 / 32 <= per_image < 0.4 / 32
+    inactive = type("Off", (), {"active": False})()
+    assert top_stage.augment_seconds(images, inactive) == 0.0
+
+
 def test_top_stage_trains_only_the_top(tmp_path, lite0_weights):
     data = make_class_folders(tmp_path / "data", per_class=10)
     run = imgclass.train(data, out=str(tmp_path / "run"), weights=str(lite0_weights), **OPTS)

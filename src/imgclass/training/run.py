@@ -274,10 +274,11 @@ def _choose_finetune(plan: RunPlan, prep: Prepared, top: top_stage.TopInputs | N
             stage, why = "full", f"{why}, and --head-epochs 0 leaves no head stage to keep"
     views, views_text = 1, ""
     if stage == "top":  # the time its augmented views take comes out of its epochs
-        view_seconds = top.seconds * len(top.train) / max(1, len(top.train) + len(top.val))
+        augment = augment_from_config(cfg)
+        view_seconds = (top.seconds * len(top.train) / max(1, len(top.train) + len(top.val))
+                        + top_stage.augment_seconds(prep.data["train"].images, augment) * len(top.train))
         views = cfg.top_views or top_stage.views_that_fit(left, view_seconds, top.train.images.nbytes,
-                                                          top.train.images.nbytes + top.val.images.nbytes,
-                                                          augment_from_config(cfg))
+                                                          top.train.images.nbytes + top.val.images.nbytes, augment)
         top_epochs = max(0.0, left - (views - 1) * view_seconds) / top_epoch
         views_text = (f"; {views} views of each training image: --augment {cfg.augment} at the input, cached in "
                       f"~{(views - 1) * view_seconds:.0f}s" if views > 1 else "")
