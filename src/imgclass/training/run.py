@@ -215,10 +215,8 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
         plan, epochs, per_epoch = _choose_finetune(plan, prep, top, no_top, device, _deadline(started, seconds, reserve),
                                                    per_epoch, say)
     plan = plan.with_epochs(epochs)
-    wider = budget.wider_model(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
-                               len(plan.phases))
-    if wider is not None:  # room for the recipe's epochs at a wider network: measure it, keep it if it fits
-        width, wide = wider
+    for width, wide in budget.wider_models(plan.spec, cfg, plan.arch, plan.classes, plan.task, epochs, pre.img_size,
+                                           len(plan.phases)):  # widest first: measure each, keep the first that fits
         init_from_data(wide, data["train"], pre, cfg.seed)
         wide = wide.to(device).to(memory_format=torch.channels_last)
         wide_plan = budget.plan_budget(wide, *probe, seconds - (time.perf_counter() - started), **sized)
@@ -227,6 +225,7 @@ def _budget_stage(plan: RunPlan, prep: Prepared, device: torch.device, started: 
             plan = plan.with_epochs(epochs, width)
             prep = dataclasses.replace(prep, model=wide, optimizer=make_optimizer_for(plan, wide, prep.groups))
             say(f"time budget {cfg.time_budget}: room for a wider network (width {width})")
+            break
     if long := budget.long_recipe(plan.spec, epochs, plan.explicit):
         plan = plan.with_settings(**long)
         say(f"time budget {cfg.time_budget}: {epochs} epochs fit, {epochs / plan.spec.recipe['epochs']:.1f}x the "
