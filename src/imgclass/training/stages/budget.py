@@ -71,24 +71,6 @@ def wider_models(spec, cfg: TrainConfig, arch: Architecture, classes, task: Task
         if FLOP_SCREEN_SLACK * epochs * base / flops(model) >= target:
             found.append((width, model.train()))
     return found
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def build(width: int):
-        return task.build(arch.with_args(width=width), classes)
-
-    def flops(model) -> int:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.eval()(torch.zeros(1, 3, img_size, img_size))
-        return counter.get_total_flops()
-
-    base = flops(build(width_param.default))
-    for factor in WIDER:
-        width = int(width_param.default * factor)
-        torch.manual_seed(cfg.seed)  # the same initial weights as a run given this width explicitly
-        model = build(width)
-        if epochs * base / flops(model) >= target:
-            return width, model.train()
-    return None
 
 
 # Under gradual unfreezing the early epochs train only the top of the backbone: measured on
